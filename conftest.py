@@ -1,0 +1,11 @@
+"""Root conftest: with no GPU, run Triton kernels through its CPU interpreter.
+
+TRITON_INTERPRET must be set before anything imports triton (timm and torch._dynamo do), and
+cannot be toggled per test, so it is decided here, once, before collection.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

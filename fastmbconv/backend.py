@@ -1,0 +1,112 @@
+"""Which execution path a model call takes: the fused Triton kernels or the reference modules.
+
+Selection, highest priority first:
+
+1. :func:`use_backend` context manager (per thread/task, via a ContextVar);
+2. :func:`set_backend` (process-wide);
+3. the ``FASTMBCONV_BACKEND`` environment variable (``auto``, ``fused`` or ``reference``);
+4. ``auto``.
+
+``auto`` runs the fused path for eval-mode models on CUDA tensors when no gradient is needed,
+and the reference path otherwise (training, autograd, CPU tensors). ``fused`` forces the fused
+path and raises a clear error where it cannot run; on CPU it needs Triton's interpreter
+(``TRITON_INTERPRET=1`` set before triton is imported). ``reference`` always runs the modules.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from typing import Iterator, Literal
+
+import torch
+
+Backend = Literal["auto", "fused", "reference"]
+BACKENDS: tuple[str, ...] = ("auto", "fused", "reference")
+ENV_VAR = "FASTMBCONV_BACKEND"
+
+_global_backend: str | None = None
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fastmbconv_backend", default=None
+)
+
+
+def _validate(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown fastmbconv backend {name!r}; expected one of {BACKENDS}")
+    return name
+
+
+def get_backend() -> str:
+    """The backend in force for this call."""
+    ctx = _context_backend.get()
+    if ctx is not None:
+        return ctx
+    if _global_backend is not None:
+        return _global_backend
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return _validate(env.strip().lower())
+    return "auto"
+
+
+def set_backend(name: Backend | None) -> None:
+    """Set the process-wide backend; ``None`` returns to the environment variable / ``auto``."""
+    global _global_backend
+    _global_backend = None if name is None else _validate(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: Backend) -> Iterator[None]:
+    """Force a backend inside a ``with`` block."""
+    token = _context_backend.set(_validate(name))
+    try:
+        yield
+    finally:
+        _context_backend.reset(token)
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton's CPU interpreter is on (it must be set before triton is imported)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _needs_autograd(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for p in model.parameters())
+
+
+def fused_unavailable_reason(model: torch.nn.Module, x: torch.Tensor) -> str | None:
+    """Why the fused path cannot run this call, or ``None`` if it can."""
+    if model.training:
+        return "the model is in training mode (the fused kernels are inference-only); call model.eval()"
+    if _needs_autograd(model, x):
+        return (
+            "autograd is recording and the input or parameters require grad; "
+            "run under torch.inference_mode() or torch.no_grad()"
+        )
+    if x.device.type == "cuda":
+        return None
+    if x.device.type == "cpu" and interpreter_enabled():
+        return None
+    return (
+        f"the input is on {x.device}; the fused Triton kernels need a CUDA tensor, or "
+        "TRITON_INTERPRET=1 (set before triton is imported) for CPU tensors"
+    )
+
+
+def select_path(model: torch.nn.Module, x: torch.Tensor) -> str:
+    """``"fused"`` or ``"reference"`` for this call, per the backend in force."""
+    backend = get_backend()
+    if backend == "reference":
+        return "reference"
+    reason = fused_unavailable_reason(model, x)
+    if backend == "fused":
+        if reason is not None:
+            raise RuntimeError(f"fastmbconv backend 'fused' was forced but cannot run: {reason}")
+        return "fused"
+    # auto: CPU tensors stay on the reference path even under the interpreter, which is for tests.
+    if reason is None and x.device.type == "cuda":
+        return "fused"
+    return "reference"

@@ -1,0 +1,195 @@
+"""Weight compatibility with timm and torchvision.
+
+Both peers store the same EfficientNet; only the key names differ. Conversion reads the
+architecture from the state dict itself (channels, repeats, kernels, expansion) and the padding
+convention and BN eps from the source modules, so custom scales convert too.
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .config import B0_STAGES, VARIANTS, PadMode, StageConfig, round_channels, scale_stages
+from .model import EfficientNet, StateDictMismatchError
+
+# torchvision MBConv ``block.K`` submodule -> timm name, for blocks with and without expansion.
+_TV_EXPANDED = {"0.0": "conv_pw", "0.1": "bn1", "1.0": "conv_dw", "1.1": "bn2",
+                "2.fc1": "se.conv_reduce", "2.fc2": "se.conv_expand", "3.0": "conv_pwl", "3.1": "bn3"}
+_TV_DEPTHWISE = {"0.0": "conv_dw", "0.1": "bn1", "1.fc1": "se.conv_reduce",
+                 "1.fc2": "se.conv_expand", "2.0": "conv_pw", "2.1": "bn2"}
+_TV_BLOCK_KEY = re.compile(r"^features\.(\d+)\.(\d+)\.block\.(\d+\.(?:\d+|fc1|fc2))\.(\w+)$")
+
+
+def torchvision_to_timm_keys(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """Rename a torchvision EfficientNet (B0-B7) state dict to timm's key names."""
+    keys = list(state_dict)
+    feature_ids = sorted({int(k.split(".")[1]) for k in keys if k.startswith("features.")})
+    if not feature_ids:
+        raise StateDictMismatchError("not a torchvision EfficientNet state dict: no 'features.*' keys")
+    head_id = feature_ids[-1]
+    # A block has expansion iff its SE sits at block.2 (expand conv at block.0, dw at block.1).
+    expanded = {
+        m.group(1, 2) for k in keys if (m := _TV_BLOCK_KEY.match(k)) and m.group(3) == "2.fc1"
+    }
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    unknown = []
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if key.startswith("features.0.0."):
+            out["conv_stem." + parts[-1]] = value
+        elif key.startswith("features.0.1."):
+            out["bn1." + parts[-1]] = value
+        elif key.startswith(f"features.{head_id}.0."):
+            out["conv_head." + parts[-1]] = value
+        elif key.startswith(f"features.{head_id}.1."):
+            out["bn2." + parts[-1]] = value
+        elif key.startswith("classifier.1."):
+            out["classifier." + parts[-1]] = value
+        elif m := _TV_BLOCK_KEY.match(key):
+            stage, block, sub, leaf = m.groups()
+            table = _TV_EXPANDED if (stage, block) in expanded else _TV_DEPTHWISE
+            if sub not in table:
+                unknown.append(key)
+                continue
+            out[f"blocks.{int(stage) - 1}.{block}.{table[sub]}.{leaf}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise StateDictMismatchError(
+            "torchvision state dict has keys with no timm counterpart:\n"
+            + "\n".join(f"    {k}" for k in unknown)
+        )
+    return out
+
+
+def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Read stage configs, stem/head widths and classes from a timm-keyed state dict."""
+    try:
+        stem = state_dict["conv_stem.weight"]
+    except KeyError:
+        raise StateDictMismatchError("not an EfficientNet state dict: no 'conv_stem.weight'") from None
+    counts: dict[int, int] = {}
+    for key in state_dict:
+        if m := re.match(r"^blocks\.(\d+)\.(\d+)\.", key):
+            i, j = int(m.group(1)), int(m.group(2))
+            counts[i] = max(counts.get(i, 0), j + 1)
+    if sorted(counts) != list(range(len(B0_STAGES))):
+        raise StateDictMismatchError(
+            f"expected {len(B0_STAGES)} stages of blocks (EfficientNet B0-B7), found stages {sorted(counts)}"
+        )
+    stages, in_ch = [], stem.shape[0]
+    for i, base in enumerate(B0_STAGES):
+        prefix = f"blocks.{i}.0."
+        if prefix + "conv_pwl.weight" in state_dict:
+            block = "ir"
+            out_ch = state_dict[prefix + "conv_pwl.weight"].shape[0]
+            expand = state_dict[prefix + "conv_pw.weight"].shape[0] // in_ch
+        else:
+            block, expand = "ds", 1
+            out_ch = state_dict[prefix + "conv_pw.weight"].shape[0]
+        kernel = state_dict[prefix + "conv_dw.weight"].shape[-1]
+        se_ratio = state_dict[prefix + "se.conv_reduce.weight"].shape[0] / in_ch
+        stages.append(StageConfig(block, kernel, base.stride, expand, out_ch, counts[i], se_ratio))
+        in_ch = out_ch
+    head = state_dict["conv_head.weight"].shape[0] if "conv_head.weight" in state_dict else None
+    classifier = state_dict.get("classifier.weight")
+    return {
+        "stages": tuple(stages),
+        "stem_channels": stem.shape[0],
+        "in_chans": stem.shape[1],
+        "head_channels": head,
+        "num_classes": 0 if classifier is None else classifier.shape[0],
+    }
+
+
+def _match_variant(arch: dict) -> str | None:
+    for name, v in VARIANTS.items():
+        if (
+            scale_stages(v.width_mult, v.depth_mult) == tuple(replace(s, se_ratio=0.25) for s in arch["stages"])
+            and round_channels(32, v.width_mult) == arch["stem_channels"]
+            and round_channels(1280, v.width_mult) == arch["head_channels"]
+        ):
+            return name
+    return None
+
+
+def from_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    pad_mode: PadMode = "symmetric",
+    bn_eps: float | None = None,
+    key_format: str = "timm",
+    **kwargs,
+) -> EfficientNet:
+    """Build a fastmbconv EfficientNet from a timm- or torchvision-keyed state dict and load it
+    strictly. The architecture is read from the tensors' shapes."""
+    if key_format == "torchvision":
+        state_dict = torchvision_to_timm_keys(state_dict)
+    elif key_format != "timm":
+        raise ValueError(f"key_format must be 'timm' or 'torchvision', got {key_format!r}")
+    arch = infer_architecture(state_dict)
+    if arch["head_channels"] is None:
+        raise StateDictMismatchError("state dict has no 'conv_head.weight' (a features-only model?)")
+    variant = _match_variant(arch)
+    defaults = VARIANTS[variant] if variant else None
+    kwargs.setdefault("default_resolution", defaults.resolution if defaults else 224)
+    kwargs.setdefault("drop_rate", defaults.dropout if defaults else 0.2)
+    model = EfficientNet(pad_mode=pad_mode, bn_eps=bn_eps, **arch, **kwargs)
+    if variant:
+        model.variant = f"efficientnet_{variant}"
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _bn_eps(model: nn.Module) -> float:
+    eps = {m.eps for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    if len(eps) != 1:
+        raise ValueError(f"source model mixes BatchNorm eps values {sorted(eps)}; cannot convert")
+    return eps.pop()
+
+
+def _matching_dtype_device(model: EfficientNet, source: nn.Module) -> EfficientNet:
+    p = next(source.parameters())
+    return model.to(device=p.device, dtype=p.dtype).train(source.training)
+
+
+def from_timm(model: nn.Module) -> EfficientNet:
+    """Convert a timm ``efficientnet_b0..b7`` or ``tf_efficientnet_b0..b7`` instance.
+
+    The padding convention (timm's ``Conv2dSame`` means TF "SAME") and BN eps are carried over.
+    """
+    for attr in ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "classifier"):
+        if not hasattr(model, attr):
+            raise TypeError(f"from_timm expects a timm EfficientNet; {type(model).__name__} has no {attr!r}")
+    act = getattr(model.bn1, "act", None)
+    if act is not None and not isinstance(act, nn.SiLU):
+        raise ValueError(
+            f"from_timm supports SiLU EfficientNets (B0-B7); this one uses {type(act).__name__}"
+        )
+    pad_mode: PadMode = "same" if "Same" in type(model.conv_stem).__name__ else "symmetric"
+    out = from_state_dict(
+        model.state_dict(), pad_mode=pad_mode, bn_eps=_bn_eps(model),
+        drop_rate=float(getattr(model, "drop_rate", 0.0)),
+    )
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "input_size" in cfg:
+        out.default_resolution = int(cfg["input_size"][-1])
+    return _matching_dtype_device(out, model)
+
+
+def from_torchvision(model: nn.Module) -> EfficientNet:
+    """Convert a torchvision ``efficientnet_b0..b7`` instance (symmetric padding; BN eps is read
+    from the model: torchvision's B5-B7 use 1e-3)."""
+    if not (hasattr(model, "features") and hasattr(model, "classifier")):
+        raise TypeError(f"from_torchvision expects a torchvision EfficientNet, got {type(model).__name__}")
+    dropout = next((m.p for m in model.classifier.modules() if isinstance(m, nn.Dropout)), 0.0)
+    out = from_state_dict(
+        model.state_dict(), pad_mode="symmetric", bn_eps=_bn_eps(model),
+        key_format="torchvision", drop_rate=float(dropout),
+    )
+    return _matching_dtype_device(out, model)

@@ -1,0 +1,156 @@
+import pytest
+import torch
+
+import fastmbconv as fm
+from fastmbconv.layers import MBConv, DepthwiseSeparable, same_padding
+
+from .helpers import randomize_bn
+from .test_config import EXPECTED_PARAMS
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_param_counts_match_timm_and_torchvision(name):
+    with torch.device("meta"):
+        model = getattr(fm, f"efficientnet_{name}")()
+    assert fm.count_params(model) == EXPECTED_PARAMS[name]
+    assert model.default_resolution == fm.VARIANTS[name].resolution
+    assert model.drop_rate == fm.VARIANTS[name].dropout
+
+
+def test_timm_parameter_names():
+    keys = set(fm.efficientnet_b0().state_dict())
+    for k in ["conv_stem.weight", "bn1.running_var", "blocks.0.0.conv_dw.weight", "blocks.0.0.bn1.weight",
+              "blocks.0.0.se.conv_reduce.bias", "blocks.0.0.conv_pw.weight", "blocks.0.0.bn2.num_batches_tracked",
+              "blocks.1.0.conv_pw.weight", "blocks.1.0.bn3.bias", "blocks.1.0.conv_pwl.weight",
+              "blocks.6.0.se.conv_expand.weight", "conv_head.weight", "bn2.weight", "classifier.bias"]:
+        assert k in keys, k
+    assert "blocks.0.0.conv_pwl.weight" not in keys
+
+
+def test_block_structure_b0():
+    m = fm.efficientnet_b0()
+    assert [len(s) for s in m.blocks] == [1, 2, 2, 3, 3, 4, 1]
+    assert isinstance(m.blocks[0][0], DepthwiseSeparable) and isinstance(m.blocks[1][0], MBConv)
+    b = m.blocks[1][0]
+    assert (b.in_channels, b.mid_channels, b.out_channels, b.stride, b.kernel) == (16, 96, 24, 2, 3)
+    assert b.se.conv_reduce.out_channels == 4  # 0.25 of the block's *input* channels
+    assert not b.has_skip and m.blocks[1][1].has_skip and m.blocks[1][1].stride == 1
+
+
+@pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
+@pytest.mark.parametrize("hw", [(1, 1), (32, 32), (97, 131), (7, 5)])
+def test_any_input_size(pad_mode, hw):
+    m = fm.efficientnet_b0(pad_mode=pad_mode).eval()
+    with torch.no_grad():
+        out = m(torch.randn(2, 3, *hw))
+        fmap = m.forward_features(torch.randn(1, 3, *hw))
+    assert out.shape == (2, 1000) and torch.isfinite(out).all()
+    expected = [-(-d // 32) for d in hw] if pad_mode == "same" else None
+    if expected:
+        assert list(fmap.shape[2:]) == expected
+    assert fmap.shape[1] == 1280
+
+
+def test_cifar_final_map_is_1x1():
+    m = fm.efficientnet_b0(num_classes=10).eval()
+    with torch.no_grad():
+        assert m.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 1280, 1, 1)
+        assert m(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    "size, k, s, expected",
+    [(224, 3, 2, (0, 1)), (225, 3, 2, (1, 1)), (7, 5, 2, (2, 2)), (8, 5, 2, (1, 2)), (1, 3, 2, (1, 1)),
+     (1, 5, 1, (2, 2)), (10, 3, 1, (1, 1))],
+)
+def test_same_padding(size, k, s, expected):
+    assert same_padding(size, k, s) == expected
+
+
+def test_same_padding_matches_tf_formula_on_odd_sizes():
+    # TF: pad_total = max((ceil(i/s) - 1) * s + k - i, 0); top = total // 2.
+    import math
+    for i in range(1, 40):
+        for k in (3, 5):
+            for s in (1, 2):
+                total = max((math.ceil(i / s) - 1) * s + k - i, 0)
+                assert same_padding(i, k, s) == (total // 2, total - total // 2)
+
+
+def test_same_mode_uses_asymmetric_padding_for_stride_2():
+    torch.manual_seed(0)
+    m = fm.efficientnet_b0(pad_mode="same").eval()
+    conv = m.conv_stem
+    x = torch.randn(1, 3, 8, 8)
+    manual = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 1, 0, 1)), conv.weight, stride=2)
+    torch.testing.assert_close(conv(x), manual)
+    assert m.bn1.eps == 1e-3 and fm.efficientnet_b0().bn1.eps == 1e-5
+
+
+def test_num_classes_zero_returns_pooled_features_and_reset_classifier():
+    m = fm.efficientnet_b0(num_classes=0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = m(x)
+        assert feats.shape == (2, 1280)
+        torch.testing.assert_close(feats, m.forward_features(x).mean((2, 3)))
+        m.reset_classifier(7)
+        assert m(x).shape == (2, 7)
+        torch.testing.assert_close(m.forward_head(m.forward_features(x), pre_logits=True), feats)
+    m.reset_classifier(0)
+    assert isinstance(m.get_classifier(), torch.nn.Identity)
+
+
+def test_features_only_strides_and_channels():
+    m = fm.efficientnet_b0(features_only=True).eval()
+    assert [f["reduction"] for f in m.feature_info] == [2, 4, 8, 16, 32]
+    assert [f["num_chs"] for f in m.feature_info] == [16, 24, 40, 112, 320]
+    with torch.no_grad():
+        maps = m(torch.randn(1, 3, 64, 96))
+    assert [tuple(t.shape[1:]) for t in maps] == [(16, 32, 48), (24, 16, 24), (40, 8, 12), (112, 4, 6), (320, 2, 3)]
+    det = fm.efficientnet_b3(features_only=True, out_indices=(2, 3, 4)).eval()
+    with torch.no_grad():
+        maps = det(torch.randn(1, 3, 64, 64))
+    assert [t.shape[1] for t in maps] == [48, 136, 384] and [f["reduction"] for f in det.feature_info] == [8, 16, 32]
+    assert not hasattr(det, "conv_head")
+    with pytest.raises(ValueError, match="out_indices"):
+        fm.efficientnet_b0(features_only=True, out_indices=(5,))
+
+
+def test_channels_last_matches_nchw():
+    m = randomize_bn(fm.efficientnet_b0()).eval()
+    x = torch.randn(2, 3, 45, 61)
+    with torch.no_grad():
+        ref = m(x)
+        m_cl = m.to(memory_format=torch.channels_last)
+        out = m_cl(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_and_drop_path_only_in_training():
+    m = fm.efficientnet_b0(drop_rate=0.5, drop_path_rate=0.3)
+    drop = [b.drop_path.drop_prob for s in m.blocks for b in s]
+    assert drop[0] == 0.0 and drop == sorted(drop) and max(drop) < 0.3
+    x = torch.randn(4, 3, 32, 32)
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m(x))
+    m.train()
+    torch.manual_seed(0)
+    a = m(x)
+    torch.manual_seed(1)
+    b = m(x)
+    assert not torch.allclose(a, b)
+    a.sum().backward()
+    assert m.conv_stem.weight.grad is not None
+
+
+def test_general_builder_and_phi():
+    m = fm.efficientnet(1.1, 1.2, 260)
+    assert fm.count_params(m) == 9_109_994 and m.default_resolution == 260
+    scaled = fm.efficientnet(phi=1)
+    s = fm.compound_scaling(1)
+    assert scaled.default_resolution == s.resolution == 256
+    assert [len(st) for st in scaled.blocks] == [2, 3, 3, 4, 4, 5, 2]
+    with pytest.raises(ValueError):
+        fm.efficientnet(0, 1)
