@@ -78,7 +78,11 @@ class PaddedConv2d(nn.Conv2d):
     def padding_for(self, height: int, width: int) -> tuple[int, int, int, int]:
         return conv_padding(height, width, self.kernel_size[0], self.stride[0], self.pad_mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid_hw: torch.Tensor | None = None) -> torch.Tensor:
+        if valid_hw is not None:
+            from . import ragged
+
+            return ragged.conv2d(self, self.pad_mode, x, valid_hw)
         if self.dynamic_pad:
             top, bottom, left, right = self.padding_for(x.shape[-2], x.shape[-1])
             x = F.pad(x, (left, right, top, bottom))
@@ -116,12 +120,23 @@ class SqueezeExcite(nn.Module):
         self.conv_reduce = nn.Conv2d(channels, reduced_channels, 1, bias=True)
         self.conv_expand = nn.Conv2d(reduced_channels, channels, 1, bias=True)
 
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x.mean((2, 3), keepdim=True)
+    def gate(self, x: torch.Tensor, valid_hw: torch.Tensor | None = None) -> torch.Tensor:
+        if valid_hw is None:
+            pooled = x.mean((2, 3), keepdim=True)
+        else:
+            from . import ragged
+
+            pooled = ragged.masked_mean(x, valid_hw)
         return torch.sigmoid(self.conv_expand(F.silu(self.conv_reduce(pooled))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
+    def forward(self, x: torch.Tensor, valid_hw: torch.Tensor | None = None) -> torch.Tensor:
+        return x * self.gate(x, valid_hw)
+
+
+def _out_valid(valid_hw: torch.Tensor, stride: int) -> torch.Tensor:
+    from . import ragged
+
+    return ragged.out_valid(valid_hw, stride)
 
 
 def se_channels(in_channels: int, se_ratio: float) -> int:
@@ -156,10 +171,11 @@ class DepthwiseSeparable(nn.Module):
         self.has_skip = stride == 1 and in_channels == out_channels
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid_hw: torch.Tensor | None = None) -> torch.Tensor:
+        """``valid_hw``: per-image valid (h, w) of a ragged batch (see fastmbconv.ragged)."""
         shortcut = x
-        x = F.silu(self.bn1(self.conv_dw(x)))
-        x = self.se(x)
+        x = F.silu(self.bn1(self.conv_dw(x, valid_hw)))
+        x = self.se(x, None if valid_hw is None else _out_valid(valid_hw, self.stride))
         x = self.bn2(self.conv_pw(x))
         if self.has_skip:
             x = self.drop_path(x) + shortcut
@@ -196,11 +212,12 @@ class MBConv(nn.Module):
         self.has_skip = stride == 1 and in_channels == out_channels
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid_hw: torch.Tensor | None = None) -> torch.Tensor:
+        """``valid_hw``: per-image valid (h, w) of a ragged batch (see fastmbconv.ragged)."""
         shortcut = x
         x = F.silu(self.bn1(self.conv_pw(x)))
-        x = F.silu(self.bn2(self.conv_dw(x)))
-        x = self.se(x)
+        x = F.silu(self.bn2(self.conv_dw(x, valid_hw)))
+        x = self.se(x, None if valid_hw is None else _out_valid(valid_hw, self.stride))
         x = self.bn3(self.conv_pwl(x))
         if self.has_skip:
             x = self.drop_path(x) + shortcut

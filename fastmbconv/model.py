@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backend as _backend
+from . import ragged
 from .config import (
     B0_HEAD_CHANNELS,
     B0_STAGES,
@@ -177,52 +178,95 @@ class EfficientNet(nn.Module):
             raise ValueError(f"input spatial size must be at least 1x1, got {tuple(x.shape[2:])}")
 
     # ------------------------------------------------------------------ reference path
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(self.bn1(self.conv_stem(x)))
+    def _stem(self, x: torch.Tensor, valid_hw: torch.Tensor | None) -> torch.Tensor:
+        return F.silu(self.bn1(self.conv_stem(x, valid_hw)))
 
-    def _reference_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self._stem(x)
-        maps, wanted = [], {info["stage"] for info in self.feature_info}
+    def _run_blocks(self, x: torch.Tensor, valid_hw: torch.Tensor | None):
+        """Stem and blocks; yields (stage index, output, valid extent) at each stage end."""
+        x = self._stem(x, valid_hw)
+        valid_hw = None if valid_hw is None else ragged.out_valid(valid_hw, 2)
         for i, stage in enumerate(self.blocks):
-            x = stage(x)
-            if i in wanted:
-                maps.append(x)
-        return maps
+            for block in stage:
+                x = block(x, valid_hw)
+                if valid_hw is not None:
+                    valid_hw = ragged.out_valid(valid_hw, block.stride)
+            yield i, x, valid_hw
 
-    def _reference_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self._stem(x))
-        return F.silu(self.bn2(self.conv_head(x)))
+    def _reference_feature_maps(self, x: torch.Tensor, valid_hw: torch.Tensor | None) -> list[torch.Tensor]:
+        wanted = {info["stage"] for info in self.feature_info}
+        return [
+            fmap if valid is None else ragged.mask_invalid(fmap, valid)
+            for i, fmap, valid in self._run_blocks(x, valid_hw)
+            if i in wanted
+        ]
+
+    def _reference_features(self, x: torch.Tensor, valid_hw: torch.Tensor | None):
+        """(head map, valid extent of the head map or None)."""
+        for _, x, valid in self._run_blocks(x, valid_hw):
+            pass
+        x = F.silu(self.bn2(self.conv_head(x)))
+        if valid is not None:
+            x = ragged.mask_invalid(x, valid)
+        return x, valid
+
+    def _prepare_call(self, x: torch.Tensor, valid_sizes) -> tuple[torch.Tensor | None, bool]:
+        self.check_input(x)
+        valid_hw = None
+        if valid_sizes is not None:
+            if self.training:
+                raise RuntimeError(
+                    "ragged batches (valid_sizes) are inference-only: BatchNorm's batch statistics "
+                    "would mix padding into every image; call model.eval()"
+                )
+            valid_hw = ragged.check_valid_sizes(valid_sizes, x)
+        return valid_hw, _backend.select_path(self, x) == "fused"
 
     # ------------------------------------------------------------------ public API
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """The head's (N, head_channels, H/32, W/32) map, or the feature maps if ``features_only``."""
-        self.check_input(x)
-        fused = _backend.select_path(self, x) == "fused"
+    def forward_features(
+        self, x: torch.Tensor, valid_sizes: torch.Tensor | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """The head's (N, head_channels, H/32, W/32) map, or the feature maps if ``features_only``.
+
+        ``valid_sizes``: optional (N, 2) per-image valid (height, width) of a ragged batch; each
+        image is then computed as if run alone at that size, and positions outside its valid
+        extent are zero in the returned maps.
+        """
+        valid_hw, fused = self._prepare_call(x, valid_sizes)
         if fused:
             from . import fused as _fused
 
             if self.features_only:
-                return _fused.forward_feature_maps(self, x)
-            return _fused.forward_features(self, x)
+                return _fused.forward_feature_maps(self, x, valid_hw)
+            return _fused.forward_features(self, x, valid_hw)
         if self.features_only:
-            return self._reference_feature_maps(x)
-        return self._reference_features(x)
+            return self._reference_feature_maps(x, valid_hw)
+        return self._reference_features(x, valid_hw)[0]
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3))
+    def forward_head(
+        self, x: torch.Tensor, pre_logits: bool = False, valid_hw: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x.mean((2, 3)) if valid_hw is None else ragged.masked_mean(x, valid_hw).flatten(1)
         if self.drop_rate > 0.0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.classifier(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, valid_sizes: torch.Tensor | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Logits (or pooled features if ``num_classes == 0``; feature maps if ``features_only``).
+
+        ``valid_sizes``: optional (N, 2) per-image valid (height, width) for a ragged batch, as
+        returned by :func:`fastmbconv.prepare_images`; see :mod:`fastmbconv.ragged`.
+        """
         if self.features_only:
-            return self.forward_features(x)
-        self.check_input(x)
-        if _backend.select_path(self, x) == "fused":
+            return self.forward_features(x, valid_sizes)
+        valid_hw, fused = self._prepare_call(x, valid_sizes)
+        if fused:
             from . import fused as _fused
 
-            return _fused.forward(self, x)
-        return self.forward_head(self._reference_features(x))
+            return _fused.forward(self, x, valid_hw)
+        features, valid = self._reference_features(x, valid_hw)
+        return self.forward_head(features, valid_hw=valid)
 
     def get_classifier(self) -> nn.Module:
         return self.classifier

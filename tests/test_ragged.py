@@ -1,0 +1,96 @@
+"""Ragged batches on the reference path: each image must come out as if run alone."""
+import pytest
+import torch
+
+import fastmbconv as fm
+from fastmbconv import ragged
+
+from .helpers import randomize_bn
+
+SIZES = [(64, 48), (80, 80), (33, 57), (7, 1)]
+
+
+def _ragged_batch(sizes, channels=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    H, W = max(h for h, _ in sizes), max(w for _, w in sizes)
+    # Garbage (including NaN) in the padded area must not leak into valid outputs.
+    batch = torch.full((len(sizes), channels, H, W), float("nan"))
+    images = []
+    for i, (h, w) in enumerate(sizes):
+        img = torch.randn(channels, h, w, generator=g)
+        batch[i, :, :h, :w] = img
+        images.append(img)
+    return batch, images, torch.tensor(sizes, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
+def test_ragged_matches_each_image_alone(pad_mode):
+    model = randomize_bn(fm.efficientnet_b0(pad_mode=pad_mode)).eval()
+    batch, images, valid = _ragged_batch(SIZES)
+    with torch.no_grad():
+        out = model(batch, valid)
+        alone = torch.cat([model(img[None]) for img in images])
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, alone, rtol=0, atol=1e-4)
+
+
+def test_ragged_channels_last_and_features():
+    model = randomize_bn(fm.efficientnet_b0(pad_mode="same")).eval().to(memory_format=torch.channels_last)
+    batch, images, valid = _ragged_batch(SIZES[:3])
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fmap = model.forward_features(batch, valid)
+        for i, img in enumerate(images):
+            alone = model.forward_features(img[None])
+            h, w = alone.shape[-2:]
+            torch.testing.assert_close(fmap[i : i + 1, :, :h, :w], alone, rtol=0, atol=1e-4)
+            assert (fmap[i, :, h:, :] == 0).all() and (fmap[i, :, :, w:] == 0).all()
+
+
+def test_ragged_features_only_maps():
+    model = randomize_bn(fm.efficientnet_b0(features_only=True, out_indices=(1, 2, 4), pad_mode="same")).eval()
+    batch, images, valid = _ragged_batch([(40, 24), (17, 33)])
+    with torch.no_grad():
+        maps = model(batch, valid)
+        for i, img in enumerate(images):
+            for fmap, alone in zip(maps, model(img[None])):
+                h, w = alone.shape[-2:]
+                torch.testing.assert_close(fmap[i : i + 1, :, :h, :w], alone, rtol=0, atol=1e-4)
+
+
+def test_full_size_valid_equals_plain_batch():
+    model = randomize_bn(fm.efficientnet_b0()).eval()
+    x = torch.randn(2, 3, 37, 41)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, torch.tensor([[37, 41], [37, 41]])), model(x), rtol=0, atol=1e-5)
+
+
+def test_per_image_same_offsets_differ_with_parity():
+    valid = torch.tensor([[8, 8], [9, 9]])
+    assert ragged.per_image_padding(valid, 3, 2, "same") == [(0, 0), (1, 1)]
+    assert ragged.per_image_padding(valid, 5, 2, "same") == [(1, 1), (2, 2)]
+    assert ragged.per_image_padding(valid, 5, 2, "symmetric") == [(2, 2), (2, 2)]
+    assert ragged.out_valid(torch.tensor([[7, 1]]), 2).tolist() == [[4, 1]]
+
+
+@pytest.mark.parametrize(
+    "valid, err, match",
+    [
+        ([[64, 48], [0, 10]], ValueError, "positive"),
+        ([[64, 48], [-3, 10]], ValueError, "positive"),
+        ([[65, 48], [10, 10]], ValueError, "exceed"),
+        ([[64, 48]], ValueError, "rows"),
+        ([[64, 48, 1], [1, 1, 1]], ValueError, r"\(N, 2\)"),
+        (torch.tensor([[64.0, 48.0], [1.0, 1.0]]), TypeError, "integer"),
+    ],
+)
+def test_bad_valid_sizes(valid, err, match):
+    model = fm.efficientnet_b0().eval()
+    with pytest.raises(err, match=match):
+        model(torch.zeros(2, 3, 64, 48), valid)
+
+
+def test_ragged_refused_in_training():
+    model = fm.efficientnet_b0()
+    with pytest.raises(RuntimeError, match="inference-only"):
+        model(torch.zeros(2, 3, 32, 32), torch.tensor([[32, 32], [16, 16]]))
