@@ -1,0 +1,85 @@
+"""The backend switch: auto picks fused only for eval-mode CUDA inference; overrides win."""
+import pytest
+import torch
+
+import fastmbconv as fm
+from fastmbconv import backend
+
+
+@pytest.fixture
+def model():
+    return fm.efficientnet_b0().eval()
+
+
+@pytest.fixture(autouse=True)
+def clean_backend(monkeypatch):
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    fm.set_backend(None)
+    yield
+    fm.set_backend(None)
+
+
+def test_auto_keeps_cpu_tensors_on_reference(model):
+    with torch.inference_mode():
+        assert backend.select_path(model, torch.zeros(1, 3, 8, 8)) == "reference"
+
+
+class _CudaTensorStandIn:
+    """select_path reads only .device and .requires_grad, so a GPU-less machine can check the
+    CUDA decision without a CUDA tensor."""
+
+    device = torch.device("cuda", 0)
+    requires_grad = False
+
+
+def test_auto_picks_fused_for_cuda_inference(model):
+    x = _CudaTensorStandIn()
+    with torch.inference_mode():
+        assert backend.select_path(model, x) == "fused"
+    with torch.no_grad():
+        assert backend.select_path(model, x) == "fused"
+        assert backend.select_path(model.train(), x) == "reference"
+    model.eval()
+    with torch.enable_grad():
+        assert backend.select_path(model, x) == "reference"  # parameters require grad
+
+
+def test_precedence_context_over_global_over_env(model, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "reference")
+    assert fm.get_backend() == "reference"
+    fm.set_backend("fused")
+    assert fm.get_backend() == "fused"
+    with fm.use_backend("auto"):
+        assert fm.get_backend() == "auto"
+        with fm.use_backend("reference"):
+            assert fm.get_backend() == "reference"
+        assert fm.get_backend() == "auto"
+    assert fm.get_backend() == "fused"
+
+
+@pytest.mark.parametrize("bad", ["cuda", "", "FUSEDX"])
+def test_unknown_backend_names(bad, monkeypatch):
+    with pytest.raises(ValueError, match="unknown fastmbconv backend"):
+        fm.set_backend(bad) if bad else fm.use_backend(bad).__enter__()
+    monkeypatch.setenv(backend.ENV_VAR, "nonsense")
+    with pytest.raises(ValueError, match="nonsense"):
+        fm.get_backend()
+
+
+def test_forced_fused_explains_why_it_cannot_run(model, monkeypatch):
+    x = torch.zeros(1, 3, 8, 8)
+    with fm.use_backend("fused"):
+        with pytest.raises(RuntimeError, match="training mode"):
+            model.train()(x)
+        model.eval()
+        with pytest.raises(RuntimeError, match="autograd"):
+            model(x.requires_grad_())
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with torch.inference_mode(), pytest.raises(RuntimeError, match="CUDA tensor"):
+            model(torch.zeros(1, 3, 8, 8))
+
+
+def test_forced_reference_always_runs_modules(model):
+    with fm.use_backend("reference"), torch.inference_mode():
+        out = model(torch.zeros(1, 3, 8, 8))
+    assert out.shape == (1, 1000)
