@@ -1,0 +1,65 @@
+"""Helpers shared by the kernel launchers (torch only; triton is imported by the op modules)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+ACTIVATIONS = ("identity", "silu", "relu6")
+ACT_CODES = {"identity": 0, "silu": 1, "relu6": 2}
+
+
+def interpreting() -> bool:
+    """True when kernels run through Triton's CPU interpreter (few large blocks are then fastest)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def check_launchable(op: str, t: torch.Tensor) -> None:
+    """CPU tensors run only under the interpreter; without it a launch fails with '0 active drivers'."""
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu" and interpreting():
+        return
+    raise RuntimeError(
+        f"{op}: the Triton kernel needs a CUDA tensor, or TRITON_INTERPRET=1 (set before triton "
+        f"is imported) for CPU tensors; got a tensor on {t.device}"
+    )
+
+
+def check_tensor(op: str, name: str, t, ndim: int | None = None, dtypes=FLOAT_DTYPES, device=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{op}: {name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{op}: {name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{op}: {name} is on {t.device} but the input is on {device}")
+
+
+def check_activation(op: str, name: str, act: str) -> None:
+    if act not in ACT_CODES:
+        raise ValueError(f"{op}: unknown {name} {act!r}; expected one of {ACTIVATIONS}")
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True if ``x`` (4-D) is laid out NHWC; outputs follow the input's memory format."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def empty_like_format(x: torch.Tensor, shape, dtype=None) -> torch.Tensor:
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
+
+
+def activation_ref(x: torch.Tensor, act: str) -> torch.Tensor:
+    if act == "silu":
+        return torch.nn.functional.silu(x)
+    if act == "relu6":
+        return x.clamp(0.0, 6.0)
+    return x
