@@ -1,0 +1,178 @@
+"""dwconv_bn_act against its pure-torch twin over every (kernel, stride, padding) EfficientNet
+uses, odd sizes, dtypes, layouts, ragged batches and bad inputs. Launches are counted."""
+import pytest
+import torch
+
+from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels._utils import assert_close_to_ref
+from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, output_size
+from fastmbconv.layers import conv_padding
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def make(N, C, H, W, k, dtype=torch.float32, channels_last=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, H, W, generator=g).to(DEVICE, dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(C, 1, k, k, generator=g) * 0.3).to(DEVICE)
+    scale = (torch.rand(C, generator=g) + 0.5).to(DEVICE)
+    shift = (torch.randn(C, generator=g) * 0.1).to(DEVICE)
+    return x, w, scale, shift
+
+
+def check(x, w, scale, shift, padding, stride, **kw):
+    with count_launches() as launches:
+        got = dwconv_bn_act(x, w, scale, shift, padding, stride, **kw)
+    assert launches["dwconv_bn_act"] == 1, launches
+    ref = dwconv_bn_act_ref(x, w, scale, shift, padding, stride, compute_dtype=torch.float64, **kw)
+    lowp = None
+    if x.dtype != torch.float32:
+        lowp = dwconv_bn_act_ref(x.cpu(), w.cpu().to(x.dtype), scale.cpu(), shift.cpu(), padding, stride,
+                                 compute_dtype=x.dtype, **kw)
+    if kw.get("with_pool"):
+        (out, pool), (ref, ref_pool) = got, ref
+        assert pool.dtype == torch.float32 and pool.shape == x.shape[:2]
+        # the pool sums the stored fp32 values before the cast: fp32 rule on the sums
+        assert_close_to_ref(pool, ref_pool, what="pool sums")
+        if lowp is not None:
+            lowp = lowp[0]
+    else:
+        out = got
+    assert out.dtype == x.dtype
+    assert_close_to_ref(out, ref, lowp, what="dwconv output")
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
+@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+def test_every_efficientnet_config(k, stride, pad_mode, dtype):
+    """Every (kernel, stride, padding) of B0-B7, with the expand SiLU on load and the SE pool."""
+    x, w, scale, shift = make(2, 24, 33, 18, k, dtype)
+    padding = conv_padding(33, 18, k, stride, pad_mode)
+    out = check(x, w, scale, shift, padding, stride, input_act="silu", with_pool=True)
+    assert out.shape[-2:] == (-(-33 // stride), -(-18 // stride))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("C", [3, 40])
+@pytest.mark.parametrize("H,W", [(1, 1), (7, 7), (1, 57), (57, 33)])
+@pytest.mark.parametrize("k,stride,pad_mode", [(3, 2, "same"), (5, 1, "symmetric"), (5, 2, "same")])
+def test_odd_sizes(H, W, C, k, stride, pad_mode):
+    x, w, scale, shift = make(2, C, H, W, k)
+    check(x, w, scale, shift, conv_padding(H, W, k, stride, pad_mode), stride, with_pool=True)
+
+
+@pytest.mark.parametrize("act,input_act", [("identity", "identity"), ("relu6", "relu6"), ("silu", "identity")])
+def test_activations(act, input_act):
+    x, w, scale, shift = make(1, 24, 9, 11, 3)
+    check(x * 4, w, scale, shift, (1, 1, 1, 1), 1, act=act, input_act=input_act)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_nchw_input_gives_nchw_output(dtype):
+    x, w, scale, shift = make(2, 40, 13, 7, 5, dtype, channels_last=False)
+    out = check(x, w, scale, shift, (1, 2, 1, 2), 2, with_pool=True)
+    assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("view", ["channel_slice", "spatial_stride", "permuted"])
+def test_non_contiguous_input(view):
+    x, w, scale, shift = make(2, 48, 14, 18, 3)
+    if view == "channel_slice":
+        x = x[:, 8:32]
+    elif view == "spatial_stride":
+        x = x[:, :24, ::2, 1::2]
+    else:
+        x = x[:, :24].transpose(2, 3)
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    H, W = x.shape[-2:]
+    check(x, w[:24], scale[:24], shift[:24], conv_padding(H, W, 3, 1, "same"), 1, with_pool=True)
+
+
+@pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
+@pytest.mark.parametrize("k,stride", [(3, 2), (5, 1)])
+def test_ragged(k, stride, pad_mode):
+    """Per-image valid sizes and padding: each image as if alone; invalid outputs are 0 and
+    left out of the pool sums."""
+    x, w, scale, shift = make(3, 24, 21, 17, k)
+    sizes = [(21, 17), (10, 5), (1, 1)]
+    valid_hw = torch.tensor(sizes, dtype=torch.int32, device=DEVICE)
+    pads = [conv_padding(h, wd, k, stride, pad_mode) for h, wd in sizes]
+    pad_tl = torch.tensor([[p[0], p[2]] for p in pads], dtype=torch.int32, device=DEVICE)
+    padding = conv_padding(21, 17, k, stride, pad_mode)
+    out = check(x, w, scale, shift, padding, stride, with_pool=True, valid_hw=valid_hw, pad_tl=pad_tl)
+    # image 1 computed on its own, without the rest of its slot, must agree
+    alone = dwconv_bn_act(x[1:2, :, :10, :5].contiguous(memory_format=torch.channels_last), w, scale, shift,
+                          pads[1], stride)
+    ho, wo = alone.shape[-2:]
+    torch.testing.assert_close(out[1, :, :ho, :wo], alone[0], atol=1e-5, rtol=1e-5)
+    assert (out[1, :, ho:] == 0).all() and (out[1, :, :, wo:] == 0).all()
+
+
+def test_empty_batch_launches_nothing():
+    x, w, scale, shift = make(0, 24, 9, 9, 3)
+    with count_launches() as launches:
+        out, pool = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 2, with_pool=True)
+    assert out.shape == (0, 24, 5, 5) and pool.shape == (0, 24)
+    assert sum(launches.values()) == 0
+
+
+def test_output_size_matches_conv_arithmetic():
+    assert output_size(57, 33, 5, 2, conv_padding(57, 33, 5, 2, "same")) == (29, 17)
+    assert output_size(7, 7, 3, 1, (1, 1, 1, 1)) == (7, 7)
+
+
+BAD_CASES = {
+    "3-D input": (lambda x, w, s, b: (x[0], w, s, b, (1, 1, 1, 1), 1, {}), ValueError, "4-D"),
+    "int input": (lambda x, w, s, b: (x.to(torch.int32), w, s, b, (1, 1, 1, 1), 1, {}), TypeError, "dtype"),
+    "channel mismatch": (lambda x, w, s, b: (x, w[:8], s, b, (1, 1, 1, 1), 1, {}), ValueError, "channel"),
+    "kernel 7": (lambda x, w, s, b: (x, torch.zeros(24, 1, 7, 7, device=x.device), s, b, (3, 3, 3, 3), 1, {}), ValueError, "3 or 5"),
+    "stride 3": (lambda x, w, s, b: (x, w, s, b, (1, 1, 1, 1), 3, {}), ValueError, "stride"),
+    "padding len": (lambda x, w, s, b: (x, w, s, b, (1, 1), 1, {}), ValueError, "padding"),
+    "fp16 scale": (lambda x, w, s, b: (x, w, s.half(), b, (1, 1, 1, 1), 1, {}), TypeError, "scale"),
+    "short shift": (lambda x, w, s, b: (x, w, s, b[:3], (1, 1, 1, 1), 1, {}), ValueError, "shift"),
+    "bad act": (lambda x, w, s, b: (x, w, s, b, (1, 1, 1, 1), 1, {"act": "gelu"}), ValueError, "gelu"),
+    "valid_hw alone": (lambda x, w, s, b: (x, w, s, b, (1, 1, 1, 1), 1,
+                       {"valid_hw": torch.ones(2, 2, dtype=torch.int32, device=x.device)}), ValueError, "together"),
+    "valid_hw too big": (lambda x, w, s, b: (x, w, s, b, (1, 1, 1, 1), 1,
+                         {"valid_hw": torch.full((2, 2), 99, dtype=torch.int32, device=x.device),
+                          "pad_tl": torch.ones(2, 2, dtype=torch.int32, device=x.device)}), ValueError, "valid_hw"),
+    "int64 valid_hw": (lambda x, w, s, b: (x, w, s, b, (1, 1, 1, 1), 1,
+                       {"valid_hw": torch.ones(2, 2, dtype=torch.int64, device=x.device),
+                        "pad_tl": torch.ones(2, 2, dtype=torch.int32, device=x.device)}), TypeError, "valid_hw"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_raises_clear_error(case):
+    build, exc, words = BAD_CASES[case]
+    x, w, scale, shift = make(2, 24, 9, 9, 3)
+    *args, kw = build(x, w, scale, shift)
+    with count_launches() as launches, pytest.raises(exc, match=words):
+        dwconv_bn_act(*args, **kw)
+    assert sum(launches.values()) == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error without the interpreter")
+def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x, w, scale, shift = make(1, 8, 5, 5, 3)
+    with pytest.raises(RuntimeError, match="CUDA tensor, or TRITON_INTERPRET=1"):
+        dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with ~12 GB free for a >2^31-element tensor")
+def test_more_than_2_31_elements_cuda():
+    """B7-at-600px-sized activations: offsets must be 64-bit."""
+    N, C, H, W = 1040, 32, 256, 256  # 2.18e9 elements
+    x = torch.randn(N, C, H, W, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    _, w, scale, shift = make(1, C, 1, 1, 3)
+    out, pool = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1, input_act="silu", with_pool=True)
+    last = x[-2:].float()
+    ref, ref_pool = dwconv_bn_act_ref(last, w, scale, shift, (1, 1, 1, 1), 1, input_act="silu", with_pool=True)
+    torch.testing.assert_close(out[-2:].float(), ref, atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(pool[-2:], ref_pool, atol=1.0, rtol=1e-3)

@@ -1,0 +1,75 @@
+"""squeeze_excite_gate against its pure-torch twin; one launch for the whole batch."""
+import pytest
+import torch
+
+from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels._utils import assert_close_to_ref
+from fastmbconv.kernels.squeeze_excite import squeeze_excite_gate, squeeze_excite_gate_ref
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make(N, C, R, wdtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sums = (torch.randn(N, C, generator=g) * 30).to(DEVICE)
+    w_r = (torch.randn(R, C, 1, 1, generator=g) / C**0.5).to(DEVICE, wdtype)
+    b_r = (torch.randn(R, generator=g) * 0.1).to(DEVICE, wdtype)
+    w_e = (torch.randn(C, R, 1, 1, generator=g) / R**0.5).to(DEVICE, wdtype)
+    b_e = (torch.randn(C, generator=g) * 0.1).to(DEVICE, wdtype)
+    return sums, w_r, b_r, w_e, b_e
+
+
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("N,C,R", [(1, 24, 1), (3, 40, 10), (2, 1152, 48), (5, 96, 4)])
+def test_matches_ref(N, C, R, wdtype):
+    args = make(N, C, R, wdtype)
+    with count_launches() as launches:
+        gate = squeeze_excite_gate(*args, hw=49)
+    assert launches["squeeze_excite_gate"] == 1
+    assert gate.dtype == torch.float32 and gate.shape == (N, C)
+    # the gate is fp32 math on the given weights: fp32 rule, reference in fp64
+    assert_close_to_ref(gate, squeeze_excite_gate_ref(*args, hw=49, compute_dtype=torch.float64), what="gate")
+
+
+def test_per_sample_count():
+    args = make(3, 40, 10)
+    count = torch.tensor([49, 20, 1], dtype=torch.int32, device=DEVICE)
+    gate = squeeze_excite_gate(*args, count=count)
+    ref = squeeze_excite_gate_ref(*args, count=count, compute_dtype=torch.float64)
+    assert_close_to_ref(gate, ref, what="gate")
+    # and the count really is used: a different count gives a different gate
+    assert not torch.allclose(gate, squeeze_excite_gate(*args, hw=49))
+
+
+def test_empty_batch():
+    args = make(0, 40, 10)
+    with count_launches() as launches:
+        gate = squeeze_excite_gate(*args, hw=4)
+    assert gate.shape == (0, 40) and sum(launches.values()) == 0
+
+
+@pytest.mark.parametrize("case,exc,words", [
+    ("fp16 sums", TypeError, "pool_sums"),
+    ("wrong reduce width", ValueError, "w_reduce"),
+    ("wrong expand shape", ValueError, "w_expand"),
+    ("short bias", ValueError, "b_expand"),
+    ("count length", ValueError, "count"),
+    ("zero hw", ValueError, "hw"),
+])
+def test_bad_input(case, exc, words):
+    sums, w_r, b_r, w_e, b_e = make(2, 40, 10)
+    kw = {"hw": 4}
+    if case == "fp16 sums":
+        sums = sums.half()
+    elif case == "wrong reduce width":
+        w_r = w_r[:, :20]
+    elif case == "wrong expand shape":
+        w_e = w_e[:, :5]
+    elif case == "short bias":
+        b_e = b_e[:3]
+    elif case == "count length":
+        kw["count"] = torch.ones(5, device=DEVICE)
+    elif case == "zero hw":
+        kw["hw"] = 0
+    with pytest.raises(exc, match=words):
+        squeeze_excite_gate(sums, w_r, b_r, w_e, b_e, **kw)
