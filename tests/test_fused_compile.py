@@ -1,0 +1,90 @@
+"""torch.compile and CUDA graphs over the fused path.
+
+The kernels are registered with ``torch.library.custom_op`` (with fake implementations), so
+dynamo traces one fused MBConv block as a single graph with no breaks. On CPU the compiled graph
+runs the kernels through Triton's interpreter, and launch counts prove they ran.
+"""
+import pytest
+import torch
+
+import fastmbconv as fm
+from fastmbconv import fused
+from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels._utils import assert_close_to_ref
+from fastmbconv.layers import DepthwiseSeparable, MBConv
+from tests.helpers import randomize_bn
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_block(kind):
+    torch.manual_seed(0)
+    if kind == "mbconv_skip":
+        block = MBConv(24, 24, 5, 1, 6, 0.25, "same", 1e-3)
+    elif kind == "mbconv_stride2":
+        block = MBConv(16, 24, 3, 2, 6, 0.25, "same", 1e-3)
+    else:
+        block = DepthwiseSeparable(32, 16, 3, 1, 0.25, "symmetric", 1e-5)
+    block = randomize_bn(block).eval().to(DEVICE)
+    x = torch.randn(2, block.in_channels, 9, 11, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    return block, x
+
+
+@pytest.mark.parametrize("kind", ["mbconv_skip", "mbconv_stride2", "ds"])
+def test_block_compiles_fullgraph_without_breaks(kind):
+    block, x = make_block(kind)
+    pad_mode = block.conv_dw.pad_mode
+    folded_block = fused._fold_block(block)
+
+    def fused_block(inp):
+        return fused.block_forward(folded_block, inp, pad_mode)[0]
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(fused_block)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+    compiled = torch.compile(fused_block, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        ref = block(x)
+        with count_launches() as launches:
+            out = compiled(x)
+    n_pointwise = 2 if kind.startswith("mbconv") else 1
+    assert dict(launches) == {"dwconv_bn_act": 1, "squeeze_excite_gate": 1, "pointwise_gated": n_pointwise}
+    assert out.shape == ref.shape
+    assert_close_to_ref(out, ref, what=f"compiled {kind} block")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_graph_capture_of_whole_model(dtype):
+    model = randomize_bn(fm.efficientnet_b0(pad_mode="same")).eval().to("cuda", dtype)
+    static_x = torch.randn(8, 3, 224, 224, device="cuda", dtype=dtype)
+    with torch.inference_mode(), fm.use_backend("fused"):
+        eager = model(static_x)  # warm-up: JIT-compiles the kernels and folds BN outside capture
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            model(static_x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = model(static_x)
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(static_out, eager, atol=2e-2, rtol=2e-2)
+        new_x = torch.randn_like(static_x)
+        static_x.copy_(new_x)
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(static_out, model(new_x), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile of the whole model needs a CUDA GPU")
+def test_cuda_compile_whole_fused_model():
+    model = randomize_bn(fm.efficientnet_b0()).eval().to("cuda", torch.float16)
+    x = torch.randn(4, 3, 224, 224, device="cuda", dtype=torch.float16)
+    with torch.inference_mode(), fm.use_backend("fused"):
+        eager = model(x)
+        compiled = torch.compile(model)
+        torch.testing.assert_close(compiled(x), eager, atol=2e-2, rtol=2e-2)

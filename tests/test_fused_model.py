@@ -1,0 +1,160 @@
+"""The whole fused EfficientNet (fastmbconv.fused) against the reference modules.
+
+On CPU the kernels run through Triton's interpreter; launch counts prove every block's kernels
+ran (one depthwise, one SE and two pointwise launches per MBConv block, one depthwise, one SE
+and one pointwise per depthwise-separable block, plus one pointwise for the head). fp32
+tolerance: max |fused - reference| <= 1e-4 * max(1, max |reference|) (the rule in
+fastmbconv.kernels._utils.assert_close_to_ref).
+"""
+import pytest
+import torch
+
+import fastmbconv as fm
+from fastmbconv import fused
+from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels._utils import assert_close_to_ref
+from tests.helpers import randomize_bn
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build(name="efficientnet_b0", seed=0, **kw):
+    torch.manual_seed(seed)
+    return randomize_bn(fm.MODEL_BUILDERS[name](**kw), seed).eval().to(DEVICE)
+
+
+def expected_launches(model, with_head=True):
+    blocks = [b for stage in model.blocks for b in stage]
+    n_ds = sum(1 for b in blocks if not hasattr(b, "bn3"))
+    return {
+        "dwconv_bn_act": len(blocks),
+        "squeeze_excite_gate": len(blocks),
+        "pointwise_gated": 2 * len(blocks) - n_ds + (1 if with_head else 0),
+    }
+
+
+def run_both(model, fn, *args):
+    with torch.inference_mode():
+        ref = fn(*args)
+        with fm.use_backend("fused"), count_launches() as launches:
+            out = fn(*args)
+    return out, ref, launches
+
+
+@pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
+def test_b0_logits_and_head_map_match_reference(pad_mode):
+    model = build(pad_mode=pad_mode)
+    x = torch.randn(2, 3, 33, 47, device=DEVICE)
+    out, ref, launches = run_both(model, model, x)
+    assert dict(launches) == expected_launches(model)
+    assert_close_to_ref(out, ref, what="B0 logits")
+    fmap, ref_map, launches = run_both(model, model.forward_features, x)
+    assert dict(launches) == expected_launches(model)
+    assert fmap.shape == ref_map.shape == (2, 1280, 2, 2)
+    assert_close_to_ref(fmap, ref_map, what="B0 head map")
+
+
+@pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
+def test_b0_ragged_batch_matches_reference(pad_mode):
+    model = build(pad_mode=pad_mode, num_classes=0)
+    x = torch.randn(3, 3, 33, 47, device=DEVICE)
+    sizes = torch.tensor([[33, 47], [20, 31], [9, 5]])
+    out, ref, launches = run_both(model, model, x, sizes)
+    assert dict(launches) == expected_launches(model)
+    assert out.shape == (3, 1280)
+    assert_close_to_ref(out, ref, what="ragged pooled features")
+    fmap, ref_map, _ = run_both(model, model.forward_features, x, sizes)
+    assert_close_to_ref(fmap, ref_map, what="ragged head map")
+
+
+def test_b0_features_only():
+    model = build(features_only=True, pad_mode="same")
+    x = torch.randn(2, 3, 29, 40, device=DEVICE)
+    maps, ref_maps, launches = run_both(model, model, x, torch.tensor([[29, 40], [17, 9]]))
+    assert dict(launches) == expected_launches(model, with_head=False)
+    assert [m.shape[1] for m in maps] == [16, 24, 40, 112, 320]
+    for i, (m, r) in enumerate(zip(maps, ref_maps)):
+        assert_close_to_ref(m, r, what=f"feature map {i}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_b0_low_precision(dtype):
+    """fp16/bf16 model: |fused - fp64 ref| <= 2 |torch at dtype - fp64 ref| + atol + 1 ulp."""
+    model = build()
+    x = torch.randn(2, 3, 25, 31, device=DEVICE)
+    with torch.inference_mode():
+        ref64 = build().double()(x.double())
+    model = model.to(dtype)
+    out, ref_lowp, launches = run_both(model, model, x.to(dtype))
+    assert launches["dwconv_bn_act"] == 16
+    assert out.dtype == dtype
+    assert_close_to_ref(out, ref64, ref_lowp, what=f"B0 {dtype} logits")
+
+
+def test_bn_edit_in_place_is_seen_and_fold_is_cached():
+    model = build(num_classes=10)
+    x = torch.randn(1, 3, 19, 23, device=DEVICE)
+    with torch.inference_mode(), fm.use_backend("fused"):
+        before = model(x)
+        folded_once = fused.folded(model)
+        assert fused.folded(model) is folded_once  # unchanged weights: no refold
+    with torch.no_grad():
+        model.blocks[3][1].bn2.weight.mul_(1.7)
+        model.blocks[5][0].bn3.running_var.add_(0.3)
+    with torch.inference_mode():
+        ref = model(x)
+        with fm.use_backend("fused"):
+            after = model(x)
+            assert fused.folded(model) is not folded_once
+    assert (after - before).abs().max() > 1e-3
+    assert_close_to_ref(after, ref, what="logits after an in-place BN edit")
+
+
+def test_load_state_dict_refolds():
+    model, other = build(num_classes=10), build(num_classes=10, seed=1)
+    x = torch.randn(1, 3, 17, 17, device=DEVICE)
+    with torch.inference_mode(), fm.use_backend("fused"):
+        model(x)
+    model.load_state_dict(other.state_dict())
+    out, ref, _ = run_both(model, model, x)
+    assert_close_to_ref(out, ref, what="logits after load_state_dict")
+
+
+@pytest.mark.parametrize("name", [f"efficientnet_b{i}" for i in range(1, 8)])
+def test_b1_to_b7_structure(name):
+    """Every variant's stage/channel/stride structure through the fused path at a tiny size."""
+    pad_mode = "same" if name[-1] in "1357" else "symmetric"
+    model = build(name, num_classes=10, pad_mode=pad_mode)
+    x = torch.randn(1, 3, 16, 16, device=DEVICE)
+    out, ref, launches = run_both(model, model, x)
+    assert dict(launches) == expected_launches(model)
+    assert_close_to_ref(out, ref, what=f"{name} logits")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA parity needs a CUDA GPU")
+@pytest.mark.parametrize("impl", ["auto", "triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cuda_b0_224_parity(dtype, impl, monkeypatch):
+    if impl != "auto":
+        monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", impl)
+    model = build(pad_mode="same")
+    x = torch.randn(8, 3, 224, 224, device="cuda")
+    with torch.inference_mode():
+        ref64 = build(pad_mode="same").double()(x.double())
+    model = model.to(dtype)
+    out, ref, launches = run_both(model, model, x.to(dtype))
+    assert launches["dwconv_bn_act"] == 16
+    if dtype == torch.float32:
+        assert_close_to_ref(out, ref64, what="CUDA fp32 logits")
+    else:
+        assert_close_to_ref(out, ref64, ref, what=f"CUDA {dtype} logits")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA parity needs a CUDA GPU")
+def test_cuda_ragged_b3_parity():
+    model = build("efficientnet_b3", pad_mode="same").half()
+    x = torch.randn(4, 3, 300, 260, device="cuda", dtype=torch.float16)
+    sizes = torch.tensor([[300, 260], [299, 201], [131, 257], [64, 64]])
+    out, ref, launches = run_both(model, model, x, sizes)
+    assert launches["dwconv_bn_act"] == 26
+    torch.testing.assert_close(out.float(), ref.float(), atol=5e-2, rtol=5e-2)
