@@ -1,5 +1,35 @@
 """Triton kernels of fastmbconv, installed as ``fastmbconv.kernels``.
 
 One op per module: the ``@triton.jit`` kernel, its launcher, the torch-facing custom op and a
-pure-torch ``*_ref`` twin. This package imports only torch and triton.
+pure-torch ``*_ref`` twin. This package imports only torch and triton, and triton only when an
+op module is first used (names below resolve lazily), so importing it stays cheap.
+
+- :mod:`.dwconv_bn_act`: depthwise kxk + folded BN + activation, SE pool epilogue, ragged batches;
+- :mod:`.squeeze_excite`: the SE gate from pooled sums, one launch per batch;
+- :mod:`.pointwise_gated`: 1x1 conv GEMM with SE-gate prologue and bias/act/residual/pool epilogue;
+- :mod:`._launch`: launch counting (``count_launches``), which tests use to prove kernels ran.
 """
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "dwconv_bn_act": "dwconv_bn_act",
+    "dwconv_bn_act_ref": "dwconv_bn_act",
+    "squeeze_excite_gate": "squeeze_excite",
+    "squeeze_excite_gate_ref": "squeeze_excite",
+    "pointwise_gated": "pointwise_gated",
+    "pointwise_gated_ref": "pointwise_gated",
+    "choose_pointwise_impl": "pointwise_gated",
+    "count_launches": "_launch",
+    "launch_counts": "_launch",
+    "record_launch": "_launch",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

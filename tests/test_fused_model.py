@@ -158,3 +158,14 @@ def test_cuda_ragged_b3_parity():
     out, ref, launches = run_both(model, model, x, sizes)
     assert launches["dwconv_bn_act"] == 26
     torch.testing.assert_close(out.float(), ref.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_empty_batch_and_one_pixel_input():
+    model = build(num_classes=7)
+    with torch.inference_mode(), fm.use_backend("fused"):
+        with count_launches() as launches:
+            empty = model(torch.randn(0, 3, 32, 32, device=DEVICE))
+        assert empty.shape == (0, 7) and sum(launches.values()) == 0
+    out, ref, launches = run_both(model, model, torch.randn(2, 3, 1, 1, device=DEVICE))
+    assert dict(launches) == expected_launches(model)
+    assert_close_to_ref(out, ref, what="logits of a 1x1 input")

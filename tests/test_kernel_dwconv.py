@@ -176,3 +176,17 @@ def test_more_than_2_31_elements_cuda():
     ref, ref_pool = dwconv_bn_act_ref(last, w, scale, shift, (1, 1, 1, 1), 1, input_act="silu", with_pool=True)
     torch.testing.assert_close(out[-2:].float(), ref, atol=2e-2, rtol=1e-2)
     torch.testing.assert_close(pool[-2:], ref_pool, atol=1.0, rtol=1e-3)
+
+
+def test_batches_beyond_grid_limit_are_split_into_launches(monkeypatch):
+    """CUDA caps grid axis 2 (the batch) at 65535; larger batches launch in chunks."""
+    from fastmbconv.kernels import dwconv_bn_act as module
+
+    monkeypatch.setattr(module, "MAX_GRID_Z", 2)
+    x, w, scale, shift = make(5, 24, 7, 9, 3)
+    with count_launches() as launches:
+        out, pool = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 2, with_pool=True)
+    assert launches["dwconv_bn_act"] == 3
+    ref, ref_pool = dwconv_bn_act_ref(x, w, scale, shift, (1, 1, 1, 1), 2, with_pool=True)
+    assert_close_to_ref(out, ref)
+    assert_close_to_ref(pool, ref_pool)

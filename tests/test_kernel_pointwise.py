@@ -168,3 +168,30 @@ def test_bad_input(case, exc, words):
     with pytest.raises(exc, match=words):
         pointwise_gated(x, w, bias, **kw)
 
+
+
+def test_batches_beyond_grid_limit_are_split_into_launches(monkeypatch):
+    from fastmbconv.kernels import pointwise_gated as module
+
+    monkeypatch.setattr(module, "MAX_GRID_Z", 2)
+    x, w, bias, gate, res = make(5, 24, 40, 3, 5)
+    for kw in ({"gate": gate, "residual": res}, {"act": "silu", "pool_only": True}):
+        with count_launches() as launches:
+            out = pointwise_gated(x, w, bias, impl="triton", **kw)
+        assert launches["pointwise_gated"] == 3
+        assert_close_to_ref(out, pointwise_gated_ref(x, w, bias, compute_dtype=torch.float64, **kw))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with ~12 GB free for a >2^31-element tensor")
+def test_more_than_2_31_elements_cuda():
+    N, K, O, H, W = 1040, 32, 16, 256, 256  # input 2.18e9 elements
+    x = torch.randn(N, K, H, W, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(O, K, device="cuda") / K**0.5).half()
+    bias = torch.randn(O, device="cuda")
+    gate = torch.rand(N, K, device="cuda")
+    out = pointwise_gated(x, w, bias, gate=gate, impl="triton")
+    ref = pointwise_gated_ref(x[-2:], w, bias, gate=gate[-2:])
+    torch.testing.assert_close(out[-2:].float(), ref, atol=2e-2, rtol=1e-2)
+    sums = pointwise_gated(x, w, bias, act="silu", pool_only=True, impl="triton")
+    ref_sums = pointwise_gated_ref(x[-2:], w, bias, act="silu", pool_only=True)
+    torch.testing.assert_close(sums[-2:], ref_sums, atol=2.0, rtol=1e-2)
