@@ -1,12 +1,63 @@
 """Build script. Packages live in pyproject.toml's metadata; this file maps the top-level
 ``kernels/`` folder to ``fastmbconv.kernels`` (never a top-level ``kernels`` package: PyPI has
 one) and builds the optional ``fastmbconv._C`` extension."""
+import glob
+import os
+import shutil
+import sys
+
 from setuptools import setup
 
 
 def extensions():
-    """The compiled extension, when csrc/ has sources; empty otherwise."""
-    return [], {}
+    """The compiled extension ``fastmbconv._C``, when csrc/ has sources; empty otherwise.
+
+    torch must already be installed (it is never a build requirement: build with
+    ``pip install -e . --no-build-isolation``). The C++ CPU implementation is always built;
+    the CUDA kernels are added when torch has CUDA and a CUDA toolkit (CUDA_HOME / nvcc) is
+    present, unless ``FASTMBCONV_NO_CUDA=1``. Without torch, nothing is built and the package
+    falls back to its pure-torch paths.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    csrc = os.path.join(here, "csrc")
+    cpp = sorted(glob.glob(os.path.join(csrc, "*.cpp")))
+    if not cpp:
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except ImportError as exc:
+        print(f"fastmbconv: torch is not importable ({exc}); building without fastmbconv._C",
+              file=sys.stderr)
+        return [], {}
+
+    def rel(paths):  # setuptools wants paths relative to setup.py
+        return [os.path.relpath(p, here) for p in paths]
+
+    cuda_binding = [p for p in cpp if os.path.basename(p).endswith("_cuda.cpp")]
+    cpu_sources = [p for p in cpp if p not in cuda_binding]
+    cu = sorted(glob.glob(os.path.join(csrc, "*.cu")))
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else None
+    with_cuda = (
+        bool(torch.version.cuda)
+        and nvcc is not None
+        and (os.path.exists(nvcc) or shutil.which("nvcc") is not None)
+        and bool(cu)
+        and os.environ.get("FASTMBCONV_NO_CUDA", "0") in ("", "0")
+    )
+    # -g0: no debug info (halves the build); -O2. torch chooses -std (its headers need C++20).
+    cxx = ["-O2", "-g0"]
+    if with_cuda:
+        ext = CUDAExtension(
+            "fastmbconv._C",
+            rel(cpu_sources + cuda_binding + cu),
+            define_macros=[("FASTMBCONV_WITH_CUDA", "1")],
+            # --fmad=false: the same fp32 arithmetic as the CPU loop (prepare_math.h).
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O2", "--fmad=false"]},
+        )
+    else:
+        ext = CppExtension("fastmbconv._C", rel(cpu_sources), extra_compile_args={"cxx": cxx})
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = extensions()

@@ -1,0 +1,108 @@
+// fastmbconv._C: schema of fastmbconv::prepare_images and its CPU implementation (at::parallel_for
+// over output rows). The CUDA implementation is registered by prepare_cuda.cpp in CUDA builds.
+//
+//   prepare_images(Tensor data, Tensor meta, int channels, int out_h, int out_w,
+//                  ScalarType dtype, float[] mean, float[] std) -> Tensor
+//
+// data: flat uint8 buffer of every image (HWC); meta: CPU int64 (N, 5) table of
+// (offset, h, w, rh, rw) (see prepare_math.h). Returns an (N, 3, out_h, out_w) channels_last
+// tensor of `dtype` on data's device: image i resized (bilinear, align_corners=False) from
+// (h, w) to (rh, rw) into the top-left corner, normalised as (v / 255 - mean) / std, and zero
+// elsewhere.
+#include <Python.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "prepare_common.h"
+
+namespace fastmbconv {
+namespace {
+
+template <typename T>
+void prepare_cpu_impl(const uint8_t* data, const int64_t* meta, int64_t n, int64_t channels,
+                      int64_t out_h, int64_t out_w, const Norm& nm, T* out) {
+  const int64_t rows = n * out_h;
+  const int64_t grain = std::max<int64_t>(1, 16384 / out_w);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t i = r / out_h;
+      const int64_t y = r - i * out_h;
+      const int64_t* m = meta + i * kMetaCols;
+      const int64_t h = m[kHeight], w = m[kWidth], rh = m[kResizedH], rw = m[kResizedW];
+      T* row = out + r * out_w * 3;
+      if (y >= rh) {
+        std::fill(row, row + out_w * 3, T(0.0f));
+        continue;
+      }
+      const uint8_t* img = data + m[kOffset];
+      const Tap ty = source_tap(y, h, rh);
+      for (int64_t x = 0; x < out_w; ++x) {
+        float v[3];
+        prepare_pixel(img, h, w, channels, rh, rw, ty, x, nm, v);
+        row[x * 3 + 0] = T(v[0]);
+        row[x * 3 + 1] = T(v[1]);
+        row[x * 3 + 2] = T(v[2]);
+      }
+    }
+  });
+}
+
+at::Tensor prepare_images_cpu(const at::Tensor& data, const at::Tensor& meta, int64_t channels,
+                              int64_t out_h, int64_t out_w, at::ScalarType dtype,
+                              c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
+  check_args(data, meta, channels, out_h, out_w, dtype, mean, std_);
+  TORCH_CHECK(data.device().is_cpu(),
+              "fastmbconv::prepare_images (CPU): data must be a CPU tensor, got ", data.device());
+  check_table(meta, data.numel(), channels, out_h, out_w);
+  const int64_t n = meta.size(0);
+  at::Tensor out = at::empty({n, 3, out_h, out_w},
+                             data.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  if (n == 0) return out;
+  const Norm nm = make_norm(mean, std_);
+  const uint8_t* src = data.const_data_ptr<uint8_t>();
+  const int64_t* tab = meta.const_data_ptr<int64_t>();
+  switch (dtype) {
+    case at::kFloat:
+      prepare_cpu_impl(src, tab, n, channels, out_h, out_w, nm, out.mutable_data_ptr<float>());
+      break;
+    case at::kHalf:
+      prepare_cpu_impl(src, tab, n, channels, out_h, out_w, nm, out.mutable_data_ptr<c10::Half>());
+      break;
+    case at::kBFloat16:
+      prepare_cpu_impl(src, tab, n, channels, out_h, out_w, nm,
+                       out.mutable_data_ptr<c10::BFloat16>());
+      break;
+    default:
+      TORCH_CHECK(false, "unreachable");
+  }
+  return out;
+}
+
+}  // namespace
+
+// FRAGMENT, not TORCH_LIBRARY: the Triton kernels register their own ops in the same
+// "fastmbconv" namespace from Python, and a namespace can have only one defining library.
+TORCH_LIBRARY_FRAGMENT(fastmbconv, m) {
+  m.def(
+      "prepare_images(Tensor data, Tensor meta, int channels, int out_h, int out_w, "
+      "ScalarType dtype, float[] mean, float[] std) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastmbconv, CPU, m) { m.impl("prepare_images", &prepare_images_cpu); }
+
+}  // namespace fastmbconv
+
+// A plain Python module, so `import fastmbconv._C` loads the library (and runs the
+// registrations above); the ops are reached through torch.ops.fastmbconv.
+static PyModuleDef fastmbconv_c_module = {PyModuleDef_HEAD_INIT, "fastmbconv._C",
+                                          "fastmbconv's compiled ops (torch.ops.fastmbconv)", -1,
+                                          nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&fastmbconv_c_module); }

@@ -1,0 +1,84 @@
+// CUDA kernel of fastmbconv::prepare_images: resize (bilinear) / letterbox / pad, normalise and
+// convert a whole batch of uint8 HWC images into one channels_last batch in a single launch.
+// No torch headers (see prepare_kernel.h); the torch binding is prepare_cuda.cpp.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "prepare_kernel.h"
+
+namespace fastmbconv {
+namespace {
+
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+constexpr int kBlockX = 64;
+constexpr int kBlockY = 4;
+constexpr int64_t kMaxGridYZ = 65535;
+
+// blockIdx.z walks images, blockIdx.y * kBlockY + threadIdx.y walks rows, x walks columns;
+// every level is a grid-stride loop, so any n / out_h / out_w is covered with int64 indices.
+template <typename T>
+__global__ void __launch_bounds__(kBlockX * kBlockY)
+prepare_images_kernel(const uint8_t* __restrict__ data, const int64_t* __restrict__ meta,
+                      int64_t n, int64_t channels, int64_t out_h, int64_t out_w, Norm norm,
+                      T* __restrict__ out) {
+  for (int64_t i = blockIdx.z; i < n; i += gridDim.z) {
+    const int64_t* m = meta + i * kMetaCols;
+    const int64_t h = m[kHeight], w = m[kWidth], rh = m[kResizedH], rw = m[kResizedW];
+    const uint8_t* img = data + m[kOffset];
+    for (int64_t y = static_cast<int64_t>(blockIdx.y) * kBlockY + threadIdx.y; y < out_h;
+         y += static_cast<int64_t>(gridDim.y) * kBlockY) {
+      T* row = out + (i * out_h + y) * out_w * 3;
+      const bool valid_row = y < rh;
+      const Tap ty = valid_row ? source_tap(y, h, rh) : Tap{0, 0, 1.0f, 0.0f};
+      for (int64_t x = static_cast<int64_t>(blockIdx.x) * kBlockX + threadIdx.x; x < out_w;
+           x += static_cast<int64_t>(gridDim.x) * kBlockX) {
+        float v[3];
+        if (valid_row) {
+          prepare_pixel(img, h, w, channels, rh, rw, ty, x, norm, v);
+        } else {
+          v[0] = v[1] = v[2] = 0.0f;
+        }
+        store(row + x * 3 + 0, v[0]);
+        store(row + x * 3 + 1, v[1]);
+        store(row + x * 3 + 2, v[2]);
+      }
+    }
+  }
+}
+
+template <typename T>
+cudaError_t launch(const uint8_t* data, const int64_t* meta, int64_t n, int64_t channels,
+                   int64_t out_h, int64_t out_w, Norm norm, void* out, cudaStream_t stream) {
+  if (n <= 0 || out_h <= 0 || out_w <= 0) return cudaSuccess;
+  const int64_t gx = (out_w + kBlockX - 1) / kBlockX;
+  const int64_t gy = (out_h + kBlockY - 1) / kBlockY;
+  dim3 grid(static_cast<unsigned>(gx < 65535 ? gx : 65535),
+            static_cast<unsigned>(gy < kMaxGridYZ ? gy : kMaxGridYZ),
+            static_cast<unsigned>(n < kMaxGridYZ ? n : kMaxGridYZ));
+  dim3 block(kBlockX, kBlockY, 1);
+  prepare_images_kernel<T><<<grid, block, 0, stream>>>(data, meta, n, channels, out_h, out_w,
+                                                       norm, static_cast<T*>(out));
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_prepare_images(const uint8_t* data, const int64_t* meta, int64_t n,
+                                  int64_t channels, int64_t out_h, int64_t out_w, Norm norm,
+                                  OutDType dtype, void* out, cudaStream_t stream) {
+  switch (dtype) {
+    case OutDType::kFloat32:
+      return launch<float>(data, meta, n, channels, out_h, out_w, norm, out, stream);
+    case OutDType::kFloat16:
+      return launch<__half>(data, meta, n, channels, out_h, out_w, norm, out, stream);
+    case OutDType::kBFloat16:
+      return launch<__nv_bfloat16>(data, meta, n, channels, out_h, out_w, norm, out, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace fastmbconv

@@ -1,0 +1,88 @@
+// Per-pixel arithmetic of fastmbconv::prepare_images, shared by the C++ (CPU) loop and the CUDA
+// kernel so both compute exactly the same thing. No torch headers: the .cu includes this file.
+//
+// The bilinear taps follow ATen's upsample_bilinear2d with align_corners=False and no explicit
+// scale factor (what F.interpolate(size=..., mode="bilinear") calls): scale = in / out in fp32,
+// src = scale * (dst + 0.5) - 0.5 clamped at 0, i0 = min(floor(src), in - 1),
+// i1 = i0 + (i0 < in - 1), lambda1 = src - i0, and an exact copy when in == out.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FMB_HD __host__ __device__ __forceinline__
+#else
+#define FMB_HD inline
+#endif
+
+namespace fastmbconv {
+
+// Columns of the int64 (N, kMetaCols) image table: element offset of the image in the flat
+// uint8 buffer, its height and width, and the size (rh, rw) it is resized to. The image is
+// written to the top-left (rh, rw) corner of its output slot; the rest of the slot is zero.
+enum MetaCol : int { kOffset = 0, kHeight = 1, kWidth = 2, kResizedH = 3, kResizedW = 4, kMetaCols = 5 };
+
+// Normalisation: out = (v / 255 - mean[c]) / std[c], computed in fp32 in that order.
+struct Norm {
+  float mean[3];
+  float std[3];
+};
+
+struct Tap {
+  int64_t i0;
+  int64_t i1;
+  float l0;
+  float l1;
+};
+
+FMB_HD Tap source_tap(int64_t dst, int64_t in_size, int64_t out_size) {
+  Tap t;
+  if (in_size == out_size) {
+    t.i0 = dst;
+    t.i1 = dst;
+    t.l0 = 1.0f;
+    t.l1 = 0.0f;
+    return t;
+  }
+  const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
+  float real = scale * (static_cast<float>(dst) + 0.5f) - 0.5f;
+  if (!(real > 0.0f)) real = 0.0f;  // also maps a NaN (impossible here) to 0
+  int64_t i0 = static_cast<int64_t>(real);  // real >= 0: truncation is floor
+  if (i0 > in_size - 1) i0 = in_size - 1;
+  float l1 = real - static_cast<float>(i0);
+  l1 = l1 < 0.0f ? 0.0f : (l1 > 1.0f ? 1.0f : l1);
+  t.i0 = i0;
+  t.i1 = i0 + (i0 < in_size - 1 ? 1 : 0);
+  t.l1 = l1;
+  t.l0 = 1.0f - l1;
+  return t;
+}
+
+// The three normalised output channels of pixel (y, x) of one image's slot.
+// img: the image's first byte (HWC, `channels` = 1 or 3 interleaved; 1 is broadcast to RGB).
+FMB_HD void prepare_pixel(const uint8_t* img, int64_t h, int64_t w, int64_t channels,
+                          int64_t rh, int64_t rw, const Tap& ty, int64_t x, const Norm& nm,
+                          float out[3]) {
+  if (x >= rw) {
+    out[0] = out[1] = out[2] = 0.0f;
+    return;
+  }
+  const Tap tx = source_tap(x, w, rw);
+  const int64_t row0 = ty.i0 * w * channels;
+  const int64_t row1 = ty.i1 * w * channels;
+  const int64_t col0 = tx.i0 * channels;
+  const int64_t col1 = tx.i1 * channels;
+#pragma unroll
+  for (int c = 0; c < 3; ++c) {
+    const int64_t cc = channels == 1 ? 0 : c;
+    const float p00 = static_cast<float>(img[row0 + col0 + cc]);
+    const float p01 = static_cast<float>(img[row0 + col1 + cc]);
+    const float p10 = static_cast<float>(img[row1 + col0 + cc]);
+    const float p11 = static_cast<float>(img[row1 + col1 + cc]);
+    const float v = ty.l0 * (tx.l0 * p00 + tx.l1 * p01) + ty.l1 * (tx.l0 * p10 + tx.l1 * p11);
+    out[c] = (v / 255.0f - nm.mean[c]) / nm.std[c];
+  }
+  (void)h;
+}
+
+}  // namespace fastmbconv
