@@ -1,0 +1,305 @@
+"""fastmbconv.prepare: the compiled op fastmbconv::prepare_images against the pure-torch
+reference, over modes x dtypes x odd sizes, list and batch input, bad input, one op call per
+batch, fake (meta) implementation, and CUDA (skipped without a GPU)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastmbconv import _ext
+from fastmbconv.prepare import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODES,
+    letterbox_size,
+    prepare_images,
+    prepare_images_ref,
+)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SIZES = [(37, 53), (64, 48), (1, 1), (500, 375), (2, 71)]
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device on this machine: the CUDA "
+                                "kernel is only compile-checked (tests/test_extension_build.py)")
+
+
+def _images(sizes=SIZES, channels=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (h, w, channels), generator=g, dtype=torch.uint8) for h, w in sizes]
+
+
+def assert_within_one_ulp(out: torch.Tensor, ref: torch.Tensor):
+    """|out - ref| <= 1 unit in the last place of the output dtype at ref's value, plus the fp32
+    tolerance (1e-5 absolute; the normalised values are O(1)) of the arithmetic before the cast:
+    that term matters only near zero, where x / 255 - mean cancels most significant bits and an
+    fp16 ulp is far below fp32 rounding of the operands."""
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    a, b = out.float(), ref.float()
+    diff = (a - b).abs()
+    if out.dtype == torch.float32:
+        tol = torch.full_like(b, 1e-5)
+    else:
+        fi = torch.finfo(out.dtype)
+        tol = fi.eps * torch.exp2(torch.floor(torch.log2(b.abs().clamp_min(fi.tiny)))) + 1e-5
+    bad = diff > tol
+    assert not bad.any(), (
+        f"{int(bad.sum())} of {bad.numel()} values off by more than 1 ulp; worst "
+        f"{diff.max().item()} at {tuple(int(i) for i in torch.nonzero(bad)[0])}"
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extension():
+    return _ext.load()  # fails with the build command in the message if the extension is missing
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", MODES)
+def test_op_matches_reference(mode, dtype):
+    images = _images()
+    kw = dict(size=45, mode=mode, dtype=dtype, align=16)
+    out, valid = prepare_images(images, **kw)
+    ref, valid_ref = prepare_images_ref(images, **kw)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert out.device.type == "cpu" and out.dtype == dtype
+    assert_within_one_ulp(out, ref)
+    assert valid.dtype == torch.int32 and valid.shape == (len(images), 2)
+    assert torch.equal(valid, valid_ref)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_valid_hw_and_zero_padding(mode):
+    images = _images()
+    out, valid = prepare_images(images, 64, mode=mode, align=32)
+    if mode == "pad":
+        assert out.shape == (5, 3, 512, 384)  # max (500, 375) rounded up to 32
+        expected = SIZES
+    else:
+        assert out.shape == (5, 3, 64, 64)
+        expected = [(64, 64)] * 5 if mode == "resize" else [letterbox_size(h, w, 64) for h, w in SIZES]
+    assert valid.tolist() == [list(s) for s in expected]
+    if mode == "letterbox":
+        assert expected == [(45, 64), (64, 48), (64, 64), (64, 48), (2, 64)]
+    for i, (h, w) in enumerate(expected):
+        assert (out[i, :, h:, :] == 0).all() and (out[i, :, :, w:] == 0).all()  # pad after normalising
+        assert (out[i, :, :h, :w] != 0).any()
+
+
+def test_letterbox_size():
+    assert letterbox_size(375, 500, 64) == (48, 64)
+    assert letterbox_size(500, 375, 64) == (64, 48)
+    assert letterbox_size(1, 1, 7) == (7, 7)
+    assert letterbox_size(1, 1000, 64) == (1, 64)  # the shorter side is at least 1
+    assert letterbox_size(3, 2, 3) == (3, 2)  # 2 * 3 / 3
+    assert letterbox_size(4, 2, 3) == (3, 2)  # 1.5 rounds up
+
+
+def test_batch_input_equals_list_input():
+    g = torch.Generator().manual_seed(1)
+    batch = torch.randint(0, 256, (4, 37, 53, 3), generator=g, dtype=torch.uint8)
+    for mode in MODES:
+        a, va = prepare_images(batch, 40, mode=mode, dtype=torch.float16, align=8)
+        b, vb = prepare_images(list(batch), 40, mode=mode, dtype=torch.float16, align=8)
+        r, _ = prepare_images_ref(batch, 40, mode=mode, dtype=torch.float16, align=8)
+        assert torch.equal(a, b) and torch.equal(va, vb)
+        assert_within_one_ulp(a, r)
+
+
+def test_non_contiguous_inputs():
+    base = torch.randint(0, 256, (3, 40, 60, 4), dtype=torch.uint8)
+    batch = base[:, 2:39, 1:54, :3]  # a view: strided in every dimension
+    items = [base[0, :, :, :3], base[1].transpose(0, 1)[:, :, :3]]
+    for imgs in (batch, items):
+        out, _ = prepare_images(imgs, 33, mode="letterbox")
+        ref, _ = prepare_images_ref(imgs, 33, mode="letterbox")
+        assert_within_one_ulp(out, ref)
+
+
+def test_grayscale_is_expanded():
+    gray = _images(SIZES[:3], channels=1)
+    rgb = [g.expand(-1, -1, 3) for g in gray]
+    a, _ = prepare_images(gray, 30, mode="letterbox", mean=0.5, std=0.25)
+    b, _ = prepare_images(rgb, 30, mode="letterbox", mean=0.5, std=0.25)
+    r, _ = prepare_images_ref(gray, 30, mode="letterbox", mean=0.5, std=0.25)
+    assert torch.equal(a, b)
+    assert_within_one_ulp(a, r)
+
+
+def test_identity_resize_is_exact_normalisation():
+    img = _images([(16, 16)])[0]
+    out, _ = prepare_images([img], 16, dtype=torch.float32)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    expected = (img.permute(2, 0, 1).float() / 255 - mean) / std
+    assert torch.equal(out[0], expected)
+
+
+def test_list_is_one_op_call():
+    images = _images()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        prepare_images(images, 32, mode="letterbox", dtype=torch.float16)
+    names = [e.name for e in prof.events()]
+    assert names.count("fastmbconv::prepare_images") == 1, names
+    assert names.count("aten::cat") <= 1  # the images are packed once
+    assert names.count("aten::upsample_bilinear2d") == 0
+
+
+def test_fake_impl_opcheck():
+    op = torch.ops.fastmbconv.prepare_images.default
+    data = torch.randint(0, 256, (5 * 7 * 3 + 2 * 3 * 3,), dtype=torch.uint8)
+    meta = torch.tensor([[0, 5, 7, 4, 6], [105, 2, 3, 2, 3]], dtype=torch.int64)
+    for dtype in DTYPES:
+        torch.library.opcheck(op, (data, meta, 3, 6, 6, dtype, [0.5, 0.4, 0.3], [0.2, 0.3, 0.25]))
+
+
+def test_fake_impl_large_output_shape():
+    """Under FakeTensorMode nothing is allocated: an output past 2^31 elements has the right
+    shape and strides (the kernels index with int64)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        data = torch.empty(30000 * 30000 * 3, dtype=torch.uint8)
+        meta = torch.empty((3, 5), dtype=torch.int64)
+        out = torch.ops.fastmbconv.prepare_images(data, meta, 3, 30000, 30000, torch.float16,
+                                                  [0.0] * 3, [1.0] * 3)
+    assert out.shape == (3, 3, 30000, 30000) and out.numel() > 2**31
+    assert out.stride() == (3 * 30000 * 30000, 1, 3 * 30000, 3)
+
+
+def test_compile_traces_the_op():
+    data = torch.randint(0, 256, (8 * 9 * 3,), dtype=torch.uint8)
+    meta = torch.tensor([[0, 8, 9, 5, 6]], dtype=torch.int64)
+
+    def f(d, m):
+        return torch.ops.fastmbconv.prepare_images(d, m, 3, 8, 8, torch.float32, [0.1] * 3, [0.5] * 3) * 2
+
+    eager = f(data, meta)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)(data, meta)
+    assert torch.equal(eager, compiled)
+
+
+_GOOD = [torch.zeros(4, 5, 3, dtype=torch.uint8)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(images=[torch.zeros(4, 5, 3)]), TypeError, "uint8"),
+        (dict(images=torch.zeros(2, 4, 5, 3, dtype=torch.int16)), TypeError, "uint8"),
+        (dict(images=[torch.zeros(4, 5, 4, dtype=torch.uint8)]), ValueError, "4 channels"),
+        (dict(images=[torch.zeros(3, 4, 5, dtype=torch.uint8)]), ValueError, "5 channels"),
+        (dict(images=[torch.zeros(0, 5, 3, dtype=torch.uint8)]), ValueError, "empty"),
+        (dict(images=torch.zeros(2, 4, 0, 3, dtype=torch.uint8)), ValueError, "empty"),
+        (dict(images=torch.zeros(0, 4, 5, 3, dtype=torch.uint8)), ValueError, "empty batch"),
+        (dict(images=[]), ValueError, "empty list"),
+        (dict(images=_GOOD + [torch.zeros(1, 4, 5, 3, dtype=torch.uint8)]), ValueError, "4 dims"),
+        (dict(images=_GOOD + [torch.zeros(4, 5, 1, dtype=torch.uint8)]), ValueError, "same channel count"),
+        (dict(images=_GOOD + [torch.zeros(4, 5, 3, dtype=torch.uint8, device="meta")]), ValueError, "device"),
+        (dict(images=_GOOD + ["x"]), TypeError, "not a tensor"),
+        (dict(images=torch.zeros(4, 5, 3, dtype=torch.uint8)), ValueError, "wrap a single image"),
+        (dict(images="img"), TypeError, "NHWC"),
+        (dict(size=0), ValueError, "size must be positive"),
+        (dict(size=-3), ValueError, "size must be positive"),
+        (dict(size=None), TypeError, "size must be an int"),
+        (dict(size=2.5), TypeError, "size must be an int"),
+        (dict(size=2**31), ValueError, "overflows 32-bit"),
+        (dict(mode="pad", images=[torch.zeros(2**31, 1, 3, dtype=torch.uint8, device="meta")]), ValueError, "overflows 32-bit"),
+        (dict(align=7), ValueError, "align"),
+        (dict(align=64), ValueError, "align"),
+        (dict(mode="crop"), ValueError, "mode"),
+        (dict(dtype=torch.float64), TypeError, "dtype"),
+        (dict(mean=(0.1, 0.2)), ValueError, "mean"),
+        (dict(std=(0.1, 0.0, 0.2)), ValueError, "std must be non-zero"),
+    ],
+)
+@pytest.mark.parametrize("fn", [prepare_images, prepare_images_ref], ids=["op", "ref"])
+def test_bad_input(fn, kwargs, exc, match):
+    args = dict(images=_GOOD, size=8)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        fn(args.pop("images"), **args)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(meta=torch.tensor([[100, 4, 5, 4, 5]])), "outside"),  # past the end of the buffer
+        (dict(meta=torch.tensor([[-1, 4, 5, 4, 5]])), "outside"),
+        (dict(meta=torch.tensor([[0, 4, 2**40, 4, 5]])), "outside"),
+        (dict(meta=torch.tensor([[0, 4, 2**62, 4, 5]])), "outside"),  # h * w overflows
+        (dict(meta=torch.tensor([[0, 0, 5, 4, 5]])), "empty"),
+        (dict(meta=torch.tensor([[0, 4, 5, 9, 5]])), "does not fit"),
+        (dict(meta=torch.tensor([[0, 4, 5, 0, 5]])), "does not fit"),
+        (dict(meta=torch.tensor([[0, 4, 5, 4, 5, 0]])), "meta must be"),
+        (dict(meta=torch.tensor([[0, 4, 5, 4, 5]], dtype=torch.int32)), "meta must be"),
+        (dict(data=torch.zeros(60)), "uint8"),
+        (dict(data=torch.zeros(6, 10, dtype=torch.uint8)), "1-D"),
+        (dict(channels=4), "channels"),
+        (dict(out_h=0), "output size"),
+        (dict(out_w=2**31), "output size"),
+        (dict(dtype=torch.float64), "dtype"),
+        (dict(mean=[0.0, 0.0]), "3 values"),
+        (dict(std=[1.0, 0.0, 1.0]), "non-zero"),
+    ],
+)
+def test_op_checks_its_arguments(change, match):
+    """Direct torch.ops calls skip the Python checks; the C++ TORCH_CHECKs must catch a bad table
+    before any kernel touches memory."""
+    args = dict(data=torch.zeros(60, dtype=torch.uint8), meta=torch.tensor([[0, 4, 5, 4, 5]]),
+                channels=3, out_h=8, out_w=8, dtype=torch.float32, mean=[0.0] * 3, std=[1.0] * 3)
+    args.update(change)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.fastmbconv.prepare_images(*args.values())
+
+
+def test_missing_extension_error_names_build_command():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['fastmbconv._C'] = None\n"
+        "import torch, fastmbconv\n"
+        "from fastmbconv.prepare import prepare_images\n"
+        "try:\n"
+        "    prepare_images([torch.zeros(4, 4, 3, dtype=torch.uint8)], 8)\n"
+        "except ImportError as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ExtensionNotBuiltError" in r.stdout
+    assert "pip install -e . --no-build-isolation" in r.stdout
+
+
+# ---------------------------------------------------------------------------------- CUDA
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_matches_reference(mode, dtype):
+    if not _ext.has_cuda_kernels():
+        pytest.fail("fastmbconv._C was built without CUDA kernels on a CUDA machine")
+    images = _images()
+    kw = dict(size=45, mode=mode, dtype=dtype, align=16)
+    out, valid = prepare_images([im.cuda() for im in images], **kw)
+    ref, valid_ref = prepare_images_ref(images, **kw)
+    assert out.is_cuda and valid.is_cuda and out.is_contiguous(memory_format=torch.channels_last)
+    assert_within_one_ulp(out.cpu(), ref)
+    assert torch.equal(valid.cpu(), valid_ref)
+    cpu, _ = prepare_images(images, **kw)  # same arithmetic (prepare_math.h, no FMA contraction)
+    assert_within_one_ulp(out.cpu(), cpu)
+
+
+@needs_cuda
+def test_cuda_from_cpu_list_is_one_launch():
+    images = _images()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        out, _ = prepare_images(images, 64, mode="letterbox", dtype=torch.float16, device="cuda")
+        torch.cuda.synchronize()
+    assert out.is_cuda
+    kernels = [e.name for e in prof.events() if "prepare_images_kernel" in e.name]
+    assert len(kernels) == 1, kernels
