@@ -287,6 +287,46 @@ def _resolve(model_or_name):
     return _MODEL_CACHE[name]
 
 
+# ---------------------------------------------------------------------- kernel shapes
+@dataclass(frozen=True)
+class BlockShape:
+    """The tensor shapes one block's kernels see (per image; the batch is the caller's)."""
+
+    name: str
+    in_channels: int
+    mid_channels: int
+    out_channels: int
+    se_channels: int
+    kernel: int
+    stride: int
+    height: int  # input
+    width: int
+    out_height: int
+    out_width: int
+    has_expand: bool
+    has_skip: bool
+
+
+def block_shapes(model_or_name, resolution: int | tuple[int, int] | None = None) -> list[BlockShape]:
+    """Every MBConv / DepthwiseSeparable block of an EfficientNet at ``resolution`` (default:
+    native), derived from the model structure: the shapes its depthwise, SE and 1x1 kernels see."""
+    model = _resolve(model_or_name)
+    if resolution is None:
+        resolution = getattr(model, "default_resolution", 224)
+    h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    h, w = _out_size(h, 2), _out_size(w, 2)  # the stem
+    shapes = []
+    for i, stage in enumerate(model.blocks):
+        for j, block in enumerate(stage):
+            ho, wo = _out_size(h, block.stride), _out_size(w, block.stride)
+            shapes.append(BlockShape(
+                f"blocks.{i}.{j}", block.in_channels, getattr(block, "mid_channels", block.in_channels),
+                block.out_channels, block.se.conv_reduce.out_channels, block.kernel, block.stride,
+                h, w, ho, wo, hasattr(block, "conv_pwl"), block.has_skip))
+            h, w = ho, wo
+    return shapes
+
+
 # ---------------------------------------------------------------------- the measured ceiling
 @dataclass(frozen=True)
 class Bandwidth:

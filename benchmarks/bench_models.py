@@ -1,0 +1,47 @@
+"""Model-level benchmarks: EfficientNet B0-B7 and ResNet-50 under every provider.
+
+Every case is eval mode, channels_last, random weights and inputs, at the model's native
+resolution. Compilation, autotuning and CUDA-graph capture happen while the provider is built
+and in untimed warm-up rounds; each timed round is one forward followed by a device synchronise.
+See ``_providers.py`` for which cases run by default, with ``FASTMBCONV_BENCH_FULL=1``, and on
+a machine without a GPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastmbconv import roofline as rl
+from fastmbconv import study
+
+from _providers import median_seconds, model_cases, pedantic, rounds_for
+
+
+@pytest.mark.parametrize("case", model_cases())
+def test_model(case, benchmark, bandwidth, bench_results, cpu_threads):
+    model, res, batch, dtype, provider, device = case
+    torch.manual_seed(0)
+    runner = study.make_runner(provider, model, batch, dtype, device, res)
+    rounds = rounds_for(runner.call, device)
+    benchmark.group = f"{study.short_name(model) if model != study.RESNET else 'resnet50'}-{res}-bs{batch}-{dtype}"
+    pedantic(benchmark, runner.call, device, rounds=rounds)
+
+    bw = bandwidth(device)
+    info = {
+        "provider": provider, "provider_title": study.PROVIDERS[provider].title, "model": model,
+        "model_source": runner.model_source, "resolution": res, "batch": batch, "dtype": dtype,
+        "channels_last": True, "device": torch.device(device).type, "device_name": rl.device_name(device),
+        "bandwidth_gb_s": bw.gb_s, "bandwidth_kind": bw.kind,
+    }
+    median = median_seconds(benchmark)
+    m = study.metrics(model, res, batch, dtype, median, bw) if median else {
+        "flops": study.flops_for(model, res, batch)}
+    roof = study.roof_for(model, res, batch, dtype)
+    if roof is not None and not median:
+        m.update({f"bytes_{lv}": roof.bytes(lv) for lv in rl.LEVELS})
+    info.update(m)
+    benchmark.extra_info.update(info)
+    bench_results.append({"case": f"{study.short_name(model)} {res}px bs{batch} {dtype} {provider}",
+                          "median_s": median, **info})
+    if median:
+        assert median > 0

@@ -1,0 +1,121 @@
+"""pytest-benchmark set-up for ``pytest benchmarks/``.
+
+* ``bandwidth``: the device's copy bandwidth, measured once per session (device-to-device copy
+  on a GPU, host memcpy on the CPU), the denominator of every "fraction of the memory floor".
+* ``bench_results``: the rows the model benchmarks record; at the end of the session
+  :func:`pytest_terminal_summary` prints them with the project's speed targets (each ratio and
+  whether it is met) and writes ``summary.json`` and ``summary.md`` to ``$FASTMBCONV_BENCH_OUT``
+  (default ``.benchmarks/fastmbconv/``, which git ignores).
+
+Collection of ``bench_*.py`` needs ``python_files`` to include them (set in pyproject.toml, or
+``-o python_files="test_*.py bench_*.py"``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastmbconv import roofline as rl
+from fastmbconv import study
+
+_RESULTS = pytest.StashKey[list]()
+_KERNELS = pytest.StashKey[list]()
+_BANDWIDTH = pytest.StashKey[dict]()
+
+
+def pytest_configure(config):
+    config.stash[_RESULTS] = []
+    config.stash[_KERNELS] = []
+    config.stash[_BANDWIDTH] = {}
+
+
+@pytest.fixture(scope="session")
+def bandwidth(pytestconfig):
+    """Measured copy bandwidth of the device the benchmarks run on, keyed by device type."""
+    cache = pytestconfig.stash[_BANDWIDTH]
+
+    def get(device) -> rl.Bandwidth:
+        kind = torch.device(device).type
+        if kind not in cache:
+            cache[kind] = rl.measure_copy_bandwidth(device)
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture
+def bench_results(pytestconfig):
+    return pytestconfig.stash[_RESULTS]
+
+
+@pytest.fixture
+def kernel_results(pytestconfig):
+    return pytestconfig.stash[_KERNELS]
+
+
+@pytest.fixture
+def cpu_threads():
+    """One CPU thread for CPU cases: stable numbers on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield 1
+    torch.set_num_threads(before)
+
+
+def _out_dir() -> Path:
+    return Path(os.environ.get("FASTMBCONV_BENCH_OUT", ".benchmarks/fastmbconv"))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    rows = config.stash.get(_RESULTS, [])
+    kernels = config.stash.get(_KERNELS, [])
+    if not rows and not kernels:
+        return
+    tr = terminalreporter
+    tr.section("fastmbconv benchmark summary")
+    bws = config.stash.get(_BANDWIDTH, {})
+    for kind, bw in bws.items():
+        tr.write_line(f"measured {bw.kind} on {bw.device}: {bw.gb_s:.1f} GB/s ({bw.method})")
+    lines = []
+    if rows:
+        lines += ["| case | device | median ms | img/s | TFLOP/s | floor frac eager | floor frac layer-fused | floor frac whole-block |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            if r.get("median_s") is None:
+                lines.append(f"| {r['case']} | {r['device_name']} | (timing disabled) ||||||")
+                continue
+            f = study._fmt
+            lines.append(f"| {r['case']} | {r['device_name']} | {r['median_s'] * 1e3:.3f} | {r['images_per_s']:,.1f} | "
+                         f"{f(r['tflops'], '.3f')} | {f(r.get('floor_fraction_eager'), '.3f')} | "
+                         f"{f(r.get('floor_fraction_layer_fused'), '.3f')} | {f(r.get('floor_fraction_whole_block'), '.3f')} |")
+    targets = study.evaluate_targets(rows)
+    lines += ["", "Targets (each ratio from cases measured side by side in this session):", "",
+              study.format_targets(targets)]
+    if kernels:
+        lines += ["", "Pointwise 1x1: the per-shape chooser's pick vs the measured faster implementation:", "",
+                  "| shape (model bs dtype role KxN HxW) | chosen | triton us | torch us | faster |", "|---|---|---:|---:|---|"]
+        by_shape: dict = {}
+        for k in kernels:
+            by_shape.setdefault(k["shape_key"], {})[k["impl"]] = k
+        for key, impls in by_shape.items():
+            chosen = next(iter(impls.values()))["chosen_impl"]
+            tt, to = (impls.get(i, {}).get("median_s") for i in ("triton", "torch"))
+            faster = ("triton" if tt < to else "torch") if tt and to else "—"
+            lines.append(f"| {key} | {chosen} | {study._fmt(tt and tt * 1e6, '.1f')} | "
+                         f"{study._fmt(to and to * 1e6, '.1f')} | {faster}{'' if faster in ('—', chosen) else ' (chooser missed)'} |")
+    for line in lines:
+        tr.write_line(line)
+    out = _out_dir()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        payload = {"bandwidth": {k: bw.as_dict() for k, bw in bws.items()}, "results": rows,
+                   "targets": targets, "kernels": kernels}
+        (out / "summary.json").write_text(json.dumps(payload, indent=2, default=str))
+        (out / "summary.md").write_text("# fastmbconv benchmark summary\n\n" + "\n".join(lines) + "\n")
+        tr.write_line(f"wrote {out / 'summary.json'} and {out / 'summary.md'}")
+    except OSError as exc:  # a read-only checkout must not fail the run
+        tr.write_line(f"could not write the summary to {out}: {exc}")
