@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "prepare_common.h"
 
@@ -30,7 +31,15 @@ void prepare_cpu_impl(const uint8_t* data, const int64_t* meta, int64_t n, int64
                       int64_t out_h, int64_t out_w, const Norm& nm, T* out) {
   const int64_t rows = n * out_h;
   const int64_t grain = std::max<int64_t>(1, 16384 / out_w);
+  // Unresized images (pad mode) need no interpolation: a table of the 256 normalised values per
+  // channel, computed with the same expression as interpolate_pixel.
+  float lut[3][256];
+  for (int c = 0; c < 3; ++c) {
+    for (int v = 0; v < 256; ++v) lut[c][v] = (static_cast<float>(v) / 255.0f - nm.mean[c]) / nm.std[c];
+  }
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<Tap> xtaps;  // column taps of image `cached`, shared by all its rows
+    int64_t cached = -1;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r / out_h;
       const int64_t y = r - i * out_h;
@@ -42,14 +51,31 @@ void prepare_cpu_impl(const uint8_t* data, const int64_t* meta, int64_t n, int64
         continue;
       }
       const uint8_t* img = data + m[kOffset];
+      if (h == rh && w == rw) {
+        const uint8_t* src = img + y * w * channels;
+        for (int64_t x = 0; x < rw; ++x) {
+          const uint8_t* p = src + x * channels;
+          row[x * 3 + 0] = T(lut[0][p[0]]);
+          row[x * 3 + 1] = T(lut[1][p[channels == 1 ? 0 : 1]]);
+          row[x * 3 + 2] = T(lut[2][p[channels == 1 ? 0 : 2]]);
+        }
+        std::fill(row + rw * 3, row + out_w * 3, T(0.0f));
+        continue;
+      }
+      if (cached != i) {
+        xtaps.resize(rw);
+        for (int64_t x = 0; x < rw; ++x) xtaps[x] = source_tap(x, w, rw);
+        cached = i;
+      }
       const Tap ty = source_tap(y, h, rh);
-      for (int64_t x = 0; x < out_w; ++x) {
+      for (int64_t x = 0; x < rw; ++x) {
         float v[3];
-        prepare_pixel(img, h, w, channels, rh, rw, ty, x, nm, v);
+        interpolate_pixel(img, w, channels, ty, xtaps[x], nm, v);
         row[x * 3 + 0] = T(v[0]);
         row[x * 3 + 1] = T(v[1]);
         row[x * 3 + 2] = T(v[2]);
       }
+      std::fill(row + rw * 3, row + out_w * 3, T(0.0f));
     }
   });
 }

@@ -38,7 +38,7 @@ prepare_images_kernel(const uint8_t* __restrict__ data, const int64_t* __restric
            x += static_cast<int64_t>(gridDim.x) * kBlockX) {
         float v[3];
         if (valid_row) {
-          prepare_pixel(img, h, w, channels, rh, rw, ty, x, norm, v);
+          prepare_pixel(img, w, channels, rw, ty, x, norm, v);
         } else {
           v[0] = v[1] = v[2] = 0.0f;
         }

@@ -58,16 +58,10 @@ FMB_HD Tap source_tap(int64_t dst, int64_t in_size, int64_t out_size) {
   return t;
 }
 
-// The three normalised output channels of pixel (y, x) of one image's slot.
-// img: the image's first byte (HWC, `channels` = 1 or 3 interleaved; 1 is broadcast to RGB).
-FMB_HD void prepare_pixel(const uint8_t* img, int64_t h, int64_t w, int64_t channels,
-                          int64_t rh, int64_t rw, const Tap& ty, int64_t x, const Norm& nm,
-                          float out[3]) {
-  if (x >= rw) {
-    out[0] = out[1] = out[2] = 0.0f;
-    return;
-  }
-  const Tap tx = source_tap(x, w, rw);
+// The three normalised output channels of one in-image output pixel, from its row and column
+// taps. img: the image's first byte (HWC, `channels` = 1 or 3 interleaved; 1 is broadcast to RGB).
+FMB_HD void interpolate_pixel(const uint8_t* img, int64_t w, int64_t channels, const Tap& ty,
+                              const Tap& tx, const Norm& nm, float out[3]) {
   const int64_t row0 = ty.i0 * w * channels;
   const int64_t row1 = ty.i1 * w * channels;
   const int64_t col0 = tx.i0 * channels;
@@ -82,7 +76,16 @@ FMB_HD void prepare_pixel(const uint8_t* img, int64_t h, int64_t w, int64_t chan
     const float v = ty.l0 * (tx.l0 * p00 + tx.l1 * p01) + ty.l1 * (tx.l0 * p10 + tx.l1 * p11);
     out[c] = (v / 255.0f - nm.mean[c]) / nm.std[c];
   }
-  (void)h;
+}
+
+// Pixel (y, x) of one image's output slot, for a row y < rh with taps ty: zero past rw.
+FMB_HD void prepare_pixel(const uint8_t* img, int64_t w, int64_t channels, int64_t rw,
+                          const Tap& ty, int64_t x, const Norm& nm, float out[3]) {
+  if (x >= rw) {
+    out[0] = out[1] = out[2] = 0.0f;
+    return;
+  }
+  interpolate_pixel(img, w, channels, ty, source_tap(x, w, rw), nm, out);
 }
 
 }  // namespace fastmbconv

@@ -53,7 +53,7 @@ def letterbox_size(height: int, width: int, size: int) -> Tuple[int, int]:
 
 @dataclass
 class _Plan:
-    images: List[torch.Tensor]  # HWC views (a 4-D batch is kept whole in `batch`)
+    images: List[torch.Tensor]  # the HWC images of a list (only the first of a 4-D batch)
     batch: Optional[torch.Tensor]  # the NHWC input, when one was given
     channels: int
     sizes: List[Tuple[int, int]]  # (h, w) of each image
@@ -112,7 +112,7 @@ def _plan(images: Images, size, mode, dtype, mean, std, align, device) -> _Plan:
         if images.shape[0] == 0:
             raise ValueError("images is an empty batch (N = 0)")
         batch = images
-        items = list(images.unbind(0))
+        items = [images[0]]  # every image of a batch shares shape, dtype and device
     elif isinstance(images, (list, tuple)):
         items = list(images)
         if not items:
@@ -149,7 +149,10 @@ def _plan(images: Images, size, mode, dtype, mean, std, align, device) -> _Plan:
         if im.shape[0] > _INT32_MAX or im.shape[1] > _INT32_MAX:
             raise ValueError(f"images[{i}] of shape {tuple(im.shape)} overflows 32-bit image sizes")
 
-    sizes = [(int(im.shape[0]), int(im.shape[1])) for im in items]
+    if batch is not None:
+        sizes = [(int(batch.shape[1]), int(batch.shape[2]))] * int(batch.shape[0])
+    else:
+        sizes = [(int(im.shape[0]), int(im.shape[1])) for im in items]
     if mode == "resize":
         resized = [(size, size)] * len(sizes)
         out_h = out_w = size
@@ -274,8 +277,9 @@ def prepare_images_ref(
     plan = _plan(images, size, mode, dtype, mean, std, align, device)
     mean_t = torch.tensor(plan.mean, dtype=torch.float32, device=plan.device).view(1, 3, 1, 1)
     std_t = torch.tensor(plan.std, dtype=torch.float32, device=plan.device).view(1, 3, 1, 1)
+    images = list(plan.batch.unbind(0)) if plan.batch is not None else plan.images
     out = []
-    for im, (h, w), (rh, rw) in zip(plan.images, plan.sizes, plan.resized):
+    for im, (h, w), (rh, rw) in zip(images, plan.sizes, plan.resized):
         x = im.to(plan.device).permute(2, 0, 1)[None].float()
         x = x.expand(1, 3, h, w)  # grayscale (C = 1) to RGB; a no-op for C = 3
         if (rh, rw) != (h, w):
