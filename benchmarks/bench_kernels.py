@@ -1,0 +1,126 @@
+"""Kernel-level benchmarks (GPU only): depthwise conv + BN + SiLU (+ SE pool), the SE gate, and the
+gated pointwise 1x1 (expand and project), at every distinct shape B0 and B4 run at their native
+resolutions. The shapes come from the model structure (``fastmbconv.roofline.block_shapes``).
+
+Pointwise cases run three ways: ``auto`` (the per-shape chooser, whose pick is recorded in
+``extra_info["chosen_impl"]``), ``triton`` and ``torch`` (cuBLAS), so the summary can show
+whether the chooser picked the faster one. Each round is several back-to-back launches followed
+by one device synchronise inside the timed region; the stats are per launch.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from fastmbconv import roofline as rl
+from fastmbconv import study
+from fastmbconv.layers import conv_padding
+
+from _providers import kernel_cases, median_seconds, pedantic
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+ROUND_S = 1e-3  # aim for rounds of about a millisecond
+BUDGET_S = 0.3
+
+
+def _import(module: str):
+    try:
+        return __import__(f"fastmbconv.kernels.{module}", fromlist=["_"])
+    except Exception as exc:  # the kernels are another engineer's work in progress
+        pytest.skip(f"fastmbconv.kernels.{module} is not importable yet: {type(exc).__name__}: {exc}")
+
+
+def _make(op, batch, dtype, shape, impl, device):
+    """(call, flops, bytes, extra) for one kernel case, with random inputs."""
+    n, dt = batch, DTYPES[dtype]
+    b = torch.empty((), dtype=dt).element_size()
+    g = torch.Generator(device=device).manual_seed(0)
+    rnd = lambda *s, dtype=torch.float32: torch.randn(*s, generator=g, device=device, dtype=dtype)  # noqa: E731
+    cl = torch.channels_last
+    if op == "dwconv_bn_act":
+        mod = _import("dwconv_bn_act")
+        c, h, w, k, s, has_expand = shape
+        x = rnd(n, c, h, w, dtype=dt).contiguous(memory_format=cl)
+        weight, scale, shift = rnd(c, k, k) * 0.2, rnd(c).abs() + 0.5, rnd(c) * 0.1
+        padding = conv_padding(h, w, k, s, "symmetric")
+        ho, wo = -(-h // s), -(-w // s)
+        act_in = "silu" if has_expand else "identity"
+
+        def call():
+            return mod.dwconv_bn_act(x, weight, scale, shift, padding, s, act="silu", input_act=act_in, with_pool=True)
+
+        flops = 2 * n * c * k * k * ho * wo
+        nbytes = n * c * (h * w + ho * wo) * b + (c * k * k + 2 * c) * 4 + n * c * 4
+        return call, flops, nbytes, {"C": c, "H": h, "W": w, "kernel": k, "stride": s}
+    if op == "squeeze_excite":
+        mod = _import("squeeze_excite")
+        c, r, hw = shape
+        pool = rnd(n, c) * hw
+        wr, br, we, be = rnd(r, c) * 0.1, rnd(r) * 0.1, rnd(c, r) * 0.1, rnd(c) * 0.1
+
+        def call():
+            return mod.squeeze_excite_gate(pool, wr, br, we, be, hw=hw)
+
+        flops = 4 * n * c * r
+        nbytes = (n * c * 2 + 2 * r * c + r + c) * 4
+        return call, flops, nbytes, {"C": c, "R": r, "HW": hw}
+    # pointwise expand / project
+    mod = _import("pointwise_gated")
+    k_in, o, h, w, skip = shape
+    project = op == "pointwise_project"
+    x = rnd(n, k_in, h, w, dtype=dt).contiguous(memory_format=cl)
+    weight = (rnd(o, k_in) / math.sqrt(k_in)).to(dt)
+    bias = rnd(o) * 0.1
+    gate = torch.rand(n, k_in, generator=g, device=device) if project else None
+    residual = rnd(n, o, h, w, dtype=dt).contiguous(memory_format=cl) if project and skip else None
+    chosen = mod.choose_pointwise_impl(n * h * w, k_in, o, dt, device)
+    force = None if impl == "auto" else impl
+
+    def call():
+        return mod.pointwise_gated(x, weight, bias, gate=gate, residual=residual, impl=force)
+
+    flops = 2 * n * h * w * k_in * o
+    nbytes = (n * h * w * (k_in + o + (o if residual is not None else 0)) + o * k_in) * b + o * 4 + (
+        n * k_in * 4 if gate is not None else 0)
+    return call, flops, nbytes, {"M": n * h * w, "K": k_in, "N": o, "H": h, "W": w, "gate": project,
+                                 "residual": residual is not None, "chosen_impl": chosen}
+
+
+@pytest.mark.parametrize("case", kernel_cases())
+def test_kernel(case, benchmark, bandwidth, kernel_results):
+    op, model, batch, dtype, shape, impl = case
+    if not torch.cuda.is_available():
+        pytest.skip("kernel benchmark: the Triton kernels need a CUDA GPU")
+    device = torch.device("cuda")
+    call, flops, nbytes, extra = _make(op, batch, dtype, shape, impl, device)
+    for _ in range(3):  # compile / autotune, untimed
+        call()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        call()
+    torch.cuda.synchronize()
+    per = max((time.perf_counter() - t0) / 10, 1e-7)
+    iterations = max(1, int(ROUND_S / per))
+    rounds = int(min(100, max(10, BUDGET_S / (per * iterations))))
+    benchmark.group = f"{op}-{study.short_name(model)}-bs{batch}-{dtype}"
+    pedantic(benchmark, call, device, rounds=rounds, iterations=iterations, warmup_rounds=2)
+
+    median = median_seconds(benchmark)
+    bw = bandwidth(device)
+    info = {"op": op, "model": model, "batch": batch, "dtype": dtype, "impl": impl,
+            "device_name": rl.device_name(device), "flops": flops, "bytes": nbytes,
+            "bandwidth_gb_s": bw.gb_s, **extra}
+    if median:
+        info.update(tflops=flops / median / 1e12, gb_s=nbytes / median / 1e9,
+                    floor_fraction=rl.floor_fraction(median, nbytes, bw))
+    benchmark.extra_info.update(info)
+    if op.startswith("pointwise"):
+        role = op.split("_")[1]
+        key = (f"{study.short_name(model)} bs{batch} {dtype} {role} {extra['K']}x{extra['N']} "
+               f"{extra['H']}x{extra['W']}{' +res' if extra['residual'] else ''}")
+        kernel_results.append({"shape_key": key, "impl": impl, "chosen_impl": extra["chosen_impl"],
+                               "median_s": median})
