@@ -116,6 +116,10 @@ at::Tensor prepare_images_cpu(const at::Tensor& data, const at::Tensor& meta, in
 // FRAGMENT, not TORCH_LIBRARY: the Triton kernels register their own ops in the same
 // "fastmbconv" namespace from Python, and a namespace can have only one defining library.
 TORCH_LIBRARY_FRAGMENT(fastmbconv, m) {
+  // The fake (meta) implementation is Python's (fastmbconv/_ext.py, registered on load and on
+  // import of that module); torch names the module in its error if a fake tensor reaches the
+  // op before, e.g. after a bare `import fastmbconv._C`.
+  m.set_python_module("fastmbconv._ext");
   m.def(
       "prepare_images(Tensor data, Tensor meta, int channels, int out_h, int out_w, "
       "ScalarType dtype, float[] mean, float[] std) -> Tensor");

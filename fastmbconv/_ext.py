@@ -9,6 +9,7 @@ Loading also registers the fake (meta) implementations of the ops, so ``torch.co
 """
 from __future__ import annotations
 
+import sys
 import threading
 
 import torch
@@ -84,3 +85,9 @@ def _register_fakes() -> None:
                            memory_format=torch.channels_last)
 
     _fakes_registered = True
+
+
+# The extension was imported directly (`import fastmbconv._C`): importing this module (which
+# torch's error for a missing fake impl names, see csrc/prepare.cpp) registers the fakes.
+if sys.modules.get("fastmbconv._C") is not None:
+    _register_fakes()

@@ -15,6 +15,7 @@ normalise, per image); the op matches it within one unit in the last place of th
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -90,8 +91,9 @@ def _plan(images: Images, size, mode, dtype, mean, std, align, device) -> _Plan:
     if isinstance(align, bool) or align not in ALIGNS:
         raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
     if mode != "pad":
-        if isinstance(size, bool) or not isinstance(size, int):
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral):
             raise TypeError(f"size must be an int for mode={mode!r}, got {size!r}")
+        size = int(size)
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
         if size > _INT32_MAX:

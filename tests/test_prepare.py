@@ -127,6 +127,12 @@ def test_grayscale_is_expanded():
     assert_within_one_ulp(a, r)
 
 
+def test_numpy_integer_size():
+    np = pytest.importorskip("numpy")
+    out, _ = prepare_images(_images(SIZES[:2]), np.int64(20))
+    assert out.shape == (2, 3, 20, 20)
+
+
 def test_identity_resize_is_exact_normalisation():
     img = _images([(16, 16)])[0]
     out, _ = prepare_images([img], 16, dtype=torch.float32)
@@ -166,6 +172,25 @@ def test_fake_impl_large_output_shape():
                                                   [0.0] * 3, [1.0] * 3)
     assert out.shape == (3, 3, 30000, 30000) and out.numel() > 2**31
     assert out.stride() == (3 * 30000 * 30000, 1, 3 * 30000, 3)
+
+
+def test_fake_impl_after_bare_extension_import():
+    """`import fastmbconv._C` alone registers the op; importing fastmbconv._ext (the module the
+    op names as its fake impl's home) registers the fake impl."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, fastmbconv._C, fastmbconv._ext\n"
+        "from torch._subclasses.fake_tensor import FakeTensorMode\n"
+        "with FakeTensorMode():\n"
+        "    d = torch.empty(100, dtype=torch.uint8); m = torch.empty((2, 5), dtype=torch.int64)\n"
+        "    o = torch.ops.fastmbconv.prepare_images(d, m, 3, 4, 6, torch.float16, [0.0] * 3, [1.0] * 3)\n"
+        "print(tuple(o.shape))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "(2, 3, 4, 6)"
 
 
 def test_compile_traces_the_op():
