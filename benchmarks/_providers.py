@@ -59,12 +59,11 @@ def model_cases() -> list:
             continue
         seen.add(c)
         model, res, batch, dtype, provider, device = c
+        reason = study.skip_reason(provider, model, batch, device, res)
+        if reason and PROVIDER_INAPPLICABLE(reason):
+            continue  # e.g. batch-1-only providers in the full sweep: not a case at all
         if device == "cuda" and not HAS_CUDA:
             reason = f"GPU case ({provider}): no CUDA GPU on this machine"
-        else:
-            reason = study.skip_reason(provider, model, batch, device, res)
-        if reason and device == "cuda" and HAS_CUDA and PROVIDER_INAPPLICABLE(reason):
-            continue  # e.g. batch-1-only providers in the full sweep: not a case at all
         marks = [pytest.mark.skip(reason=reason)] if reason else []
         params.append(pytest.param(c, id=case_id(*c), marks=marks))
     return params

@@ -111,12 +111,6 @@ def skip_reason(provider: str, model: str, batch: int, device, resolution: int |
     p = PROVIDERS[provider]
     device = torch.device(device)
     model = full_model_name(model)
-    if p.needs_cuda and device.type != "cuda":
-        why = {"fused": "the fused Triton kernels need a CUDA GPU (the CPU interpreter is for tests, not timing)",
-               "cudagraph_fused": "CUDA graphs need a CUDA GPU"}.get(provider)
-        return why or f"{provider} is a GPU provider (torch.compile on the CPU would only time the C++ backend, slowly)"
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return "no CUDA GPU on this machine"
     if p.efficientnet_only and model == RESNET:
         return f"{provider} is the fused EfficientNet path; ResNet-50 runs eager and compiled only"
     if p.batch1_only and batch != 1:
@@ -125,6 +119,12 @@ def skip_reason(provider: str, model: str, batch: int, device, resolution: int |
     if batch * res * res > HUGE_PIXELS and os.environ.get(HUGE_ENV) != "1":
         return (f"{short_name(model)} at {res} px batch {batch} is capped (over {HUGE_PIXELS:,} input pixels per "
                 f"call: seconds per call, minutes of autotuning); set {HUGE_ENV}=1 to run it")
+    if p.needs_cuda and device.type != "cuda":
+        why = {"fused": "the fused Triton kernels need a CUDA GPU (the CPU interpreter is for tests, not timing)",
+               "cudagraph_fused": "CUDA graphs need a CUDA GPU"}.get(provider)
+        return why or f"{provider} is a GPU provider (torch.compile on the CPU would only time the C++ backend, slowly)"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
     return None
 
 
