@@ -18,13 +18,19 @@ from _providers import median_seconds, model_cases, pedantic, rounds_for
 
 
 @pytest.mark.parametrize("case", model_cases())
-def test_model(case, benchmark, bandwidth, bench_results, cpu_threads):
+def test_model(case, benchmark, bandwidth, bench_results):
     model, res, batch, dtype, provider, device = case
     torch.manual_seed(0)
-    runner = study.make_runner(provider, model, batch, dtype, device, res)
-    rounds = rounds_for(runner.call, device)
-    benchmark.group = f"{study.short_name(model) if model != study.RESNET else 'resnet50'}-{res}-bs{batch}-{dtype}"
-    pedantic(benchmark, runner.call, device, rounds=rounds)
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)  # stable CPU numbers on a shared machine
+    try:
+        runner = study.make_runner(provider, model, batch, dtype, device, res)
+        rounds = rounds_for(runner.call, device)
+        benchmark.group = f"{study.short_name(model)}-{res}-bs{batch}-{dtype}"
+        pedantic(benchmark, runner.call, device, rounds=rounds)
+    finally:
+        torch.set_num_threads(threads)
 
     bw = bandwidth(device)
     info = {

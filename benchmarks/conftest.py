@@ -57,15 +57,6 @@ def kernel_results(pytestconfig):
     return pytestconfig.stash[_KERNELS]
 
 
-@pytest.fixture
-def cpu_threads():
-    """One CPU thread for CPU cases: stable numbers on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield 1
-    torch.set_num_threads(before)
-
-
 def _out_dir() -> Path:
     return Path(os.environ.get("FASTMBCONV_BENCH_OUT", ".benchmarks/fastmbconv"))
 
