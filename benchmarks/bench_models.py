@@ -31,6 +31,8 @@ def test_model(case, benchmark, bandwidth, bench_results):
         pedantic(benchmark, runner.call, device, rounds=rounds)
     finally:
         torch.set_num_threads(threads)
+        if device == "cuda":
+            torch.cuda.empty_cache()
 
     bw = bandwidth(device)
     info = {

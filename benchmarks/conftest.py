@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ import torch
 
 from fastmbconv import roofline as rl
 from fastmbconv import study
+
+# bench_*.py import their helpers as ``_providers`` under any --import-mode
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 _RESULTS = pytest.StashKey[list]()
 _KERNELS = pytest.StashKey[list]()
