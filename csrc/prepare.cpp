@@ -1,19 +1,19 @@
 // fastmbconv._C: schema of fastmbconv::prepare_images and its CPU implementation (at::parallel_for
 // over output rows). The CUDA implementation is registered by prepare_cuda.cpp in CUDA builds.
 //
-//   prepare_images(Tensor data, Tensor meta, int channels, int out_h, int out_w,
+//   prepare_images(Tensor[] images, Tensor meta, int channels, int out_h, int out_w,
 //                  ScalarType dtype, float[] mean, float[] std) -> Tensor
 //
-// data: flat uint8 buffer of every image (HWC); meta: CPU int64 (N, 5) table of
-// (offset, h, w, rh, rw) (see prepare_math.h). Returns an (N, 3, out_h, out_w) channels_last
-// tensor of `dtype` on data's device: image i resized (bilinear, align_corners=False) from
-// (h, w) to (rh, rw) into the top-left corner, normalised as (v / 255 - mean) / std, and zero
-// elsewhere.
+// images: contiguous uint8 tensors on one device, read as flat byte buffers (an NHWC batch, a
+// list of HWC images, or one packed buffer); meta: CPU int64 (N, 6) table of
+// (source tensor, element offset, h, w, rh, rw), one row per image (see prepare_common.h).
+// Returns an (N, 3, out_h, out_w) channels_last tensor of `dtype` on the images' device:
+// image i resized (bilinear, align_corners=False) from (h, w) to (rh, rw) into the top-left
+// corner, normalised as (v / 255 - mean) / std, and zero elsewhere. No image is copied.
 #include <Python.h>
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -27,8 +27,8 @@ namespace fastmbconv {
 namespace {
 
 template <typename T>
-void prepare_cpu_impl(const uint8_t* data, const int64_t* meta, int64_t n, int64_t channels,
-                      int64_t out_h, int64_t out_w, const Norm& nm, T* out) {
+void prepare_cpu_impl(const int64_t* table, int64_t n, int64_t channels, int64_t out_h,
+                      int64_t out_w, const Norm& nm, T* out) {
   const int64_t rows = n * out_h;
   const int64_t grain = std::max<int64_t>(1, 16384 / out_w);
   // Unresized images (pad mode) need no interpolation: a table of the 256 normalised values per
@@ -43,14 +43,14 @@ void prepare_cpu_impl(const uint8_t* data, const int64_t* meta, int64_t n, int64
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r / out_h;
       const int64_t y = r - i * out_h;
-      const int64_t* m = meta + i * kMetaCols;
+      const int64_t* m = table + i * kTableCols;
       const int64_t h = m[kHeight], w = m[kWidth], rh = m[kResizedH], rw = m[kResizedW];
       T* row = out + r * out_w * 3;
       if (y >= rh) {
         std::fill(row, row + out_w * 3, T(0.0f));
         continue;
       }
-      const uint8_t* img = data + m[kOffset];
+      const uint8_t* img = table_image(m);
       if (h == rh && w == rw) {
         const uint8_t* src = img + y * w * channels;
         for (int64_t x = 0; x < rw; ++x) {
@@ -80,30 +80,27 @@ void prepare_cpu_impl(const uint8_t* data, const int64_t* meta, int64_t n, int64
   });
 }
 
-at::Tensor prepare_images_cpu(const at::Tensor& data, const at::Tensor& meta, int64_t channels,
+at::Tensor prepare_images_cpu(at::TensorList images, const at::Tensor& meta, int64_t channels,
                               int64_t out_h, int64_t out_w, at::ScalarType dtype,
                               c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
-  check_args(data, meta, channels, out_h, out_w, dtype, mean, std_);
-  TORCH_CHECK(data.device().is_cpu(),
-              "fastmbconv::prepare_images (CPU): data must be a CPU tensor, got ", data.device());
-  check_table(meta, data.numel(), channels, out_h, out_w);
+  const at::Tensor table = checked_table(images, meta, channels, out_h, out_w, dtype, mean, std_);
+  TORCH_CHECK(images[0].device().is_cpu(),
+              "fastmbconv::prepare_images (CPU): images must be CPU tensors, got ",
+              images[0].device());
   const int64_t n = meta.size(0);
-  at::Tensor out = at::empty({n, 3, out_h, out_w},
-                             data.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor out = empty_output(images[0], n, out_h, out_w, dtype);
   if (n == 0) return out;
   const Norm nm = make_norm(mean, std_);
-  const uint8_t* src = data.const_data_ptr<uint8_t>();
-  const int64_t* tab = meta.const_data_ptr<int64_t>();
+  const int64_t* tab = table.const_data_ptr<int64_t>();
   switch (dtype) {
     case at::kFloat:
-      prepare_cpu_impl(src, tab, n, channels, out_h, out_w, nm, out.mutable_data_ptr<float>());
+      prepare_cpu_impl(tab, n, channels, out_h, out_w, nm, out.mutable_data_ptr<float>());
       break;
     case at::kHalf:
-      prepare_cpu_impl(src, tab, n, channels, out_h, out_w, nm, out.mutable_data_ptr<c10::Half>());
+      prepare_cpu_impl(tab, n, channels, out_h, out_w, nm, out.mutable_data_ptr<c10::Half>());
       break;
     case at::kBFloat16:
-      prepare_cpu_impl(src, tab, n, channels, out_h, out_w, nm,
-                       out.mutable_data_ptr<c10::BFloat16>());
+      prepare_cpu_impl(tab, n, channels, out_h, out_w, nm, out.mutable_data_ptr<c10::BFloat16>());
       break;
     default:
       TORCH_CHECK(false, "unreachable");
@@ -121,7 +118,7 @@ TORCH_LIBRARY_FRAGMENT(fastmbconv, m) {
   // op before, e.g. after a bare `import fastmbconv._C`.
   m.set_python_module("fastmbconv._ext");
   m.def(
-      "prepare_images(Tensor data, Tensor meta, int channels, int out_h, int out_w, "
+      "prepare_images(Tensor[] images, Tensor meta, int channels, int out_h, int out_w, "
       "ScalarType dtype, float[] mean, float[] std) -> Tensor");
 }
 

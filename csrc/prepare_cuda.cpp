@@ -3,7 +3,6 @@
 #ifdef FASTMBCONV_WITH_CUDA
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -14,27 +13,28 @@
 namespace fastmbconv {
 namespace {
 
-at::Tensor prepare_images_cuda(const at::Tensor& data, const at::Tensor& meta, int64_t channels,
+at::Tensor prepare_images_cuda(at::TensorList images, const at::Tensor& meta, int64_t channels,
                                int64_t out_h, int64_t out_w, at::ScalarType dtype,
                                c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
-  check_args(data, meta, channels, out_h, out_w, dtype, mean, std_);
-  TORCH_CHECK(data.device().is_cuda(),
-              "fastmbconv::prepare_images (CUDA): data must be a CUDA tensor, got ", data.device());
-  // The table is validated on the CPU, then copied to the device once.
-  check_table(meta, data.numel(), channels, out_h, out_w);
-  const c10::cuda::CUDAGuard guard(data.device());
+  // Validated on the CPU (meta is a CPU tensor), then the address table goes to the device in
+  // one copy and the whole batch in one launch.
+  const at::Tensor table = checked_table(images, meta, channels, out_h, out_w, dtype, mean, std_);
+  const c10::Device device = images[0].device();
+  TORCH_CHECK(device.is_cuda(),
+              "fastmbconv::prepare_images (CUDA): images must be CUDA tensors, got ", device);
+  const c10::cuda::CUDAGuard guard(device);
   const int64_t n = meta.size(0);
-  at::Tensor out = at::empty({n, 3, out_h, out_w},
-                             data.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor out = empty_output(images[0], n, out_h, out_w, dtype);
   if (n == 0) return out;
-  const at::Tensor meta_dev = meta.to(data.device(), /*non_blocking=*/false);
+  // Pinned, so the upload is asynchronous (the caching host allocator keeps the block until the
+  // copy is done) and the call does not wait for earlier work on the stream.
+  const at::Tensor table_dev = table.pin_memory().to(device, /*non_blocking=*/true);
   OutDType od = OutDType::kFloat32;
   if (dtype == at::kHalf) od = OutDType::kFloat16;
   if (dtype == at::kBFloat16) od = OutDType::kBFloat16;
   const cudaError_t err = launch_prepare_images(
-      data.const_data_ptr<uint8_t>(), meta_dev.const_data_ptr<int64_t>(), n, channels, out_h,
-      out_w, make_norm(mean, std_), od, out.mutable_data_ptr(),
-      c10::cuda::getCurrentCUDAStream(data.device().index()).stream());
+      table_dev.const_data_ptr<int64_t>(), n, channels, out_h, out_w, make_norm(mean, std_), od,
+      out.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream(device.index()).stream());
   TORCH_CHECK(err == cudaSuccess, "fastmbconv::prepare_images: CUDA launch failed: ",
               cudaGetErrorString(err));
   return out;

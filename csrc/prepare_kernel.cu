@@ -1,5 +1,6 @@
 // CUDA kernel of fastmbconv::prepare_images: resize (bilinear) / letterbox / pad, normalise and
-// convert a whole batch of uint8 HWC images into one channels_last batch in a single launch.
+// convert a whole batch of uint8 HWC images (read through a table of addresses, so a list of
+// separately allocated images needs no packing copy) into one channels_last batch in one launch.
 // No torch headers (see prepare_kernel.h); the torch binding is prepare_cuda.cpp.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -22,13 +23,12 @@ constexpr int64_t kMaxGridYZ = 65535;
 // every level is a grid-stride loop, so any n / out_h / out_w is covered with int64 indices.
 template <typename T>
 __global__ void __launch_bounds__(kBlockX * kBlockY)
-prepare_images_kernel(const uint8_t* __restrict__ data, const int64_t* __restrict__ meta,
-                      int64_t n, int64_t channels, int64_t out_h, int64_t out_w, Norm norm,
-                      T* __restrict__ out) {
+prepare_images_kernel(const int64_t* __restrict__ table, int64_t n, int64_t channels,
+                      int64_t out_h, int64_t out_w, Norm norm, T* __restrict__ out) {
   for (int64_t i = blockIdx.z; i < n; i += gridDim.z) {
-    const int64_t* m = meta + i * kMetaCols;
+    const int64_t* m = table + i * kTableCols;
     const int64_t h = m[kHeight], w = m[kWidth], rh = m[kResizedH], rw = m[kResizedW];
-    const uint8_t* img = data + m[kOffset];
+    const uint8_t* img = table_image(m);
     for (int64_t y = static_cast<int64_t>(blockIdx.y) * kBlockY + threadIdx.y; y < out_h;
          y += static_cast<int64_t>(gridDim.y) * kBlockY) {
       T* row = out + (i * out_h + y) * out_w * 3;
@@ -51,8 +51,8 @@ prepare_images_kernel(const uint8_t* __restrict__ data, const int64_t* __restric
 }
 
 template <typename T>
-cudaError_t launch(const uint8_t* data, const int64_t* meta, int64_t n, int64_t channels,
-                   int64_t out_h, int64_t out_w, Norm norm, void* out, cudaStream_t stream) {
+cudaError_t launch(const int64_t* table, int64_t n, int64_t channels, int64_t out_h,
+                   int64_t out_w, Norm norm, void* out, cudaStream_t stream) {
   if (n <= 0 || out_h <= 0 || out_w <= 0) return cudaSuccess;
   const int64_t gx = (out_w + kBlockX - 1) / kBlockX;
   const int64_t gy = (out_h + kBlockY - 1) / kBlockY;
@@ -60,23 +60,23 @@ cudaError_t launch(const uint8_t* data, const int64_t* meta, int64_t n, int64_t 
             static_cast<unsigned>(gy < kMaxGridYZ ? gy : kMaxGridYZ),
             static_cast<unsigned>(n < kMaxGridYZ ? n : kMaxGridYZ));
   dim3 block(kBlockX, kBlockY, 1);
-  prepare_images_kernel<T><<<grid, block, 0, stream>>>(data, meta, n, channels, out_h, out_w,
+  prepare_images_kernel<T><<<grid, block, 0, stream>>>(table, n, channels, out_h, out_w,
                                                        norm, static_cast<T*>(out));
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t launch_prepare_images(const uint8_t* data, const int64_t* meta, int64_t n,
-                                  int64_t channels, int64_t out_h, int64_t out_w, Norm norm,
-                                  OutDType dtype, void* out, cudaStream_t stream) {
+cudaError_t launch_prepare_images(const int64_t* table, int64_t n, int64_t channels,
+                                  int64_t out_h, int64_t out_w, Norm norm, OutDType dtype,
+                                  void* out, cudaStream_t stream) {
   switch (dtype) {
     case OutDType::kFloat32:
-      return launch<float>(data, meta, n, channels, out_h, out_w, norm, out, stream);
+      return launch<float>(table, n, channels, out_h, out_w, norm, out, stream);
     case OutDType::kFloat16:
-      return launch<__half>(data, meta, n, channels, out_h, out_w, norm, out, stream);
+      return launch<__half>(table, n, channels, out_h, out_w, norm, out, stream);
     case OutDType::kBFloat16:
-      return launch<__nv_bfloat16>(data, meta, n, channels, out_h, out_w, norm, out, stream);
+      return launch<__nv_bfloat16>(table, n, channels, out_h, out_w, norm, out, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -17,10 +17,15 @@
 
 namespace fastmbconv {
 
-// Columns of the int64 (N, kMetaCols) image table: element offset of the image in the flat
-// uint8 buffer, its height and width, and the size (rh, rw) it is resized to. The image is
-// written to the top-left (rh, rw) corner of its output slot; the rest of the slot is zero.
-enum MetaCol : int { kOffset = 0, kHeight = 1, kWidth = 2, kResizedH = 3, kResizedW = 4, kMetaCols = 5 };
+// Columns of the int64 (N, kTableCols) image table the loops read: the address of the image's
+// first byte (HWC, channels interleaved), its height and width, and the size (rh, rw) it is
+// resized to. The image is written to the top-left (rh, rw) corner of its output slot; the rest
+// of the slot is zero.
+enum TableCol : int { kAddr = 0, kHeight = 1, kWidth = 2, kResizedH = 3, kResizedW = 4, kTableCols = 5 };
+
+FMB_HD const uint8_t* table_image(const int64_t* row) {
+  return reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(row[kAddr]));
+}
 
 // Normalisation: out = (v / 255 - mean[c]) / std[c], computed in fp32 in that order.
 struct Norm {

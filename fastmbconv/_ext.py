@@ -75,13 +75,16 @@ def _register_fakes() -> None:
         return
 
     @torch.library.register_fake("fastmbconv::prepare_images")
-    def _prepare_images_fake(data, meta, channels, out_h, out_w, dtype, mean, std):
-        torch._check(data.dtype == torch.uint8, lambda: f"data must be uint8, got {data.dtype}")
-        torch._check(meta.dim() == 2 and meta.shape[1] == 5, lambda: "meta must be (N, 5)")
+    def _prepare_images_fake(images, meta, channels, out_h, out_w, dtype, mean, std):
+        torch._check(len(images) > 0, lambda: "images is an empty list")
+        torch._check(all(t.dtype == torch.uint8 for t in images), lambda: "images must be uint8")
+        torch._check(all(t.device == images[0].device for t in images),
+                     lambda: "all images must be on one device")
+        torch._check(meta.dim() == 2 and meta.shape[1] == 6, lambda: "meta must be (N, 6)")
         torch._check(channels in (1, 3), lambda: f"channels must be 1 or 3, got {channels}")
         torch._check(dtype in (torch.float32, torch.float16, torch.bfloat16),
                      lambda: f"dtype must be float32, float16 or bfloat16, got {dtype}")
-        return torch.empty((meta.shape[0], 3, out_h, out_w), dtype=dtype, device=data.device,
+        return torch.empty((meta.shape[0], 3, out_h, out_w), dtype=dtype, device=images[0].device,
                            memory_format=torch.channels_last)
 
     _fakes_registered = True

@@ -5,10 +5,11 @@ channels_last batch, in a single call of the compiled op ``fastmbconv::prepare_i
     batch, valid_hw = prepare_images(images, 224, mode="letterbox", dtype=torch.float16,
                                      device="cuda")
 
-``images`` is a uint8 NHWC tensor or a list of uint8 HWC tensors of different sizes. A list is
-packed once (one concatenation into a flat uint8 buffer plus an int64 table of offsets and
-sizes) and goes through one op call, never one call per image. Images on the CPU with
-``device="cuda"`` are packed on the CPU and uploaded as uint8 (a quarter of the bytes of fp32).
+``images`` is a uint8 NHWC tensor or a list of uint8 HWC tensors of different sizes. The op
+takes the tensors as they are plus one int64 table of (tensor, offset, size, resized size) per
+image, so a list costs one op call and one launch, never one per image, and no packing copy.
+Images on the CPU with ``device="cuda"`` are packed once on the CPU (one concatenation) and
+uploaded as one uint8 buffer (a quarter of the bytes of fp32).
 
 :func:`prepare_images_ref` is the same computation composed of torch ops (F.interpolate, F.pad,
 normalise, per image); the op matches it within one unit in the last place of the output dtype.
@@ -241,23 +242,25 @@ def prepare_images(
 
     c = plan.channels
     if plan.batch is not None:
-        data = plan.batch.contiguous().reshape(-1)
         n, h, w, _ = plan.batch.shape
-        step = h * w * c
-        offsets = [i * step for i in range(n)]
+        sources = [plan.batch.to(plan.device).contiguous()]
+        rows = [(0, i * h * w * c) for i in range(n)]
+    elif plan.images[0].device == plan.device:
+        # The op reads each image where it is: no packing copy (non-contiguous ones are copied).
+        sources = [im.contiguous() for im in plan.images]
+        rows = [(i, 0) for i in range(len(sources))]
     else:
-        # One concatenation, not one transfer or launch per image.
-        data = torch.cat([im.reshape(-1) for im in plan.images])
-        offsets, pos = [], 0
+        # Another device: pack once where the images are and move one uint8 buffer.
+        sources = [torch.cat([im.reshape(-1) for im in plan.images]).to(plan.device)]
+        rows, pos = [], 0
         for h, w in plan.sizes:
-            offsets.append(pos)
+            rows.append((0, pos))
             pos += h * w * c
-    data = data.to(plan.device)
     meta = torch.tensor(
-        [[o, h, w, rh, rw] for o, (h, w), (rh, rw) in zip(offsets, plan.sizes, plan.resized)],
+        [[s, o, h, w, rh, rw] for (s, o), (h, w), (rh, rw) in zip(rows, plan.sizes, plan.resized)],
         dtype=torch.int64,
     )
-    batch = op(data, meta, c, plan.out_h, plan.out_w, plan.dtype, plan.mean, plan.std)
+    batch = op(sources, meta, c, plan.out_h, plan.out_w, plan.dtype, plan.mean, plan.std)
     return batch, _valid_hw(plan)
 
 

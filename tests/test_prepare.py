@@ -148,16 +148,22 @@ def test_list_is_one_op_call():
         prepare_images(images, 32, mode="letterbox", dtype=torch.float16)
     names = [e.name for e in prof.events()]
     assert names.count("fastmbconv::prepare_images") == 1, names
-    assert names.count("aten::cat") <= 1  # the images are packed once
+    assert names.count("aten::cat") == 0  # the op reads the images in place
     assert names.count("aten::upsample_bilinear2d") == 0
 
 
 def test_fake_impl_opcheck():
     op = torch.ops.fastmbconv.prepare_images.default
-    data = torch.randint(0, 256, (5 * 7 * 3 + 2 * 3 * 3,), dtype=torch.uint8)
-    meta = torch.tensor([[0, 5, 7, 4, 6], [105, 2, 3, 2, 3]], dtype=torch.int64)
-    for dtype in DTYPES:
-        torch.library.opcheck(op, (data, meta, 3, 6, 6, dtype, [0.5, 0.4, 0.3], [0.2, 0.3, 0.25]))
+    packed = torch.randint(0, 256, (5 * 7 * 3 + 2 * 3 * 3,), dtype=torch.uint8)
+    separate = [torch.randint(0, 256, (5, 7, 3), dtype=torch.uint8),
+                torch.randint(0, 256, (2, 3, 3), dtype=torch.uint8)]
+    cases = [
+        ([packed], torch.tensor([[0, 0, 5, 7, 4, 6], [0, 105, 2, 3, 2, 3]])),
+        (separate, torch.tensor([[0, 0, 5, 7, 4, 6], [1, 0, 2, 3, 2, 3], [0, 0, 5, 7, 5, 7]])),
+    ]
+    for images, meta in cases:
+        for dtype in DTYPES:
+            torch.library.opcheck(op, (images, meta, 3, 6, 7, dtype, [0.5, 0.4, 0.3], [0.2, 0.3, 0.25]))
 
 
 def test_fake_impl_large_output_shape():
@@ -167,8 +173,8 @@ def test_fake_impl_large_output_shape():
 
     with FakeTensorMode():
         data = torch.empty(30000 * 30000 * 3, dtype=torch.uint8)
-        meta = torch.empty((3, 5), dtype=torch.int64)
-        out = torch.ops.fastmbconv.prepare_images(data, meta, 3, 30000, 30000, torch.float16,
+        meta = torch.empty((3, 6), dtype=torch.int64)
+        out = torch.ops.fastmbconv.prepare_images([data], meta, 3, 30000, 30000, torch.float16,
                                                   [0.0] * 3, [1.0] * 3)
     assert out.shape == (3, 3, 30000, 30000) and out.numel() > 2**31
     assert out.stride() == (3 * 30000 * 30000, 1, 3 * 30000, 3)
@@ -184,8 +190,8 @@ def test_fake_impl_after_bare_extension_import():
         "import torch, fastmbconv._C, fastmbconv._ext\n"
         "from torch._subclasses.fake_tensor import FakeTensorMode\n"
         "with FakeTensorMode():\n"
-        "    d = torch.empty(100, dtype=torch.uint8); m = torch.empty((2, 5), dtype=torch.int64)\n"
-        "    o = torch.ops.fastmbconv.prepare_images(d, m, 3, 4, 6, torch.float16, [0.0] * 3, [1.0] * 3)\n"
+        "    d = torch.empty(100, dtype=torch.uint8); m = torch.empty((2, 6), dtype=torch.int64)\n"
+        "    o = torch.ops.fastmbconv.prepare_images([d], m, 3, 4, 6, torch.float16, [0.0] * 3, [1.0] * 3)\n"
         "print(tuple(o.shape))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -195,10 +201,10 @@ def test_fake_impl_after_bare_extension_import():
 
 def test_compile_traces_the_op():
     data = torch.randint(0, 256, (8 * 9 * 3,), dtype=torch.uint8)
-    meta = torch.tensor([[0, 8, 9, 5, 6]], dtype=torch.int64)
+    meta = torch.tensor([[0, 0, 8, 9, 5, 6]], dtype=torch.int64)
 
     def f(d, m):
-        return torch.ops.fastmbconv.prepare_images(d, m, 3, 8, 8, torch.float32, [0.1] * 3, [0.5] * 3) * 2
+        return torch.ops.fastmbconv.prepare_images([d], m, 3, 8, 8, torch.float32, [0.1] * 3, [0.5] * 3) * 2
 
     eager = f(data, meta)
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)(data, meta)
@@ -250,17 +256,22 @@ def test_bad_input(fn, kwargs, exc, match):
 @pytest.mark.parametrize(
     "change, match",
     [
-        (dict(meta=torch.tensor([[100, 4, 5, 4, 5]])), "outside"),  # past the end of the buffer
-        (dict(meta=torch.tensor([[-1, 4, 5, 4, 5]])), "outside"),
-        (dict(meta=torch.tensor([[0, 4, 2**40, 4, 5]])), "outside"),
-        (dict(meta=torch.tensor([[0, 4, 2**62, 4, 5]])), "outside"),  # h * w overflows
-        (dict(meta=torch.tensor([[0, 0, 5, 4, 5]])), "empty"),
-        (dict(meta=torch.tensor([[0, 4, 5, 9, 5]])), "does not fit"),
-        (dict(meta=torch.tensor([[0, 4, 5, 0, 5]])), "does not fit"),
-        (dict(meta=torch.tensor([[0, 4, 5, 4, 5, 0]])), "meta must be"),
-        (dict(meta=torch.tensor([[0, 4, 5, 4, 5]], dtype=torch.int32)), "meta must be"),
-        (dict(data=torch.zeros(60)), "uint8"),
-        (dict(data=torch.zeros(6, 10, dtype=torch.uint8)), "1-D"),
+        (dict(meta=torch.tensor([[0, 100, 4, 5, 4, 5]])), "outside"),  # past the end of the tensor
+        (dict(meta=torch.tensor([[0, 1, 4, 5, 4, 5]])), "outside"),  # one byte past
+        (dict(meta=torch.tensor([[0, -1, 4, 5, 4, 5]])), "outside"),
+        (dict(meta=torch.tensor([[0, 0, 4, 2**40, 4, 5]])), "outside"),
+        (dict(meta=torch.tensor([[0, 0, 4, 2**62, 4, 5]])), "outside"),  # h * w overflows
+        (dict(meta=torch.tensor([[1, 0, 4, 5, 4, 5]])), "names images"),
+        (dict(meta=torch.tensor([[-1, 0, 4, 5, 4, 5]])), "names images"),
+        (dict(meta=torch.tensor([[0, 0, 0, 5, 4, 5]])), "empty"),
+        (dict(meta=torch.tensor([[0, 0, 4, 5, 9, 5]])), "does not fit"),
+        (dict(meta=torch.tensor([[0, 0, 4, 5, 0, 5]])), "does not fit"),
+        (dict(meta=torch.tensor([[0, 0, 4, 5, 4, 5, 0]])), "meta must be"),
+        (dict(meta=torch.tensor([[0, 0, 4, 5, 4, 5]], dtype=torch.int32)), "meta must be"),
+        (dict(images=[]), "empty list"),
+        (dict(images=[torch.zeros(60)]), "uint8"),
+        (dict(images=[torch.zeros(6, 20, dtype=torch.uint8)[:, ::2]]), "contiguous"),
+        (dict(images=[torch.zeros(60, dtype=torch.uint8), torch.zeros(1, dtype=torch.uint8, device="meta")]), "device|meta"),
         (dict(channels=4), "channels"),
         (dict(out_h=0), "output size"),
         (dict(out_w=2**31), "output size"),
@@ -271,12 +282,21 @@ def test_bad_input(fn, kwargs, exc, match):
 )
 def test_op_checks_its_arguments(change, match):
     """Direct torch.ops calls skip the Python checks; the C++ TORCH_CHECKs must catch a bad table
-    before any kernel touches memory."""
-    args = dict(data=torch.zeros(60, dtype=torch.uint8), meta=torch.tensor([[0, 4, 5, 4, 5]]),
+    before any loop touches memory."""
+    args = dict(images=[torch.zeros(60, dtype=torch.uint8)], meta=torch.tensor([[0, 0, 4, 5, 4, 5]]),
                 channels=3, out_h=8, out_w=8, dtype=torch.float32, mean=[0.0] * 3, std=[1.0] * 3)
     args.update(change)
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises((RuntimeError, NotImplementedError), match=match):
         torch.ops.fastmbconv.prepare_images(*args.values())
+
+
+def test_list_is_read_in_place():
+    """A list on the output's device reaches the op as it is: no concatenation."""
+    images = _images()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        prepare_images(images, 32)
+    names = [e.name for e in prof.events()]
+    assert "aten::cat" not in names and "aten::copy_" not in names, names
 
 
 def test_missing_extension_error_names_build_command():
