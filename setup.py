@@ -46,7 +46,13 @@ def extensions():
         and os.environ.get("FASTMBCONV_NO_CUDA", "0") in ("", "0")
     )
     # -g0: no debug info (halves the build); -O2. torch chooses -std (its headers need C++20).
+    # at::parallel_for is inline `#pragma omp parallel` (torch's OpenMP backend): without
+    # -fopenmp it silently runs on one thread. torch already links libgomp on Linux.
     cxx = ["-O2", "-g0"]
+    link = []
+    if sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if with_cuda:
         ext = CUDAExtension(
             "fastmbconv._C",
@@ -54,9 +60,11 @@ def extensions():
             define_macros=[("FASTMBCONV_WITH_CUDA", "1")],
             # --fmad=false: the same fp32 arithmetic as the CPU loop (prepare_math.h).
             extra_compile_args={"cxx": cxx, "nvcc": ["-O2", "--fmad=false"]},
+            extra_link_args=link,
         )
     else:
-        ext = CppExtension("fastmbconv._C", rel(cpu_sources), extra_compile_args={"cxx": cxx})
+        ext = CppExtension("fastmbconv._C", rel(cpu_sources), extra_compile_args={"cxx": cxx},
+                           extra_link_args=link)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

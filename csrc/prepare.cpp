@@ -28,14 +28,16 @@ namespace {
 
 template <typename T>
 void prepare_cpu_impl(const int64_t* table, int64_t n, int64_t channels, int64_t out_h,
-                      int64_t out_w, const Norm& nm, T* out) {
+                      int64_t out_w, const Norm& nm, c10::ArrayRef<double> mean,
+                      c10::ArrayRef<double> std_, T* out) {
   const int64_t rows = n * out_h;
   const int64_t grain = std::max<int64_t>(1, 16384 / out_w);
   // Unresized images (pad mode) need no interpolation: a table of the 256 normalised values per
-  // channel, computed with the same expression as interpolate_pixel.
+  // channel, computed exactly as the reference does, (v / 255 - mean) / std in fp32.
   float lut[3][256];
   for (int c = 0; c < 3; ++c) {
-    for (int v = 0; v < 256; ++v) lut[c][v] = (static_cast<float>(v) / 255.0f - nm.mean[c]) / nm.std[c];
+    const float m = static_cast<float>(mean[c]), sd = static_cast<float>(std_[c]);
+    for (int v = 0; v < 256; ++v) lut[c][v] = (static_cast<float>(v) / 255.0f - m) / sd;
   }
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     std::vector<Tap> xtaps;  // column taps of image `cached`, shared by all its rows
@@ -94,13 +96,13 @@ at::Tensor prepare_images_cpu(at::TensorList images, const at::Tensor& meta, int
   const int64_t* tab = table.const_data_ptr<int64_t>();
   switch (dtype) {
     case at::kFloat:
-      prepare_cpu_impl(tab, n, channels, out_h, out_w, nm, out.mutable_data_ptr<float>());
+      prepare_cpu_impl(tab, n, channels, out_h, out_w, nm, mean, std_, out.mutable_data_ptr<float>());
       break;
     case at::kHalf:
-      prepare_cpu_impl(tab, n, channels, out_h, out_w, nm, out.mutable_data_ptr<c10::Half>());
+      prepare_cpu_impl(tab, n, channels, out_h, out_w, nm, mean, std_, out.mutable_data_ptr<c10::Half>());
       break;
     case at::kBFloat16:
-      prepare_cpu_impl(tab, n, channels, out_h, out_w, nm, out.mutable_data_ptr<c10::BFloat16>());
+      prepare_cpu_impl(tab, n, channels, out_h, out_w, nm, mean, std_, out.mutable_data_ptr<c10::BFloat16>());
       break;
     default:
       TORCH_CHECK(false, "unreachable");

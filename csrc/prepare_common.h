@@ -114,8 +114,8 @@ inline at::Tensor empty_output(const at::Tensor& like, int64_t n, int64_t out_h,
 inline Norm make_norm(c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
   Norm nm;
   for (int c = 0; c < 3; ++c) {
-    nm.mean[c] = static_cast<float>(mean[c]);
-    nm.std[c] = static_cast<float>(std_[c]);
+    nm.scale[c] = static_cast<float>(1.0 / (255.0 * std_[c]));
+    nm.shift[c] = static_cast<float>(-mean[c] / std_[c]);
   }
   return nm;
 }

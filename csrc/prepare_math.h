@@ -27,10 +27,12 @@ FMB_HD const uint8_t* table_image(const int64_t* row) {
   return reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(row[kAddr]));
 }
 
-// Normalisation: out = (v / 255 - mean[c]) / std[c], computed in fp32 in that order.
+// Normalisation (v / 255 - mean[c]) / std[c], folded into out = v * scale[c] + shift[c] with
+// scale = 1 / (255 std) and shift = -mean / std rounded to fp32 from double: within a few fp32
+// ulps (~3e-7 absolute) of the three-step formula, without divisions.
 struct Norm {
-  float mean[3];
-  float std[3];
+  float scale[3];
+  float shift[3];
 };
 
 struct Tap {
@@ -79,7 +81,7 @@ FMB_HD void interpolate_pixel(const uint8_t* img, int64_t w, int64_t channels, c
     const float p10 = static_cast<float>(img[row1 + col0 + cc]);
     const float p11 = static_cast<float>(img[row1 + col1 + cc]);
     const float v = ty.l0 * (tx.l0 * p00 + tx.l1 * p01) + ty.l1 * (tx.l0 * p10 + tx.l1 * p11);
-    out[c] = (v / 255.0f - nm.mean[c]) / nm.std[c];
+    out[c] = v * nm.scale[c] + nm.shift[c];
   }
 }
 

@@ -120,6 +120,8 @@ def test_setup_builds_cpu_extension_without_cuda(monkeypatch):
     assert len(ext.sources) <= 2
     cxx = _flags(ext)["cxx"]
     assert "-g0" in cxx and "-O2" in cxx and not any(f.startswith("-std") for f in cxx)
+    if sys.platform.startswith("linux"):  # at::parallel_for is an OpenMP pragma in torch's headers
+        assert "-fopenmp" in cxx and "-fopenmp" in ext.extra_link_args
     assert ("FASTMBCONV_WITH_CUDA", "1") not in (ext.define_macros or [])
     assert "build_ext" in cmdclass
 
