@@ -34,12 +34,15 @@ def test_cuda_kernel_compiles_with_bare_nvcc(tmp_path):
     nvcc = _nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (neither on PATH nor under CUDA_HOME): cannot compile-check csrc/*.cu")
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS  # -D macros only, no include paths
+
     sources = sorted(CSRC.glob("*.cu"))
     assert sources, "csrc/ has no .cu file"
     for src in sources:
         out = tmp_path / (src.stem + ".o")
         cmd = [nvcc, "-c", str(src), "-o", str(out), "-arch=sm_90", "-O2", "--fmad=false",
-               "-std=c++17"]
+               "-std=c++17", *COMMON_NVCC_FLAGS]
+        assert not any(f.startswith("-I") for f in cmd)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
         assert out.stat().st_size > 0
