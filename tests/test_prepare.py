@@ -348,3 +348,21 @@ def test_cuda_from_cpu_list_is_one_launch():
     assert out.is_cuda
     kernels = [e.name for e in prof.events() if "prepare_images_kernel" in e.name]
     assert len(kernels) == 1, kernels
+
+
+@needs_cuda
+def test_cuda_batch_grayscale_and_opcheck():
+    if not _ext.has_cuda_kernels():
+        pytest.fail("fastmbconv._C was built without CUDA kernels on a CUDA machine")
+    g = torch.Generator().manual_seed(3)
+    batch = torch.randint(0, 256, (3, 37, 53, 1), generator=g, dtype=torch.uint8)
+    for mode in MODES:
+        out, valid = prepare_images(batch, 40, mode=mode, dtype=torch.bfloat16, device="cuda")
+        ref, valid_ref = prepare_images_ref(batch, 40, mode=mode, dtype=torch.bfloat16)
+        assert out.is_cuda
+        assert_within_one_ulp(out.cpu(), ref)
+        assert torch.equal(valid.cpu(), valid_ref)
+    images = [im.cuda() for im in _images(SIZES[:2])]
+    meta = torch.tensor([[0, 0, 37, 53, 20, 30], [1, 0, 64, 48, 32, 24]])
+    torch.library.opcheck(torch.ops.fastmbconv.prepare_images.default,
+                          (images, meta, 3, 32, 32, torch.float16, [0.5] * 3, [0.25] * 3))
