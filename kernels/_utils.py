@@ -15,6 +15,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def use_autotune() -> bool:
+    """Autotune block sizes on a real GPU unless ``FASTMBCONV_AUTOTUNE=0`` (then one heuristic
+    config is used). Never under the interpreter, whose autotuner cannot benchmark."""
+    return not interpreting() and os.environ.get("FASTMBCONV_AUTOTUNE", "1") != "0"
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 

@@ -28,6 +28,7 @@ from ._utils import (
     empty_like_format,
     interpreting,
     next_pow2,
+    use_autotune,
 )
 
 OP = "dwconv_bn_act"
@@ -106,6 +107,16 @@ def _dwconv_bn_act_kernel(
         tl.atomic_add(pool_ptr + n * C + offs_c, part, mask=c_mask)
 
 
+# GPU block shapes to try, (BLOCK_P pixels, BLOCK_C channels, warps); the pool sums are reset
+# between benchmark runs because the epilogue accumulates them with atomics.
+_GPU_CONFIGS = [(32, 64, 4), (64, 32, 4), (16, 128, 4), (64, 64, 4), (128, 32, 8), (32, 32, 2)]
+_dwconv_bn_act_autotuned = triton.autotune(
+    configs=[triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w) for p, c, w in _GPU_CONFIGS],
+    key=["C", "H_out", "W_out", "STRIDE", "KSIZE", "WITH_POOL", "RAGGED"],
+    reset_to_zero=["pool_ptr"],
+)(_dwconv_bn_act_kernel)
+
+
 def output_size(height: int, width: int, kernel: int, stride: int, padding: Sequence[int]) -> tuple[int, int]:
     top, bottom, left, right = padding
     return (height + top + bottom - kernel) // stride + 1, (width + left + right - kernel) // stride + 1
@@ -176,13 +187,19 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         block_c = min(64, max(16, next_pow2(C)))
         block_p = 32 if block_c == 64 else 64
         num_warps = 4
+    autotune = use_autotune()
+    kernel = _dwconv_bn_act_autotuned if autotune else _dwconv_bn_act_kernel
+    blocks = {} if autotune else {"BLOCK_P": block_p, "BLOCK_C": block_c, "num_warps": num_warps}
     dummy = pool if with_pool else scale
     for n0 in range(0, N, MAX_GRID_Z):
         n1 = min(N, n0 + MAX_GRID_Z)
         xs, outs = x[n0:n1], out[n0:n1]
-        grid = (triton.cdiv(P, block_p), triton.cdiv(C, block_c), n1 - n0)
+
+        def grid(meta, batch=n1 - n0):
+            return (triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(C, meta["BLOCK_C"]), batch)
+
         record_launch(OP)
-        _dwconv_bn_act_kernel[grid](
+        kernel[grid](
             xs, w_flat, scale, shift, outs,
             pool[n0:n1] if with_pool else dummy,
             valid_hw[n0:n1] if valid_hw is not None else dummy,
@@ -191,8 +208,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
             *xs.stride(), *outs.stride(),
             padding[0], padding[2],
             STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], IN_ACT=ACT_CODES[input_act],
-            WITH_POOL=with_pool, RAGGED=valid_hw is not None,
-            BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps,
+            WITH_POOL=with_pool, RAGGED=valid_hw is not None, **blocks,
         )
     return out, pool
 

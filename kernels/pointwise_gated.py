@@ -35,6 +35,7 @@ from ._utils import (
     empty_like_format,
     interpreting,
     next_pow2,
+    use_autotune,
 )
 
 OP = "pointwise_gated"
@@ -103,6 +104,20 @@ def _pointwise_gated_kernel(
         tl.store(out_ptr + out_off, y.to(out_ptr.dtype.element_ty), mask=mask2)
 
 
+# GPU tiles to try, (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); pool sums are reset between
+# benchmark runs because the pool epilogue accumulates them with atomics.
+_GPU_CONFIGS = [
+    (64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3),
+    (64, 32, 64, 4, 4), (128, 32, 64, 4, 3), (32, 64, 64, 4, 4),
+]
+_pointwise_gated_autotuned = triton.autotune(
+    configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+             for m, n, k, w, st in _GPU_CONFIGS],
+    key=["K", "O", "H", "W", "HAS_GATE", "HAS_RES", "POOL_ONLY", "RAGGED"],
+    reset_to_zero=["pool_ptr"],
+)(_pointwise_gated_kernel)
+
+
 def _check_args(x, weight, bias, gate, residual, act, pool_only, valid_hw):
     check_tensor(OP, "x", x, ndim=4)
     N, K, H, W = x.shape
@@ -161,6 +176,10 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
     valid_hw = valid_hw.contiguous() if valid_hw is not None else None
     block_m, block_n, block_k, num_warps, num_stages = _block_sizes(H * W, K, O)
     dot_fp32 = interpreting() or x.dtype == torch.float32
+    autotune = use_autotune()
+    kernel = _pointwise_gated_autotuned if autotune else _pointwise_gated_kernel
+    blocks = {} if autotune else {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                                  "num_warps": num_warps, "num_stages": num_stages}
     for n0 in range(0, N, MAX_GRID_Z):
         n1 = min(N, n0 + MAX_GRID_Z)
         xs = x[n0:n1]
@@ -168,9 +187,12 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
         res = residual[n0:n1] if residual is not None else None
         o_strides = (0, 0, 0, 0) if pool_only else outs.stride()
         r_strides = (0, 0, 0, 0) if res is None else res.stride()
-        grid = (triton.cdiv(H * W, block_m), triton.cdiv(O, block_n), n1 - n0)
+
+        def grid(meta, batch=n1 - n0):
+            return (triton.cdiv(H * W, meta["BLOCK_M"]), triton.cdiv(O, meta["BLOCK_N"]), batch)
+
         record_launch(OP)
-        _pointwise_gated_kernel[grid](
+        kernel[grid](
             xs, w2, bias, gate[n0:n1] if gate is not None else bias,
             res if res is not None else bias,
             outs if not pool_only else bias,
@@ -179,9 +201,7 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
             K, O, H, W,
             *xs.stride(), *o_strides, *r_strides,
             HAS_GATE=gate is not None, HAS_RES=res is not None, ACT=ACT_CODES[act],
-            POOL_ONLY=pool_only, RAGGED=valid_hw is not None, DOT_FP32=dot_fp32,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-            num_warps=num_warps, num_stages=num_stages,
+            POOL_ONLY=pool_only, RAGGED=valid_hw is not None, DOT_FP32=dot_fp32, **blocks,
         )
     return out, pool
 
