@@ -5,7 +5,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_params(model: nn.Module) -> int:
@@ -18,6 +17,10 @@ def count_flops(model: nn.Module, resolution: int | tuple[int, int], batch: int 
     the model is left where it is. BN, activations and pooling are not counted (they are
     memory traffic, not FLOPs), matching how EfficientNet's 0.39 GMACs are quoted."""
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
+    # Imported here: torch's flop_counter imports triton, which must not happen at
+    # `import fastmbconv` (TRITON_INTERPRET has to be set before triton's first import).
+    from torch.utils.flop_counter import FlopCounterMode
+
     meta = _to_meta(model)
     x = torch.empty(batch, getattr(model, "in_chans", 3), h, w, device="meta")
     counter = FlopCounterMode(display=False)

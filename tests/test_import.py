@@ -26,6 +26,19 @@ def test_import_pulls_in_no_optional_dependency():
     assert result.stdout.strip().endswith("ok")
 
 
+def test_import_does_not_import_triton():
+    """TRITON_INTERPRET must be settable after `import fastmbconv`, so triton (which torch's
+    flop counter imports) is imported only when a fused call needs it."""
+    code = (
+        "import sys, fastmbconv\n"
+        "bad = [m for m in ('triton', 'fastmbconv._C', 'fastmbconv.kernels', 'matplotlib') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_kernels_ship_inside_the_package(tmp_path):
     """From outside the checkout, `fastmbconv.kernels` imports and a top-level `kernels` does not
     (PyPI has an unrelated package of that name)."""
