@@ -55,6 +55,65 @@ def test_block_compiles_fullgraph_without_breaks(kind):
     assert_close_to_ref(out, ref, what=f"compiled {kind} block")
 
 
+def _opcheck_cases():
+    from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act  # noqa: F401  (registers the ops)
+    from fastmbconv.kernels.pointwise_gated import pointwise_gated  # noqa: F401
+    from fastmbconv.kernels.squeeze_excite import squeeze_excite_gate  # noqa: F401
+
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(DEVICE)
+
+    x = rnd(2, 24, 9, 11).contiguous(memory_format=torch.channels_last)
+    w, scale, shift = rnd(24, 1, 3, 3), rnd(24).abs() + 0.5, rnd(24)
+    valid = torch.tensor([[9, 11], [4, 5]], dtype=torch.int32, device=DEVICE)
+    pad_tl = torch.ones(2, 2, dtype=torch.int32, device=DEVICE)
+    dw = torch.ops.fastmbconv.dwconv_bn_act.default
+    se = torch.ops.fastmbconv.squeeze_excite_gate.default
+    pw = torch.ops.fastmbconv.pointwise_gated.default
+    res = rnd(2, 40, 9, 11).contiguous(memory_format=torch.channels_last)
+    return {
+        "dw_pool": (dw, (x, w, scale, shift, [1, 1, 1, 1], 1, "silu", "silu", True, None, None)),
+        "dw_ragged_s2": (dw, (x, w, scale, shift, [0, 1, 0, 1], 2, "silu", "identity", True, valid, pad_tl)),
+        "dw_nchw": (dw, (x.contiguous(), w, scale, shift, [1, 1, 1, 1], 1, "relu6", "identity", False, None, None)),
+        "se_hw": (se, (rnd(2, 24), rnd(6, 24), rnd(6), rnd(24, 6), rnd(24), None, 49)),
+        "se_count": (se, (rnd(2, 24), rnd(6, 24), rnd(6), rnd(24, 6), rnd(24), torch.tensor([3.0, 4.0], device=DEVICE), 1)),
+        "pw_gate_res": (pw, (x, rnd(40, 24), rnd(40), torch.rand(2, 24, device=DEVICE), res, "identity", False, None)),
+        "pw_pool": (pw, (x, rnd(40, 24), rnd(40), None, None, "silu", True, valid)),
+    }
+
+
+@pytest.mark.parametrize("case", ["dw_pool", "dw_ragged_s2", "dw_nchw", "se_hw", "se_count", "pw_gate_res", "pw_pool"])
+def test_custom_op_registration_opcheck(case):
+    """Schema, fake (meta) implementation, and AOT dispatch with dynamic shapes agree with the
+    real kernels (torch.library.opcheck)."""
+    op, args = _opcheck_cases()[case]
+    result = torch.library.opcheck(op, args)
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def test_whole_model_compiles_and_sees_bn_edits():
+    """torch.compile of the whole fused model (graph breaks allowed around the fold cache):
+    the output matches eager, and an in-place BN edit after compilation still takes effect."""
+    model = randomize_bn(fm.efficientnet(0.25, 0.1, num_classes=10)).eval().to(DEVICE)  # 7 blocks, one per stage
+    assert sum(len(stage) for stage in model.blocks) == 7
+    x = torch.randn(1, 3, 17, 17, device=DEVICE)
+    torch._dynamo.reset()
+    with torch.no_grad(), fm.use_backend("fused"):
+        eager = model(x)
+        compiled = torch.compile(model, backend="aot_eager")
+        with count_launches() as launches:
+            out = compiled(x)
+        assert launches["dwconv_bn_act"] == 7
+        assert_close_to_ref(out, eager, what="compiled model")
+        model.blocks[2][0].bn2.weight.mul_(2.0)
+        edited_eager = model(x)
+        assert (edited_eager - eager).abs().max() > 1e-4
+        assert_close_to_ref(compiled(x), edited_eager, what="compiled model after a BN edit")
+    torch._dynamo.reset()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_cuda_graph_capture_of_whole_model(dtype):
