@@ -279,3 +279,35 @@ def forward(model, x: torch.Tensor, valid_hw: Optional[torch.Tensor] = None) -> 
                            valid_hw=pool_valid)
     pooled = (sums / count).to(fm.head_weight.dtype)
     return model.classifier(pooled)
+
+
+def pointwise_choices(model, batch: int, height: int, width: int, dtype=None, device=None) -> list[dict]:
+    """Which implementation (``"triton"`` or ``"torch"``) each 1x1 conv of the fused forward
+    would use for an input of this size: one row per conv with its name, GEMM shape (M pixels,
+    K in, N out) and choice, from :func:`fastmbconv.kernels.pointwise_gated.choose_pointwise_impl`.
+    For benchmark reports; nothing is launched."""
+    from .kernels.pointwise_gated import choose_pointwise_impl
+
+    weight = model.conv_stem.weight
+    dtype = dtype or weight.dtype
+    device = torch.device(device) if device is not None else weight.device
+    h, w = -(-height // 2), -(-width // 2)
+    rows = []
+
+    def add(name, k, n, pool_only=False):
+        m = batch * h * w
+        rows.append({"layer": name, "M": m, "K": k, "N": n, "pool_only": pool_only,
+                     "impl": choose_pointwise_impl(m, k, n, dtype, device, pool_only)})
+
+    for i, stage in enumerate(model.blocks):
+        for j, block in enumerate(stage):
+            if isinstance(block, MBConv):
+                add(f"blocks.{i}.{j}.conv_pw", block.in_channels, block.mid_channels)
+                mid, project = block.mid_channels, "conv_pwl"
+            else:
+                mid, project = block.in_channels, "conv_pw"
+            h, w = -(-h // block.stride), -(-w // block.stride)
+            add(f"blocks.{i}.{j}.{project}", mid, block.out_channels)
+    if not model.features_only:
+        add("conv_head", model.conv_head.in_channels, model.conv_head.out_channels, pool_only=True)
+    return rows

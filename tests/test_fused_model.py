@@ -169,3 +169,19 @@ def test_empty_batch_and_one_pixel_input():
     out, ref, launches = run_both(model, model, torch.randn(2, 3, 1, 1, device=DEVICE))
     assert dict(launches) == expected_launches(model)
     assert_close_to_ref(out, ref, what="logits of a 1x1 input")
+
+
+def test_pointwise_choices_report_every_1x1_conv(monkeypatch):
+    monkeypatch.delenv("FASTMBCONV_POINTWISE_IMPL", raising=False)
+    model = fm.efficientnet_b0()
+    rows = fused.pointwise_choices(model, 2, 33, 47)
+    assert len(rows) == 15 + 16 + 1
+    assert all(r["impl"] == "triton" for r in rows)  # off CUDA the Triton kernel always runs
+    by_name = {r["layer"]: r for r in rows}
+    assert by_name["blocks.1.0.conv_pw"] == {"layer": "blocks.1.0.conv_pw", "M": 2 * 17 * 24, "K": 16, "N": 96,
+                                             "pool_only": False, "impl": "triton"}
+    assert by_name["blocks.1.0.conv_pwl"]["M"] == 2 * 9 * 12  # after the stride-2 depthwise
+    assert by_name["conv_head"]["pool_only"] and by_name["conv_head"]["M"] == 2 * 2 * 2
+    on_cuda = fused.pointwise_choices(model, 256, 224, 224, dtype=torch.float16, device="cuda")
+    assert {r["impl"] for r in on_cuda} <= {"triton", "torch"}
+    assert {r["layer"]: r["impl"] for r in on_cuda}["blocks.1.0.conv_pw"] == "triton"
