@@ -58,8 +58,9 @@ def _dwconv_bn_act_kernel(
     ow = offs_p % W_out
 
     if RAGGED:
-        h_img = tl.load(valid_ptr + 2 * n)
-        w_img = tl.load(valid_ptr + 2 * n + 1)
+        # clamped so a bad size can never read outside the buffer (CUDA inputs skip the host check)
+        h_img = tl.minimum(tl.load(valid_ptr + 2 * n), H)
+        w_img = tl.minimum(tl.load(valid_ptr + 2 * n + 1), W)
         top = tl.load(padtl_ptr + 2 * n)
         left = tl.load(padtl_ptr + 2 * n + 1)
         out_valid = p_mask & (oh < (h_img + STRIDE - 1) // STRIDE) & (ow < (w_img + STRIDE - 1) // STRIDE)
@@ -171,10 +172,11 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
     if N == 0 or C == 0:
         return out, pool
     check_launchable(OP, x)
-    if valid_hw is not None:
-        hw = valid_hw.cpu()
+    if valid_hw is not None and not valid_hw.is_cuda:  # a host check on CUDA would sync every call
+        hw = valid_hw
         if (hw < 1).any() or (hw[:, 0] > H).any() or (hw[:, 1] > W).any():
             raise ValueError(f"{OP}: valid_hw must lie in [1, {H}] x [1, {W}], got {hw.tolist()}")
+    if valid_hw is not None:
         valid_hw, pad_tl = valid_hw.contiguous(), pad_tl.contiguous()
     w_flat = weight.reshape(C, k * k).contiguous()
 
