@@ -1,6 +1,8 @@
 """Eval-mode fused forward of EfficientNet on the Triton kernels in :mod:`fastmbconv.kernels`.
 
-Per MBConv block, four launches and three activation passes instead of eager's dozen:
+Per MBConv block, four launches; the expanded tensor (the block's largest) is written by the
+expand conv, read and rewritten once by the depthwise kernel, and read once by the project
+conv, where eager PyTorch makes a separate pass for every BN, activation, pool and gate:
 
 1. expand 1x1 with BN folded into the weights and an fp32 bias, written *before* SiLU
    (``pointwise_gated``, no gate);
