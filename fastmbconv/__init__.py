@@ -17,7 +17,7 @@ from .config import (
 from .convert import from_state_dict, from_timm, from_torchvision
 from .flops import count_flops, count_params, format_table, model_table
 from .prepare import IMAGENET_MEAN, IMAGENET_STD, prepare_images, prepare_images_ref
-from .roofline import measure_copy_bandwidth, roofline
+from .roofline import measure_copy_bandwidth
 from .model import (
     MODEL_BUILDERS,
     EfficientNet,
