@@ -16,7 +16,6 @@ from .config import (
 )
 from .convert import from_state_dict, from_timm, from_torchvision
 from .flops import count_flops, count_params, format_table, model_table
-from .prepare import IMAGENET_MEAN, IMAGENET_STD, prepare_images, prepare_images_ref
 from .roofline import measure_copy_bandwidth
 from .model import (
     MODEL_BUILDERS,
@@ -34,3 +33,16 @@ from .model import (
 )
 
 __version__ = "0.1.0"
+
+# Image preparation lives beside the compiled extension; it is imported on first use so that
+# `import fastmbconv` never touches fastmbconv._ext/_C (the op's fake impl is registered when
+# the extension loads).
+_LAZY = {"prepare_images", "prepare_images_ref", "IMAGENET_MEAN", "IMAGENET_STD"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from . import prepare
+
+        return getattr(prepare, name)
+    raise AttributeError(f"module 'fastmbconv' has no attribute {name!r}")

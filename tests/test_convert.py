@@ -8,7 +8,9 @@ from fastmbconv.convert import torchvision_to_timm_keys
 from .helpers import import_or_skip, randomize_bn
 
 VARIANTS = sorted(fm.VARIANTS)
-ODD_SIZES = [(33, 47), (97, 131), (1, 1)]
+# Odd sizes at batch 1: every stride-2 layer sees odd and even extents, and TF SAME pads
+# asymmetrically; 1x1 is the degenerate case. Small, so B7 stays cheap on 2 CPU cores.
+ODD_SIZES = [(33, 47), (57, 7), (1, 1)]
 
 
 def _torchvision_style_state_dict(model: fm.EfficientNet) -> dict:
@@ -108,7 +110,7 @@ def test_not_an_efficientnet():
 
 # ---------------------------------------------------------------- the real peer libraries
 def _max_diff(a: torch.nn.Module, b: torch.nn.Module, hw) -> float:
-    x = torch.randn(2, 3, *hw)
+    x = torch.randn(1, 3, *hw)
     with torch.no_grad():
         return (a(x) - b(x)).abs().max().item()
 
@@ -123,8 +125,7 @@ def test_from_timm_parity(name, prefix):
     assert fm.count_params(model) == fm.count_params(src)
     assert model.pad_mode == ("same" if prefix else "symmetric")
     assert model.bn_eps == (1e-3 if prefix else 1e-5)
-    sizes = ODD_SIZES if name in ("b0", "b7") else ODD_SIZES[:1]
-    for hw in sizes:
+    for hw in ODD_SIZES:
         assert _max_diff(src, model, hw) <= 1e-4, hw
 
 
@@ -136,6 +137,5 @@ def test_from_torchvision_parity(name):
     model = fm.from_torchvision(src).eval()
     assert fm.count_params(model) == fm.count_params(src)
     assert model.bn_eps == src.features[0][1].eps  # 1e-5 for B0-B4, 1e-3 for B5-B7
-    sizes = ODD_SIZES if name in ("b0", "b7") else ODD_SIZES[:1]
-    for hw in sizes:
+    for hw in ODD_SIZES:
         assert _max_diff(src, model, hw) <= 1e-4, hw
