@@ -789,7 +789,7 @@ def _plots(result: dict, out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import NullFormatter, LogLocator, FormatStrFormatter
 
     rows = [r for r in result["rows"] if r.get("median_s")]
     dev = result["meta"]["device"]
@@ -819,6 +819,9 @@ def _plots(result: dict, out_dir: Path) -> list[Path]:
         ax.set_xscale("log")
         ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis):
+            # 1-2-5 major ticks with plain labels: a sweep often spans less than one decade.
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FormatStrFormatter("%g"))
             axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("GFLOP per image")
         ax.set_ylabel(f"latency per call (ms), batch {batch}")
