@@ -20,7 +20,6 @@ Activations are channels_last in the model's dtype; kernels accumulate in fp32.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -216,10 +215,7 @@ def _stem(model, fm: FoldedModel, x: torch.Tensor, rg: Optional[_Ragged]) -> tor
     """Stem conv with BN folded, *before* SiLU (the first block applies it)."""
     x = x.to(fm.stem_weight.dtype).contiguous(memory_format=torch.channels_last)
     if rg is not None:
-        shim = SimpleNamespace(weight=fm.stem_weight, bias=None, kernel_size=(3, 3), stride=(2, 2),
-                               groups=1, out_channels=fm.stem_weight.shape[0])
-        y = ragged.conv2d(shim, model.pad_mode, x, rg.valid())
-        return y + fm.stem_bias.view(1, -1, 1, 1)
+        return ragged.conv2d(x, fm.stem_weight, fm.stem_bias, 2, 1, model.pad_mode, rg.valid())
     top, bottom, left, right = conv_padding(x.shape[-2], x.shape[-1], 3, 2, model.pad_mode)
     if top == bottom == left == right:
         return F.conv2d(x, fm.stem_weight, fm.stem_bias, stride=2, padding=top)

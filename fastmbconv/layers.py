@@ -82,7 +82,9 @@ class PaddedConv2d(nn.Conv2d):
         if valid_hw is not None:
             from . import ragged
 
-            return ragged.conv2d(self, self.pad_mode, x, valid_hw)
+            return ragged.conv2d(
+                x, self.weight, self.bias, self.stride[0], self.groups, self.pad_mode, valid_hw
+            )
         if self.dynamic_pad:
             top, bottom, left, right = self.padding_for(x.shape[-2], x.shape[-1])
             x = F.pad(x, (left, right, top, bottom))

@@ -70,16 +70,24 @@ def per_image_padding(valid_hw: torch.Tensor, kernel: int, stride: int, pad_mode
     return out
 
 
-def conv2d(conv: torch.nn.Conv2d, pad_mode: str, x: torch.Tensor, valid_hw: torch.Tensor) -> torch.Tensor:
+def conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int,
+    groups: int,
+    pad_mode: str,
+    valid_hw: torch.Tensor,
+) -> torch.Tensor:
     """A (grouped) kxk conv of a ragged batch: per-image padding offsets, invalid input treated
     as zero, output outside each image's valid extent zeroed. Images that share offsets are
     convolved together, so this costs at most four conv calls (two offsets per axis)."""
-    k, s = conv.kernel_size[0], conv.stride[0]
+    k, s = weight.shape[-1], stride
     H, W = x.shape[-2:]
     H_out, W_out = -(-H // s), -(-W // s)
     x = mask_invalid(x, valid_hw)
     offsets = per_image_padding(valid_hw, k, s, pad_mode)
-    out = x.new_empty((x.shape[0], conv.out_channels, H_out, W_out)).contiguous(
+    out = x.new_empty((x.shape[0], weight.shape[0], H_out, W_out)).contiguous(
         memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
         and not x.is_contiguous() else torch.contiguous_format
     )
@@ -88,7 +96,7 @@ def conv2d(conv: torch.nn.Conv2d, pad_mode: str, x: torch.Tensor, valid_hw: torc
         bottom = max(0, (H_out - 1) * s + k - top - H)
         right = max(0, (W_out - 1) * s + k - left - W)
         xi = F.pad(x.index_select(0, idx), (left, right, top, bottom))
-        yi = F.conv2d(xi, conv.weight, conv.bias, stride=s, groups=conv.groups)
+        yi = F.conv2d(xi, weight, bias, stride=s, groups=groups)
         out.index_copy_(0, idx, yi[..., :H_out, :W_out])
     return mask_invalid(out, out_valid(valid_hw, s))
 
