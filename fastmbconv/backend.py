@@ -2,7 +2,9 @@
 
 Selection, highest priority first:
 
-1. :func:`use_backend` context manager (per thread/task, via a ContextVar);
+1. :func:`use_backend` context manager (per thread; a ``threading.local``, which
+   ``torch.compile`` can read and guard on, so switching backends recompiles instead of
+   breaking the graph as a ``ContextVar`` lookup would);
 2. :func:`set_backend` (process-wide);
 3. the ``FASTMBCONV_BACKEND`` environment variable (``auto``, ``fused`` or ``reference``);
 4. ``auto``.
@@ -15,8 +17,8 @@ path and raises a clear error where it cannot run; on CPU it needs Triton's inte
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
+import threading
 from typing import Iterator, Literal
 
 import torch
@@ -26,9 +28,7 @@ BACKENDS: tuple[str, ...] = ("auto", "fused", "reference")
 ENV_VAR = "FASTMBCONV_BACKEND"
 
 _global_backend: str | None = None
-_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "fastmbconv_backend", default=None
-)
+_thread_state = threading.local()  # .backend: the innermost use_backend() of this thread
 
 
 def _validate(name: str) -> str:
@@ -39,7 +39,7 @@ def _validate(name: str) -> str:
 
 def get_backend() -> str:
     """The backend in force for this call."""
-    ctx = _context_backend.get()
+    ctx = getattr(_thread_state, "backend", None)
     if ctx is not None:
         return ctx
     if _global_backend is not None:
@@ -59,11 +59,12 @@ def set_backend(name: Backend | None) -> None:
 @contextlib.contextmanager
 def use_backend(name: Backend) -> Iterator[None]:
     """Force a backend inside a ``with`` block."""
-    token = _context_backend.set(_validate(name))
+    previous = getattr(_thread_state, "backend", None)
+    _thread_state.backend = _validate(name)
     try:
         yield
     finally:
-        _context_backend.reset(token)
+        _thread_state.backend = previous
 
 
 def interpreter_enabled() -> bool:

@@ -177,7 +177,7 @@ def _plan(images: Images, size, mode, dtype, mean, std, align, device) -> _Plan:
 
 
 def _valid_hw(plan: _Plan) -> torch.Tensor:
-    return torch.tensor(plan.resized, dtype=torch.int32).to(plan.device)
+    return torch.tensor(plan.resized, dtype=torch.int32).to(plan.device, non_blocking=True)
 
 
 def prepare_images(

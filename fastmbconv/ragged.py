@@ -10,6 +10,11 @@ An image occupies the top-left (h, w) corner of its slot. Through the network:
 - SE and head pools average over valid positions only;
 - pointwise ops (1x1 convs, BN, activations, residuals) may compute on the padded area, since
   nothing from there reaches a valid output (the next spatial op or pool masks it out).
+
+The sizes are host metadata: they decide padding offsets and launch arguments, so they are kept
+as an int64 tensor on the CPU for the whole forward, and only the masks built from them go to
+the device (non-blocking copies). Reading them from a CUDA tensor would cost a host sync per
+layer; pass ``valid_sizes`` as a list or CPU tensor and a ragged forward makes none.
 """
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ from .layers import conv_padding
 
 
 def check_valid_sizes(valid_sizes, x: torch.Tensor) -> torch.Tensor:
-    """Validate per-image (height, width) against the batch ``x``; return an int64 (N, 2)
-    tensor on ``x``'s device."""
+    """Validate per-image (height, width) against the batch ``x``; return them as an int64
+    (N, 2) CPU tensor. A CUDA ``valid_sizes`` costs one host sync here; a list or CPU tensor none."""
     if not isinstance(valid_sizes, torch.Tensor):
         valid_sizes = torch.as_tensor(valid_sizes)
     if valid_sizes.is_floating_point() or valid_sizes.is_complex() or valid_sizes.dtype == torch.bool:
@@ -40,7 +45,12 @@ def check_valid_sizes(valid_sizes, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"valid_sizes {sizes[too_big].tolist()} exceed the batch's spatial size ({H}, {W})"
         )
-    return sizes.to(x.device)
+    return sizes
+
+
+def _on(valid_hw: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # non_blocking: an H2D copy of host sizes must not wait for the queued kernels
+    return valid_hw.to(device, non_blocking=True)
 
 
 def out_valid(valid_hw: torch.Tensor, stride: int) -> torch.Tensor:
@@ -48,21 +58,25 @@ def out_valid(valid_hw: torch.Tensor, stride: int) -> torch.Tensor:
     return torch.div(valid_hw + stride - 1, stride, rounding_mode="floor")
 
 
-def valid_mask(valid_hw: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Boolean (N, 1, H, W) mask of each image's valid region."""
-    rows = torch.arange(height, device=valid_hw.device)
-    cols = torch.arange(width, device=valid_hw.device)
+def valid_mask(valid_hw: torch.Tensor, height: int, width: int, device=None) -> torch.Tensor:
+    """Boolean (N, 1, H, W) mask of each image's valid region, on ``device`` (default:
+    ``valid_hw``'s)."""
+    device = valid_hw.device if device is None else torch.device(device)
+    valid_hw = _on(valid_hw, device)
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
     m = (rows[None, :, None] < valid_hw[:, 0, None, None]) & (cols[None, None, :] < valid_hw[:, 1, None, None])
     return m[:, None]
 
 
 def mask_invalid(x: torch.Tensor, valid_hw: torch.Tensor) -> torch.Tensor:
     """Zero everything outside each image's valid region (``where``, so NaN padding is dropped too)."""
-    return torch.where(valid_mask(valid_hw, x.shape[-2], x.shape[-1]), x, x.new_zeros(()))
+    return torch.where(valid_mask(valid_hw, x.shape[-2], x.shape[-1], x.device), x, x.new_zeros(()))
 
 
 def per_image_padding(valid_hw: torch.Tensor, kernel: int, stride: int, pad_mode: str) -> list[tuple[int, int]]:
-    """(top, left) padding of every image at its own size."""
+    """(top, left) padding of every image at its own size (reads the sizes on the host: pass
+    them as a CPU tensor to avoid a sync)."""
     out = []
     for h, w in valid_hw.tolist():
         top, _, left, _ = conv_padding(h, w, kernel, stride, pad_mode)
@@ -92,7 +106,7 @@ def conv2d(
         and not x.is_contiguous() else torch.contiguous_format
     )
     for top, left in sorted(set(offsets)):
-        idx = torch.tensor([i for i, o in enumerate(offsets) if o == (top, left)], device=x.device)
+        idx = _on(torch.tensor([i for i, o in enumerate(offsets) if o == (top, left)]), x.device)
         bottom = max(0, (H_out - 1) * s + k - top - H)
         right = max(0, (W_out - 1) * s + k - left - W)
         xi = F.pad(x.index_select(0, idx), (left, right, top, bottom))
@@ -104,5 +118,5 @@ def conv2d(
 def masked_mean(x: torch.Tensor, valid_hw: torch.Tensor) -> torch.Tensor:
     """Per-image spatial mean over the valid region: (N, C, 1, 1)."""
     summed = mask_invalid(x, valid_hw).sum((2, 3), keepdim=True)
-    count = (valid_hw[:, 0] * valid_hw[:, 1]).to(x.dtype).view(-1, 1, 1, 1)
+    count = _on(valid_hw[:, 0] * valid_hw[:, 1], x.device).to(x.dtype).view(-1, 1, 1, 1)
     return summed / count

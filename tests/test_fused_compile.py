@@ -93,24 +93,30 @@ def test_custom_op_registration_opcheck(case):
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
-def test_whole_model_compiles_and_sees_bn_edits():
-    """torch.compile of the whole fused model (graph breaks allowed around the fold cache):
-    the output matches eager, and an in-place BN edit after compilation still takes effect."""
-    model = randomize_bn(fm.efficientnet(0.25, 0.1, num_classes=10)).eval().to(DEVICE)  # 7 blocks, one per stage
-    assert sum(len(stage) for stage in model.blocks) == 7
+def test_whole_b0_compiles_as_one_graph_and_sees_bn_edits():
+    """torch.compile(fullgraph=True) of the whole fused B0: no graph break anywhere (so none
+    inside a block), one compile for all 16 blocks, output equal to eager; an in-place BN edit
+    after compilation takes effect without a recompile (the fold is traced into the graph, so
+    the weights are graph inputs); switching the backend recompiles to the reference path."""
+    model = randomize_bn(fm.efficientnet_b0(num_classes=10)).eval().to(DEVICE)
     x = torch.randn(1, 3, 17, 17, device=DEVICE)
     torch._dynamo.reset()
     with torch.no_grad(), fm.use_backend("fused"):
         eager = model(x)
-        compiled = torch.compile(model, backend="aot_eager")
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
         with count_launches() as launches:
             out = compiled(x)
-        assert launches["dwconv_bn_act"] == 7
-        assert_close_to_ref(out, eager, what="compiled model")
+        assert launches["dwconv_bn_act"] == 16
+        assert_close_to_ref(out, eager, what="compiled B0")
         model.blocks[2][0].bn2.weight.mul_(2.0)
         edited_eager = model(x)
         assert (edited_eager - eager).abs().max() > 1e-4
-        assert_close_to_ref(compiled(x), edited_eager, what="compiled model after a BN edit")
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            assert_close_to_ref(compiled(x), edited_eager, what="compiled B0 after a BN edit")
+    with torch.no_grad(), fm.use_backend("reference"), count_launches() as launches:
+        reference = compiled(x)
+    assert not launches
+    assert_close_to_ref(reference, edited_eager, what="compiled B0 on the reference backend")
     torch._dynamo.reset()
 
 

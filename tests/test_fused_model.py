@@ -110,6 +110,47 @@ def test_bn_edit_in_place_is_seen_and_fold_is_cached():
     assert_close_to_ref(after, ref, what="logits after an in-place BN edit")
 
 
+def test_fold_cache_sees_replaced_modules_and_swapped_data():
+    """Edits that bump no version counter still refold: a replaced submodule, and a ``.data``
+    swap (a new storage behind the same Parameter object)."""
+    model = build(num_classes=10)
+    x = torch.randn(1, 3, 17, 17, device=DEVICE)
+    with torch.inference_mode(), fm.use_backend("fused"):
+        model(x)
+    first = fused.folded(model)
+    old_bn = model.blocks[2][0].bn2
+    new_bn = torch.nn.BatchNorm2d(old_bn.num_features, eps=old_bn.eps).to(DEVICE).eval()
+    new_bn.load_state_dict(old_bn.state_dict())
+    with torch.no_grad():
+        new_bn.weight.data = old_bn.weight.data * 1.5  # built before being attached
+    model.blocks[2][0].bn2 = new_bn
+    out, ref, _ = run_both(model, model, x)
+    assert fused.folded(model) is not first
+    assert_close_to_ref(out, ref, what="logits after replacing a BN module")
+    second = fused.folded(model)
+    conv = model.blocks[4][1].conv_pwl
+    conv.weight.data = conv.weight.data.flip(0).contiguous()
+    out, ref, _ = run_both(model, model, x)
+    assert fused.folded(model) is not second
+    assert_close_to_ref(out, ref, what="logits after a .data swap")
+
+
+def test_autocast_runs_the_fused_path_at_the_autocast_dtype():
+    """Under autocast an fp32 model's fused forward computes in the autocast dtype, as the
+    reference convs do: same output dtype, bf16 tolerance against the fp64 model."""
+    model = build(num_classes=10)
+    x = torch.randn(2, 3, 21, 19, device=DEVICE)
+    with torch.inference_mode():
+        ref64 = build(num_classes=10).double()(x.double())
+    autocast_dtype = torch.float16 if DEVICE == "cuda" else torch.bfloat16
+    with torch.autocast(torch.device(DEVICE).type, dtype=autocast_dtype):
+        out, ref_lowp, launches = run_both(model, model, x)
+    assert dict(launches) == expected_launches(model)
+    assert out.dtype == ref_lowp.dtype == autocast_dtype
+    assert fused.folded(model, autocast_dtype).stem_weight.dtype == autocast_dtype
+    assert_close_to_ref(out, ref64, ref_lowp, what=f"autocast {autocast_dtype} logits")
+
+
 def test_load_state_dict_refolds():
     model, other = build(num_classes=10), build(num_classes=10, seed=1)
     x = torch.randn(1, 3, 17, 17, device=DEVICE)

@@ -94,3 +94,56 @@ def test_ragged_refused_in_training():
     model = fm.efficientnet_b0()
     with pytest.raises(RuntimeError, match="inference-only"):
         model(torch.zeros(2, 3, 32, 32), torch.tensor([[32, 32], [16, 16]]))
+
+
+# ---------------------------------------------------------------------- no host syncs
+# A forward that reads a device tensor's values on the host (.tolist(), .item(), a blocking
+# copy) stalls the CPU until the GPU queue drains. On the meta device any such read raises, so
+# running the whole ragged forward on meta tensors, with the sizes given on the host, proves
+# both paths read only host metadata.
+META_SIZES = [[64, 48], [33, 47], [7, 1]]
+
+
+@pytest.mark.parametrize("features_only", [False, True])
+def test_reference_ragged_forward_reads_no_device_values(features_only):
+    model = fm.efficientnet_b0(pad_mode="same", features_only=features_only).eval().to("meta")
+    x = torch.empty(3, 3, 64, 48, device="meta")
+    with torch.no_grad(), fm.use_backend("reference"):
+        out = model(x, valid_sizes=META_SIZES)
+    shapes = [o.shape for o in out] if features_only else [out.shape]
+    assert shapes[-1] == ((3, 320, 2, 2) if features_only else (3, 1000))
+
+
+@pytest.mark.parametrize("features_only", [False, True])
+def test_fused_ragged_forward_reads_no_device_values(features_only):
+    """The fused path on meta runs the ops' fake implementations: every host-side step of the
+    fused forward (fold, ragged bookkeeping, launch arguments) runs with no device read."""
+    pytest.importorskip("triton")
+    from fastmbconv import fused
+    from fastmbconv.kernels._launch import count_launches
+
+    model = fm.efficientnet_b0(pad_mode="same", features_only=features_only).eval().to("meta")
+    x = torch.empty(3, 3, 64, 48, device="meta")
+    valid = ragged.check_valid_sizes(META_SIZES, x)
+    assert valid.device.type == "cpu"
+    with torch.no_grad(), count_launches() as launches:
+        out = fused.forward(model, x, valid)
+    assert not launches  # fake implementations only: nothing was launched
+    shapes = [o.shape for o in out] if features_only else [out.shape]
+    assert shapes[-1] == ((3, 320, 2, 2) if features_only else (3, 1000))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA sync detection needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_cuda_ragged_forward_makes_no_host_sync(backend):
+    model = randomize_bn(fm.efficientnet_b0(pad_mode="same")).eval().to("cuda", torch.float16)
+    batch, _, _ = _ragged_batch([(64, 48), (33, 47), (7, 1)])
+    x = batch.nan_to_num(0.0).to("cuda", torch.float16)
+    with torch.inference_mode(), fm.use_backend(backend):
+        model(x, valid_sizes=META_SIZES)  # warm-up: compiles, autotunes and folds
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(x, valid_sizes=META_SIZES)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
