@@ -21,6 +21,13 @@ def use_autotune() -> bool:
     return not interpreting() and os.environ.get("FASTMBCONV_AUTOTUNE", "1") != "0"
 
 
+def deterministic_pool() -> bool:
+    """Pool epilogues write one partial sum per tile (reduced afterwards in a fixed order)
+    instead of adding atomically, when ``torch.use_deterministic_algorithms(True)`` is on:
+    fp32 atomic adds land in run-dependent order, so their sums differ in the last bits."""
+    return torch.are_deterministic_algorithms_enabled()
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 

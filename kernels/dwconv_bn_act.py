@@ -4,7 +4,8 @@ Why one kernel: in eager PyTorch the depthwise conv, BN, SiLU and the SE mean ea
 write the whole expanded activation (the biggest tensors in EfficientNet). Here the input is
 read once (with the expand conv's SiLU applied as it is loaded), BN is a per-channel fp32
 ``scale``/``shift``, and the per-(sample, channel) sums the SE needs are accumulated with
-atomics, so SE never re-reads the activation. Padding is given as (top, bottom, left, right)
+atomics (or, under ``torch.use_deterministic_algorithms(True)``, written per tile and reduced
+in a fixed order), so SE never re-reads the activation. Padding is given as (top, bottom, left, right)
 and applied by masking, never by materialising a padded tensor, which covers both symmetric
 and TF "SAME" padding. Optional ragged arguments give each image its own valid size and
 (top, left) padding.
@@ -25,6 +26,7 @@ from ._utils import (
     check_activation,
     check_launchable,
     check_tensor,
+    deterministic_pool,
     empty_like_format,
     interpreting,
     next_pow2,
@@ -43,7 +45,7 @@ def _dwconv_bn_act_kernel(
     son, soc, soh, sow,
     pad_top, pad_left,
     STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, IN_ACT: tl.constexpr,
-    WITH_POOL: tl.constexpr, RAGGED: tl.constexpr,
+    WITH_POOL: tl.constexpr, RAGGED: tl.constexpr, POOL_PARTIAL: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -105,7 +107,11 @@ def _dwconv_bn_act_kernel(
 
     if WITH_POOL:
         part = tl.sum(y, axis=0)
-        tl.atomic_add(pool_ptr + n * C + offs_c, part, mask=c_mask)
+        if POOL_PARTIAL:  # pool is (N, tiles, C): one row per pixel tile, summed afterwards
+            row = n * tl.num_programs(0) + pid_p
+            tl.store(pool_ptr + row * C + offs_c, part, mask=c_mask)
+        else:
+            tl.atomic_add(pool_ptr + n * C + offs_c, part, mask=c_mask)
 
 
 # GPU block shapes to try, (BLOCK_P pixels, BLOCK_C channels, warps); the pool sums are reset
@@ -189,9 +195,13 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         block_c = min(64, max(16, next_pow2(C)))
         block_p = 32 if block_c == 64 else 64
         num_warps = 4
-    autotune = use_autotune()
+    partial = with_pool and deterministic_pool()
+    autotune = use_autotune() and not partial  # the partial buffer's size depends on BLOCK_P
     kernel = _dwconv_bn_act_autotuned if autotune else _dwconv_bn_act_kernel
     blocks = {} if autotune else {"BLOCK_P": block_p, "BLOCK_C": block_c, "num_warps": num_warps}
+    if partial:
+        pool_out = pool
+        pool = torch.empty((N, triton.cdiv(P, block_p), C), dtype=torch.float32, device=x.device)
     dummy = pool if with_pool else scale
     for n0 in range(0, N, MAX_GRID_Z):
         n1 = min(N, n0 + MAX_GRID_Z)
@@ -210,8 +220,12 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
             *xs.stride(), *outs.stride(),
             padding[0], padding[2],
             STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], IN_ACT=ACT_CODES[input_act],
-            WITH_POOL=with_pool, RAGGED=valid_hw is not None, **blocks,
+            WITH_POOL=with_pool, RAGGED=valid_hw is not None, POOL_PARTIAL=partial, **blocks,
         )
+    if partial:
+        record_launch(OP + "[partial-sum]")
+        torch.sum(pool, dim=1, out=pool_out)
+        pool = pool_out
     return out, pool
 
 

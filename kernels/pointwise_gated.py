@@ -10,7 +10,8 @@ project conv (gate + residual) and the head conv (SiLU, and with ``pool_only`` i
 the (N, O) fp32 sums the classifier needs, never the head map).
 
 The grid's last axis is the sample, so a tile's rows all belong to one image: the gate is one
-row vector per tile and pool sums need one atomic add per (tile, channel).
+row vector per tile and pool sums need one atomic add per (tile, channel) (or one plain store
+per tile under ``torch.use_deterministic_algorithms(True)``, reduced afterwards).
 
 :func:`choose_pointwise_impl` picks, per shape, between this Triton GEMM and a torch fallback
 (``x * gate`` then cuBLAS matmul + bias + residual); see its docstring.
@@ -32,6 +33,7 @@ from ._utils import (
     check_activation,
     check_launchable,
     check_tensor,
+    deterministic_pool,
     empty_like_format,
     interpreting,
     next_pow2,
@@ -50,7 +52,7 @@ def _pointwise_gated_kernel(
     son, soc, soh, sow,
     srn, src, srh, srw,
     HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, POOL_ONLY: tl.constexpr,
-    RAGGED: tl.constexpr, DOT_FP32: tl.constexpr,
+    RAGGED: tl.constexpr, DOT_FP32: tl.constexpr, POOL_PARTIAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -98,7 +100,11 @@ def _pointwise_gated_kernel(
             w_img = tl.load(valid_ptr + 2 * n + 1)
             keep = keep & (row_h < h_img) & (row_w < w_img)
         part = tl.sum(tl.where(keep[:, None] & o_mask[None, :], y, 0.0), axis=0)
-        tl.atomic_add(pool_ptr + n * O + offs_o, part, mask=o_mask)
+        if POOL_PARTIAL:  # pool is (N, tiles, O): one row per pixel tile, summed afterwards
+            row = n * tl.num_programs(0) + pid_m
+            tl.store(pool_ptr + row * O + offs_o, part, mask=o_mask)
+        else:
+            tl.atomic_add(pool_ptr + n * O + offs_o, part, mask=o_mask)
     else:
         out_off = n * son + (row_h * soh + row_w * sow)[:, None] + offs_o.to(tl.int64)[None, :] * soc
         tl.store(out_ptr + out_off, y.to(out_ptr.dtype.element_ty), mask=mask2)
@@ -176,10 +182,14 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
     valid_hw = valid_hw.contiguous() if valid_hw is not None else None
     block_m, block_n, block_k, num_warps, num_stages = _block_sizes(H * W, K, O)
     dot_fp32 = interpreting() or x.dtype == torch.float32
-    autotune = use_autotune()
+    partial = pool_only and deterministic_pool()
+    autotune = use_autotune() and not partial  # the partial buffer's size depends on BLOCK_M
     kernel = _pointwise_gated_autotuned if autotune else _pointwise_gated_kernel
     blocks = {} if autotune else {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
                                   "num_warps": num_warps, "num_stages": num_stages}
+    if partial:
+        pool_out = pool
+        pool = torch.empty((N, triton.cdiv(H * W, block_m), O), dtype=torch.float32, device=x.device)
     for n0 in range(0, N, MAX_GRID_Z):
         n1 = min(N, n0 + MAX_GRID_Z)
         xs = x[n0:n1]
@@ -201,8 +211,13 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
             K, O, H, W,
             *xs.stride(), *o_strides, *r_strides,
             HAS_GATE=gate is not None, HAS_RES=res is not None, ACT=ACT_CODES[act],
-            POOL_ONLY=pool_only, RAGGED=valid_hw is not None, DOT_FP32=dot_fp32, **blocks,
+            POOL_ONLY=pool_only, RAGGED=valid_hw is not None, DOT_FP32=dot_fp32,
+            POOL_PARTIAL=partial, **blocks,
         )
+    if partial:
+        record_launch(OP + "[partial-sum]")
+        torch.sum(pool, dim=1, out=pool_out)
+        pool = pool_out
     return out, pool
 
 

@@ -32,24 +32,29 @@ SCRIPT = textwrap.dedent(
 
     dw_ints = ["C", "H", "W", "H_out", "W_out", "sxn", "sxc", "sxh", "sxw", "son", "soc", "soh", "sow",
                "pad_top", "pad_left"]
-    for dt, k, s, pool, ragged, (bp, bc, w) in [("fp16", 5, 2, True, True, D._GPU_CONFIGS[4]),
-                                                 ("bf16", 3, 1, False, False, D._GPU_CONFIGS[0])]:
+    for dt, k, s, pool, ragged, partial, (bp, bc, w) in [
+        ("fp16", 5, 2, True, True, False, D._GPU_CONFIGS[4]),
+        ("bf16", 3, 1, False, False, False, D._GPU_CONFIGS[0]),
+        ("fp32", 3, 1, True, False, True, D._GPU_CONFIGS[1]),
+    ]:
         ptrs = {"x_ptr": "*" + dt, "w_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32",
                 "out_ptr": "*" + dt, "pool_ptr": "*fp32", "valid_ptr": "*i32", "padtl_ptr": "*i32"}
         build(D._dwconv_bn_act_kernel, ptrs, dw_ints,
-              dict(STRIDE=s, KSIZE=k, ACT=1, IN_ACT=1, WITH_POOL=pool, RAGGED=ragged, BLOCK_P=bp, BLOCK_C=bc), w)
+              dict(STRIDE=s, KSIZE=k, ACT=1, IN_ACT=1, WITH_POOL=pool, RAGGED=ragged, POOL_PARTIAL=partial,
+                   BLOCK_P=bp, BLOCK_C=bc), w)
 
     pw_ints = ["K", "O", "H", "W", "sxn", "sxc", "sxh", "sxw", "son", "soc", "soh", "sow", "srn", "src", "srh", "srw"]
-    for dt, gate, res, pool, ragged, (bm, bn, bk, w, st) in [
-        ("bf16", True, True, False, False, P._GPU_CONFIGS[3]),
-        ("fp16", False, False, True, True, P._GPU_CONFIGS[0]),
-        ("fp32", True, False, False, False, P._GPU_CONFIGS[1]),
+    for dt, gate, res, pool, ragged, partial, (bm, bn, bk, w, st) in [
+        ("bf16", True, True, False, False, False, P._GPU_CONFIGS[3]),
+        ("fp16", False, False, True, True, False, P._GPU_CONFIGS[0]),
+        ("fp16", False, False, True, False, True, P._GPU_CONFIGS[2]),
+        ("fp32", True, False, False, False, False, P._GPU_CONFIGS[1]),
     ]:
         ptrs = {"x_ptr": "*" + dt, "w_ptr": "*" + dt, "bias_ptr": "*fp32", "gate_ptr": "*fp32",
                 "res_ptr": "*" + dt, "out_ptr": "*" + dt, "pool_ptr": "*fp32", "valid_ptr": "*i32"}
         build(P._pointwise_gated_kernel, ptrs, pw_ints,
               dict(HAS_GATE=gate, HAS_RES=res, ACT=1 if pool else 0, POOL_ONLY=pool, RAGGED=ragged,
-                   DOT_FP32=dt == "fp32", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), w, st)
+                   DOT_FP32=dt == "fp32", POOL_PARTIAL=partial, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), w, st)
 
     ptrs = {name: "*fp32" for name in ["pool_ptr", "count_ptr", "wr_ptr", "br_ptr", "we_ptr", "be_ptr", "gate_ptr"]}
     ptrs["inv_count"] = "fp32"

@@ -204,3 +204,36 @@ def test_out_of_range_valid_sizes():
         got = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1, valid_hw=too_big, pad_tl=pad_tl)
         want = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1, valid_hw=full, pad_tl=pad_tl)
         torch.testing.assert_close(got, want)
+
+
+@pytest.fixture
+def deterministic():
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_deterministic_mode_pools_without_atomics(deterministic, ragged, monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) the pool is written per pixel tile and
+    reduced by a second launch (counted). 600 channels make the interpreter's tile 64 pixels, so
+    several tiles per image are summed; the batch is split in two launches as well."""
+    from fastmbconv.kernels import dwconv_bn_act as module
+
+    monkeypatch.setattr(module, "MAX_GRID_Z", 2)
+    x, w, scale, shift = make(3, 600, 33, 7, 5)
+    kw = {}
+    if ragged:
+        kw = dict(valid_hw=torch.tensor([[33, 7], [20, 5], [1, 1]], dtype=torch.int32, device=DEVICE),
+                  pad_tl=torch.tensor([[2, 2], [1, 2], [2, 1]], dtype=torch.int32, device=DEVICE))
+    with count_launches() as launches:
+        out, pool = dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True, **kw)
+    assert launches == {"dwconv_bn_act": 2, "dwconv_bn_act[partial-sum]": 1}
+    ref, ref_pool = dwconv_bn_act_ref(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True,
+                                      compute_dtype=torch.float64, **kw)
+    assert_close_to_ref(out, ref, what="dwconv output")
+    assert_close_to_ref(pool, ref_pool, what="deterministic pool sums")
+    if DEVICE == "cuda":  # bitwise repeatable, which atomics are not
+        for _ in range(3):
+            assert torch.equal(dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True, **kw)[1], pool)

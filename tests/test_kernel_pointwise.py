@@ -195,3 +195,24 @@ def test_more_than_2_31_elements_cuda():
     sums = pointwise_gated(x, w, bias, act="silu", pool_only=True, impl="triton")
     ref_sums = pointwise_gated_ref(x[-2:], w, bias, act="silu", pool_only=True)
     torch.testing.assert_close(sums[-2:], ref_sums, atol=2.0, rtol=1e-2)
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_deterministic_mode_pools_without_atomics(ragged, monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) the head pool is written per pixel tile
+    and reduced by a second launch (counted); 1100 outputs make the interpreter's tile 64
+    pixels, so each image spans several tiles."""
+    x, w, bias, _, _ = make(2, 24, 1100, 19, 9)
+    valid = torch.tensor([[19, 9], [4, 7]], dtype=torch.int32, device=DEVICE) if ragged else None
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with count_launches() as launches:
+            out = pointwise_gated(x, w, bias, act="silu", pool_only=True, valid_hw=valid, impl="triton")
+        repeat = pointwise_gated(x, w, bias, act="silu", pool_only=True, valid_hw=valid, impl="triton")
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert launches == {"pointwise_gated": 1, "pointwise_gated[partial-sum]": 1}
+    ref = pointwise_gated_ref(x, w, bias, act="silu", pool_only=True, valid_hw=valid, compute_dtype=torch.float64)
+    assert_close_to_ref(out, ref, what="deterministic pooled sums")
+    assert torch.equal(out, repeat)
