@@ -99,8 +99,9 @@ def test_ragged_refused_in_training():
 # ---------------------------------------------------------------------- no host syncs
 # A forward that reads a device tensor's values on the host (.tolist(), .item(), a blocking
 # copy) stalls the CPU until the GPU queue drains. On the meta device any such read raises, so
-# running the whole ragged forward on meta tensors, with the sizes given on the host, proves
-# both paths read only host metadata.
+# running the whole forward on meta tensors (ragged with the sizes given on the host, or not
+# ragged) proves both paths read only host metadata. For the fused path that is also what CUDA
+# graph capture needs (the capture itself is tested on a GPU in test_fused_compile.py).
 META_SIZES = [[64, 48], [33, 47], [7, 1]]
 
 
@@ -114,8 +115,9 @@ def test_reference_ragged_forward_reads_no_device_values(features_only):
     assert shapes[-1] == ((3, 320, 2, 2) if features_only else (3, 1000))
 
 
+@pytest.mark.parametrize("is_ragged", [True, False], ids=["ragged", "dense"])
 @pytest.mark.parametrize("features_only", [False, True])
-def test_fused_ragged_forward_reads_no_device_values(features_only):
+def test_fused_forward_reads_no_device_values(features_only, is_ragged):
     """The fused path on meta runs the ops' fake implementations: every host-side step of the
     fused forward (fold, ragged bookkeeping, launch arguments) runs with no device read."""
     pytest.importorskip("triton")
@@ -124,8 +126,8 @@ def test_fused_ragged_forward_reads_no_device_values(features_only):
 
     model = fm.efficientnet_b0(pad_mode="same", features_only=features_only).eval().to("meta")
     x = torch.empty(3, 3, 64, 48, device="meta")
-    valid = ragged.check_valid_sizes(META_SIZES, x)
-    assert valid.device.type == "cpu"
+    valid = ragged.check_valid_sizes(META_SIZES, x) if is_ragged else None
+    assert valid is None or valid.device.type == "cpu"
     with torch.no_grad(), count_launches() as launches:
         out = fused.forward(model, x, valid)
     assert not launches  # fake implementations only: nothing was launched
