@@ -1,0 +1,91 @@
+"""64-bit offsets, checked on the CPU through Triton's interpreter.
+
+B7 at 600 px with batch 256 has activations of more than 2^31 elements, so every offset a kernel
+computes must be 64-bit. Allocating such a tensor for real takes a GPU (see the CUDA tests), but
+the offsets only depend on the *strides*: a small tensor viewed with ``as_strided`` over a
+2^31-element storage that is allocated and never touched (the OS maps only the pages written)
+puts its images, channels or rows 2^30+ elements apart, so ``index * stride`` passes 2^31 at
+index 2 (each storage is about 4 GiB of address space, of which a few MiB are touched). A kernel computing that product in 32 bits reads a wrapped, wild address: wrong output
+or a segfault, which is why the checks run in a subprocess.
+
+Not covered here: outputs over 2^31 elements (the launcher allocates outputs densely, so that
+needs a really large output; the CUDA tests do it).
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from fastmbconv.kernels._utils import assert_close_to_ref
+    from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref
+    from fastmbconv.kernels.pointwise_gated import pointwise_gated, pointwise_gated_ref
+
+    G = torch.Generator().manual_seed(0)
+    FAR = 2**30 + 17  # fits in int32; 2 * FAR does not
+
+    def sparse_view(shape, strides):
+        # a (N, C, H, W) view whose elements lie far apart in one huge, mostly unmapped storage
+        extent = 1 + sum((n - 1) * s for n, s in zip(shape, strides))
+        assert extent > 2**31
+        view = torch.empty(extent, dtype=torch.float16).as_strided(shape, strides)
+        view.copy_(torch.randn(shape, generator=G))
+        return view
+
+    N, C, H, W = 3, 24, 7, 9
+    cases = {
+        "batch stride": ((N, C, H, W), (FAR, 1, W * C, C)),  # NHWC images 2^30 apart
+        "channel stride": ((1, 3, H, W), (3 * FAR, FAR, W, 1)),  # NCHW planes 2^30 apart
+        "row stride": ((1, C, 3, W), (3 * FAR, 1, FAR, C)),  # rows 2^30 apart
+    }
+    for name, (shape, strides) in cases.items():
+        x = sparse_view(shape, strides)
+        n, c, h, w = shape
+        dense = x.contiguous()
+        wd = torch.randn(c, 1, 3, 3, generator=G) * 0.3
+        scale, shift = torch.rand(c, generator=G) + 0.5, torch.randn(c, generator=G) * 0.1
+        for stride in (1, 2):
+            out, pool = dwconv_bn_act(x, wd, scale, shift, (1, 1, 1, 1), stride, input_act="silu", with_pool=True)
+            ref, ref_pool = dwconv_bn_act_ref(dense, wd, scale, shift, (1, 1, 1, 1), stride, input_act="silu",
+                                              with_pool=True, compute_dtype=torch.float64)
+            lowp = dwconv_bn_act_ref(dense, wd.half(), scale, shift, (1, 1, 1, 1), stride, input_act="silu",
+                                     compute_dtype=torch.float16)
+            assert_close_to_ref(out, ref, lowp, what=f"dwconv, {name}, stride {stride}")
+            assert_close_to_ref(pool, ref_pool, what=f"dwconv pool, {name}, stride {stride}")
+
+        wp = (torch.randn(40, c, generator=G) / c**0.5).half()
+        bias, gate = torch.randn(40, generator=G) * 0.1, torch.rand(n, c, generator=G)
+        if n > 1:  # NHWC residual images 2^30 apart
+            res = sparse_view((n, 40, h, w), (FAR, 1, w * 40, 40))
+        else:  # NCHW residual planes 2^31 / 38 apart: plane 39 is past 2^31
+            plane = 2**31 // 38
+            res = sparse_view((n, 40, h, w), (40 * plane, plane, w, 1))
+        out = pointwise_gated(x, wp, bias, gate=gate, residual=res)
+        ref = pointwise_gated_ref(dense, wp, bias, gate=gate, residual=res.contiguous(), compute_dtype=torch.float64)
+        lowp = pointwise_gated_ref(dense, wp, bias, gate=gate, residual=res.contiguous(), compute_dtype=torch.float16)
+        assert_close_to_ref(out, ref, lowp, what=f"pointwise, {name}")
+        pooled = pointwise_gated(x, wp, bias, act="silu", pool_only=True)
+        ref = pointwise_gated_ref(dense, wp, bias, act="silu", pool_only=True, compute_dtype=torch.float64)
+        assert_close_to_ref(pooled, ref, what=f"pointwise pool, {name}")
+        print("ok", name, flush=True)
+    print("all ok")
+    """
+)
+
+
+def test_offsets_past_2_31_through_the_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    try:
+        result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the 64-bit offset checks took over 5 minutes")
+    if result.returncode < 0:
+        pytest.fail(f"the kernel process died with signal {-result.returncode} (a wild address from a "
+                    f"32-bit offset?) after: {result.stdout.strip()!r}")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.strip().endswith("all ok")
