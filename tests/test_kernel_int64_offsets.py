@@ -32,7 +32,12 @@ SCRIPT = textwrap.dedent(
         # a (N, C, H, W) view whose elements lie far apart in one huge, mostly unmapped storage
         extent = 1 + sum((n - 1) * s for n, s in zip(shape, strides))
         assert extent > 2**31
-        view = torch.empty(extent, dtype=torch.float16).as_strided(shape, strides)
+        try:
+            storage = torch.empty(extent, dtype=torch.float16)
+        except RuntimeError as e:  # strict overcommit (vm.overcommit_memory=2) refuses it
+            print("NO ADDRESS SPACE:", str(e).splitlines()[0], flush=True)
+            raise SystemExit(0)
+        view = storage.as_strided(shape, strides)
         view.copy_(torch.randn(shape, generator=G))
         return view
 
@@ -88,4 +93,7 @@ def test_offsets_past_2_31_through_the_interpreter():
         pytest.fail(f"the kernel process died with signal {-result.returncode} (a wild address from a "
                     f"32-bit offset?) after: {result.stdout.strip()!r}")
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    if "NO ADDRESS SPACE" in result.stdout:
+        pytest.skip("this machine would not reserve ~4 GiB of (untouched) address space: "
+                    + result.stdout.strip().splitlines()[-1])
     assert result.stdout.strip().endswith("all ok")
