@@ -237,3 +237,22 @@ def test_deterministic_mode_pools_without_atomics(deterministic, ragged, monkeyp
     if DEVICE == "cuda":  # bitwise repeatable, which atomics are not
         for _ in range(3):
             assert torch.equal(dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True, **kw)[1], pool)
+
+
+def nan_fenced(x: torch.Tensor, margin: int = 2) -> torch.Tensor:
+    """``x`` copied into the middle of a NaN-filled NHWC buffer: any read past its edges (the
+    padding, the channel tail of a block, the next image) pulls a NaN into the output."""
+    N, C, H, W = x.shape
+    buf = torch.full((N + 1, C + 2 * margin, H + 2 * margin, W + 2 * margin), float("nan"),
+                     dtype=x.dtype, device=x.device).contiguous(memory_format=torch.channels_last)
+    inner = buf[:N, margin:margin + C, margin:margin + H, margin:margin + W]
+    inner.copy_(x)
+    return inner
+
+
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
+@pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
+def test_reads_stay_inside_the_input(k, stride, pad_mode):
+    x, w, scale, shift = make(2, 37, 13, 11, k)
+    x = nan_fenced(x)
+    check(x, w, scale, shift, conv_padding(13, 11, k, stride, pad_mode), stride, input_act="silu", with_pool=True)

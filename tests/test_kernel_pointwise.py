@@ -216,3 +216,17 @@ def test_deterministic_mode_pools_without_atomics(ragged, monkeypatch):
     ref = pointwise_gated_ref(x, w, bias, act="silu", pool_only=True, valid_hw=valid, compute_dtype=torch.float64)
     assert_close_to_ref(out, ref, what="deterministic pooled sums")
     assert torch.equal(out, repeat)
+
+
+@pytest.mark.parametrize("use", ["gate_residual", "head_pool"])
+def test_reads_stay_inside_the_inputs(use):
+    """Inputs (and the residual) sit inside NaN-filled buffers: a read past an edge, e.g. the
+    K tail of the last block, would put NaN in the output."""
+    from tests.test_kernel_dwconv import nan_fenced
+
+    x, w, bias, gate, res = make(2, 37, 45, 9, 7)
+    x = nan_fenced(x)
+    if use == "gate_residual":
+        check(x, w, bias, gate=gate, residual=nan_fenced(res))
+    else:
+        check(x, w, bias, act="silu", pool_only=True)
