@@ -256,3 +256,42 @@ def test_reads_stay_inside_the_input(k, stride, pad_mode):
     x, w, scale, shift = make(2, 37, 13, 11, k)
     x = nan_fenced(x)
     check(x, w, scale, shift, conv_padding(13, 11, k, stride, pad_mode), stride, input_act="silu", with_pool=True)
+
+
+class FencedOutputs:
+    """Stands in for a launcher's ``empty_like_format``: each output is the middle of a larger
+    buffer filled with a sentinel, so a store past any edge of the output shows up as a changed
+    sentinel (the write-side twin of :func:`nan_fenced`)."""
+
+    SENTINEL = -12345.0
+
+    def __init__(self, margin: int = 2):
+        self.margin, self.buffers = margin, []
+
+    def __call__(self, x, shape, dtype=None):
+        m = self.margin
+        N, C, H, W = shape
+        buf = torch.full((N + 1, C + 2 * m, H + 2 * m, W + 2 * m), self.SENTINEL, dtype=dtype or x.dtype,
+                         device=x.device).contiguous(memory_format=torch.channels_last)
+        inner = buf[:N, m:m + C, m:m + H, m:m + W]
+        self.buffers.append((buf, inner))
+        return inner
+
+    def assert_untouched(self):
+        assert self.buffers
+        for buf, inner in self.buffers:
+            outside = torch.ones(buf.shape, dtype=torch.bool, device=buf.device)
+            m = self.margin
+            outside[: inner.shape[0], m:m + inner.shape[1], m:m + inner.shape[2], m:m + inner.shape[3]] = False
+            assert (buf[outside] == self.SENTINEL).all(), "a kernel stored outside its output"
+
+
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
+def test_writes_stay_inside_the_output(k, stride, monkeypatch):
+    from fastmbconv.kernels import dwconv_bn_act as module
+
+    fence = FencedOutputs()
+    monkeypatch.setattr(module, "empty_like_format", fence)
+    x, w, scale, shift = make(2, 37, 13, 11, k)
+    check(x, w, scale, shift, conv_padding(13, 11, k, stride, "same"), stride, with_pool=True)
+    fence.assert_untouched()

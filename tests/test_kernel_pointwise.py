@@ -230,3 +230,14 @@ def test_reads_stay_inside_the_inputs(use):
         check(x, w, bias, gate=gate, residual=nan_fenced(res))
     else:
         check(x, w, bias, act="silu", pool_only=True)
+
+
+def test_writes_stay_inside_the_output(monkeypatch):
+    from fastmbconv.kernels import pointwise_gated as module
+    from tests.test_kernel_dwconv import FencedOutputs
+
+    fence = FencedOutputs()
+    monkeypatch.setattr(module, "empty_like_format", fence)
+    x, w, bias, gate, res = make(2, 37, 45, 9, 7)
+    check(x, w, bias, gate=gate, residual=res)
+    fence.assert_untouched()
