@@ -1,6 +1,7 @@
 """Helpers shared by the kernel launchers (torch only; triton is imported by the op modules)."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -26,6 +27,12 @@ def deterministic_pool() -> bool:
     instead of adding atomically, when ``torch.use_deterministic_algorithms(True)`` is on:
     fp32 atomic adds land in run-dependent order, so their sums differ in the last bits."""
     return torch.are_deterministic_algorithms_enabled()
+
+
+def device_of(t: torch.Tensor):
+    """Make ``t``'s GPU current for a launch: Triton launches on the *current* device and its
+    stream, so a tensor on cuda:1 launched while cuda:0 is current would fault."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def next_pow2(n: int) -> int:

@@ -26,6 +26,7 @@ from ._utils import (
     check_activation,
     check_launchable,
     check_tensor,
+    device_of,
     deterministic_pool,
     empty_like_format,
     interpreting,
@@ -202,7 +203,10 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
     if partial:
         pool_out = pool
         pool = torch.empty((N, triton.cdiv(P, block_p), C), dtype=torch.float32, device=x.device)
-    dummy = pool if with_pool else scale
+    # reset_to_zero zeroes whatever is passed as pool_ptr: without a pool it must be scratch,
+    # never an input (it once was `scale`, which autotuning on a GPU would have wiped)
+    pool_arg = pool if with_pool else torch.zeros(1, dtype=torch.float32, device=x.device)
+    dummy = scale  # unread pointer for absent ragged arguments
     for n0 in range(0, N, MAX_GRID_Z):
         n1 = min(N, n0 + MAX_GRID_Z)
         xs, outs = x[n0:n1], out[n0:n1]
@@ -211,17 +215,18 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
             return (triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(C, meta["BLOCK_C"]), batch)
 
         record_launch(OP)
-        kernel[grid](
-            xs, w_flat, scale, shift, outs,
-            pool[n0:n1] if with_pool else dummy,
-            valid_hw[n0:n1] if valid_hw is not None else dummy,
-            pad_tl[n0:n1] if pad_tl is not None else dummy,
-            C, H, W, H_out, W_out,
-            *xs.stride(), *outs.stride(),
-            padding[0], padding[2],
-            STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], IN_ACT=ACT_CODES[input_act],
-            WITH_POOL=with_pool, RAGGED=valid_hw is not None, POOL_PARTIAL=partial, **blocks,
-        )
+        with device_of(x):
+            kernel[grid](
+                xs, w_flat, scale, shift, outs,
+                pool_arg[n0:n1] if with_pool else pool_arg,
+                valid_hw[n0:n1] if valid_hw is not None else dummy,
+                pad_tl[n0:n1] if pad_tl is not None else dummy,
+                C, H, W, H_out, W_out,
+                *xs.stride(), *outs.stride(),
+                padding[0], padding[2],
+                STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], IN_ACT=ACT_CODES[input_act],
+                WITH_POOL=with_pool, RAGGED=valid_hw is not None, POOL_PARTIAL=partial, **blocks,
+            )
     if partial:
         record_launch(OP + "[partial-sum]")
         torch.sum(pool, dim=1, out=pool_out)

@@ -33,6 +33,7 @@ from ._utils import (
     check_activation,
     check_launchable,
     check_tensor,
+    device_of,
     deterministic_pool,
     empty_like_format,
     interpreting,
@@ -190,6 +191,9 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
     if partial:
         pool_out = pool
         pool = torch.empty((N, triton.cdiv(H * W, block_m), O), dtype=torch.float32, device=x.device)
+    # reset_to_zero zeroes whatever is passed as pool_ptr: without a pool it must be scratch,
+    # never an input (it once was `bias`, which autotuning on a GPU would have wiped)
+    scratch = None if pool_only else torch.zeros(1, dtype=torch.float32, device=x.device)
     for n0 in range(0, N, MAX_GRID_Z):
         n1 = min(N, n0 + MAX_GRID_Z)
         xs = x[n0:n1]
@@ -202,18 +206,19 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
             return (triton.cdiv(H * W, meta["BLOCK_M"]), triton.cdiv(O, meta["BLOCK_N"]), batch)
 
         record_launch(OP)
-        kernel[grid](
-            xs, w2, bias, gate[n0:n1] if gate is not None else bias,
-            res if res is not None else bias,
-            outs if not pool_only else bias,
-            pool[n0:n1] if pool_only else bias,
-            valid_hw[n0:n1] if valid_hw is not None else bias,
-            K, O, H, W,
-            *xs.stride(), *o_strides, *r_strides,
-            HAS_GATE=gate is not None, HAS_RES=res is not None, ACT=ACT_CODES[act],
-            POOL_ONLY=pool_only, RAGGED=valid_hw is not None, DOT_FP32=dot_fp32,
-            POOL_PARTIAL=partial, **blocks,
-        )
+        with device_of(x):
+            kernel[grid](
+                xs, w2, bias, gate[n0:n1] if gate is not None else bias,
+                res if res is not None else bias,
+                outs if not pool_only else bias,
+                pool[n0:n1] if pool_only else scratch,
+                valid_hw[n0:n1] if valid_hw is not None else bias,
+                K, O, H, W,
+                *xs.stride(), *o_strides, *r_strides,
+                HAS_GATE=gate is not None, HAS_RES=res is not None, ACT=ACT_CODES[act],
+                POOL_ONLY=pool_only, RAGGED=valid_hw is not None, DOT_FP32=dot_fp32,
+                POOL_PARTIAL=partial, **blocks,
+            )
     if partial:
         record_launch(OP + "[partial-sum]")
         torch.sum(pool, dim=1, out=pool_out)

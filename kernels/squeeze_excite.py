@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ._launch import record_launch
-from ._utils import FLOAT_DTYPES, check_launchable, check_tensor, interpreting, next_pow2
+from ._utils import FLOAT_DTYPES, check_launchable, check_tensor, device_of, interpreting, next_pow2
 
 OP = "squeeze_excite_gate"
 
@@ -94,13 +94,14 @@ def squeeze_excite_gate_launch(pool_sums, w_reduce, b_reduce, w_expand, b_expand
     block_c = max(16, min(next_pow2(C), budget // block_r))
     count = count.to(torch.float32).contiguous() if count is not None else None
     record_launch(OP)
-    _se_gate_kernel[(N,)](
-        pool_sums.contiguous(), count if count is not None else pool_sums,
-        w_reduce.reshape(R, C).contiguous(), b_reduce.contiguous(),
-        w_expand.reshape(C, R).contiguous(), b_expand.contiguous(), gate,
-        C, R, 1.0 / max(hw, 1),
-        HAS_COUNT=count is not None, BLOCK_C=block_c, BLOCK_R=block_r, num_warps=4,
-    )
+    with device_of(pool_sums):
+        _se_gate_kernel[(N,)](
+            pool_sums.contiguous(), count if count is not None else pool_sums,
+            w_reduce.reshape(R, C).contiguous(), b_reduce.contiguous(),
+            w_expand.reshape(C, R).contiguous(), b_expand.contiguous(), gate,
+            C, R, 1.0 / max(hw, 1),
+            HAS_COUNT=count is not None, BLOCK_C=block_c, BLOCK_R=block_r, num_warps=4,
+        )
     return gate
 
 

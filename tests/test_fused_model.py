@@ -18,6 +18,13 @@ from tests.helpers import randomize_bn
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.fixture(autouse=True)
+def all_pointwise_on_triton(monkeypatch):
+    """Launch counts below assume every 1x1 conv takes the Triton kernel; on CUDA the chooser
+    would send small ones to torch (tests that compare the choices set the variable themselves)."""
+    monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", "triton")
+
+
 def build(name="efficientnet_b0", seed=0, **kw):
     torch.manual_seed(seed)
     return randomize_bn(fm.MODEL_BUILDERS[name](**kw), seed).eval().to(DEVICE)

@@ -295,3 +295,17 @@ def test_writes_stay_inside_the_output(k, stride, monkeypatch):
     x, w, scale, shift = make(2, 37, 13, 11, k)
     check(x, w, scale, shift, conv_padding(13, 11, k, stride, "same"), stride, with_pool=True)
     fence.assert_untouched()
+
+
+@pytest.mark.parametrize("with_pool", [False, True])
+def test_autotuner_reset_never_touches_inputs(with_pool, monkeypatch):
+    from fastmbconv.kernels import dwconv_bn_act as module
+    from tests.test_kernel_pointwise import ResetToZeroKernel
+
+    monkeypatch.setattr(module, "use_autotune", lambda: True)
+    monkeypatch.setattr(module, "_dwconv_bn_act_autotuned", ResetToZeroKernel(
+        module._dwconv_bn_act_kernel, 5, dict(BLOCK_P=16, BLOCK_C=64)))
+    x, w, scale, shift = make(2, 40, 9, 7, 3)
+    scale_before = scale.clone()
+    check(x, w, scale, shift, (1, 1, 1, 1), 1, with_pool=with_pool)
+    assert torch.equal(scale, scale_before), "the autotuner's reset zeroed the BN scale"

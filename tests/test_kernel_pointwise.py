@@ -241,3 +241,49 @@ def test_writes_stay_inside_the_output(monkeypatch):
     x, w, bias, gate, res = make(2, 37, 45, 9, 7)
     check(x, w, bias, gate=gate, residual=res)
     fence.assert_untouched()
+
+
+class ResetToZeroKernel:
+    """Stands in for a ``triton.autotune`` kernel with ``reset_to_zero=["pool_ptr"]``: zeroes the
+    tensor passed as pool_ptr (as the GPU autotuner does before each benchmark run) and launches
+    the plain kernel with fixed blocks. The interpreter never autotunes, so without this a
+    launcher that passed an *input* as the pool_ptr placeholder would go unnoticed on CPU."""
+
+    def __init__(self, kernel, pool_index, blocks):
+        self.kernel, self.pool_index, self.blocks = kernel, pool_index, blocks
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            args[self.pool_index].zero_()
+            return self.kernel[grid](*args, **kw, **self.blocks)
+        return launch
+
+
+@pytest.mark.parametrize("pool_only", [False, True])
+def test_autotuner_reset_never_touches_inputs(pool_only, monkeypatch):
+    from fastmbconv.kernels import pointwise_gated as module
+
+    monkeypatch.setattr(module, "use_autotune", lambda: True)
+    monkeypatch.setattr(module, "_pointwise_gated_autotuned", ResetToZeroKernel(
+        module._pointwise_gated_kernel, 6, dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32)))
+    x, w, bias, gate, res = make(2, 24, 40, 5, 7)
+    bias_before = bias.clone()
+    if pool_only:
+        check(x, w, bias, act="silu", pool_only=True)
+    else:
+        check(x, w, bias, gate=gate, residual=res)
+    assert torch.equal(bias, bias_before), "the autotuner's reset zeroed the bias"
+
+
+def test_torch_fallback_compiles_without_graph_breaks():
+    """On CUDA the chooser sends many 1x1 convs to the torch fallback, which dynamo traces
+    inline; its launch bookkeeping must not break the graph (it used to: the counter's lock)."""
+    x, w, bias, gate, res = make(2, 24, 40, 5, 7)
+
+    def fallback(inp):
+        return pointwise_gated(inp, w, bias, gate=gate, residual=res, impl="torch")
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fallback, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), fallback(x))
+    torch._dynamo.reset()
