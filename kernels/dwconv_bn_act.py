@@ -205,7 +205,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         pool = torch.empty((N, triton.cdiv(P, block_p), C), dtype=torch.float32, device=x.device)
     # reset_to_zero zeroes whatever is passed as pool_ptr: without a pool it must be scratch,
     # never an input (it once was `scale`, which autotuning on a GPU would have wiped)
-    pool_arg = pool if with_pool else torch.zeros(1, dtype=torch.float32, device=x.device)
+    pool_arg = pool if with_pool else torch.empty(1, dtype=torch.float32, device=x.device)  # no fill launch
     dummy = scale  # unread pointer for absent ragged arguments
     for n0 in range(0, N, MAX_GRID_Z):
         n1 = min(N, n0 + MAX_GRID_Z)

@@ -193,7 +193,7 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
         pool = torch.empty((N, triton.cdiv(H * W, block_m), O), dtype=torch.float32, device=x.device)
     # reset_to_zero zeroes whatever is passed as pool_ptr: without a pool it must be scratch,
     # never an input (it once was `bias`, which autotuning on a GPU would have wiped)
-    scratch = None if pool_only else torch.zeros(1, dtype=torch.float32, device=x.device)
+    scratch = None if pool_only else torch.empty(1, dtype=torch.float32, device=x.device)  # no fill launch
     for n0 in range(0, N, MAX_GRID_Z):
         n1 = min(N, n0 + MAX_GRID_Z)
         xs = x[n0:n1]
