@@ -87,7 +87,7 @@ def fused_unavailable_reason(model: torch.nn.Module, x: torch.Tensor) -> str | N
             "autograd is recording and the input or parameters require grad; "
             "run under torch.inference_mode() or torch.no_grad()"
         )
-    if x.device.type == "cuda":
+    if x.device.type in ("cuda", "meta"):  # meta: shapes only (fake kernels, or recorded launches)
         return None
     if x.device.type == "cpu" and interpreter_enabled():
         return None

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ragged
+from .kernels._launch import layer_scope
 from .kernels.dwconv_bn_act import dwconv_bn_act
 from .kernels.pointwise_gated import pointwise_gated
 from .kernels.squeeze_excite import squeeze_excite_gate
@@ -271,12 +272,14 @@ def _run(model, x: torch.Tensor, valid_hw: Optional[torch.Tensor]):
     """Yield (stage index, stage output, valid sizes or None) through the blocks."""
     fm = folded(model, compute_dtype(model, x))
     rg = None if valid_hw is None else _Ragged(valid_hw, model.pad_mode, x.device)
-    x = _stem(model, fm, x, rg)
+    with layer_scope("conv_stem"):
+        x = _stem(model, fm, x, rg)
     sizes = None if rg is None else tuple((-(-h // 2), -(-w // 2)) for h, w in rg.sizes)
     preact = True
     for i, stage in enumerate(fm.stages):
-        for fb in stage:
-            x, sizes = block_forward(fb, x, model.pad_mode, preact, sizes, rg)
+        for j, fb in enumerate(stage):
+            with layer_scope(f"blocks.{i}.{j}"):
+                x, sizes = block_forward(fb, x, model.pad_mode, preact, sizes, rg)
             preact = False
         yield i, x, sizes, fm, rg
 
@@ -303,7 +306,8 @@ def forward_features(model, x: torch.Tensor, valid_hw: Optional[torch.Tensor] = 
     if model.features_only:
         return forward_feature_maps(model, x, valid_hw)
     out, sizes, fm, rg = _last(model, x, valid_hw)
-    head = pointwise_gated(out, fm.head_weight, fm.head_bias, act="silu")
+    with layer_scope("conv_head"):
+        head = pointwise_gated(out, fm.head_weight, fm.head_bias, act="silu")
     return _mask(head, sizes, rg)
 
 
@@ -318,8 +322,9 @@ def forward(model, x: torch.Tensor, valid_hw: Optional[torch.Tensor] = None) -> 
     else:
         pool_valid = rg.valid(sizes)
         count = pool_valid.float().prod(1, keepdim=True)
-    sums = pointwise_gated(out, fm.head_weight, fm.head_bias, act="silu", pool_only=True,
-                           valid_hw=pool_valid)
+    with layer_scope("conv_head"):
+        sums = pointwise_gated(out, fm.head_weight, fm.head_bias, act="silu", pool_only=True,
+                               valid_hw=pool_valid)
     pooled = (sums / count).to(fm.head_weight.dtype)
     return model.classifier(pooled)
 

@@ -7,7 +7,8 @@ op module is first used (names below resolve lazily), so importing it stays chea
 - :mod:`.dwconv_bn_act`: depthwise kxk + folded BN + activation, SE pool epilogue, ragged batches;
 - :mod:`.squeeze_excite`: the SE gate from pooled sums, one launch per batch;
 - :mod:`.pointwise_gated`: 1x1 conv GEMM with SE-gate prologue and bias/act/residual/pool epilogue;
-- :mod:`._launch`: launch counting (``count_launches``), which tests use to prove kernels ran.
+- :mod:`._launch`: every launch goes through it: counting (``count_launches``, which tests use to
+  prove kernels ran) and recording without launching (``record_launches``, for the kernel report).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ _EXPORTS = {
     "count_launches": "_launch",
     "launch_counts": "_launch",
     "record_launch": "_launch",
+    "record_launches": "_launch",
+    "layer_scope": "_launch",
 }
 
 __all__ = sorted(_EXPORTS)

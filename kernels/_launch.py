@@ -1,26 +1,50 @@
-"""Process-wide count of kernel launches.
+"""Every Triton launch of the package goes through :func:`launch`.
 
-Tests prove that a kernel really ran by counting its launches, never by inferring it from the
-result. Every launcher calls :func:`record_launch` right before it launches.
+It does three things, so no launcher repeats them:
+
+- counts the launch (process-wide and in every open :func:`count_launches` block): tests prove
+  that a kernel really ran by counting its launches, never by inferring it from the result;
+- makes the input's GPU current (Triton launches on the *current* device and its stream, so a
+  tensor on cuda:1 launched while cuda:0 is current would fault);
+- while a :func:`record_launches` block is open, records the launch instead of running it.
+  The static kernel report runs a whole forward on ``meta`` tensors this way and then compiles
+  exactly the specialisations that would have run.
+
+Torch-side work that stands in for a kernel (a fallback GEMM) is counted with
+:func:`record_launch`.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 from collections import Counter
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 
 _lock = threading.Lock()
 _totals: Counter = Counter()
 _active: list[Counter] = []
+_state = threading.local()  # .recorder: list of LaunchRecord or None; .layer: str or None
+
+
+@dataclass(frozen=True)
+class LaunchRecord:
+    """One launch as the launcher would have made it."""
+
+    op: str  # the counted name, e.g. "dwconv_bn_act"
+    layer: Optional[str]  # the model layer that made it (see :func:`layer_scope`), if known
+    kernel: Any  # the @triton.jit function, or the triton.autotune wrapper around it
+    grid: Union[tuple, Callable[[dict], tuple]]  # a callable of the config for autotuned kernels
+    args: dict  # runtime arguments by parameter name (tensors and scalars)
+    constexprs: dict  # compile-time arguments, with num_warps/num_stages when the config is fixed
 
 
 def record_launch(name: str, count: int = 1) -> None:
-    """Note ``count`` launches of the kernel ``name`` (in the totals and every open counter).
-    Skipped while dynamo traces (it cannot trace the lock): the launchers run inside custom ops
-    and count at run time, but the torch fallback of ``pointwise_gated`` is traced inline."""
+    """Note ``count`` launches of ``name`` (in the totals and every open counter). Skipped while
+    dynamo traces (it cannot trace the lock): the launchers run inside custom ops and count at
+    run time, but torch-side stand-ins are traced inline."""
     if torch.compiler.is_compiling():
         return
     with _lock:
@@ -46,3 +70,73 @@ def count_launches() -> Iterator[Counter]:
     finally:
         with _lock:
             _active.remove(counter)
+
+
+def recording() -> bool:
+    """True inside :func:`record_launches` (in this thread)."""
+    return getattr(_state, "recorder", None) is not None
+
+
+@contextlib.contextmanager
+def record_launches() -> Iterator[list]:
+    """Yield a list that receives a :class:`LaunchRecord` for every launch inside the block;
+    nothing is launched. Ops then call their launchers directly (see :func:`call_op`), so the
+    block runs on ``meta`` tensors and touches no device."""
+    previous = getattr(_state, "recorder", None)
+    _state.recorder = []
+    try:
+        yield _state.recorder
+    finally:
+        _state.recorder = previous
+
+
+@contextlib.contextmanager
+def layer_scope(name: str) -> Iterator[None]:
+    """Attribute the launches inside the block to the model layer ``name`` (for the report).
+    A no-op under ``torch.compile``."""
+    if torch.compiler.is_compiling():
+        yield
+        return
+    previous = getattr(_state, "layer", None)
+    _state.layer = name
+    try:
+        yield
+    finally:
+        _state.layer = previous
+
+
+def call_op(op, launcher, *args):
+    """Call the custom op ``op``; while recording, its ``launcher`` directly (a custom op on
+    ``meta`` tensors would run its fake implementation and record nothing)."""
+    if recording():
+        return launcher(*args)
+    return op(*args)
+
+
+def _check_launchable(op: str, t: torch.Tensor) -> None:
+    """CPU tensors run only under the interpreter; without it a launch fails with '0 active drivers'."""
+    import os
+
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return
+    raise RuntimeError(
+        f"{op}: the Triton kernel needs a CUDA tensor, or TRITON_INTERPRET=1 (set before triton "
+        f"is imported) for CPU tensors; got a tensor on {t.device}"
+    )
+
+
+def launch(op: str, kernel, grid, args: dict, constexprs: dict, on: torch.Tensor) -> None:
+    """Launch ``kernel[grid](**args, **constexprs)`` on ``on``'s device, counted as ``op``; or
+    record it inside :func:`record_launches`."""
+    recorder = getattr(_state, "recorder", None)
+    if recorder is not None:
+        recorder.append(LaunchRecord(op, getattr(_state, "layer", None), kernel, grid, dict(args),
+                                     dict(constexprs)))
+        return
+    _check_launchable(op, on)
+    record_launch(op)
+    device = torch.cuda.device(on.device) if on.is_cuda else contextlib.nullcontext()
+    with device:
+        kernel[grid](**args, **constexprs)

@@ -1,7 +1,6 @@
 """Helpers shared by the kernel launchers (torch only; triton is imported by the op modules)."""
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
@@ -29,26 +28,8 @@ def deterministic_pool() -> bool:
     return torch.are_deterministic_algorithms_enabled()
 
 
-def device_of(t: torch.Tensor):
-    """Make ``t``'s GPU current for a launch: Triton launches on the *current* device and its
-    stream, so a tensor on cuda:1 launched while cuda:0 is current would fault."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
-
-
-def check_launchable(op: str, t: torch.Tensor) -> None:
-    """CPU tensors run only under the interpreter; without it a launch fails with '0 active drivers'."""
-    if t.device.type == "cuda":
-        return
-    if t.device.type == "cpu" and interpreting():
-        return
-    raise RuntimeError(
-        f"{op}: the Triton kernel needs a CUDA tensor, or TRITON_INTERPRET=1 (set before triton "
-        f"is imported) for CPU tensors; got a tensor on {t.device}"
-    )
 
 
 def check_tensor(op: str, name: str, t, ndim: int | None = None, dtypes=FLOAT_DTYPES, device=None):

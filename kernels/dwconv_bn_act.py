@@ -19,14 +19,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import record_launch
+from ._launch import call_op, launch, record_launch
 from ._utils import (
     ACT_CODES,
     activation_ref,
     check_activation,
-    check_launchable,
     check_tensor,
-    device_of,
     deterministic_pool,
     empty_like_format,
     interpreting,
@@ -178,8 +176,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
     pool = torch.zeros((N, C) if with_pool else (0,), dtype=torch.float32, device=x.device)
     if N == 0 or C == 0:
         return out, pool
-    check_launchable(OP, x)
-    if valid_hw is not None and not valid_hw.is_cuda:  # a host check on CUDA would sync every call
+    if valid_hw is not None and valid_hw.device.type == "cpu":  # a host check on CUDA would sync every call
         hw = valid_hw
         if (hw < 1).any() or (hw[:, 0] > H).any() or (hw[:, 1] > W).any():
             raise ValueError(f"{OP}: valid_hw must lie in [1, {H}] x [1, {W}], got {hw.tolist()}")
@@ -214,19 +211,19 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         def grid(meta, batch=n1 - n0):
             return (triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(C, meta["BLOCK_C"]), batch)
 
-        record_launch(OP)
-        with device_of(x):
-            kernel[grid](
-                xs, w_flat, scale, shift, outs,
-                pool_arg[n0:n1] if with_pool else pool_arg,
-                valid_hw[n0:n1] if valid_hw is not None else dummy,
-                pad_tl[n0:n1] if pad_tl is not None else dummy,
-                C, H, W, H_out, W_out,
-                *xs.stride(), *outs.stride(),
-                padding[0], padding[2],
-                STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], IN_ACT=ACT_CODES[input_act],
-                WITH_POOL=with_pool, RAGGED=valid_hw is not None, POOL_PARTIAL=partial, **blocks,
-            )
+        sxn, sxc, sxh, sxw = xs.stride()
+        son, soc, soh, sow = outs.stride()
+        launch(OP, kernel, grid, dict(
+            x_ptr=xs, w_ptr=w_flat, scale_ptr=scale, shift_ptr=shift, out_ptr=outs,
+            pool_ptr=pool_arg[n0:n1] if with_pool else pool_arg,
+            valid_ptr=valid_hw[n0:n1] if valid_hw is not None else dummy,
+            padtl_ptr=pad_tl[n0:n1] if pad_tl is not None else dummy,
+            C=C, H=H, W=W, H_out=H_out, W_out=W_out, sxn=sxn, sxc=sxc, sxh=sxh, sxw=sxw,
+            son=son, soc=soc, soh=soh, sow=sow, pad_top=padding[0], pad_left=padding[2],
+        ), dict(
+            STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], IN_ACT=ACT_CODES[input_act],
+            WITH_POOL=with_pool, RAGGED=valid_hw is not None, POOL_PARTIAL=partial, **blocks,
+        ), on=x)
     if partial:
         record_launch(OP + "[partial-sum]")
         torch.sum(pool, dim=1, out=pool_out)
@@ -260,7 +257,8 @@ def dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", input_
     batch: image n reads only its valid (h, w) corner with its own (top, left) padding; its
     outputs beyond (ceil(h/stride), ceil(w/stride)) are written as 0 and left out of the pool.
     """
-    out, pool = torch.ops.fastmbconv.dwconv_bn_act(
+    out, pool = call_op(
+        torch.ops.fastmbconv.dwconv_bn_act, dwconv_bn_act_launch,
         x, weight, scale, shift, [int(p) for p in padding], int(stride), act, input_act,
         bool(with_pool), valid_hw, pad_tl,
     )

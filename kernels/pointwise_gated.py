@@ -26,14 +26,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import record_launch
+from ._launch import call_op, launch, record_launch
 from ._utils import (
     ACT_CODES,
     activation_ref,
     check_activation,
-    check_launchable,
     check_tensor,
-    device_of,
     deterministic_pool,
     empty_like_format,
     interpreting,
@@ -177,7 +175,6 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
     pool = torch.zeros((N, O) if pool_only else (0,), dtype=torch.float32, device=x.device)
     if N == 0 or O == 0 or H * W == 0:
         return out, pool
-    check_launchable(OP, x)
     w2 = weight.reshape(O, K).contiguous()
     gate = gate.contiguous() if gate is not None else None
     valid_hw = valid_hw.contiguous() if valid_hw is not None else None
@@ -205,20 +202,20 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
         def grid(meta, batch=n1 - n0):
             return (triton.cdiv(H * W, meta["BLOCK_M"]), triton.cdiv(O, meta["BLOCK_N"]), batch)
 
-        record_launch(OP)
-        with device_of(x):
-            kernel[grid](
-                xs, w2, bias, gate[n0:n1] if gate is not None else bias,
-                res if res is not None else bias,
-                outs if not pool_only else bias,
-                pool[n0:n1] if pool_only else scratch,
-                valid_hw[n0:n1] if valid_hw is not None else bias,
-                K, O, H, W,
-                *xs.stride(), *o_strides, *r_strides,
-                HAS_GATE=gate is not None, HAS_RES=res is not None, ACT=ACT_CODES[act],
-                POOL_ONLY=pool_only, RAGGED=valid_hw is not None, DOT_FP32=dot_fp32,
-                POOL_PARTIAL=partial, **blocks,
-            )
+        launch(OP, kernel, grid, dict(
+            x_ptr=xs, w_ptr=w2, bias_ptr=bias, gate_ptr=gate[n0:n1] if gate is not None else bias,
+            res_ptr=res if res is not None else bias, out_ptr=outs if not pool_only else bias,
+            pool_ptr=pool[n0:n1] if pool_only else scratch,
+            valid_ptr=valid_hw[n0:n1] if valid_hw is not None else bias,
+            K=K, O=O, H=H, W=W,
+            **dict(zip(("sxn", "sxc", "sxh", "sxw"), xs.stride())),
+            **dict(zip(("son", "soc", "soh", "sow"), o_strides)),
+            **dict(zip(("srn", "src", "srh", "srw"), r_strides)),
+        ), dict(
+            HAS_GATE=gate is not None, HAS_RES=res is not None, ACT=ACT_CODES[act],
+            POOL_ONLY=pool_only, RAGGED=valid_hw is not None, DOT_FP32=dot_fp32,
+            POOL_PARTIAL=partial, **blocks,
+        ), on=x)
     if partial:
         record_launch(OP + "[partial-sum]")
         torch.sum(pool, dim=1, out=pool_out)
@@ -310,7 +307,8 @@ def pointwise_gated(x, weight, bias, gate=None, residual=None, act="identity", p
         return pointwise_gated_torch(x, weight, bias, gate, residual, act, pool_only, valid_hw)
     if impl != "triton":
         raise ValueError(f"{OP}: impl must be 'triton', 'torch' or None, got {impl!r}")
-    out, pool = torch.ops.fastmbconv.pointwise_gated(x, weight, bias, gate, residual, act, bool(pool_only), valid_hw)
+    out, pool = call_op(torch.ops.fastmbconv.pointwise_gated, pointwise_gated_launch,
+                        x, weight, bias, gate, residual, act, bool(pool_only), valid_hw)
     return pool if pool_only else out
 
 

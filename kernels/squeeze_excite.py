@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import record_launch
-from ._utils import FLOAT_DTYPES, check_launchable, check_tensor, device_of, interpreting, next_pow2
+from ._launch import call_op, launch
+from ._utils import FLOAT_DTYPES, check_tensor, interpreting, next_pow2
 
 OP = "squeeze_excite_gate"
 
@@ -88,20 +88,17 @@ def squeeze_excite_gate_launch(pool_sums, w_reduce, b_reduce, w_expand, b_expand
     gate = torch.empty((N, C), dtype=torch.float32, device=pool_sums.device)
     if N == 0 or C == 0:
         return gate
-    check_launchable(OP, pool_sums)
     block_r = max(16, next_pow2(R))
     budget = 65536 if interpreting() else 8192  # elements of one (R, C) weight tile
     block_c = max(16, min(next_pow2(C), budget // block_r))
     count = count.to(torch.float32).contiguous() if count is not None else None
-    record_launch(OP)
-    with device_of(pool_sums):
-        _se_gate_kernel[(N,)](
-            pool_sums.contiguous(), count if count is not None else pool_sums,
-            w_reduce.reshape(R, C).contiguous(), b_reduce.contiguous(),
-            w_expand.reshape(C, R).contiguous(), b_expand.contiguous(), gate,
-            C, R, 1.0 / max(hw, 1),
-            HAS_COUNT=count is not None, BLOCK_C=block_c, BLOCK_R=block_r, num_warps=4,
-        )
+    pool_sums = pool_sums.contiguous()
+    launch(OP, _se_gate_kernel, (N,), dict(
+        pool_ptr=pool_sums, count_ptr=count if count is not None else pool_sums,
+        wr_ptr=w_reduce.reshape(R, C).contiguous(), br_ptr=b_reduce.contiguous(),
+        we_ptr=w_expand.reshape(C, R).contiguous(), be_ptr=b_expand.contiguous(), gate_ptr=gate,
+        C=C, R=R, inv_count=1.0 / max(hw, 1),
+    ), dict(HAS_COUNT=count is not None, BLOCK_C=block_c, BLOCK_R=block_r, num_warps=4), on=pool_sums)
     return gate
 
 
@@ -122,9 +119,8 @@ def _(pool_sums, w_reduce, b_reduce, w_expand, b_expand, count, hw):
 def squeeze_excite_gate(pool_sums, w_reduce, b_reduce, w_expand, b_expand, count=None, hw=1):
     """(N, C) fp32 gate from (N, C) fp32 sums; the mean divides by ``count`` (N,) per sample
     if given (ragged batches), else by ``hw``."""
-    return torch.ops.fastmbconv.squeeze_excite_gate(
-        pool_sums, w_reduce, b_reduce, w_expand, b_expand, count, int(hw)
-    )
+    return call_op(torch.ops.fastmbconv.squeeze_excite_gate, squeeze_excite_gate_launch,
+                   pool_sums, w_reduce, b_reduce, w_expand, b_expand, count, int(hw))
 
 
 def squeeze_excite_gate_ref(pool_sums, w_reduce, b_reduce, w_expand, b_expand, count=None, hw=1,

@@ -304,7 +304,7 @@ def test_autotuner_reset_never_touches_inputs(with_pool, monkeypatch):
 
     monkeypatch.setattr(module, "use_autotune", lambda: True)
     monkeypatch.setattr(module, "_dwconv_bn_act_autotuned", ResetToZeroKernel(
-        module._dwconv_bn_act_kernel, 5, dict(BLOCK_P=16, BLOCK_C=64)))
+        module._dwconv_bn_act_kernel, dict(BLOCK_P=16, BLOCK_C=64)))
     x, w, scale, shift = make(2, 40, 9, 7, 3)
     scale_before = scale.clone()
     check(x, w, scale, shift, (1, 1, 1, 1), 1, with_pool=with_pool)

@@ -249,13 +249,13 @@ class ResetToZeroKernel:
     the plain kernel with fixed blocks. The interpreter never autotunes, so without this a
     launcher that passed an *input* as the pool_ptr placeholder would go unnoticed on CPU."""
 
-    def __init__(self, kernel, pool_index, blocks):
-        self.kernel, self.pool_index, self.blocks = kernel, pool_index, blocks
+    def __init__(self, kernel, blocks):
+        self.kernel, self.blocks = kernel, blocks
 
     def __getitem__(self, grid):
-        def launch(*args, **kw):
-            args[self.pool_index].zero_()
-            return self.kernel[grid](*args, **kw, **self.blocks)
+        def launch(**kw):
+            kw["pool_ptr"].zero_()
+            return self.kernel[grid](**kw, **self.blocks)
         return launch
 
 
@@ -265,7 +265,7 @@ def test_autotuner_reset_never_touches_inputs(pool_only, monkeypatch):
 
     monkeypatch.setattr(module, "use_autotune", lambda: True)
     monkeypatch.setattr(module, "_pointwise_gated_autotuned", ResetToZeroKernel(
-        module._pointwise_gated_kernel, 6, dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32)))
+        module._pointwise_gated_kernel, dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32)))
     x, w, bias, gate, res = make(2, 24, 40, 5, 7)
     bias_before = bias.clone()
     if pool_only:
