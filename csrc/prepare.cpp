@@ -1,15 +1,24 @@
-// fastmbconv._C: schema of fastmbconv::prepare_images and its CPU implementation (at::parallel_for
-// over output rows). The CUDA implementation is registered by prepare_cuda.cpp in CUDA builds.
+// fastmbconv._C: schemas of the image-preparation ops and their CPU implementation
+// (at::parallel_for over output rows). The CUDA implementation is registered by
+// prepare_cuda.cpp in CUDA builds.
+//
+//   prepare_images_v2(Tensor[] images, Tensor meta, int filter, int out_h, int out_w,
+//                     ScalarType dtype, float[] mean, float[] std) -> Tensor
+//
+// images: contiguous uint8 tensors on one device, read as flat byte buffers (an NHWC batch, a
+// list of HWC images, or one packed buffer); meta: CPU int64 (N, 11) table of (source tensor,
+// element offset, h, w, channels, resized h, resized w, top, left, window h, window w), one row
+// per image (see prepare_common.h); filter: 0 bilinear as F.interpolate (fp32), 1 / 2 bilinear /
+// bicubic as Pillow's Image.resize (see prepare_math.h). Returns an (N, 3, out_h, out_w)
+// channels_last tensor of `dtype` on the images' device: image i resized to (resized h, w), its
+// window placed in the top-left corner and normalised as (v / 255 - mean) / std, zero elsewhere.
+// No image is copied.
 //
 //   prepare_images(Tensor[] images, Tensor meta, int channels, int out_h, int out_w,
 //                  ScalarType dtype, float[] mean, float[] std) -> Tensor
 //
-// images: contiguous uint8 tensors on one device, read as flat byte buffers (an NHWC batch, a
-// list of HWC images, or one packed buffer); meta: CPU int64 (N, 6) table of
-// (source tensor, element offset, h, w, rh, rw), one row per image (see prepare_common.h).
-// Returns an (N, 3, out_h, out_w) channels_last tensor of `dtype` on the images' device:
-// image i resized (bilinear, align_corners=False) from (h, w) to (rh, rw) into the top-left
-// corner, normalised as (v / 255 - mean) / std, and zero elsewhere. No image is copied.
+// The first version: meta rows (source, offset, h, w, rh, rw), every image with `channels`
+// channels, resized (filter 0) to (rh, rw) and kept whole.
 #include <Python.h>
 
 #include <ATen/Parallel.h>
@@ -26,66 +35,124 @@
 namespace fastmbconv {
 namespace {
 
+// What one thread keeps while it walks consecutive rows of one image: the column taps (filter
+// 0), or a ring of horizontally resampled rows (Pillow filters; consecutive output rows share
+// most source rows, and a row's taps are consecutive, so a ring of K_y slots holds them all).
+struct RowCache {
+  int64_t image = -1;
+  std::vector<Tap> xtaps;
+  int64_t slots = 0;
+  int64_t pitch = 0;  // window width x channels
+  std::vector<int64_t> tag;
+  std::vector<uint8_t> rows;
+};
+
+// Source row `sr` of image `m` after the horizontal pass, over the window's columns.
+const uint8_t* pil_hrow(RowCache& rc, const int64_t* m, const int32_t* coefs, int64_t sr) {
+  const int64_t s = sr % rc.slots;
+  uint8_t* d = rc.rows.data() + s * rc.pitch;
+  if (rc.tag[s] == sr) return d;
+  const int64_t w = m[kWidth], c = m[kChannels], left = m[kLeft], rw = m[kValidW];
+  const int64_t xk = m[kXTaps];
+  const uint8_t* src = table_image(m) + sr * w * c;
+  for (int64_t x = 0; x < rw; ++x) {
+    const int32_t* xe = xk ? coefs + m[kXCoef] + x * (xk + 2) : nullptr;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      d[x * c + ch] = static_cast<uint8_t>(pil_row_value(src, c, ch, xe, left + x));
+    }
+  }
+  rc.tag[s] = sr;
+  return d;
+}
+
+// Output row y of image `m` (Pillow filters) as uint8 values, `c` per pixel, into `vals`.
+void pil_out_row(RowCache& rc, const int64_t* m, const int32_t* coefs, int64_t y, uint8_t* vals) {
+  const int64_t c = m[kChannels], rw = m[kValidW], yk = m[kYTaps];
+  if (yk == 0) {
+    const uint8_t* d = pil_hrow(rc, m, coefs, m[kTop] + y);
+    std::copy(d, d + rw * c, vals);
+    return;
+  }
+  const int32_t* ye = coefs + m[kYCoef] + y * (yk + 2);
+  const int32_t taps = ye[1];
+  std::vector<const uint8_t*> src(taps);  // taps <= slots: fetching one never evicts another
+  for (int32_t t = 0; t < taps; ++t) src[t] = pil_hrow(rc, m, coefs, ye[0] + t);
+  for (int64_t j = 0; j < rw * c; ++j) {
+    int32_t acc = pil_acc0();
+    for (int32_t t = 0; t < taps; ++t) acc += static_cast<int32_t>(src[t][j]) * ye[2 + t];
+    vals[j] = static_cast<uint8_t>(pil_clip8(acc));
+  }
+}
+
 template <typename T>
-void prepare_cpu_impl(const int64_t* table, int64_t n, int64_t channels, int64_t out_h,
-                      int64_t out_w, const Norm& nm, c10::ArrayRef<double> mean,
-                      c10::ArrayRef<double> std_, T* out) {
+void prepare_cpu_impl(const int64_t* table, int64_t n, int64_t filter, int64_t out_h,
+                      int64_t out_w, const Norm& nm, T* out) {
+  const int32_t* coefs = table_coefs(table, n);
   const int64_t rows = n * out_h;
   const int64_t grain = std::max<int64_t>(1, 16384 / out_w);
-  // Unresized images (pad mode) need no interpolation: a table of the 256 normalised values per
-  // channel, computed exactly as the reference does, (v / 255 - mean) / std in fp32.
-  float lut[3][256];
+  float lut[3][256];  // integer values normalised exactly as the reference does
   for (int c = 0; c < 3; ++c) {
-    const float m = static_cast<float>(mean[c]), sd = static_cast<float>(std_[c]);
-    for (int v = 0; v < 256; ++v) lut[c][v] = (static_cast<float>(v) / 255.0f - m) / sd;
+    for (int v = 0; v < 256; ++v) lut[c][v] = normalise_exact(v, nm, c);
   }
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    std::vector<Tap> xtaps;  // column taps of image `cached`, shared by all its rows
-    int64_t cached = -1;
+    RowCache rc;
+    std::vector<uint8_t> vals;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r / out_h;
       const int64_t y = r - i * out_h;
       const int64_t* m = table + i * kTableCols;
-      const int64_t h = m[kHeight], w = m[kWidth], rh = m[kResizedH], rw = m[kResizedW];
+      const int64_t h = m[kHeight], w = m[kWidth], c = m[kChannels];
+      const int64_t sh = m[kScaledH], sw = m[kScaledW], top = m[kTop], left = m[kLeft];
+      const int64_t rh = m[kValidH], rw = m[kValidW];
       T* row = out + r * out_w * 3;
       if (y >= rh) {
         std::fill(row, row + out_w * 3, T(0.0f));
         continue;
       }
       const uint8_t* img = table_image(m);
-      if (h == rh && w == rw) {
-        const uint8_t* src = img + y * w * channels;
+      const int64_t g = c == 1 ? 0 : 1;  // grayscale reads channel 0 three times
+      if (h == sh && w == sw) {  // no resize: the window as it is
+        const uint8_t* src = img + ((top + y) * w + left) * c;
         for (int64_t x = 0; x < rw; ++x) {
-          const uint8_t* p = src + x * channels;
-          row[x * 3 + 0] = T(lut[0][p[0]]);
-          row[x * 3 + 1] = T(lut[1][p[channels == 1 ? 0 : 1]]);
-          row[x * 3 + 2] = T(lut[2][p[channels == 1 ? 0 : 2]]);
+          const uint8_t* p = src + x * c;
+          for (int k = 0; k < 3; ++k) row[x * 3 + k] = T(lut[k][p[g * k]]);
         }
-        std::fill(row + rw * 3, row + out_w * 3, T(0.0f));
-        continue;
-      }
-      if (cached != i) {
-        xtaps.resize(rw);
-        for (int64_t x = 0; x < rw; ++x) xtaps[x] = source_tap(x, w, rw);
-        cached = i;
-      }
-      const Tap ty = source_tap(y, h, rh);
-      for (int64_t x = 0; x < rw; ++x) {
-        float v[3];
-        interpolate_pixel(img, w, channels, ty, xtaps[x], nm, v);
-        row[x * 3 + 0] = T(v[0]);
-        row[x * 3 + 1] = T(v[1]);
-        row[x * 3 + 2] = T(v[2]);
+      } else if (filter == kTorchBilinear) {
+        if (rc.image != i) {
+          rc.xtaps.resize(rw);
+          for (int64_t x = 0; x < rw; ++x) rc.xtaps[x] = source_tap(left + x, w, sw);
+          rc.image = i;
+        }
+        const Tap ty = source_tap(top + y, h, sh);
+        for (int64_t x = 0; x < rw; ++x) {
+          float v[3];
+          interpolate_pixel(img, w, c, ty, rc.xtaps[x], nm, v);
+          for (int k = 0; k < 3; ++k) row[x * 3 + k] = T(v[k]);
+        }
+      } else {
+        if (rc.image != i) {
+          rc.slots = m[kYTaps] ? m[kYTaps] : 1;
+          rc.pitch = rw * c;
+          rc.tag.assign(rc.slots, -1);
+          rc.rows.resize(rc.slots * rc.pitch);
+          rc.image = i;
+        }
+        vals.resize(rw * c);
+        pil_out_row(rc, m, coefs, y, vals.data());
+        for (int64_t x = 0; x < rw; ++x) {
+          const uint8_t* p = vals.data() + x * c;
+          for (int k = 0; k < 3; ++k) row[x * 3 + k] = T(lut[k][p[g * k]]);
+        }
       }
       std::fill(row + rw * 3, row + out_w * 3, T(0.0f));
     }
   });
 }
 
-at::Tensor prepare_images_cpu(at::TensorList images, const at::Tensor& meta, int64_t channels,
-                              int64_t out_h, int64_t out_w, at::ScalarType dtype,
-                              c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
-  const at::Tensor table = checked_table(images, meta, channels, out_h, out_w, dtype, mean, std_);
+at::Tensor prepare_images_v2_cpu(at::TensorList images, const at::Tensor& meta, int64_t filter,
+                                 int64_t out_h, int64_t out_w, at::ScalarType dtype,
+                                 c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
+  const at::Tensor table = checked_table(images, meta, filter, out_h, out_w, dtype, mean, std_);
   TORCH_CHECK(images[0].device().is_cpu(),
               "fastmbconv::prepare_images (CPU): images must be CPU tensors, got ",
               images[0].device());
@@ -96,13 +163,13 @@ at::Tensor prepare_images_cpu(at::TensorList images, const at::Tensor& meta, int
   const int64_t* tab = table.const_data_ptr<int64_t>();
   switch (dtype) {
     case at::kFloat:
-      prepare_cpu_impl(tab, n, channels, out_h, out_w, nm, mean, std_, out.mutable_data_ptr<float>());
+      prepare_cpu_impl(tab, n, filter, out_h, out_w, nm, out.mutable_data_ptr<float>());
       break;
     case at::kHalf:
-      prepare_cpu_impl(tab, n, channels, out_h, out_w, nm, mean, std_, out.mutable_data_ptr<c10::Half>());
+      prepare_cpu_impl(tab, n, filter, out_h, out_w, nm, out.mutable_data_ptr<c10::Half>());
       break;
     case at::kBFloat16:
-      prepare_cpu_impl(tab, n, channels, out_h, out_w, nm, mean, std_, out.mutable_data_ptr<c10::BFloat16>());
+      prepare_cpu_impl(tab, n, filter, out_h, out_w, nm, out.mutable_data_ptr<c10::BFloat16>());
       break;
     default:
       TORCH_CHECK(false, "unreachable");
@@ -110,21 +177,38 @@ at::Tensor prepare_images_cpu(at::TensorList images, const at::Tensor& meta, int
   return out;
 }
 
+at::Tensor prepare_images_cpu(at::TensorList images, const at::Tensor& meta, int64_t channels,
+                              int64_t out_h, int64_t out_w, at::ScalarType dtype,
+                              c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
+  return prepare_images_v2_cpu(images, meta_from_v1(meta, channels), kTorchBilinear, out_h,
+                               out_w, dtype, mean, std_);
+}
+
 }  // namespace
 
 // FRAGMENT, not TORCH_LIBRARY: the Triton kernels register their own ops in the same
 // "fastmbconv" namespace from Python, and a namespace can have only one defining library.
+// The fake (meta) implementations are Python's, registered when the extension loads: v1's in
+// fastmbconv/_ext.py, v2's in fastmbconv/prepare.py. torch names that module in its error if a
+// fake tensor reaches an op before, e.g. after a bare `import fastmbconv._C`.
 TORCH_LIBRARY_FRAGMENT(fastmbconv, m) {
-  // The fake (meta) implementation is Python's (fastmbconv/_ext.py, registered on load and on
-  // import of that module); torch names the module in its error if a fake tensor reaches the
-  // op before, e.g. after a bare `import fastmbconv._C`.
   m.set_python_module("fastmbconv._ext");
   m.def(
       "prepare_images(Tensor[] images, Tensor meta, int channels, int out_h, int out_w, "
       "ScalarType dtype, float[] mean, float[] std) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(fastmbconv, CPU, m) { m.impl("prepare_images", &prepare_images_cpu); }
+TORCH_LIBRARY_FRAGMENT(fastmbconv, m) {
+  m.set_python_module("fastmbconv.prepare");
+  m.def(
+      "prepare_images_v2(Tensor[] images, Tensor meta, int filter, int out_h, int out_w, "
+      "ScalarType dtype, float[] mean, float[] std) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastmbconv, CPU, m) {
+  m.impl("prepare_images", &prepare_images_cpu);
+  m.impl("prepare_images_v2", &prepare_images_v2_cpu);
+}
 
 }  // namespace fastmbconv
 

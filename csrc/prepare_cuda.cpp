@@ -1,4 +1,4 @@
-// CUDA binding of fastmbconv::prepare_images, compiled only in CUDA builds (setup.py defines
+// CUDA binding of the image-preparation ops, compiled only in CUDA builds (setup.py defines
 // FASTMBCONV_WITH_CUDA and adds this file). The kernel itself is in prepare_kernel.cu.
 #ifdef FASTMBCONV_WITH_CUDA
 
@@ -13,12 +13,12 @@
 namespace fastmbconv {
 namespace {
 
-at::Tensor prepare_images_cuda(at::TensorList images, const at::Tensor& meta, int64_t channels,
-                               int64_t out_h, int64_t out_w, at::ScalarType dtype,
-                               c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
-  // Validated on the CPU (meta is a CPU tensor), then the address table goes to the device in
-  // one copy and the whole batch in one launch.
-  const at::Tensor table = checked_table(images, meta, channels, out_h, out_w, dtype, mean, std_);
+at::Tensor prepare_images_v2_cuda(at::TensorList images, const at::Tensor& meta, int64_t filter,
+                                  int64_t out_h, int64_t out_w, at::ScalarType dtype,
+                                  c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
+  // Validated and tabulated (addresses, Pillow coefficients) on the CPU, then the table goes to
+  // the device in one copy and the whole batch in one launch.
+  const at::Tensor table = checked_table(images, meta, filter, out_h, out_w, dtype, mean, std_);
   const c10::Device device = images[0].device();
   TORCH_CHECK(device.is_cuda(),
               "fastmbconv::prepare_images (CUDA): images must be CUDA tensors, got ", device);
@@ -33,16 +33,27 @@ at::Tensor prepare_images_cuda(at::TensorList images, const at::Tensor& meta, in
   if (dtype == at::kHalf) od = OutDType::kFloat16;
   if (dtype == at::kBFloat16) od = OutDType::kBFloat16;
   const cudaError_t err = launch_prepare_images(
-      table_dev.const_data_ptr<int64_t>(), n, channels, out_h, out_w, make_norm(mean, std_), od,
-      out.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream(device.index()).stream());
+      table_dev.const_data_ptr<int64_t>(), n, static_cast<int>(filter), out_h, out_w,
+      make_norm(mean, std_), od, out.mutable_data_ptr(),
+      c10::cuda::getCurrentCUDAStream(device.index()).stream());
   TORCH_CHECK(err == cudaSuccess, "fastmbconv::prepare_images: CUDA launch failed: ",
               cudaGetErrorString(err));
   return out;
 }
 
+at::Tensor prepare_images_cuda(at::TensorList images, const at::Tensor& meta, int64_t channels,
+                               int64_t out_h, int64_t out_w, at::ScalarType dtype,
+                               c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
+  return prepare_images_v2_cuda(images, meta_from_v1(meta, channels), kTorchBilinear, out_h,
+                                out_w, dtype, mean, std_);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastmbconv, CUDA, m) { m.impl("prepare_images", &prepare_images_cuda); }
+TORCH_LIBRARY_IMPL(fastmbconv, CUDA, m) {
+  m.impl("prepare_images", &prepare_images_cuda);
+  m.impl("prepare_images_v2", &prepare_images_v2_cuda);
+}
 
 }  // namespace fastmbconv
 

@@ -1,7 +1,9 @@
-// CUDA kernel of fastmbconv::prepare_images: resize (bilinear) / letterbox / pad, normalise and
-// convert a whole batch of uint8 HWC images (read through a table of addresses, so a list of
-// separately allocated images needs no packing copy) into one channels_last batch in one launch.
-// No torch headers (see prepare_kernel.h); the torch binding is prepare_cuda.cpp.
+// CUDA kernel of the image-preparation ops: resize (bilinear as F.interpolate, or bilinear /
+// bicubic as Pillow) / crop / letterbox / pad, normalise and convert a whole batch of uint8 HWC
+// images (read through a table of addresses, so a list of separately allocated images needs no
+// packing copy) into one channels_last batch in one launch. The per-pixel arithmetic is
+// prepare_math.h's, shared with the CPU loop. No torch headers (see prepare_kernel.h); the torch
+// binding is prepare_cuda.cpp.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -19,29 +21,49 @@ constexpr int kBlockX = 64;
 constexpr int kBlockY = 4;
 constexpr int64_t kMaxGridYZ = 65535;
 
+// Pixel (y, x) of one image's window, y < rh and x < rw: its three normalised channels.
+__device__ __forceinline__ void window_pixel(const int64_t* m, const int32_t* coefs, int filter,
+                                             int64_t y, int64_t x, const Norm& nm, float v[3]) {
+  const uint8_t* img = table_image(m);
+  const int64_t h = m[kHeight], w = m[kWidth], c = m[kChannels];
+  const int64_t sh = m[kScaledH], sw = m[kScaledW];
+  const int64_t sy = m[kTop] + y, sx = m[kLeft] + x;
+  if (h == sh && w == sw) {  // no resize: as the CPU loop, the exact three-step normalisation
+    const uint8_t* p = img + (sy * w + sx) * c;
+#pragma unroll
+    for (int k = 0; k < 3; ++k) v[k] = normalise_exact(p[c == 1 ? 0 : k], nm, k);
+    return;
+  }
+  if (filter == kTorchBilinear) {
+    interpolate_pixel(img, w, c, source_tap(sy, h, sh), source_tap(sx, w, sw), nm, v);
+    return;
+  }
+  const int64_t yk = m[kYTaps], xk = m[kXTaps];
+  const int32_t* ye = yk ? coefs + m[kYCoef] + y * (yk + 2) : nullptr;
+  const int32_t* xe = xk ? coefs + m[kXCoef] + x * (xk + 2) : nullptr;
+  int32_t u[3];
+  pil_pixel(img, w, c, ye, sy, xe, sx, u);
+#pragma unroll
+  for (int k = 0; k < 3; ++k) v[k] = normalise_exact(u[k], nm, k);
+}
+
 // blockIdx.z walks images, blockIdx.y * kBlockY + threadIdx.y walks rows, x walks columns;
 // every level is a grid-stride loop, so any n / out_h / out_w is covered with int64 indices.
 template <typename T>
 __global__ void __launch_bounds__(kBlockX * kBlockY)
-prepare_images_kernel(const int64_t* __restrict__ table, int64_t n, int64_t channels,
-                      int64_t out_h, int64_t out_w, Norm norm, T* __restrict__ out) {
+prepare_images_kernel(const int64_t* __restrict__ table, int64_t n, int filter, int64_t out_h,
+                      int64_t out_w, Norm norm, T* __restrict__ out) {
+  const int32_t* coefs = table_coefs(table, n);
   for (int64_t i = blockIdx.z; i < n; i += gridDim.z) {
     const int64_t* m = table + i * kTableCols;
-    const int64_t h = m[kHeight], w = m[kWidth], rh = m[kResizedH], rw = m[kResizedW];
-    const uint8_t* img = table_image(m);
+    const int64_t rh = m[kValidH], rw = m[kValidW];
     for (int64_t y = static_cast<int64_t>(blockIdx.y) * kBlockY + threadIdx.y; y < out_h;
          y += static_cast<int64_t>(gridDim.y) * kBlockY) {
       T* row = out + (i * out_h + y) * out_w * 3;
-      const bool valid_row = y < rh;
-      const Tap ty = valid_row ? source_tap(y, h, rh) : Tap{0, 0, 1.0f, 0.0f};
       for (int64_t x = static_cast<int64_t>(blockIdx.x) * kBlockX + threadIdx.x; x < out_w;
            x += static_cast<int64_t>(gridDim.x) * kBlockX) {
-        float v[3];
-        if (valid_row) {
-          prepare_pixel(img, w, channels, rw, ty, x, norm, v);
-        } else {
-          v[0] = v[1] = v[2] = 0.0f;
-        }
+        float v[3] = {0.0f, 0.0f, 0.0f};
+        if (y < rh && x < rw) window_pixel(m, coefs, filter, y, x, norm, v);
         store(row + x * 3 + 0, v[0]);
         store(row + x * 3 + 1, v[1]);
         store(row + x * 3 + 2, v[2]);
@@ -51,8 +73,8 @@ prepare_images_kernel(const int64_t* __restrict__ table, int64_t n, int64_t chan
 }
 
 template <typename T>
-cudaError_t launch(const int64_t* table, int64_t n, int64_t channels, int64_t out_h,
-                   int64_t out_w, Norm norm, void* out, cudaStream_t stream) {
+cudaError_t launch(const int64_t* table, int64_t n, int filter, int64_t out_h, int64_t out_w,
+                   Norm norm, void* out, cudaStream_t stream) {
   if (n <= 0 || out_h <= 0 || out_w <= 0) return cudaSuccess;
   const int64_t gx = (out_w + kBlockX - 1) / kBlockX;
   const int64_t gy = (out_h + kBlockY - 1) / kBlockY;
@@ -60,23 +82,23 @@ cudaError_t launch(const int64_t* table, int64_t n, int64_t channels, int64_t ou
             static_cast<unsigned>(gy < kMaxGridYZ ? gy : kMaxGridYZ),
             static_cast<unsigned>(n < kMaxGridYZ ? n : kMaxGridYZ));
   dim3 block(kBlockX, kBlockY, 1);
-  prepare_images_kernel<T><<<grid, block, 0, stream>>>(table, n, channels, out_h, out_w,
-                                                       norm, static_cast<T*>(out));
+  prepare_images_kernel<T><<<grid, block, 0, stream>>>(table, n, filter, out_h, out_w, norm,
+                                                       static_cast<T*>(out));
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t launch_prepare_images(const int64_t* table, int64_t n, int64_t channels,
-                                  int64_t out_h, int64_t out_w, Norm norm, OutDType dtype,
-                                  void* out, cudaStream_t stream) {
+cudaError_t launch_prepare_images(const int64_t* table, int64_t n, int filter, int64_t out_h,
+                                  int64_t out_w, Norm norm, OutDType dtype, void* out,
+                                  cudaStream_t stream) {
   switch (dtype) {
     case OutDType::kFloat32:
-      return launch<float>(table, n, channels, out_h, out_w, norm, out, stream);
+      return launch<float>(table, n, filter, out_h, out_w, norm, out, stream);
     case OutDType::kFloat16:
-      return launch<__half>(table, n, channels, out_h, out_w, norm, out, stream);
+      return launch<__half>(table, n, filter, out_h, out_w, norm, out, stream);
     case OutDType::kBFloat16:
-      return launch<__nv_bfloat16>(table, n, channels, out_h, out_w, norm, out, stream);
+      return launch<__nv_bfloat16>(table, n, filter, out_h, out_w, norm, out, stream);
   }
   return cudaErrorInvalidValue;
 }

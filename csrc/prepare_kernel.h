@@ -13,13 +13,16 @@ namespace fastmbconv {
 enum class OutDType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 // One launch for the whole batch.
-//   table: int64 (n, kTableCols) table on the device (see prepare_math.h): each image's device
-//          address, size and resized size
-//   out:   (n, out_h, out_w, 3) contiguous buffer of `dtype` (a channels_last NCHW tensor)
-// The caller has validated the table (every image inside its tensor, 1 <= rh <= out_h, ...).
-// Indexing is int64 throughout. Returns the launch status (cudaGetLastError()).
-cudaError_t launch_prepare_images(const int64_t* table, int64_t n, int64_t channels,
-                                  int64_t out_h, int64_t out_w, Norm norm, OutDType dtype,
-                                  void* out, cudaStream_t stream);
+//   table:  the device copy of checked_table's buffer (see prepare_math.h): n rows of
+//           kTableCols int64 (each image's device address, sizes, window, coefficient offsets),
+//           then the int32 Pillow coefficients
+//   filter: kTorchBilinear, kPilBilinear or kPilBicubic
+//   out:    (n, out_h, out_w, 3) contiguous buffer of `dtype` (a channels_last NCHW tensor)
+// The caller has validated the table (every image inside its tensor, every window inside its
+// resized image and the output, ...). Indexing is int64 throughout. Returns the launch status
+// (cudaGetLastError()).
+cudaError_t launch_prepare_images(const int64_t* table, int64_t n, int filter, int64_t out_h,
+                                  int64_t out_w, Norm norm, OutDType dtype, void* out,
+                                  cudaStream_t stream);
 
 }  // namespace fastmbconv

@@ -1,25 +1,31 @@
 """One-pass image preparation: uint8 HWC images (as decoders produce them) to one normalised,
-channels_last batch, in a single call of the compiled op ``fastmbconv::prepare_images``
+channels_last batch, in a single call of the compiled op ``fastmbconv::prepare_images_v2``
 (one kernel launch on CUDA, one parallel loop on CPU).
 
     batch, valid_hw = prepare_images(images, 224, mode="letterbox", dtype=torch.float16,
                                      device="cuda")
+    batch, _ = eval_transform(model)(images)  # timm's eval preprocessing for the model
 
-``images`` is a uint8 NHWC tensor or a list of uint8 HWC tensors of different sizes. The op
-takes the tensors as they are plus one int64 table of (tensor, offset, size, resized size) per
-image, so a list costs one op call and one launch, never one per image, and no packing copy.
-Images on the CPU with ``device="cuda"`` are packed once on the CPU (one concatenation) and
-uploaded as one uint8 buffer (a quarter of the bytes of fp32).
+``images`` is a uint8 NHWC tensor or array, one HWC image, or a list of HWC / HW images of
+different sizes and channel counts (torch tensors or numpy arrays). The op takes the tensors as
+they are plus one int64 table of (tensor, offset, size, resized size, window) per image, so a
+list costs one op call and one launch, never one per image, and no packing copy. Images on the
+CPU with ``device="cuda"`` are packed once on the CPU and uploaded as one uint8 buffer.
 
-:func:`prepare_images_ref` is the same computation composed of torch ops (F.interpolate, F.pad,
-normalise, per image); the op matches it within one unit in the last place of the output dtype
-(plus fp32 rounding, ~1e-6 absolute, which shows only near zero in fp16/bf16).
+:func:`prepare_images_ref` is the same computation composed of torch ops (F.interpolate, crop,
+F.pad, normalise, per image). The op matches it within one unit in the last place of the output
+dtype (plus ~1e-6 absolute fp32 rounding) for the F.interpolate bilinear path, and within one
+8-bit step, 1 / (255 std), for the Pillow (antialiased) paths, which round to uint8 in fixed
+point where the reference rounds fp32 values.
 """
 from __future__ import annotations
 
+import math
 import numbers
+import sys
+import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,21 +34,20 @@ from . import _ext
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MODES = ("resize", "letterbox", "pad")
+MODES = ("resize", "letterbox", "pad", "center_crop")
+INTERPOLATIONS = ("bilinear", "bicubic")
+DEFAULT_CROP_PCT = 0.875  # timm's
 ALIGNS = (8, 16, 32)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_MAX = 2**31 - 1
+_FILTERS = {("bilinear", False): 0, ("bilinear", True): 1, ("bicubic", True): 2}  # prepare_math.h
 
 Images = Union[torch.Tensor, Sequence[torch.Tensor]]
+Size = Union[int, Tuple[int, int]]
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "MODES",
-    "prepare_images",
-    "prepare_images_ref",
-    "letterbox_size",
-]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MODES", "INTERPOLATIONS", "EvalTransform",
+           "center_crop_size", "eval_transform", "letterbox_size", "prepare_images",
+           "prepare_images_ref"]
 
 
 def letterbox_size(height: int, width: int, size: int) -> Tuple[int, int]:
@@ -54,15 +59,38 @@ def letterbox_size(height: int, width: int, size: int) -> Tuple[int, int]:
     return h, w
 
 
+def center_crop_size(height: int, width: int, size: Size, crop_pct: float = DEFAULT_CROP_PCT):
+    """``((sh, sw), (top, left))``: the size an image is resized to and the corner of the centred
+    (H, W) window, exactly as timm's eval transform (crop_mode "center") computes them.
+
+    Square targets (torchvision ``Resize(s)``): s = floor(H / crop_pct); the shorter side
+    becomes s, the longer int(s * long / short). Non-square (timm ``ResizeKeepRatio``): with
+    (ph, pw) = floor((H, W) / crop_pct) and r = min(height / ph, width / pw), (sh, sw) =
+    round((height, width) / r), Python's round. Then torchvision ``CenterCrop``:
+    top = round((sh - H) / 2), left = round((sw - W) / 2), halves to even."""
+    th, tw = (size, size) if isinstance(size, numbers.Integral) else size
+    if th == tw:
+        s = math.floor(th / crop_pct)
+        sh, sw = (int(s * height / width), s) if width <= height else (s, int(s * width / height))
+    else:
+        ratio = min(height / math.floor(th / crop_pct), width / math.floor(tw / crop_pct))
+        sh, sw = round(height / ratio), round(width / ratio)
+    return (sh, sw), (int(round((sh - th) / 2.0)), int(round((sw - tw) / 2.0)))
+
+
 @dataclass
 class _Plan:
     images: List[torch.Tensor]  # the HWC images of a list (only the first of a 4-D batch)
     batch: Optional[torch.Tensor]  # the NHWC input, when one was given
-    channels: int
+    channels: List[int]  # of each image
     sizes: List[Tuple[int, int]]  # (h, w) of each image
-    resized: List[Tuple[int, int]]  # (rh, rw) of each image: its valid extent in the output
+    scaled: List[Tuple[int, int]]  # the size each image is resized to
+    corners: List[Tuple[int, int]]  # (top, left) of the window kept of the resized image
+    resized: List[Tuple[int, int]]  # (rh, rw): the window's size, the image's valid extent
     out_h: int
     out_w: int
+    filter: int  # 0: F.interpolate bilinear; 1, 2: Pillow bilinear, bicubic
+    interpolation: str
     dtype: torch.dtype
     mean: List[float]
     std: List[float]
@@ -85,66 +113,108 @@ def _floats(name: str, values) -> List[float]:
     return out
 
 
-def _plan(images: Images, size, mode, dtype, mean, std, align, device) -> _Plan:
+def _as_tensor(x, name: str):
+    """torch tensors as they are; numpy arrays as tensors sharing their memory."""
+    np = sys.modules.get("numpy")  # an ndarray implies numpy is imported
+    if isinstance(x, torch.Tensor) or np is None or not isinstance(x, np.ndarray):
+        return x
+    if any(s < 0 for s in x.strides):
+        x = np.ascontiguousarray(x)
+    with warnings.catch_warnings():  # read-only arrays (np.asarray(PIL image)): never written
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(x)
+
+
+def _chw_error(shape, where: str) -> ValueError:
+    batch = len(shape) == 4
+    perm, n = ("0, 2, 3, 1", "N") if batch else ("1, 2, 0", "")
+    return ValueError(f"{where} has shape {tuple(shape)}: looks like {n}CHW; pass {n}HWC (channels "
+                      f"last, C = 1 or 3), e.g. x.permute({perm}) (numpy: x.transpose({perm}))")
+
+
+def _inputs(images) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
+    images = _as_tensor(images, "images")
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 4:
+            if images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
+                raise _chw_error(images.shape, "images")
+            if images.shape[0] == 0:
+                raise ValueError("images is an empty batch (N = 0)")
+            return [images[0]], images  # every image of a batch shares shape, dtype and device
+        if images.dim() not in (2, 3):
+            raise ValueError("images must be a uint8 NHWC batch (N, H, W, C), one HWC or HW image, or "
+                             f"a list of them; got a tensor of shape {tuple(images.shape)}")
+        return [images if images.dim() == 3 else images[..., None]], None
+    if not isinstance(images, (list, tuple)):
+        raise TypeError("images must be a uint8 NHWC tensor or array, one HWC image, or a list of "
+                        f"HWC images, got {type(images).__name__}")
+    if not images:
+        raise ValueError("images is an empty list")
+    items = []
+    for i, im in enumerate(images):
+        im = _as_tensor(im, f"images[{i}]")
+        if not isinstance(im, torch.Tensor):
+            raise TypeError(f"images[{i}] is a {type(im).__name__}, not a tensor or a numpy array")
+        items.append(im[..., None] if im.dim() == 2 else im)
+    return items, None
+
+
+def _size_hw(size, mode: str) -> Tuple[int, int]:
+    hw = size if isinstance(size, (tuple, list)) and len(size) == 2 and mode != "letterbox" else (size, size)
+    for s in hw:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            kind = "an int" if mode == "letterbox" else "an int or an (H, W) pair of ints"
+            raise TypeError(f"size must be {kind} for mode={mode!r}, got {size!r}")
+        if s <= 0:
+            raise ValueError(f"size must be positive, got {size!r}")
+        if s > _INT32_MAX:
+            raise ValueError(f"size {s} overflows 32-bit image sizes (valid_hw is int32); max {_INT32_MAX}")
+    return int(hw[0]), int(hw[1])
+
+
+def _crop_pct(crop_pct) -> float:
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, numbers.Real) or not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be a number in (0, 1], got {crop_pct!r}")
+    return float(crop_pct)
+
+
+def _plan(images, size, mode, dtype, mean, std, align, device, interpolation, antialias, crop_pct) -> _Plan:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if dtype not in DTYPES:
         raise TypeError(f"dtype must be one of torch.float32, torch.float16, torch.bfloat16, got {dtype}")
     if isinstance(align, bool) or align not in ALIGNS:
         raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
-    if mode != "pad":
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral):
-            raise TypeError(f"size must be an int for mode={mode!r}, got {size!r}")
-        size = int(size)
-        if size <= 0:
-            raise ValueError(f"size must be positive, got {size}")
-        if size > _INT32_MAX:
-            raise ValueError(f"size {size} overflows 32-bit image sizes (valid_hw is int32); max {_INT32_MAX}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    if antialias is None:
+        antialias = mode == "center_crop"
+    if not isinstance(antialias, bool):
+        raise TypeError(f"antialias must be True, False or None, got {antialias!r}")
+    if interpolation == "bicubic" and not antialias and mode != "pad":
+        raise ValueError("interpolation='bicubic' needs antialias=True (Pillow's bicubic, a = -0.5); "
+                         "F.interpolate's non-antialiased bicubic (a = -0.75) is not implemented")
+    if mode != "center_crop" and crop_pct is not None:
+        raise ValueError(f"crop_pct applies to mode='center_crop' only, not {mode!r}")
+    crop_pct = _crop_pct(DEFAULT_CROP_PCT if crop_pct is None else crop_pct)
+    target = _size_hw(size, mode) if mode != "pad" else None
     mean_l, std_l = _floats("mean", mean), _floats("std", std)
     if any(s == 0.0 for s in std_l):
         raise ValueError(f"std must be non-zero, got {std_l}")
 
-    batch = None
-    if isinstance(images, torch.Tensor):
-        if images.dim() != 4:
-            raise ValueError(
-                "images must be a uint8 NHWC tensor (N, H, W, C) or a list of uint8 HWC tensors; "
-                f"got a tensor of shape {tuple(images.shape)} (wrap a single image as [image])"
-            )
-        if images.dtype != torch.uint8:
-            raise TypeError(f"images must be uint8, got {images.dtype}")
-        if images.shape[0] == 0:
-            raise ValueError("images is an empty batch (N = 0)")
-        batch = images
-        items = [images[0]]  # every image of a batch shares shape, dtype and device
-    elif isinstance(images, (list, tuple)):
-        items = list(images)
-        if not items:
-            raise ValueError("images is an empty list")
-    else:
-        raise TypeError(f"images must be a uint8 NHWC tensor or a list of uint8 HWC tensors, got {type(images).__name__}")
-
+    items, batch = _inputs(images)
     first = items[0]
     for i, im in enumerate(items):
-        if not isinstance(im, torch.Tensor):
-            raise TypeError(f"images[{i}] is a {type(im).__name__}, not a tensor")
         if im.dim() != 3:
-            raise ValueError(
-                f"images[{i}] has {im.dim()} dims (shape {tuple(im.shape)}); every image must be "
-                "HWC (3 dims)" + ("" if i == 0 else f" like images[0] {tuple(first.shape)}")
-            )
+            raise ValueError(f"images[{i}] has {im.dim()} dims (shape {tuple(im.shape)}); every image "
+                             "must be HWC (3 dims) or HW (2 dims, grayscale)")
         if im.dtype != torch.uint8:
             raise TypeError(f"images[{i}] must be uint8, got {im.dtype}")
+        if im.shape[0] in (1, 3) and im.shape[2] not in (1, 3):
+            raise _chw_error(im.shape, f"images[{i}] ({im.shape[2]} channels last)")
         if im.shape[2] not in (1, 3):
-            raise ValueError(
-                f"images[{i}] has {im.shape[2]} channels (shape {tuple(im.shape)}); need 3 (RGB) "
-                "or 1 (grayscale, expanded to RGB), channels last (HWC)"
-            )
-        if im.shape[2] != first.shape[2]:
-            raise ValueError(
-                f"images[{i}] has {im.shape[2]} channels but images[0] has {first.shape[2]}; "
-                "all images of a batch must have the same channel count"
-            )
+            raise ValueError(f"images[{i}] has {im.shape[2]} channels (shape {tuple(im.shape)}); need 3 "
+                             "(RGB) or 1 (grayscale, expanded to RGB), channels last (HWC)")
         if im.device != first.device:
             raise ValueError(f"images[{i}] is on {im.device} but images[0] is on {first.device}; "
                              "all images must be on one device")
@@ -154,63 +224,122 @@ def _plan(images: Images, size, mode, dtype, mean, std, align, device) -> _Plan:
             raise ValueError(f"images[{i}] of shape {tuple(im.shape)} overflows 32-bit image sizes")
 
     if batch is not None:
-        sizes = [(int(batch.shape[1]), int(batch.shape[2]))] * int(batch.shape[0])
+        n = int(batch.shape[0])
+        sizes, channels = [(int(batch.shape[1]), int(batch.shape[2]))] * n, [int(batch.shape[3])] * n
     else:
         sizes = [(int(im.shape[0]), int(im.shape[1])) for im in items]
+        channels = [int(im.shape[2]) for im in items]
+    corners = [(0, 0)] * len(sizes)
     if mode == "resize":
-        resized = [(size, size)] * len(sizes)
-        out_h = out_w = size
+        scaled = [target] * len(sizes)
+        out_h, out_w = target
     elif mode == "letterbox":
-        resized = [letterbox_size(h, w, size) for h, w in sizes]
-        out_h = out_w = size
+        scaled = [letterbox_size(h, w, target[0]) for h, w in sizes]
+        out_h, out_w = target
+    elif mode == "center_crop":
+        scaled, corners = zip(*(center_crop_size(h, w, target, crop_pct) for h, w in sizes))
+        if max(max(s) for s in scaled) > _INT32_MAX:
+            raise ValueError(f"resizing to {target} / crop_pct {crop_pct} overflows 32-bit image sizes")
+        out_h, out_w = target
     else:
-        resized = list(sizes)
+        scaled = list(sizes)
         out_h = -(-max(h for h, _ in sizes) // align) * align
         out_w = -(-max(w for _, w in sizes) // align) * align
         if out_h > _INT32_MAX or out_w > _INT32_MAX:
             raise ValueError(f"padded size ({out_h}, {out_w}) overflows 32-bit image sizes")
+    resized = [target] * len(sizes) if mode == "center_crop" else list(scaled)
     if len(sizes) * 3 * out_h * out_w >= 2**63:
         raise ValueError(f"output of {len(sizes)} x 3 x {out_h} x {out_w} elements overflows int64 indexing")
-    target = torch.device(device) if device is not None else first.device
-    return _Plan(items, batch, int(first.shape[2]), sizes, resized, out_h, out_w, dtype,
-                 mean_l, std_l, target)
+    dev = torch.device(device) if device is not None else first.device
+    return _Plan(items, batch, channels, sizes, list(scaled), list(corners), resized, out_h, out_w,
+                 _FILTERS[(interpolation, antialias)] if mode != "pad" else 0, interpolation, dtype,
+                 mean_l, std_l, dev)
 
 
 def _valid_hw(plan: _Plan) -> torch.Tensor:
     return torch.tensor(plan.resized, dtype=torch.int32).to(plan.device, non_blocking=True)
 
 
+_fake_registered = False
+
+
+def _register_fake() -> None:
+    """The fake (meta) implementation of fastmbconv::prepare_images_v2, for torch.compile and
+    FakeTensorMode; the op's C++ definition names this module as its home."""
+    global _fake_registered
+    if _fake_registered:
+        return
+
+    @torch.library.register_fake("fastmbconv::prepare_images_v2")
+    def _fake(images, meta, filter, out_h, out_w, dtype, mean, std):
+        torch._check(len(images) > 0, lambda: "images is an empty list")
+        torch._check(all(t.dtype == torch.uint8 for t in images), lambda: "images must be uint8")
+        torch._check(all(t.device == images[0].device for t in images),
+                     lambda: "all images must be on one device")
+        torch._check(meta.dim() == 2 and meta.shape[1] == 11, lambda: "meta must be (N, 11)")
+        torch._check(filter in (0, 1, 2), lambda: f"filter must be 0, 1 or 2, got {filter}")
+        torch._check(dtype in DTYPES, lambda: f"dtype must be float32, float16 or bfloat16, got {dtype}")
+        return torch.empty((meta.shape[0], 3, out_h, out_w), dtype=dtype, device=images[0].device,
+                           memory_format=torch.channels_last)
+
+    _fake_registered = True
+
+
+def _op():
+    ops = _ext.ops()
+    _register_fake()
+    return ops.prepare_images_v2
+
+
 def prepare_images(
     images: Images,
-    size: Optional[int] = None,
+    size: Optional[Size] = None,
     mode: str = "resize",
     dtype: torch.dtype = torch.float32,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     align: int = 32,
     device: Union[str, torch.device, None] = None,
+    *,
+    interpolation: str = "bilinear",
+    antialias: Optional[bool] = None,
+    crop_pct: Optional[float] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Resize / letterbox / pad, normalise and batch uint8 images in one op call.
+    """Resize / letterbox / pad / centre-crop, normalise and batch uint8 images in one op call.
 
     Args:
-        images: a uint8 NHWC tensor (N, H, W, C), or a list of uint8 HWC tensors whose heights
-            and widths may differ. C is 3 (RGB), or 1 (grayscale, expanded to 3 equal channels);
-            every image must have the same C and be on the same device.
-        size: output side for ``resize`` and ``letterbox`` (a positive int); ignored by ``pad``.
+        images: a uint8 NHWC batch (N, H, W, C), one HWC (or HW) image, or a list of HWC (or HW)
+            images whose sizes and channel counts may differ; torch tensors or numpy arrays
+            (used in place, not copied), all on one device. C is 3 (RGB) or 1 (grayscale,
+            expanded to 3 equal channels; an HW image is grayscale). A 3-D image whose first
+            dim is 1 or 3 and last is not raises "looks like CHW; pass HWC".
+        size: ``resize``: int or (H, W); ``letterbox``: int; ``center_crop``: int or (H, W), the
+            crop; ignored by ``pad``.
         mode:
-            ``"resize"``: bilinear to (size, size), as ``F.interpolate(mode="bilinear",
-            align_corners=False, antialias=False)`` on the float image (no antialiasing, so
-            strong downscaling aliases, like that call).
-            ``"letterbox"``: bilinear so the longer side is ``size`` and the aspect ratio is
-            kept (shorter side round(short * size / long), at least 1), placed top-left and
-            zero-padded bottom/right to (size, size).
-            ``"pad"``: no resize; each image top-left, zero-padded bottom/right to the batch's
-            largest height and width, each rounded up to a multiple of ``align``.
+            ``"resize"``: to (H, W), aspect ratio not kept.
+            ``"letterbox"``: the longer side to ``size``, aspect kept (shorter side round(short *
+            size / long), at least 1), top-left, zero-padded bottom/right to (size, size).
+            ``"pad"``: no resize; top-left, zero-padded to the batch's largest height and width,
+            each rounded up to a multiple of ``align``.
+            ``"center_crop"``: timm's / torchvision's eval transform: the shorter side to
+            floor(size / crop_pct), aspect kept, then the centred (H, W) window (see
+            :func:`center_crop_size` for the exact sizes and rounding).
+        interpolation: ``"bilinear"`` or ``"bicubic"``.
+        antialias: True: resample exactly as Pillow's ``Image.resize`` (torchvision's and timm's
+            PIL path): separable, horizontal pass then vertical, the filter's support widened
+            by the downscale factor, bicubic with a = -0.5, fixed-point coefficients and each
+            pass rounded to uint8. Bit-exact to Pillow's 8-bit resampling; the output
+            differs from timm's ``transforms_imagenet_eval`` on the same pixels by fp32
+            rounding at most (it is ``(v / 255 - mean) / std`` of the same uint8 value).
+            False (bilinear only): ``F.interpolate(mode="bilinear", align_corners=False,
+            antialias=False)`` on the float image, unrounded; strong downscaling aliases.
+            None (default): True for ``center_crop``, False otherwise.
+        crop_pct: ``center_crop`` only, in (0, 1]; default 0.875 (timm's).
         dtype: torch.float32, torch.float16 or torch.bfloat16.
         mean, std: per-channel (RGB) normalisation ``(x / 255 - mean) / std`` in fp32, then
-            cast to ``dtype`` (one number is used for all three channels). The op folds it into
-            ``x * scale + shift``, within a few fp32 ulps of the three-step formula; unresized
-            images (``pad``) get the three-step values exactly.
+            cast to ``dtype`` (one number is used for all three channels). Integer values
+            (Pillow paths, unresized images) get the three-step fp32 values exactly; the
+            F.interpolate path folds it into ``x * scale + shift``, within a few fp32 ulps.
         align: 8, 16 or 32 (``pad`` mode's rounding; checked in every mode).
         device: where the batch is made; default the images' device. CPU images with
             ``device="cuda"`` are packed on the CPU and uploaded as uint8.
@@ -225,13 +354,13 @@ def prepare_images(
 
     Raises:
         TypeError / ValueError for bad input (non-uint8 images, channel counts other than 1 or
-        3, empty images or lists, mismatched list entries, size <= 0, align not in {8, 16, 32},
-        sizes overflowing 32-bit image extents); ``fastmbconv._ext.ExtensionNotBuiltError`` when
-        the compiled extension is missing (build it with ``pip install -e .
-        --no-build-isolation``).
+        3, CHW images, empty images or lists, mismatched devices, bad size / align /
+        interpolation / crop_pct, bicubic without antialias, sizes overflowing 32-bit image
+        extents); ``fastmbconv._ext.ExtensionNotBuiltError`` when the compiled extension is
+        missing (build it with ``pip install -e . --no-build-isolation``).
     """
-    plan = _plan(images, size, mode, dtype, mean, std, align, device)
-    op = _ext.ops().prepare_images
+    plan = _plan(images, size, mode, dtype, mean, std, align, device, interpolation, antialias, crop_pct)
+    op = _op()
     if plan.device.type == "cuda":
         if not _ext.has_cuda_kernels():
             raise RuntimeError(
@@ -243,9 +372,8 @@ def prepare_images(
         raise ValueError(f"prepare_images runs on cpu or cuda, not {plan.device}; "
                          "use prepare_images_ref there")
 
-    c = plan.channels
     if plan.batch is not None:
-        n, h, w, _ = plan.batch.shape
+        n, h, w, c = plan.batch.shape
         sources = [plan.batch.to(plan.device).contiguous()]
         rows = [(0, i * h * w * c) for i in range(n)]
     elif plan.images[0].device == plan.device:
@@ -256,44 +384,134 @@ def prepare_images(
         # Another device: pack once where the images are and move one uint8 buffer.
         sources = [torch.cat([im.reshape(-1) for im in plan.images]).to(plan.device)]
         rows, pos = [], 0
-        for h, w in plan.sizes:
+        for (h, w), c in zip(plan.sizes, plan.channels):
             rows.append((0, pos))
             pos += h * w * c
     meta = torch.tensor(
-        [[s, o, h, w, rh, rw] for (s, o), (h, w), (rh, rw) in zip(rows, plan.sizes, plan.resized)],
+        [[s, o, h, w, c, sh, sw, top, left, rh, rw] for (s, o), (h, w), c, (sh, sw), (top, left), (rh, rw)
+         in zip(rows, plan.sizes, plan.channels, plan.scaled, plan.corners, plan.resized)],
         dtype=torch.int64,
     )
-    batch = op(sources, meta, c, plan.out_h, plan.out_w, plan.dtype, plan.mean, plan.std)
+    batch = op(sources, meta, plan.filter, plan.out_h, plan.out_w, plan.dtype, plan.mean, plan.std)
     return batch, _valid_hw(plan)
+
+
+def _resample_ref(x: torch.Tensor, size: Tuple[int, int], plan: _Plan) -> torch.Tensor:
+    """x (1, 3, h, w) fp32 resized to ``size`` as the op does: F.interpolate bilinear, or the
+    Pillow path as two antialiased F.interpolate passes (horizontal first), each rounded half up
+    and clamped to [0, 255] as Pillow rounds to uint8."""
+    h, w = x.shape[-2:]
+    if plan.filter == 0:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+    for step in ((h, size[1]), size):
+        if tuple(step) != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=step, mode=plan.interpolation, align_corners=False, antialias=True)
+            x = x.add(0.5).floor_().clamp_(0, 255)
+    return x
 
 
 def prepare_images_ref(
     images: Images,
-    size: Optional[int] = None,
+    size: Optional[Size] = None,
     mode: str = "resize",
     dtype: torch.dtype = torch.float32,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     align: int = 32,
     device: Union[str, torch.device, None] = None,
+    *,
+    interpolation: str = "bilinear",
+    antialias: Optional[bool] = None,
+    crop_pct: Optional[float] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """:func:`prepare_images` composed of torch ops, one image at a time (the reference):
-    ``F.interpolate`` (bilinear, align_corners=False, antialias=False) on the fp32 image, then
-    ``(x / 255 - mean) / std``, ``F.pad`` bottom/right with zeros, cast, stack, channels_last.
-    Same arguments, validation and result as :func:`prepare_images`; needs no extension and
-    runs on any device."""
-    plan = _plan(images, size, mode, dtype, mean, std, align, device)
+    """:func:`prepare_images` composed of torch ops, one image at a time (the reference): the
+    resize of ``_resample_ref`` on the fp32 image, the window sliced out, ``(x / 255 - mean) /
+    std``, ``F.pad`` bottom/right with zeros, cast, stack, channels_last. Same arguments,
+    validation and result as :func:`prepare_images`; needs no extension and runs on any
+    device. Antialiased (Pillow) resizes agree with the op within one 8-bit step: F.interpolate
+    computes Pillow's filter in fp32 where Pillow uses fixed point, so an intermediate value
+    within ~1e-4 of a rounding boundary can round the other way."""
+    plan = _plan(images, size, mode, dtype, mean, std, align, device, interpolation, antialias, crop_pct)
     mean_t = torch.tensor(plan.mean, dtype=torch.float32, device=plan.device).view(1, 3, 1, 1)
     std_t = torch.tensor(plan.std, dtype=torch.float32, device=plan.device).view(1, 3, 1, 1)
     images = list(plan.batch.unbind(0)) if plan.batch is not None else plan.images
     out = []
-    for im, (h, w), (rh, rw) in zip(images, plan.sizes, plan.resized):
+    for im, (h, w), (sh, sw), (top, left), (rh, rw) in zip(
+            images, plan.sizes, plan.scaled, plan.corners, plan.resized):
         x = im.to(plan.device).permute(2, 0, 1)[None].float()
         x = x.expand(1, 3, h, w)  # grayscale (C = 1) to RGB; a no-op for C = 3
-        if (rh, rw) != (h, w):
-            x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=False)
+        if (sh, sw) != (h, w):
+            x = _resample_ref(x, (sh, sw), plan)
+        x = x[:, :, top:top + rh, left:left + rw]
         x = (x / 255 - mean_t) / std_t
         x = F.pad(x, (0, plan.out_w - rw, 0, plan.out_h - rh))
         out.append(x[0].to(plan.dtype))
     batch = torch.stack(out).contiguous(memory_format=torch.channels_last)
     return batch, _valid_hw(plan)
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """timm's eval preprocessing of one model as one :func:`prepare_images` call (mode
+    ``center_crop``): ``batch, valid_hw = transform(images, dtype=..., device=...)``. Made by
+    :func:`eval_transform`; ``interpolation`` is the one timm applies (see there)."""
+
+    size: Tuple[int, int]
+    crop_pct: float
+    interpolation: str
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+
+    def _kwargs(self, dtype, device):
+        return dict(size=self.size, mode="center_crop", dtype=dtype, mean=self.mean, std=self.std,
+                    device=device, interpolation=self.interpolation, crop_pct=self.crop_pct)
+
+    def __call__(self, images: Images, dtype: torch.dtype = torch.float32, device=None):
+        return prepare_images(images, **self._kwargs(dtype, device))
+
+    def reference(self, images: Images, dtype: torch.dtype = torch.float32, device=None):
+        """The same with :func:`prepare_images_ref` (torch ops only)."""
+        return prepare_images_ref(images, **self._kwargs(dtype, device))
+
+
+def eval_transform(cfg_or_model, use_test_size: bool = False) -> EvalTransform:
+    """The eval preprocessing of a model from its timm-style ``pretrained_cfg``: a mapping, or
+    a model with a ``pretrained_cfg`` mapping attribute. Keys are resolved as timm's
+    ``resolve_data_config`` does: ``input_size`` (3, H, W) (default (3, 224, 224);
+    ``test_input_size`` with ``use_test_size``), ``crop_pct`` (default 0.875;
+    ``test_crop_pct`` with ``use_test_size``), ``interpolation`` (default "bicubic"), ``mean``,
+    ``std`` (default ImageNet's), ``crop_mode`` (only "center", the default, is supported).
+
+    The result reproduces ``timm.data.create_transform(**resolve_data_config(...))`` on PIL
+    RGB images (Resize, CenterCrop, ToTensor, Normalize): the same resized and cropped uint8
+    pixels (Pillow's resampling, done bit-exactly), then the same fp32 normalisation; tested
+    within one 8-bit step, 1 / (255 std), per value. As timm does, a non-square input_size is
+    resized with bilinear whatever the config says (timm builds its ``ResizeKeepRatio``
+    without the interpolation argument)."""
+    cfg = cfg_or_model if isinstance(cfg_or_model, Mapping) else getattr(cfg_or_model, "pretrained_cfg", None)
+    if not isinstance(cfg, Mapping):
+        raise TypeError("eval_transform takes a pretrained_cfg mapping or a model with a "
+                        f"pretrained_cfg mapping, got {type(cfg_or_model).__name__}")
+    input_size = (use_test_size and cfg.get("test_input_size")) or cfg.get("input_size") or (3, 224, 224)
+    if len(input_size) != 3 or input_size[0] != 3:
+        raise ValueError(f"input_size must be (3, H, W) (RGB), got {input_size!r}")
+    crop_pct = (use_test_size and cfg.get("test_crop_pct")) or cfg.get("crop_pct") or DEFAULT_CROP_PCT
+    crop_mode = cfg.get("crop_mode") or "center"
+    if crop_mode != "center":
+        raise ValueError(f"crop_mode {crop_mode!r} is not supported (only 'center')")
+    interpolation = cfg.get("interpolation") or "bicubic"
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    size = _size_hw(tuple(input_size[1:]), "center_crop")
+    if size[0] != size[1]:
+        interpolation = "bilinear"
+    mean = tuple(_floats("mean", cfg.get("mean") or IMAGENET_MEAN))
+    std = tuple(_floats("std", cfg.get("std") or IMAGENET_STD))
+    if 0.0 in std:
+        raise ValueError(f"std must be non-zero, got {std}")
+    return EvalTransform(size, _crop_pct(crop_pct), interpolation, mean, std)
+
+
+# The extension was loaded before this module was imported: register the fake now.
+if sys.modules.get("fastmbconv._C") is not None:
+    _register_fake()

@@ -1,6 +1,8 @@
-"""fastmbconv.prepare: the compiled op fastmbconv::prepare_images against the pure-torch
+"""fastmbconv.prepare, F.interpolate bilinear path: the compiled op against the pure-torch
 reference, over modes x dtypes x odd sizes, list and batch input, bad input, one op call per
-batch, fake (meta) implementation, and CUDA (skipped without a GPU)."""
+batch, fake (meta) implementation of the first op version, and CUDA (skipped without a GPU).
+The antialiased (Pillow) paths, centre crops, numpy input and timm's eval preprocessing are in
+test_prepare_eval.py."""
 from __future__ import annotations
 
 import math
@@ -9,15 +11,9 @@ import pytest
 import torch
 
 from fastmbconv import _ext
-from fastmbconv.prepare import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MODES,
-    letterbox_size,
-    prepare_images,
-    prepare_images_ref,
-)
+from fastmbconv.prepare import IMAGENET_MEAN, IMAGENET_STD, letterbox_size, prepare_images, prepare_images_ref
 
+MODES = ("resize", "letterbox", "pad")  # by default unrounded F.interpolate bilinear: 1 ulp
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SIZES = [(37, 53), (64, 48), (1, 1), (500, 375), (2, 71)]
 HAS_CUDA = torch.cuda.is_available()
@@ -147,7 +143,7 @@ def test_list_is_one_op_call():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         prepare_images(images, 32, mode="letterbox", dtype=torch.float16)
     names = [e.name for e in prof.events()]
-    assert names.count("fastmbconv::prepare_images") == 1, names
+    assert names.count("fastmbconv::prepare_images_v2") == 1, names
     assert names.count("aten::cat") == 0  # the op reads the images in place
     assert names.count("aten::upsample_bilinear2d") == 0
 
@@ -220,21 +216,23 @@ _GOOD = [torch.zeros(4, 5, 3, dtype=torch.uint8)]
         (dict(images=[torch.zeros(4, 5, 3)]), TypeError, "uint8"),
         (dict(images=torch.zeros(2, 4, 5, 3, dtype=torch.int16)), TypeError, "uint8"),
         (dict(images=[torch.zeros(4, 5, 4, dtype=torch.uint8)]), ValueError, "4 channels"),
-        (dict(images=[torch.zeros(3, 4, 5, dtype=torch.uint8)]), ValueError, "5 channels"),
+        (dict(images=[torch.zeros(3, 4, 5, dtype=torch.uint8)]), ValueError, "5 channels last"),
+        (dict(images=[torch.zeros(4, 5, 2, dtype=torch.uint8)]), ValueError, "2 channels"),
         (dict(images=[torch.zeros(0, 5, 3, dtype=torch.uint8)]), ValueError, "empty"),
         (dict(images=torch.zeros(2, 4, 0, 3, dtype=torch.uint8)), ValueError, "empty"),
         (dict(images=torch.zeros(0, 4, 5, 3, dtype=torch.uint8)), ValueError, "empty batch"),
         (dict(images=[]), ValueError, "empty list"),
         (dict(images=_GOOD + [torch.zeros(1, 4, 5, 3, dtype=torch.uint8)]), ValueError, "4 dims"),
-        (dict(images=_GOOD + [torch.zeros(4, 5, 1, dtype=torch.uint8)]), ValueError, "same channel count"),
         (dict(images=_GOOD + [torch.zeros(4, 5, 3, dtype=torch.uint8, device="meta")]), ValueError, "device"),
         (dict(images=_GOOD + ["x"]), TypeError, "not a tensor"),
-        (dict(images=torch.zeros(4, 5, 3, dtype=torch.uint8)), ValueError, "wrap a single image"),
+        (dict(images=torch.zeros(4, 5, 3, 3, 1, dtype=torch.uint8)), ValueError, "NHWC"),
         (dict(images="img"), TypeError, "NHWC"),
         (dict(size=0), ValueError, "size must be positive"),
         (dict(size=-3), ValueError, "size must be positive"),
         (dict(size=None), TypeError, "size must be an int"),
         (dict(size=2.5), TypeError, "size must be an int"),
+        (dict(size=(4, 5), mode="letterbox"), TypeError, "size must be an int"),
+        (dict(size=(4, 0)), ValueError, "size must be positive"),
         (dict(size=2**31), ValueError, "overflows 32-bit"),
         (dict(mode="pad", images=[torch.zeros(2**31, 1, 3, dtype=torch.uint8, device="meta")]), ValueError, "overflows 32-bit"),
         (dict(align=7), ValueError, "align"),
