@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""EfficientNet-B0 forward driver for the GPU check stages (``tools/gpu_check.py``).
+
+    b0_forward.py warm      --device cuda --dtype fp16 --resolution 224 --batches 256,1 --json warm.json
+    b0_forward.py profile   --provider fused|eager --device cuda --dtype fp16 --resolution 224 --batch 256
+    b0_forward.py bandwidth --device cuda --json bandwidth.json
+
+* ``warm``: the fused forward at each batch, timed cold (first call: Triton compiles and autotunes
+  every B0 layer shape, or reads them from the cache) and warm, and compared with the reference
+  modules on the same input. With a restored cache the first call should be close to the second;
+  the difference is what the cache saved. Fails on a non-finite output or a relative error
+  (||fused - reference|| / ||reference||) over ``--max-rel-err``.
+* ``profile``: warm-up forwards, then exactly one forward inside the NVTX push/pop range
+  ``--nvtx`` (default ``b0_<provider>``), so ``ncu --nvtx --nvtx-include b0_fused/`` profiles that
+  forward's kernels and nothing else. ``eager`` is the reference modules (cuDNN on a GPU).
+* ``bandwidth``: :func:`fastmbconv.measure_copy_bandwidth` on the device, as JSON.
+
+Eval mode, channels_last, random weights and inputs (seeded). On a CPU (the dry mode) the fused
+path runs through Triton's interpreter when ``TRITON_INTERPRET=1``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import fastmbconv
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+BACKENDS = {"fused": "fused", "eager": "reference"}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = fastmbconv.efficientnet_b0().eval()
+    return model.to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
+
+
+def make_input(batch: int, resolution: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(batch, 3, resolution, resolution, generator=gen, device=device, dtype=dtype)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def forward(model: torch.nn.Module, x: torch.Tensor, provider: str) -> torch.Tensor:
+    with torch.no_grad(), fastmbconv.use_backend(BACKENDS[provider]):
+        return model(x)
+
+
+def timed(fn, device: torch.device):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def warm(a) -> int:
+    device, dtype = torch.device(a.device), DTYPES[a.dtype]
+    model = build(device, dtype)
+    rows, ok = [], True
+    for batch in a.batches:
+        x = make_input(batch, a.resolution, device, dtype)
+        y, first = timed(lambda x=x: forward(model, x, "fused"), device)
+        y, second = timed(lambda x=x: forward(model, x, "fused"), device)
+        ref = forward(model, x, "eager")
+        yf, rf = y.double(), ref.double()
+        rel = ((yf - rf).norm() / rf.norm().clamp_min(1e-30)).item()
+        finite = bool(torch.isfinite(y).all())
+        good = finite and rel <= a.max_rel_err
+        ok &= good
+        row = {"model": "efficientnet_b0", "provider": "fused", "device": str(device), "dtype": a.dtype,
+               "resolution": a.resolution, "batch": batch, "first_call_s": first, "second_call_s": second,
+               "compile_and_tune_s": max(first - second, 0.0), "rel_err_vs_reference": rel, "finite": finite,
+               "ok": good}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"rows": rows, "max_rel_err": a.max_rel_err}, indent=2))
+    return 0 if ok else 1
+
+
+def profile(a) -> int:
+    device, dtype = torch.device(a.device), DTYPES[a.dtype]
+    model = build(device, dtype)
+    x = make_input(a.batch, a.resolution, device, dtype)
+    for _ in range(a.warmup):  # compile, autotune, fold: all outside the profiled range
+        forward(model, x, a.provider)
+    sync(device)
+    name = a.nvtx or f"b0_{a.provider}"
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.nvtx.range_push(name)
+    _, seconds = timed(lambda: forward(model, x, a.provider), device)
+    if cuda:
+        torch.cuda.nvtx.range_pop()
+    print(json.dumps({"provider": a.provider, "nvtx_range": name, "device": str(device), "dtype": a.dtype,
+                      "resolution": a.resolution, "batch": a.batch, "profiled_forward_s": seconds}), flush=True)
+    return 0
+
+
+def bandwidth(a) -> int:
+    bw = fastmbconv.measure_copy_bandwidth(a.device)
+    d = bw.as_dict()
+    print(json.dumps(d), flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(d, indent=2))
+    return 0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    common.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
+    common.add_argument("--resolution", type=int, default=224)
+    w = sub.add_parser("warm", parents=[common])
+    w.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",") if b], default=[256, 1])
+    w.add_argument("--max-rel-err", type=float, default=0.1)
+    w.add_argument("--json", default=None)
+    pr = sub.add_parser("profile", parents=[common])
+    pr.add_argument("--provider", choices=sorted(BACKENDS), required=True)
+    pr.add_argument("--batch", type=int, default=256)
+    pr.add_argument("--warmup", type=int, default=3)
+    pr.add_argument("--nvtx", default=None)
+    b = sub.add_parser("bandwidth")
+    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    b.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    return {"warm": warm, "profile": profile, "bandwidth": bandwidth}[a.command](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

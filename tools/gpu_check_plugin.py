@@ -1,0 +1,56 @@
+"""pytest plugin of the GPU check stages (loaded with ``-p gpu_check_plugin``; ``tools/`` on
+``PYTHONPATH``).
+
+``--gc-sample N`` keeps at most N of the tests that survived ``-m``/``-k``, taken round-robin
+across test modules (the first test of each module, then the second, ...), so a dry run on a
+CPU exercises a few tests of every kernel module in seconds, whatever the files are called. The
+rest are reported as deselected.
+
+``--gc-seconds S`` skips every test that would start more than S seconds after collection
+(reason "gpu-check: dry time budget spent"), so a dry run stays short whichever tests the sample
+picked; a skip, unlike stopping the session, keeps the exit status 0.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+_START = time.monotonic()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--gc-sample", type=int, default=0, metavar="N",
+                     help="gpu-check: keep at most N selected tests, round-robin across modules (0: all)")
+    parser.addoption("--gc-seconds", type=float, default=0.0, metavar="S",
+                     help="gpu-check: skip tests that would start more than S seconds into the session (0: never)")
+
+
+def pytest_collection_finish(session):  # the clock starts at the first test, not at collection
+    global _START
+    _START = time.monotonic()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    limit = item.config.getoption("gc_seconds")
+    if limit and time.monotonic() - _START > limit:
+        pytest.skip(f"gpu-check: dry time budget spent ({limit:.0f} s)")
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k have deselected
+def pytest_collection_modifyitems(config, items):
+    n = config.getoption("gc_sample")
+    if not n or len(items) <= n:
+        return
+    queues: dict[str, list] = {}
+    for item in items:
+        queues.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    keep: set[int] = set()
+    while len(keep) < n:
+        for queue in queues.values():
+            if queue and len(keep) < n:
+                keep.add(id(queue.pop(0)))
+    deselected = [it for it in items if id(it) not in keep]
+    items[:] = [it for it in items if id(it) in keep]
+    config.hook.pytest_deselected(items=deselected)
