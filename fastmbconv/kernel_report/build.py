@@ -1,0 +1,209 @@
+"""Assemble the report: record, specialise, compile, count, model, total."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Optional
+
+from . import model as M
+from .compiled import analyse
+from .ops import hints_for
+from .record import Recording, distinct_bytes, record_forward
+from .sass import Sass
+from .specialize import grid_of, unwrap, variants
+
+#: the lead's targets (issue 11), checked in ``totals["targets"]``
+TARGETS = {"dw_k3_instructions_per_output": 80, "dw_k5_instructions_per_output": 160, "max_spill_bytes": 0,
+           "floor_ratio": 1.3, "launches": 70, "fill_launches": 0}
+
+
+def interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _tensors(d: dict) -> list:
+    import torch
+
+    return [v for v in d.values() if isinstance(v, torch.Tensor)]
+
+
+def variant_row(rec, v, analysis: dict, hbm: int, weights_bytes_fn) -> dict:
+    """Numbers of one launch under one config."""
+    hints, status = hints_for(rec.op, {**rec.args, **rec.constexprs, **v.config})
+    grid = grid_of(rec.grid, v)
+    programs = math.prod(grid)
+    row = {"config": dict(v.config), "grid": list(grid), "programs": programs, "num_warps": v.num_warps,
+           "num_stages": v.num_stages, "hints": status, "ksize": hints.ksize if hints else None,
+           "hbm_bytes": hbm, "weight_bytes": weights_bytes_fn(hints.weights if hints else ()),
+           "outputs": hints.outputs if hints else None, "flags": []}
+    if "error" in analysis:
+        row.update(registers=None, spill_bytes=None, shared_bytes=None, instructions_per_output=None,
+                   modelled_us=None, bound_by=None, error=analysis["error"])
+        row["flags"].append("compile failed")
+        return row
+    sass = Sass.from_json(analysis["sass"])
+    dyn = M.dynamic_per_warp(sass, hints.loops if hints else None)
+    warps = programs * v.num_warps
+    warp_insns = warps * dyn["instructions"]
+    tflops = warps * dyn["tensor_flops"]
+    t, bound = M.modelled_seconds(hbm, warp_insns, tflops)
+    outputs = row["outputs"]
+    per_out = (lambda n: n * warps * M.THREADS_PER_WARP / outputs) if outputs else (lambda n: None)
+    row.update(
+        registers=analysis["registers"], spill_bytes=analysis["stack"], local_bytes=analysis["local"],
+        shared_bytes=analysis["shared"], static_instructions=analysis["static_instructions"],
+        instructions_per_warp=dyn["instructions"], warp_instructions=warp_insns,
+        instructions_per_program=dyn["instructions"] * v.num_warps,
+        instructions_per_output=per_out(dyn["instructions"]),
+        per_output_by_class={k: per_out(n) for k, n in sorted(dyn["classes"].items())} if outputs else None,
+        static_by_class=dict(sorted(sass.static_classes.items())),
+        loops=[{"unroll": lp.unroll, "passes_per_warp": m, "size": lp.size}
+               for lp, m in zip(sass.loops, dyn["loop_multipliers"])],
+        tensor_flops=tflops, useful_tensor_flops=hints.tensor_flops if hints else None,
+        modelled_us=t * 1e6, bound_by=bound)
+    row["flags"] += analysis.get("flags", []) + dyn["flags"]
+    if status != "ok":
+        row["flags"].append(f"hints {status}: no instructions per output, loops counted once")
+    if programs < M.SMS:
+        row["flags"].append(f"grid of {programs} programs fills fewer than {M.SMS} SMs (the model assumes all)")
+    return row
+
+
+def _best(rows: list) -> int:
+    ok = [i for i, r in enumerate(rows) if r.get("modelled_us") is not None]
+    return min(ok, key=lambda i: rows[i]["modelled_us"]) if ok else 0
+
+
+def triton_rows(launches: list, fixed: Optional[list], jobs=None, cache_dir=None, progress=None) -> tuple[list, dict]:
+    """One row per LaunchRecord in ``launches``; ``fixed`` are the same launches recorded with
+    ``FASTMBCONV_AUTOTUNE=0`` (matched by position, op and layer), or None."""
+    plans = []
+    for i, r in enumerate(launches):
+        vs, autotuned = variants(r.kernel, r.args, r.constexprs)
+        fv = None
+        if autotuned and fixed is not None and i < len(fixed):
+            f = fixed[i]
+            if (f.op, f.layer) == (r.op, r.layer):
+                fv = (f, variants(f.kernel, f.args, f.constexprs)[0][0])
+        plans.append((r, vs, autotuned, fv))
+    every = [v for _, vs, _, fv in plans for v in vs + ([fv[1]] if fv else [])]
+    analyses = analyse(every, jobs=jobs, cache_dir=cache_dir, progress=progress)
+    rows = []
+    for r, vs, autotuned, fv in plans:
+        tensors = _tensors(r.args)
+        hbm = distinct_bytes(tensors)
+
+        def weight_bytes(names, r=r):
+            return distinct_bytes([r.args[n] for n in names if n in r.args])
+
+        per_config = [variant_row(r, v, analyses[v.key()], hbm, weight_bytes) for v in vs]
+        best = _best(per_config)
+        row = {"kind": "triton", "op": r.op, "layer": r.layer, "kernel": unwrap(r.kernel)[0].__name__,
+               "autotuned": autotuned, **per_config[best]}
+        if autotuned:
+            row["configs"] = per_config
+            row["chosen_config"] = best
+            row["choice"] = "autotuned: the config with the lowest modelled time"
+            if fv is not None:
+                f, v = fv
+                row["fixed_config"] = variant_row(f, v, analyses[v.key()], distinct_bytes(_tensors(f.args)),
+                                                  lambda names, f=f: distinct_bytes([f.args[n] for n in names
+                                                                                     if n in f.args]))
+            else:
+                row["flags"].append("no FASTMBCONV_AUTOTUNE=0 counterpart recorded")
+        rows.append(row)
+    return rows, analyses["_stats"]
+
+
+def torch_row(k) -> dict:
+    return {"kind": "torch", "op": f"torch:{k.name}", "aten": k.aten, "layer": k.layer, "fill": k.fill,
+            "ksize": None, "grid": None, "config": None, "registers": None, "spill_bytes": None,
+            "shared_bytes": None, "instructions_per_output": None, "hbm_bytes": k.hbm_bytes,
+            "modelled_us": M.torch_op_seconds(k.hbm_bytes) * 1e6, "bound_by": "memory", "shapes": k.shapes,
+            "note": k.note, "flags": []}
+
+
+def _merge(rec: Recording, rows: list) -> list:
+    out = []
+    pending = list(rec.torch_kernels)
+    for i, row in enumerate(rows):
+        while pending and pending[0].after_triton <= i:
+            out.append(torch_row(pending.pop(0)))
+        out.append(row)
+    out += [torch_row(k) for k in pending]
+    for i, row in enumerate(out):
+        row["index"] = i
+    return out
+
+
+def totals(rec: Recording, launches: list) -> dict:
+    from fastmbconv.roofline import roofline
+
+    modelled_us = sum(r["modelled_us"] or 0.0 for r in launches)
+    fixed_us = sum((r.get("fixed_config") or r)["modelled_us"] or 0.0 for r in launches)
+    floor_bytes = roofline(rec.model_name, rec.resolution[0], rec.batch, rec.dtype).bytes("layer_fused")
+    floor_ms = floor_bytes / M.HBM_BYTES_PER_S * 1e3
+    spills = [c["spill_bytes"] for r in launches if r["kind"] == "triton"
+              for c in r.get("configs", [r]) + ([r["fixed_config"]] if r.get("fixed_config") else [])
+              if c.get("spill_bytes") is not None]
+    dw = {k: [r["instructions_per_output"] for r in launches if r.get("ksize") == k
+              and r.get("instructions_per_output") is not None] for k in (3, 5)}
+    t = {
+        "launches": len(launches),
+        "triton_launches": sum(r["kind"] == "triton" for r in launches),
+        "torch_launches": sum(r["kind"] == "torch" for r in launches),
+        "fill_launches": sum(bool(r.get("fill")) for r in launches),
+        "modelled_ms": modelled_us / 1e3,
+        "modelled_ms_fixed_configs": fixed_us / 1e3,
+        "layer_fused_floor_bytes": floor_bytes,
+        "layer_fused_floor_ms": floor_ms,
+        "floor_ratio": (modelled_us / 1e3) / floor_ms if floor_ms else None,
+        "hbm_bytes": sum(r["hbm_bytes"] or 0 for r in launches),
+        "max_spill_bytes": max(spills) if spills else 0,
+        "max_spill_bytes_chosen": max([r["spill_bytes"] or 0 for r in launches if r["kind"] == "triton"] or [0]),
+        "dw_k3_max_instructions_per_output": max(dw[3]) if dw[3] else None,
+        "dw_k5_max_instructions_per_output": max(dw[5]) if dw[5] else None,
+        "bound_by": {b: sum(r.get("bound_by") == b for r in launches) for b in ("memory", "issue", "tensor")},
+        "launches_with_flags": sum(bool(r.get("flags")) for r in launches),
+    }
+    values = {"dw_k3_instructions_per_output": t["dw_k3_max_instructions_per_output"],
+              "dw_k5_instructions_per_output": t["dw_k5_max_instructions_per_output"],
+              "max_spill_bytes": t["max_spill_bytes"], "floor_ratio": t["floor_ratio"],
+              "launches": t["launches"], "fill_launches": t["fill_launches"]}
+    t["targets"] = {k: {"value": values[k], "limit": lim, "met": None if values[k] is None else values[k] <= lim}
+                    for k, lim in TARGETS.items()}
+    return t
+
+
+def build_report(model: str = "efficientnet_b0", batch: int = 256, dtype: str = "fp16",
+                 resolution: Optional[int] = None, jobs: Optional[int] = None, cache_dir: Optional[str] = None,
+                 progress=None, configs: str = "all") -> dict:
+    """The whole report as a JSON-ready dict (see the package docstring). ``configs="fixed"``
+    reports the forward as recorded with ``FASTMBCONV_AUTOTUNE=0`` only (one config per
+    launch, far fewer compiles: a smoke test, not the report the targets are judged on)."""
+    if configs not in ("all", "fixed"):
+        raise ValueError(f"configs must be 'all' or 'fixed', got {configs!r}")
+    if interpreter_on():
+        raise RuntimeError("the kernel report needs TRITON_INTERPRET unset (the launchers pick their GPU "
+                           "configs and autotuned kernels only then); run `python -m fastmbconv.kernel_report`, "
+                           "which re-runs itself without it")
+    import torch
+    import triton
+
+    t0 = time.perf_counter()
+    fixed = record_forward(model, batch, dtype, resolution, autotune=False)
+    rec = record_forward(model, batch, dtype, resolution) if configs == "all" else fixed
+    t1 = time.perf_counter()
+    rows, stats = triton_rows(rec.launches, fixed.launches if configs == "all" else None, jobs, cache_dir, progress)
+    launches = _merge(rec, rows)
+    report = {
+        "model": rec.model_name, "batch": batch, "dtype": dtype, "resolution": list(rec.resolution),
+        "configs": configs, "target": "cuda sm_90 (H100)", "triton_version": triton.__version__, "torch_version": torch.__version__,
+        "model_constants": M.CONSTANTS,
+        "launches": launches,
+        "totals": totals(rec, launches),
+        "cache": stats,
+        "seconds": {"record": t1 - t0, "compile_and_model": time.perf_counter() - t1},
+    }
+    return report

@@ -1,0 +1,79 @@
+"""The fixed time model (H100 SXM figures; deliberately not tuned to any measurement).
+
+    t = max(hbm_bytes / 3.0e12 B/s,
+            warp_instructions / (132 SMs x 4 issues per cycle x 1.755e9 Hz),
+            tensor_flops / 700e12 FLOP/s) + 2 us
+
+Dynamic counts: every straight-line SASS instruction once per warp, every loop body
+``ceil(trips / unroll)`` times per pass of its enclosing loop (see :mod:`.sass`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from .sass import Sass
+
+HBM_BYTES_PER_S = 3.0e12
+SMS = 132
+ISSUE_PER_SM_PER_CYCLE = 4
+CLOCK_HZ = 1.755e9
+WARP_ISSUE_PER_S = SMS * ISSUE_PER_SM_PER_CYCLE * CLOCK_HZ
+TENSOR_FLOPS_PER_S = 700e12
+LAUNCH_OVERHEAD_S = 2e-6
+THREADS_PER_WARP = 32
+
+CONSTANTS = {"hbm_bytes_per_s": HBM_BYTES_PER_S, "sms": SMS, "issue_per_sm_per_cycle": ISSUE_PER_SM_PER_CYCLE,
+             "clock_hz": CLOCK_HZ, "tensor_flops_per_s": TENSOR_FLOPS_PER_S, "launch_overhead_s": LAUNCH_OVERHEAD_S}
+
+
+def loop_multipliers(sass: Sass, trips: Optional[list[int]]) -> tuple[list[float], list[str]]:
+    """Passes through each SASS loop body per warp, from hinted trip counts in source order
+    (per entry of the loop). When the SASS has a different number of loops than the hints, or
+    no hints exist, every loop gets the largest hinted trip count (1 without hints) and a flag."""
+    flags = []
+    n = len(sass.loops)
+    if not n:
+        if trips:
+            flags.append(f"hints give {len(trips)} loop(s) but the SASS has none (fully unrolled?)")
+        return [], flags
+    if trips is None:
+        per_loop = [1] * n
+        flags.append(f"{n} SASS loop(s) without trip-count hints: each counted once")
+    elif len(trips) != n:
+        fallback = max(trips) if trips else 1
+        per_loop = [fallback] * n
+        flags.append(f"{n} SASS loop(s) vs {len(trips)} hinted: each counted {fallback} times")
+    else:
+        per_loop = list(trips)
+    mult: list[float] = [0.0] * n
+    for j, lp in enumerate(sass.loops):  # parents come first (they start earlier)
+        own = math.ceil(max(per_loop[j], 0) / max(lp.unroll, 1))
+        mult[j] = own * (mult[lp.parent] if lp.parent is not None else 1.0)
+    return mult, flags
+
+
+def dynamic_per_warp(sass: Sass, trips: Optional[list[int]]) -> dict:
+    """Dynamic warp-instructions per warp (total and by class) and tensor FLOPs per warp."""
+    mult, flags = loop_multipliers(sass, trips)
+    classes = dict(sass.straight)
+    for lp, m in zip(sass.loops, mult):
+        for k, v in lp.classes.items():
+            classes[k] = classes.get(k, 0) + v * m
+    tflops = sass.tensor_flops.get("straight", 0.0)
+    tflops += sum(sass.tensor_flops.get(j, 0.0) * m for j, m in enumerate(mult))
+    return {"instructions": sum(classes.values()), "classes": classes, "tensor_flops": tflops,
+            "loop_multipliers": mult, "flags": flags}
+
+
+def modelled_seconds(hbm_bytes: float, warp_instructions: float, tensor_flops: float) -> tuple[float, str]:
+    """(modelled seconds, what bounds it: "memory", "issue" or "tensor")."""
+    parts = {"memory": hbm_bytes / HBM_BYTES_PER_S, "issue": warp_instructions / WARP_ISSUE_PER_S,
+             "tensor": tensor_flops / TENSOR_FLOPS_PER_S}
+    bound = max(parts, key=parts.get)
+    return parts[bound] + LAUNCH_OVERHEAD_S, bound
+
+
+def torch_op_seconds(hbm_bytes: float) -> float:
+    """Torch-side kernels: bytes at the copy bandwidth plus the launch overhead."""
+    return hbm_bytes / HBM_BYTES_PER_S + LAUNCH_OVERHEAD_S

@@ -1,0 +1,194 @@
+"""The static sm_90 kernel report (fastmbconv.kernel_report).
+
+The parser and the specialisation run in-process; compiling needs the Triton interpreter off,
+so the CLI and the known bloated-vs-lean case run in subprocesses (the CLI is launched with the
+interpreter on, which also covers its re-run without it). Compiles are cached on disk, keyed by
+triton's compile key and the analyser's own source, so repeated runs are fast and never reuse
+results of older parser code.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import triton.language as tl
+
+from fastmbconv.kernel_report.model import dynamic_per_warp
+from fastmbconv.kernel_report.sass import access_width, classify, parse_sass, ptx_loop_memory_ops, set_unroll
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED_LAUNCH_KEYS = ("op", "layer", "ksize", "registers", "spill_bytes", "instructions_per_output", "hbm_bytes",
+                        "modelled_us")
+REQUIRED_TOTALS = ("launches", "modelled_ms", "layer_fused_floor_ms", "floor_ratio", "max_spill_bytes")
+
+# 6 straight-line instructions, a 5-instruction loop, then the terminal self-branch and padding
+SYNTHETIC_SASS = """
+//--------------------- .text.probe --------------------------
+        .section        .text.probe,"ax",@progbits
+probe:
+.text.probe:
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   S2R R0, SR_TID.X ;
+        /*0020*/                   MOV R2, RZ ;
+.L_x_0:
+        /*0030*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0040*/                   FFMA R6, R4, R5, R6 ;
+        /*0050*/                   IADD3 R2, R2, 0x1, RZ ;
+        /*0060*/                   ISETP.GE.AND P0, PT, R2, R7, PT ;
+        /*0070*/              @!P0 BRA `(.L_x_0) ;
+        /*0080*/                   MUFU.EX2 R8, R6 ;
+        /*0090*/                   STG.E.U16 desc[UR4][R2.64], R8 ;
+        /*00a0*/                   EXIT ;
+.L_x_1:
+        /*00b0*/                   BRA `(.L_x_1);
+        /*00c0*/                   NOP;
+        /*00d0*/                   NOP;
+"""
+
+
+def test_sass_loop_bodies_count_times_their_trips():
+    sass = parse_sass(SYNTHETIC_SASS)
+    assert len(sass.opcodes) == 11 and sass.tail == 3
+    assert [(lp.start, lp.end, lp.size) for lp in sass.loops] == [(3, 7, 5)]
+    dyn = dynamic_per_warp(sass, [10])
+    assert dyn["instructions"] == 6 + 5 * 10
+    assert dyn["classes"]["ldg_128"] == 10 and dyn["classes"]["ffma"] == 10
+    assert dyn["classes"]["mufu"] == 1 and dyn["classes"]["stg_16"] == 1 and not dyn["flags"]
+    # hints that do not match the SASS loops: every loop gets the largest trip count, flagged
+    dyn = dynamic_per_warp(sass, [3, 7])
+    assert dyn["instructions"] == 6 + 5 * 7 and dyn["flags"]
+    dyn = dynamic_per_warp(sass, None)
+    assert dyn["instructions"] == 6 + 5 and dyn["flags"]
+
+
+def test_sass_unrolled_loop_runs_ceil_trips_over_unroll():
+    text = SYNTHETIC_SASS.replace("        /*0040*/                   FFMA",
+                                  "        /*0038*/                   LDG.E.128 R9, desc[UR4][R2.64+0x10] ;\n"
+                                  "        /*0040*/                   FFMA")
+    ptx = "$L__BB0_1:\n ld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];\n @%p1 bra $L__BB0_1;\n"
+    sass = parse_sass(text)
+    assert ptx_loop_memory_ops(ptx) == [1]
+    assert set_unroll(sass, [1]) == [] and sass.loops[0].unroll == 2
+    assert dynamic_per_warp(sass, [5])["instructions"] == 6 + 6 * 3  # ceil(5 / 2) passes
+    sass = parse_sass(text)
+    assert set_unroll(sass, [1, 1]) and sass.loops[0].unroll == 1  # loop counts differ: upper bound
+
+
+def test_sass_nested_loops_multiply():
+    text = SYNTHETIC_SASS.replace("        /*0080*/                   MUFU.EX2 R8, R6 ;",
+                                  "        /*0080*/              @!P1 BRA `(.L_x_2) ;")
+    text = text.replace("        /*0020*/                   MOV R2, RZ ;", ".L_x_2:\n        /*0020*/                   MOV R2, RZ ;")
+    sass = parse_sass(text)
+    assert [(lp.start, lp.end, lp.parent) for lp in sass.loops] == [(2, 8, None), (3, 7, 0)]
+    # outer body: MOV + BRA (2), inner: 5 per pass; 4 outer x 10 inner
+    assert dynamic_per_warp(sass, [4, 10])["instructions"] == 4 + 2 * 4 + 5 * 40
+
+
+def test_instruction_classes():
+    assert classify("LDG.E.64.CONSTANT") == "ldg_64" and classify("LDG.E") == "ldg_32"
+    assert classify("STG.E.128") == "stg_128" and classify("LDGSTS.E.BYPASS.LTC128B.128") == "ldgsts_128"
+    assert access_width("LDG.E.U16") == 16
+    assert classify("HGMMA.64x64x16.F32") == "tensor" and classify("MUFU.RCP") == "mufu"
+    assert classify("RED.E.ADD.F32.FTZ.RN") == "atomic" and classify("IMAD.WIDE.U32") == "int_addr"
+    assert classify("STL.64") == "local"
+
+
+def _probe(x_ptr, y_ptr, n, m, one, big, f, BLOCK: tl.constexpr):
+    pass
+
+
+def test_specialisation_matches_triton_runtime_rules(monkeypatch):
+    """Pointers whose modelled address and ints whose value is a multiple of 16 get
+    tt.divisibility=16, ints equal to 1 become constants, large ints are i64; do_not_specialize
+    turns both off, as in triton's runtime."""
+    from triton.runtime.jit import JITFunction
+
+    from fastmbconv.kernel_report.specialize import ALLOCATOR_ALIGNMENT, modelled_address, runtime_kwargs, specialize
+
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset (1 is its default)
+
+    buf = torch.empty(64, dtype=torch.float16, device="meta")
+    assert modelled_address(buf) == ALLOCATOR_ALIGNMENT and modelled_address(buf[1:]) == ALLOCATOR_ALIGNMENT + 2
+    args = dict(x_ptr=buf, y_ptr=buf[1:], n=32, m=17, one=1, big=2**33, f=0.5)
+    div16 = [["tt.divisibility", 16]]
+
+    v = specialize(JITFunction(_probe), runtime_kwargs(args, {"BLOCK": 64, "num_warps": 2}))
+    sig = v.signature
+    assert (sig["x_ptr"], sig["y_ptr"], sig["n"], sig["m"], sig["big"], sig["f"]) == (
+        "*fp16", "*fp16", "i32", "i32", "i64", "fp32")
+    assert sig["one"] == "constexpr" and sig["BLOCK"] == "constexpr"
+    assert v.constexprs[(4,)] == 1 and v.constexprs[(7,)] == 64
+    attrs = {i: a for (i,), a in v.attrs.items()}
+    assert attrs[0] == div16 and attrs[1] == [] and attrs[2] == div16 and attrs[3] == [] and attrs[5] == div16
+    assert v.num_warps == 2 and v.config == {"BLOCK": 64, "num_warps": 2, "num_stages": v.num_stages}
+
+    v = specialize(JITFunction(_probe, do_not_specialize=["n", "one"]), runtime_kwargs(args, {"BLOCK": 64}))
+    assert v.signature["n"] == "i32" and v.signature["one"] == "i32"
+    attrs = {i: a for (i,), a in v.attrs.items()}
+    assert not attrs.get(2) and not attrs.get(4)
+
+
+def _run(cmd, timeout=900, **kw):
+    try:
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{cmd[:4]} took over {timeout} s")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.subprocess
+def test_cli_b0_batch1_writes_report(tmp_path):
+    """The CLI on B0 at batch 1 (64 px, fixed configs: a smoke run), started with the
+    interpreter on as the test suite has it: it must re-run itself without."""
+    out_json, out_md = tmp_path / "report.json", tmp_path / "report.md"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    _run([sys.executable, "-m", "fastmbconv.kernel_report", "--model", "efficientnet_b0", "--batch", "1",
+          "--dtype", "fp16", "--resolution", "64", "--configs", "fixed", "--json", str(out_json), "--md", str(out_md)],
+         env=env)
+    report = json.loads(out_json.read_text())
+    assert report["triton_version"] and report["batch"] == 1
+    totals = report["totals"]
+    assert all(k in totals for k in REQUIRED_TOTALS)
+    assert totals["launches"] == len(report["launches"]) > 0
+    assert totals["modelled_ms"] > 0 and totals["layer_fused_floor_ms"] > 0 and totals["floor_ratio"] > 0
+    for row in report["launches"]:
+        missing = [k for k in REQUIRED_LAUNCH_KEYS if k not in row]
+        assert not missing, f"launch {row.get('index')} lacks {missing}"
+        assert row["modelled_us"] > 2.0 and row["hbm_bytes"] >= 0
+    triton = [r for r in report["launches"] if r["kind"] == "triton"]
+    assert triton and all(r["registers"] and r["instructions_per_output"] for r in triton)
+    assert {r["op"] for r in triton} >= {"dwconv_bn_act", "pointwise_gated", "squeeze_excite_gate"}
+    assert {r["ksize"] for r in triton if r["op"] == "dwconv_bn_act"} == {3, 5}
+    assert abs(sum(r["modelled_us"] for r in report["launches"]) / 1e3 - totals["modelled_ms"]) < 1e-9
+    assert "static model, not a measurement" in out_md.read_text().lower()
+
+
+BLOATED_VS_LEAN = textwrap.dedent("""
+    import dataclasses, json
+    from fastmbconv.kernel_report.build import triton_rows
+    from fastmbconv.kernel_report.record import record_forward
+
+    rec = record_forward("efficientnet_b0", 1, "fp16", 64, autotune=False)
+    bloated = next(r for r in rec.launches if r.op == "dwconv_bn_act" and r.constexprs.get("IN_ACT") == 1)
+    lean = dataclasses.replace(bloated, constexprs={**bloated.constexprs, "IN_ACT": 0})
+    rows, _ = triton_rows([bloated, lean], None)
+    print(json.dumps([{k: r[k] for k in ("instructions_per_output", "per_output_by_class", "ksize")} for r in rows]))
+""")
+
+
+@pytest.mark.subprocess
+def test_bloated_depthwise_shows_more_instructions_per_output():
+    """The known case: SiLU applied per tap (IN_ACT=1) costs a MUFU.EX2 + MUFU.RCP and ALU work per
+    tap, so the same launch shows far more instructions per output than with IN_ACT=0."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    result = _run([sys.executable, "-c", BLOATED_VS_LEAN], env=env)
+    bloated, lean = json.loads(result.stdout.strip().splitlines()[-1])
+    assert bloated["ksize"] == lean["ksize"] == 3
+    assert bloated["instructions_per_output"] > 1.5 * lean["instructions_per_output"], (bloated, lean)
+    k2 = bloated["ksize"] ** 2
+    assert bloated["per_output_by_class"]["mufu"] >= lean["per_output_by_class"].get("mufu", 0) + k2
