@@ -261,3 +261,31 @@ def test_budget_stop_reports_skipped_steps_and_still_writes_every_file(tmp_path)
     assert "## Skipped or cut short" in (tmp_path / "out" / "report.md").read_text()
     bench = json.loads((tmp_path / "out" / "pytest-benchmark.json").read_text())
     assert bench["benchmarks"] == []
+
+
+# ---------------------------------------------------------------------- from committed files to the README
+def test_render_results_rebuilds_table_from_pytest_benchmark_json(tmp_path):
+    import render_results
+
+    def case(provider, batch, median):
+        info = {"provider": provider, "model": "efficientnet_b0", "resolution": 224, "batch": batch, "dtype": "fp16",
+                "device": "cuda", "device_name": "Test GPU", "flops": 4e8 * batch, "gflops_per_image": 0.4,
+                "tflops": 4e8 * batch / median / 1e12, "images_per_s": batch / median,
+                "floor_fraction_layer_fused": 0.25 if provider == "fused" else None}
+        stats = {"median": median, "q1": median * 0.99, "q3": median * 1.01, "iqr": median * 0.02, "min": median * 0.98,
+                 "rounds": 30}
+        return {"name": f"test_model[gpu-b0-224-bs{batch}-fp16-{provider}]", "extra_info": info, "stats": stats}
+
+    kernel = {"name": "test_kernel[x]", "extra_info": {"op": "dwconv_bn_act"}, "stats": {"median": 1e-5}}
+    bench = {"datetime": "2026-01-01T00:00:00", "benchmarks": [case("eager", 256, 0.040), case("fused", 256, 0.016),
+                                                                 kernel]}
+    (tmp_path / "pytest-benchmark.json").write_text(json.dumps(bench))
+    (tmp_path / "summary.json").write_text(json.dumps({"bandwidth": {"cuda": {
+        "gb_s": 3000.0, "kind": "device copy (HBM)", "method": "test", "device": "Test GPU"}}}))
+    assert render_results.main([str(tmp_path), "--no-plots"]) == 0
+    table = (tmp_path / "README-table.md").read_text()
+    assert "| b0 | 256 | fused | 16.000 | 16,000 | 2.50x | 0.25 |" in table
+    assert "| b0 | 256 | eager | 40.000 | 6,400 | 1.00x | — |" in table
+    assert "3,000 GB/s" in table and (tmp_path / "study" / "results.md").exists()
+    again = json.loads((tmp_path / "study" / "results.json").read_text())  # the next render starts from it
+    assert len(again["rows"]) == 2
