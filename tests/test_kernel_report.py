@@ -175,8 +175,13 @@ BLOATED_VS_LEAN = textwrap.dedent("""
     rec = record_forward("efficientnet_b0", 1, "fp16", 64, autotune=False)
     bloated = next(r for r in rec.launches if r.op == "dwconv_bn_act" and r.constexprs.get("IN_ACT") == 1)
     lean = dataclasses.replace(bloated, constexprs={**bloated.constexprs, "IN_ACT": 0})
-    rows, _ = triton_rows([bloated, lean], None)
-    print(json.dumps([{k: r[k] for k in ("instructions_per_output", "per_output_by_class", "ksize")} for r in rows]))
+    # the same launch under an op name without hints, and under one whose hints do not fit
+    unknown = dataclasses.replace(lean, op="op_without_hints")
+    misfit = dataclasses.replace(lean, op="pointwise_gated")
+    rows, _ = triton_rows([bloated, lean, unknown, misfit], None)
+    keys = ("instructions_per_output", "per_output_by_class", "ksize", "hints", "modelled_us", "warp_instructions",
+            "flags")
+    print(json.dumps([{k: r[k] for k in keys} for r in rows]))
 """)
 
 
@@ -187,8 +192,19 @@ def test_bloated_depthwise_shows_more_instructions_per_output():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     result = _run([sys.executable, "-c", BLOATED_VS_LEAN], env=env)
-    bloated, lean = json.loads(result.stdout.strip().splitlines()[-1])
+    bloated, lean, unknown, misfit = json.loads(result.stdout.strip().splitlines()[-1])
     assert bloated["ksize"] == lean["ksize"] == 3
     assert bloated["instructions_per_output"] > 1.5 * lean["instructions_per_output"], (bloated, lean)
     k2 = bloated["ksize"] ** 2
     assert bloated["per_output_by_class"]["mufu"] >= lean["per_output_by_class"].get("mufu", 0) + k2
+
+    # an op without (fitting) hints is still reported from its SASS and tensors, and says so
+    for row, status in ((unknown, "none"), (misfit, "failed")):
+        assert row["hints"].startswith(status) and row["instructions_per_output"] is None and row["flags"]
+        assert row["warp_instructions"] == lean["warp_instructions"] and row["modelled_us"] == lean["modelled_us"]
+
+
+@pytest.mark.subprocess
+def test_importing_the_report_does_not_import_triton():
+    code = "import sys, fastmbconv, fastmbconv.kernel_report; print('triton' in sys.modules)"
+    assert _run([sys.executable, "-c", code], timeout=300).stdout.strip() == "False"

@@ -22,10 +22,19 @@ def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _tensors(d: dict) -> list:
+def _tensors(values) -> list:
+    """Tensors among launch arguments: inside tuples too, and a tensor descriptor's base."""
     import torch
 
-    return [v for v in d.values() if isinstance(v, torch.Tensor)]
+    out = []
+    for v in (values.values() if isinstance(values, dict) else values):
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (tuple, list)):
+            out += _tensors(v)
+        elif isinstance(getattr(v, "base", None), torch.Tensor):
+            out.append(v.base)
+    return out
 
 
 def variant_row(rec, v, analysis: dict, hbm: int, weights_bytes_fn) -> dict:
@@ -95,7 +104,7 @@ def triton_rows(launches: list, fixed: Optional[list], jobs=None, cache_dir=None
         hbm = distinct_bytes(tensors)
 
         def weight_bytes(names, r=r):
-            return distinct_bytes([r.args[n] for n in names if n in r.args])
+            return distinct_bytes(_tensors([r.args[n] for n in names if n in r.args]))
 
         per_config = [variant_row(r, v, analyses[v.key()], hbm, weight_bytes) for v in vs]
         best = _best(per_config)
@@ -108,8 +117,8 @@ def triton_rows(launches: list, fixed: Optional[list], jobs=None, cache_dir=None
             if fv is not None:
                 f, v = fv
                 row["fixed_config"] = variant_row(f, v, analyses[v.key()], distinct_bytes(_tensors(f.args)),
-                                                  lambda names, f=f: distinct_bytes([f.args[n] for n in names
-                                                                                     if n in f.args]))
+                                                  lambda names, f=f: distinct_bytes(_tensors([f.args[n] for n in names
+                                                                                              if n in f.args])))
             else:
                 row["flags"].append("no FASTMBCONV_AUTOTUNE=0 counterpart recorded")
         rows.append(row)
@@ -200,7 +209,7 @@ def build_report(model: str = "efficientnet_b0", batch: int = 256, dtype: str = 
     report = {
         "model": rec.model_name, "batch": batch, "dtype": dtype, "resolution": list(rec.resolution),
         "configs": configs, "target": "cuda sm_90 (H100)", "triton_version": triton.__version__, "torch_version": torch.__version__,
-        "model_constants": M.CONSTANTS,
+        "model_constants": M.CONSTANTS, "emulated_cuda_behaviour": rec.emulated,
         "launches": launches,
         "totals": totals(rec, launches),
         "cache": stats,

@@ -103,12 +103,17 @@ def unwrap(kernel) -> tuple[Any, Optional[list], list]:
     return k, configs, heuristics
 
 
+def _stand_in(v):
+    if isinstance(v, torch.Tensor):
+        return DevicePointer(modelled_address(v), v.dtype)
+    if isinstance(v, (tuple, list)):  # triton accepts tuples of arguments
+        return type(v)(_stand_in(x) for x in v)
+    return v
+
+
 def runtime_kwargs(args: dict, constexprs: dict) -> dict:
-    """The launch's arguments with tensors replaced by address stand-ins."""
-    out = {}
-    for name, v in {**args, **constexprs}.items():
-        out[name] = DevicePointer(modelled_address(v), v.dtype) if isinstance(v, torch.Tensor) else v
-    return out
+    """The launch's arguments with tensors (also inside tuples) replaced by address stand-ins."""
+    return {name: _stand_in(v) for name, v in {**args, **constexprs}.items()}
 
 
 def _runtime_options(jit) -> dict:
