@@ -289,3 +289,25 @@ def test_render_results_rebuilds_table_from_pytest_benchmark_json(tmp_path):
     assert "3,000 GB/s" in table and (tmp_path / "study" / "results.md").exists()
     again = json.loads((tmp_path / "study" / "results.json").read_text())  # the next render starts from it
     assert len(again["rows"]) == 2
+
+
+@pytest.mark.subprocess
+def test_step_over_its_time_is_interrupted_and_pytest_still_writes_junit(tmp_path):
+    (tmp_path / "test_sleepy.py").write_text(
+        "import time\n\ndef test_fast():\n    pass\n\ndef test_sleepy():\n    time.sleep(60)\n")
+    c = gpu_check.Check(gpu_check.parse_args(["--stage", "verify", "--out", str(tmp_path / "out"), "--dry"]))
+    try:
+        junit = c.logs / "junit-sleepy.xml"
+        step = gpu_check.Step("sleepy", junit=junit)
+        res = gpu_check.Result("sleepy", "not run")
+        c.results.append(res)
+        argv = [sys.executable, "-m", "pytest", str(tmp_path / "test_sleepy.py"), "-p", "no:cacheprovider",
+                "--rootdir", str(tmp_path), "-c", os.devnull, f"--junitxml={junit}"]
+        c.execute(step, res, argv, timeout=8)
+        assert res.status == "timed out" and "stopped after 8 s" in res.note
+        assert res.seconds < 30  # SIGINT was enough: no 15 s grace before SIGTERM
+        tests = res.details["tests"]
+        assert tests is not None and tests["passed"] == 1, tests  # the JUnit XML of the interrupted session
+    finally:
+        import shutil
+        shutil.rmtree(c.work, ignore_errors=True)

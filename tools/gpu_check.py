@@ -308,6 +308,7 @@ class Check:
         self.crashed: str | None = None
         self.steps: list[Step] = []
         self.profile_data: dict | None = None
+        self.install_env = {"MAX_JOBS": str(os.cpu_count() or 4)}  # + TORCH_CUDA_ARCH_LIST from preflight
 
     # -------------------------------------------------------------- budget
     def elapsed(self) -> float:
@@ -500,7 +501,7 @@ class Check:
                              "finished in this run; see report.md.\n")
 
     def pack_cache(self) -> None:
-        manifest = {"stage": self.stage, "dry": self.dry, "gpu_name": self.env_info.get("gpu_name"),
+        manifest = {"stage": self.stage, "dry": self.dry, "gpu_name": self.env_info.get("nvidia_smi_name"),
                     "torch": self.env_info.get("torch"), "triton": self.env_info.get("triton"),
                     "commit": (self.env_info.get("git") or {}).get("commit")}
         t0 = time.monotonic()
@@ -572,7 +573,10 @@ def preflight(c: Check):
         if not smi:
             return "failed", {**d, "error": "no NVIDIA GPU answered nvidia-smi; on a machine without a GPU use DRY=1"}
         name, driver, cap, mem = [s.strip() for s in smi.splitlines()[0].split(",")][:4]
-        c.env_info.update(gpu_name=name, driver_version=driver, compute_capability=cap, gpu_memory=mem)
+        c.env_info.update(gpu_name=name, nvidia_smi_name=name, driver_version=driver, compute_capability=cap,
+                          gpu_memory=mem)
+        if cap and "TORCH_CUDA_ARCH_LIST" not in os.environ:
+            c.install_env["TORCH_CUDA_ARCH_LIST"] = cap  # build the extension for this GPU only
         full = quiet(["nvidia-smi", "-q"])
         if full:
             (c.logs / "nvidia-smi.txt").write_text(full + "\n")
@@ -594,7 +598,7 @@ def restore_cache(c: Check):
     if not c.cache_from.is_file():
         c.cache["restored"] = {"error": f"{c.cache_from} does not exist"}
         return "failed", c.cache["restored"]
-    info = gpu_cache.restore(c.cache_from, c.cache_root, gpu_name=c.env_info.get("gpu_name"))
+    info = gpu_cache.restore(c.cache_from, c.cache_root, gpu_name=c.env_info.get("nvidia_smi_name"))
     c.cache["restored"] = info
     return "ok", info
 
@@ -701,7 +705,7 @@ def stage_steps(c: Check) -> list[Step]:
     install = Step("install", [py, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "-e", "."],
                    dry_install, cap_s=300, min_s=10, needs=("preflight",),
                    dry_note="the extension is up to date; dry mode never runs pip (it would re-point this interpreter's fastmbconv)",
-                   env={"MAX_JOBS": str(os.cpu_count() or 4)},
+                   env=c.install_env,
                    what="offline editable install; builds fastmbconv._C (with its CUDA kernels when nvcc is present)")
     steps += [Step("preflight", fn=preflight, needs=(), essential=True),
               Step("restore-cache", fn=restore_cache, needs=("preflight",), essential=True), install,
