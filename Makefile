@@ -4,7 +4,7 @@ PYTHON ?= python
 # (CUDA) torch is never replaced and a CPU machine never pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test bench bench-gpu
+.PHONY: install run test test-fast bench bench-gpu
 GPU ?= $(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '_' | tr -cd 'A-Za-z0-9_.-')
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
@@ -16,6 +16,10 @@ run: install
 
 test: install
 	$(PYTHON) -m pytest
+
+# A quick pass after `make install` (under a minute on 2 cores): no slow or subprocess tests.
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow and not subprocess" tests
 
 bench: install
 	$(PYTHON) -m pytest benchmarks

@@ -20,8 +20,9 @@ import time
 import pytest
 import torch
 
-from fastmbconv import roofline as rl
 from fastmbconv import study
+from fastmbconv.builders import model_structure
+from fastmbconv.shapes import block_shapes
 
 FULL = os.environ.get("FASTMBCONV_BENCH_FULL") == "1"
 HAS_CUDA = torch.cuda.is_available()
@@ -80,7 +81,9 @@ def kernel_cases():
     dtypes = ("fp16", "bf16") if FULL else ("fp16",)
     params = []
     for model in models:
-        shapes = rl.block_shapes(model)
+        structure = model_structure(model)
+        res = structure.default_resolution
+        shapes = block_shapes(structure, res, res)
         for batch in batches:
             for dtype in dtypes:
                 seen = set()

@@ -3,18 +3,37 @@
 Every case is eval mode, channels_last, random weights and inputs, at the model's native
 resolution. Compilation, autotuning and CUDA-graph capture happen while the provider is built
 and in untimed warm-up rounds; each timed round is one forward followed by a device synchronise.
-See ``_providers.py`` for which cases run by default, with ``FASTMBCONV_BENCH_FULL=1``, and on
-a machine without a GPU.
+Before it is timed, each provider's output is checked against the eager reference modules on
+the same input, so a fast wrong answer fails the case. See ``_providers.py`` for which cases
+run by default, with ``FASTMBCONV_BENCH_FULL=1``, and on a machine without a GPU.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
+import fastmbconv as fm
 from fastmbconv import roofline as rl
 from fastmbconv import study
 
 from _providers import median_seconds, model_cases, pedantic, rounds_for
+
+# max |provider - eager reference| allowed, relative to max |reference|: the compiled providers
+# reorder fp16/bf16 reductions and may use TF32 in fp32
+OUTPUT_RTOL = {"fp32": 1e-2, "fp16": 5e-2, "bf16": 1e-1}
+
+
+def check_output(runner: study.Runner) -> None:
+    out = runner.call()
+    study.sync(runner.device)
+    with torch.no_grad(), fm.use_backend("reference"):
+        ref = runner.net(runner.x)
+    assert out.shape == ref.shape, f"{runner.provider}: output shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(out).all(), f"{runner.provider}: non-finite output"
+    err = (out.float() - ref.float()).abs().max().item()
+    scale = max(1.0, ref.float().abs().max().item())
+    assert err <= OUTPUT_RTOL[runner.dtype] * scale, (
+        f"{runner.provider} output differs from the eager reference by {err:.3g} (scale {scale:.3g})")
 
 
 @pytest.mark.parametrize("case", model_cases())
@@ -26,6 +45,7 @@ def test_model(case, benchmark, bandwidth, bench_results):
         torch.set_num_threads(1)  # stable CPU numbers on a shared machine
     try:
         runner = study.make_runner(provider, model, batch, dtype, device, res)
+        check_output(runner)
         rounds = rounds_for(runner.call, device)
         benchmark.group = f"{study.short_name(model)}-{res}-bs{batch}-{dtype}"
         pedantic(benchmark, runner.call, device, rounds=rounds)
@@ -38,7 +58,7 @@ def test_model(case, benchmark, bandwidth, bench_results):
     info = {
         "provider": provider, "provider_title": study.PROVIDERS[provider].title, "model": model,
         "model_source": runner.model_source, "resolution": res, "batch": batch, "dtype": dtype,
-        "channels_last": True, "device": torch.device(device).type, "device_name": rl.device_name(device),
+        "channels_last": True, "device": torch.device(device).type, "device_name": study.device_name(device),
         "bandwidth_gb_s": bw.gb_s, "bandwidth_kind": bw.kind,
     }
     median = median_seconds(benchmark)
@@ -51,5 +71,3 @@ def test_model(case, benchmark, bandwidth, bench_results):
     benchmark.extra_info.update(info)
     bench_results.append({"case": f"{study.short_name(model)} {res}px bs{batch} {dtype} {provider}",
                           "median_s": median, **info})
-    if median:
-        assert median > 0

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastmbconv import roofline as rl
 from fastmbconv import study
 
 # bench_*.py import their helpers as ``_providers`` under any --import-mode
@@ -42,10 +41,10 @@ def bandwidth(pytestconfig):
     """Measured copy bandwidth of the device the benchmarks run on, keyed by device type."""
     cache = pytestconfig.stash[_BANDWIDTH]
 
-    def get(device) -> rl.Bandwidth:
+    def get(device) -> study.Bandwidth:
         kind = torch.device(device).type
         if kind not in cache:
-            cache[kind] = rl.measure_copy_bandwidth(device)
+            cache[kind] = study.measure_copy_bandwidth(device)
         return cache[kind]
 
     return get
@@ -83,7 +82,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             if r.get("median_s") is None:
                 lines.append(f"| {r['case']} | {r['device_name']} | (timing disabled) ||||||")
                 continue
-            f = study._fmt
+            f = study.fmt
             lines.append(f"| {r['case']} | {r['device_name']} | {r['median_s'] * 1e3:.3f} | {r['images_per_s']:,.1f} | "
                          f"{f(r['tflops'], '.3f')} | {f(r.get('floor_fraction_eager'), '.3f')} | "
                          f"{f(r.get('floor_fraction_layer_fused'), '.3f')} | {f(r.get('floor_fraction_whole_block'), '.3f')} |")
@@ -100,8 +99,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             chosen = next(iter(impls.values()))["chosen_impl"]
             tt, to = (impls.get(i, {}).get("median_s") for i in ("triton", "torch"))
             faster = ("triton" if tt < to else "torch") if tt and to else "—"
-            lines.append(f"| {key} | {chosen} | {study._fmt(tt and tt * 1e6, '.1f')} | "
-                         f"{study._fmt(to and to * 1e6, '.1f')} | {faster}{'' if faster in ('—', chosen) else ' (chooser missed)'} |")
+            lines.append(f"| {key} | {chosen} | {study.fmt(tt and tt * 1e6, '.1f')} | "
+                         f"{study.fmt(to and to * 1e6, '.1f')} | {faster}{'' if faster in ('—', chosen) else ' (chooser missed)'} |")
     for line in lines:
         tr.write_line(line)
     out = _out_dir()

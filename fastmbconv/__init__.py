@@ -4,6 +4,18 @@
 imported lazily, when a fused or extension-backed call first needs them.
 """
 from .backend import get_backend, set_backend, use_backend
+from .builders import (
+    MODEL_BUILDERS,
+    efficientnet,
+    efficientnet_b0,
+    efficientnet_b1,
+    efficientnet_b2,
+    efficientnet_b3,
+    efficientnet_b4,
+    efficientnet_b5,
+    efficientnet_b6,
+    efficientnet_b7,
+)
 from .config import (
     B0_STAGES,
     VARIANTS,
@@ -16,33 +28,22 @@ from .config import (
 )
 from .convert import from_state_dict, from_timm, from_torchvision
 from .flops import count_flops, count_params, format_table, model_table
-from .roofline import measure_copy_bandwidth
-from .model import (
-    MODEL_BUILDERS,
-    EfficientNet,
-    StateDictMismatchError,
-    efficientnet,
-    efficientnet_b0,
-    efficientnet_b1,
-    efficientnet_b2,
-    efficientnet_b3,
-    efficientnet_b4,
-    efficientnet_b5,
-    efficientnet_b6,
-    efficientnet_b7,
-)
+from .model import EfficientNet, StateDictMismatchError
 
 __version__ = "0.1.0"
 
-# Image preparation lives beside the compiled extension; it is imported on first use so that
-# `import fastmbconv` never touches fastmbconv._ext/_C (the op's fake impl is registered when
-# the extension loads).
-_LAZY = {"prepare_images", "prepare_images_ref", "IMAGENET_MEAN", "IMAGENET_STD"}
+# Imported on first use: image preparation lives beside the compiled extension (its fake impl is
+# registered when the extension loads), and the bandwidth measurement in the study package.
+_LAZY = {
+    "prepare_images": "prepare", "prepare_images_ref": "prepare", "IMAGENET_MEAN": "prepare",
+    "IMAGENET_STD": "prepare", "measure_copy_bandwidth": "study.bandwidth",
+    "eval_transform": "prepare",
+}
 
 
 def __getattr__(name):
     if name in _LAZY:
-        from . import prepare
+        import importlib
 
-        return getattr(prepare, name)
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'fastmbconv' has no attribute {name!r}")

@@ -48,15 +48,6 @@ def load():
     return _module
 
 
-def is_available() -> bool:
-    """Whether ``fastmbconv._C`` can be loaded (loads it if so)."""
-    try:
-        load()
-    except ExtensionNotBuiltError:
-        return False
-    return True
-
-
 def ops():
     """``torch.ops.fastmbconv`` with the extension's ops loaded."""
     load()

@@ -11,8 +11,9 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
+from .geometry import PadMode
+
 BlockType = Literal["ds", "ir"]  # depthwise-separable (stage 1), inverted residual (MBConv)
-PadMode = Literal["symmetric", "same"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ VARIANTS: dict[str, VariantConfig] = {
 
 # BN eps of the two conventions: PyTorch-trained (timm ``efficientnet_*``, torchvision) and
 # TF-ported (timm ``tf_efficientnet_*``).
-BN_EPS = {"symmetric": 1e-5, "same": 1e-3}
+BN_EPS: dict[PadMode, float] = {"symmetric": 1e-5, "same": 1e-3}
 
 
 def round_channels(channels: float, width_mult: float = 1.0, divisor: int = 8) -> int:

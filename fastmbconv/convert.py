@@ -14,14 +14,28 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .config import B0_STAGES, VARIANTS, PadMode, StageConfig, round_channels, scale_stages
+from .config import B0_STAGES, VARIANTS, StageConfig, round_channels, scale_stages
+from .geometry import PadMode
+from .layers import DepthwiseSeparable, MBConv
 from .model import EfficientNet, StateDictMismatchError
 
-# torchvision MBConv ``block.K`` submodule -> timm name, for blocks with and without expansion.
-_TV_EXPANDED = {"0.0": "conv_pw", "0.1": "bn1", "1.0": "conv_dw", "1.1": "bn2",
-                "2.fc1": "se.conv_reduce", "2.fc2": "se.conv_expand", "3.0": "conv_pwl", "3.1": "bn3"}
-_TV_DEPTHWISE = {"0.0": "conv_dw", "0.1": "bn1", "1.fc1": "se.conv_reduce",
-                 "1.fc2": "se.conv_expand", "2.0": "conv_pw", "2.1": "bn2"}
+def _torchvision_block_table(block_cls) -> dict[str, str]:
+    """torchvision's ``block.K`` submodule names -> timm's, for one block kind: torchvision
+    numbers the parts in order ([expand], depthwise, SE, project), each conv at ``.0`` and its
+    BN at ``.1``, the SE's convs as ``fc1``/``fc2``."""
+    names = block_cls.PART_NAMES
+    order = [part for part in ("expand", "depthwise") if part in names] + ["se", "project"]
+    table = {}
+    for i, part in enumerate(order):
+        if part == "se":
+            table[f"{i}.fc1"], table[f"{i}.fc2"] = "se.conv_reduce", "se.conv_expand"
+        else:
+            table[f"{i}.0"], table[f"{i}.1"] = names[part]
+    return table
+
+
+_TV_EXPANDED = _torchvision_block_table(MBConv)
+_TV_DEPTHWISE = _torchvision_block_table(DepthwiseSeparable)
 _TV_BLOCK_KEY = re.compile(r"^features\.(\d+)\.(\d+)\.block\.(\d+\.(?:\d+|fc1|fc2))\.(\w+)$")
 
 
@@ -85,14 +99,12 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict:
     stages, in_ch = [], stem.shape[0]
     for i, base in enumerate(B0_STAGES):
         prefix = f"blocks.{i}.0."
-        if prefix + "conv_pwl.weight" in state_dict:
-            block = "ir"
-            out_ch = state_dict[prefix + "conv_pwl.weight"].shape[0]
-            expand = state_dict[prefix + "conv_pw.weight"].shape[0] // in_ch
-        else:
-            block, expand = "ds", 1
-            out_ch = state_dict[prefix + "conv_pw.weight"].shape[0]
-        kernel = state_dict[prefix + "conv_dw.weight"].shape[-1]
+        mbconv = f"{prefix}{MBConv.PART_NAMES['project'][0]}.weight" in state_dict
+        names = (MBConv if mbconv else DepthwiseSeparable).PART_NAMES
+        out_ch = state_dict[f"{prefix}{names['project'][0]}.weight"].shape[0]
+        expand = state_dict[f"{prefix}{names['expand'][0]}.weight"].shape[0] // in_ch if mbconv else 1
+        block = "ir" if mbconv else "ds"
+        kernel = state_dict[f"{prefix}{names['depthwise'][0]}.weight"].shape[-1]
         se_ratio = state_dict[prefix + "se.conv_reduce.weight"].shape[0] / in_ch
         stages.append(StageConfig(block, kernel, base.stride, expand, out_ch, counts[i], se_ratio))
         in_ch = out_ch

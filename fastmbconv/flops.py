@@ -43,7 +43,7 @@ def _to_meta(model: nn.Module) -> nn.Module:
 def model_table(builders: dict[str, Callable[..., nn.Module]] | None = None) -> list[dict]:
     """Params, native resolution, GMACs and GFLOPs for each model (B0-B7 by default)."""
     if builders is None:
-        from .model import MODEL_BUILDERS as builders
+        from .builders import MODEL_BUILDERS as builders
     rows = []
     for name, build in builders.items():
         with torch.device("meta"):

@@ -7,38 +7,15 @@ tested against.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import PadMode
-
-
-def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TF "SAME" padding for one spatial dim: (before, after).
-
-    ``pad_total = max((ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)``,
-    with the odd pixel going after (bottom/right). It depends on the actual input size, so it is
-    computed on every call rather than from a fixed image size.
-    """
-    out = -(-size // stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-def conv_padding(
-    height: int, width: int, kernel: int, stride: int, pad_mode: PadMode
-) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) padding for a ``kernel``x``kernel`` conv in either convention."""
-    if pad_mode == "symmetric":
-        p = kernel // 2
-        return p, p, p, p
-    if pad_mode == "same":
-        top, bottom = same_padding(height, kernel, stride)
-        left, right = same_padding(width, kernel, stride)
-        return top, bottom, left, right
-    raise ValueError(f"unknown pad_mode {pad_mode!r}; expected 'symmetric' or 'same'")
+from . import ragged
+from .geometry import PadMode, RaggedSizes, check_pad_mode, conv_padding
 
 
 class PaddedConv2d(nn.Conv2d):
@@ -59,8 +36,7 @@ class PaddedConv2d(nn.Conv2d):
         bias: bool = False,
         pad_mode: PadMode = "symmetric",
     ):
-        if pad_mode not in ("symmetric", "same"):
-            raise ValueError(f"unknown pad_mode {pad_mode!r}; expected 'symmetric' or 'same'")
+        check_pad_mode(pad_mode)
         # Static padding where both conventions agree (stride 1, odd kernel) keeps cuDNN's fast path.
         static = pad_mode == "symmetric" or (stride == 1 and kernel_size % 2 == 1)
         super().__init__(
@@ -78,13 +54,10 @@ class PaddedConv2d(nn.Conv2d):
     def padding_for(self, height: int, width: int) -> tuple[int, int, int, int]:
         return conv_padding(height, width, self.kernel_size[0], self.stride[0], self.pad_mode)
 
-    def forward(self, x: torch.Tensor, valid_hw: torch.Tensor | None = None) -> torch.Tensor:
-        if valid_hw is not None:
-            from . import ragged
-
-            return ragged.conv2d(
-                x, self.weight, self.bias, self.stride[0], self.groups, self.pad_mode, valid_hw
-            )
+    def forward(self, x: torch.Tensor, sizes: Optional[RaggedSizes] = None) -> torch.Tensor:
+        """``sizes``: per-image valid sizes of a ragged batch (see :mod:`fastmbconv.ragged`)."""
+        if sizes is not None:
+            return ragged.conv2d(x, self.weight, self.bias, self.stride[0], self.groups, self.pad_mode, sizes)
         if self.dynamic_pad:
             top, bottom, left, right = self.padding_for(x.shape[-2], x.shape[-1])
             x = F.pad(x, (left, right, top, bottom))
@@ -122,23 +95,12 @@ class SqueezeExcite(nn.Module):
         self.conv_reduce = nn.Conv2d(channels, reduced_channels, 1, bias=True)
         self.conv_expand = nn.Conv2d(reduced_channels, channels, 1, bias=True)
 
-    def gate(self, x: torch.Tensor, valid_hw: torch.Tensor | None = None) -> torch.Tensor:
-        if valid_hw is None:
-            pooled = x.mean((2, 3), keepdim=True)
-        else:
-            from . import ragged
-
-            pooled = ragged.masked_mean(x, valid_hw)
+    def gate(self, x: torch.Tensor, sizes: Optional[RaggedSizes] = None) -> torch.Tensor:
+        pooled = x.mean((2, 3), keepdim=True) if sizes is None else ragged.masked_mean(x, sizes)
         return torch.sigmoid(self.conv_expand(F.silu(self.conv_reduce(pooled))))
 
-    def forward(self, x: torch.Tensor, valid_hw: torch.Tensor | None = None) -> torch.Tensor:
-        return x * self.gate(x, valid_hw)
-
-
-def _out_valid(valid_hw: torch.Tensor, stride: int) -> torch.Tensor:
-    from . import ragged
-
-    return ragged.out_valid(valid_hw, stride)
+    def forward(self, x: torch.Tensor, sizes: Optional[RaggedSizes] = None) -> torch.Tensor:
+        return x * self.gate(x, sizes)
 
 
 def se_channels(in_channels: int, se_ratio: float) -> int:
@@ -146,84 +108,100 @@ def se_channels(in_channels: int, se_ratio: float) -> int:
     return max(1, int(round(in_channels * se_ratio)))
 
 
-class DepthwiseSeparable(nn.Module):
-    """Stage-1 block: depthwise kxk + BN + SiLU, SE, 1x1 project + BN, residual if shapes match."""
+@dataclass(frozen=True)
+class ConvBN:
+    """A conv and the BatchNorm after it, with their attribute names (timm's)."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel: int,
-        stride: int,
-        se_ratio: float,
-        pad_mode: PadMode,
-        bn_eps: float,
-        drop_path: float = 0.0,
-    ):
-        super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel, self.stride = kernel, stride
-        self.conv_dw = PaddedConv2d(
-            in_channels, in_channels, kernel, stride, groups=in_channels, pad_mode=pad_mode
-        )
-        self.bn1 = nn.BatchNorm2d(in_channels, eps=bn_eps)
-        self.se = SqueezeExcite(in_channels, se_channels(in_channels, se_ratio))
-        self.conv_pw = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels, eps=bn_eps)
-        self.has_skip = stride == 1 and in_channels == out_channels
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor, valid_hw: torch.Tensor | None = None) -> torch.Tensor:
-        """``valid_hw``: per-image valid (h, w) of a ragged batch (see fastmbconv.ragged)."""
-        shortcut = x
-        x = F.silu(self.bn1(self.conv_dw(x, valid_hw)))
-        x = self.se(x, None if valid_hw is None else _out_valid(valid_hw, self.stride))
-        x = self.bn2(self.conv_pw(x))
-        if self.has_skip:
-            x = self.drop_path(x) + shortcut
-        return x
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d
+    conv_name: str
+    bn_name: str
 
 
-class MBConv(nn.Module):
-    """Inverted residual: 1x1 expand + BN + SiLU, depthwise kxk + BN + SiLU, SE,
-    1x1 project + BN, residual (with stochastic depth) when stride is 1 and channels match."""
+@dataclass(frozen=True)
+class BlockParts:
+    """The parts of an MBConv or DepthwiseSeparable block, in execution order. ``expand`` is
+    None for DepthwiseSeparable. Folding, the roofline and the layer walk read blocks through
+    this, never by guessing attribute names."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel: int,
-        stride: int,
-        expand_ratio: int,
-        se_ratio: float,
-        pad_mode: PadMode,
-        bn_eps: float,
-        drop_path: float = 0.0,
-    ):
+    expand: Optional[ConvBN]
+    depthwise: ConvBN
+    se: "SqueezeExcite"
+    project: ConvBN
+    kernel: int
+    stride: int
+    has_skip: bool
+
+    @property
+    def mid_channels(self) -> int:
+        return self.depthwise.conv.out_channels
+
+
+class _Block(nn.Module):
+    """Shared construction of the two block kinds: [expand 1x1 + BN + SiLU], depthwise kxk + BN
+    + SiLU, SE, project 1x1 + BN, residual (with stochastic depth) when stride is 1 and the
+    channel count is kept. ``PART_NAMES`` gives timm's attribute name of each (conv, BN)."""
+
+    PART_NAMES: dict = {}
+
+    def __init__(self, in_channels, out_channels, kernel, stride, expand_ratio, se_ratio, pad_mode, bn_eps,
+                 drop_path):
         super().__init__()
         mid = in_channels * expand_ratio
         self.in_channels, self.out_channels, self.mid_channels = in_channels, out_channels, mid
         self.kernel, self.stride = kernel, stride
-        self.conv_pw = nn.Conv2d(in_channels, mid, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid, eps=bn_eps)
-        self.conv_dw = PaddedConv2d(mid, mid, kernel, stride, groups=mid, pad_mode=pad_mode)
-        self.bn2 = nn.BatchNorm2d(mid, eps=bn_eps)
-        self.se = SqueezeExcite(mid, se_channels(in_channels, se_ratio))
-        self.conv_pwl = nn.Conv2d(mid, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels, eps=bn_eps)
+        layers = {"expand": (in_channels, mid, 1, 1, 1), "depthwise": (mid, mid, kernel, stride, mid),
+                  "project": (mid, out_channels, 1, 1, 1)}
+        for part, (conv_name, bn_name) in self.PART_NAMES.items():
+            cin, cout, k, s, groups = layers[part]
+            conv = (PaddedConv2d(cin, cout, k, s, groups=groups, pad_mode=pad_mode) if k > 1
+                    else nn.Conv2d(cin, cout, 1, bias=False))
+            setattr(self, conv_name, conv)
+            setattr(self, bn_name, nn.BatchNorm2d(cout, eps=bn_eps))
+            if part == "depthwise":
+                self.se = SqueezeExcite(mid, se_channels(in_channels, se_ratio))
         self.has_skip = stride == 1 and in_channels == out_channels
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, valid_hw: torch.Tensor | None = None) -> torch.Tensor:
-        """``valid_hw``: per-image valid (h, w) of a ragged batch (see fastmbconv.ragged)."""
+    def parts(self) -> BlockParts:
+        get = {part: ConvBN(getattr(self, c), getattr(self, b), c, b) for part, (c, b) in self.PART_NAMES.items()}
+        return BlockParts(get.get("expand"), get["depthwise"], self.se, get["project"], self.kernel, self.stride,
+                          self.has_skip)
+
+    def forward(self, x: torch.Tensor, sizes: Optional[RaggedSizes] = None) -> torch.Tensor:
+        """``sizes``: per-image valid sizes of a ragged batch (see :mod:`fastmbconv.ragged`)."""
+        p = self.parts()
         shortcut = x
-        x = F.silu(self.bn1(self.conv_pw(x)))
-        x = F.silu(self.bn2(self.conv_dw(x, valid_hw)))
-        x = self.se(x, None if valid_hw is None else _out_valid(valid_hw, self.stride))
-        x = self.bn3(self.conv_pwl(x))
+        if p.expand is not None:
+            x = F.silu(p.expand.bn(p.expand.conv(x)))
+        x = F.silu(p.depthwise.bn(p.depthwise.conv(x, sizes)))
+        x = self.se(x, None if sizes is None else sizes.after(self.kernel, self.stride))
+        x = p.project.bn(p.project.conv(x))
         if self.has_skip:
             x = self.drop_path(x) + shortcut
         return x
+
+
+class DepthwiseSeparable(_Block):
+    """Stage-1 block: depthwise kxk + BN + SiLU, SE, 1x1 project + BN, residual if shapes match."""
+
+    PART_NAMES = {"depthwise": ("conv_dw", "bn1"), "project": ("conv_pw", "bn2")}
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, se_ratio: float,
+                 pad_mode: PadMode, bn_eps: float, drop_path: float = 0.0):
+        super().__init__(in_channels, out_channels, kernel, stride, 1, se_ratio, pad_mode, bn_eps, drop_path)
+
+
+class MBConv(_Block):
+    """Inverted residual: 1x1 expand + BN + SiLU, depthwise kxk + BN + SiLU, SE, 1x1 project +
+    BN, residual (with stochastic depth) when stride is 1 and channels match."""
+
+    PART_NAMES = {"expand": ("conv_pw", "bn1"), "depthwise": ("conv_dw", "bn2"), "project": ("conv_pwl", "bn3")}
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand_ratio: int,
+                 se_ratio: float, pad_mode: PadMode, bn_eps: float, drop_path: float = 0.0):
+        super().__init__(in_channels, out_channels, kernel, stride, expand_ratio, se_ratio, pad_mode, bn_eps,
+                         drop_path)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -1,27 +1,19 @@
-"""The EfficientNet model (reference path) and its builders."""
+"""The EfficientNet module: its layers, and a forward that plans each call once and hands it to
+one executor, :mod:`fastmbconv.reference` (the modules) or :mod:`fastmbconv.fused` (the kernels).
+Builders by name and scale live in :mod:`fastmbconv.builders`."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import backend as _backend
-from . import ragged
-from .config import (
-    B0_HEAD_CHANNELS,
-    B0_STAGES,
-    B0_STEM_CHANNELS,
-    BN_EPS,
-    VARIANTS,
-    PadMode,
-    StageConfig,
-    compound_scaling,
-    round_channels,
-    scale_stages,
-)
+from . import reference
+from .backend import select_path
+from .config import B0_HEAD_CHANNELS, B0_STAGES, B0_STEM_CHANNELS, BN_EPS, StageConfig
+from .geometry import PadMode, RaggedSizes, check_pad_mode
 from .layers import DepthwiseSeparable, MBConv, PaddedConv2d, init_weights
+from .plan import Output, make_plan
 
 
 class StateDictMismatchError(ValueError):
@@ -73,8 +65,7 @@ class EfficientNet(nn.Module):
         out_indices: Sequence[int] = (0, 1, 2, 3, 4),
     ):
         super().__init__()
-        if pad_mode not in BN_EPS:
-            raise ValueError(f"unknown pad_mode {pad_mode!r}; expected 'symmetric' or 'same'")
+        check_pad_mode(pad_mode)
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         if not 0.0 <= drop_rate < 1.0 or not 0.0 <= drop_path_rate < 1.0:
@@ -143,130 +134,37 @@ class EfficientNet(nn.Module):
             )
         init_weights(self)
 
-    # ------------------------------------------------------------------ input checks
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise a clear error for inputs the model cannot run."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"EfficientNet expects a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 4:
-            raise ValueError(
-                f"EfficientNet expects a 4-D (N, C, H, W) input, got {x.ndim}-D shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"EfficientNet expects {self.in_chans} input channels, got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)})"
-            )
-        if not x.is_floating_point():
-            raise TypeError(
-                f"EfficientNet expects a floating-point input, got {x.dtype}; convert images with "
-                "x.float() / 255 and normalise (see fastmbconv.prepare_images)"
-            )
-        weight = self.conv_stem.weight
-        if x.device != weight.device:
-            raise ValueError(
-                f"input is on {x.device} but the model is on {weight.device}; "
-                f"move one of them, e.g. x.to('{weight.device}')"
-            )
-        autocast = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
-        if x.dtype != weight.dtype and not autocast:
-            raise TypeError(
-                f"input dtype {x.dtype} does not match the model's {weight.dtype}; "
-                f"use x.to({weight.dtype}) or model.to({x.dtype}), or run under torch.autocast"
-            )
-        if x.shape[2] < 1 or x.shape[3] < 1:
-            raise ValueError(f"input spatial size must be at least 1x1, got {tuple(x.shape[2:])}")
+    # ------------------------------------------------------------------ forward
+    def _execute(self, x: torch.Tensor, valid_sizes, output: Output):
+        plan = make_plan(self, x, valid_sizes, output)
+        if select_path(self, x) == "fused":
+            from . import fused as executor  # imports triton: only when a fused call needs it
+        else:
+            executor = reference
+        return executor.run(self, x, plan)
 
-    # ------------------------------------------------------------------ reference path
-    def _stem(self, x: torch.Tensor, valid_hw: torch.Tensor | None) -> torch.Tensor:
-        return F.silu(self.bn1(self.conv_stem(x, valid_hw)))
-
-    def _run_blocks(self, x: torch.Tensor, valid_hw: torch.Tensor | None):
-        """Stem and blocks; yields (stage index, output, valid extent) at each stage end."""
-        x = self._stem(x, valid_hw)
-        valid_hw = None if valid_hw is None else ragged.out_valid(valid_hw, 2)
-        for i, stage in enumerate(self.blocks):
-            for block in stage:
-                x = block(x, valid_hw)
-                if valid_hw is not None:
-                    valid_hw = ragged.out_valid(valid_hw, block.stride)
-            yield i, x, valid_hw
-
-    def _reference_feature_maps(self, x: torch.Tensor, valid_hw: torch.Tensor | None) -> list[torch.Tensor]:
-        wanted = {info["stage"] for info in self.feature_info}
-        return [
-            fmap if valid is None else ragged.mask_invalid(fmap, valid)
-            for i, fmap, valid in self._run_blocks(x, valid_hw)
-            if i in wanted
-        ]
-
-    def _reference_features(self, x: torch.Tensor, valid_hw: torch.Tensor | None):
-        """(head map, valid extent of the head map or None)."""
-        for _, x, valid in self._run_blocks(x, valid_hw):
-            pass
-        x = F.silu(self.bn2(self.conv_head(x)))
-        if valid is not None:
-            x = ragged.mask_invalid(x, valid)
-        return x, valid
-
-    def _prepare_call(self, x: torch.Tensor, valid_sizes) -> tuple[torch.Tensor | None, bool]:
-        self.check_input(x)
-        valid_hw = None
-        if valid_sizes is not None:
-            if self.training:
-                raise RuntimeError(
-                    "ragged batches (valid_sizes) are inference-only: BatchNorm's batch statistics "
-                    "would mix padding into every image; call model.eval()"
-                )
-            valid_hw = ragged.check_valid_sizes(valid_sizes, x)
-        return valid_hw, _backend.select_path(self, x) == "fused"
-
-    # ------------------------------------------------------------------ public API
-    def forward_features(
-        self, x: torch.Tensor, valid_sizes: torch.Tensor | None = None
-    ) -> torch.Tensor | list[torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, valid_sizes=None) -> torch.Tensor | list[torch.Tensor]:
         """The head's (N, head_channels, H/32, W/32) map, or the feature maps if ``features_only``.
 
-        ``valid_sizes``: optional (N, 2) per-image valid (height, width) of a ragged batch; each
-        image is then computed as if run alone at that size, and positions outside its valid
-        extent are zero in the returned maps.
+        ``valid_sizes``: optional (N, 2) per-image valid (height, width) of a ragged batch (a
+        list or CPU tensor costs no host sync); each image is then computed as if run alone at
+        that size, and positions outside its valid extent are zero in the returned maps.
         """
-        valid_hw, fused = self._prepare_call(x, valid_sizes)
-        if fused:
-            from . import fused as _fused
+        return self._execute(x, valid_sizes, "features")
 
-            if self.features_only:
-                return _fused.forward_feature_maps(self, x, valid_hw)
-            return _fused.forward_features(self, x, valid_hw)
-        if self.features_only:
-            return self._reference_feature_maps(x, valid_hw)
-        return self._reference_features(x, valid_hw)[0]
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False, valid_hw=None) -> torch.Tensor:
+        """Pool (over each image's valid region when ``valid_hw`` gives the head map's valid
+        sizes), dropout, classifier; ``pre_logits`` stops before the classifier."""
+        sizes = None if valid_hw is None else RaggedSizes.from_user(valid_hw, x.shape)
+        return reference.head(self, x, sizes, pre_logits)
 
-    def forward_head(
-        self, x: torch.Tensor, pre_logits: bool = False, valid_hw: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        x = x.mean((2, 3)) if valid_hw is None else ragged.masked_mean(x, valid_hw).flatten(1)
-        if self.drop_rate > 0.0:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.classifier(x)
-
-    def forward(
-        self, x: torch.Tensor, valid_sizes: torch.Tensor | None = None
-    ) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, valid_sizes=None) -> torch.Tensor | list[torch.Tensor]:
         """Logits (or pooled features if ``num_classes == 0``; feature maps if ``features_only``).
 
         ``valid_sizes``: optional (N, 2) per-image valid (height, width) for a ragged batch, as
         returned by :func:`fastmbconv.prepare_images`; see :mod:`fastmbconv.ragged`.
         """
-        if self.features_only:
-            return self.forward_features(x, valid_sizes)
-        valid_hw, fused = self._prepare_call(x, valid_sizes)
-        if fused:
-            from . import fused as _fused
-
-            return _fused.forward(self, x, valid_hw)
-        features, valid = self._reference_features(x, valid_hw)
-        return self.forward_head(features, valid_hw=valid)
+        return self._execute(x, valid_sizes, "logits")
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
@@ -309,68 +207,3 @@ class EfficientNet(nn.Module):
                     lines.extend(f"    {item}" for item in items)
             raise StateDictMismatchError("\n".join(lines))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-# ---------------------------------------------------------------------- builders
-def efficientnet(
-    width_mult: float = 1.0,
-    depth_mult: float = 1.0,
-    resolution: int = 224,
-    dropout: float = 0.2,
-    *,
-    phi: float | None = None,
-    num_classes: int = 1000,
-    pad_mode: PadMode = "symmetric",
-    **kwargs,
-) -> EfficientNet:
-    """Build an EfficientNet at any scale.
-
-    Give ``width_mult``/``depth_mult``/``resolution`` directly, or ``phi`` to take them from
-    :func:`fastmbconv.compound_scaling` (the exact formula, not the hand-picked B1-B7).
-    Further keyword arguments go to :class:`EfficientNet`.
-    """
-    if phi is not None:
-        scale = compound_scaling(phi)
-        width_mult, depth_mult, resolution = scale.width_mult, scale.depth_mult, scale.resolution
-    if width_mult <= 0 or depth_mult <= 0:
-        raise ValueError(f"width_mult and depth_mult must be > 0, got {width_mult}, {depth_mult}")
-    return EfficientNet(
-        stages=scale_stages(width_mult, depth_mult),
-        stem_channels=round_channels(B0_STEM_CHANNELS, width_mult),
-        head_channels=round_channels(B0_HEAD_CHANNELS, width_mult),
-        num_classes=num_classes,
-        drop_rate=kwargs.pop("drop_rate", dropout),
-        pad_mode=pad_mode,
-        default_resolution=resolution,
-        **kwargs,
-    )
-
-
-def _variant_builder(name: str):
-    cfg = VARIANTS[name]
-
-    def build(**kwargs) -> EfficientNet:
-        model = efficientnet(cfg.width_mult, cfg.depth_mult, cfg.resolution, cfg.dropout, **kwargs)
-        model.variant = f"efficientnet_{name}"
-        return model
-
-    build.__name__ = build.__qualname__ = f"efficientnet_{name}"
-    build.__doc__ = (
-        f"EfficientNet-{name.upper()}: width {cfg.width_mult}, depth {cfg.depth_mult}, "
-        f"resolution {cfg.resolution}, dropout {cfg.dropout}. Keyword arguments go to "
-        "EfficientNet (num_classes, pad_mode='same' for TF weights, drop_path_rate, "
-        "features_only, ...)."
-    )
-    return build
-
-
-efficientnet_b0 = _variant_builder("b0")
-efficientnet_b1 = _variant_builder("b1")
-efficientnet_b2 = _variant_builder("b2")
-efficientnet_b3 = _variant_builder("b3")
-efficientnet_b4 = _variant_builder("b4")
-efficientnet_b5 = _variant_builder("b5")
-efficientnet_b6 = _variant_builder("b6")
-efficientnet_b7 = _variant_builder("b7")
-
-MODEL_BUILDERS = {f"efficientnet_{n}": globals()[f"efficientnet_{n}"] for n in VARIANTS}

@@ -30,6 +30,7 @@ from ._utils import (
     interpreting,
     next_pow2,
     use_autotune,
+    valid_mask,
 )
 
 OP = "dwconv_bn_act"
@@ -201,7 +202,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         pool_out = pool
         pool = torch.empty((N, triton.cdiv(P, block_p), C), dtype=torch.float32, device=x.device)
     # reset_to_zero zeroes whatever is passed as pool_ptr: without a pool it must be scratch,
-    # never an input (it once was `scale`, which autotuning on a GPU would have wiped)
+    # never an input, which autotuning on a GPU would wipe
     pool_arg = pool if with_pool else torch.empty(1, dtype=torch.float32, device=x.device)  # no fill launch
     dummy = scale  # unread pointer for absent ragged arguments
     for n0 in range(0, N, MAX_GRID_Z):
@@ -292,9 +293,7 @@ def dwconv_bn_act_ref(x, weight, scale, shift, padding, stride=1, act="silu", in
         valid_out = (valid_hw.long() + stride - 1) // stride
     y = activation_ref(y * scale.to(compute_dtype).view(1, C, 1, 1) + shift.to(compute_dtype).view(1, C, 1, 1), act)
     if valid_out is not None:
-        rows = torch.arange(H_out, device=x.device)[None, :, None] < valid_out[:, 0, None, None]
-        cols = torch.arange(W_out, device=x.device)[None, None, :] < valid_out[:, 1, None, None]
-        y = torch.where((rows & cols)[:, None], y, y.new_zeros(()))
+        y = torch.where(valid_mask(valid_out, H_out, W_out)[:, None], y, y.new_zeros(()))
     if with_pool:
         return y, y.sum((2, 3))
     return y

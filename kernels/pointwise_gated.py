@@ -37,6 +37,7 @@ from ._utils import (
     interpreting,
     next_pow2,
     use_autotune,
+    valid_mask,
 )
 
 OP = "pointwise_gated"
@@ -189,7 +190,7 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
         pool_out = pool
         pool = torch.empty((N, triton.cdiv(H * W, block_m), O), dtype=torch.float32, device=x.device)
     # reset_to_zero zeroes whatever is passed as pool_ptr: without a pool it must be scratch,
-    # never an input (it once was `bias`, which autotuning on a GPU would have wiped)
+    # never an input, which autotuning on a GPU would wipe
     scratch = None if pool_only else torch.empty(1, dtype=torch.float32, device=x.device)  # no fill launch
     for n0 in range(0, N, MAX_GRID_Z):
         n1 = min(N, n0 + MAX_GRID_Z)
@@ -240,16 +241,13 @@ def _(x, weight, bias, gate, residual, act, pool_only, valid_hw):
 
 
 # ---------------------------------------------------------------------- implementation choice
-#: Measured choices, filled by benchmarks: (M, K, N, dtype) -> "triton" | "torch". Wins over the heuristic.
-POINTWISE_IMPL_TABLE: dict[tuple[int, int, int, torch.dtype], str] = {}
 IMPL_ENV_VAR = "FASTMBCONV_POINTWISE_IMPL"
 
 
 def choose_pointwise_impl(M: int, K: int, N: int, dtype: torch.dtype, device, pool_only: bool = False) -> str:
     """``"triton"`` or ``"torch"`` for a (M pixels) x (K in) -> (N out) 1x1 conv.
 
-    Order: the ``FASTMBCONV_POINTWISE_IMPL`` env var (``triton``/``torch``), then
-    :data:`POINTWISE_IMPL_TABLE`, then a heuristic. Off CUDA the answer is always ``"triton"``
+    Order: the ``FASTMBCONV_POINTWISE_IMPL`` env var (``triton``/``torch``), then a heuristic. Off CUDA the answer is always ``"triton"``
     (the interpreter path the tests run). The heuristic is a first guess, not yet tuned on a GPU:
     fp16/bf16 1x1 convs are memory-bound, so fusing the gate/bias/residual passes wins once there
     are enough pixels to fill the GPU (M >= 2048); fp32 with both widths >= 64 is compute-bound
@@ -262,9 +260,6 @@ def choose_pointwise_impl(M: int, K: int, N: int, dtype: torch.dtype, device, po
     forced = os.environ.get(IMPL_ENV_VAR, "").strip().lower()
     if forced in ("triton", "torch"):
         return forced
-    choice = POINTWISE_IMPL_TABLE.get((int(M), int(K), int(N), dtype))
-    if choice is not None:
-        return choice
     if pool_only:
         return "triton"
     if dtype == torch.float32:
@@ -287,10 +282,7 @@ def pointwise_gated_torch(x, weight, bias, gate=None, residual=None, act="identi
         y = y + residual.permute(0, 2, 3, 1)
     if pool_only:
         if valid_hw is not None:
-            H, W = x.shape[-2:]
-            rows = torch.arange(H, device=x.device)[None, :, None] < valid_hw[:, 0, None, None]
-            cols = torch.arange(W, device=x.device)[None, None, :] < valid_hw[:, 1, None, None]
-            y = y * (rows & cols)[..., None]
+            y = y * valid_mask(valid_hw, *x.shape[-2:])[..., None]
         return y.float().sum((1, 2))
     return y.permute(0, 3, 1, 2)
 
@@ -325,9 +317,6 @@ def pointwise_gated_ref(x, weight, bias, gate=None, residual=None, act="identity
         y = y + residual.to(compute_dtype)
     if pool_only:
         if valid_hw is not None:
-            H, W = x.shape[-2:]
-            rows = torch.arange(H, device=x.device)[None, :, None] < valid_hw[:, 0, None, None]
-            cols = torch.arange(W, device=x.device)[None, None, :] < valid_hw[:, 1, None, None]
-            y = y * (rows & cols)[:, None]
+            y = y * valid_mask(valid_hw, *x.shape[-2:])[:, None]
         return y.sum((2, 3))
     return y

@@ -1,4 +1,4 @@
-"""Shared test helpers."""
+"""Helpers the tests share (functions, not fixtures: see conftest.py for those)."""
 from __future__ import annotations
 
 import importlib
@@ -6,6 +6,15 @@ import importlib
 import pytest
 import torch
 from torch import nn
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"  # where kernels run (the CPU through Triton's interpreter)
+
+#: Parameter counts of timm's and torchvision's EfficientNet B0-B7 (equal in both).
+EXPECTED_PARAMS = {
+    "b0": 5_288_548, "b1": 7_794_184, "b2": 9_109_994, "b3": 12_233_232,
+    "b4": 19_341_616, "b5": 30_389_784, "b6": 43_040_704, "b7": 66_347_960,
+}
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

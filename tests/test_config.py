@@ -6,10 +6,6 @@ import pytest
 import fastmbconv as fm
 from fastmbconv.config import B0_STAGES, StageConfig, round_channels, round_repeats, scale_stages
 
-EXPECTED_PARAMS = {
-    "b0": 5_288_548, "b1": 7_794_184, "b2": 9_109_994, "b3": 12_233_232,
-    "b4": 19_341_616, "b5": 30_389_784, "b6": 43_040_704, "b7": 66_347_960,
-}
 
 
 def test_b0_stage_table_is_typed_data():

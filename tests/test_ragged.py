@@ -3,7 +3,6 @@ import pytest
 import torch
 
 import fastmbconv as fm
-from fastmbconv import ragged
 
 from .helpers import randomize_bn
 
@@ -65,14 +64,6 @@ def test_full_size_valid_equals_plain_batch():
         torch.testing.assert_close(model(x, torch.tensor([[37, 41], [37, 41]])), model(x), rtol=0, atol=1e-5)
 
 
-def test_per_image_same_offsets_differ_with_parity():
-    valid = torch.tensor([[8, 8], [9, 9]])
-    assert ragged.per_image_padding(valid, 3, 2, "same") == [(0, 0), (1, 1)]
-    assert ragged.per_image_padding(valid, 5, 2, "same") == [(1, 1), (2, 2)]
-    assert ragged.per_image_padding(valid, 5, 2, "symmetric") == [(2, 2), (2, 2)]
-    assert ragged.out_valid(torch.tensor([[7, 1]]), 2).tolist() == [[4, 1]]
-
-
 @pytest.mark.parametrize(
     "valid, err, match",
     [
@@ -101,7 +92,7 @@ def test_ragged_refused_in_training():
 # copy) stalls the CPU until the GPU queue drains. On the meta device any such read raises, so
 # running the whole forward on meta tensors (ragged with the sizes given on the host, or not
 # ragged) proves both paths read only host metadata. For the fused path that is also what CUDA
-# graph capture needs (the capture itself is tested on a GPU in test_fused_compile.py).
+# graph capture needs (the capture itself is tested on a GPU in tests/fused/test_compile.py).
 META_SIZES = [[64, 48], [33, 47], [7, 1]]
 
 
@@ -121,21 +112,18 @@ def test_fused_forward_reads_no_device_values(features_only, is_ragged):
     """The fused path on meta runs the ops' fake implementations: every host-side step of the
     fused forward (fold, ragged bookkeeping, launch arguments) runs with no device read."""
     pytest.importorskip("triton")
-    from fastmbconv import fused
     from fastmbconv.kernels._launch import count_launches
 
     model = fm.efficientnet_b0(pad_mode="same", features_only=features_only).eval().to("meta")
     x = torch.empty(3, 3, 64, 48, device="meta")
-    valid = ragged.check_valid_sizes(META_SIZES, x) if is_ragged else None
-    assert valid is None or valid.device.type == "cpu"
-    with torch.no_grad(), count_launches() as launches:
-        out = fused.forward(model, x, valid)
+    with torch.no_grad(), fm.use_backend("fused"), count_launches() as launches:
+        out = model(x, valid_sizes=META_SIZES if is_ragged else None)
     assert not launches  # fake implementations only: nothing was launched
     shapes = [o.shape for o in out] if features_only else [out.shape]
     assert shapes[-1] == ((3, 320, 2, 2) if features_only else (3, 1000))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA sync detection needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["reference", "fused"])
 def test_cuda_ragged_forward_makes_no_host_sync(backend):
     model = randomize_bn(fm.efficientnet_b0(pad_mode="same")).eval().to("cuda", torch.float16)

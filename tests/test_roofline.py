@@ -1,13 +1,11 @@
-"""The analytic roofline: B0 near FIELD_NOTES section 4, ordered levels, monotonic in model size,
-FLOPs equal to torch's flop counter, and a measured (host) bandwidth."""
-import math
-
+"""The analytic roofline: B0's bytes per image at each fusion level, ordered levels, monotonic in
+model size, FLOPs equal to torch's flop counter."""
 import pytest
 import torch
 
 import fastmbconv as fm
 from fastmbconv import roofline as rl
-from fastmbconv.resnet import RESNET50_PARAMS, resnet50
+from fastmbconv.resnet import resnet50
 
 NAMES = [f"efficientnet_b{i}" for i in range(8)]
 
@@ -17,9 +15,13 @@ def b0():
     return rl.roofline("efficientnet_b0", 224, batch=256, dtype="fp16")
 
 
-def test_b0_fp16_per_image_bytes_match_field_notes(b0):
-    # FIELD_NOTES section 4: eager ~80-94 MB, layer-fused ~27.5 MB, whole block ~3.4-4.2 MB
-    # per image (fp16, 224). Weights amortised over batch 256 add ~0.04 MB.
+def test_b0_fp16_per_image_bytes(b0):
+    # Published estimates for B0 at 224 in fp16 (the README's performance section): eager
+    # ~80-94 MB, layer-fused ~27.5 MB, whole block ~3.4-4.2 MB per image. The layer-fused level,
+    # by hand: every block reads its input and writes the expanded map (expand), reads that and
+    # writes the depthwise map (depthwise), reads that and the residual and writes the output
+    # (project); summed over B0's 16 blocks plus stem and head that is 27.5 MB. Weights
+    # amortised over batch 256 add ~0.04 MB.
     mb = {lv: b0.bytes_per_image(lv) / 1e6 for lv in rl.LEVELS}
     assert 80 <= mb["eager"] <= 95, mb
     assert mb["layer_fused"] == pytest.approx(27.5, rel=0.03), mb
@@ -72,17 +74,6 @@ def test_ops_and_kinds(b0):
     assert b0.summary()["mb_per_image_layer_fused"] == pytest.approx(b0.bytes_per_image("layer_fused") / 1e6)
 
 
-def test_block_shapes_follow_the_config():
-    shapes = rl.block_shapes("efficientnet_b0")
-    assert len(shapes) == 16
-    first, last = shapes[0], shapes[-1]
-    assert (first.mid_channels, first.height, first.has_expand) == (32, 112, False)
-    assert (last.in_channels, last.mid_channels, last.out_channels, last.out_height) == (192, 1152, 320, 7)
-    b4 = rl.block_shapes("efficientnet_b4")
-    assert len(b4) == 32 and b4[0].height == 190
-    assert sum(s.stride == 2 for s in b4) == 4
-
-
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown model"):
         rl.roofline("efficientnet_b9")
@@ -96,19 +87,10 @@ def test_bad_arguments():
         rl.roofline("b0").bytes("whole_model")
 
 
-def test_measured_host_bandwidth_and_floor():
-    bw = rl.measure_copy_bandwidth("cpu", nbytes=8 << 20, iters=3)
-    assert bw.bytes_per_s > 1e8 and "host" in bw.kind
-    assert rl.floor_seconds(1e9, 1e9) == 1.0
-    assert rl.floor_fraction(2.0, 1e9, 1e9) == 0.5
-    assert math.isnan(rl.floor_fraction(0.0, 1e9, 1e9))
-    eff = rl.efficiency(1e-3, rl.roofline("b0", 64, batch=1), bw)
-    assert set(f"floor_fraction_{lv}" for lv in rl.LEVELS) <= set(eff)
-    assert "floor img/s" in rl.format_table([rl.roofline("b0", 64)], bw)
+def test_format_table_with_a_bandwidth():
+    from fastmbconv.study import Bandwidth
 
+    bw = Bandwidth(3.0e12, "test", "device copy (HBM)", 1, "given")
+    table = rl.format_table([rl.roofline("b0", 64)], bw)
+    assert "floor img/s" in table and table.count("\n") == 2
 
-def test_resnet50_stand_in_matches_torchvision_count():
-    with torch.device("meta"):
-        model = resnet50()
-    assert fm.count_params(model) == RESNET50_PARAMS == 25_557_032
-    assert fm.count_flops(model, 224) == pytest.approx(8.18e9, rel=0.01)  # 4.09 GMACs

@@ -10,18 +10,13 @@ import torch
 import fastmbconv as fm
 from fastmbconv import fused
 from fastmbconv.kernels._launch import count_launches
-from fastmbconv.kernels._utils import assert_close_to_ref
+from fastmbconv.kernels.testing import assert_close_to_ref
 from fastmbconv.layers import DepthwiseSeparable, MBConv
-from tests.helpers import randomize_bn
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from ..helpers import DEVICE, randomize_bn
 
-
-@pytest.fixture(autouse=True)
-def all_pointwise_on_triton(monkeypatch):
-    """Launch counts below assume every 1x1 conv takes the Triton kernel; on CUDA the chooser
-    would send small ones to torch (tests that compare the choices set the variable themselves)."""
-    monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", "triton")
+# launch counts below assume every 1x1 conv takes the Triton kernel
+pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_triton")]
 
 
 def make_block(kind):
@@ -41,10 +36,10 @@ def make_block(kind):
 def test_block_compiles_fullgraph_without_breaks(kind):
     block, x = make_block(kind)
     pad_mode = block.conv_dw.pad_mode
-    folded_block = fused._fold_block(block)
+    folded_block = fused.fold_block(block)
 
     def fused_block(inp):
-        return fused.block_forward(folded_block, inp, pad_mode)[0]
+        return fused.block_forward(folded_block, inp, pad_mode)
 
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(fused_block)(x)
@@ -127,7 +122,7 @@ def test_whole_b0_compiles_as_one_graph_and_sees_bn_edits():
     torch._dynamo.reset()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_cuda_graph_capture_of_whole_model(dtype):
     model = randomize_bn(fm.efficientnet_b0(pad_mode="same")).eval().to("cuda", dtype)
@@ -152,7 +147,7 @@ def test_cuda_graph_capture_of_whole_model(dtype):
         torch.testing.assert_close(static_out, model(new_x), atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile of the whole model needs a CUDA GPU")
+@pytest.mark.gpu
 def test_cuda_compile_whole_fused_model():
     model = randomize_bn(fm.efficientnet_b0()).eval().to("cuda", torch.float16)
     x = torch.randn(4, 3, 224, 224, device="cuda", dtype=torch.float16)

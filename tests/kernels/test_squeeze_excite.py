@@ -3,10 +3,12 @@ import pytest
 import torch
 
 from fastmbconv.kernels._launch import count_launches
-from fastmbconv.kernels._utils import assert_close_to_ref
 from fastmbconv.kernels.squeeze_excite import squeeze_excite_gate, squeeze_excite_gate_ref
+from fastmbconv.kernels.testing import assert_close_to_ref
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from ..helpers import DEVICE
+
+pytestmark = pytest.mark.interpreter
 
 
 def make(N, C, R, wdtype=torch.float32, seed=0):

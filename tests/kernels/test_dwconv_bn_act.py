@@ -3,12 +3,14 @@ uses, odd sizes, dtypes, layouts, ragged batches and bad inputs. Launches are co
 import pytest
 import torch
 
+from fastmbconv.geometry import conv_padding
 from fastmbconv.kernels._launch import count_launches
-from fastmbconv.kernels._utils import assert_close_to_ref
 from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, output_size
-from fastmbconv.layers import conv_padding
+from fastmbconv.kernels.testing import FencedOutputs, ResetToZeroKernel, assert_close_to_ref, nan_fenced
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from ..helpers import DEVICE
+
+pytestmark = pytest.mark.interpreter
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -162,7 +164,7 @@ def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
         dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with ~12 GB free for a >2^31-element tensor")
+@pytest.mark.gpu
 def test_more_than_2_31_elements_cuda():
     """B7-at-600px-sized activations: offsets must be 64-bit."""
     N, C, H, W = 1040, 32, 256, 256  # 2.18e9 elements
@@ -206,14 +208,6 @@ def test_out_of_range_valid_sizes():
         torch.testing.assert_close(got, want)
 
 
-@pytest.fixture
-def deterministic():
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(before)
-
-
 @pytest.mark.parametrize("ragged", [False, True])
 def test_deterministic_mode_pools_without_atomics(deterministic, ragged, monkeypatch):
     """Under torch.use_deterministic_algorithms(True) the pool is written per pixel tile and
@@ -239,51 +233,12 @@ def test_deterministic_mode_pools_without_atomics(deterministic, ragged, monkeyp
             assert torch.equal(dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True, **kw)[1], pool)
 
 
-def nan_fenced(x: torch.Tensor, margin: int = 2) -> torch.Tensor:
-    """``x`` copied into the middle of a NaN-filled NHWC buffer: any read past its edges (the
-    padding, the channel tail of a block, the next image) pulls a NaN into the output."""
-    N, C, H, W = x.shape
-    buf = torch.full((N + 1, C + 2 * margin, H + 2 * margin, W + 2 * margin), float("nan"),
-                     dtype=x.dtype, device=x.device).contiguous(memory_format=torch.channels_last)
-    inner = buf[:N, margin:margin + C, margin:margin + H, margin:margin + W]
-    inner.copy_(x)
-    return inner
-
-
 @pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 def test_reads_stay_inside_the_input(k, stride, pad_mode):
     x, w, scale, shift = make(2, 37, 13, 11, k)
     x = nan_fenced(x)
     check(x, w, scale, shift, conv_padding(13, 11, k, stride, pad_mode), stride, input_act="silu", with_pool=True)
-
-
-class FencedOutputs:
-    """Stands in for a launcher's ``empty_like_format``: each output is the middle of a larger
-    buffer filled with a sentinel, so a store past any edge of the output shows up as a changed
-    sentinel (the write-side twin of :func:`nan_fenced`)."""
-
-    SENTINEL = -12345.0
-
-    def __init__(self, margin: int = 2):
-        self.margin, self.buffers = margin, []
-
-    def __call__(self, x, shape, dtype=None):
-        m = self.margin
-        N, C, H, W = shape
-        buf = torch.full((N + 1, C + 2 * m, H + 2 * m, W + 2 * m), self.SENTINEL, dtype=dtype or x.dtype,
-                         device=x.device).contiguous(memory_format=torch.channels_last)
-        inner = buf[:N, m:m + C, m:m + H, m:m + W]
-        self.buffers.append((buf, inner))
-        return inner
-
-    def assert_untouched(self):
-        assert self.buffers
-        for buf, inner in self.buffers:
-            outside = torch.ones(buf.shape, dtype=torch.bool, device=buf.device)
-            m = self.margin
-            outside[: inner.shape[0], m:m + inner.shape[1], m:m + inner.shape[2], m:m + inner.shape[3]] = False
-            assert (buf[outside] == self.SENTINEL).all(), "a kernel stored outside its output"
 
 
 @pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
@@ -300,7 +255,6 @@ def test_writes_stay_inside_the_output(k, stride, monkeypatch):
 @pytest.mark.parametrize("with_pool", [False, True])
 def test_autotuner_reset_never_touches_inputs(with_pool, monkeypatch):
     from fastmbconv.kernels import dwconv_bn_act as module
-    from tests.test_kernel_pointwise import ResetToZeroKernel
 
     monkeypatch.setattr(module, "use_autotune", lambda: True)
     monkeypatch.setattr(module, "_dwconv_bn_act_autotuned", ResetToZeroKernel(

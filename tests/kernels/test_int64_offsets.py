@@ -18,10 +18,12 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.subprocess
+
 SCRIPT = textwrap.dedent(
     """
     import torch
-    from fastmbconv.kernels._utils import assert_close_to_ref
+    from fastmbconv.kernels.testing import assert_close_to_ref
     from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref
     from fastmbconv.kernels.pointwise_gated import pointwise_gated, pointwise_gated_ref
 

@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.subprocess
+
 SCRIPT = textwrap.dedent(
     """
     import triton

@@ -4,7 +4,7 @@ On CPU the kernels run through Triton's interpreter; launch counts prove every b
 ran (one depthwise, one SE and two pointwise launches per MBConv block, one depthwise, one SE
 and one pointwise per depthwise-separable block, plus one pointwise for the head). fp32
 tolerance: max |fused - reference| <= 1e-4 * max(1, max |reference|) (the rule in
-fastmbconv.kernels._utils.assert_close_to_ref).
+fastmbconv.kernels.testing.assert_close_to_ref).
 """
 import pytest
 import torch
@@ -12,17 +12,12 @@ import torch
 import fastmbconv as fm
 from fastmbconv import fused
 from fastmbconv.kernels._launch import count_launches
-from fastmbconv.kernels._utils import assert_close_to_ref
-from tests.helpers import randomize_bn
+from fastmbconv.kernels.testing import assert_close_to_ref
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from ..helpers import DEVICE, randomize_bn
 
-
-@pytest.fixture(autouse=True)
-def all_pointwise_on_triton(monkeypatch):
-    """Launch counts below assume every 1x1 conv takes the Triton kernel; on CUDA the chooser
-    would send small ones to torch (tests that compare the choices set the variable themselves)."""
-    monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", "triton")
+# launch counts below assume every 1x1 conv takes the Triton kernel
+pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_triton")]
 
 
 def build(name="efficientnet_b0", seed=0, **kw):
@@ -32,7 +27,7 @@ def build(name="efficientnet_b0", seed=0, **kw):
 
 def expected_launches(model, with_head=True):
     blocks = [b for stage in model.blocks for b in stage]
-    n_ds = sum(1 for b in blocks if not hasattr(b, "bn3"))
+    n_ds = sum(1 for b in blocks if b.parts().expand is None)
     return {
         "dwconv_bn_act": len(blocks),
         "squeeze_excite_gate": len(blocks),
@@ -168,6 +163,7 @@ def test_load_state_dict_refolds():
     assert_close_to_ref(out, ref, what="logits after load_state_dict")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [f"efficientnet_b{i}" for i in range(1, 8)])
 def test_b1_to_b7_structure(name):
     """Every variant's stage/channel/stride structure through the fused path at a tiny size."""
@@ -179,7 +175,7 @@ def test_b1_to_b7_structure(name):
     assert_close_to_ref(out, ref, what=f"{name} logits")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA parity needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("impl", ["auto", "triton", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_cuda_b0_224_parity(dtype, impl, monkeypatch):
@@ -198,7 +194,7 @@ def test_cuda_b0_224_parity(dtype, impl, monkeypatch):
         assert_close_to_ref(out, ref64, ref, what=f"CUDA {dtype} logits")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA parity needs a CUDA GPU")
+@pytest.mark.gpu
 def test_cuda_ragged_b3_parity():
     model = build("efficientnet_b3", pad_mode="same").half()
     x = torch.randn(4, 3, 300, 260, device="cuda", dtype=torch.float16)
@@ -230,6 +226,12 @@ def test_pointwise_choices_report_every_1x1_conv(monkeypatch):
                                              "pool_only": False, "impl": "triton"}
     assert by_name["blocks.1.0.conv_pwl"]["M"] == 2 * 9 * 12  # after the stride-2 depthwise
     assert by_name["conv_head"]["pool_only"] and by_name["conv_head"]["M"] == 2 * 2 * 2
-    on_cuda = fused.pointwise_choices(model, 256, 224, 224, dtype=torch.float16, device="cuda")
-    assert {r["impl"] for r in on_cuda} <= {"triton", "torch"}
-    assert {r["layer"]: r["impl"] for r in on_cuda}["blocks.1.0.conv_pw"] == "triton"
+    # on CUDA the choice follows the chooser shape by shape: a big fp16 GEMM and the pooled
+    # head take Triton, a batch-1 late-stage fp32 GEMM takes cuBLAS
+    on_cuda = {r["layer"]: r["impl"] for r in fused.pointwise_choices(model, 256, 224, 224, torch.float16, "cuda")}
+    assert on_cuda["blocks.1.0.conv_pw"] == "triton" and on_cuda["conv_head"] == "triton"
+    fp32 = {r["layer"]: r["impl"] for r in fused.pointwise_choices(model, 1, 224, 224, torch.float32, "cuda")}
+    assert fp32["blocks.6.0.conv_pwl"] == "torch"
+    monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", "torch")
+    forced = fused.pointwise_choices(model, 256, 224, 224, torch.float16, "cuda")
+    assert {r["impl"] for r in forced} == {"torch"}

@@ -4,16 +4,16 @@ import pytest
 import torch
 
 from fastmbconv.kernels._launch import count_launches
-from fastmbconv.kernels._utils import assert_close_to_ref
+from fastmbconv.kernels.testing import FencedOutputs, ResetToZeroKernel, assert_close_to_ref, nan_fenced
 from fastmbconv.kernels.pointwise_gated import (
-    POINTWISE_IMPL_TABLE,
     choose_pointwise_impl,
     pointwise_gated,
     pointwise_gated_ref,
-    pointwise_gated_torch,
 )
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from ..helpers import DEVICE
+
+pytestmark = pytest.mark.interpreter
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -115,7 +115,7 @@ def test_choice_cpu_is_triton_and_cuda_heuristic(monkeypatch):
     assert choose_pointwise_impl(8 * 7 * 7, 1152, 320, torch.float16, "cuda") == "torch"
     assert choose_pointwise_impl(8 * 7 * 7, 320, 1280, torch.float16, "cuda", pool_only=True) == "triton"
     assert choose_pointwise_impl(10**6, 96, 576, torch.float32, "cuda") == "torch"
-    monkeypatch.setitem(POINTWISE_IMPL_TABLE, (392, 1152, 320, torch.float16), "triton")
+    monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", "triton")
     assert choose_pointwise_impl(392, 1152, 320, torch.float16, "cuda") == "triton"
     monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", "torch")
     assert choose_pointwise_impl(392, 1152, 320, torch.float16, "cuda") == "torch"
@@ -182,7 +182,7 @@ def test_batches_beyond_grid_limit_are_split_into_launches(monkeypatch):
         assert_close_to_ref(out, pointwise_gated_ref(x, w, bias, compute_dtype=torch.float64, **kw))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with ~12 GB free for a >2^31-element tensor")
+@pytest.mark.gpu
 def test_more_than_2_31_elements_cuda():
     N, K, O, H, W = 1040, 32, 16, 256, 256  # input 2.18e9 elements
     x = torch.randn(N, K, H, W, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
@@ -222,8 +222,6 @@ def test_deterministic_mode_pools_without_atomics(ragged, monkeypatch):
 def test_reads_stay_inside_the_inputs(use):
     """Inputs (and the residual) sit inside NaN-filled buffers: a read past an edge, e.g. the
     K tail of the last block, would put NaN in the output."""
-    from tests.test_kernel_dwconv import nan_fenced
-
     x, w, bias, gate, res = make(2, 37, 45, 9, 7)
     x = nan_fenced(x)
     if use == "gate_residual":
@@ -234,29 +232,12 @@ def test_reads_stay_inside_the_inputs(use):
 
 def test_writes_stay_inside_the_output(monkeypatch):
     from fastmbconv.kernels import pointwise_gated as module
-    from tests.test_kernel_dwconv import FencedOutputs
 
     fence = FencedOutputs()
     monkeypatch.setattr(module, "empty_like_format", fence)
     x, w, bias, gate, res = make(2, 37, 45, 9, 7)
     check(x, w, bias, gate=gate, residual=res)
     fence.assert_untouched()
-
-
-class ResetToZeroKernel:
-    """Stands in for a ``triton.autotune`` kernel with ``reset_to_zero=["pool_ptr"]``: zeroes the
-    tensor passed as pool_ptr (as the GPU autotuner does before each benchmark run) and launches
-    the plain kernel with fixed blocks. The interpreter never autotunes, so without this a
-    launcher that passed an *input* as the pool_ptr placeholder would go unnoticed on CPU."""
-
-    def __init__(self, kernel, blocks):
-        self.kernel, self.blocks = kernel, blocks
-
-    def __getitem__(self, grid):
-        def launch(**kw):
-            kw["pool_ptr"].zero_()
-            return self.kernel[grid](**kw, **self.blocks)
-        return launch
 
 
 @pytest.mark.parametrize("pool_only", [False, True])
@@ -277,7 +258,7 @@ def test_autotuner_reset_never_touches_inputs(pool_only, monkeypatch):
 
 def test_torch_fallback_compiles_without_graph_breaks():
     """On CUDA the chooser sends many 1x1 convs to the torch fallback, which dynamo traces
-    inline; its launch bookkeeping must not break the graph (it used to: the counter's lock)."""
+    inline; its launch bookkeeping (the counter's lock) must not break the graph."""
     x, w, bias, gate, res = make(2, 24, 40, 5, 7)
 
     def fallback(inp):

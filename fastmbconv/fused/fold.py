@@ -1,0 +1,155 @@
+"""BatchNorm folded into the weights the fused kernels take, cached on the model.
+
+Per block, the GEMM weights (expand, project) are folded in the compute dtype and every
+per-channel vector (biases, depthwise scale/shift, SE weights) is fp32. The fold is cached per
+compute dtype and redone whenever a parameter, buffer or submodule was replaced or modified in
+place. Under ``torch.compile`` the fold is traced into the graph instead (dynamo cannot trace
+the cache check): the compiled model then always reads the live weights, and with
+``torch._inductor.config.freezing = True`` inductor constant-folds it away.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..layers import ConvBN
+
+
+@dataclass
+class FoldedBlock:
+    """One MBConv or DepthwiseSeparable block with BN folded in."""
+
+    kernel: int
+    stride: int
+    has_skip: bool
+    w_expand: Optional[torch.Tensor]  # (mid, in), compute dtype; None without expansion
+    b_expand: Optional[torch.Tensor]  # (mid,) fp32
+    w_dw: torch.Tensor  # (mid, k, k) fp32
+    dw_scale: torch.Tensor  # (mid,) fp32
+    dw_shift: torch.Tensor  # (mid,) fp32
+    se_w_reduce: torch.Tensor  # (R, mid) fp32
+    se_b_reduce: torch.Tensor
+    se_w_expand: torch.Tensor  # (mid, R) fp32
+    se_b_expand: torch.Tensor
+    w_project: torch.Tensor  # (out, mid), compute dtype
+    b_project: torch.Tensor  # (out,) fp32
+
+
+@dataclass
+class FoldedModel:
+    stem_weight: torch.Tensor  # (C, in, 3, 3), compute dtype, channels_last
+    stem_bias: torch.Tensor  # (C,), compute dtype
+    stages: list[list[FoldedBlock]]
+    head_weight: Optional[torch.Tensor]  # (head, C), compute dtype; None for features_only
+    head_bias: Optional[torch.Tensor]  # (head,) fp32
+
+
+def bn_scale_shift(bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BN as fp32 ``y = x * scale + shift``."""
+    scale = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
+    shift = bn.bias.float() - bn.running_mean.float() * scale
+    return scale, shift
+
+
+def _fold_1x1(part: ConvBN, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    scale, shift = bn_scale_shift(part.bn)
+    w = part.conv.weight.float().reshape(part.conv.out_channels, -1) * scale[:, None]
+    return w.to(dtype).contiguous(), shift.contiguous()
+
+
+def fold_block(block, dtype: Optional[torch.dtype] = None) -> FoldedBlock:
+    """Fold one block; GEMM weights in ``dtype`` (default: the block's own)."""
+    p = block.parts()
+    dtype = dtype or p.depthwise.conv.weight.dtype
+    w_expand = b_expand = None
+    if p.expand is not None:
+        w_expand, b_expand = _fold_1x1(p.expand, dtype)
+    dw_scale, dw_shift = bn_scale_shift(p.depthwise.bn)
+    w_project, b_project = _fold_1x1(p.project, dtype)
+    C, R, k = p.mid_channels, p.se.conv_reduce.out_channels, p.kernel
+    return FoldedBlock(
+        kernel=k, stride=p.stride, has_skip=p.has_skip, w_expand=w_expand, b_expand=b_expand,
+        w_dw=p.depthwise.conv.weight.float().reshape(C, k, k).contiguous(),
+        dw_scale=dw_scale.contiguous(), dw_shift=dw_shift.contiguous(),
+        se_w_reduce=p.se.conv_reduce.weight.float().reshape(R, C).contiguous(),
+        se_b_reduce=p.se.conv_reduce.bias.float().contiguous(),
+        se_w_expand=p.se.conv_expand.weight.float().reshape(C, R).contiguous(),
+        se_b_expand=p.se.conv_expand.bias.float().contiguous(),
+        w_project=w_project, b_project=b_project,
+    )
+
+
+def fold_model(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
+    """Fold every BN of ``model`` (no caching; see :func:`folded`). ``dtype`` is the compute
+    dtype of the activations and GEMM weights (default: the model's)."""
+    with torch.no_grad():
+        scale, shift = bn_scale_shift(model.bn1)
+        w = model.conv_stem.weight
+        dtype = dtype or w.dtype
+        head_weight = head_bias = None
+        if not model.features_only:
+            head_weight, head_bias = _fold_1x1(ConvBN(model.conv_head, model.bn2, "conv_head", "bn2"), dtype)
+        return FoldedModel(
+            stem_weight=(w.float() * scale[:, None, None, None]).to(dtype).contiguous(memory_format=torch.channels_last),
+            stem_bias=shift.to(dtype),
+            stages=[[fold_block(b, dtype) for b in stage] for stage in model.blocks],
+            head_weight=head_weight, head_bias=head_bias,
+        )
+
+
+class FoldCache:
+    """Folded weights per compute dtype, valid while the model's weights are unchanged.
+
+    A snapshot records, for every submodule (the list is taken once), the identity of each
+    child module, parameter and buffer, and each tensor's ``data_ptr`` and ``_version``. Any
+    in-place edit (bumps ``_version``), ``.data`` swap or ``.to()`` (moves ``data_ptr``) or
+    replaced parameter/submodule (new identity) makes the snapshot differ and forces a refold.
+    Checking costs ~0.15 ms of host time on B0; CUDA-graph replays skip it entirely.
+    Inference tensors have no version counter, so a model built under ``inference_mode`` is
+    refolded on every call (correct, slower)."""
+
+    def __init__(self, model):
+        self.modules = list(model.modules())
+        self.snapshot = self.take_snapshot()
+        self.by_dtype: dict[torch.dtype, FoldedModel] = {}
+
+    def take_snapshot(self) -> Optional[tuple]:
+        members = [v for m in self.modules for d in (m._modules, m._parameters, m._buffers) for v in d.values()]
+        tensors = [t for t in members if isinstance(t, torch.Tensor)]
+        try:
+            versions = [t._version for t in tensors]
+        except RuntimeError:  # an inference tensor: untrackable
+            return None
+        return tuple(map(id, members)), tuple(t.data_ptr() for t in tensors), tuple(versions)
+
+    def still_valid(self) -> bool:
+        return self.snapshot is not None and self.take_snapshot() == self.snapshot
+
+
+def folded(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
+    """The model's folded weights for compute ``dtype`` (default: the model's), from the cache
+    on the model when its weights are unchanged."""
+    dtype = dtype or model.conv_stem.weight.dtype
+    if torch.compiler.is_compiling():
+        return fold_model(model, dtype)
+    cache = getattr(model, "_fused_fold_cache", None)
+    if cache is None or not cache.still_valid():
+        cache = FoldCache(model)
+        # Bypass nn.Module.__setattr__: the cache is neither a parameter nor a submodule.
+        object.__setattr__(model, "_fused_fold_cache", cache)
+    if dtype not in cache.by_dtype:
+        cache.by_dtype[dtype] = fold_model(model, dtype)
+    return cache.by_dtype[dtype]
+
+
+def compute_dtype(model, x: torch.Tensor) -> torch.dtype:
+    """The dtype the fused path computes in: the autocast dtype where autocast is on for the
+    input's device and would lower this model's fp32 convs, else the model's own dtype."""
+    dtype = model.conv_stem.weight.dtype
+    device_type = x.device.type
+    if (dtype == torch.float32 and torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)):
+        return torch.get_autocast_dtype(device_type)
+    return dtype

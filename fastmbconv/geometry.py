@@ -1,0 +1,139 @@
+"""Convolution geometry, the bottom of the package: padding in both conventions, output sizes,
+and the per-image sizes of a ragged batch.
+
+Both padding conventions give an output of ``ceil(size / stride)`` for the odd kernels
+EfficientNet uses, so one rule (:func:`out_size`) serves the model, the kernels' launch
+arguments, the roofline and ragged batches.
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+
+PadMode = Literal["symmetric", "same"]
+PAD_MODES: tuple[str, ...] = ("symmetric", "same")
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def out_size(size: int, stride: int) -> int:
+    """Output extent of an odd-kernel conv with either padding convention: ceil(size / stride)."""
+    return ceil_div(size, stride)
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TF "SAME" padding for one spatial dim: (before, after).
+
+    ``pad_total = max((ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)``,
+    with the odd pixel going after (bottom/right). It depends on the actual input size, so it is
+    computed on every call rather than from a fixed image size.
+    """
+    total = max((ceil_div(size, stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def check_pad_mode(pad_mode: str) -> str:
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"unknown pad_mode {pad_mode!r}; expected 'symmetric' or 'same'")
+    return pad_mode
+
+
+def conv_padding(height: int, width: int, kernel: int, stride: int, pad_mode: PadMode) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) padding for a ``kernel``x``kernel`` conv in either convention:
+    ``symmetric`` pads ``kernel // 2`` everywhere (timm ``efficientnet_*``, torchvision), ``same``
+    is TF "SAME" (timm ``tf_efficientnet_*``), asymmetric for stride 2."""
+    if check_pad_mode(pad_mode) == "symmetric":
+        p = kernel // 2
+        return p, p, p, p
+    top, bottom = same_padding(height, kernel, stride)
+    left, right = same_padding(width, kernel, stride)
+    return top, bottom, left, right
+
+
+class RaggedSizes:
+    """Per-image valid (height, width) of a ragged batch, held on the host.
+
+    An image occupies the top-left (h, w) corner of its slot. The sizes decide padding offsets
+    and launch arguments, so they stay an int64 CPU tensor for the whole forward; the device
+    tensors built from them (sizes, per-image padding, pixel counts, masks) are non-blocking
+    uploads, each made once per distinct layer geometry and cached here. Reading sizes from a
+    CUDA tensor would cost a host sync per layer; :meth:`from_user` costs one at most, and none
+    for a list or CPU tensor.
+    """
+
+    def __init__(self, sizes: torch.Tensor):
+        self.sizes = sizes  # int64 (N, 2) on the CPU
+        self._cache: dict = {}
+
+    @classmethod
+    def from_user(cls, valid_sizes, batch_shape: Sequence[int]) -> "RaggedSizes":
+        """Validate user-given ``valid_sizes`` (a list, CPU or CUDA tensor of (N, 2) integers)
+        against a batch of shape (N, C, H, W)."""
+        if not isinstance(valid_sizes, torch.Tensor):
+            valid_sizes = torch.as_tensor(valid_sizes)
+        if valid_sizes.is_floating_point() or valid_sizes.is_complex() or valid_sizes.dtype == torch.bool:
+            raise TypeError(f"valid_sizes must be an integer tensor, got {valid_sizes.dtype}")
+        if valid_sizes.ndim != 2 or valid_sizes.shape[1] != 2:
+            raise ValueError(f"valid_sizes must have shape (N, 2) of (height, width), got {tuple(valid_sizes.shape)}")
+        n, height, width = batch_shape[0], batch_shape[-2], batch_shape[-1]
+        if valid_sizes.shape[0] != n:
+            raise ValueError(f"valid_sizes has {valid_sizes.shape[0]} rows but the batch has {n} images")
+        sizes = valid_sizes.to(device="cpu", dtype=torch.int64)
+        if sizes.numel() and (sizes < 1).any():
+            raise ValueError(f"valid_sizes must be positive; got {sizes[(sizes < 1).any(1)].tolist()}")
+        too_big = (sizes[:, 0] > height) | (sizes[:, 1] > width)
+        if too_big.any():
+            raise ValueError(
+                f"valid_sizes {sizes[too_big].tolist()} exceed the batch's spatial size ({height}, {width})")
+        return cls(sizes)
+
+    def __len__(self) -> int:
+        return self.sizes.shape[0]
+
+    def after(self, kernel: int, stride: int) -> "RaggedSizes":
+        """The sizes after a ``kernel``x``kernel`` stride-``stride`` conv (either padding):
+        ceil(h / s). Stride 1 keeps this object, and with it its cached device tensors."""
+        if stride == 1:
+            return self
+        return RaggedSizes(torch.div(self.sizes + stride - 1, stride, rounding_mode="floor"))
+
+    def padding(self, kernel: int, stride: int, pad_mode: PadMode) -> list[tuple[int, int]]:
+        """(top, left) padding of every image at its own size."""
+        key = ("padding", kernel, stride, pad_mode)
+        if key not in self._cache:
+            rows = []
+            for h, w in self.sizes.tolist():
+                top, _, left, _ = conv_padding(h, w, kernel, stride, pad_mode)
+                rows.append((top, left))
+            self._cache[key] = rows
+        return self._cache[key]
+
+    def on(self, device, what: str = "sizes", kernel: int = 0, stride: int = 1, pad_mode: PadMode = "same") -> torch.Tensor:
+        """A cached device copy: ``"sizes"`` int32 (N, 2), ``"padding"`` int32 (N, 2) (top, left)
+        for the given conv, or ``"counts"`` float32 (N,) valid pixels per image."""
+        device = torch.device(device)
+        key = (what, str(device)) + ((kernel, stride, pad_mode) if what == "padding" else ())
+        if key not in self._cache:
+            if what == "sizes":
+                host = self.sizes.to(torch.int32)
+            elif what == "padding":
+                host = torch.tensor(self.padding(kernel, stride, pad_mode), dtype=torch.int32).reshape(-1, 2)
+            elif what == "counts":
+                host = self.sizes.prod(1).to(torch.float32)
+            else:
+                raise ValueError(f"unknown device view {what!r}")
+            # non_blocking: uploading host sizes must not wait for the kernels already queued
+            self._cache[key] = host.to(device, non_blocking=True)
+        return self._cache[key]
+
+    def mask(self, height: int, width: int, device) -> torch.Tensor:
+        """Boolean (N, 1, H, W) mask of each image's valid region, on ``device``."""
+        from .kernels._utils import valid_mask
+
+        key = ("mask", height, width, str(torch.device(device)))
+        if key not in self._cache:
+            self._cache[key] = valid_mask(self.on(device), height, width)[:, None]
+        return self._cache[key]

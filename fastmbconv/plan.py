@@ -1,0 +1,66 @@
+"""What one forward call must do, decided once before any layer runs.
+
+``EfficientNet.forward`` and ``forward_features`` check their input here and hand a
+:class:`ForwardPlan` to exactly one executor: :mod:`fastmbconv.reference` (the modules) or
+:mod:`fastmbconv.fused` (the Triton kernels). Both take ``run(model, x, plan)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+
+from .geometry import PadMode, RaggedSizes
+
+#: ``logits``: classifier output (pooled features when the classifier is Identity);
+#: ``features``: the head's (N, C, H/32, W/32) map after conv + BN + SiLU;
+#: ``stage_maps``: the outputs of the stages in ``ForwardPlan.stages`` (a features_only model).
+Output = Literal["logits", "features", "stage_maps"]
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    output: Output
+    pad_mode: PadMode
+    sizes: Optional[RaggedSizes] = None  # per-image valid sizes of a ragged batch
+    stages: tuple[int, ...] = ()  # stage indices to return, for ``stage_maps``
+
+
+def check_input(model, x) -> None:
+    """Raise a clear error for inputs the model cannot run."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"EfficientNet expects a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"EfficientNet expects a 4-D (N, C, H, W) input, got {x.ndim}-D shape {tuple(x.shape)}")
+    if x.shape[1] != model.in_chans:
+        raise ValueError(f"EfficientNet expects {model.in_chans} input channels, got {x.shape[1]} "
+                         f"(input shape {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise TypeError(f"EfficientNet expects a floating-point input, got {x.dtype}; convert images with "
+                        "x.float() / 255 and normalise (see fastmbconv.prepare_images)")
+    weight = model.conv_stem.weight
+    if x.device != weight.device:
+        raise ValueError(f"input is on {x.device} but the model is on {weight.device}; "
+                         f"move one of them, e.g. x.to('{weight.device}')")
+    autocast = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
+    if x.dtype != weight.dtype and not autocast:
+        raise TypeError(f"input dtype {x.dtype} does not match the model's {weight.dtype}; "
+                        f"use x.to({weight.dtype}) or model.to({x.dtype}), or run under torch.autocast")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"input spatial size must be at least 1x1, got {tuple(x.shape[2:])}")
+
+
+def make_plan(model, x: torch.Tensor, valid_sizes, output: Output) -> ForwardPlan:
+    """Check ``x`` (and ``valid_sizes``, for a ragged batch) and plan the call."""
+    check_input(model, x)
+    sizes = None
+    if valid_sizes is not None:
+        if model.training:
+            raise RuntimeError("ragged batches (valid_sizes) are inference-only: BatchNorm's batch statistics "
+                               "would mix padding into every image; call model.eval()")
+        sizes = RaggedSizes.from_user(valid_sizes, x.shape)
+    if model.features_only:
+        output = "stage_maps"
+    stages = tuple(info["stage"] for info in model.feature_info) if output == "stage_maps" else ()
+    return ForwardPlan(output, model.pad_mode, sizes, stages)

@@ -1,0 +1,49 @@
+"""The reference executor: the whole model as plain PyTorch modules (cuDNN on a GPU).
+
+It is the ground truth the fused executor (:mod:`fastmbconv.fused`) is tested against, and the
+path for training, autograd and CPU tensors. Same entry point as the fused executor:
+``run(model, x, plan)``.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import ragged
+from .geometry import RaggedSizes
+from .plan import ForwardPlan
+
+
+def stages(model, x: torch.Tensor, sizes: Optional[RaggedSizes]) -> Iterator[tuple[int, torch.Tensor, Optional[RaggedSizes]]]:
+    """Stem and blocks; yields (stage index, stage output, its valid sizes) at each stage end."""
+    x = F.silu(model.bn1(model.conv_stem(x, sizes)))
+    sizes = None if sizes is None else sizes.after(3, 2)
+    for i, stage in enumerate(model.blocks):
+        for block in stage:
+            x = block(x, sizes)
+            if sizes is not None:
+                sizes = sizes.after(block.kernel, block.stride)
+        yield i, x, sizes
+
+
+def _masked(x: torch.Tensor, sizes: Optional[RaggedSizes]) -> torch.Tensor:
+    return x if sizes is None else ragged.mask_invalid(x, sizes)
+
+
+def head(model, features: torch.Tensor, sizes: Optional[RaggedSizes] = None, pre_logits: bool = False) -> torch.Tensor:
+    """Global average pool (over each image's valid region), dropout, classifier."""
+    x = features.mean((2, 3)) if sizes is None else ragged.masked_mean(features, sizes).flatten(1)
+    if model.drop_rate > 0.0:
+        x = F.dropout(x, p=model.drop_rate, training=model.training)
+    return x if pre_logits else model.classifier(x)
+
+
+def run(model, x: torch.Tensor, plan: ForwardPlan):
+    if plan.output == "stage_maps":
+        return [_masked(out, sizes) for i, out, sizes in stages(model, x, plan.sizes) if i in plan.stages]
+    for _, x, sizes in stages(model, x, plan.sizes):
+        pass
+    features = _masked(F.silu(model.bn2(model.conv_head(x))), sizes)
+    return features if plan.output == "features" else head(model, features, sizes)

@@ -1,0 +1,73 @@
+"""The project's speed targets, evaluated only from cases measured side by side in one run."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+from .providers import RESNET, full_model_name
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    threshold: float
+    description: str
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("fused_vs_eager", 2.0, "B0 224 fp16 batch 256: fused >= 2x reference eager"),
+    Target("fused_vs_max_autotune", 1.5, 'B0 224 fp16 batch 256: fused >= 1.5x torch.compile(reference, "max-autotune")'),
+    Target("fused_b0_vs_eager_resnet50", 4.0, "batch 256 fp16: fused B0 >= 4x faster than eager ResNet-50"),
+    Target("fused_layer_fused_floor", 0.5, "B0 224 fp16 batch 256: fused reaches >= 50% of the layer-fused memory floor"),
+    Target("cudagraph_vs_reduce_overhead", 1.2, 'B0 224 fp16 batch 1: fused CUDA graph >= 1.2x torch.compile(reference, "reduce-overhead")'),
+)
+
+
+def evaluate_targets(rows: Iterable[dict]) -> list[dict]:
+    """The project's speed targets from result rows (keys: model, resolution, batch, dtype,
+    provider, median_s, floor_fraction_layer_fused). A target whose cases were not measured in
+    this run is reported as such, never as met."""
+    table = {}
+    for r in rows:
+        if r.get("median_s"):
+            table[(full_model_name(r["model"]), int(r["resolution"]), int(r["batch"]), r["dtype"], r["provider"])] = r
+
+    def t(provider, batch, model="efficientnet_b0"):
+        r = table.get((model, 224, batch, "fp16", provider))
+        return r["median_s"] if r else None
+
+    def ratio(slow, fast):
+        return slow / fast if slow and fast else None
+
+    fused256 = table.get(("efficientnet_b0", 224, 256, "fp16", "fused"))
+    values = {
+        "fused_vs_eager": (ratio(t("eager", 256), t("fused", 256)), "eager / fused", ("eager", "fused")),
+        "fused_vs_max_autotune": (ratio(t("compile_max_autotune", 256), t("fused", 256)),
+                                  "max-autotune / fused", ("compile_max_autotune", "fused")),
+        "fused_b0_vs_eager_resnet50": (ratio(t("eager", 256, RESNET), t("fused", 256)),
+                                       "ResNet-50 eager / B0 fused", ("resnet50 eager", "fused")),
+        "fused_layer_fused_floor": (fused256.get("floor_fraction_layer_fused") if fused256 else None,
+                                    "layer-fused floor time / fused time", ("fused",)),
+        "cudagraph_vs_reduce_overhead": (ratio(t("compile_reduce_overhead", 1), t("cudagraph_fused", 1)),
+                                         "reduce-overhead / CUDA-graph fused", ("compile_reduce_overhead", "cudagraph_fused")),
+    }
+    out = []
+    for target in TARGETS:
+        value, how, needs = values[target.name]
+        out.append({
+            "target": target.name, "description": target.description, "threshold": target.threshold,
+            "value": value, "how": how,
+            "met": None if value is None or (isinstance(value, float) and math.isnan(value)) else value >= target.threshold,
+            "status": ("not measured (needs " + ", ".join(needs) + " at B0 224 fp16 on a GPU)") if value is None
+            else ("MET" if value >= target.threshold else "NOT MET"),
+        })
+    return out
+
+
+def format_targets(results: list[dict]) -> str:
+    lines = ["| target | measured | threshold | status |", "|---|---:|---:|---|"]
+    for r in results:
+        v = "—" if r["value"] is None else f"{r['value']:.2f} ({r['how']})"
+        lines.append(f"| {r['description']} | {v} | {r['threshold']:g} | {r['status']} |")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""Synchronised timing: median and interquartile range of repeated calls."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    median_s: float
+    q1_s: float
+    q3_s: float
+    min_s: float
+    reps: int
+
+    @property
+    def iqr_s(self) -> float:
+        return self.q3_s - self.q1_s
+
+
+def time_runner(runner, reps: int = 20, min_seconds: float = 0.0, max_seconds: float = 5.0) -> Timing:
+    """Median of ``reps`` synchronised calls of a :class:`~fastmbconv.study.providers.Runner` (more if ``min_seconds`` is not yet reached, fewer
+    if ``max_seconds`` is). CUDA events on a GPU, ``perf_counter`` on the CPU."""
+    times: list[float] = []
+    device = runner.device
+    begin = time.perf_counter()
+    while True:
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            runner.call()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            runner.call()
+            times.append(time.perf_counter() - t0)
+        spent = time.perf_counter() - begin
+        if len(times) >= 3 and spent > max_seconds:
+            break
+        if len(times) >= reps and spent >= min_seconds:
+            break
+    return summarize(times)
+
+
+def summarize(times: Sequence[float]) -> Timing:
+    ts = sorted(times)
+    if len(ts) >= 2:
+        q1, _, q3 = statistics.quantiles(ts, n=4, method="inclusive")
+    else:
+        q1 = q3 = ts[0]
+    return Timing(statistics.median(ts), q1, q3, ts[0], len(ts))

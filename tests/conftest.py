@@ -1,0 +1,48 @@
+"""Shared fixtures and the test markers.
+
+Markers (registered in pyproject.toml):
+
+- ``gpu``: needs a CUDA GPU; skipped, with that reason, where there is none;
+- ``interpreter``: launches Triton kernels, through the CPU interpreter on a machine without a
+  GPU; on a GPU machine the same tests run the kernels on CUDA, so there they count as ``gpu``
+  too (``-m gpu`` then selects every test that exercises the GPU);
+- ``subprocess``: runs a child Python process (slow to start);
+- ``slow``: long-running (large interpreted shapes, the B1-B7 structures); ``make test-fast``
+  leaves out ``slow`` and ``subprocess``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .helpers import DEVICE, HAS_CUDA
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if HAS_CUDA and "interpreter" in item.keywords:
+            item.add_marker(pytest.mark.gpu)
+        elif not HAS_CUDA and "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def device() -> str:
+    """Where kernels run: CUDA if present, else the CPU through Triton's interpreter."""
+    return DEVICE
+
+
+@pytest.fixture
+def pointwise_on_triton(monkeypatch):
+    """Every 1x1 conv on the Triton kernel, so exact launch counts hold on CUDA too."""
+    monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", "triton")
+
+
+@pytest.fixture
+def deterministic():
+    """``torch.use_deterministic_algorithms(True)`` for one test."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
