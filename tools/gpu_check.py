@@ -374,6 +374,7 @@ class Check:
             return
         if step.fn is not None:
             res.status, res.details = step.fn(self)
+            res.note = str(res.details.get("error") or res.details.get("note") or "")[:300]
             return
         gpu_cmd = (step.tool or []) + (step.cmd or [])
         res.command = shlex.join(gpu_cmd)
@@ -802,8 +803,8 @@ def format_report(r: dict) -> str:
     out += ["", "## Kernel cache", ""]
     rest = cache.get("restored")
     if rest:
-        out.append(f"- restored from `{rest.get('archive')}` (made by {rest.get('made_by_stage')} on "
-                   f"{rest.get('made_on')}, {rest.get('created')}): {rest.get('inventory')}; "
+        out.append(f"- restored from `{rest.get('archive')}` (made by stage {rest.get('made_by_stage') or '?'} on "
+                   f"{rest.get('made_on') or 'no GPU'}, {rest.get('created')}): {rest.get('inventory')}; "
                    + "; ".join(rest.get("notes") or []))
     else:
         out.append("- nothing restored (no CACHE_FROM)")
