@@ -17,11 +17,14 @@ import torch
 import triton.language as tl
 
 from fastmbconv.kernel_report.model import dynamic_per_warp
+from fastmbconv.roofline import roofline
 from fastmbconv.kernel_report.sass import access_width, classify, parse_sass, ptx_loop_memory_ops, set_unroll
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_LAUNCH_KEYS = ("op", "layer", "ksize", "registers", "spill_bytes", "instructions_per_output", "hbm_bytes",
                         "modelled_us")
+VIEW_OR_ALLOC = ("view", "_unsafe_view", "slice", "permute", "t", "expand", "as_strided", "empty", "empty_strided",
+                 "detach", "reshape", "unsqueeze", "select")
 REQUIRED_TOTALS = ("launches", "modelled_ms", "layer_fused_floor_ms", "floor_ratio", "max_spill_bytes")
 
 # 6 straight-line instructions, a 5-instruction loop, then the terminal self-branch and padding
@@ -164,6 +167,14 @@ def test_cli_b0_batch1_writes_report(tmp_path):
     assert {r["op"] for r in triton} >= {"dwconv_bn_act", "pointwise_gated", "squeeze_excite_gate"}
     assert {r["ksize"] for r in triton if r["op"] == "dwconv_bn_act"} == {3, 5}
     assert abs(sum(r["modelled_us"] for r in report["launches"]) / 1e3 - totals["modelled_ms"]) < 1e-9
+    floor = roofline("efficientnet_b0", 64, 1, "fp16").bytes("layer_fused") / 3.0e12 * 1e3
+    assert totals["layer_fused_floor_ms"] == pytest.approx(floor)
+    assert totals["floor_ratio"] == pytest.approx(totals["modelled_ms"] / floor)
+    torch_ops = [r for r in report["launches"] if r["kind"] == "torch"]
+    assert "torch:convolution" in {r["op"] for r in torch_ops}  # the stem
+    assert not {r["op"] for r in torch_ops} & {f"torch:{n}" for n in VIEW_OR_ALLOC}
+    assert all(r["fill"] for r in torch_ops if r["op"] in ("torch:zeros", "torch:fill_", "torch:zero_", "torch:full"))
+    assert totals["fill_launches"] == sum(r["fill"] for r in torch_ops)
     assert "static model, not a measurement" in out_md.read_text().lower()
 
 
@@ -178,6 +189,8 @@ BLOATED_VS_LEAN = textwrap.dedent("""
     # the same launch under an op name without hints, and under one whose hints do not fit
     unknown = dataclasses.replace(lean, op="op_without_hints")
     misfit = dataclasses.replace(lean, op="pointwise_gated")
+    # the stem's cuDNN output is channels_last on a GPU, and so must the recorded one be
+    assert bloated.layer == "blocks.0.0" and bloated.args["x_ptr"].stride()[1] == 1, bloated.args["x_ptr"].stride()
     rows, _ = triton_rows([bloated, lean, unknown, misfit], None)
     keys = ("instructions_per_output", "per_output_by_class", "ksize", "hints", "modelled_us", "warp_instructions",
             "flags")
@@ -195,6 +208,7 @@ def test_bloated_depthwise_shows_more_instructions_per_output():
     bloated, lean, unknown, misfit = json.loads(result.stdout.strip().splitlines()[-1])
     assert bloated["ksize"] == lean["ksize"] == 3
     assert bloated["instructions_per_output"] > 1.5 * lean["instructions_per_output"], (bloated, lean)
+    assert 35 < lean["instructions_per_output"] < 140  # the scale of FIELD_NOTES' ~72 for a lean k=3
     k2 = bloated["ksize"] ** 2
     assert bloated["per_output_by_class"]["mufu"] >= lean["per_output_by_class"].get("mufu", 0) + k2
 
@@ -208,3 +222,62 @@ def test_bloated_depthwise_shows_more_instructions_per_output():
 def test_importing_the_report_does_not_import_triton():
     code = "import sys, fastmbconv, fastmbconv.kernel_report; print('triton' in sys.modules)"
     assert _run([sys.executable, "-c", code], timeout=300).stdout.strip() == "False"
+
+
+AUTOTUNED_PROBE = textwrap.dedent("""
+    import json
+    import torch
+    import triton
+    import triton.language as tl
+    from fastmbconv.kernels._launch import LaunchRecord
+    from fastmbconv.kernel_report import ops
+    from fastmbconv.kernel_report.build import triton_rows
+
+    @triton.jit
+    def double_rows(x_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        for c0 in range(0, n_cols, BLOCK):
+            offs = c0 + tl.arange(0, BLOCK)
+            keep = offs < n_cols
+            v = tl.load(x_ptr + row * n_cols + offs, mask=keep).to(tl.float32)
+            for _ in tl.static_range(8):  # enough work per element to be issue-bound
+                v = v * tl.sigmoid(v)
+            tl.store(out_ptr + row * n_cols + offs, v.to(tl.float16), mask=keep)
+
+    configs = [triton.Config({"BLOCK": 64}, num_warps=1), triton.Config({"BLOCK": 256}, num_warps=2)]
+    tuned = triton.autotune(configs=configs, key=["n_cols"])(double_rows)
+    ops.HINTS["double_rows"] = lambda a: ops.Hints(outputs=a["out_ptr"].numel(),
+                                                   loops=[ops.cdiv(a["n_cols"], a["BLOCK"])])
+    x = torch.empty(8, 4096, device="meta", dtype=torch.float16)
+    args = dict(x_ptr=x, out_ptr=torch.empty_like(x), n_cols=4096)
+    grid = lambda meta: (8, meta["BLOCK"] // 64)
+    launch = LaunchRecord("double_rows", "probe", tuned, grid, args, {})
+    fixed = LaunchRecord("double_rows", "probe", double_rows, grid, args, {"BLOCK": 128, "num_warps": 4})
+    rows, _ = triton_rows([launch], [fixed])
+    print(json.dumps(rows[0]))
+""")
+
+
+@pytest.mark.subprocess
+def test_autotuned_launch_reports_every_config(tmp_path):
+    """Each config of an Autotuner compiles with its own kwargs and warps, gets its own grid
+    from the grid callable and its own loop passes from the hints; the launch shows the config
+    with the lowest modelled time, and the FASTMBCONV_AUTOTUNE=0 counterpart separately."""
+    script = tmp_path / "probe.py"  # triton reads a kernel's source from its file
+    script.write_text(AUTOTUNED_PROBE)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    row = json.loads(_run([sys.executable, str(script)], env=env).stdout.strip().splitlines()[-1])
+    configs = row["configs"]
+    assert [(c["config"]["BLOCK"], c["num_warps"], c["grid"]) for c in configs] == [(64, 1, [8, 1, 1]),
+                                                                                     (256, 2, [8, 4, 1])]
+    for c in configs:
+        (loop,) = c["loops"]
+        assert loop["passes_per_warp"] == -(-(4096 // c["config"]["BLOCK"]) // loop["unroll"])
+        assert c["instructions_per_warp"] > c["static_instructions"] and c["hbm_bytes"] == 2 * 8 * 4096 * 2
+        assert not any("hinted" in f for f in c["flags"]), c["flags"]
+    assert all(c["bound_by"] == "issue" for c in configs)
+    assert configs[0]["modelled_us"] != configs[1]["modelled_us"]
+    best = min(range(2), key=lambda i: configs[i]["modelled_us"])
+    assert row["chosen_config"] == best and row["modelled_us"] == configs[best]["modelled_us"]
+    assert row["fixed_config"]["config"]["BLOCK"] == 128 and row["fixed_config"]["num_warps"] == 4
