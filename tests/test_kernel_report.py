@@ -16,7 +16,8 @@ import pytest
 import torch
 import triton.language as tl
 
-from fastmbconv.kernel_report.model import dynamic_per_warp
+from fastmbconv.kernel_report.model import dynamic_per_warp, modelled_seconds
+from fastmbconv.kernel_report.record import distinct_bytes
 from fastmbconv.roofline import roofline
 from fastmbconv.kernel_report.sass import access_width, classify, parse_sass, ptx_loop_memory_ops, set_unroll
 
@@ -99,6 +100,23 @@ def test_instruction_classes():
     assert classify("STL.64") == "local"
 
 
+def test_time_model_is_the_fixed_max_plus_overhead():
+    t, bound = modelled_seconds(3.0e6, 1.0, 0.0)  # 1 us of HBM traffic
+    assert bound == "memory" and t == pytest.approx(3e-6)
+    t, bound = modelled_seconds(0.0, 132 * 4 * 1.755e9 * 1e-6 * 5, 0.0)  # 5 us of issue
+    assert bound == "issue" and t == pytest.approx(7e-6)
+    t, bound = modelled_seconds(3.0e6, 1.0, 700e12 * 4e-6)  # 4 us of tensor cores beats 1 us of memory
+    assert bound == "tensor" and t == pytest.approx(6e-6)
+
+
+def test_hbm_bytes_count_each_storage_region_once():
+    a = torch.empty(100, dtype=torch.float16, device="meta")
+    b = torch.empty(10, dtype=torch.float32, device="meta")
+    assert distinct_bytes([a, a, a.view(10, 10), b]) == 200 + 40  # a placeholder passed again is free
+    assert distinct_bytes([a[:60], a[40:]]) == 200  # overlapping views: their union
+    assert distinct_bytes([a[:10], a[50:60], torch.empty(0, device="meta")]) == 40
+
+
 def _probe(x_ptr, y_ptr, n, m, one, big, f, BLOCK: tl.constexpr):
     pass
 
@@ -164,6 +182,8 @@ def test_cli_b0_batch1_writes_report(tmp_path):
         assert row["modelled_us"] > 2.0 and row["hbm_bytes"] >= 0
     triton = [r for r in report["launches"] if r["kind"] == "triton"]
     assert triton and all(r["registers"] and r["instructions_per_output"] for r in triton)
+    # every kernel's SASS loops match its hinted trip counts (stale hints show up here)
+    assert not [(r["op"], f) for r in triton for f in r["flags"] if "hint" in f], [r["flags"] for r in triton]
     assert {r["op"] for r in triton} >= {"dwconv_bn_act", "pointwise_gated", "squeeze_excite_gate"}
     assert {r["ksize"] for r in triton if r["op"] == "dwconv_bn_act"} == {3, 5}
     assert abs(sum(r["modelled_us"] for r in report["launches"]) / 1e3 - totals["modelled_ms"]) < 1e-9
@@ -172,6 +192,7 @@ def test_cli_b0_batch1_writes_report(tmp_path):
     assert totals["floor_ratio"] == pytest.approx(totals["modelled_ms"] / floor)
     torch_ops = [r for r in report["launches"] if r["kind"] == "torch"]
     assert "torch:convolution" in {r["op"] for r in torch_ops}  # the stem
+    assert "torch:sqrt" not in {r["op"] for r in torch_ops}  # BN is folded once, not per forward
     assert not {r["op"] for r in torch_ops} & {f"torch:{n}" for n in VIEW_OR_ALLOC}
     assert all(r["fill"] for r in torch_ops if r["op"] in ("torch:zeros", "torch:fill_", "torch:zero_", "torch:full"))
     assert totals["fill_launches"] == sum(r["fill"] for r in torch_ops)
