@@ -23,8 +23,20 @@ Output = Literal["logits", "features", "stage_maps"]
 class ForwardPlan:
     output: Output
     pad_mode: PadMode
+    dtype: torch.dtype  # what the activations compute in (see :func:`compute_dtype`)
     sizes: Optional[RaggedSizes] = None  # per-image valid sizes of a ragged batch
     stages: tuple[int, ...] = ()  # stage indices to return, for ``stage_maps``
+
+
+def compute_dtype(model, x: torch.Tensor) -> torch.dtype:
+    """The autocast dtype where autocast is on for the input's device and would lower this
+    model's fp32 convs, else the model's own dtype."""
+    dtype = model.conv_stem.weight.dtype
+    device_type = x.device.type
+    if (dtype == torch.float32 and torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)):
+        return torch.get_autocast_dtype(device_type)
+    return dtype
 
 
 def check_input(model, x) -> None:
@@ -63,4 +75,4 @@ def make_plan(model, x: torch.Tensor, valid_sizes, output: Output) -> ForwardPla
     if model.features_only:
         output = "stage_maps"
     stages = tuple(info["stage"] for info in model.feature_info) if output == "stage_maps" else ()
-    return ForwardPlan(output, model.pad_mode, sizes, stages)
+    return ForwardPlan(output, model.pad_mode, compute_dtype(model, x), sizes, stages)

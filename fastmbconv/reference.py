@@ -45,5 +45,5 @@ def run(model, x: torch.Tensor, plan: ForwardPlan):
         return [_masked(out, sizes) for i, out, sizes in stages(model, x, plan.sizes) if i in plan.stages]
     for _, x, sizes in stages(model, x, plan.sizes):
         pass
-    features = _masked(F.silu(model.bn2(model.conv_head(x))), sizes)
-    return features if plan.output == "features" else head(model, features, sizes)
+    features = F.silu(model.bn2(model.conv_head(x)))
+    return _masked(features, sizes) if plan.output == "features" else head(model, features, sizes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from .geometry import out_size
+from .geometry import conv_padding, out_size
 from .layers import BlockParts
 
 LayerKind = Literal["stem", "block", "head"]
@@ -39,6 +39,7 @@ class LayerShape:
     stage: int = -1
     index: int = -1
     parts: Optional[BlockParts] = None
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # (top, bottom, left, right) in the model's convention
 
     @property
     def out_height(self) -> int:
@@ -52,8 +53,9 @@ class LayerShape:
 def walk(model, height: int, width: int) -> list[LayerShape]:
     """Stem, every block, and the head (unless ``features_only``) of ``model`` for an input of
     ``height`` x ``width``."""
-    stem = model.conv_stem
-    layers = [LayerShape("conv_stem", "stem", stem.in_channels, stem.out_channels, 3, 2, height, width)]
+    stem, pad_mode = model.conv_stem, model.pad_mode
+    layers = [LayerShape("conv_stem", "stem", stem.in_channels, stem.out_channels, 3, 2, height, width,
+                         padding=conv_padding(height, width, 3, 2, pad_mode))]
     h, w = layers[0].out_height, layers[0].out_width
     for i, stage in enumerate(model.blocks):
         for j, block in enumerate(stage):
@@ -61,7 +63,8 @@ def walk(model, height: int, width: int) -> list[LayerShape]:
             shape = LayerShape(
                 f"blocks.{i}.{j}", "block", block.in_channels, block.out_channels, p.kernel, p.stride, h, w,
                 mid_channels=p.mid_channels, se_channels=p.se.conv_reduce.out_channels,
-                has_expand=p.expand is not None, has_skip=p.has_skip, stage=i, index=j, parts=p)
+                has_expand=p.expand is not None, has_skip=p.has_skip, stage=i, index=j, parts=p,
+                padding=conv_padding(h, w, p.kernel, p.stride, pad_mode))
             layers.append(shape)
             h, w = shape.out_height, shape.out_width
     if not model.features_only:

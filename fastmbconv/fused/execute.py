@@ -13,8 +13,8 @@ conv, where eager PyTorch makes a separate pass for every BN, activation, pool a
 
 The stem is a torch conv with folded BN whose SiLU is likewise left to the first depthwise
 kernel; the head conv + BN + SiLU + global average pool is one ``pointwise_gated`` launch that
-writes only (N, C) sums. Activations are channels_last in the compute dtype (see
-:func:`.fold.compute_dtype`); kernels accumulate in fp32.
+writes only (N, C) sums. Activations are channels_last in the plan's compute dtype (the autocast dtype under
+autocast); kernels accumulate in fp32.
 """
 from __future__ import annotations
 
@@ -24,21 +24,23 @@ import torch
 import torch.nn.functional as F
 
 from .. import ragged
-from ..geometry import PadMode, RaggedSizes, conv_padding
+from ..geometry import PadMode, RaggedSizes
 from ..kernels._launch import layer_scope
 from ..kernels.dwconv_bn_act import dwconv_bn_act
 from ..kernels.pointwise_gated import choose_pointwise_impl, pointwise_gated
 from ..kernels.squeeze_excite import squeeze_excite_gate
 from ..plan import ForwardPlan
 from ..shapes import walk
-from .fold import FoldedBlock, FoldedModel, compute_dtype, folded
+from .fold import FoldedBlock, FoldedModel, folded
 
 
-def block_forward(block: FoldedBlock, x: torch.Tensor, pad_mode: PadMode, input_preact: bool = False,
-                  sizes: Optional[RaggedSizes] = None) -> torch.Tensor:
-    """One fused block on a channels_last activation. ``input_preact``: ``x`` is a pre-SiLU
-    tensor (the stem's), whose SiLU the first kernel applies on load. ``sizes``: the per-image
-    valid sizes of a ragged batch at this block's input."""
+def block_forward(block: FoldedBlock, x: torch.Tensor, padding: tuple[int, int, int, int], pad_mode: PadMode,
+                  input_preact: bool = False, sizes: Optional[RaggedSizes] = None) -> torch.Tensor:
+    """One fused block on a channels_last activation. ``padding``: the depthwise conv's (top,
+    bottom, left, right) for this input size (see :func:`fastmbconv.shapes.walk`).
+    ``input_preact``: ``x`` is a pre-SiLU tensor (the stem's), whose SiLU the first kernel
+    applies on load. ``sizes``: the per-image valid sizes of a ragged batch at this block's
+    input, each image padded by its own offsets in ``pad_mode``."""
     if input_preact and (block.has_skip or block.w_expand is not None):
         x, input_preact = F.silu(x), False  # the activated tensor is needed in full
     if block.w_expand is not None:
@@ -47,7 +49,6 @@ def block_forward(block: FoldedBlock, x: torch.Tensor, pad_mode: PadMode, input_
     else:
         h, input_act = x, ("silu" if input_preact else "identity")
     k, s = block.kernel, block.stride
-    padding = conv_padding(h.shape[-2], h.shape[-1], k, s, pad_mode)
     valid_hw = pad_tl = count = None
     if sizes is not None:
         valid_hw, pad_tl = sizes.on(x.device), sizes.on(x.device, "padding", k, s, pad_mode)
@@ -59,12 +60,13 @@ def block_forward(block: FoldedBlock, x: torch.Tensor, pad_mode: PadMode, input_
     return pointwise_gated(d, block.w_project, block.b_project, gate=gate, residual=x if block.has_skip else None)
 
 
-def stem_forward(weights: FoldedModel, x: torch.Tensor, pad_mode: PadMode, sizes: Optional[RaggedSizes]) -> torch.Tensor:
+def stem_forward(weights: FoldedModel, x: torch.Tensor, padding: tuple[int, int, int, int], pad_mode: PadMode,
+                 sizes: Optional[RaggedSizes]) -> torch.Tensor:
     """Stem conv with BN folded, *before* SiLU (the first block applies it)."""
     x = x.to(weights.stem_weight.dtype).contiguous(memory_format=torch.channels_last)
     if sizes is not None:
         return ragged.conv2d(x, weights.stem_weight, weights.stem_bias, 2, 1, pad_mode, sizes)
-    top, bottom, left, right = conv_padding(x.shape[-2], x.shape[-1], 3, 2, pad_mode)
+    top, bottom, left, right = padding
     if top == bottom == left == right:
         return F.conv2d(x, weights.stem_weight, weights.stem_bias, stride=2, padding=top)
     return F.conv2d(F.pad(x, (left, right, top, bottom)), weights.stem_weight, weights.stem_bias, stride=2)
@@ -76,17 +78,17 @@ def _masked(x: torch.Tensor, sizes: Optional[RaggedSizes]) -> torch.Tensor:
 
 def run(model, x: torch.Tensor, plan: ForwardPlan):
     """The fused forward of ``model`` per ``plan`` (see :mod:`fastmbconv.plan`)."""
-    weights = folded(model, compute_dtype(model, x))
+    weights = folded(model, plan.dtype)
     layers = walk(model, x.shape[-2], x.shape[-1])
     sizes = plan.sizes
     with layer_scope("conv_stem"):
-        x = stem_forward(weights, x, plan.pad_mode, sizes)
+        x = stem_forward(weights, x, layers[0].padding, plan.pad_mode, sizes)
     sizes = None if sizes is None else sizes.after(3, 2)
     stage_maps = []
     blocks = [layer for layer in layers if layer.kind == "block"]
     for layer in blocks:
         with layer_scope(layer.name):
-            x = block_forward(weights.stages[layer.stage][layer.index], x, plan.pad_mode,
+            x = block_forward(weights.stages[layer.stage][layer.index], x, layer.padding, plan.pad_mode,
                               input_preact=layer is blocks[0], sizes=sizes)
         if sizes is not None:
             sizes = sizes.after(layer.kernel, layer.stride)

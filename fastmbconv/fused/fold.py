@@ -142,14 +142,3 @@ def folded(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
     if dtype not in cache.by_dtype:
         cache.by_dtype[dtype] = fold_model(model, dtype)
     return cache.by_dtype[dtype]
-
-
-def compute_dtype(model, x: torch.Tensor) -> torch.dtype:
-    """The dtype the fused path computes in: the autocast dtype where autocast is on for the
-    input's device and would lower this model's fp32 convs, else the model's own dtype."""
-    dtype = model.conv_stem.weight.dtype
-    device_type = x.device.type
-    if (dtype == torch.float32 and torch.amp.is_autocast_available(device_type)
-            and torch.is_autocast_enabled(device_type)):
-        return torch.get_autocast_dtype(device_type)
-    return dtype

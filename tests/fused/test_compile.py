@@ -9,6 +9,7 @@ import torch
 
 import fastmbconv as fm
 from fastmbconv import fused
+from fastmbconv.geometry import conv_padding
 from fastmbconv.kernels._launch import count_launches
 from fastmbconv.kernels.testing import assert_close_to_ref
 from fastmbconv.layers import DepthwiseSeparable, MBConv
@@ -37,9 +38,10 @@ def test_block_compiles_fullgraph_without_breaks(kind):
     block, x = make_block(kind)
     pad_mode = block.conv_dw.pad_mode
     folded_block = fused.fold_block(block)
+    padding = conv_padding(x.shape[-2], x.shape[-1], block.kernel, block.stride, pad_mode)
 
     def fused_block(inp):
-        return fused.block_forward(folded_block, inp, pad_mode)
+        return fused.block_forward(folded_block, inp, padding, pad_mode)
 
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(fused_block)(x)
