@@ -47,41 +47,60 @@ struct RowCache {
   std::vector<uint8_t> rows;
 };
 
-// Source row `sr` of image `m` after the horizontal pass, over the window's columns.
+// Horizontal pass of one source row over the window's columns, C channels per pixel. The sums
+// are pil_row_value's (integers: the loop order does not change them), all channels per tap.
+template <int C>
+void pil_hpass(const uint8_t* __restrict__ src, const int32_t* entries, int64_t ksize,
+               int64_t rw, uint8_t* __restrict__ d) {
+  for (int64_t x = 0; x < rw; ++x) {
+    const int32_t* xe = entries + x * (ksize + 2);
+    const uint8_t* p = src + static_cast<int64_t>(xe[0]) * C;
+    int32_t acc[C];
+    for (int ch = 0; ch < C; ++ch) acc[ch] = pil_acc0();
+    for (int32_t t = 0; t < xe[1]; ++t) {
+      for (int ch = 0; ch < C; ++ch) acc[ch] += static_cast<int32_t>(p[t * C + ch]) * xe[2 + t];
+    }
+    for (int ch = 0; ch < C; ++ch) d[x * C + ch] = static_cast<uint8_t>(pil_clip8(acc[ch]));
+  }
+}
+
+// Source row `sr` of image `m` after the horizontal pass, from the ring or computed into it.
 const uint8_t* pil_hrow(RowCache& rc, const int64_t* m, const int32_t* coefs, int64_t sr) {
   const int64_t s = sr % rc.slots;
   uint8_t* d = rc.rows.data() + s * rc.pitch;
   if (rc.tag[s] == sr) return d;
   const int64_t w = m[kWidth], c = m[kChannels], left = m[kLeft], rw = m[kValidW];
-  const int64_t xk = m[kXTaps];
   const uint8_t* src = table_image(m) + sr * w * c;
-  for (int64_t x = 0; x < rw; ++x) {
-    const int32_t* xe = xk ? coefs + m[kXCoef] + x * (xk + 2) : nullptr;
-    for (int64_t ch = 0; ch < c; ++ch) {
-      d[x * c + ch] = static_cast<uint8_t>(pil_row_value(src, c, ch, xe, left + x));
-    }
+  if (m[kXTaps] == 0) {
+    std::copy(src + left * c, src + (left + rw) * c, d);
+  } else if (c == 3) {
+    pil_hpass<3>(src, coefs + m[kXCoef], m[kXTaps], rw, d);
+  } else {
+    pil_hpass<1>(src, coefs + m[kXCoef], m[kXTaps], rw, d);
   }
   rc.tag[s] = sr;
   return d;
 }
 
-// Output row y of image `m` (Pillow filters) as uint8 values, `c` per pixel, into `vals`.
-void pil_out_row(RowCache& rc, const int64_t* m, const int32_t* coefs, int64_t y, uint8_t* vals) {
-  const int64_t c = m[kChannels], rw = m[kValidW], yk = m[kYTaps];
+// Output row y of image `m` (Pillow filters) as uint8 values, `c` per pixel, into `vals`;
+// `acc` is scratch of the same length.
+void pil_out_row(RowCache& rc, const int64_t* m, const int32_t* coefs, int64_t y, uint8_t* vals,
+                 int32_t* acc) {
+  const int64_t n = m[kValidW] * m[kChannels], yk = m[kYTaps];
   if (yk == 0) {
     const uint8_t* d = pil_hrow(rc, m, coefs, m[kTop] + y);
-    std::copy(d, d + rw * c, vals);
+    std::copy(d, d + n, vals);
     return;
   }
   const int32_t* ye = coefs + m[kYCoef] + y * (yk + 2);
-  const int32_t taps = ye[1];
-  std::vector<const uint8_t*> src(taps);  // taps <= slots: fetching one never evicts another
-  for (int32_t t = 0; t < taps; ++t) src[t] = pil_hrow(rc, m, coefs, ye[0] + t);
-  for (int64_t j = 0; j < rw * c; ++j) {
-    int32_t acc = pil_acc0();
-    for (int32_t t = 0; t < taps; ++t) acc += static_cast<int32_t>(src[t][j]) * ye[2 + t];
-    vals[j] = static_cast<uint8_t>(pil_clip8(acc));
+  int32_t* __restrict__ a = acc;
+  std::fill(a, a + n, pil_acc0());
+  for (int32_t t = 0; t < ye[1]; ++t) {  // taps <= slots: fetching one row never evicts another
+    const uint8_t* __restrict__ src = pil_hrow(rc, m, coefs, ye[0] + t);
+    const int32_t k = ye[2 + t];
+    for (int64_t j = 0; j < n; ++j) a[j] += static_cast<int32_t>(src[j]) * k;
   }
+  for (int64_t j = 0; j < n; ++j) vals[j] = static_cast<uint8_t>(pil_clip8(a[j]));
 }
 
 template <typename T>
@@ -97,6 +116,7 @@ void prepare_cpu_impl(const int64_t* table, int64_t n, int64_t filter, int64_t o
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     RowCache rc;
     std::vector<uint8_t> vals;
+    std::vector<int32_t> acc;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r / out_h;
       const int64_t y = r - i * out_h;
@@ -138,7 +158,8 @@ void prepare_cpu_impl(const int64_t* table, int64_t n, int64_t filter, int64_t o
           rc.image = i;
         }
         vals.resize(rw * c);
-        pil_out_row(rc, m, coefs, y, vals.data());
+        acc.resize(rw * c);
+        pil_out_row(rc, m, coefs, y, vals.data(), acc.data());
         for (int64_t x = 0; x < rw; ++x) {
           const uint8_t* p = vals.data() + x * c;
           for (int k = 0; k < 3; ++k) row[x * 3 + k] = T(lut[k][p[g * k]]);

@@ -1,4 +1,4 @@
-"""One-pass image preparation: uint8 HWC images (as decoders produce them) to one normalised,
+"""One-pass image preparation: uint8 images (as decoders produce them) to one normalised,
 channels_last batch, in a single call of the compiled op ``fastmbconv::prepare_images_v2``
 (one kernel launch on CUDA, one parallel loop on CPU).
 
@@ -6,257 +6,51 @@ channels_last batch, in a single call of the compiled op ``fastmbconv::prepare_i
                                      device="cuda")
     batch, _ = eval_transform(model)(images)  # timm's eval preprocessing for the model
 
-``images`` is a uint8 NHWC tensor or array, one HWC image, or a list of HWC / HW images of
-different sizes and channel counts (torch tensors or numpy arrays). The op takes the tensors as
-they are plus one int64 table of (tensor, offset, size, resized size, window) per image, so a
-list costs one op call and one launch, never one per image, and no packing copy. Images on the
-CPU with ``device="cuda"`` are packed once on the CPU and uploaded as one uint8 buffer.
+The op takes the images where they are plus one int64 table of (tensor, offset, size, resized
+size, window) per image: a list costs one op call and one launch, and no packing copy. Images on
+the CPU with ``device="cuda"`` are packed once on the CPU and uploaded as one uint8 buffer.
 
-:func:`prepare_images_ref` is the same computation composed of torch ops (F.interpolate, crop,
-F.pad, normalise, per image). The op matches it within one unit in the last place of the output
-dtype (plus ~1e-6 absolute fp32 rounding) for the F.interpolate bilinear path, and within one
-8-bit step, 1 / (255 std), for the Pillow (antialiased) paths, which round to uint8 in fixed
-point where the reference rounds fp32 values.
+:func:`prepare_images_ref` is the same computation composed of torch ops, per image. The op
+matches it within one unit in the last place of the output dtype (plus ~1e-6 absolute fp32
+rounding) on the F.interpolate bilinear path, and within one 8-bit step, 1 / (255 std), on the
+Pillow (antialiased) paths, which round to uint8 in fixed point where the reference rounds fp32.
 """
 from __future__ import annotations
 
-import math
-import numbers
 import sys
-import warnings
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from . import _ext
+from ._prepare_plan import (  # noqa: F401  (re-exported)
+    ALIGNS,
+    DEFAULT_CROP_PCT,
+    DTYPES,
+    INTERPOLATIONS,
+    MODES,
+    Images,
+    Plan,
+    Size,
+    center_crop_size,
+    checked_crop_pct,
+    checked_size,
+    letterbox_size,
+    make_plan,
+    per_channel,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MODES = ("resize", "letterbox", "pad", "center_crop")
-INTERPOLATIONS = ("bilinear", "bicubic")
-DEFAULT_CROP_PCT = 0.875  # timm's
-ALIGNS = (8, 16, 32)
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INT32_MAX = 2**31 - 1
-_FILTERS = {("bilinear", False): 0, ("bilinear", True): 1, ("bicubic", True): 2}  # prepare_math.h
-
-Images = Union[torch.Tensor, Sequence[torch.Tensor]]
-Size = Union[int, Tuple[int, int]]
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MODES", "INTERPOLATIONS", "EvalTransform",
            "center_crop_size", "eval_transform", "letterbox_size", "prepare_images",
            "prepare_images_ref"]
 
 
-def letterbox_size(height: int, width: int, size: int) -> Tuple[int, int]:
-    """(h, w) after scaling the longer side to ``size`` and keeping the aspect ratio: the shorter
-    side is round(short * size / long), halves rounded up, and at least 1."""
-    long = max(height, width)
-    h = max(1, (2 * height * size + long) // (2 * long))
-    w = max(1, (2 * width * size + long) // (2 * long))
-    return h, w
-
-
-def center_crop_size(height: int, width: int, size: Size, crop_pct: float = DEFAULT_CROP_PCT):
-    """``((sh, sw), (top, left))``: the size an image is resized to and the corner of the centred
-    (H, W) window, exactly as timm's eval transform (crop_mode "center") computes them.
-
-    Square targets (torchvision ``Resize(s)``): s = floor(H / crop_pct); the shorter side
-    becomes s, the longer int(s * long / short). Non-square (timm ``ResizeKeepRatio``): with
-    (ph, pw) = floor((H, W) / crop_pct) and r = min(height / ph, width / pw), (sh, sw) =
-    round((height, width) / r), Python's round. Then torchvision ``CenterCrop``:
-    top = round((sh - H) / 2), left = round((sw - W) / 2), halves to even."""
-    th, tw = (size, size) if isinstance(size, numbers.Integral) else size
-    if th == tw:
-        s = math.floor(th / crop_pct)
-        sh, sw = (int(s * height / width), s) if width <= height else (s, int(s * width / height))
-    else:
-        ratio = min(height / math.floor(th / crop_pct), width / math.floor(tw / crop_pct))
-        sh, sw = round(height / ratio), round(width / ratio)
-    return (sh, sw), (int(round((sh - th) / 2.0)), int(round((sw - tw) / 2.0)))
-
-
-@dataclass
-class _Plan:
-    images: List[torch.Tensor]  # the HWC images of a list (only the first of a 4-D batch)
-    batch: Optional[torch.Tensor]  # the NHWC input, when one was given
-    channels: List[int]  # of each image
-    sizes: List[Tuple[int, int]]  # (h, w) of each image
-    scaled: List[Tuple[int, int]]  # the size each image is resized to
-    corners: List[Tuple[int, int]]  # (top, left) of the window kept of the resized image
-    resized: List[Tuple[int, int]]  # (rh, rw): the window's size, the image's valid extent
-    out_h: int
-    out_w: int
-    filter: int  # 0: F.interpolate bilinear; 1, 2: Pillow bilinear, bicubic
-    interpolation: str
-    dtype: torch.dtype
-    mean: List[float]
-    std: List[float]
-    device: torch.device  # where the output lives
-
-
-def _floats(name: str, values) -> List[float]:
-    if isinstance(values, torch.Tensor):
-        values = values.flatten().tolist()
-    elif isinstance(values, (int, float)):
-        values = [values]
-    try:
-        out = [float(v) for v in values]
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a number or a sequence of 1 or 3 numbers, got {values!r}") from exc
-    if len(out) == 1:
-        out = out * 3
-    if len(out) != 3:
-        raise ValueError(f"{name} must have 1 or 3 values (one per RGB channel), got {len(out)}")
-    return out
-
-
-def _as_tensor(x, name: str):
-    """torch tensors as they are; numpy arrays as tensors sharing their memory."""
-    np = sys.modules.get("numpy")  # an ndarray implies numpy is imported
-    if isinstance(x, torch.Tensor) or np is None or not isinstance(x, np.ndarray):
-        return x
-    if any(s < 0 for s in x.strides):
-        x = np.ascontiguousarray(x)
-    with warnings.catch_warnings():  # read-only arrays (np.asarray(PIL image)): never written
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(x)
-
-
-def _chw_error(shape, where: str) -> ValueError:
-    batch = len(shape) == 4
-    perm, n = ("0, 2, 3, 1", "N") if batch else ("1, 2, 0", "")
-    return ValueError(f"{where} has shape {tuple(shape)}: looks like {n}CHW; pass {n}HWC (channels "
-                      f"last, C = 1 or 3), e.g. x.permute({perm}) (numpy: x.transpose({perm}))")
-
-
-def _inputs(images) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
-    images = _as_tensor(images, "images")
-    if isinstance(images, torch.Tensor):
-        if images.dim() == 4:
-            if images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
-                raise _chw_error(images.shape, "images")
-            if images.shape[0] == 0:
-                raise ValueError("images is an empty batch (N = 0)")
-            return [images[0]], images  # every image of a batch shares shape, dtype and device
-        if images.dim() not in (2, 3):
-            raise ValueError("images must be a uint8 NHWC batch (N, H, W, C), one HWC or HW image, or "
-                             f"a list of them; got a tensor of shape {tuple(images.shape)}")
-        return [images if images.dim() == 3 else images[..., None]], None
-    if not isinstance(images, (list, tuple)):
-        raise TypeError("images must be a uint8 NHWC tensor or array, one HWC image, or a list of "
-                        f"HWC images, got {type(images).__name__}")
-    if not images:
-        raise ValueError("images is an empty list")
-    items = []
-    for i, im in enumerate(images):
-        im = _as_tensor(im, f"images[{i}]")
-        if not isinstance(im, torch.Tensor):
-            raise TypeError(f"images[{i}] is a {type(im).__name__}, not a tensor or a numpy array")
-        items.append(im[..., None] if im.dim() == 2 else im)
-    return items, None
-
-
-def _size_hw(size, mode: str) -> Tuple[int, int]:
-    hw = size if isinstance(size, (tuple, list)) and len(size) == 2 and mode != "letterbox" else (size, size)
-    for s in hw:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
-            kind = "an int" if mode == "letterbox" else "an int or an (H, W) pair of ints"
-            raise TypeError(f"size must be {kind} for mode={mode!r}, got {size!r}")
-        if s <= 0:
-            raise ValueError(f"size must be positive, got {size!r}")
-        if s > _INT32_MAX:
-            raise ValueError(f"size {s} overflows 32-bit image sizes (valid_hw is int32); max {_INT32_MAX}")
-    return int(hw[0]), int(hw[1])
-
-
-def _crop_pct(crop_pct) -> float:
-    if isinstance(crop_pct, bool) or not isinstance(crop_pct, numbers.Real) or not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must be a number in (0, 1], got {crop_pct!r}")
-    return float(crop_pct)
-
-
-def _plan(images, size, mode, dtype, mean, std, align, device, interpolation, antialias, crop_pct) -> _Plan:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if dtype not in DTYPES:
-        raise TypeError(f"dtype must be one of torch.float32, torch.float16, torch.bfloat16, got {dtype}")
-    if isinstance(align, bool) or align not in ALIGNS:
-        raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
-    if antialias is None:
-        antialias = mode == "center_crop"
-    if not isinstance(antialias, bool):
-        raise TypeError(f"antialias must be True, False or None, got {antialias!r}")
-    if interpolation == "bicubic" and not antialias and mode != "pad":
-        raise ValueError("interpolation='bicubic' needs antialias=True (Pillow's bicubic, a = -0.5); "
-                         "F.interpolate's non-antialiased bicubic (a = -0.75) is not implemented")
-    if mode != "center_crop" and crop_pct is not None:
-        raise ValueError(f"crop_pct applies to mode='center_crop' only, not {mode!r}")
-    crop_pct = _crop_pct(DEFAULT_CROP_PCT if crop_pct is None else crop_pct)
-    target = _size_hw(size, mode) if mode != "pad" else None
-    mean_l, std_l = _floats("mean", mean), _floats("std", std)
-    if any(s == 0.0 for s in std_l):
-        raise ValueError(f"std must be non-zero, got {std_l}")
-
-    items, batch = _inputs(images)
-    first = items[0]
-    for i, im in enumerate(items):
-        if im.dim() != 3:
-            raise ValueError(f"images[{i}] has {im.dim()} dims (shape {tuple(im.shape)}); every image "
-                             "must be HWC (3 dims) or HW (2 dims, grayscale)")
-        if im.dtype != torch.uint8:
-            raise TypeError(f"images[{i}] must be uint8, got {im.dtype}")
-        if im.shape[0] in (1, 3) and im.shape[2] not in (1, 3):
-            raise _chw_error(im.shape, f"images[{i}] ({im.shape[2]} channels last)")
-        if im.shape[2] not in (1, 3):
-            raise ValueError(f"images[{i}] has {im.shape[2]} channels (shape {tuple(im.shape)}); need 3 "
-                             "(RGB) or 1 (grayscale, expanded to RGB), channels last (HWC)")
-        if im.device != first.device:
-            raise ValueError(f"images[{i}] is on {im.device} but images[0] is on {first.device}; "
-                             "all images must be on one device")
-        if im.shape[0] == 0 or im.shape[1] == 0:
-            raise ValueError(f"images[{i}] is empty (shape {tuple(im.shape)})")
-        if im.shape[0] > _INT32_MAX or im.shape[1] > _INT32_MAX:
-            raise ValueError(f"images[{i}] of shape {tuple(im.shape)} overflows 32-bit image sizes")
-
-    if batch is not None:
-        n = int(batch.shape[0])
-        sizes, channels = [(int(batch.shape[1]), int(batch.shape[2]))] * n, [int(batch.shape[3])] * n
-    else:
-        sizes = [(int(im.shape[0]), int(im.shape[1])) for im in items]
-        channels = [int(im.shape[2]) for im in items]
-    corners = [(0, 0)] * len(sizes)
-    if mode == "resize":
-        scaled = [target] * len(sizes)
-        out_h, out_w = target
-    elif mode == "letterbox":
-        scaled = [letterbox_size(h, w, target[0]) for h, w in sizes]
-        out_h, out_w = target
-    elif mode == "center_crop":
-        scaled, corners = zip(*(center_crop_size(h, w, target, crop_pct) for h, w in sizes))
-        if max(max(s) for s in scaled) > _INT32_MAX:
-            raise ValueError(f"resizing to {target} / crop_pct {crop_pct} overflows 32-bit image sizes")
-        out_h, out_w = target
-    else:
-        scaled = list(sizes)
-        out_h = -(-max(h for h, _ in sizes) // align) * align
-        out_w = -(-max(w for _, w in sizes) // align) * align
-        if out_h > _INT32_MAX or out_w > _INT32_MAX:
-            raise ValueError(f"padded size ({out_h}, {out_w}) overflows 32-bit image sizes")
-    resized = [target] * len(sizes) if mode == "center_crop" else list(scaled)
-    if len(sizes) * 3 * out_h * out_w >= 2**63:
-        raise ValueError(f"output of {len(sizes)} x 3 x {out_h} x {out_w} elements overflows int64 indexing")
-    dev = torch.device(device) if device is not None else first.device
-    return _Plan(items, batch, channels, sizes, list(scaled), list(corners), resized, out_h, out_w,
-                 _FILTERS[(interpolation, antialias)] if mode != "pad" else 0, interpolation, dtype,
-                 mean_l, std_l, dev)
-
-
-def _valid_hw(plan: _Plan) -> torch.Tensor:
+def _valid_hw(plan: Plan) -> torch.Tensor:
     return torch.tensor(plan.resized, dtype=torch.int32).to(plan.device, non_blocking=True)
 
 
@@ -328,9 +122,7 @@ def prepare_images(
         antialias: True: resample exactly as Pillow's ``Image.resize`` (torchvision's and timm's
             PIL path): separable, horizontal pass then vertical, the filter's support widened
             by the downscale factor, bicubic with a = -0.5, fixed-point coefficients and each
-            pass rounded to uint8. Bit-exact to Pillow's 8-bit resampling; the output
-            differs from timm's ``transforms_imagenet_eval`` on the same pixels by fp32
-            rounding at most (it is ``(v / 255 - mean) / std`` of the same uint8 value).
+            pass rounded to uint8: bit-exact to Pillow's 8-bit resampling.
             False (bilinear only): ``F.interpolate(mode="bilinear", align_corners=False,
             antialias=False)`` on the float image, unrounded; strong downscaling aliases.
             None (default): True for ``center_crop``, False otherwise.
@@ -359,7 +151,7 @@ def prepare_images(
         extents); ``fastmbconv._ext.ExtensionNotBuiltError`` when the compiled extension is
         missing (build it with ``pip install -e . --no-build-isolation``).
     """
-    plan = _plan(images, size, mode, dtype, mean, std, align, device, interpolation, antialias, crop_pct)
+    plan = make_plan(images, size, mode, dtype, mean, std, align, device, interpolation, antialias, crop_pct)
     op = _op()
     if plan.device.type == "cuda":
         if not _ext.has_cuda_kernels():
@@ -396,7 +188,7 @@ def prepare_images(
     return batch, _valid_hw(plan)
 
 
-def _resample_ref(x: torch.Tensor, size: Tuple[int, int], plan: _Plan) -> torch.Tensor:
+def _resample_ref(x: torch.Tensor, size: Tuple[int, int], plan: Plan) -> torch.Tensor:
     """x (1, 3, h, w) fp32 resized to ``size`` as the op does: F.interpolate bilinear, or the
     Pillow path as two antialiased F.interpolate passes (horizontal first), each rounded half up
     and clamped to [0, 255] as Pillow rounds to uint8."""
@@ -431,7 +223,7 @@ def prepare_images_ref(
     device. Antialiased (Pillow) resizes agree with the op within one 8-bit step: F.interpolate
     computes Pillow's filter in fp32 where Pillow uses fixed point, so an intermediate value
     within ~1e-4 of a rounding boundary can round the other way."""
-    plan = _plan(images, size, mode, dtype, mean, std, align, device, interpolation, antialias, crop_pct)
+    plan = make_plan(images, size, mode, dtype, mean, std, align, device, interpolation, antialias, crop_pct)
     mean_t = torch.tensor(plan.mean, dtype=torch.float32, device=plan.device).view(1, 3, 1, 1)
     std_t = torch.tensor(plan.std, dtype=torch.float32, device=plan.device).view(1, 3, 1, 1)
     images = list(plan.batch.unbind(0)) if plan.batch is not None else plan.images
@@ -462,16 +254,9 @@ class EvalTransform:
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
 
-    def _kwargs(self, dtype, device):
-        return dict(size=self.size, mode="center_crop", dtype=dtype, mean=self.mean, std=self.std,
-                    device=device, interpolation=self.interpolation, crop_pct=self.crop_pct)
-
     def __call__(self, images: Images, dtype: torch.dtype = torch.float32, device=None):
-        return prepare_images(images, **self._kwargs(dtype, device))
-
-    def reference(self, images: Images, dtype: torch.dtype = torch.float32, device=None):
-        """The same with :func:`prepare_images_ref` (torch ops only)."""
-        return prepare_images_ref(images, **self._kwargs(dtype, device))
+        return prepare_images(images, self.size, "center_crop", dtype, self.mean, self.std,
+                              device=device, interpolation=self.interpolation, crop_pct=self.crop_pct)
 
 
 def eval_transform(cfg_or_model, use_test_size: bool = False) -> EvalTransform:
@@ -484,10 +269,11 @@ def eval_transform(cfg_or_model, use_test_size: bool = False) -> EvalTransform:
 
     The result reproduces ``timm.data.create_transform(**resolve_data_config(...))`` on PIL
     RGB images (Resize, CenterCrop, ToTensor, Normalize): the same resized and cropped uint8
-    pixels (Pillow's resampling, done bit-exactly), then the same fp32 normalisation; tested
-    within one 8-bit step, 1 / (255 std), per value. As timm does, a non-square input_size is
-    resized with bilinear whatever the config says (timm builds its ``ResizeKeepRatio``
-    without the interpolation argument)."""
+    pixels (Pillow's resampling, done bit-exactly), then the same fp32 normalisation, so in
+    float32 the batch equals timm's bit for bit; fp16 / bf16 round it once. Tested within one
+    8-bit step, 1 / (255 std), per value against a PIL implementation of timm's transform. As
+    timm does, a non-square input_size is resized with bilinear whatever the config says (timm
+    builds its ``ResizeKeepRatio`` without the interpolation argument)."""
     cfg = cfg_or_model if isinstance(cfg_or_model, Mapping) else getattr(cfg_or_model, "pretrained_cfg", None)
     if not isinstance(cfg, Mapping):
         raise TypeError("eval_transform takes a pretrained_cfg mapping or a model with a "
@@ -502,14 +288,14 @@ def eval_transform(cfg_or_model, use_test_size: bool = False) -> EvalTransform:
     interpolation = cfg.get("interpolation") or "bicubic"
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
-    size = _size_hw(tuple(input_size[1:]), "center_crop")
+    size = checked_size(tuple(input_size[1:]), "center_crop")
     if size[0] != size[1]:
         interpolation = "bilinear"
-    mean = tuple(_floats("mean", cfg.get("mean") or IMAGENET_MEAN))
-    std = tuple(_floats("std", cfg.get("std") or IMAGENET_STD))
+    mean = tuple(per_channel("mean", cfg.get("mean") or IMAGENET_MEAN))
+    std = tuple(per_channel("std", cfg.get("std") or IMAGENET_STD))
     if 0.0 in std:
         raise ValueError(f"std must be non-zero, got {std}")
-    return EvalTransform(size, _crop_pct(crop_pct), interpolation, mean, std)
+    return EvalTransform(size, checked_crop_pct(crop_pct), interpolation, mean, std)
 
 
 # The extension was loaded before this module was imported: register the fake now.
