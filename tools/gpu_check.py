@@ -321,7 +321,8 @@ class Check:
         env = dict(os.environ)
         env.update(PYTHONUNBUFFERED="1", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
                    HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TOOLS), os.environ.get("PYTHONPATH")]))
+        # this checkout first (as `python -m pytest` has it), then the tools (the pytest plugin)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(TOOLS), os.environ.get("PYTHONPATH")]))
         env.update(gpu_cache.env_for(self.cache_root))
         if self.dry:
             env.update(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
@@ -641,6 +642,8 @@ def probe_env(c: Check):
     (c.logs / "env-probe.log").write_text(r.stdout + r.stderr)
     probe = load_json(path, {})
     c.env_info.update(probe)
+    if probe.get("warning"):
+        c.notes.append(probe["warning"])
     if not c.dry and not probe.get("cuda_available"):
         return "failed", {"error": "torch does not see a CUDA GPU", **probe}
     return ("ok" if r.returncode == 0 else "failed"), probe
@@ -681,7 +684,7 @@ def dry_sample(n: int, seconds: float) -> list[str]:
 def test_step(c: Check, name: str, autotune: bool, cap: float) -> Step:
     gpu, junit = pytest_cmd(c, name, GPU_MARK)
     # dry: the interpreter never autotunes, so the second run only proves the plumbing again
-    dry, _ = pytest_cmd(c, name, DRY_MARK, extra=dry_sample(2, 5) if autotune else dry_sample(DRY_SAMPLE, 20))
+    dry, _ = pytest_cmd(c, name, DRY_MARK, extra=dry_sample(2, 5) if autotune else dry_sample(DRY_SAMPLE, 15))
     return Step(name, gpu, dry, cap_s=cap, min_s=30, junit=junit, env={"FASTMBCONV_AUTOTUNE": "1" if autotune else "0"},
                 what=f"the CUDA tests (-m '{GPU_MARK}'), autotuning {'on' if autotune else 'off'}")
 
@@ -865,17 +868,22 @@ def probe_env_main(path: str) -> int:
         try:
             from fastmbconv import _ext
 
-            info["extension_built"] = _ext.is_available()
+            _ext.load()
+            info["extension_built"] = True
             info["extension_cuda_kernels"] = bool(getattr(_ext, "has_cuda_kernels", lambda: None)())
         except Exception as exc:
-            info["extension_error"] = f"{type(exc).__name__}: {exc}"
+            info["extension_built"] = False
+            info["extension_error"] = f"{type(exc).__name__}: {exc}"[:500]
         from fastmbconv import kernels
 
         info["kernels_path"] = str(Path(kernels.__file__).parent)
     except Exception as exc:
         info["fastmbconv_error"] = f"{type(exc).__name__}: {exc}"
-    if not str(info.get("fastmbconv_path", REPO)).startswith(str(REPO)):
-        info["warning"] = f"fastmbconv is imported from {info['fastmbconv_path']}, not from this checkout {REPO}"
+    elsewhere = [f"{key.split('_')[0]} from {info[key]}" for key in ("fastmbconv_path", "kernels_path")
+                 if key in info and not info[key].startswith(str(REPO))]
+    if elsewhere:
+        info["warning"] = (f"imported {', '.join(elsewhere)}, not from this checkout {REPO} (another checkout is "
+                           "pip-installed; `pip install -e .` here, or use a venv, for a faithful run)")
     dump_json(Path(path), info)
     print(json.dumps(info, indent=2))
     return 0

@@ -2,9 +2,10 @@
 ``PYTHONPATH``).
 
 ``--gc-sample N`` keeps at most N of the tests that survived ``-m``/``-k``, taken round-robin
-across test modules (the first test of each module, then the second, ...), so a dry run on a
-CPU exercises a few tests of every kernel module in seconds, whatever the files are called. The
-rest are reported as deselected.
+across test modules (the first test of each module, then the second, ...), modules with the most
+selected tests first (heavily parametrised unit tests tend to be cheap each; a module of a few
+whole-model tests comes last), so a dry run on a CPU exercises a few tests of several modules in
+seconds, whatever the files are called. The rest are reported as deselected.
 
 ``--gc-seconds S`` skips every test that would start more than S seconds after collection
 (reason "gpu-check: dry time budget spent"), so a dry run stays short whichever tests the sample
@@ -47,8 +48,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         queues.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
     keep: set[int] = set()
+    ordered = sorted(queues.values(), key=len, reverse=True)  # stable: ties keep collection order
     while len(keep) < n:
-        for queue in queues.values():
+        for queue in ordered:
             if queue and len(keep) < n:
                 keep.add(id(queue.pop(0)))
     deselected = [it for it in items if id(it) not in keep]
