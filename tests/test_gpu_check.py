@@ -311,3 +311,21 @@ def test_step_over_its_time_is_interrupted_and_pytest_still_writes_junit(tmp_pat
     finally:
         import shutil
         shutil.rmtree(c.work, ignore_errors=True)
+
+
+def test_dry_install_never_repoints_another_checkout(monkeypatch, tmp_path):
+    c = gpu_check.Check(gpu_check.parse_args(["--stage", "verify", "--out", str(tmp_path / "out"), "--dry"]))
+    try:
+        monkeypatch.setattr(gpu_check, "extension_is_stale", lambda: False)
+        monkeypatch.setattr(gpu_check, "installed_checkout", lambda: None)  # a clean machine: the GPU's pip command
+        assert gpu_check.dry_install(c)[1:] == ["-m", "pip", "install", "--no-index", "--no-build-isolation",
+                                                "--no-deps", "-e", "."]
+        monkeypatch.setattr(gpu_check, "installed_checkout", lambda: gpu_check.REPO)  # CI after `make test`
+        assert gpu_check.dry_install(c) is None and not c.notes
+        monkeypatch.setattr(gpu_check, "installed_checkout", lambda: tmp_path / "elsewhere")
+        monkeypatch.setattr(gpu_check, "extension_is_stale", lambda: True)
+        assert gpu_check.dry_install(c)[1:] == ["setup.py", "build_ext", "--inplace"]
+        assert "does not re-point it" in c.notes[0]
+    finally:
+        import shutil
+        shutil.rmtree(c.work, ignore_errors=True)

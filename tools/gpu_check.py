@@ -59,6 +59,7 @@ import tarfile
 import tempfile
 import time
 import traceback
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -626,12 +627,30 @@ def extension_is_stale() -> bool:
     return max((p.stat().st_mtime for p in sources), default=0) > ext.stat().st_mtime
 
 
-def dry_install(c: Check):
-    """Dry mode builds the extension in place (only when stale) and never runs pip: a pip
-    editable install would re-point this interpreter's fastmbconv at this checkout."""
-    if not extension_is_stale():
+def installed_checkout() -> Path | str | None:
+    """Where this interpreter's fastmbconv is pip-installed from: a folder (editable or local
+    install), "" (installed some other way), or None (not installed)."""
+    try:
+        dist = md.distribution("fastmbconv")
+    except md.PackageNotFoundError:
         return None
-    return [c.py, "setup.py", "build_ext", "--inplace"]
+    url = (json.loads(dist.read_text("direct_url.json") or "{}") or {}).get("url", "")
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).resolve() if url.startswith("file://") else ""
+
+
+def dry_install(c: Check):
+    """Dry mode: with nothing installed (a clean CPU machine), the same offline pip install as
+    on a GPU; with this checkout installed, only an in-place build of a stale extension; with
+    another checkout installed, never pip (that would re-point the interpreter at this one):
+    the in-place build and a warning, as ``fastmbconv.kernels`` will come from the other one."""
+    where = installed_checkout()
+    if where is None:
+        return [c.py, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "-e", "."]
+    if where != REPO:
+        c.notes.append(f"fastmbconv is pip-installed from {where or 'a non-editable install'}, not from this checkout "
+                       f"{REPO}: dry mode does not re-point it, so fastmbconv.kernels comes from there; run "
+                       "`pip install -e . --no-build-isolation` here, or use a venv, for a faithful dry run")
+    return [c.py, "setup.py", "build_ext", "--inplace"] if extension_is_stale() else None
 
 
 def probe_env(c: Check):
@@ -720,7 +739,7 @@ def stage_steps(c: Check) -> list[Step]:
     py, steps = c.py, []
     install = Step("install", [py, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "-e", "."],
                    dry_install, cap_s=300, min_s=10, needs=("preflight",),
-                   dry_note="the extension is up to date; dry mode never runs pip (it would re-point this interpreter's fastmbconv)",
+                   dry_note="fastmbconv is already installed and its extension is up to date (see the notes)",
                    env=c.install_env,
                    what="offline editable install; builds fastmbconv._C (with its CUDA kernels when nvcc is present)")
     steps += [Step("preflight", fn=preflight, needs=(), essential=True),
