@@ -18,8 +18,8 @@ import triton.language as tl
 
 from fastmbconv.kernel_report.model import dynamic_per_warp, modelled_seconds
 from fastmbconv.kernel_report.record import distinct_bytes
-from fastmbconv.roofline import roofline
 from fastmbconv.kernel_report.sass import access_width, classify, parse_sass, ptx_loop_memory_ops, set_unroll
+from fastmbconv.roofline import roofline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_LAUNCH_KEYS = ("op", "layer", "ksize", "registers", "spill_bytes", "instructions_per_output", "hbm_bytes",
@@ -84,7 +84,8 @@ def test_sass_unrolled_loop_runs_ceil_trips_over_unroll():
 def test_sass_nested_loops_multiply():
     text = SYNTHETIC_SASS.replace("        /*0080*/                   MUFU.EX2 R8, R6 ;",
                                   "        /*0080*/              @!P1 BRA `(.L_x_2) ;")
-    text = text.replace("        /*0020*/                   MOV R2, RZ ;", ".L_x_2:\n        /*0020*/                   MOV R2, RZ ;")
+    mov = "        /*0020*/                   MOV R2, RZ ;"
+    text = text.replace(mov, ".L_x_2:\n" + mov)
     sass = parse_sass(text)
     assert [(lp.start, lp.end, lp.parent) for lp in sass.loops] == [(2, 8, None), (3, 7, 0)]
     # outer body: MOV + BRA (2), inner: 5 per pass; 4 outer x 10 inner

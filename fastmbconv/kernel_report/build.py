@@ -208,7 +208,8 @@ def build_report(model: str = "efficientnet_b0", batch: int = 256, dtype: str = 
     launches = _merge(rec, rows)
     report = {
         "model": rec.model_name, "batch": batch, "dtype": dtype, "resolution": list(rec.resolution),
-        "configs": configs, "target": "cuda sm_90 (H100)", "triton_version": triton.__version__, "torch_version": torch.__version__,
+        "configs": configs, "target": "cuda sm_90 (H100)", "triton_version": triton.__version__,
+        "torch_version": torch.__version__,
         "model_constants": M.CONSTANTS, "emulated_cuda_behaviour": rec.emulated,
         "launches": launches,
         "totals": totals(rec, launches),

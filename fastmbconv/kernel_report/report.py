@@ -75,7 +75,8 @@ def markdown(report: dict) -> str:
              f"triton {report['triton_version']}, torch {report['torch_version']}. Modelled time per launch: "
              "max(HBM bytes / 3.0e12, warp-instructions / (132 x 4 x 1.755e9), tensor FLOPs / 700e12) + 2 µs; "
              "autotuned launches show the config the model likes best (all configs are in the JSON).",
-             "Recorded on meta tensors, emulating CUDA in: " + "; ".join(report.get("emulated_cuda_behaviour", [])) + ".",
+             "Recorded on meta tensors, emulating CUDA in: "
+             + "; ".join(report.get("emulated_cuda_behaviour", [])) + ".",
              "",
              "## Totals", "", totals_table(report), "", "## Launches", "", launch_table(report["launches"])]
     if flagged:

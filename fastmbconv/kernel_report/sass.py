@@ -179,6 +179,8 @@ def parse_sass(text: str, function: str | None = None) -> Sass:
             labels[name] = addr
         pending = []
         insns.append((addr, pred, body))
+    if not insns and function is not None:  # a name that does not match the disassembly's
+        return parse_sass(text)
     return _analyse(insns, labels)
 
 
