@@ -176,23 +176,26 @@ def test_fake_impl_large_output_shape():
     assert out.stride() == (3 * 30000 * 30000, 1, 3 * 30000, 3)
 
 
+@pytest.mark.subprocess
 def test_fake_impl_after_bare_extension_import():
-    """`import fastmbconv._C` alone registers the op; importing fastmbconv._ext (the module the
-    op names as its fake impl's home) registers the fake impl."""
+    """`import fastmbconv._C` alone registers the ops; importing the module each op names as its
+    fake impl's home (fastmbconv._ext for v1, fastmbconv.prepare for v2) registers the fake."""
     import subprocess
     import sys
 
     code = (
-        "import torch, fastmbconv._C, fastmbconv._ext\n"
+        "import torch, fastmbconv._C, fastmbconv._ext, fastmbconv.prepare\n"
         "from torch._subclasses.fake_tensor import FakeTensorMode\n"
         "with FakeTensorMode():\n"
         "    d = torch.empty(100, dtype=torch.uint8); m = torch.empty((2, 6), dtype=torch.int64)\n"
         "    o = torch.ops.fastmbconv.prepare_images([d], m, 3, 4, 6, torch.float16, [0.0] * 3, [1.0] * 3)\n"
-        "print(tuple(o.shape))\n"
+        "    m2 = torch.empty((3, 11), dtype=torch.int64)\n"
+        "    o2 = torch.ops.fastmbconv.prepare_images_v2([d], m2, 2, 5, 7, torch.bfloat16, [0.0] * 3, [1.0] * 3)\n"
+        "print(tuple(o.shape), tuple(o2.shape), o2.dtype, o2.is_contiguous(memory_format=torch.channels_last))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip() == "(2, 3, 4, 6)"
+    assert r.stdout.strip() == "(2, 3, 4, 6) (3, 3, 5, 7) torch.bfloat16 True"
 
 
 def test_compile_traces_the_op():
@@ -297,6 +300,7 @@ def test_list_is_read_in_place():
     assert "aten::cat" not in names and "aten::copy_" not in names, names
 
 
+@pytest.mark.subprocess
 def test_missing_extension_error_names_build_command():
     import subprocess
     import sys
@@ -320,6 +324,7 @@ def test_missing_extension_error_names_build_command():
 
 
 @needs_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mode", MODES)
 def test_cuda_matches_reference(mode, dtype):
@@ -337,6 +342,7 @@ def test_cuda_matches_reference(mode, dtype):
 
 
 @needs_cuda
+@pytest.mark.gpu
 def test_cuda_from_cpu_list_is_one_launch():
     images = _images()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
@@ -349,6 +355,7 @@ def test_cuda_from_cpu_list_is_one_launch():
 
 
 @needs_cuda
+@pytest.mark.gpu
 def test_cuda_batch_grayscale_and_opcheck():
     if not _ext.has_cuda_kernels():
         pytest.fail("fastmbconv._C was built without CUDA kernels on a CUDA machine")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import fastmbconv
 from fastmbconv import _ext
 from fastmbconv.prepare import (
     IMAGENET_MEAN,
@@ -171,6 +172,7 @@ def test_eval_transform_resolves_like_timm():
     model = types.SimpleNamespace(pretrained_cfg=dict(cfg, crop_pct=None))  # None: timm's default
     assert eval_transform(model).crop_pct == 0.875
     assert eval_transform(dict(input_size=(3, 192, 256))).interpolation == "bilinear"  # as timm does
+    assert fastmbconv.eval_transform is eval_transform  # the lazy export
 
 
 @pytest.mark.parametrize("cfg, exc, match", [
