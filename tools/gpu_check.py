@@ -739,7 +739,7 @@ def stage_steps(c: Check) -> list[Step]:
     py, steps = c.py, []
     install = Step("install", [py, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "-e", "."],
                    dry_install, cap_s=300, min_s=10, needs=("preflight",),
-                   dry_note="fastmbconv is already installed and its extension is up to date (see the notes)",
+                   dry_note="fastmbconv is installed and its extension is up to date (a foreign install is in the notes)",
                    env=c.install_env,
                    what="offline editable install; builds fastmbconv._C (with its CUDA kernels when nvcc is present)")
     steps += [Step("preflight", fn=preflight, needs=(), essential=True),
