@@ -37,7 +37,8 @@ namespace {
 
 // What one thread keeps while it walks consecutive rows of one image: the column taps (filter
 // 0), or a ring of horizontally resampled rows (Pillow filters; consecutive output rows share
-// most source rows, and a row's taps are consecutive, so a ring of K_y slots holds them all).
+// most source rows, and a row's taps are consecutive, so a ring of K_y slots holds them all),
+// and scratch for the Pillow sums.
 struct RowCache {
   int64_t image = -1;
   std::vector<Tap> xtaps;
@@ -45,16 +46,19 @@ struct RowCache {
   int64_t pitch = 0;  // window width x channels
   std::vector<int64_t> tag;
   std::vector<uint8_t> rows;
+  std::vector<uint8_t> cols;  // one row after the vertical pass, when that runs first
+  std::vector<int32_t> acc;
 };
 
-// Horizontal pass of one source row over the window's columns, C channels per pixel. The sums
-// are pil_row_value's (integers: the loop order does not change them), all channels per tap.
+// Horizontal pass of one row over the window's columns, C channels per pixel; `src` holds
+// source columns from `base` on. The sums are pil_pixel's (integers: the loop order does not
+// change them), all channels per tap.
 template <int C>
-void pil_hpass(const uint8_t* __restrict__ src, const int32_t* entries, int64_t ksize,
-               int64_t rw, uint8_t* __restrict__ d) {
+void pil_hpass(const uint8_t* __restrict__ src, int64_t base, const int32_t* entries,
+               int64_t ksize, int64_t rw, uint8_t* __restrict__ d) {
   for (int64_t x = 0; x < rw; ++x) {
     const int32_t* xe = entries + x * (ksize + 2);
-    const uint8_t* p = src + static_cast<int64_t>(xe[0]) * C;
+    const uint8_t* p = src + (xe[0] - base) * C;
     int32_t acc[C];
     for (int ch = 0; ch < C; ++ch) acc[ch] = pil_acc0();
     for (int32_t t = 0; t < xe[1]; ++t) {
@@ -64,43 +68,68 @@ void pil_hpass(const uint8_t* __restrict__ src, const int32_t* entries, int64_t 
   }
 }
 
+void pil_hpass(const uint8_t* src, int64_t base, const int64_t* m, const int32_t* coefs,
+               uint8_t* d) {
+  if (m[kChannels] == 3) {
+    pil_hpass<3>(src, base, coefs + m[kXCoef], m[kXTaps], m[kValidW], d);
+  } else {
+    pil_hpass<1>(src, base, coefs + m[kXCoef], m[kXTaps], m[kValidW], d);
+  }
+}
+
+// Vertical pass over n bytes per row: d[j] = clip8(sum over the taps of k_t * row(first + t)[j]).
+template <typename RowFn>
+void pil_vpass(RowFn row, const int32_t* ye, int64_t n, int32_t* __restrict__ acc,
+               uint8_t* __restrict__ d) {
+  std::fill(acc, acc + n, pil_acc0());
+  for (int32_t t = 0; t < ye[1]; ++t) {
+    const uint8_t* __restrict__ src = row(ye[0] + t);
+    const int32_t k = ye[2 + t];
+    for (int64_t j = 0; j < n; ++j) acc[j] += static_cast<int32_t>(src[j]) * k;
+  }
+  for (int64_t j = 0; j < n; ++j) d[j] = static_cast<uint8_t>(pil_clip8(acc[j]));
+}
+
 // Source row `sr` of image `m` after the horizontal pass, from the ring or computed into it.
 const uint8_t* pil_hrow(RowCache& rc, const int64_t* m, const int32_t* coefs, int64_t sr) {
   const int64_t s = sr % rc.slots;
   uint8_t* d = rc.rows.data() + s * rc.pitch;
   if (rc.tag[s] == sr) return d;
-  const int64_t w = m[kWidth], c = m[kChannels], left = m[kLeft], rw = m[kValidW];
-  const uint8_t* src = table_image(m) + sr * w * c;
+  const int64_t c = m[kChannels];
+  const uint8_t* src = table_image(m) + sr * m[kWidth] * c;
   if (m[kXTaps] == 0) {
-    std::copy(src + left * c, src + (left + rw) * c, d);
-  } else if (c == 3) {
-    pil_hpass<3>(src, coefs + m[kXCoef], m[kXTaps], rw, d);
+    std::copy(src + m[kLeft] * c, src + (m[kLeft] + m[kValidW]) * c, d);
   } else {
-    pil_hpass<1>(src, coefs + m[kXCoef], m[kXTaps], rw, d);
+    pil_hpass(src, 0, m, coefs, d);
   }
   rc.tag[s] = sr;
   return d;
 }
 
-// Output row y of image `m` (Pillow filters) as uint8 values, `c` per pixel, into `vals`;
-// `acc` is scratch of the same length.
-void pil_out_row(RowCache& rc, const int64_t* m, const int32_t* coefs, int64_t y, uint8_t* vals,
-                 int32_t* acc) {
-  const int64_t n = m[kValidW] * m[kChannels], yk = m[kYTaps];
+// Output row y of image `m` (Pillow filters) as uint8 values, `c` per pixel, into `vals`.
+void pil_out_row(RowCache& rc, const int64_t* m, const int32_t* coefs, int64_t y, uint8_t* vals) {
+  const int64_t c = m[kChannels], n = m[kValidW] * c, yk = m[kYTaps], xk = m[kXTaps];
   if (yk == 0) {
     const uint8_t* d = pil_hrow(rc, m, coefs, m[kTop] + y);
     std::copy(d, d + n, vals);
     return;
   }
   const int32_t* ye = coefs + m[kYCoef] + y * (yk + 2);
-  int32_t* __restrict__ a = acc;
-  std::fill(a, a + n, pil_acc0());
-  for (int32_t t = 0; t < ye[1]; ++t) {  // taps <= slots: fetching one row never evicts another
-    const uint8_t* __restrict__ src = pil_hrow(rc, m, coefs, ye[0] + t);
-    const int32_t k = ye[2 + t];
-    for (int64_t j = 0; j < n; ++j) a[j] += static_cast<int32_t>(src[j]) * k;
+  if (xk != 0 && m[kVerticalFirst]) {
+    // The source columns the row's horizontal taps reach (both ends grow with x), resampled
+    // vertically, then horizontally.
+    const int32_t* last = coefs + m[kXCoef] + (m[kValidW] - 1) * (xk + 2);
+    const int64_t lo = coefs[m[kXCoef]], span = (last[0] + last[1] - lo) * c;
+    const uint8_t* img = table_image(m) + lo * c;
+    const int64_t pitch = m[kWidth] * c;
+    rc.cols.resize(span);
+    rc.acc.resize(span);
+    pil_vpass([&](int64_t r) { return img + r * pitch; }, ye, span, rc.acc.data(), rc.cols.data());
+    pil_hpass(rc.cols.data(), lo, m, coefs, vals);
+    return;
   }
-  for (int64_t j = 0; j < n; ++j) vals[j] = static_cast<uint8_t>(pil_clip8(a[j]));
+  rc.acc.resize(n);  // taps <= slots: fetching one row never evicts another
+  pil_vpass([&](int64_t r) { return pil_hrow(rc, m, coefs, r); }, ye, n, rc.acc.data(), vals);
 }
 
 template <typename T>
@@ -116,7 +145,6 @@ void prepare_cpu_impl(const int64_t* table, int64_t n, int64_t filter, int64_t o
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     RowCache rc;
     std::vector<uint8_t> vals;
-    std::vector<int32_t> acc;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r / out_h;
       const int64_t y = r - i * out_h;
@@ -158,8 +186,7 @@ void prepare_cpu_impl(const int64_t* table, int64_t n, int64_t filter, int64_t o
           rc.image = i;
         }
         vals.resize(rw * c);
-        acc.resize(rw * c);
-        pil_out_row(rc, m, coefs, y, vals.data(), acc.data());
+        pil_out_row(rc, m, coefs, y, vals.data());
         for (int64_t x = 0; x < rw; ++x) {
           const uint8_t* p = vals.data() + x * c;
           for (int k = 0; k < 3; ++k) row[x * 3 + k] = T(lut[k][p[g * k]]);

@@ -180,6 +180,7 @@ inline at::Tensor checked_table(at::TensorList images, const at::Tensor& meta, i
     t[kYTaps] = axes[i][1];
     t[kXCoef] = axes[i][2];
     t[kXTaps] = axes[i][3];
+    t[kVerticalFirst] = pil_vertical_first(r[kMHeight], r[kMWidth], r[kMScaledH], r[kMScaledW]);
   }
   // Pass 2: the coefficients, one block per task.
   int32_t* coefs = reinterpret_cast<int32_t*>(tab + n * kTableCols);

@@ -42,7 +42,7 @@ __device__ __forceinline__ void window_pixel(const int64_t* m, const int32_t* co
   const int32_t* ye = yk ? coefs + m[kYCoef] + y * (yk + 2) : nullptr;
   const int32_t* xe = xk ? coefs + m[kXCoef] + x * (xk + 2) : nullptr;
   int32_t u[3];
-  pil_pixel(img, w, c, ye, sy, xe, sx, u);
+  pil_pixel(img, w, c, ye, sy, xe, sx, m[kVerticalFirst] != 0, u);
 #pragma unroll
   for (int k = 0; k < 3; ++k) v[k] = normalise_exact(u[k], nm, k);
 }

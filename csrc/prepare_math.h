@@ -11,11 +11,13 @@
 // i1 = i0 + (i0 < in - 1), lambda1 = src - i0, and an exact copy when in == out.
 //
 // kPilBilinear / kPilBicubic follow Pillow's Image.resize (libImaging/Resample.c), which is what
-// torchvision's and timm's PIL transforms run: a horizontal pass, then a vertical pass, each
-// skipped when its size is unchanged; the filter's support widens by the downscale factor
-// (antialiasing); coefficients are computed in double, normalised to sum 1 and rounded to fixed
-// point with 22 fractional bits; each pass rounds half up and clamps to uint8. Done the same way
-// here, results are bit-exact to Pillow's for 8-bit images.
+// torchvision's and timm's PIL transforms run: two separable passes, each skipped when its size
+// is unchanged; the filter's support widens by the downscale factor (antialiasing);
+// coefficients are computed in double, normalised to sum 1 and rounded to fixed point with 22
+// fractional bits; each pass rounds half up and clamps to uint8. The horizontal pass runs first
+// unless the height shrinks by more than twice what the width shrinks (Pillow >= 13; earlier
+// Pillow always runs it first, which changes some values by one). Done the same way here,
+// results are bit-exact to Pillow 13's for 8-bit images.
 #pragma once
 
 #include <cmath>
@@ -29,12 +31,12 @@
 
 namespace fastmbconv {
 
-// Columns of the int64 (N, kTableCols) image table the loops read: the address of the image's
-// first byte (HWC, channels interleaved), its height, width and channel count (1 or 3), the
-// resized size, the window's top-left corner and size, and, for the Pillow filters, where each
-// axis's coefficient entries start in the coefficient area and their tap count K (0: the axis
-// is not resized). The coefficient area is int32 and follows the N table rows in the same
-// buffer; the entry of window index o is [first source index, taps, k_0 .. k_{K-1}] at
+// Columns of the int64 (N, kTableCols) image table the loops read: the address of the image's first
+// byte (HWC, channels interleaved), its height, width and channel count (1 or 3), the resized size,
+// the window's top-left corner and size, and, for the Pillow filters, where each axis's coefficient
+// entries start in the coefficient area and their tap count K (0: the axis is not resized), and
+// whether the vertical pass runs first. The coefficient area is int32 and follows the N table rows
+// in the same buffer; the entry of window index o is [first source index, taps, k_0 .. k_{K-1}] at
 // offset + o * (K + 2).
 enum TableCol : int {
   kAddr = 0,
@@ -51,6 +53,7 @@ enum TableCol : int {
   kYTaps,
   kXCoef,
   kXTaps,
+  kVerticalFirst,
   kTableCols
 };
 
@@ -152,6 +155,12 @@ FMB_HD int32_t pil_sum(const uint8_t* p, int64_t stride, const int32_t* k, int32
   return pil_clip8(acc);
 }
 
+// Pillow 13's pass order (ImagingResampleInner): vertical first when the height shrinks by more
+// than twice as many pixels as the width does.
+FMB_HD bool pil_vertical_first(int64_t h, int64_t w, int64_t sh, int64_t sw) {
+  return h - sh > 0 && h - sh > (w - sw) * 2;
+}
+
 // Channel c of the horizontal pass at one source row: xe is the column's coefficient entry, or
 // null when the width is unchanged (then source column sx is read as is).
 FMB_HD int32_t pil_row_value(const uint8_t* row, int64_t channels, int64_t c, const int32_t* xe,
@@ -160,25 +169,37 @@ FMB_HD int32_t pil_row_value(const uint8_t* row, int64_t channels, int64_t c, co
   return pil_sum(row + static_cast<int64_t>(xe[0]) * channels + c, channels, xe + 2, xe[1]);
 }
 
-// The uint8 values of one output pixel (both passes), channel by channel: ye / xe are the
-// row's and column's coefficient entries, or null for an unresized axis (then source row sy /
-// column sx). The CUDA kernel computes every pixel this way; the CPU loop caches the
-// horizontal pass per row and applies the same sums.
+// Channel c of the vertical pass at one source column: ye is the row's coefficient entry, or
+// null when the height is unchanged (then source row sy is read as is).
+FMB_HD int32_t pil_col_value(const uint8_t* col, int64_t pitch, const int32_t* ye, int64_t sy) {
+  if (ye == nullptr) return col[sy * pitch];
+  return pil_sum(col + static_cast<int64_t>(ye[0]) * pitch, pitch, ye + 2, ye[1]);
+}
+
+// The uint8 values of one output pixel (both passes, in Pillow's order), channel by channel: ye
+// / xe are the row's and column's coefficient entries, or null for an unresized axis (then
+// source row sy / column sx). The CUDA kernel computes every pixel this way; the CPU loop keeps
+// each first-pass row and applies the same sums.
 FMB_HD void pil_pixel(const uint8_t* img, int64_t w, int64_t channels, const int32_t* ye,
-                      int64_t sy, const int32_t* xe, int64_t sx, int32_t out[3]) {
+                      int64_t sy, const int32_t* xe, int64_t sx, bool vertical_first,
+                      int32_t out[3]) {
   const int64_t pitch = w * channels;
   for (int64_t c = 0; c < channels; ++c) {
-    if (ye == nullptr) {
-      out[c] = pil_row_value(img + sy * pitch, channels, c, xe, sx);
-      continue;
-    }
-    const int64_t first = ye[0];
-    const int32_t taps = ye[1];
     int32_t acc = pil_acc0();
-    for (int32_t t = 0; t < taps; ++t) {
-      acc += pil_row_value(img + (first + t) * pitch, channels, c, xe, sx) * ye[2 + t];
+    if (ye != nullptr && xe != nullptr && vertical_first) {
+      const uint8_t* col = img + (static_cast<int64_t>(xe[0]) * channels + c);
+      for (int32_t t = 0; t < xe[1]; ++t) {
+        acc += pil_col_value(col + t * channels, pitch, ye, sy) * xe[2 + t];
+      }
+      out[c] = pil_clip8(acc);
+    } else if (ye != nullptr) {
+      for (int32_t t = 0; t < ye[1]; ++t) {
+        acc += pil_row_value(img + (ye[0] + t) * pitch, channels, c, xe, sx) * ye[2 + t];
+      }
+      out[c] = pil_clip8(acc);
+    } else {
+      out[c] = pil_row_value(img + sy * pitch, channels, c, xe, sx);
     }
-    out[c] = pil_clip8(acc);
   }
   if (channels == 1) out[1] = out[2] = out[0];
 }

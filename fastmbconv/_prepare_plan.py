@@ -55,6 +55,14 @@ def center_crop_size(height: int, width: int, size: Size, crop_pct: float = DEFA
     return (sh, sw), (int(round((sh - th) / 2.0)), int(round((sw - tw) / 2.0)))
 
 
+def pillow_vertical_first(height: int, width: int, sh: int, sw: int) -> bool:
+    """Whether Pillow (>= 13) resizes (height, width) to (sh, sw) with the vertical pass first:
+    when the height shrinks by more than twice as many pixels as the width does. Earlier Pillow
+    always runs the horizontal pass first; the two orders round differently, by one 8-bit step
+    at most."""
+    return height - sh > 0 and height - sh > (width - sw) * 2
+
+
 @dataclass
 class Plan:
     images: List[torch.Tensor]  # the HWC images of a list (only the first of a 4-D batch)

@@ -40,14 +40,15 @@ from ._prepare_plan import (  # noqa: F401  (re-exported)
     letterbox_size,
     make_plan,
     per_channel,
+    pillow_vertical_first,
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MODES", "INTERPOLATIONS", "EvalTransform",
-           "center_crop_size", "eval_transform", "letterbox_size", "prepare_images",
-           "prepare_images_ref"]
+           "center_crop_size", "eval_transform", "letterbox_size", "pillow_vertical_first",
+           "prepare_images", "prepare_images_ref"]
 
 
 def _valid_hw(plan: Plan) -> torch.Tensor:
@@ -120,9 +121,11 @@ def prepare_images(
             :func:`center_crop_size` for the exact sizes and rounding).
         interpolation: ``"bilinear"`` or ``"bicubic"``.
         antialias: True: resample exactly as Pillow's ``Image.resize`` (torchvision's and timm's
-            PIL path): separable, horizontal pass then vertical, the filter's support widened
-            by the downscale factor, bicubic with a = -0.5, fixed-point coefficients and each
-            pass rounded to uint8: bit-exact to Pillow's 8-bit resampling.
+            PIL path): two separable passes, the filter's support widened by the downscale
+            factor, bicubic with a = -0.5, fixed-point coefficients, each pass rounded to uint8,
+            horizontal first unless the height shrinks by more than twice what the width does
+            (:func:`pillow_vertical_first`): bit-exact to Pillow 13's 8-bit resampling (Pillow
+            12 and earlier always go horizontal first: one 8-bit step apart on such images).
             False (bilinear only): ``F.interpolate(mode="bilinear", align_corners=False,
             antialias=False)`` on the float image, unrounded; strong downscaling aliases.
             None (default): True for ``center_crop``, False otherwise.
@@ -190,12 +193,13 @@ def prepare_images(
 
 def _resample_ref(x: torch.Tensor, size: Tuple[int, int], plan: Plan) -> torch.Tensor:
     """x (1, 3, h, w) fp32 resized to ``size`` as the op does: F.interpolate bilinear, or the
-    Pillow path as two antialiased F.interpolate passes (horizontal first), each rounded half up
+    Pillow path as two antialiased F.interpolate passes in Pillow's order, each rounded half up
     and clamped to [0, 255] as Pillow rounds to uint8."""
     h, w = x.shape[-2:]
     if plan.filter == 0:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-    for step in ((h, size[1]), size):
+    first = (size[0], w) if pillow_vertical_first(h, w, *size) else (h, size[1])
+    for step in (first, size):
         if tuple(step) != tuple(x.shape[-2:]):
             x = F.interpolate(x, size=step, mode=plan.interpolation, align_corners=False, antialias=True)
             x = x.add(0.5).floor_().clamp_(0, 255)
@@ -269,7 +273,7 @@ def eval_transform(cfg_or_model, use_test_size: bool = False) -> EvalTransform:
 
     The result reproduces ``timm.data.create_transform(**resolve_data_config(...))`` on PIL
     RGB images (Resize, CenterCrop, ToTensor, Normalize): the same resized and cropped uint8
-    pixels (Pillow's resampling, done bit-exactly), then the same fp32 normalisation, so in
+    pixels (Pillow 13's resampling, done bit-exactly), then the same fp32 normalisation, so in
     float32 the batch equals timm's bit for bit; fp16 / bf16 round it once. Tested within one
     8-bit step, 1 / (255 std), per value against a PIL implementation of timm's transform. As
     timm does, a non-square input_size is resized with bilinear whatever the config says (timm

@@ -5,8 +5,6 @@ The antialiased (Pillow) paths, centre crops, numpy input and timm's eval prepro
 test_prepare_eval.py."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 

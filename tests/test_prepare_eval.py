@@ -83,9 +83,10 @@ def pil_timm_eval(arr: np.ndarray, cfg: dict) -> torch.Tensor:
 
 
 def assert_within_one_step(out, ref, std=IMAGENET_STD, min_exact=0.98):
-    """|out - ref| <= one 8-bit step, 1 / (255 std_c), plus 1 ulp of the dtype at the larger of
-    the two (each was rounded once, by half an ulp at most) and 1e-5 of fp32 rounding; at least `min_exact` of the values within that ulp (a one-step
-    difference is a rounding boundary crossed, which must stay rare)."""
+    """|out - ref| <= one 8-bit step, 1 / (255 std_c), plus 1 ulp of the dtype at the larger of the
+    two (each was rounded once, by half an ulp at most) and 1e-5 of fp32 rounding; at least
+    `min_exact` of the values within that ulp (a one-step difference is a rounding boundary
+    crossed, which must stay rare)."""
     assert out.shape == ref.shape and out.dtype == ref.dtype
     a, b = out.float(), ref.float()
     diff = (a - b).abs()
@@ -118,26 +119,42 @@ B0 = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic")
 def test_eval_transform_matches_pil_timm(cfg):
     images = [natural_image(333, 500, seed=1), natural_image(480, 640, seed=2),
               natural_image(37, 53, seed=3), natural_image(500, 333, seed=4),
-              natural_image(101, 77, channels=0, seed=5)]  # grayscale, upscaled
+              natural_image(101, 77, channels=0, seed=5),  # grayscale, upscaled
+              natural_image(700, 300, seed=6)]  # tall: Pillow 13 resizes it vertically first
     transform = eval_transform(cfg)
     out, valid = transform(images)
-    assert out.shape == (5, 3, *cfg["input_size"][1:]) and valid.tolist() == [list(cfg["input_size"][1:])] * 5
+    assert out.shape == (6, 3, *cfg["input_size"][1:]) and valid.tolist() == [list(cfg["input_size"][1:])] * 6
     ref = torch.stack([pil_timm_eval(im, cfg) for im in images])
     assert_within_one_step(out, ref, std=cfg.get("std", IMAGENET_STD), min_exact=0.999)
 
 
 def test_pillow_paths_are_bit_exact_with_pillow():
     """The op's antialiased resize is Pillow's own arithmetic: with mean 0 and std 1/255 the
-    output is the resized uint8 image, identical to Image.resize, downscaling and upscaling."""
+    output is the resized uint8 image, identical to Image.resize, downscaling and upscaling,
+    either pass first (the last two: Pillow 13 runs the vertical pass first)."""
+    from fastmbconv.prepare import pillow_vertical_first
+
+    assert pillow_vertical_first(120, 40, 50, 30) and pillow_vertical_first(41, 57, 30, 90)
+    assert not pillow_vertical_first(333, 500, 100, 150) and not pillow_vertical_first(9, 400, 31, 7)
     Image = pytest.importorskip("PIL.Image", reason="PIL is the reference")
     for seed, ((h, w), (th, tw)) in enumerate([((333, 500), (100, 150)), ((37, 53), (92, 132)),
-                                               ((240, 320), (240, 111)), ((9, 400), (31, 7))]):
+                                               ((240, 320), (240, 111)), ((9, 400), (31, 7)),
+                                               ((120, 40), (50, 30)), ((41, 57), (30, 90))]):
         arr = natural_image(h, w, seed=seed)
         for interp, resample in (("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC)):
             out, _ = prepare_images([arr], (th, tw), interpolation=interp, antialias=True,
                                     mean=0.0, std=1 / 255)
             pil = np.asarray(Image.fromarray(arr).resize((tw, th), resample))
             assert np.array_equal(out[0].permute(1, 2, 0).round().to(torch.uint8).numpy(), pil), (h, w, interp)
+
+
+def test_tiny_and_thin_images_match_pil_timm():
+    """One-pixel and one-row images: a single tap per axis, the rest of the filter cut off."""
+    images = [np.full((1, 1, 3), 200, np.uint8), natural_image(2, 71, seed=8), natural_image(71, 2, seed=9)]
+    for interpolation in ("bilinear", "bicubic"):
+        cfg = dict(input_size=(3, 32, 32), crop_pct=0.9, interpolation=interpolation)
+        out, _ = eval_transform(cfg)(images)
+        assert torch.equal(out, torch.stack([pil_timm_eval(im, cfg) for im in images]))
 
 
 def test_timm_output_is_reproduced_bit_for_bit_in_fp32():
@@ -232,6 +249,9 @@ def test_antialias_defaults():
     assert (crop_plain - ref).abs().max() < 1e-5 and (crop_plain - crop_aa).abs().max() > 0.05
     resized, _ = prepare_images(img, 32)  # resize keeps its documented F.interpolate default
     assert torch.equal(resized, prepare_images(img, 32, antialias=False)[0])
+    wide, valid = prepare_images(img, (20, 36))  # an (H, W) size
+    assert wide.shape == (1, 3, 20, 36) and valid.tolist() == [[20, 36]]
+    assert (wide - prepare_images_ref(img, (20, 36))[0]).abs().max() < 1e-5
 
 
 # ------------------------------------------------------------------ inputs
@@ -268,7 +288,8 @@ def test_numpy_batches_and_single_images():
 @pytest.mark.parametrize("images, match", [
     (torch.zeros(3, 50, 60, dtype=torch.uint8), r"looks like CHW; pass HWC"),
     (np.zeros((1, 50, 60), np.uint8), r"looks like CHW; pass HWC"),
-    ([torch.zeros(8, 8, 3, dtype=torch.uint8), np.zeros((3, 224, 224), np.uint8)], r"images\[1\].*looks like CHW; pass HWC"),
+    ([torch.zeros(8, 8, 3, dtype=torch.uint8), np.zeros((3, 224, 224), np.uint8)],
+     r"images\[1\].*looks like CHW; pass HWC"),
     (torch.zeros(2, 3, 32, 30, dtype=torch.uint8), r"looks like NCHW; pass NHWC"),
 ])
 @pytest.mark.parametrize("fn", [prepare_images, prepare_images_ref], ids=["op", "ref"])
@@ -322,6 +343,23 @@ def test_v2_fake_impl_opcheck(filter_):
     assert torch.equal(compiled(images, meta), op(images, meta, f, 6, 7, torch.float32, [0.1] * 3, [0.5] * 3) * 2)
 
 
+def test_v2_windows_of_pillow_resizes():
+    """Direct op calls: any window of any Pillow resize, including resizes that keep one axis
+    (that pass is skipped, the window still offset along it), equals Image.resize + crop."""
+    Image = pytest.importorskip("PIL.Image", reason="PIL is the reference")
+    arr = natural_image(41, 57, seed=21)
+    img = torch.tensor(arr)
+    op = torch.ops.fastmbconv.prepare_images_v2
+    for f, resample in ((1, Image.BILINEAR), (2, Image.BICUBIC)):
+        for sh, sw, top, left, rh, rw in [(30, 90, 3, 7, 20, 64), (41, 90, 5, 11, 30, 70),
+                                          (23, 57, 4, 9, 17, 40), (41, 57, 2, 3, 30, 40)]:
+            meta = torch.tensor([[0, 0, 41, 57, 3, sh, sw, top, left, rh, rw]])
+            out = op([img], meta, f, rh + 1, rw + 2, torch.float32, [0.0] * 3, [1 / 255] * 3)
+            pil = np.asarray(Image.fromarray(arr).resize((sw, sh), resample))[top:top + rh, left:left + rw]
+            assert np.array_equal(out[0, :, :rh, :rw].permute(1, 2, 0).round().to(torch.uint8).numpy(), pil)
+            assert (out[0, :, rh:] == 0).all() and (out[0, :, :, rw:] == 0).all()
+
+
 @pytest.mark.parametrize("row, f, match", [
     ([0, 0, 5, 7, 3, 11, 13, 6, 3, 6, 7], 2, "lies outside its resized size"),  # top + h > resized h
     ([0, 0, 5, 7, 3, 11, 13, 0, -1, 6, 7], 1, "lies outside its resized size"),
@@ -333,7 +371,8 @@ def test_v2_fake_impl_opcheck(filter_):
 def test_v2_checks_its_arguments(row, f, match):
     op = torch.ops.fastmbconv.prepare_images_v2
     with pytest.raises(RuntimeError, match=match):
-        op([torch.zeros(105, dtype=torch.uint8)], torch.tensor([row]), f, 8, 8, torch.float32, [0.0] * 3, [1.0] * 3)
+        op([torch.zeros(105, dtype=torch.uint8)], torch.tensor([row]), f, 8, 8, torch.float32,
+           [0.0] * 3, [1.0] * 3)
 
 
 # ------------------------------------------------------------------ CUDA
