@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from typing import Optional
 
@@ -16,6 +17,7 @@ from .specialize import grid_of, unwrap, variants
 #: the lead's targets (issue 11), checked in ``totals["targets"]``
 TARGETS = {"dw_k3_instructions_per_output": 80, "dw_k5_instructions_per_output": 160, "max_spill_bytes": 0,
            "floor_ratio": 1.3, "launches": 70, "fill_launches": 0}
+DEPTHWISE = re.compile(r"dw|depthwise", re.IGNORECASE)
 
 
 def interpreter_on() -> bool:
@@ -156,7 +158,8 @@ def totals(rec: Recording, launches: list) -> dict:
     spills = [c["spill_bytes"] for r in launches if r["kind"] == "triton"
               for c in r.get("configs", [r]) + ([r["fixed_config"]] if r.get("fixed_config") else [])
               if c.get("spill_bytes") is not None]
-    dw = {k: [r["instructions_per_output"] for r in launches if r.get("ksize") == k
+    # depthwise launches: a kernel size and an op named for it (a stem conv has a ksize too)
+    dw = {k: [r["instructions_per_output"] for r in launches if r.get("ksize") == k and DEPTHWISE.search(r["op"])
               and r.get("instructions_per_output") is not None] for k in (3, 5)}
     t = {
         "launches": len(launches),
@@ -175,6 +178,8 @@ def totals(rec: Recording, launches: list) -> dict:
         "dw_k5_max_instructions_per_output": max(dw[5]) if dw[5] else None,
         "bound_by": {b: sum(r.get("bound_by") == b for r in launches) for b in ("memory", "issue", "tensor")},
         "launches_with_flags": sum(bool(r.get("flags")) for r in launches),
+        "compile_failures": sum(1 for r in launches if r["kind"] == "triton"
+                                for c in r.get("configs", [r]) if c.get("error")),
     }
     values = {"dw_k3_instructions_per_output": t["dw_k3_max_instructions_per_output"],
               "dw_k5_instructions_per_output": t["dw_k5_max_instructions_per_output"],

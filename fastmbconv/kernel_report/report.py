@@ -51,6 +51,7 @@ def totals_table(report: dict) -> str:
         ("largest spill (chosen configs)", f"{t['max_spill_bytes_chosen']} B"),
         ("depthwise k=3 max instructions/output", _num(t["dw_k3_max_instructions_per_output"])),
         ("depthwise k=5 max instructions/output", _num(t["dw_k5_max_instructions_per_output"])),
+        ("configs that failed to compile (their time counts as 0)", t["compile_failures"]),
         ("launches bound by memory / issue / tensor",
          " / ".join(str(t["bound_by"][b]) for b in ("memory", "issue", "tensor"))),
     ]
