@@ -279,9 +279,10 @@ def test_bloated_depthwise_shows_more_instructions_per_output(tmp_path):
         assert row["warp_instructions"] == lean["warp_instructions"] and row["modelled_us"] == lean["modelled_us"]
 
 
-def test_recorded_convolution_is_channels_last_like_cudnn():
+def test_torch_kernels_are_seen_as_on_cuda():
     """Meta's convolution returns NCHW; cuDNN returns channels_last for a channels_last input, and
-    the kernels after it are specialised on those strides."""
+    the kernels after it are specialised on those strides. Views, allocations and empty tensors
+    launch nothing; fills are flagged."""
     from fastmbconv.kernel_report.record import TorchKernels
 
     x = torch.empty(2, 3, 32, 32, device="meta", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
@@ -290,9 +291,27 @@ def test_recorded_convolution_is_channels_last_like_cudnn():
     with TorchKernels([]) as mode:
         y = torch.nn.functional.conv2d(x, w, stride=2, padding=1)
         y_nchw = torch.nn.functional.conv2d(x_nchw, w)
+        y.permute(0, 2, 3, 1).reshape(2, -1)  # views
+        torch.empty(5, device="meta")
+        torch.zeros(0, device="meta")  # nothing to fill
+        pool = torch.zeros(2, 8, device="meta")
     assert y.is_contiguous(memory_format=torch.channels_last) and y.stride()[1] == 1
     assert y_nchw.is_contiguous()
-    assert [k.name for k in mode.kernels] == ["convolution", "convolution"] and mode.kernels[0].note
+    assert [k.name for k in mode.kernels] == ["convolution", "convolution", "zeros"] and mode.kernels[0].note
+    assert [k.fill for k in mode.kernels] == [False, False, True] and mode.kernels[2].hbm_bytes == pool.numel() * 4
+
+
+def test_pointwise_choice_is_asked_as_on_cuda():
+    from fastmbconv.kernels import pointwise_gated as pw
+
+    from fastmbconv.kernel_report.record import pointwise_choice_as_on_cuda
+
+    original = pw.choose_pointwise_impl
+    shapes = [(49, 1152, 192), (100352, 16, 96)]  # a small 1x1 conv and a large one
+    with pointwise_choice_as_on_cuda() as emulated:
+        asked = [pw.choose_pointwise_impl(m, k, n, torch.float16, "meta") for m, k, n in shapes]
+    assert emulated and pw.choose_pointwise_impl is original
+    assert asked == [original(m, k, n, torch.float16, "cuda") for m, k, n in shapes]
 
 
 @pytest.mark.subprocess
