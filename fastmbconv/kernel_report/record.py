@@ -96,10 +96,12 @@ def distinct_bytes(tensors) -> int:
 
 
 def current_layer() -> Optional[str]:
+    """The layer the launchers are attributing launches to (for torch-side kernels)."""
     from fastmbconv.kernels import _launch
 
-    state = getattr(_launch, "_state", None)
-    return getattr(state, "layer", None)
+    if hasattr(_launch, "current_layer"):
+        return _launch.current_layer()
+    return getattr(getattr(_launch, "_state", None), "layer", None)  # no public accessor yet
 
 
 def _cuda_conv_layout(inp, weight, out):
