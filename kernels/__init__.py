@@ -4,9 +4,11 @@ One op per module: the ``@triton.jit`` kernel, its launcher, the torch-facing cu
 pure-torch ``*_ref`` twin. This package imports only torch and triton, and triton only when an
 op module is first used (names below resolve lazily), so importing it stays cheap.
 
-- :mod:`.dwconv_bn_act`: depthwise kxk + folded BN + activation, SE pool epilogue, ragged batches;
-- :mod:`.squeeze_excite`: the SE gate from pooled sums, one launch per batch;
+- :mod:`.stem_conv_bn_act`: the stem conv + folded BN + activation, from the image as it comes;
+- :mod:`.dwconv_bn_act`: depthwise kxk + folded BN + activation, SE partial sums, ragged batches;
+- :mod:`.squeeze_excite`: the SE gate from those partial sums, one launch per batch;
 - :mod:`.pointwise_gated`: 1x1 conv GEMM with SE-gate prologue and bias/act/residual/pool epilogue;
+- :mod:`.testing`: the tolerance rule and the memory fences the tests use;
 - :mod:`._launch`: every launch goes through it: counting (``count_launches``, which tests use to
   prove kernels ran) and recording without launching (``record_launches``, for the kernel report).
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "stem_conv_bn_act": "stem_conv_bn_act",
+    "stem_conv_bn_act_ref": "stem_conv_bn_act",
     "dwconv_bn_act": "dwconv_bn_act",
     "dwconv_bn_act_ref": "dwconv_bn_act",
     "squeeze_excite_gate": "squeeze_excite",

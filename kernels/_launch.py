@@ -72,6 +72,11 @@ def count_launches() -> Iterator[Counter]:
             _active.remove(counter)
 
 
+def current_layer() -> Optional[str]:
+    """The layer named by the innermost open :func:`layer_scope` in this thread, or None."""
+    return getattr(_state, "layer", None)
+
+
 def recording() -> bool:
     """True inside :func:`record_launches` (in this thread)."""
     return getattr(_state, "recorder", None) is not None
@@ -125,6 +130,28 @@ def _check_launchable(op: str, t: torch.Tensor) -> None:
         f"{op}: the Triton kernel needs a CUDA tensor, or TRITON_INTERPRET=1 (set before triton "
         f"is imported) for CPU tensors; got a tensor on {t.device}"
     )
+
+
+_tuned_keys: set = set()
+
+
+def select_kernel(tuned, plain, key: tuple, heuristic: dict):
+    """(kernel, config constexprs) for one launch: the autotuner (which picks its own config)
+    where autotuning is on, else ``plain`` with the ``heuristic`` config.
+
+    Autotuning is off under the interpreter and with ``FASTMBCONV_AUTOTUNE=0``. During CUDA-graph
+    capture a shape that was never tuned outside capture takes the heuristic config, because
+    benchmarking inside a capture fails (it synchronises and allocates); ``key`` must therefore
+    hold everything the autotuner keys on, tensor dtypes included. Warm every shape up once
+    before capturing to capture the tuned configs."""
+    from ._utils import use_autotune
+
+    if not use_autotune():
+        return plain, heuristic
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing() and key not in _tuned_keys:
+        return plain, heuristic
+    _tuned_keys.add(key)
+    return tuned, {}
 
 
 def launch(op: str, kernel, grid, args: dict, constexprs: dict, on: torch.Tensor) -> None:

@@ -21,15 +21,42 @@ def use_autotune() -> bool:
     return not interpreting() and os.environ.get("FASTMBCONV_AUTOTUNE", "1") != "0"
 
 
-def deterministic_pool() -> bool:
-    """Pool epilogues write one partial sum per tile (reduced afterwards in a fixed order)
-    instead of adding atomically, when ``torch.use_deterministic_algorithms(True)`` is on:
-    fp32 atomic adds land in run-dependent order, so their sums differ in the last bits."""
-    return torch.are_deterministic_algorithms_enabled()
-
-
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def batch_bucket(n: int) -> int:
+    """The batch size class autotuning keys on (1, up to 8, up to 64, more): the best tiles
+    for batch 1 and batch 256 differ, and whichever ran first must not fix them for the other."""
+    return 1 if n <= 1 else 8 if n <= 8 else 64 if n <= 64 else 512
+
+
+def reach(t: torch.Tensor, first_dim: int = 0) -> int:
+    """The largest element offset of ``t`` from its first element, over dims ``first_dim`` on."""
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[first_dim:], t.stride()[first_dim:]) if size > 0)
+
+
+def needs_int64(*tensors: torch.Tensor, per_sample: bool = True) -> bool:
+    """Whether an offset into any of these (N, ...) tensors can pass 2^31 - 1, so the kernel
+    must do its address arithmetic in 64 bits. ``per_sample``: offsets inside one image only
+    (kernels that add the image's base offset in 64 bits on their own)."""
+    return any(reach(t, 1 if per_sample else 0) >= 2**31 - 1 for t in tensors)
+
+
+def spatial_tile(height: int, width: int) -> tuple[int, int]:
+    """A (rows, cols) power-of-two output tile of 32 or 64 pixels that wastes the fewest pixel
+    slots on an ``height`` x ``width`` map (ties: more pixels, then wider): 64 on large maps,
+    fewer where that fits better (2x16 on 14x14, where 8x8 tiles would leave a quarter idle)."""
+    best = None
+    for pixels in (64, 32):
+        for tw in (1, 2, 4, 8, 16, 32, 64):
+            th = pixels // tw
+            if th < 1:
+                continue
+            key = (-(-height // th) * th * -(-width // tw) * tw, -pixels, -tw)
+            if best is None or key < best[0]:
+                best = (key, (th, tw))
+    return best[1]
 
 
 def check_tensor(op: str, name: str, t, ndim: int | None = None, dtypes=FLOAT_DTYPES, device=None):

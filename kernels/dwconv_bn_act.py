@@ -1,14 +1,19 @@
-"""Depthwise kxk conv + folded BatchNorm + activation, with an optional SE pool epilogue.
+"""Depthwise kxk conv + folded BatchNorm + activation, with the SE pool sums in its epilogue.
 
 Why one kernel: in eager PyTorch the depthwise conv, BN, SiLU and the SE mean each read and
-write the whole expanded activation (the biggest tensors in EfficientNet). Here the input is
-read once (with the expand conv's SiLU applied as it is loaded), BN is a per-channel fp32
-``scale``/``shift``, and the per-(sample, channel) sums the SE needs are accumulated with
-atomics (or, under ``torch.use_deterministic_algorithms(True)``, written per tile and reduced
-in a fixed order), so SE never re-reads the activation. Padding is given as (top, bottom, left, right)
-and applied by masking, never by materialising a padded tensor, which covers both symmetric
-and TF "SAME" padding. Optional ragged arguments give each image its own valid size and
-(top, left) padding.
+write the whole expanded activation (the biggest tensors in EfficientNet). Here the input (the
+expand conv's output, already activated) is read once, BN is a per-channel fp32
+``scale``/``shift``, and each program writes the sums of its output tile per channel, so SE
+never re-reads the activation. Those per-tile partial sums are reduced by the SE gate kernel in
+a fixed order: no atomics, no zero-filled buffer, bitwise repeatable.
+
+Each program computes a 2-D tile of output pixels (``TILE_H`` x ``TILE_W``, chosen per map by
+:func:`._utils.spatial_tile`) for ``BLOCK_C`` channels of one image. Weights are laid out
+(k*k, C) so every tap loads a vector of channels, and the input's pixel stride is a compile-time
+constant, so the taps along a row are immediate offsets from one address. Offsets inside an image are 32-bit unless an
+image spans 2^31 elements (``INT64``); the image's base offset is always 64-bit. Padding is
+(top, bottom, left, right), applied by masking, which covers symmetric and TF "SAME" padding;
+optional ragged arguments give each image its own valid size and (top, left) padding.
 """
 from __future__ import annotations
 
@@ -19,45 +24,42 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import call_op, launch, record_launch
+from ._launch import call_op, launch, select_kernel
+from ._math import activation
 from ._utils import (
     ACT_CODES,
     activation_ref,
+    batch_bucket,
     check_activation,
     check_tensor,
-    deterministic_pool,
     empty_like_format,
     interpreting,
+    needs_int64,
     next_pow2,
-    use_autotune,
+    spatial_tile,
     valid_mask,
 )
 
 OP = "dwconv_bn_act"
-MAX_GRID_Z = 65535  # CUDA's limit on grid axis 2, which indexes the batch
 
 
 @triton.jit
 def _dwconv_bn_act_kernel(
-    x_ptr, w_ptr, scale_ptr, shift_ptr, out_ptr, pool_ptr, valid_ptr, padtl_ptr,
-    C, H, W, H_out, W_out,
-    sxn, sxc, sxh, sxw,
-    son, soc, soh, sow,
-    pad_top, pad_left,
-    STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, IN_ACT: tl.constexpr,
-    WITH_POOL: tl.constexpr, RAGGED: tl.constexpr, POOL_PARTIAL: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr, w_ptr, scale_ptr, shift_ptr, out_ptr, part_ptr, valid_ptr, padtl_ptr,
+    C, H, W, H_out, W_out, tiles_w, tiles_per_image,
+    sxn, sxc, sxh, son, soc, soh, sow,
+    pad_top, pad_left, batch_bucket,
+    SXW: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, FAST_MATH: tl.constexpr, WITH_POOL: tl.constexpr,
+    RAGGED: tl.constexpr, INT64: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    n = tl.program_id(2).to(tl.int64)
-
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    p_mask = offs_p < H_out * W_out
-    c_mask = offs_c < C
-    oh = offs_p // W_out
-    ow = offs_p % W_out
+    pid = tl.program_id(0)  # image * tiles_per_image + tile
+    n = pid // tiles_per_image
+    tile = pid % tiles_per_image
+    oh = (tile // tiles_w) * TILE_H + tl.arange(0, TILE_H)
+    ow = (tile % tiles_w) * TILE_W + tl.arange(0, TILE_W)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
 
     if RAGGED:
         # clamped so a bad size can never read outside the buffer (CUDA inputs skip the host check)
@@ -65,62 +67,73 @@ def _dwconv_bn_act_kernel(
         w_img = tl.minimum(tl.load(valid_ptr + 2 * n + 1), W)
         top = tl.load(padtl_ptr + 2 * n)
         left = tl.load(padtl_ptr + 2 * n + 1)
-        out_valid = p_mask & (oh < (h_img + STRIDE - 1) // STRIDE) & (ow < (w_img + STRIDE - 1) // STRIDE)
+        h_valid = (h_img + STRIDE - 1) // STRIDE
+        w_valid = (w_img + STRIDE - 1) // STRIDE
     else:
         h_img = H
         w_img = W
         top = pad_top
         left = pad_left
-        out_valid = p_mask
+        h_valid = H_out
+        w_valid = W_out
+    if INT64:
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
+        offs_c = offs_c.to(tl.int64)
 
-    x_base = x_ptr + n * sxn
-    c_off = offs_c.to(tl.int64) * sxc
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for ki in tl.static_range(KSIZE):
-        ih = oh * STRIDE - top + ki
-        row_ok = p_mask & (ih >= 0) & (ih < h_img)
-        row_off = ih.to(tl.int64) * sxh
+    # one pointer per (pixel, channel) at the tile's first tap; the taps of a row are then
+    # compile-time offsets from it (the pixel stride SXW is a constant)
+    ih0 = oh * STRIDE - top
+    iw0 = ow * STRIDE - left
+    x_tap0 = (x_ptr + n.to(tl.int64) * sxn + (ih0 * sxh)[:, None, None] + (iw0 * SXW)[None, :, None]
+              + (offs_c * sxc)[None, None, :])
+    h_lim = h_img.to(tl.uint32)  # one unsigned compare tests 0 <= i < limit
+    w_lim = w_img.to(tl.uint32)
+    acc = tl.zeros((TILE_H, TILE_W, BLOCK_C), dtype=tl.float32)
+    x_row = x_tap0
+    for ki in range(KSIZE):  # a loop, not unrolled: unrolled, the compiler hoists every tap's loads
+        row_ok = (ih0 + ki).to(tl.uint32) < h_lim
         for kj in tl.static_range(KSIZE):
-            iw = ow * STRIDE - left + kj
-            ok = row_ok & (iw >= 0) & (iw < w_img)
-            ptrs = x_base + (row_off + iw.to(tl.int64) * sxw)[:, None] + c_off[None, :]
-            xv = tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-            if IN_ACT == 1:
-                xv = xv * tl.sigmoid(xv)  # silu(0) == 0, so padding stays zero
-            elif IN_ACT == 2:
-                xv = tl.minimum(tl.maximum(xv, 0.0), 6.0)
-            wv = tl.load(w_ptr + offs_c * (KSIZE * KSIZE) + (ki * KSIZE + kj), mask=c_mask, other=0.0)
-            acc += xv * wv.to(tl.float32)[None, :]
+            ok = row_ok[:, None, None] & ((iw0 + kj).to(tl.uint32) < w_lim)[None, :, None] & c_ok[None, None, :]
+            xv = tl.load(x_row + kj * SXW, mask=ok, other=0.0)
+            wv = tl.load(w_ptr + (ki * KSIZE + kj) * C + offs_c, mask=c_ok, other=0.0)
+            acc += xv.to(tl.float32) * wv[None, None, :]
+        x_row += sxh  # a pointer step: 64-bit, whatever the stride
 
-    scale = tl.load(scale_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)
-    shift = tl.load(shift_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)
-    y = acc * scale[None, :] + shift[None, :]
-    if ACT == 1:
-        y = y * tl.sigmoid(y)
-    elif ACT == 2:
-        y = tl.minimum(tl.maximum(y, 0.0), 6.0)
-    keep = out_valid[:, None] & c_mask[None, :]
-    y = tl.where(keep, y, 0.0)
+    scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
+    shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
+    y = acc * scale[None, None, :] + shift[None, None, :]
+    y = activation(y, ACT, FAST_MATH)
+    in_map = (oh < H_out)[:, None, None] & (ow < W_out)[None, :, None] & c_ok[None, None, :]
+    if RAGGED:
+        y = tl.where((oh < h_valid)[:, None, None] & (ow < w_valid)[None, :, None], y, 0.0)
+    out_off = (oh * soh)[:, None, None] + (ow * sow)[None, :, None] + (offs_c * soc)[None, None, :]
+    tl.store(out_ptr + n.to(tl.int64) * son + out_off, y.to(out_ptr.dtype.element_ty), mask=in_map)
 
-    out_off = n * son + (oh.to(tl.int64) * soh + ow.to(tl.int64) * sow)[:, None] + (offs_c.to(tl.int64) * soc)[None, :]
-    tl.store(out_ptr + out_off, y.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
-
-    if WITH_POOL:
-        part = tl.sum(y, axis=0)
-        if POOL_PARTIAL:  # pool is (N, tiles, C): one row per pixel tile, summed afterwards
-            row = n * tl.num_programs(0) + pid_p
-            tl.store(pool_ptr + row * C + offs_c, part, mask=c_mask)
-        else:
-            tl.atomic_add(pool_ptr + n * C + offs_c, part, mask=c_mask)
+    if WITH_POOL:  # this tile's sums per channel: the SE gate kernel adds the tiles up
+        part = tl.sum(tl.sum(tl.where(in_map, y, 0.0), axis=0), axis=0)  # rows first: within a thread
+        tl.store(part_ptr + pid.to(tl.int64) * C + offs_c, part, mask=c_ok)
 
 
-# GPU block shapes to try, (BLOCK_P pixels, BLOCK_C channels, warps); the pool sums are reset
-# between benchmark runs because the epilogue accumulates them with atomics.
-_GPU_CONFIGS = [(32, 64, 4), (64, 32, 4), (16, 128, 4), (64, 64, 4), (128, 32, 8), (32, 32, 2)]
+# GPU configs to try, (BLOCK_C channels, warps); the tile shape is chosen per map beforehand,
+# since the number of partial sums depends on it. Pruned per launch to 8-32 outputs per thread
+# (none of which spills on any B0-B7 layer: python -m fastmbconv.kernel_report) and to channel
+# blocks no wider than the layer.
+_GPU_CONFIGS = [(16, 1), (32, 1), (32, 2), (64, 2), (64, 4), (128, 4), (128, 8), (32, 4), (64, 8)]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}
+    widest, pixels = max(16, next_pow2(args["C"])), args["TILE_H"] * args["TILE_W"]
+    kept = [c for c in configs if c.kwargs["BLOCK_C"] <= widest
+            and 8 <= pixels * c.kwargs["BLOCK_C"] // (32 * c.num_warps) <= 32]
+    return kept or configs[:1]
+
+
 _dwconv_bn_act_autotuned = triton.autotune(
-    configs=[triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w) for p, c, w in _GPU_CONFIGS],
-    key=["C", "H_out", "W_out", "STRIDE", "KSIZE", "WITH_POOL", "RAGGED"],
-    reset_to_zero=["pool_ptr"],
+    configs=[triton.Config({"BLOCK_C": c}, num_warps=w) for c, w in _GPU_CONFIGS],
+    key=["C", "H_out", "W_out", "STRIDE", "KSIZE", "RAGGED", "TILE_H", "TILE_W", "batch_bucket"],
+    prune_configs_by={"early_config_prune": _prune_configs},
 )(_dwconv_bn_act_kernel)
 
 
@@ -129,18 +142,27 @@ def output_size(height: int, width: int, kernel: int, stride: int, padding: Sequ
     return (height + top + bottom - kernel) // stride + 1, (width + left + right - kernel) // stride + 1
 
 
-def _check_args(x, weight, scale, shift, padding, stride, act, input_act, valid_hw, pad_tl):
+def taps_major(weight: torch.Tensor) -> torch.Tensor:
+    """Depthwise weights (C, 1, k, k) or (C, k, k) in the kernel's (k*k, C) layout, fp32."""
+    C, k = weight.shape[0], weight.shape[-1]
+    return weight.reshape(C, k * k).t().float().contiguous()
+
+
+def _check_args(x, weight, scale, shift, padding, stride, act, valid_hw, pad_tl):
     check_tensor(OP, "x", x, ndim=4)
     N, C, H, W = x.shape
     check_tensor(OP, "weight", weight, dtypes=None, device=x.device)
     if not weight.is_floating_point():
         raise TypeError(f"{OP}: weight must be floating point, got {weight.dtype}")
-    k = weight.shape[-1] if weight.ndim in (3, 4) else -1
-    if weight.ndim not in (3, 4) or weight.shape[0] != C or weight.shape[-2] != k or weight.numel() != C * k * k:
-        raise ValueError(
-            f"{OP}: weight must be (C, 1, k, k) or (C, k, k) with C={C} (the input's channel count), "
-            f"got {tuple(weight.shape)}"
-        )
+    if weight.ndim == 2:  # taps-major (k*k, C), as folded for the fused path
+        k = round(weight.shape[0] ** 0.5)
+        ok = weight.shape[1] == C and k * k == weight.shape[0]
+    else:
+        k = weight.shape[-1]
+        ok = weight.ndim in (3, 4) and weight.shape[0] == C and weight.shape[-2] == k and weight.numel() == C * k * k
+    if not ok:
+        raise ValueError(f"{OP}: weight must be (C, 1, k, k), (C, k, k) or (k*k, C) with C={C} (the input's "
+                         f"channel count), got {tuple(weight.shape)}")
     if k not in (3, 5):
         raise ValueError(f"{OP}: kernel size must be 3 or 5, got {k}")
     for name, t in (("scale", scale), ("shift", shift)):
@@ -153,7 +175,6 @@ def _check_args(x, weight, scale, shift, padding, stride, act, input_act, valid_
     if len(padding) != 4 or min(padding) < 0 or max(padding) >= k:
         raise ValueError(f"{OP}: padding must be 4 values (top, bottom, left, right) in [0, {k}), got {padding}")
     check_activation(OP, "act", act)
-    check_activation(OP, "input_act", input_act)
     H_out, W_out = output_size(H, W, k, stride, padding)
     if H_out < 1 or W_out < 1:
         raise ValueError(f"{OP}: input {H}x{W} with padding {padding} is too small for a {k}x{k} kernel")
@@ -167,118 +188,108 @@ def _check_args(x, weight, scale, shift, padding, stride, act, input_act, valid_
     return k, padding, H_out, W_out
 
 
-def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu", input_act="identity",
-                         with_pool=False, valid_hw=None, pad_tl=None):
-    """Check, allocate and launch. Returns (out, pool); pool is (N, C) fp32 sums of the output
-    over each image's valid output pixels, or an empty tensor without ``with_pool``."""
-    k, padding, H_out, W_out = _check_args(x, weight, scale, shift, padding, stride, act, input_act, valid_hw, pad_tl)
-    N, C, H, W = x.shape
-    out = empty_like_format(x, (N, C, H_out, W_out))
-    pool = torch.zeros((N, C) if with_pool else (0,), dtype=torch.float32, device=x.device)
-    if N == 0 or C == 0:
-        return out, pool
-    if valid_hw is not None and valid_hw.device.type == "cpu":  # a host check on CUDA would sync every call
-        hw = valid_hw
-        if (hw < 1).any() or (hw[:, 0] > H).any() or (hw[:, 1] > W).any():
-            raise ValueError(f"{OP}: valid_hw must lie in [1, {H}] x [1, {W}], got {hw.tolist()}")
-    if valid_hw is not None:
-        valid_hw, pad_tl = valid_hw.contiguous(), pad_tl.contiguous()
-    w_flat = weight.reshape(C, k * k).contiguous()
-
-    P = H_out * W_out
+def blocks_for(H_out: int, W_out: int, C: int) -> tuple[int, int, int]:
+    """(TILE_H, TILE_W, BLOCK_C) of the heuristic config (the tile shape is also the autotuned
+    configs': the number of partial sums depends on it)."""
     if interpreting():  # ~30 ms per program: few, large blocks
-        block_c = min(next_pow2(C), 2048)
-        block_p = min(next_pow2(P), max(16, 65536 // block_c))
-        num_warps = 4
-    else:
-        block_c = min(64, max(16, next_pow2(C)))
-        block_p = 32 if block_c == 64 else 64
-        num_warps = 4
-    partial = with_pool and deterministic_pool()
-    autotune = use_autotune() and not partial  # the partial buffer's size depends on BLOCK_P
-    kernel = _dwconv_bn_act_autotuned if autotune else _dwconv_bn_act_kernel
-    blocks = {} if autotune else {"BLOCK_P": block_p, "BLOCK_C": block_c, "num_warps": num_warps}
-    if partial:
-        pool_out = pool
-        pool = torch.empty((N, triton.cdiv(P, block_p), C), dtype=torch.float32, device=x.device)
-    # reset_to_zero zeroes whatever is passed as pool_ptr: without a pool it must be scratch,
-    # never an input, which autotuning on a GPU would wipe
-    pool_arg = pool if with_pool else torch.empty(1, dtype=torch.float32, device=x.device)  # no fill launch
-    dummy = scale  # unread pointer for absent ragged arguments
-    for n0 in range(0, N, MAX_GRID_Z):
-        n1 = min(N, n0 + MAX_GRID_Z)
-        xs, outs = x[n0:n1], out[n0:n1]
+        th, tw, bc = next_pow2(H_out), next_pow2(W_out), min(next_pow2(C), 256)
+        while th * tw * bc > 65536 and th > 1:
+            th //= 2
+        return th, tw, bc
+    return (*spatial_tile(H_out, W_out), min(32, max(16, next_pow2(C))))
 
-        def grid(meta, batch=n1 - n0):
-            return (triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(C, meta["BLOCK_C"]), batch)
 
-        sxn, sxc, sxh, sxw = xs.stride()
-        son, soc, soh, sow = outs.stride()
-        launch(OP, kernel, grid, dict(
-            x_ptr=xs, w_ptr=w_flat, scale_ptr=scale, shift_ptr=shift, out_ptr=outs,
-            pool_ptr=pool_arg[n0:n1] if with_pool else pool_arg,
-            valid_ptr=valid_hw[n0:n1] if valid_hw is not None else dummy,
-            padtl_ptr=pad_tl[n0:n1] if pad_tl is not None else dummy,
-            C=C, H=H, W=W, H_out=H_out, W_out=W_out, sxn=sxn, sxc=sxc, sxh=sxh, sxw=sxw,
-            son=son, soc=soc, soh=soh, sow=sow, pad_top=padding[0], pad_left=padding[2],
-        ), dict(
-            STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], IN_ACT=ACT_CODES[input_act],
-            WITH_POOL=with_pool, RAGGED=valid_hw is not None, POOL_PARTIAL=partial, **blocks,
-        ), on=x)
-    if partial:
-        record_launch(OP + "[partial-sum]")
-        torch.sum(pool, dim=1, out=pool_out)
-        pool = pool_out
-    return out, pool
+def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu", with_pool=False,
+                         valid_hw=None, pad_tl=None):
+    """Check, allocate and launch. Returns (out, partial_sums): ``partial_sums`` is (N, T, C)
+    fp32, each image's output summed over each of its T tiles (valid pixels only), or an empty
+    tensor without ``with_pool``; ``partial_sums.sum(1)`` are the per-image sums."""
+    k, padding, H_out, W_out = _check_args(x, weight, scale, shift, padding, stride, act, valid_hw, pad_tl)
+    N, C, H, W = x.shape
+    tile_h, tile_w, block_c = blocks_for(H_out, W_out, C)
+    tiles_w = -(-W_out // tile_w)
+    tiles = -(-H_out // tile_h) * tiles_w
+    out = empty_like_format(x, (N, C, H_out, W_out))
+    partials = torch.empty((N, tiles, C) if with_pool else (0,), dtype=torch.float32, device=x.device)
+    if N == 0 or C == 0:
+        return out, partials
+    if valid_hw is not None and valid_hw.device.type == "cpu":  # a host check on CUDA would sync every call
+        if (valid_hw < 1).any() or (valid_hw[:, 0] > H).any() or (valid_hw[:, 1] > W).any():
+            raise ValueError(f"{OP}: valid_hw must lie in [1, {H}] x [1, {W}], got {valid_hw.tolist()}")
+    w_taps = weight if weight.ndim == 2 else taps_major(weight)
+    ragged = valid_hw is not None
+    kernel, config = select_kernel(
+        _dwconv_bn_act_autotuned, _dwconv_bn_act_kernel,
+        (OP, C, H_out, W_out, stride, k, ragged, tile_h, tile_w, batch_bucket(N), x.dtype, out.dtype),
+        {"BLOCK_C": block_c, "num_warps": max(1, block_c // 16)})
+
+    def grid(meta):
+        return (N * tiles, triton.cdiv(C, meta["BLOCK_C"]))
+
+    launch(OP, kernel, grid, dict(
+        x_ptr=x, w_ptr=w_taps.float(), scale_ptr=scale, shift_ptr=shift, out_ptr=out,
+        part_ptr=partials if with_pool else scale, valid_ptr=valid_hw.contiguous() if ragged else scale,
+        padtl_ptr=pad_tl.contiguous() if ragged else scale,
+        C=C, H=H, W=W, H_out=H_out, W_out=W_out, tiles_w=tiles_w, tiles_per_image=tiles,
+        **dict(zip(("sxn", "sxc", "sxh"), x.stride()[:3])), **dict(zip(("son", "soc", "soh", "sow"), out.stride())),
+        pad_top=padding[0], pad_left=padding[2], batch_bucket=batch_bucket(N),
+    ), dict(
+        SXW=x.stride(3), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(), WITH_POOL=with_pool, RAGGED=ragged,
+        INT64=needs_int64(x, out), TILE_H=tile_h, TILE_W=tile_w, **config,
+    ), on=x)
+    return out, partials
 
 
 @torch.library.custom_op("fastmbconv::dwconv_bn_act", mutates_args=())
 def _dwconv_bn_act_op(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-    padding: list[int], stride: int, act: str, input_act: str, with_pool: bool,
+    padding: list[int], stride: int, act: str, with_pool: bool,
     valid_hw: Optional[torch.Tensor], pad_tl: Optional[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return dwconv_bn_act_launch(x, weight, scale, shift, padding, stride, act, input_act, with_pool, valid_hw, pad_tl)
+    return dwconv_bn_act_launch(x, weight, scale, shift, padding, stride, act, with_pool, valid_hw, pad_tl)
 
 
 @_dwconv_bn_act_op.register_fake
-def _(x, weight, scale, shift, padding, stride, act, input_act, with_pool, valid_hw, pad_tl):
-    k, padding, H_out, W_out = _check_args(x, weight, scale, shift, padding, stride, act, input_act, valid_hw, pad_tl)
+def _(x, weight, scale, shift, padding, stride, act, with_pool, valid_hw, pad_tl):
+    k, padding, H_out, W_out = _check_args(x, weight, scale, shift, padding, stride, act, valid_hw, pad_tl)
     N, C = x.shape[:2]
+    tile_h, tile_w, _ = blocks_for(H_out, W_out, C)
+    tiles = -(-H_out // tile_h) * -(-W_out // tile_w)
     out = empty_like_format(x, (N, C, H_out, W_out))
-    pool = x.new_empty((N, C) if with_pool else (0,), dtype=torch.float32)
-    return out, pool
+    return out, x.new_empty((N, tiles, C) if with_pool else (0,), dtype=torch.float32)
 
 
-def dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", input_act="identity",
-                  with_pool=False, valid_hw=None, pad_tl=None):
-    """``act(conv_dw(input_act(x)) * scale + shift)``; returns ``out`` or ``(out, pool_sums)``.
+def dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", with_pool=False, valid_hw=None,
+                  pad_tl=None):
+    """``act(conv_dw(x) * scale + shift)``; returns ``out`` or ``(out, partial_sums)``.
 
-    ``padding`` is (top, bottom, left, right). ``valid_hw``/``pad_tl`` (N, 2) int32 make a ragged
-    batch: image n reads only its valid (h, w) corner with its own (top, left) padding; its
-    outputs beyond (ceil(h/stride), ceil(w/stride)) are written as 0 and left out of the pool.
+    ``weight`` is (C, 1, k, k), (C, k, k), or (k*k, C) fp32 as :func:`taps_major` makes it (the
+    other layouts cost a transposing copy per call). ``padding`` is (top, bottom, left, right).
+    ``valid_hw``/``pad_tl`` (N, 2) int32 make a ragged batch: image n reads only its valid
+    (h, w) corner with its own (top, left) padding; its outputs beyond (ceil(h/stride),
+    ceil(w/stride)) are written as 0 and left out of the sums. ``partial_sums`` is (N, T, C)
+    fp32: per image, the output summed over each of its T tiles.
     """
-    out, pool = call_op(
+    out, partials = call_op(
         torch.ops.fastmbconv.dwconv_bn_act, dwconv_bn_act_launch,
-        x, weight, scale, shift, [int(p) for p in padding], int(stride), act, input_act,
-        bool(with_pool), valid_hw, pad_tl,
+        x, weight, scale, shift, [int(p) for p in padding], int(stride), act, bool(with_pool), valid_hw, pad_tl,
     )
-    return (out, pool) if with_pool else out
+    return (out, partials) if with_pool else out
 
 
-def dwconv_bn_act_ref(x, weight, scale, shift, padding, stride=1, act="silu", input_act="identity",
-                      with_pool=False, valid_hw=None, pad_tl=None, compute_dtype=torch.float32):
-    """Pure-torch twin (F.pad + grouped F.conv2d), computed in ``compute_dtype``."""
+def dwconv_bn_act_ref(x, weight, scale, shift, padding, stride=1, act="silu", with_pool=False, valid_hw=None,
+                      pad_tl=None, compute_dtype=torch.float32):
+    """Pure-torch twin (F.pad + grouped F.conv2d), computed in ``compute_dtype``; with
+    ``with_pool`` it returns (out, per-image sums (N, C)) (one 'tile' per image)."""
     C = x.shape[1]
-    k = weight.shape[-1]
+    k = round(weight.shape[0] ** 0.5) if weight.ndim == 2 else weight.shape[-1]
+    w = (weight.t() if weight.ndim == 2 else weight).reshape(C, 1, k, k).to(compute_dtype)
     top, bottom, left, right = padding
-    xc = activation_ref(x.to(compute_dtype), input_act)
-    w = weight.reshape(C, 1, k, k).to(compute_dtype)
+    xc = x.to(compute_dtype)
     H, W = x.shape[-2:]
     H_out, W_out = output_size(H, W, k, stride, padding)
     if valid_hw is None:
         y = F.conv2d(F.pad(xc, (left, right, top, bottom)), w, stride=stride, groups=C)
-        valid_out = None
     else:
         ys = []
         for n in range(x.shape[0]):
@@ -290,9 +301,9 @@ def dwconv_bn_act_ref(x, weight, scale, shift, padding, stride=1, act="silu", in
             r = max(0, (W_out - 1) * stride + k - l - W)
             ys.append(F.conv2d(F.pad(xn, (l, r, t, b)), w, stride=stride, groups=C)[..., :H_out, :W_out])
         y = torch.cat(ys) if ys else xc.new_zeros((0, C, H_out, W_out))
-        valid_out = (valid_hw.long() + stride - 1) // stride
     y = activation_ref(y * scale.to(compute_dtype).view(1, C, 1, 1) + shift.to(compute_dtype).view(1, C, 1, 1), act)
-    if valid_out is not None:
+    if valid_hw is not None:
+        valid_out = (valid_hw.long() + stride - 1) // stride
         y = torch.where(valid_mask(valid_out, H_out, W_out)[:, None], y, y.new_zeros(()))
     if with_pool:
         return y, y.sum((2, 3))

@@ -5,16 +5,17 @@ activation, residual or global-average-pool in the epilogue.
 
 Why: the SE gate, the project conv's BN and the residual add are each a full pass over an
 activation in eager PyTorch; here they ride along with the GEMM's loads and stores. The same op
-serves the expand conv (no gate, identity: the depthwise kernel applies SiLU on load), the
-project conv (gate + residual) and the head conv (SiLU, and with ``pool_only`` it writes only
-the (N, O) fp32 sums the classifier needs, never the head map).
+serves the expand conv (SiLU epilogue), the project conv (gate + residual) and the head conv
+(SiLU, and with ``pool_only`` it returns the per-image mean and never writes the head map).
 
-The grid's last axis is the sample, so a tile's rows all belong to one image: the gate is one
-row vector per tile and pool sums need one atomic add per (tile, channel) (or one plain store
-per tile under ``torch.use_deterministic_algorithms(True)``, reduced afterwards).
+Rows are the pixels of all images together (M = N x H x W), so the small late-stage maps fill
+whole tiles and one weight tile serves many images; each row finds its image for the gate, and
+the pool epilogue sums each tile's rows per image into a slot of its own. A second small launch
+adds those slots up per image in a fixed order (no atomics, no zero fill) and divides by the
+pixel count.
 
-:func:`choose_pointwise_impl` picks, per shape, between this Triton GEMM and a torch fallback
-(``x * gate`` then cuBLAS matmul + bias + residual); see its docstring.
+:func:`choose_pointwise_impl` lets a caller force the torch fallback (``x * gate`` then cuBLAS
+matmul + bias + residual) with an environment variable, for comparisons.
 """
 from __future__ import annotations
 
@@ -26,101 +27,136 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import call_op, launch, record_launch
+from ._launch import call_op, launch, record_launch, recording, select_kernel
+from ._math import activation
 from ._utils import (
     ACT_CODES,
     activation_ref,
+    batch_bucket,
     check_activation,
     check_tensor,
-    deterministic_pool,
     empty_like_format,
     interpreting,
+    needs_int64,
     next_pow2,
-    use_autotune,
     valid_mask,
 )
 
 OP = "pointwise_gated"
-MAX_GRID_Z = 65535
+
+
+@triton.jit
+def _row_offsets(m, HW, W, sn, sh, sw, DENSE_ROWS: tl.constexpr, INT64: tl.constexpr):
+    """Element offsets of rows ``m`` (pixels over all images) in a 4-D tensor's storage."""
+    if DENSE_ROWS:  # rows evenly spaced: NHWC-contiguous images
+        if INT64:
+            off = m.to(tl.int64) * sw
+        else:
+            off = m * sw
+    else:
+        p = m % HW
+        off = (m // HW).to(tl.int64) * sn + (p // W).to(tl.int64) * sh + (p % W).to(tl.int64) * sw
+    return off
 
 
 @triton.jit
 def _pointwise_gated_kernel(
-    x_ptr, w_ptr, bias_ptr, gate_ptr, res_ptr, out_ptr, pool_ptr, valid_ptr,
-    K, O, H, W,
-    sxn, sxc, sxh, sxw,
-    son, soc, soh, sow,
-    srn, src, srh, srw,
-    HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, POOL_ONLY: tl.constexpr,
-    RAGGED: tl.constexpr, DOT_FP32: tl.constexpr, POOL_PARTIAL: tl.constexpr,
+    x_ptr, w_ptr, bias_ptr, gate_ptr, res_ptr, out_ptr, part_ptr, valid_ptr,
+    M, HW, W, K, O, segments,
+    sxn, sxc, sxh, sxw, son, soc, soh, sow, srn, src, srh, srw, batch_bucket,
+    HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, FAST_MATH: tl.constexpr, POOL_ONLY: tl.constexpr,
+    RAGGED: tl.constexpr, DOT_FP32: tl.constexpr, DENSE_ROWS: tl.constexpr, INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    n = tl.program_id(2).to(tl.int64)
-
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < H * W
-    o_mask = offs_o < O
-    row_h = (offs_m // W).to(tl.int64)
-    row_w = (offs_m % W).to(tl.int64)
-    x_rows = x_ptr + n * sxn + row_h * sxh + row_w * sxw
+    offs_o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    o_ok = offs_o < O
+    x_rows = x_ptr + _row_offsets(offs_m, HW, W, sxn, sxh, sxw, DENSE_ROWS, INT64)
+    if HAS_GATE or POOL_ONLY:
+        image = offs_m // HW
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        a = tl.load(x_rows[:, None] + offs_k.to(tl.int64)[None, :] * sxc,
-                    mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(w_ptr + offs_o[None, :] * K + offs_k[:, None],
-                    mask=k_mask[:, None] & o_mask[None, :], other=0.0)
-        if HAS_GATE:
-            g = tl.load(gate_ptr + n * K + offs_k, mask=k_mask, other=0.0)
-            a = a.to(tl.float32) * g[None, :]
+        k_ok = offs_k < K
+        if INT64:  # a channel stride can reach past 2^31 too (NCHW planes of a huge image)
+            k_off = offs_k.to(tl.int64) * sxc
+        else:
+            k_off = offs_k * sxc
+        a = tl.load(x_rows[:, None] + k_off[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(w_ptr + offs_o[None, :] * K + offs_k[:, None], mask=k_ok[:, None] & o_ok[None, :], other=0.0)
+        if HAS_GATE:  # each row's own image's gate (L1 hits: a tile spans few images)
+            g = tl.load(gate_ptr + image[:, None] * K + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            a = a.to(tl.float32) * g
         if DOT_FP32:
             acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
         else:
             acc = tl.dot(a.to(w_ptr.dtype.element_ty), b, acc)
 
-    y = acc + tl.load(bias_ptr + offs_o, mask=o_mask, other=0.0)[None, :]
-    if ACT == 1:
-        y = y * tl.sigmoid(y)
-    elif ACT == 2:
-        y = tl.minimum(tl.maximum(y, 0.0), 6.0)
-    mask2 = m_mask[:, None] & o_mask[None, :]
+    y = acc + tl.load(bias_ptr + offs_o, mask=o_ok, other=0.0)[None, :]
+    y = activation(y, ACT, FAST_MATH)
+    tile_ok = m_ok[:, None] & o_ok[None, :]
+    if INT64:
+        offs_o = offs_o.to(tl.int64)
     if HAS_RES:
-        r = tl.load(res_ptr + n * srn + (row_h * srh + row_w * srw)[:, None] + offs_o.to(tl.int64)[None, :] * src,
-                    mask=mask2, other=0.0)
-        y = y + r.to(tl.float32)
+        r_rows = res_ptr + _row_offsets(offs_m, HW, W, srn, srh, srw, DENSE_ROWS, INT64)
+        y += tl.load(r_rows[:, None] + (offs_o * src)[None, :], mask=tile_ok, other=0.0).to(tl.float32)
     if POOL_ONLY:
-        keep = m_mask
+        keep = m_ok
         if RAGGED:
-            h_img = tl.load(valid_ptr + 2 * n)
-            w_img = tl.load(valid_ptr + 2 * n + 1)
-            keep = keep & (row_h < h_img) & (row_w < w_img)
-        part = tl.sum(tl.where(keep[:, None] & o_mask[None, :], y, 0.0), axis=0)
-        if POOL_PARTIAL:  # pool is (N, tiles, O): one row per pixel tile, summed afterwards
-            row = n * tl.num_programs(0) + pid_m
-            tl.store(pool_ptr + row * O + offs_o, part, mask=o_mask)
-        else:
-            tl.atomic_add(pool_ptr + n * O + offs_o, part, mask=o_mask)
+            p = offs_m % HW
+            keep = keep & ((p // W) < tl.load(valid_ptr + 2 * image, mask=m_ok, other=0))
+            keep = keep & ((p % W) < tl.load(valid_ptr + 2 * image + 1, mask=m_ok, other=0))
+        y = tl.where(keep[:, None] & o_ok[None, :], y, 0.0)
+        # one slot per image this tile touches: part[tile, image - first image, o]
+        first = (pid_m * BLOCK_M) // HW
+        last = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, M) - 1) // HW
+        for s in range(0, last - first + 1):
+            part = tl.sum(tl.where((image == first + s)[:, None], y, 0.0), axis=0)
+            tl.store(part_ptr + (pid_m.to(tl.int64) * segments + s) * O + offs_o, part, mask=o_ok)
     else:
-        out_off = n * son + (row_h * soh + row_w * sow)[:, None] + offs_o.to(tl.int64)[None, :] * soc
-        tl.store(out_ptr + out_off, y.to(out_ptr.dtype.element_ty), mask=mask2)
+        o_rows = out_ptr + _row_offsets(offs_m, HW, W, son, soh, sow, DENSE_ROWS, INT64)
+        tl.store(o_rows[:, None] + (offs_o * soc)[None, :], y.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
 
-# GPU tiles to try, (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); pool sums are reset between
-# benchmark runs because the pool epilogue accumulates them with atomics.
+@triton.jit
+def _pool_finish_kernel(part_ptr, valid_ptr, out_ptr, HW, O, segments, BLOCK_M: tl.constexpr,
+                        RAGGED: tl.constexpr, BLOCK_O: tl.constexpr):
+    """out[n, o] = (sum of image n's slots) / its pixel count, in a fixed order."""
+    n = tl.program_id(0)
+    offs_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    o_ok = offs_o < O
+    row0 = n.to(tl.int64) * HW
+    acc = tl.zeros((BLOCK_O,), dtype=tl.float32)
+    for tile in range(row0 // BLOCK_M, (row0 + HW - 1) // BLOCK_M + 1):
+        slot = n - (tile * BLOCK_M) // HW
+        acc += tl.load(part_ptr + (tile * segments + slot) * O + offs_o, mask=o_ok, other=0.0)
+    if RAGGED:
+        acc = acc / (tl.load(valid_ptr + 2 * n) * tl.load(valid_ptr + 2 * n + 1)).to(tl.float32)
+    else:
+        acc = acc / HW
+    tl.store(out_ptr + n.to(tl.int64) * O + offs_o, acc.to(out_ptr.dtype.element_ty), mask=o_ok)
+
+
+# GPU tiles to try, (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), none of which spills on any
+# B0-B7 layer (python -m fastmbconv.kernel_report); the pool variant keeps the launcher's
+# BLOCK_M, since the number of partial-sum slots depends on it.
 _GPU_CONFIGS = [
-    (64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3),
-    (64, 32, 64, 4, 4), (128, 32, 64, 4, 3), (32, 64, 64, 4, 4),
+    (64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3),
+    (64, 32, 64, 4, 4), (32, 64, 64, 4, 4), (128, 64, 64, 8, 3),
 ]
+_KEY = ["K", "O", "HW", "W", "HAS_GATE", "HAS_RES", "ACT", "RAGGED", "DENSE_ROWS", "batch_bucket"]
 _pointwise_gated_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
              for m, n, k, w, st in _GPU_CONFIGS],
-    key=["K", "O", "H", "W", "HAS_GATE", "HAS_RES", "POOL_ONLY", "RAGGED"],
-    reset_to_zero=["pool_ptr"],
+    key=_KEY,
+)(_pointwise_gated_kernel)
+_pointwise_pool_autotuned = triton.autotune(
+    configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+             for n, k, w, st in sorted({c[1:] for c in _GPU_CONFIGS})],
+    key=_KEY + ["BLOCK_M"],
 )(_pointwise_gated_kernel)
 
 
@@ -156,72 +192,78 @@ def _check_args(x, weight, bias, gate, residual, act, pool_only, valid_hw):
     return N, K, H, W, O
 
 
-def _block_sizes(HW: int, K: int, O: int):
+def _dense_rows(*tensors) -> bool:
+    """Whether every tensor's pixels are evenly spaced (one stride steps from pixel to pixel,
+    across rows and images): then a row's offset is m * stride, with no division."""
+    for t in tensors:
+        n, _, h, w = t.shape
+        sn, _, sh, sw = t.stride()
+        if (h > 1 and sh != w * sw) or (n > 1 and sn != h * w * sw):
+            return False
+    return True
+
+
+def _heuristic(M: int, K: int, O: int, pool_only: bool) -> dict:
     if interpreting():  # ~30 ms per program: few, large blocks
         block_n = max(16, min(next_pow2(O), 2048))
-        block_m = max(16, min(next_pow2(HW), 131072 // block_n))
-        return block_m, block_n, max(16, min(next_pow2(K), 256)), 4, 1
-    block_m = 64 if HW >= 64 else max(16, next_pow2(HW))
-    block_n = 128 if O >= 128 else max(16, next_pow2(O))
-    block_k = 32 if K >= 32 else 16
-    return block_m, block_n, block_k, 4, 3
+        block_m = max(16, min(next_pow2(M), 131072 // block_n))
+        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": max(16, min(next_pow2(K), 256)),
+                "num_warps": 4, "num_stages": 1}
+    return {"BLOCK_M": 64 if M >= 64 else max(16, next_pow2(M)), "BLOCK_N": 128 if O >= 128 else max(16, next_pow2(O)),
+            "BLOCK_K": 32 if K >= 32 else 16, "num_warps": 4, "num_stages": 3}
 
 
 def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="identity", pool_only=False,
                            valid_hw=None):
-    """Check, allocate and launch. Returns (out, pool): out is the (N, O, H, W) map in x's memory
-    format (empty with ``pool_only``), pool the (N, O) fp32 sums (empty without ``pool_only``)."""
+    """Check, allocate and launch. Returns (out, pooled): out is the (N, O, H, W) map in x's memory
+    format (empty with ``pool_only``), pooled the (N, O) per-image means over the valid pixels
+    in x's dtype (empty without ``pool_only``)."""
     N, K, H, W, O = _check_args(x, weight, bias, gate, residual, act, pool_only, valid_hw)
     out = x.new_empty((0,)) if pool_only else empty_like_format(x, (N, O, H, W))
-    pool = torch.zeros((N, O) if pool_only else (0,), dtype=torch.float32, device=x.device)
-    if N == 0 or O == 0 or H * W == 0:
-        return out, pool
-    w2 = weight.reshape(O, K).contiguous()
-    gate = gate.contiguous() if gate is not None else None
-    valid_hw = valid_hw.contiguous() if valid_hw is not None else None
-    block_m, block_n, block_k, num_warps, num_stages = _block_sizes(H * W, K, O)
-    dot_fp32 = interpreting() or x.dtype == torch.float32
-    partial = pool_only and deterministic_pool()
-    autotune = use_autotune() and not partial  # the partial buffer's size depends on BLOCK_M
-    kernel = _pointwise_gated_autotuned if autotune else _pointwise_gated_kernel
-    blocks = {} if autotune else {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
-                                  "num_warps": num_warps, "num_stages": num_stages}
-    if partial:
-        pool_out = pool
-        pool = torch.empty((N, triton.cdiv(H * W, block_m), O), dtype=torch.float32, device=x.device)
-    # reset_to_zero zeroes whatever is passed as pool_ptr: without a pool it must be scratch,
-    # never an input, which autotuning on a GPU would wipe
-    scratch = None if pool_only else torch.empty(1, dtype=torch.float32, device=x.device)  # no fill launch
-    for n0 in range(0, N, MAX_GRID_Z):
-        n1 = min(N, n0 + MAX_GRID_Z)
-        xs = x[n0:n1]
-        outs = out if pool_only else out[n0:n1]
-        res = residual[n0:n1] if residual is not None else None
-        o_strides = (0, 0, 0, 0) if pool_only else outs.stride()
-        r_strides = (0, 0, 0, 0) if res is None else res.stride()
+    pooled = x.new_empty((N, O) if pool_only else (0,))
+    M = N * H * W
+    if M == 0 or O == 0:
+        return out, pooled
+    heuristic = _heuristic(M, K, O, pool_only)
+    tensors = [t for t in (x, residual, None if pool_only else out) if t is not None]
+    dense, int64 = _dense_rows(*tensors), needs_int64(*tensors, per_sample=False)
+    ragged = valid_hw is not None
+    key = (OP, K, O, H * W, W, gate is not None, residual is not None, act, ragged, dense, batch_bucket(N), x.dtype,
+           pool_only)
+    if pool_only:
+        block_m = heuristic.pop("BLOCK_M")
+        kernel, config = select_kernel(_pointwise_pool_autotuned, _pointwise_gated_kernel, key, heuristic)
+        config = dict(config, BLOCK_M=block_m)
+        tiles, segments = triton.cdiv(M, block_m), triton.cdiv(block_m - 1, H * W) + 1
+        partials = torch.empty((tiles, segments, O), dtype=torch.float32, device=x.device)
+    else:
+        kernel, config = select_kernel(_pointwise_gated_autotuned, _pointwise_gated_kernel, key, heuristic)
+        segments, partials = 1, bias
 
-        def grid(meta, batch=n1 - n0):
-            return (triton.cdiv(H * W, meta["BLOCK_M"]), triton.cdiv(O, meta["BLOCK_N"]), batch)
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(O, meta["BLOCK_N"]))
 
-        launch(OP, kernel, grid, dict(
-            x_ptr=xs, w_ptr=w2, bias_ptr=bias, gate_ptr=gate[n0:n1] if gate is not None else bias,
-            res_ptr=res if res is not None else bias, out_ptr=outs if not pool_only else bias,
-            pool_ptr=pool[n0:n1] if pool_only else scratch,
-            valid_ptr=valid_hw[n0:n1] if valid_hw is not None else bias,
-            K=K, O=O, H=H, W=W,
-            **dict(zip(("sxn", "sxc", "sxh", "sxw"), xs.stride())),
-            **dict(zip(("son", "soc", "soh", "sow"), o_strides)),
-            **dict(zip(("srn", "src", "srh", "srw"), r_strides)),
-        ), dict(
-            HAS_GATE=gate is not None, HAS_RES=res is not None, ACT=ACT_CODES[act],
-            POOL_ONLY=pool_only, RAGGED=valid_hw is not None, DOT_FP32=dot_fp32,
-            POOL_PARTIAL=partial, **blocks,
-        ), on=x)
-    if partial:
-        record_launch(OP + "[partial-sum]")
-        torch.sum(pool, dim=1, out=pool_out)
-        pool = pool_out
-    return out, pool
+    zeros = (0, 0, 0, 0)
+    launch(OP, kernel, grid, dict(
+        x_ptr=x, w_ptr=weight.reshape(O, K).contiguous(), bias_ptr=bias,
+        gate_ptr=gate.contiguous() if gate is not None else bias, res_ptr=residual if residual is not None else bias,
+        out_ptr=bias if pool_only else out, part_ptr=partials, valid_ptr=valid_hw.contiguous() if ragged else bias,
+        M=M, HW=H * W, W=W, K=K, O=O, segments=segments,
+        **dict(zip(("sxn", "sxc", "sxh", "sxw"), x.stride())),
+        **dict(zip(("son", "soc", "soh", "sow"), zeros if pool_only else out.stride())),
+        **dict(zip(("srn", "src", "srh", "srw"), zeros if residual is None else residual.stride())),
+        batch_bucket=batch_bucket(N),
+    ), dict(
+        HAS_GATE=gate is not None, HAS_RES=residual is not None, ACT=ACT_CODES[act], FAST_MATH=not interpreting(), POOL_ONLY=pool_only,
+        RAGGED=ragged, DOT_FP32=interpreting() or x.dtype == torch.float32, DENSE_ROWS=dense, INT64=int64, **config,
+    ), on=x)
+    if pool_only:
+        block_o = min(1024, max(16, next_pow2(O)))
+        launch(OP + "[pool]", _pool_finish_kernel, (N, triton.cdiv(O, block_o)), dict(
+            part_ptr=partials, valid_ptr=valid_hw.contiguous() if ragged else bias, out_ptr=pooled,
+            HW=H * W, O=O, segments=segments,
+        ), dict(BLOCK_M=config["BLOCK_M"], RAGGED=ragged, BLOCK_O=block_o, num_warps=4), on=x)
+    return out, pooled
 
 
 @torch.library.custom_op("fastmbconv::pointwise_gated", mutates_args=())
@@ -236,8 +278,7 @@ def _pointwise_gated_op(
 def _(x, weight, bias, gate, residual, act, pool_only, valid_hw):
     N, K, H, W, O = _check_args(x, weight, bias, gate, residual, act, pool_only, valid_hw)
     out = x.new_empty((0,)) if pool_only else empty_like_format(x, (N, O, H, W))
-    pool = x.new_empty((N, O) if pool_only else (0,), dtype=torch.float32)
-    return out, pool
+    return out, x.new_empty((N, O) if pool_only else (0,))
 
 
 # ---------------------------------------------------------------------- implementation choice
@@ -245,26 +286,18 @@ IMPL_ENV_VAR = "FASTMBCONV_POINTWISE_IMPL"
 
 
 def choose_pointwise_impl(M: int, K: int, N: int, dtype: torch.dtype, device, pool_only: bool = False) -> str:
-    """``"triton"`` or ``"torch"`` for a (M pixels) x (K in) -> (N out) 1x1 conv.
-
-    Order: the ``FASTMBCONV_POINTWISE_IMPL`` env var (``triton``/``torch``), then a heuristic. Off CUDA the answer is always ``"triton"``
-    (the interpreter path the tests run). The heuristic is a first guess, not yet tuned on a GPU:
-    fp16/bf16 1x1 convs are memory-bound, so fusing the gate/bias/residual passes wins once there
-    are enough pixels to fill the GPU (M >= 2048); fp32 with both widths >= 64 is compute-bound
-    on CUDA cores, where cuBLAS is the safer bet. ``pool_only`` (the head) always takes Triton,
-    since the fallback would have to write the whole head map.
-    """
+    """``"triton"`` unless ``FASTMBCONV_POINTWISE_IMPL=torch`` forces the cuBLAS fallback on CUDA
+    (for comparisons; the head's ``pool_only`` conv always takes Triton, since the fallback
+    would write the whole head map). Off CUDA the answer is always ``"triton"``. The Triton
+    kernel is the default at every size: rows flattened across images fill its tiles at batch 1
+    too, and it fuses the gate, bias, residual and pool passes the fallback makes separately."""
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type == "meta" and recording():  # the static kernel report: answer as on CUDA
+        device = torch.device("cuda")
+    if device.type != "cuda" or pool_only:
         return "triton"
     forced = os.environ.get(IMPL_ENV_VAR, "").strip().lower()
-    if forced in ("triton", "torch"):
-        return forced
-    if pool_only:
-        return "triton"
-    if dtype == torch.float32:
-        return "torch" if K >= 64 and N >= 64 else "triton"
-    return "triton" if M >= 2048 else "torch"
+    return "torch" if forced == "torch" else "triton"
 
 
 def pointwise_gated_torch(x, weight, bias, gate=None, residual=None, act="identity", pool_only=False,
@@ -276,22 +309,23 @@ def pointwise_gated_torch(x, weight, bias, gate=None, residual=None, act="identi
     xh = x.permute(0, 2, 3, 1)  # (N, H, W, K): a free view for channels_last input
     if gate is not None:
         xh = xh * gate.to(x.dtype)[:, None, None, :]
-    y = F.linear(xh, weight.reshape(O, K), bias.to(x.dtype))
-    y = activation_ref(y, act)
+    y = activation_ref(F.linear(xh, weight.reshape(O, K), bias.to(x.dtype)), act)
     if residual is not None:
         y = y + residual.permute(0, 2, 3, 1)
     if pool_only:
+        count = x.shape[2] * x.shape[3]
         if valid_hw is not None:
             y = y * valid_mask(valid_hw, *x.shape[-2:])[..., None]
-        return y.float().sum((1, 2))
+            count = valid_hw.prod(1, keepdim=True)
+        return (y.float().sum((1, 2)) / count).to(x.dtype)
     return y.permute(0, 3, 1, 2)
 
 
 def pointwise_gated(x, weight, bias, gate=None, residual=None, act="identity", pool_only=False,
                     valid_hw=None, impl: str | None = None):
-    """The gated 1x1 conv; returns the (N, O, H, W) map, or with ``pool_only`` the (N, O) fp32
-    sums over each image's valid pixels. ``impl`` forces ``"triton"`` or ``"torch"``; by default
-    :func:`choose_pointwise_impl` decides."""
+    """The gated 1x1 conv; returns the (N, O, H, W) map, or with ``pool_only`` the (N, O)
+    per-image means over the valid pixels (in x's dtype). ``impl`` forces ``"triton"`` or
+    ``"torch"``; by default :func:`choose_pointwise_impl` decides."""
     if impl is None:
         M = x.shape[0] * x.shape[2] * x.shape[3] if x.ndim == 4 else 0
         impl = choose_pointwise_impl(M, x.shape[1] if x.ndim == 4 else 0, weight.shape[0], x.dtype, x.device, pool_only)
@@ -299,14 +333,15 @@ def pointwise_gated(x, weight, bias, gate=None, residual=None, act="identity", p
         return pointwise_gated_torch(x, weight, bias, gate, residual, act, pool_only, valid_hw)
     if impl != "triton":
         raise ValueError(f"{OP}: impl must be 'triton', 'torch' or None, got {impl!r}")
-    out, pool = call_op(torch.ops.fastmbconv.pointwise_gated, pointwise_gated_launch,
-                        x, weight, bias, gate, residual, act, bool(pool_only), valid_hw)
-    return pool if pool_only else out
+    out, pooled = call_op(torch.ops.fastmbconv.pointwise_gated, pointwise_gated_launch,
+                          x, weight, bias, gate, residual, act, bool(pool_only), valid_hw)
+    return pooled if pool_only else out
 
 
 def pointwise_gated_ref(x, weight, bias, gate=None, residual=None, act="identity", pool_only=False,
                         valid_hw=None, compute_dtype=torch.float32):
-    """Pure-torch twin in ``compute_dtype`` (NCHW einsum)."""
+    """Pure-torch twin in ``compute_dtype`` (NCHW einsum); ``pool_only`` gives the per-image mean
+    over the valid pixels, in ``compute_dtype``."""
     O, K = weight.shape[0], weight.shape[1]
     xc = x.to(compute_dtype)
     if gate is not None:
@@ -316,7 +351,9 @@ def pointwise_gated_ref(x, weight, bias, gate=None, residual=None, act="identity
     if residual is not None:
         y = y + residual.to(compute_dtype)
     if pool_only:
+        count = x.shape[2] * x.shape[3]
         if valid_hw is not None:
             y = y * valid_mask(valid_hw, *x.shape[-2:])[:, None]
-        return y.sum((2, 3))
+            count = valid_hw.prod(1, keepdim=True).to(compute_dtype)
+        return y.sum((2, 3)) / count
     return y

@@ -1,9 +1,14 @@
-"""Squeeze-excite gate from pooled sums, for the whole batch in one launch.
+"""Squeeze-excite gate from the depthwise kernel's per-tile sums, for the whole batch in one launch.
 
-The depthwise kernel's epilogue already produced per-(sample, channel) fp32 sums, so the SE
-never re-reads the activation: this kernel only turns (N, C) sums into the (N, C) fp32 gate
+The depthwise epilogue already wrote each image's output summed per tile and channel, so SE
+never re-reads the activation: this kernel adds the tiles up in a fixed order (bitwise
+repeatable, no atomics), takes the mean, and computes the (N, C) fp32 gate
 ``sigmoid(W_e @ silu(W_r @ mean + b_r) + b_e)`` that the project conv applies in its prologue.
-One program per sample; both tiny FCs stay in registers.
+
+Each program takes 16 images, so each weight tile it loads serves them all, and both FCs are
+small matrix products (on the tensor cores when the weights are fp16/bf16). The grid's second
+axis splits the gate channels into groups, so a small batch still spreads over many programs;
+each group recomputes its images' small hidden vector (the reduce FC needs all C means).
 """
 from __future__ import annotations
 
@@ -21,46 +26,58 @@ OP = "squeeze_excite_gate"
 
 
 @triton.jit
+def _dot(a, b, DOT_FP32: tl.constexpr):
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a.to(b.dtype), b)
+
+
+@triton.jit
 def _se_gate_kernel(
-    pool_ptr, count_ptr, wr_ptr, br_ptr, we_ptr, be_ptr, gate_ptr,
-    C, R, inv_count,
-    HAS_COUNT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+    part_ptr, count_ptr, wr_ptr, br_ptr, we_ptr, be_ptr, gate_ptr,
+    N, C, R, T, inv_count, gate_groups,
+    HAS_COUNT: tl.constexpr, DOT_FP32: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
-    n = tl.program_id(0).to(tl.int64)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
     offs_r = tl.arange(0, BLOCK_R)
-    r_mask = offs_r < R
+    r_ok = offs_r < R
+    rows = offs_n.to(tl.int64) * T  # each image's first partial-sum row
+
+    # hidden = silu(mean @ W_r^T + b_r) for BLOCK_N images at once, so the weights serve them all
+    hidden = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = offs_c < C
+        ok = n_ok[:, None] & c_ok[None, :]
+        sums = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+        for t in tl.range(0, T, num_stages=1, loop_unroll_factor=1):  # the depthwise kernel's tiles, in a fixed order
+            sums += tl.load(part_ptr + (rows + t)[:, None] * C + offs_c[None, :], mask=ok, other=0.0)
+        w_r = tl.load(wr_ptr + offs_r[None, :] * C + offs_c[:, None], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
+        hidden += _dot(sums, w_r, DOT_FP32)
     if HAS_COUNT:
-        cnt = tl.load(count_ptr + n + tl.zeros((BLOCK_R,), dtype=tl.int64)).to(tl.float32)
-        inv = 1.0 / tl.maximum(cnt, 1.0)
+        inv = 1.0 / tl.maximum(tl.load(count_ptr + offs_n, mask=n_ok, other=1.0).to(tl.float32), 1.0)
+        hidden = hidden * inv[:, None]
     else:
-        inv = tl.zeros((BLOCK_R,), dtype=tl.float32) + inv_count
+        hidden = hidden * inv_count
+    hidden += tl.load(br_ptr + offs_r, mask=r_ok, other=0.0).to(tl.float32)[None, :]
+    hidden = tl.where(r_ok[None, :], hidden * tl.sigmoid(hidden), 0.0)
 
-    # hidden[r] = silu(sum_c W_r[r, c] * mean[c] + b_r[r])
-    hidden = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        c_mask = offs_c < C
-        s = tl.load(pool_ptr + n * C + offs_c, mask=c_mask, other=0.0)
-        w = tl.load(wr_ptr + offs_r[:, None] * C + offs_c[None, :], mask=r_mask[:, None] & c_mask[None, :], other=0.0)
-        hidden += tl.sum(w.to(tl.float32) * s[None, :], axis=1)
-    hidden = hidden * inv + tl.load(br_ptr + offs_r, mask=r_mask, other=0.0).to(tl.float32)
-    hidden = hidden * tl.sigmoid(hidden)
-    hidden = tl.where(r_mask, hidden, 0.0)
-
-    # gate[c] = sigmoid(sum_r W_e[c, r] * hidden[r] + b_e[c])
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        c_mask = offs_c < C
-        w = tl.load(we_ptr + offs_c[None, :] * R + offs_r[:, None], mask=r_mask[:, None] & c_mask[None, :], other=0.0)
-        g = tl.sum(w.to(tl.float32) * hidden[:, None], axis=0)
-        g = g + tl.load(be_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)
-        tl.store(gate_ptr + n * C + offs_c, tl.sigmoid(g), mask=c_mask)
+    # gate = sigmoid(hidden @ W_e^T + b_e), this program's share of the channel blocks
+    for g0 in range(tl.program_id(1) * BLOCK_G, C, gate_groups * BLOCK_G):
+        offs_g = g0 + tl.arange(0, BLOCK_G)
+        g_ok = offs_g < C
+        w_e = tl.load(we_ptr + offs_g[None, :] * R + offs_r[:, None], mask=r_ok[:, None] & g_ok[None, :], other=0.0)
+        g = _dot(hidden, w_e, DOT_FP32) + tl.load(be_ptr + offs_g, mask=g_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(gate_ptr + offs_n.to(tl.int64)[:, None] * C + offs_g[None, :], tl.sigmoid(g),
+                 mask=n_ok[:, None] & g_ok[None, :])
 
 
-def _check_args(pool_sums, w_reduce, b_reduce, w_expand, b_expand, count, hw):
-    check_tensor(OP, "pool_sums", pool_sums, ndim=2, dtypes=(torch.float32,))
-    N, C = pool_sums.shape
-    dev = pool_sums.device
+def _check_args(partials, w_reduce, b_reduce, w_expand, b_expand, count, hw):
+    check_tensor(OP, "partials", partials, ndim=3, dtypes=(torch.float32,))
+    N, T, C = partials.shape
+    dev = partials.device
     check_tensor(OP, "w_reduce", w_reduce, dtypes=FLOAT_DTYPES, device=dev)
     check_tensor(OP, "w_expand", w_expand, dtypes=FLOAT_DTYPES, device=dev)
     if w_reduce.ndim not in (2, 4) or w_reduce.shape[1] != C or w_reduce.numel() != w_reduce.shape[0] * C:
@@ -80,55 +97,65 @@ def _check_args(pool_sums, w_reduce, b_reduce, w_expand, b_expand, count, hw):
         raise ValueError(f"{OP}: hw (pixels per sample) must be >= 1 when no per-sample count is given, got {hw}")
     if R > 4096:
         raise ValueError(f"{OP}: reduced width {R} is larger than this kernel supports (4096)")
-    return N, C, R
+    return N, T, C, R
 
 
-def squeeze_excite_gate_launch(pool_sums, w_reduce, b_reduce, w_expand, b_expand, count=None, hw=1):
-    N, C, R = _check_args(pool_sums, w_reduce, b_reduce, w_expand, b_expand, count, hw)
-    gate = torch.empty((N, C), dtype=torch.float32, device=pool_sums.device)
+def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand, count=None, hw=1):
+    N, T, C, R = _check_args(partials, w_reduce, b_reduce, w_expand, b_expand, count, hw)
+    gate = torch.empty((N, C), dtype=torch.float32, device=partials.device)
     if N == 0 or C == 0:
         return gate
-    block_r = max(16, next_pow2(R))
-    budget = 65536 if interpreting() else 8192  # elements of one (R, C) weight tile
-    block_c = max(16, min(next_pow2(C), budget // block_r))
-    count = count.to(torch.float32).contiguous() if count is not None else None
-    pool_sums = pool_sums.contiguous()
-    launch(OP, _se_gate_kernel, (N,), dict(
-        pool_ptr=pool_sums, count_ptr=count if count is not None else pool_sums,
+    block_n, block_r = 16, max(16, next_pow2(R))
+    if interpreting():  # ~30 ms per program: few, large blocks
+        block_n, block_c, block_g = max(16, min(next_pow2(N), 64)), max(16, min(next_pow2(C), 1024)), None
+    else:
+        block_c, block_g = 64, 64
+    block_g = block_g or block_c
+    image_blocks, gate_blocks = triton.cdiv(N, block_n), triton.cdiv(C, block_g)
+    # enough programs to spread over the GPU; each recomputes its images' hidden vector
+    groups = max(1, min(gate_blocks, triton.cdiv(128, image_blocks)))
+    lowp = w_reduce.dtype if w_reduce.dtype == w_expand.dtype and w_reduce.dtype != torch.float32 else None
+    partials = partials.contiguous()
+    launch(OP, _se_gate_kernel, (image_blocks, groups), dict(
+        part_ptr=partials, count_ptr=count if count is not None else partials,
         wr_ptr=w_reduce.reshape(R, C).contiguous(), br_ptr=b_reduce.contiguous(),
         we_ptr=w_expand.reshape(C, R).contiguous(), be_ptr=b_expand.contiguous(), gate_ptr=gate,
-        C=C, R=R, inv_count=1.0 / max(hw, 1),
-    ), dict(HAS_COUNT=count is not None, BLOCK_C=block_c, BLOCK_R=block_r, num_warps=4), on=pool_sums)
+        N=N, C=C, R=R, T=T, inv_count=1.0 / max(hw, 1), gate_groups=groups,
+    ), dict(HAS_COUNT=count is not None, DOT_FP32=interpreting() or lowp is None, BLOCK_N=block_n,
+            BLOCK_C=block_c, BLOCK_R=block_r, BLOCK_G=block_g, num_warps=4), on=partials)
     return gate
 
 
 @torch.library.custom_op("fastmbconv::squeeze_excite_gate", mutates_args=())
 def _se_gate_op(
-    pool_sums: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tensor,
+    partials: torch.Tensor, w_reduce: torch.Tensor, b_reduce: torch.Tensor,
     w_expand: torch.Tensor, b_expand: torch.Tensor, count: Optional[torch.Tensor], hw: int,
 ) -> torch.Tensor:
-    return squeeze_excite_gate_launch(pool_sums, w_reduce, b_reduce, w_expand, b_expand, count, hw)
+    return squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand, count, hw)
 
 
 @_se_gate_op.register_fake
-def _(pool_sums, w_reduce, b_reduce, w_expand, b_expand, count, hw):
-    N, C, _ = _check_args(pool_sums, w_reduce, b_reduce, w_expand, b_expand, count, hw)
-    return pool_sums.new_empty((N, C))
+def _(partials, w_reduce, b_reduce, w_expand, b_expand, count, hw):
+    N, _, C, _ = _check_args(partials, w_reduce, b_reduce, w_expand, b_expand, count, hw)
+    return partials.new_empty((N, C))
 
 
-def squeeze_excite_gate(pool_sums, w_reduce, b_reduce, w_expand, b_expand, count=None, hw=1):
-    """(N, C) fp32 gate from (N, C) fp32 sums; the mean divides by ``count`` (N,) per sample
-    if given (ragged batches), else by ``hw``."""
+def squeeze_excite_gate(partials, w_reduce, b_reduce, w_expand, b_expand, count=None, hw=1):
+    """(N, C) fp32 gate from (N, T, C) fp32 partial sums (T tiles per image; a (N, C) tensor of
+    plain sums is taken as T = 1). The mean divides by ``count`` (N,) per sample if given
+    (ragged batches), else by ``hw``."""
+    if isinstance(partials, torch.Tensor) and partials.ndim == 2:
+        partials = partials[:, None]
     return call_op(torch.ops.fastmbconv.squeeze_excite_gate, squeeze_excite_gate_launch,
-                   pool_sums, w_reduce, b_reduce, w_expand, b_expand, count, int(hw))
+                   partials, w_reduce, b_reduce, w_expand, b_expand, count, int(hw))
 
 
-def squeeze_excite_gate_ref(pool_sums, w_reduce, b_reduce, w_expand, b_expand, count=None, hw=1,
+def squeeze_excite_gate_ref(partials, w_reduce, b_reduce, w_expand, b_expand, count=None, hw=1,
                             compute_dtype=torch.float32):
     """Pure-torch twin."""
-    C = pool_sums.shape[1]
-    R = w_reduce.shape[0]
-    s = pool_sums.to(compute_dtype)
+    s = partials.to(compute_dtype)
+    s = s.sum(1) if s.ndim == 3 else s
+    C, R = s.shape[1], w_reduce.shape[0]
     mean = s / (count.to(compute_dtype).clamp_min(1)[:, None] if count is not None else hw)
     hidden = F.silu(mean @ w_reduce.reshape(R, C).to(compute_dtype).t() + b_reduce.to(compute_dtype))
     return torch.sigmoid(hidden @ w_expand.reshape(C, R).to(compute_dtype).t() + b_expand.to(compute_dtype))

@@ -1,6 +1,6 @@
 """Test utilities for the kernels, shipped so that users' own kernels and tests can use them
 (like ``torch.testing``): the project's tolerance rule, and fences that catch out-of-bounds
-reads and writes and a bad autotuner reset on a CPU, where no memory checker runs."""
+reads and writes on a CPU, where no memory checker runs."""
 from __future__ import annotations
 
 import torch
@@ -76,19 +76,3 @@ class FencedOutputs:
             m = self.margin
             outside[: inner.shape[0], m:m + inner.shape[1], m:m + inner.shape[2], m:m + inner.shape[3]] = False
             assert (buf[outside] == self.SENTINEL).all(), "a kernel stored outside its output"
-
-
-class ResetToZeroKernel:
-    """Stands in for a ``triton.autotune`` kernel with ``reset_to_zero=["pool_ptr"]``: zeroes the
-    tensor passed as pool_ptr (as the GPU autotuner does before each benchmark run) and launches
-    the plain kernel with fixed blocks. The interpreter never autotunes, so without this a
-    launcher that passed an *input* as the pool_ptr placeholder would go unnoticed on CPU."""
-
-    def __init__(self, kernel, blocks):
-        self.kernel, self.blocks = kernel, blocks
-
-    def __getitem__(self, grid):
-        def launch(**kw):
-            kw["pool_ptr"].zero_()
-            return self.kernel[grid](**kw, **self.blocks)
-        return launch

@@ -3,10 +3,10 @@
 Same entry point as :mod:`fastmbconv.reference`: ``run(model, x, plan)``. Folding lives in
 :mod:`.fold`, execution in :mod:`.execute`. Importing this package imports triton.
 """
-from .execute import block_forward, pointwise_choices, run, stem_forward
+from .execute import block_forward, pointwise_choices, run
 from .fold import FoldCache, FoldedBlock, FoldedModel, bn_scale_shift, fold_block, fold_model, folded
 
 __all__ = [
     "FoldCache", "FoldedBlock", "FoldedModel", "block_forward", "bn_scale_shift", "fold_block",
-    "fold_model", "folded", "pointwise_choices", "run", "stem_forward",
+    "fold_model", "folded", "pointwise_choices", "run"
 ]

@@ -1,7 +1,7 @@
 """BatchNorm folded into the weights the fused kernels take, cached on the model.
 
-Per block, the GEMM weights (expand, project) are folded in the compute dtype and every
-per-channel vector (biases, depthwise scale/shift, SE weights) is fp32. The fold is cached per
+Per block, the GEMM weights (expand, project, and the SE's two FCs) are in the compute dtype and
+every per-channel vector (biases, depthwise weights and scale/shift) is fp32. The fold is cached per
 compute dtype and redone whenever a parameter, buffer or submodule was replaced or modified in
 place. Under ``torch.compile`` the fold is traced into the graph instead (dynamo cannot trace
 the cache check): the compiled model then always reads the live weights, and with
@@ -26,21 +26,21 @@ class FoldedBlock:
     has_skip: bool
     w_expand: Optional[torch.Tensor]  # (mid, in), compute dtype; None without expansion
     b_expand: Optional[torch.Tensor]  # (mid,) fp32
-    w_dw: torch.Tensor  # (mid, k, k) fp32
+    w_dw: torch.Tensor  # (k*k, mid) fp32, taps-major
     dw_scale: torch.Tensor  # (mid,) fp32
     dw_shift: torch.Tensor  # (mid,) fp32
-    se_w_reduce: torch.Tensor  # (R, mid) fp32
-    se_b_reduce: torch.Tensor
-    se_w_expand: torch.Tensor  # (mid, R) fp32
-    se_b_expand: torch.Tensor
+    se_w_reduce: torch.Tensor  # (R, mid), compute dtype
+    se_b_reduce: torch.Tensor  # fp32
+    se_w_expand: torch.Tensor  # (mid, R), compute dtype
+    se_b_expand: torch.Tensor  # fp32
     w_project: torch.Tensor  # (out, mid), compute dtype
     b_project: torch.Tensor  # (out,) fp32
 
 
 @dataclass
 class FoldedModel:
-    stem_weight: torch.Tensor  # (C, in, 3, 3), compute dtype, channels_last
-    stem_bias: torch.Tensor  # (C,), compute dtype
+    stem_weight: torch.Tensor  # (3*3*in, C) fp32, taps-major
+    stem_bias: torch.Tensor  # (C,) fp32
     stages: list[list[FoldedBlock]]
     head_weight: Optional[torch.Tensor]  # (head, C), compute dtype; None for features_only
     head_bias: Optional[torch.Tensor]  # (head,) fp32
@@ -71,11 +71,11 @@ def fold_block(block, dtype: Optional[torch.dtype] = None) -> FoldedBlock:
     C, R, k = p.mid_channels, p.se.conv_reduce.out_channels, p.kernel
     return FoldedBlock(
         kernel=k, stride=p.stride, has_skip=p.has_skip, w_expand=w_expand, b_expand=b_expand,
-        w_dw=p.depthwise.conv.weight.float().reshape(C, k, k).contiguous(),
+        w_dw=p.depthwise.conv.weight.float().reshape(C, k * k).t().contiguous(),
         dw_scale=dw_scale.contiguous(), dw_shift=dw_shift.contiguous(),
-        se_w_reduce=p.se.conv_reduce.weight.float().reshape(R, C).contiguous(),
+        se_w_reduce=p.se.conv_reduce.weight.reshape(R, C).to(dtype).contiguous(),
         se_b_reduce=p.se.conv_reduce.bias.float().contiguous(),
-        se_w_expand=p.se.conv_expand.weight.float().reshape(C, R).contiguous(),
+        se_w_expand=p.se.conv_expand.weight.reshape(C, R).to(dtype).contiguous(),
         se_b_expand=p.se.conv_expand.bias.float().contiguous(),
         w_project=w_project, b_project=b_project,
     )
@@ -92,8 +92,8 @@ def fold_model(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
         if not model.features_only:
             head_weight, head_bias = _fold_1x1(ConvBN(model.conv_head, model.bn2, "conv_head", "bn2"), dtype)
         return FoldedModel(
-            stem_weight=(w.float() * scale[:, None, None, None]).to(dtype).contiguous(memory_format=torch.channels_last),
-            stem_bias=shift.to(dtype),
+            stem_weight=(w.float() * scale[:, None, None, None]).permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous(),
+            stem_bias=shift.contiguous(),
             stages=[[fold_block(b, dtype) for b in stage] for stage in model.blocks],
             head_weight=head_weight, head_bias=head_bias,
         )

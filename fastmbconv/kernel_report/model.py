@@ -29,26 +29,33 @@ CONSTANTS = {"hbm_bytes_per_s": HBM_BYTES_PER_S, "sms": SMS, "issue_per_sm_per_c
 
 def loop_multipliers(sass: Sass, trips: Optional[list[int]]) -> tuple[list[float], list[str]]:
     """Passes through each SASS loop body per warp, from hinted trip counts in source order
-    (per entry of the loop). When the SASS has a different number of loops than the hints, or
-    no hints exist, every loop gets the largest hinted trip count (1 without hints) and a flag."""
+    (per entry of the loop). A remainder loop beside a loop ptxas unrolled takes that loop's
+    ``trips % unroll``. When the SASS has a different number of loops than the hints, or no
+    hints exist, every loop gets the largest hinted trip count (1 without hints) and a flag."""
     flags = []
     n = len(sass.loops)
+    mains = [j for j, lp in enumerate(sass.loops) if lp.remainder_of is None]
     if not n:
         if trips:
             flags.append(f"hints give {len(trips)} loop(s) but the SASS has none (fully unrolled?)")
         return [], flags
+    per_loop = [1] * n
     if trips is None:
-        per_loop = [1] * n
         flags.append(f"{n} SASS loop(s) without trip-count hints: each counted once")
-    elif len(trips) != n:
+    elif len(trips) != len(mains):
         fallback = max(trips) if trips else 1
         per_loop = [fallback] * n
-        flags.append(f"{n} SASS loop(s) vs {len(trips)} hinted: each counted {fallback} times")
+        flags.append(f"{len(mains)} SASS loop(s) vs {len(trips)} hinted: each counted {fallback} times")
     else:
-        per_loop = list(trips)
+        for j, t in zip(mains, trips):
+            per_loop[j] = t
     mult: list[float] = [0.0] * n
     for j, lp in enumerate(sass.loops):  # parents come first (they start earlier)
-        own = math.ceil(max(per_loop[j], 0) / max(lp.unroll, 1))
+        if lp.remainder_of is not None and trips is not None and len(trips) == len(mains):
+            main = sass.loops[lp.remainder_of]
+            own = per_loop[lp.remainder_of] % max(main.unroll, 1)
+        else:
+            own = math.ceil(max(per_loop[j], 0) / max(lp.unroll, 1))
         mult[j] = own * (mult[lp.parent] if lp.parent is not None else 1.0)
     return mult, flags
 

@@ -34,28 +34,47 @@ def cdiv(a: int, b: int) -> int:
 
 
 def dwconv_bn_act(a: dict) -> Hints:
-    # kxk taps are tl.static_range: no runtime loop
-    return Hints(outputs=a["out_ptr"].numel(), loops=[], weights=("w_ptr", "scale_ptr", "shift_ptr"),
+    # one runtime loop over the kernel's rows; the taps of a row are unrolled
+    return Hints(outputs=a["out_ptr"].numel(), loops=[int(a["KSIZE"])], weights=("w_ptr", "scale_ptr", "shift_ptr"),
                  ksize=int(a["KSIZE"]))
 
 
 def pointwise_gated(a: dict) -> Hints:
-    n, hw = a["x_ptr"].shape[0], a["H"] * a["W"]
-    k, o = a["K"], a["O"]
-    return Hints(outputs=n * hw * o, loops=[cdiv(k, a["BLOCK_K"])], tensor_flops=2 * n * hw * k * o,
-                 weights=("w_ptr", "bias_ptr"))
+    # the K loop; with the pool epilogue, also a loop over the images a tile touches (at most
+    # ``segments``)
+    m, k, o = a["M"], a["K"], a["O"]
+    loops = [cdiv(k, a["BLOCK_K"])] + ([int(a["segments"])] if a["POOL_ONLY"] else [])
+    return Hints(outputs=m * o, loops=loops, tensor_flops=2 * m * k * o, weights=("w_ptr", "bias_ptr"))
+
+
+def pointwise_pool_finish(a: dict) -> Hints:
+    # per image, a loop over the GEMM tiles its rows fall in
+    return Hints(outputs=a["out_ptr"].numel(), loops=[cdiv(a["HW"], a["BLOCK_M"]) + 1])
 
 
 def squeeze_excite_gate(a: dict) -> Hints:
-    # two loops over channel blocks: the reduce FC, then the expand FC
+    # the reduce FC loops over channel blocks, each adding up the T tile sums (nested; gone when
+    # T == 1, which triton specialises as a constant), then this program's share of the gates
     c_blocks = cdiv(a["C"], a["BLOCK_C"])
-    return Hints(outputs=a["gate_ptr"].numel(), loops=[c_blocks, c_blocks],
+    gate_blocks = cdiv(a["C"], a["BLOCK_G"])
+    tiles = [int(a["T"])] if int(a["T"]) != 1 else []
+    return Hints(outputs=a["gate_ptr"].numel(), loops=[c_blocks, *tiles, cdiv(gate_blocks, a["gate_groups"])],
                  weights=("wr_ptr", "br_ptr", "we_ptr", "be_ptr"))
 
 
+def stem_conv_bn_act(a: dict) -> Hints:
+    # one patch-matrix product per tile, no runtime loop
+    n, c_out, h, w = a["out_ptr"].shape
+    k_rows = a["KSIZE"] ** 2 * a["C_IN"]
+    return Hints(outputs=a["out_ptr"].numel(), loops=[], tensor_flops=2 * n * h * w * k_rows * c_out,
+                 weights=("w_ptr", "bias_ptr"), ksize=int(a["KSIZE"]))
+
+
 HINTS: dict[str, Callable[[dict], Hints]] = {
+    "stem_conv_bn_act": stem_conv_bn_act,
     "dwconv_bn_act": dwconv_bn_act,
     "pointwise_gated": pointwise_gated,
+    "pointwise_gated[pool]": pointwise_pool_finish,
     "squeeze_excite_gate": squeeze_excite_gate,
 }
 

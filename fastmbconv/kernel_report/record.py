@@ -8,15 +8,13 @@ input and output tensors. Not kernels: views (``OpOverload.is_view``), :data:`NO
 zero elements). Fills (:data:`FILL`) are flagged. A convolution counts as one launch (cuDNN
 may run more than one kernel for it).
 
-Meta is not CUDA in two respects that change the launches, and the recorder emulates CUDA in
-both (listed in ``Recording.emulated``):
+Meta is not CUDA in two respects that change the launches (listed in ``Recording.emulated``):
 
 - the meta convolution returns a contiguous (NCHW) tensor where cuDNN returns channels_last for
-  a channels_last input or weight: the convolution output is restrided the way cuDNN would, so
-  the kernels downstream see the strides they get on a GPU;
-- ``choose_pointwise_impl`` answers "triton" for every non-CUDA tensor, where on CUDA it sends
-  small 1x1 convs to the torch (cuBLAS) fallback: it is asked as if the tensor were on CUDA
-  (so ``FASTMBCONV_POINTWISE_IMPL`` and its table apply too).
+  a channels_last input or weight: the recorder restrides the convolution output the way cuDNN
+  would, so the kernels downstream see the strides they get on a GPU;
+- ``choose_pointwise_impl`` answers for meta tensors inside ``record_launches()`` as it would
+  on CUDA (``FASTMBCONV_POINTWISE_IMPL=torch`` then reports the torch fallback).
 
 The forward runs twice and only the second is kept: the first folds BN into the weights, which
 the fused path caches across calls.
@@ -158,35 +156,6 @@ def build_model(model_name: str, dtype: str):
 
 
 @contextlib.contextmanager
-def pointwise_choice_as_on_cuda():
-    """Make ``fastmbconv.kernels.pointwise_gated.choose_pointwise_impl`` answer for meta tensors
-    as it would on CUDA; yields whether it could (the function may be gone in a rewrite)."""
-    try:
-        from fastmbconv.kernels import pointwise_gated as pw
-    except ImportError:
-        yield False
-        return
-    original = getattr(pw, "choose_pointwise_impl", None)
-    if original is None:
-        yield False
-        return
-
-    def as_on_cuda(M, K, N, dtype, device, *args, **kwargs):
-        if torch.device(device).type == "meta":
-            try:
-                return original(M, K, N, dtype, "cuda", *args, **kwargs)
-            except Exception:  # a changed signature: fall back to the plain answer
-                pass
-        return original(M, K, N, dtype, device, *args, **kwargs)
-
-    pw.choose_pointwise_impl = as_on_cuda
-    try:
-        yield True
-    finally:
-        pw.choose_pointwise_impl = original
-
-
-@contextlib.contextmanager
 def _env(name: str, value: Optional[str]):
     old = os.environ.get(name)
     if value is None:
@@ -213,15 +182,13 @@ def record_forward(model_name: str, batch: int, dtype: str, resolution: Optional
     res = int(resolution or getattr(model, "default_resolution", 224))
     x = torch.empty(batch, 3, res, res, device="meta", dtype=DTYPES[dtype])
     x = x.contiguous(memory_format=torch.channels_last)
-    with _env("FASTMBCONV_AUTOTUNE", None if autotune else "0"), torch.no_grad(), fm.use_backend("fused"), \
-            pointwise_choice_as_on_cuda() as pointwise_emulated:
+    with _env("FASTMBCONV_AUTOTUNE", None if autotune else "0"), torch.no_grad(), fm.use_backend("fused"):
         with record_launches():
             model(x)  # folds BN once (cached by the fused path)
         with record_launches() as launches:
             mode = TorchKernels(launches)
             with mode:
                 model(x)
-    emulated = ["convolution output layout as cuDNN (channels_last in, channels_last out)"]
-    emulated.append("choose_pointwise_impl as on CUDA" if pointwise_emulated
-                    else "NOT emulated: choose_pointwise_impl (not found); every 1x1 conv reported on Triton")
+    emulated = ["convolution output layout as cuDNN (channels_last in, channels_last out)",
+                "choose_pointwise_impl as on CUDA"]
     return Recording(name, batch, dtype, (res, res), list(launches), mode.kernels, emulated)

@@ -110,6 +110,7 @@ class Loop:
     parent: int | None = None  # index into the loop list of the innermost enclosing loop
     unroll: int = 1  # source iterations per pass through the body (from the PTX comparison)
     classes: dict = field(default_factory=dict)  # instruction classes of the body, nested loops excluded
+    remainder_of: int | None = None  # the unrolled loop whose leftover iterations this loop runs
 
     @property
     def size(self) -> int:
@@ -136,13 +137,14 @@ class Sass:
 
     def to_json(self) -> dict:
         return {"loops": [{"start": lp.start, "end": lp.end, "parent": lp.parent, "unroll": lp.unroll,
-                           "classes": lp.classes} for lp in self.loops],
+                           "classes": lp.classes, "remainder_of": lp.remainder_of} for lp in self.loops],
                 "straight": self.straight, "tail": self.tail, "n": len(self.opcodes),
                 "tensor_flops": {str(k): v for k, v in self.tensor_flops.items()}}
 
     @classmethod
     def from_json(cls, d: dict) -> "Sass":
-        loops = [Loop(x["start"], x["end"], x["parent"], x["unroll"], x["classes"]) for x in d["loops"]]
+        loops = [Loop(x["start"], x["end"], x["parent"], x["unroll"], x["classes"], x.get("remainder_of"))
+                 for x in d["loops"]]
         tf = {(k if k == "straight" else int(k)): v for k, v in d["tensor_flops"].items()}
         return cls([""] * d["n"], loops, d["straight"], d["tail"], tf)
 
@@ -258,16 +260,44 @@ def ptx_loop_memory_ops(ptx: str) -> list[int]:
     return counts
 
 
+def _memory_ops(lp: Loop) -> int:
+    return sum(v for k, v in lp.classes.items() if _memory_like(k))
+
+
+def _mark_remainders(sass: Sass, ptx_counts: list[int]) -> bool:
+    """Pair each extra SASS loop with the loop ptxas unrolled: an unrolled body followed (or
+    preceded) by a sibling loop with one source iteration's memory ops, for one PTX loop.
+    Returns whether the pairing leaves one SASS loop per PTX loop."""
+    loops = sass.loops
+    extra = len(loops) - len(ptx_counts)
+    for j in range(len(loops) - 1):
+        if extra <= 0:
+            break
+        a, b = loops[j], loops[j + 1]
+        if a.parent != b.parent or a.remainder_of is not None:
+            continue
+        na, nb = _memory_ops(a), _memory_ops(b)
+        if nb and na > nb and na % nb == 0:
+            b.remainder_of, extra = j, extra - 1
+        elif na and nb > na and nb % na == 0:
+            a.remainder_of, extra = j + 1, extra - 1
+    return extra == 0
+
+
 def set_unroll(sass: Sass, ptx_counts: list[int]) -> list[str]:
     """Set each SASS loop's unroll factor from the PTX loops; returns flags for what could not
-    be matched (the factor then stays 1, i.e. an upper bound)."""
+    be matched (the factor then stays 1, i.e. an upper bound). A loop ptxas unrolled with a
+    remainder loop beside it is one PTX loop: the remainder runs ``trips % unroll`` times."""
     if not sass.loops:
         return []
-    if len(ptx_counts) != len(sass.loops):
+    if len(ptx_counts) != len(sass.loops) and not _mark_remainders(sass, ptx_counts):
+        for lp in sass.loops:
+            lp.remainder_of = None
         return [f"sass_loops={len(sass.loops)}!=ptx_loops={len(ptx_counts)}: unroll not detected"]
     flags = []
-    for j, (lp, n_ptx) in enumerate(zip(sass.loops, ptx_counts)):
-        n_sass = sum(v for k, v in lp.classes.items() if _memory_like(k))
+    mains = [(j, lp) for j, lp in enumerate(sass.loops) if lp.remainder_of is None]
+    for (j, lp), n_ptx in zip(mains, ptx_counts):
+        n_sass = _memory_ops(lp)
         if n_ptx and n_sass and n_sass % n_ptx == 0:
             lp.unroll = n_sass // n_ptx
         elif n_ptx or n_sass:

@@ -85,22 +85,24 @@ def backend():
     return _BACKEND
 
 
-def unwrap(kernel) -> tuple[Any, Optional[list], list]:
-    """(JITFunction, the Autotuner's configs or None, heuristics value dicts outermost first)."""
+def unwrap(kernel) -> tuple[Any, Optional[list], list, Any]:
+    """(JITFunction, the Autotuner's configs or None, heuristics value dicts outermost first,
+    the Autotuner's early_config_prune or None)."""
     from triton.runtime.autotuner import Autotuner, Heuristics
     from triton.runtime.jit import JITFunction
 
-    configs, heuristics = None, []
+    configs, heuristics, prune = None, [], None
     k = kernel
     while not isinstance(k, JITFunction):
         if isinstance(k, Autotuner):
-            configs = list(k.configs) if configs is None else configs
+            if configs is None:
+                configs, prune = list(k.configs), getattr(k, "early_config_prune", None)
         elif isinstance(k, Heuristics):
             heuristics.append(k.values)
         elif not hasattr(k, "fn"):
             raise TypeError(f"cannot find the @triton.jit function inside {type(k).__name__}")
         k = k.fn
-    return k, configs, heuristics
+    return k, configs, heuristics, prune
 
 
 def _stand_in(v):
@@ -153,12 +155,15 @@ def specialize(jit, kwargs: dict, config_kwargs: Optional[dict] = None, heuristi
 
 
 def variants(kernel, args: dict, constexprs: dict) -> tuple[list[Variant], bool]:
-    """Every specialisation a launch can run: one per autotune config, or the single one.
+    """Every specialisation a launch can run: one per autotune config the autotuner would try
+    (after its ``early_config_prune``, as the runtime does), or the single one.
     Returns (variants, autotuned)."""
-    jit, configs, heuristics = unwrap(kernel)
+    jit, configs, heuristics, prune = unwrap(kernel)
     kwargs = runtime_kwargs(args, constexprs)
     if configs is None:
         return [specialize(jit, kwargs, None, heuristics)], False
+    if prune is not None:  # the launchers pass every argument by name
+        configs = prune(configs, {}, **{**args, **constexprs})
     return [specialize(jit, kwargs, c.all_kwargs(), heuristics) for c in configs], True
 
 

@@ -63,6 +63,7 @@ def _opcheck_cases():
     from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act  # noqa: F401  (registers the ops)
     from fastmbconv.kernels.pointwise_gated import pointwise_gated  # noqa: F401
     from fastmbconv.kernels.squeeze_excite import squeeze_excite_gate  # noqa: F401
+    from fastmbconv.kernels.stem_conv_bn_act import stem_conv_bn_act  # noqa: F401
 
     g = torch.Generator().manual_seed(0)
 
@@ -76,19 +77,27 @@ def _opcheck_cases():
     dw = torch.ops.fastmbconv.dwconv_bn_act.default
     se = torch.ops.fastmbconv.squeeze_excite_gate.default
     pw = torch.ops.fastmbconv.pointwise_gated.default
+    stem = torch.ops.fastmbconv.stem_conv_bn_act.default
     res = rnd(2, 40, 9, 11).contiguous(memory_format=torch.channels_last)
+    image = rnd(2, 3, 17, 13)
     return {
-        "dw_pool": (dw, (x, w, scale, shift, [1, 1, 1, 1], 1, "silu", "silu", True, None, None)),
-        "dw_ragged_s2": (dw, (x, w, scale, shift, [0, 1, 0, 1], 2, "silu", "identity", True, valid, pad_tl)),
-        "dw_nchw": (dw, (x.contiguous(), w, scale, shift, [1, 1, 1, 1], 1, "relu6", "identity", False, None, None)),
-        "se_hw": (se, (rnd(2, 24), rnd(6, 24), rnd(6), rnd(24, 6), rnd(24), None, 49)),
-        "se_count": (se, (rnd(2, 24), rnd(6, 24), rnd(6), rnd(24, 6), rnd(24), torch.tensor([3.0, 4.0], device=DEVICE), 1)),
+        "dw_pool": (dw, (x, w, scale, shift, [1, 1, 1, 1], 1, "silu", True, None, None)),
+        "dw_ragged_s2": (dw, (x, w.reshape(24, 9).t().contiguous(), scale, shift, [0, 1, 0, 1], 2, "silu", True,
+                              valid, pad_tl)),
+        "dw_nchw": (dw, (x.contiguous(), w, scale, shift, [1, 1, 1, 1], 1, "relu6", False, None, None)),
+        "se_hw": (se, (rnd(2, 3, 24), rnd(6, 24), rnd(6), rnd(24, 6), rnd(24), None, 49)),
+        "se_count": (se, (rnd(2, 1, 24), rnd(6, 24), rnd(6), rnd(24, 6), rnd(24),
+                          torch.tensor([3.0, 4.0], device=DEVICE), 1)),
         "pw_gate_res": (pw, (x, rnd(40, 24), rnd(40), torch.rand(2, 24, device=DEVICE), res, "identity", False, None)),
         "pw_pool": (pw, (x, rnd(40, 24), rnd(40), None, None, "silu", True, valid)),
+        "stem": (stem, (image, rnd(8, 3, 3, 3), rnd(8), [0, 1, 1, 1], 2, "silu", torch.float32, None, None)),
+        "stem_ragged": (stem, (image, rnd(8, 3, 3, 3), rnd(8), [0, 1, 1, 1], 2, "silu", torch.float32, valid,
+                               pad_tl)),
     }
 
 
-@pytest.mark.parametrize("case", ["dw_pool", "dw_ragged_s2", "dw_nchw", "se_hw", "se_count", "pw_gate_res", "pw_pool"])
+@pytest.mark.parametrize("case", ["dw_pool", "dw_ragged_s2", "dw_nchw", "se_hw", "se_count", "pw_gate_res", "pw_pool",
+                                  "stem", "stem_ragged"])
 def test_custom_op_registration_opcheck(case):
     """Schema, fake (meta) implementation, and AOT dispatch with dynamic shapes agree with the
     real kernels (torch.library.opcheck)."""

@@ -25,14 +25,20 @@ def build(name="efficientnet_b0", seed=0, **kw):
     return randomize_bn(fm.MODEL_BUILDERS[name](**kw), seed).eval().to(DEVICE)
 
 
-def expected_launches(model, with_head=True):
+def expected_launches(model, output="logits"):
+    """Per forward: the stem, four launches per MBConv block (three without expansion), and for
+    logits the head's GEMM and its pool-finishing launch (feature maps: the head GEMM alone)."""
     blocks = [b for stage in model.blocks for b in stage]
     n_ds = sum(1 for b in blocks if b.parts().expand is None)
-    return {
+    launches = {
+        "stem_conv_bn_act": 1,
         "dwconv_bn_act": len(blocks),
         "squeeze_excite_gate": len(blocks),
-        "pointwise_gated": 2 * len(blocks) - n_ds + (1 if with_head else 0),
+        "pointwise_gated": 2 * len(blocks) - n_ds + (output != "stage_maps"),
     }
+    if output == "logits":
+        launches["pointwise_gated[pool]"] = 1
+    return launches
 
 
 def run_both(model, fn, *args):
@@ -51,7 +57,7 @@ def test_b0_logits_and_head_map_match_reference(pad_mode):
     assert dict(launches) == expected_launches(model)
     assert_close_to_ref(out, ref, what="B0 logits")
     fmap, ref_map, launches = run_both(model, model.forward_features, x)
-    assert dict(launches) == expected_launches(model)
+    assert dict(launches) == expected_launches(model, "features")
     assert fmap.shape == ref_map.shape == (2, 1280, 2, 2)
     assert_close_to_ref(fmap, ref_map, what="B0 head map")
 
@@ -73,7 +79,7 @@ def test_b0_features_only():
     model = build(features_only=True, pad_mode="same")
     x = torch.randn(2, 3, 29, 40, device=DEVICE)
     maps, ref_maps, launches = run_both(model, model, x, torch.tensor([[29, 40], [17, 9]]))
-    assert dict(launches) == expected_launches(model, with_head=False)
+    assert dict(launches) == expected_launches(model, "stage_maps")
     assert [m.shape[1] for m in maps] == [16, 24, 40, 112, 320]
     for i, (m, r) in enumerate(zip(maps, ref_maps)):
         assert_close_to_ref(m, r, what=f"feature map {i}")
@@ -149,7 +155,7 @@ def test_autocast_runs_the_fused_path_at_the_autocast_dtype():
         out, ref_lowp, launches = run_both(model, model, x)
     assert dict(launches) == expected_launches(model)
     assert out.dtype == ref_lowp.dtype == autocast_dtype
-    assert fused.folded(model, autocast_dtype).stem_weight.dtype == autocast_dtype
+    assert fused.folded(model, autocast_dtype).stages[1][0].w_project.dtype == autocast_dtype
     assert_close_to_ref(out, ref64, ref_lowp, what=f"autocast {autocast_dtype} logits")
 
 
@@ -226,12 +232,9 @@ def test_pointwise_choices_report_every_1x1_conv(monkeypatch):
                                              "pool_only": False, "impl": "triton"}
     assert by_name["blocks.1.0.conv_pwl"]["M"] == 2 * 9 * 12  # after the stride-2 depthwise
     assert by_name["conv_head"]["pool_only"] and by_name["conv_head"]["M"] == 2 * 2 * 2
-    # on CUDA the choice follows the chooser shape by shape: a big fp16 GEMM and the pooled
-    # head take Triton, a batch-1 late-stage fp32 GEMM takes cuBLAS
-    on_cuda = {r["layer"]: r["impl"] for r in fused.pointwise_choices(model, 256, 224, 224, torch.float16, "cuda")}
-    assert on_cuda["blocks.1.0.conv_pw"] == "triton" and on_cuda["conv_head"] == "triton"
-    fp32 = {r["layer"]: r["impl"] for r in fused.pointwise_choices(model, 1, 224, 224, torch.float32, "cuda")}
-    assert fp32["blocks.6.0.conv_pwl"] == "torch"
+    # on CUDA too, Triton at every size unless the torch fallback is forced (the head never)
+    on_cuda = {r["impl"] for r in fused.pointwise_choices(model, 1, 224, 224, torch.float32, "cuda")}
+    assert on_cuda == {"triton"}
     monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", "torch")
-    forced = fused.pointwise_choices(model, 256, 224, 224, torch.float16, "cuda")
-    assert {r["impl"] for r in forced} == {"torch"}
+    forced = {r["layer"]: r["impl"] for r in fused.pointwise_choices(model, 256, 224, 224, torch.float16, "cuda")}
+    assert forced.pop("conv_head") == "triton" and set(forced.values()) == {"torch"}

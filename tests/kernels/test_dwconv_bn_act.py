@@ -1,12 +1,17 @@
 """dwconv_bn_act against its pure-torch twin over every (kernel, stride, padding) EfficientNet
-uses, odd sizes, dtypes, layouts, ragged batches and bad inputs. Launches are counted."""
+uses, odd sizes, dtypes, layouts, ragged batches and bad inputs. Launches are counted.
+
+The interpreter's heuristic covers a whole map with one tile; the ``small_tiles`` fixture forces
+the GPU's kind of tiling (several tiles per image, edge tiles, several channel blocks), so the
+per-tile partial sums and the masks at tile edges are exercised here too."""
 import pytest
 import torch
 
 from fastmbconv.geometry import conv_padding
 from fastmbconv.kernels._launch import count_launches
-from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, output_size
-from fastmbconv.kernels.testing import FencedOutputs, ResetToZeroKernel, assert_close_to_ref, nan_fenced
+from fastmbconv.kernels import dwconv_bn_act as module
+from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, output_size, taps_major
+from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced
 
 from ..helpers import DEVICE
 
@@ -25,6 +30,12 @@ def make(N, C, H, W, k, dtype=torch.float32, channels_last=True, seed=0):
     return x, w, scale, shift
 
 
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """2x4-pixel tiles and 16-channel blocks: what a GPU launch looks like, at interpreter sizes."""
+    monkeypatch.setattr(module, "blocks_for", lambda h, w, c: (2, 4, 16))
+
+
 def check(x, w, scale, shift, padding, stride, **kw):
     with count_launches() as launches:
         got = dwconv_bn_act(x, w, scale, shift, padding, stride, **kw)
@@ -35,10 +46,12 @@ def check(x, w, scale, shift, padding, stride, **kw):
         lowp = dwconv_bn_act_ref(x.cpu(), w.cpu().to(x.dtype), scale.cpu(), shift.cpu(), padding, stride,
                                  compute_dtype=x.dtype, **kw)
     if kw.get("with_pool"):
-        (out, pool), (ref, ref_pool) = got, ref
-        assert pool.dtype == torch.float32 and pool.shape == x.shape[:2]
-        # the pool sums the stored fp32 values before the cast: fp32 rule on the sums
-        assert_close_to_ref(pool, ref_pool, what="pool sums")
+        (out, partials), (ref, ref_pool) = got, ref
+        tile_h, tile_w, _ = module.blocks_for(*out.shape[-2:], x.shape[1])
+        tiles = -(-out.shape[-2] // tile_h) * -(-out.shape[-1] // tile_w)
+        assert partials.dtype == torch.float32 and partials.shape == (x.shape[0], tiles, x.shape[1])
+        # the sums add the stored fp32 values before the cast: fp32 rule on the sums
+        assert_close_to_ref(partials.sum(1), ref_pool, what="pool sums")
         if lowp is not None:
             lowp = lowp[0]
     else:
@@ -52,10 +65,10 @@ def check(x, w, scale, shift, padding, stride, **kw):
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 @pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
 def test_every_efficientnet_config(k, stride, pad_mode, dtype):
-    """Every (kernel, stride, padding) of B0-B7, with the expand SiLU on load and the SE pool."""
+    """Every (kernel, stride, padding) of B0-B7, with the SE pool sums."""
     x, w, scale, shift = make(2, 24, 33, 18, k, dtype)
     padding = conv_padding(33, 18, k, stride, pad_mode)
-    out = check(x, w, scale, shift, padding, stride, input_act="silu", with_pool=True)
+    out = check(x, w, scale, shift, padding, stride, with_pool=True)
     assert out.shape[-2:] == (-(-33 // stride), -(-18 // stride))
     assert out.is_contiguous(memory_format=torch.channels_last)
 
@@ -68,10 +81,28 @@ def test_odd_sizes(H, W, C, k, stride, pad_mode):
     check(x, w, scale, shift, conv_padding(H, W, k, stride, pad_mode), stride, with_pool=True)
 
 
-@pytest.mark.parametrize("act,input_act", [("identity", "identity"), ("relu6", "relu6"), ("silu", "identity")])
-def test_activations(act, input_act):
+@pytest.mark.parametrize("act", ["identity", "relu6", "silu"])
+def test_activations(act):
     x, w, scale, shift = make(1, 24, 9, 11, 3)
-    check(x * 4, w, scale, shift, (1, 1, 1, 1), 1, act=act, input_act=input_act)
+    check(x * 4, w, scale, shift, (1, 1, 1, 1), 1, act=act)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k,stride,pad_mode", [(3, 1, "symmetric"), (5, 2, "same")])
+def test_many_tiles_and_channel_blocks(small_tiles, k, stride, pad_mode, dtype):
+    """GPU-style tiling: 2x4 tiles over a 13x11 map (edge tiles on both sides) and 16-channel
+    blocks over 40 channels; the per-tile sums must add up to the image sums."""
+    x, w, scale, shift = make(2, 40, 13, 11, k, dtype)
+    check(x, w, scale, shift, conv_padding(13, 11, k, stride, pad_mode), stride, with_pool=True)
+
+
+def test_taps_major_weights_are_the_same_conv():
+    x, w, scale, shift = make(2, 24, 9, 7, 5)
+    taps = taps_major(w)
+    assert taps.shape == (25, 24) and taps.is_contiguous()
+    torch.testing.assert_close(dwconv_bn_act(x, taps, scale, shift, (2, 2, 2, 2), 2),
+                               dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2))
+    check(x, taps, scale, shift, (2, 2, 2, 2), 2, with_pool=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -97,9 +128,9 @@ def test_non_contiguous_input(view):
 
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 @pytest.mark.parametrize("k,stride", [(3, 2), (5, 1)])
-def test_ragged(k, stride, pad_mode):
+def test_ragged(small_tiles, k, stride, pad_mode):
     """Per-image valid sizes and padding: each image as if alone; invalid outputs are 0 and
-    left out of the pool sums."""
+    left out of the pool sums (tiles wholly outside an image's valid region included)."""
     x, w, scale, shift = make(3, 24, 21, 17, k)
     sizes = [(21, 17), (10, 5), (1, 1)]
     valid_hw = torch.tensor(sizes, dtype=torch.int32, device=DEVICE)
@@ -118,8 +149,8 @@ def test_ragged(k, stride, pad_mode):
 def test_empty_batch_launches_nothing():
     x, w, scale, shift = make(0, 24, 9, 9, 3)
     with count_launches() as launches:
-        out, pool = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 2, with_pool=True)
-    assert out.shape == (0, 24, 5, 5) and pool.shape == (0, 24)
+        out, partials = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 2, with_pool=True)
+    assert out.shape == (0, 24, 5, 5) and partials.shape[0] == 0
     assert sum(launches.values()) == 0
 
 
@@ -170,25 +201,11 @@ def test_more_than_2_31_elements_cuda():
     N, C, H, W = 1040, 32, 256, 256  # 2.18e9 elements
     x = torch.randn(N, C, H, W, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
     _, w, scale, shift = make(1, C, 1, 1, 3)
-    out, pool = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1, input_act="silu", with_pool=True)
+    out, partials = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1, with_pool=True)
     last = x[-2:].float()
-    ref, ref_pool = dwconv_bn_act_ref(last, w, scale, shift, (1, 1, 1, 1), 1, input_act="silu", with_pool=True)
+    ref, ref_pool = dwconv_bn_act_ref(last, w, scale, shift, (1, 1, 1, 1), 1, with_pool=True)
     torch.testing.assert_close(out[-2:].float(), ref, atol=2e-2, rtol=1e-2)
-    torch.testing.assert_close(pool[-2:], ref_pool, atol=1.0, rtol=1e-3)
-
-
-def test_batches_beyond_grid_limit_are_split_into_launches(monkeypatch):
-    """CUDA caps grid axis 2 (the batch) at 65535; larger batches launch in chunks."""
-    from fastmbconv.kernels import dwconv_bn_act as module
-
-    monkeypatch.setattr(module, "MAX_GRID_Z", 2)
-    x, w, scale, shift = make(5, 24, 7, 9, 3)
-    with count_launches() as launches:
-        out, pool = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 2, with_pool=True)
-    assert launches["dwconv_bn_act"] == 3
-    ref, ref_pool = dwconv_bn_act_ref(x, w, scale, shift, (1, 1, 1, 1), 2, with_pool=True)
-    assert_close_to_ref(out, ref)
-    assert_close_to_ref(pool, ref_pool)
+    torch.testing.assert_close(partials[-2:].sum(1), ref_pool, atol=1.0, rtol=1e-3)
 
 
 def test_out_of_range_valid_sizes():
@@ -208,58 +225,26 @@ def test_out_of_range_valid_sizes():
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("ragged", [False, True])
-def test_deterministic_mode_pools_without_atomics(deterministic, ragged, monkeypatch):
-    """Under torch.use_deterministic_algorithms(True) the pool is written per pixel tile and
-    reduced by a second launch (counted). 600 channels make the interpreter's tile 64 pixels, so
-    several tiles per image are summed; the batch is split in two launches as well."""
-    from fastmbconv.kernels import dwconv_bn_act as module
-
-    monkeypatch.setattr(module, "MAX_GRID_Z", 2)
-    x, w, scale, shift = make(3, 600, 33, 7, 5)
-    kw = {}
-    if ragged:
-        kw = dict(valid_hw=torch.tensor([[33, 7], [20, 5], [1, 1]], dtype=torch.int32, device=DEVICE),
-                  pad_tl=torch.tensor([[2, 2], [1, 2], [2, 1]], dtype=torch.int32, device=DEVICE))
-    with count_launches() as launches:
-        out, pool = dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True, **kw)
-    assert launches == {"dwconv_bn_act": 2, "dwconv_bn_act[partial-sum]": 1}
-    ref, ref_pool = dwconv_bn_act_ref(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True,
-                                      compute_dtype=torch.float64, **kw)
-    assert_close_to_ref(out, ref, what="dwconv output")
-    assert_close_to_ref(pool, ref_pool, what="deterministic pool sums")
-    if DEVICE == "cuda":  # bitwise repeatable, which atomics are not
-        for _ in range(3):
-            assert torch.equal(dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True, **kw)[1], pool)
+def test_partial_sums_are_bitwise_repeatable(small_tiles):
+    """No atomics: every tile writes its own sums, so repeated runs agree to the bit."""
+    x, w, scale, shift = make(3, 40, 13, 7, 5)
+    first = dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True)[1]
+    assert all(torch.equal(dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True)[1], first)
+               for _ in range(2))
 
 
 @pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
-def test_reads_stay_inside_the_input(k, stride, pad_mode):
+def test_reads_stay_inside_the_input(small_tiles, k, stride, pad_mode):
     x, w, scale, shift = make(2, 37, 13, 11, k)
     x = nan_fenced(x)
-    check(x, w, scale, shift, conv_padding(13, 11, k, stride, pad_mode), stride, input_act="silu", with_pool=True)
+    check(x, w, scale, shift, conv_padding(13, 11, k, stride, pad_mode), stride, with_pool=True)
 
 
 @pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
-def test_writes_stay_inside_the_output(k, stride, monkeypatch):
-    from fastmbconv.kernels import dwconv_bn_act as module
-
+def test_writes_stay_inside_the_output(small_tiles, k, stride, monkeypatch):
     fence = FencedOutputs()
     monkeypatch.setattr(module, "empty_like_format", fence)
     x, w, scale, shift = make(2, 37, 13, 11, k)
     check(x, w, scale, shift, conv_padding(13, 11, k, stride, "same"), stride, with_pool=True)
     fence.assert_untouched()
-
-
-@pytest.mark.parametrize("with_pool", [False, True])
-def test_autotuner_reset_never_touches_inputs(with_pool, monkeypatch):
-    from fastmbconv.kernels import dwconv_bn_act as module
-
-    monkeypatch.setattr(module, "use_autotune", lambda: True)
-    monkeypatch.setattr(module, "_dwconv_bn_act_autotuned", ResetToZeroKernel(
-        module._dwconv_bn_act_kernel, dict(BLOCK_P=16, BLOCK_C=64)))
-    x, w, scale, shift = make(2, 40, 9, 7, 3)
-    scale_before = scale.clone()
-    check(x, w, scale, shift, (1, 1, 1, 1), 1, with_pool=with_pool)
-    assert torch.equal(scale, scale_before), "the autotuner's reset zeroed the BN scale"

@@ -26,6 +26,7 @@ SCRIPT = textwrap.dedent(
     from fastmbconv.kernels.testing import assert_close_to_ref
     from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref
     from fastmbconv.kernels.pointwise_gated import pointwise_gated, pointwise_gated_ref
+    from fastmbconv.kernels.stem_conv_bn_act import stem_conv_bn_act, stem_conv_bn_act_ref
 
     G = torch.Generator().manual_seed(0)
     FAR = 2**30 + 17  # fits in int32; 2 * FAR does not
@@ -56,13 +57,13 @@ SCRIPT = textwrap.dedent(
         wd = torch.randn(c, 1, 3, 3, generator=G) * 0.3
         scale, shift = torch.rand(c, generator=G) + 0.5, torch.randn(c, generator=G) * 0.1
         for stride in (1, 2):
-            out, pool = dwconv_bn_act(x, wd, scale, shift, (1, 1, 1, 1), stride, input_act="silu", with_pool=True)
-            ref, ref_pool = dwconv_bn_act_ref(dense, wd, scale, shift, (1, 1, 1, 1), stride, input_act="silu",
-                                              with_pool=True, compute_dtype=torch.float64)
-            lowp = dwconv_bn_act_ref(dense, wd.half(), scale, shift, (1, 1, 1, 1), stride, input_act="silu",
+            out, partials = dwconv_bn_act(x, wd, scale, shift, (1, 1, 1, 1), stride, with_pool=True)
+            ref, ref_pool = dwconv_bn_act_ref(dense, wd, scale, shift, (1, 1, 1, 1), stride, with_pool=True,
+                                              compute_dtype=torch.float64)
+            lowp = dwconv_bn_act_ref(dense, wd.half(), scale, shift, (1, 1, 1, 1), stride,
                                      compute_dtype=torch.float16)
             assert_close_to_ref(out, ref, lowp, what=f"dwconv, {name}, stride {stride}")
-            assert_close_to_ref(pool, ref_pool, what=f"dwconv pool, {name}, stride {stride}")
+            assert_close_to_ref(partials.sum(1), ref_pool, what=f"dwconv pool, {name}, stride {stride}")
 
         wp = (torch.randn(40, c, generator=G) / c**0.5).half()
         bias, gate = torch.randn(40, generator=G) * 0.1, torch.rand(n, c, generator=G)
@@ -77,7 +78,12 @@ SCRIPT = textwrap.dedent(
         assert_close_to_ref(out, ref, lowp, what=f"pointwise, {name}")
         pooled = pointwise_gated(x, wp, bias, act="silu", pool_only=True)
         ref = pointwise_gated_ref(dense, wp, bias, act="silu", pool_only=True, compute_dtype=torch.float64)
-        assert_close_to_ref(pooled, ref, what=f"pointwise pool, {name}")
+        assert_close_to_ref(pooled, ref, ref.to(torch.float16), what=f"pointwise pool, {name}")
+        image, image_w = x[:, :3], torch.randn(8, 3, 3, 3, generator=G) * 0.3  # an image's 3 channels
+        image_b = torch.randn(8, generator=G) * 0.1
+        out = stem_conv_bn_act(image, image_w, image_b, (1, 1, 1, 1), 2, out_dtype=torch.float32)
+        ref = stem_conv_bn_act_ref(dense[:, :3], image_w, image_b, (1, 1, 1, 1), 2, compute_dtype=torch.float64)
+        assert_close_to_ref(out, ref, what=f"stem, {name}")
         print("ok", name, flush=True)
     print("all ok")
     """

@@ -1,4 +1,5 @@
-"""squeeze_excite_gate against its pure-torch twin; one launch for the whole batch."""
+"""squeeze_excite_gate against its pure-torch twin; one launch for the whole batch, adding up the
+depthwise kernel's per-tile sums in a fixed order."""
 import pytest
 import torch
 
@@ -11,9 +12,10 @@ from ..helpers import DEVICE
 pytestmark = pytest.mark.interpreter
 
 
-def make(N, C, R, wdtype=torch.float32, seed=0):
+def make(N, C, R, wdtype=torch.float32, seed=0, tiles=1):
     g = torch.Generator().manual_seed(seed)
-    sums = (torch.randn(N, C, generator=g) * 30).to(DEVICE)
+    sums = (torch.randn(N, tiles, C, generator=g) * 30).to(DEVICE)
+    sums = sums[:, 0] if tiles == 1 else sums  # (N, C) plain sums are accepted too
     w_r = (torch.randn(R, C, 1, 1, generator=g) / C**0.5).to(DEVICE, wdtype)
     b_r = (torch.randn(R, generator=g) * 0.1).to(DEVICE, wdtype)
     w_e = (torch.randn(C, R, 1, 1, generator=g) / R**0.5).to(DEVICE, wdtype)
@@ -29,8 +31,22 @@ def test_matches_ref(N, C, R, wdtype):
         gate = squeeze_excite_gate(*args, hw=49)
     assert launches["squeeze_excite_gate"] == 1
     assert gate.dtype == torch.float32 and gate.shape == (N, C)
-    # the gate is fp32 math on the given weights: fp32 rule, reference in fp64
-    assert_close_to_ref(gate, squeeze_excite_gate_ref(*args, hw=49, compute_dtype=torch.float64), what="gate")
+    ref = squeeze_excite_gate_ref(*args, hw=49, compute_dtype=torch.float64)
+    if wdtype == torch.float32:  # fp32 math on fp32 weights: the fp32 rule
+        assert_close_to_ref(gate, ref, what="gate")
+    else:  # both FCs at the weights' precision (as the reference modules compute them)
+        lowp = squeeze_excite_gate_ref(*args, hw=49, compute_dtype=wdtype).float()
+        torch.testing.assert_close(gate, ref.float(), atol=3 * (lowp - ref.float()).abs().max().item() + 2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("N,T", [(1, 7), (21, 3), (40, 1)])
+def test_tile_sums_are_added_up(N, T):
+    """(N, T, C) partial sums over several image blocks (16 images per program) and groups."""
+    args = make(N, 72, 6, tiles=T, seed=N)
+    with count_launches() as launches:
+        gate = squeeze_excite_gate(*args, hw=30)
+    assert launches["squeeze_excite_gate"] == 1
+    assert_close_to_ref(gate, squeeze_excite_gate_ref(*args, hw=30, compute_dtype=torch.float64), what="gate")
 
 
 def test_per_sample_count():
@@ -51,7 +67,7 @@ def test_empty_batch():
 
 
 @pytest.mark.parametrize("case,exc,words", [
-    ("fp16 sums", TypeError, "pool_sums"),
+    ("fp16 sums", TypeError, "partials"),
     ("wrong reduce width", ValueError, "w_reduce"),
     ("wrong expand shape", ValueError, "w_expand"),
     ("short bias", ValueError, "b_expand"),

@@ -1,0 +1,241 @@
+"""The stem: a dense kxk conv of the few input channels + folded BatchNorm + activation.
+
+Why a kernel of its own: torch would cast the image to the compute dtype and channels_last (a
+copy), run the conv, then SiLU (another pass over the stem's 32-channel map, EfficientNet's
+largest). Here the image is read once in whatever float dtype and layout it comes in, the
+activation is applied once, and the output is written channels_last in the compute dtype.
+
+Each program computes a 2-D tile of output pixels for every output channel as one matrix
+product on the tensor cores: the tile's (pixels x k*k*C_in) patches, gathered straight from the
+image, times the weights laid out (k*k*C_in, C_out). Padding and ragged arguments work as in :mod:`.dwconv_bn_act`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._launch import call_op, launch
+from ._math import activation
+from ._utils import (
+    ACT_CODES,
+    FLOAT_DTYPES,
+    activation_ref,
+    check_activation,
+    check_tensor,
+    interpreting,
+    needs_int64,
+    next_pow2,
+    spatial_tile,
+    valid_mask,
+)
+
+OP = "stem_conv_bn_act"
+
+
+@triton.jit
+def _stem_conv_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, valid_ptr, padtl_ptr,
+    C_out, H, W, H_out, W_out, tiles_w, tiles_per_image,
+    sxn, sxc, sxh, sxw, son, soc, soh, sow, pad_top, pad_left,
+    C_IN: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, FAST_MATH: tl.constexpr,
+    RAGGED: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_CO: tl.constexpr,
+):
+    pid = tl.program_id(0)  # image * tiles_per_image + tile
+    n = pid // tiles_per_image
+    tile = pid % tiles_per_image
+    offs_p = tl.arange(0, TILE_H * TILE_W)
+    oh = (tile // tiles_w) * TILE_H + offs_p // TILE_W
+    ow = (tile % tiles_w) * TILE_W + offs_p % TILE_W
+    # the im2col column index: (tap row, tap column, input channel)
+    kk = tl.arange(0, BLOCK_K)
+    ki = kk // (KSIZE * C_IN)
+    kj = (kk // C_IN) % KSIZE
+    ci = kk % C_IN
+    k_ok = kk < KSIZE * KSIZE * C_IN
+    offs_co = tl.arange(0, BLOCK_CO)
+    co_ok = offs_co < C_out
+    if RAGGED:
+        h_img = tl.minimum(tl.load(valid_ptr + 2 * n), H)
+        w_img = tl.minimum(tl.load(valid_ptr + 2 * n + 1), W)
+        top = tl.load(padtl_ptr + 2 * n)
+        left = tl.load(padtl_ptr + 2 * n + 1)
+    else:
+        h_img = H
+        w_img = W
+        top = pad_top
+        left = pad_left
+    if INT64:
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
+        ki = ki.to(tl.int64)
+        kj = kj.to(tl.int64)
+        ci = ci.to(tl.int64)
+        offs_co = offs_co.to(tl.int64)
+
+    # one (pixels x taps*channels) patch matrix times the (taps*channels x C_out) weights
+    # (pixel part + column part): one add per patch element
+    ih0 = oh * STRIDE - top
+    iw0 = ow * STRIDE - left
+    ih = ih0[:, None] + ki[None, :]
+    iw = iw0[:, None] + kj[None, :]
+    ok = (ih.to(tl.uint32) < h_img.to(tl.uint32)) & (iw.to(tl.uint32) < w_img.to(tl.uint32)) & k_ok[None, :]
+    offsets = (ih0 * sxh + iw0 * sxw)[:, None] + (ki * sxh + kj * sxw + ci * sxc)[None, :]
+    patches = tl.load(x_ptr + n.to(tl.int64) * sxn + offsets, mask=ok, other=0.0)
+    w = tl.load(w_ptr + kk[:, None] * C_out + offs_co[None, :], mask=k_ok[:, None] & co_ok[None, :], other=0.0)
+    if DOT_FP32:
+        acc = tl.dot(patches.to(tl.float32), w, input_precision="ieee")
+    else:
+        acc = tl.dot(patches.to(out_ptr.dtype.element_ty), w.to(out_ptr.dtype.element_ty))
+
+    y = activation(acc + tl.load(bias_ptr + offs_co, mask=co_ok, other=0.0)[None, :], ACT, FAST_MATH)
+    if RAGGED:
+        y = tl.where(((oh < (h_img + STRIDE - 1) // STRIDE) & (ow < (w_img + STRIDE - 1) // STRIDE))[:, None], y, 0.0)
+    in_map = ((oh < H_out) & (ow < W_out))[:, None] & co_ok[None, :]
+    out_off = (oh * soh + ow * sow)[:, None] + (offs_co * soc)[None, :]
+    tl.store(out_ptr + n.to(tl.int64) * son + out_off, y.to(out_ptr.dtype.element_ty), mask=in_map)
+
+
+def taps_major(weight: torch.Tensor) -> torch.Tensor:
+    """Conv weights (C_out, C_in, k, k) in the kernel's (k*k*C_in, C_out) layout, fp32."""
+    return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).float().contiguous()
+
+
+def _check_args(x, weight, bias, padding, stride, act, in_channels, valid_hw, pad_tl, out_dtype):
+    check_tensor(OP, "x", x, ndim=4)
+    N, C_in, H, W = x.shape
+    check_tensor(OP, "bias", bias, ndim=1, dtypes=(torch.float32,), device=x.device)
+    C_out = bias.shape[0]
+    check_tensor(OP, "weight", weight, dtypes=None, device=x.device)
+    if weight.ndim == 4:
+        k = weight.shape[-1]
+        ok = tuple(weight.shape) == (C_out, C_in, k, k)
+    else:
+        k = round((weight.shape[0] // max(C_in, 1)) ** 0.5) if weight.ndim == 2 else 0
+        ok = weight.ndim == 2 and tuple(weight.shape) == (k * k * C_in, C_out)
+    if not ok or not weight.is_floating_point():
+        raise ValueError(f"{OP}: weight must be ({C_out}, {C_in}, k, k) or (k*k*{C_in}, {C_out}) floating point "
+                         f"for {C_in} input and {C_out} output channels (the bias's), got {tuple(weight.shape)}")
+    if C_in > 16:
+        raise ValueError(f"{OP}: meant for the few channels of an image (at most 16), got {C_in}")
+    if stride not in (1, 2) or k not in (1, 3, 5, 7):
+        raise ValueError(f"{OP}: stride must be 1 or 2 and the kernel 1, 3, 5 or 7, got stride {stride}, kernel {k}")
+    padding = tuple(int(p) for p in padding)
+    if len(padding) != 4 or min(padding) < 0 or max(padding) >= max(k, 1):
+        raise ValueError(f"{OP}: padding must be 4 values (top, bottom, left, right) in [0, {k}), got {padding}")
+    check_activation(OP, "act", act)
+    if out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{OP}: out_dtype must be one of {FLOAT_DTYPES}, got {out_dtype}")
+    H_out, W_out = (H + padding[0] + padding[1] - k) // stride + 1, (W + padding[2] + padding[3] - k) // stride + 1
+    if H_out < 1 or W_out < 1:
+        raise ValueError(f"{OP}: input {H}x{W} with padding {padding} is too small for a {k}x{k} kernel")
+    if (valid_hw is None) != (pad_tl is None):
+        raise ValueError(f"{OP}: valid_hw and pad_tl must be given together (ragged batch) or not at all")
+    for name, t in (("valid_hw", valid_hw), ("pad_tl", pad_tl)):
+        if t is not None:
+            check_tensor(OP, name, t, ndim=2, dtypes=(torch.int32,), device=x.device)
+            if t.shape != (N, 2):
+                raise ValueError(f"{OP}: {name} must have shape ({N}, 2), got {tuple(t.shape)}")
+    return k, padding, H_out, W_out
+
+
+def _empty_out(x, C_out, H_out, W_out, out_dtype):
+    return torch.empty((x.shape[0], C_out, H_out, W_out), dtype=out_dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+def tile_for(H_out: int, W_out: int, width: int) -> tuple[int, int]:
+    """(TILE_H, TILE_W) of output pixels per program; ``width``: the widest matrix dimension."""
+    if interpreting():  # ~30 ms per program: few, large blocks
+        tile_h, tile_w = next_pow2(H_out), next_pow2(W_out)
+        while tile_h * tile_w * width > 131072 and tile_h > 1:
+            tile_h //= 2
+        return tile_h, tile_w
+    return spatial_tile(H_out, W_out)
+
+
+def stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, valid_hw=None, pad_tl=None):
+    k, padding, H_out, W_out = _check_args(x, weight, bias, padding, stride, act, x.shape[1], valid_hw, pad_tl,
+                                           out_dtype)
+    N, C_in, H, W = x.shape
+    C_out = bias.shape[0]
+    out = _empty_out(x, C_out, H_out, W_out, out_dtype)
+    if N == 0:
+        return out
+    block_k = max(16, next_pow2(k * k * C_in))
+    tile_h, tile_w = tile_for(H_out, W_out, max(block_k, next_pow2(C_out)))
+    tiles_w = -(-W_out // tile_w)
+    tiles = -(-H_out // tile_h) * tiles_w
+    ragged = valid_hw is not None
+    launch(OP, _stem_conv_kernel, (N * tiles,), dict(
+        x_ptr=x, w_ptr=weight if weight.ndim == 2 else taps_major(weight), bias_ptr=bias, out_ptr=out,
+        valid_ptr=valid_hw.contiguous() if ragged else bias, padtl_ptr=pad_tl.contiguous() if ragged else bias,
+        C_out=C_out, H=H, W=W, H_out=H_out, W_out=W_out, tiles_w=tiles_w, tiles_per_image=tiles,
+        **dict(zip(("sxn", "sxc", "sxh", "sxw"), x.stride())), **dict(zip(("son", "soc", "soh", "sow"), out.stride())),
+        pad_top=padding[0], pad_left=padding[2],
+    ), dict(
+        C_IN=C_in, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(), RAGGED=ragged,
+        INT64=needs_int64(x, out), DOT_FP32=interpreting() or out_dtype == torch.float32,
+        TILE_H=tile_h, TILE_W=tile_w, BLOCK_K=block_k, BLOCK_CO=max(16, next_pow2(C_out)), num_warps=4,
+    ), on=x)
+    return out
+
+
+@torch.library.custom_op("fastmbconv::stem_conv_bn_act", mutates_args=())
+def _stem_conv_bn_act_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: list[int], stride: int, act: str,
+    out_dtype: torch.dtype, valid_hw: Optional[torch.Tensor], pad_tl: Optional[torch.Tensor],
+) -> torch.Tensor:
+    return stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, valid_hw, pad_tl)
+
+
+@_stem_conv_bn_act_op.register_fake
+def _(x, weight, bias, padding, stride, act, out_dtype, valid_hw, pad_tl):
+    k, padding, H_out, W_out = _check_args(x, weight, bias, padding, stride, act, x.shape[1], valid_hw, pad_tl,
+                                           out_dtype)
+    return _empty_out(x, bias.shape[0], H_out, W_out, out_dtype)
+
+
+def stem_conv_bn_act(x, weight, bias, padding, stride=2, act="silu", out_dtype=None, valid_hw=None, pad_tl=None):
+    """``act(conv(x, weight) + bias)`` written channels_last in ``out_dtype`` (default x's).
+
+    ``weight`` is (C_out, C_in, k, k) or (k*k*C_in, C_out) as :func:`taps_major` makes it (fp32,
+    BN folded in); ``bias`` (C_out,) fp32. ``padding`` is (top, bottom, left, right);
+    ``valid_hw``/``pad_tl`` (N, 2) int32 make a ragged batch, as in :func:`.dwconv_bn_act`."""
+    return call_op(torch.ops.fastmbconv.stem_conv_bn_act, stem_conv_bn_act_launch,
+                   x, weight, bias, [int(p) for p in padding], int(stride), act, out_dtype or x.dtype, valid_hw, pad_tl)
+
+
+def stem_conv_bn_act_ref(x, weight, bias, padding, stride=2, act="silu", out_dtype=None, valid_hw=None,
+                         pad_tl=None, compute_dtype=torch.float32):
+    """Pure-torch twin (F.pad + F.conv2d per image), computed in ``compute_dtype``."""
+    C_in, C_out = x.shape[1], bias.shape[0]
+    if weight.ndim == 2:
+        k = round((weight.shape[0] // C_in) ** 0.5)
+        weight = weight.reshape(k, k, C_in, C_out).permute(3, 2, 0, 1)
+    k = weight.shape[-1]
+    w, b, xc = weight.to(compute_dtype), bias.to(compute_dtype), x.to(compute_dtype)
+    top, bottom, left, right = padding
+    if valid_hw is None:
+        y = F.conv2d(F.pad(xc, (left, right, top, bottom)), w, b, stride=stride)
+    else:
+        H, W = x.shape[-2:]
+        H_out, W_out = (H + top + bottom - k) // stride + 1, (W + left + right - k) // stride + 1
+        ys = []
+        for n in range(x.shape[0]):
+            h, wd = (int(v) for v in valid_hw[n])
+            t, lft = (int(v) for v in pad_tl[n])
+            xn = torch.zeros_like(xc[n:n + 1])
+            xn[..., :h, :wd] = xc[n:n + 1, :, :h, :wd]
+            pb, pr = max(0, (H_out - 1) * stride + k - t - H), max(0, (W_out - 1) * stride + k - lft - W)
+            ys.append(F.conv2d(F.pad(xn, (lft, pr, t, pb)), w, b, stride=stride)[..., :H_out, :W_out])
+        y = torch.cat(ys) if ys else xc.new_zeros((0, C_out, H_out, W_out))
+    y = activation_ref(y, act)
+    if valid_hw is not None:
+        valid_out = (valid_hw.long() + stride - 1) // stride
+        y = torch.where(valid_mask(valid_out, *y.shape[-2:])[:, None], y, y.new_zeros(()))
+    return y

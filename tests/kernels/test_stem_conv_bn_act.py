@@ -1,0 +1,120 @@
+"""stem_conv_bn_act (the stem conv + folded BN + SiLU as one patch-matrix product) against its
+pure-torch twin: both padding conventions, input layouts and dtypes as images come, output
+dtypes, ragged batches, GPU-style tiling, bad input."""
+import pytest
+import torch
+
+from fastmbconv.geometry import conv_padding
+from fastmbconv.kernels import stem_conv_bn_act as module
+from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels.stem_conv_bn_act import stem_conv_bn_act, stem_conv_bn_act_ref, taps_major
+from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced
+
+from ..helpers import DEVICE
+
+pytestmark = pytest.mark.interpreter
+
+
+def make(N, H, W, C_out=32, C_in=3, dtype=torch.float32, channels_last=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C_in, H, W, generator=g).to(DEVICE, dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(C_out, C_in, 3, 3, generator=g) * 0.3).to(DEVICE)
+    bias = (torch.randn(C_out, generator=g) * 0.1).to(DEVICE)
+    return x, w, bias
+
+
+def check(x, w, bias, padding, out_dtype=None, fenced=False, **kw):
+    out_dtype = out_dtype or x.dtype
+    with count_launches() as launches:
+        out = stem_conv_bn_act(x, w, bias, padding, 2, out_dtype=out_dtype, **kw)
+    assert launches["stem_conv_bn_act"] == 1
+    assert out.dtype == out_dtype and (fenced or out.is_contiguous(memory_format=torch.channels_last))
+    ref = stem_conv_bn_act_ref(x, w, bias, padding, 2, compute_dtype=torch.float64, **kw)
+    lowp = None
+    if out_dtype != torch.float32:  # the image cast to the compute dtype, conv at that precision
+        lowp = stem_conv_bn_act_ref(x.to(out_dtype).cpu(), w.to(out_dtype).cpu(), bias.cpu(), padding, 2,
+                                    compute_dtype=out_dtype,
+                                    **{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()})
+    assert_close_to_ref(out, ref, lowp, what="stem output")
+    return out
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
+@pytest.mark.parametrize("hw", [(32, 32), (33, 20), (1, 1), (7, 2)])
+def test_matches_ref(hw, pad_mode, out_dtype):
+    x, w, bias = make(2, *hw)
+    check(x, w, bias, conv_padding(*hw, 3, 2, pad_mode), out_dtype)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.float16], ids=str)
+def test_reads_images_as_they_come(layout, in_dtype):
+    """An fp32 NCHW image, an fp16 channels_last batch, a strided crop: no copy is needed."""
+    x, w, bias = make(2, 23, 30, dtype=in_dtype, channels_last=layout == "nhwc")
+    if layout == "strided":
+        x = x[:, :, 1::2, 2:]
+    check(x, w, bias, conv_padding(*x.shape[-2:], 3, 2, "same"), torch.float16)
+
+
+def test_gpu_style_tiles_and_prepared_weights(monkeypatch):
+    """Many 2x8 tiles per image (edge tiles included), 40 output channels (a masked tail)."""
+    monkeypatch.setattr(module, "tile_for", lambda h, w, width: (2, 8))
+    x, w, bias = make(3, 19, 21, C_out=40)
+    out = check(x, w, bias, conv_padding(19, 21, 3, 2, "same"), torch.float32)
+    torch.testing.assert_close(stem_conv_bn_act(x, taps_major(w), bias, conv_padding(19, 21, 3, 2, "same")), out)
+
+
+@pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
+def test_ragged(pad_mode):
+    x, w, bias = make(3, 21, 17)
+    sizes = [(21, 17), (10, 5), (1, 1)]
+    valid = torch.tensor(sizes, dtype=torch.int32, device=DEVICE)
+    pads = [conv_padding(h, wd, 3, 2, pad_mode) for h, wd in sizes]
+    pad_tl = torch.tensor([[p[0], p[2]] for p in pads], dtype=torch.int32, device=DEVICE)
+    out = check(x, w, bias, conv_padding(21, 17, 3, 2, pad_mode), valid_hw=valid, pad_tl=pad_tl)
+    alone = stem_conv_bn_act(x[1:2, :, :10, :5], w, bias, pads[1], 2)
+    torch.testing.assert_close(out[1:2, :, :5, :3], alone, atol=1e-5, rtol=1e-5)
+    assert (out[1, :, 5:] == 0).all() and (out[1, :, :, 3:] == 0).all()
+
+
+def test_memory_fences(monkeypatch):
+    fence = FencedOutputs()
+    monkeypatch.setattr(module, "_empty_out", lambda x, c, h, w, dtype: fence(x, (x.shape[0], c, h, w), dtype))
+    x, w, bias = make(2, 13, 11, channels_last=True)
+    check(nan_fenced(x), w, bias, conv_padding(13, 11, 3, 2, "same"), fenced=True)
+    fence.assert_untouched()
+
+
+@pytest.mark.parametrize("case,exc,words", [
+    ("3-D input", ValueError, "4-D"),
+    ("weight shape", ValueError, "weight"),
+    ("fp16 bias", TypeError, "bias"),
+    ("stride 3", ValueError, "stride"),
+    ("padding", ValueError, "padding"),
+    ("out dtype", TypeError, "out_dtype"),
+    ("too many channels", ValueError, "at most 16"),
+])
+def test_bad_input(case, exc, words):
+    x, w, bias = make(2, 9, 9)
+    args, kw = [x, w, bias, (1, 1, 1, 1), 2], {}
+    if case == "3-D input":
+        args[0] = x[0]
+    elif case == "weight shape":
+        args[1] = w[:, :2]
+    elif case == "fp16 bias":
+        args[2] = bias.half()
+    elif case == "stride 3":
+        args[4] = 3
+    elif case == "padding":
+        args[3] = (1, 1)
+    elif case == "out dtype":
+        kw["out_dtype"] = torch.int8
+    else:
+        x, w, bias = make(1, 9, 9, C_in=20)
+        args[:3] = x, w, bias
+    with count_launches() as launches, pytest.raises(exc, match=words):
+        stem_conv_bn_act(*args, **kw)
+    assert sum(launches.values()) == 0
