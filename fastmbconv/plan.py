@@ -15,8 +15,13 @@ from .geometry import PadMode, RaggedSizes
 
 #: ``logits``: classifier output (pooled features when the classifier is Identity);
 #: ``features``: the head's (N, C, H/32, W/32) map after conv + BN + SiLU;
-#: ``stage_maps``: the outputs of the stages in ``ForwardPlan.stages`` (a features_only model).
-Output = Literal["logits", "features", "stage_maps"]
+#: ``stage_maps``: the outputs of the stages in ``ForwardPlan.stages`` (the forward stops after
+#: the last of them);
+#: ``intermediates``: (``features``, the ``stage_maps``).
+Output = Literal["logits", "features", "stage_maps", "intermediates"]
+
+#: The stage index of the stem's output in ``ForwardPlan.stages``; blocks' stages count from 0.
+STEM = -1
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,13 @@ class ForwardPlan:
     pad_mode: PadMode
     dtype: torch.dtype  # what the activations compute in (see :func:`compute_dtype`)
     sizes: Optional[RaggedSizes] = None  # per-image valid sizes of a ragged batch
-    stages: tuple[int, ...] = ()  # stage indices to return, for ``stage_maps``
+    stages: tuple[int, ...] = ()  # stage indices whose outputs are returned (STEM for the stem's)
+    channels_last: bool = False  # returned maps in channels_last (as the input was), else contiguous
+
+    @property
+    def last_stage(self) -> int:
+        """The last stage this call needs to run."""
+        return max(self.stages) if self.output == "stage_maps" else 1 << 30
 
 
 def compute_dtype(model, x: torch.Tensor) -> torch.dtype:
@@ -63,8 +74,10 @@ def check_input(model, x) -> None:
         raise ValueError(f"input spatial size must be at least 1x1, got {tuple(x.shape[2:])}")
 
 
-def make_plan(model, x: torch.Tensor, valid_sizes, output: Output) -> ForwardPlan:
-    """Check ``x`` (and ``valid_sizes``, for a ragged batch) and plan the call."""
+def make_plan(model, x: torch.Tensor, valid_sizes, output: Output, stages=None) -> ForwardPlan:
+    """Check ``x`` (and ``valid_sizes``, for a ragged batch) and plan the call. ``stages``: the
+    stage outputs to return for ``stage_maps``/``intermediates`` (default: the feature_info
+    stages)."""
     check_input(model, x)
     sizes = None
     if valid_sizes is not None:
@@ -72,7 +85,11 @@ def make_plan(model, x: torch.Tensor, valid_sizes, output: Output) -> ForwardPla
             raise RuntimeError("ragged batches (valid_sizes) are inference-only: BatchNorm's batch statistics "
                                "would mix padding into every image; call model.eval()")
         sizes = RaggedSizes.from_user(valid_sizes, x.shape)
-    if model.features_only:
+    if model.features_only and output != "intermediates":
         output = "stage_maps"
-    stages = tuple(info["stage"] for info in model.feature_info) if output == "stage_maps" else ()
-    return ForwardPlan(output, model.pad_mode, compute_dtype(model, x), sizes, stages)
+    if output in ("stage_maps", "intermediates"):
+        stages = tuple(info["stage"] for info in model.feature_info) if stages is None else tuple(stages)
+    else:
+        stages = ()
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return ForwardPlan(output, model.pad_mode, compute_dtype(model, x), sizes, stages, channels_last)

@@ -13,14 +13,19 @@ import torch.nn.functional as F
 
 from . import ragged
 from .geometry import RaggedSizes
-from .plan import ForwardPlan
+from .plan import STEM, ForwardPlan
 
 
-def stages(model, x: torch.Tensor, sizes: Optional[RaggedSizes]) -> Iterator[tuple[int, torch.Tensor, Optional[RaggedSizes]]]:
-    """Stem and blocks; yields (stage index, stage output, its valid sizes) at each stage end."""
+def stages(model, x: torch.Tensor, sizes: Optional[RaggedSizes], last: int = 1 << 30
+           ) -> Iterator[tuple[int, torch.Tensor, Optional[RaggedSizes]]]:
+    """Yields (stage index, output, its valid sizes): the stem's (as ``plan.STEM``), then each
+    stage's end, up to stage ``last``."""
     x = F.silu(model.bn1(model.conv_stem(x, sizes)))
     sizes = None if sizes is None else sizes.after(3, 2)
+    yield STEM, x, sizes
     for i, stage in enumerate(model.blocks):
+        if i > last:
+            return
         for block in stage:
             x = block(x, sizes)
             if sizes is not None:
@@ -41,9 +46,13 @@ def head(model, features: torch.Tensor, sizes: Optional[RaggedSizes] = None, pre
 
 
 def run(model, x: torch.Tensor, plan: ForwardPlan):
+    maps = []
+    for i, x, sizes in stages(model, x, plan.sizes, plan.last_stage):
+        if i in plan.stages:
+            maps.append(_masked(x, sizes))
     if plan.output == "stage_maps":
-        return [_masked(out, sizes) for i, out, sizes in stages(model, x, plan.sizes) if i in plan.stages]
-    for _, x, sizes in stages(model, x, plan.sizes):
-        pass
+        return maps
     features = F.silu(model.bn2(model.conv_head(x)))
+    if plan.output == "intermediates":
+        return _masked(features, sizes), maps
     return _masked(features, sizes) if plan.output == "features" else head(model, features, sizes)

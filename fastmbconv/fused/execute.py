@@ -29,7 +29,7 @@ from ..kernels.dwconv_bn_act import dwconv_bn_act
 from ..kernels.pointwise_gated import choose_pointwise_impl, pointwise_gated
 from ..kernels.squeeze_excite import squeeze_excite_gate
 from ..kernels.stem_conv_bn_act import stem_conv_bn_act
-from ..plan import ForwardPlan
+from ..plan import STEM, ForwardPlan
 from ..shapes import walk
 from .fold import FoldedBlock, folded
 
@@ -58,6 +58,13 @@ def block_forward(block: FoldedBlock, x: torch.Tensor, padding: tuple[int, int, 
     return pointwise_gated(d, block.w_project, block.b_project, gate=gate, residual=x if block.has_skip else None)
 
 
+def _returned(x: torch.Tensor, sizes: Optional[RaggedSizes], plan: ForwardPlan) -> torch.Tensor:
+    """A map as the caller gets it: zero outside each image's valid region, in the input's
+    memory format (the kernels work channels_last)."""
+    x = x if sizes is None else ragged.mask_invalid(x, sizes)
+    return x if plan.channels_last else x.contiguous()
+
+
 def run(model, x: torch.Tensor, plan: ForwardPlan):
     """The fused forward of ``model`` per ``plan`` (see :mod:`fastmbconv.plan`)."""
     weights = folded(model, plan.dtype)
@@ -68,24 +75,25 @@ def run(model, x: torch.Tensor, plan: ForwardPlan):
         x = stem_conv_bn_act(x, weights.stem_weight, weights.stem_bias, layers[0].padding, 2, act="silu",
                              out_dtype=plan.dtype, valid_hw=valid_hw, pad_tl=pad_tl)
     sizes = None if sizes is None else sizes.after(3, 2)
-    stage_maps = []
+    maps = [_returned(x, sizes, plan)] if STEM in plan.stages else []
     for layer in layers:
-        if layer.kind != "block":
+        if layer.kind != "block" or layer.stage > plan.last_stage:
             continue
         with layer_scope(layer.name):
             x = block_forward(weights.stages[layer.stage][layer.index], x, layer.padding, plan.pad_mode, sizes)
         if sizes is not None:
             sizes = sizes.after(layer.kernel, layer.stride)
         if layer.index == len(weights.stages[layer.stage]) - 1 and layer.stage in plan.stages:
-            stage_maps.append(x if sizes is None else ragged.mask_invalid(x, sizes))
+            maps.append(_returned(x, sizes, plan))
     if plan.output == "stage_maps":
-        return stage_maps
+        return maps
     with layer_scope("conv_head"):
-        if plan.output == "features":
-            head = pointwise_gated(x, weights.head_weight, weights.head_bias, act="silu")
-            return head if sizes is None else ragged.mask_invalid(head, sizes)
+        if plan.output in ("features", "intermediates"):
+            features = _returned(pointwise_gated(x, weights.head_weight, weights.head_bias, act="silu"), sizes, plan)
+            return (features, maps) if plan.output == "intermediates" else features
         pooled = pointwise_gated(x, weights.head_weight, weights.head_bias, act="silu", pool_only=True,
                                  valid_hw=None if sizes is None else sizes.on(x.device))
+    with layer_scope("classifier"):
         return model.classifier(pooled)
 
 

@@ -238,3 +238,30 @@ def test_pointwise_choices_report_every_1x1_conv(monkeypatch):
     monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", "torch")
     forced = {r["layer"]: r["impl"] for r in fused.pointwise_choices(model, 256, 224, 224, torch.float16, "cuda")}
     assert forced.pop("conv_head") == "triton" and set(forced.values()) == {"torch"}
+
+
+def test_intermediates_stop_early_and_keep_the_input_memory_format():
+    """Both executors: the stem's output as stage -1, only the stages up to the last one asked
+    for are run, and returned maps follow the input's memory format (the fused path computes
+    channels_last)."""
+    from fastmbconv import reference
+    from fastmbconv.plan import STEM, make_plan
+
+    model = build(pad_mode="same")
+    for x in (torch.randn(2, 3, 35, 29, device=DEVICE),
+              torch.randn(2, 3, 35, 29, device=DEVICE).contiguous(memory_format=torch.channels_last)):
+        with torch.inference_mode():
+            plan = make_plan(model, x, [[35, 29], [17, 9]], "intermediates", stages=(STEM, 1, 4))
+            with count_launches() as launches:
+                features, maps = fused.run(model, x, plan)
+            ref_features, ref_maps = reference.run(model, x, plan)
+            early = make_plan(model, x, None, "stage_maps", stages=(0, 2))
+            with count_launches() as early_launches:
+                assert [m.shape[1] for m in fused.run(model, x, early)] == [16, 40]
+        assert launches["dwconv_bn_act"] == 16 and early_launches["dwconv_bn_act"] == 1 + 2 + 2
+        for got, ref in zip([features, *maps], [ref_features, *ref_maps]):
+            assert got.is_contiguous(memory_format=torch.channels_last) == plan.channels_last
+            assert got.is_contiguous() == ref.is_contiguous()
+            assert_close_to_ref(got, ref, what="intermediate map")
+        assert [m.shape[1] for m in maps] == [32, 24, 112]
+
