@@ -5,7 +5,10 @@ imported lazily, when a fused or extension-backed call first needs them.
 """
 from .backend import get_backend, set_backend, use_backend
 from .builders import (
+    ARCHITECTURES,
     MODEL_BUILDERS,
+    UnknownModelError,
+    create_model,
     efficientnet,
     efficientnet_b0,
     efficientnet_b1,
@@ -15,6 +18,9 @@ from .builders import (
     efficientnet_b5,
     efficientnet_b6,
     efficientnet_b7,
+    list_models,
+    resolve_model_name,
+    split_model_name,
 )
 from .config import (
     B0_STAGES,
@@ -27,8 +33,11 @@ from .config import (
     scale_stages,
 )
 from .convert import from_state_dict, from_timm, from_torchvision
+from .features import FeatureInfo
 from .flops import count_flops, count_params, format_table, model_table
 from .model import EfficientNet, StateDictMismatchError
+from .pretrained import PRETRAINED_CFGS, pretrained_cfg
+from .weights import CheckpointError, read_checkpoint
 
 __version__ = "0.1.0"
 

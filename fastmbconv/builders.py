@@ -1,15 +1,25 @@
 """Building EfficientNets: at any scale (:func:`efficientnet`), the official B0-B7
-(:func:`efficientnet_b0` ... :func:`efficientnet_b7`), and by name (:func:`resolve_model_name`,
-:data:`MODEL_BUILDERS`)."""
+(:func:`efficientnet_b0` ... :func:`efficientnet_b7`), and by timm's names
+(:func:`create_model`, :func:`list_models`, :func:`resolve_model_name`)."""
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import functools
+import os
+import re
+from typing import Optional, Sequence, Union
 
 import torch
 
 from .config import B0_HEAD_CHANNELS, B0_STEM_CHANNELS, VARIANTS, compound_scaling, round_channels, scale_stages
 from .geometry import PadMode
 from .model import EfficientNet
+from .pretrained import PRETRAINED_CFGS, for_features, has_weights
+from .pretrained import pretrained_cfg as lookup_cfg
+
+FEATURE_INDICES = (0, 1, 2, 3, 4)
+PathLike = Union[str, os.PathLike]
 
 
 def efficientnet(
@@ -18,16 +28,23 @@ def efficientnet(
     resolution: int = 224,
     dropout: float = 0.2,
     *,
-    phi: float | None = None,
+    phi: Optional[float] = None,
     num_classes: int = 1000,
+    in_chans: int = 3,
     pad_mode: PadMode = "symmetric",
-    **kwargs,
+    bn_eps: Optional[float] = None,
+    drop_rate: Optional[float] = None,
+    drop_path_rate: float = 0.0,
+    features_only: bool = False,
+    out_indices: Union[int, Sequence[int]] = FEATURE_INDICES,
+    global_pool: str = "avg",
 ) -> EfficientNet:
     """Build an EfficientNet at any scale.
 
     Give ``width_mult``/``depth_mult``/``resolution`` directly, or ``phi`` to take them from
     :func:`fastmbconv.compound_scaling` (the exact formula, not the hand-picked B1-B7).
-    Further keyword arguments go to :class:`EfficientNet`.
+    ``dropout`` is the classifier's dropout (``drop_rate`` overrides it); the other keywords
+    are :class:`EfficientNet`'s.
     """
     if phi is not None:
         scale = compound_scaling(phi)
@@ -39,28 +56,199 @@ def efficientnet(
         stem_channels=round_channels(B0_STEM_CHANNELS, width_mult),
         head_channels=round_channels(B0_HEAD_CHANNELS, width_mult),
         num_classes=num_classes,
-        drop_rate=kwargs.pop("drop_rate", dropout),
+        in_chans=in_chans,
+        drop_rate=dropout if drop_rate is None else drop_rate,
+        drop_path_rate=drop_path_rate,
         pad_mode=pad_mode,
+        bn_eps=bn_eps,
         default_resolution=resolution,
-        **kwargs,
+        features_only=features_only,
+        out_indices=out_indices,
+        global_pool=global_pool,
     )
 
 
-def _variant_builder(name: str):
-    cfg = VARIANTS[name]
+# ---------------------------------------------------------------------------- names
+#: timm's architecture names -> (variant, padding): ``efficientnet_bN`` (symmetric padding,
+#: BN eps 1e-5) and ``tf_efficientnet_bN`` (TF "SAME" padding, BN eps 1e-3).
+ARCHITECTURES: dict[str, tuple[str, PadMode]] = {
+    **{f"efficientnet_{v}": (v, "symmetric") for v in VARIANTS},
+    **{f"tf_efficientnet_{v}": (v, "same") for v in VARIANTS},
+}
 
-    def build(**kwargs) -> EfficientNet:
-        model = efficientnet(cfg.width_mult, cfg.depth_mult, cfg.resolution, cfg.dropout, **kwargs)
-        model.variant = f"efficientnet_{name}"
-        return model
 
-    build.__name__ = build.__qualname__ = f"efficientnet_{name}"
-    build.__doc__ = (
-        f"EfficientNet-{name.upper()}: width {cfg.width_mult}, depth {cfg.depth_mult}, "
-        f"resolution {cfg.resolution}, dropout {cfg.dropout}. Keyword arguments go to "
-        "EfficientNet (num_classes, pad_mode='same' for TF weights, drop_path_rate, "
-        "features_only, ...)."
-    )
+class UnknownModelError(ValueError):
+    """A model name or pretrained tag that fastmbconv does not know; the message lists close
+    matches."""
+
+
+def _all_names() -> list[str]:
+    return sorted(ARCHITECTURES) + [f"{a}.{t}" for a in sorted(PRETRAINED_CFGS) for t in PRETRAINED_CFGS[a]]
+
+
+def _unknown(name: str, candidates: Sequence[str], what: str = "model") -> UnknownModelError:
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return UnknownModelError(f"unknown {what} {name!r}{hint} (fastmbconv.list_models() lists the names, "
+                             "list_models(pretrained=True) the ones with weights)")
+
+
+def split_model_name(name: str) -> tuple[str, Optional[str]]:
+    """``(architecture, tag)`` of a timm-style name such as ``"tf_efficientnet_b3.ns_jft_in1k"``
+    (tag None when absent). The architecture may be given short (``"b3"``) for
+    ``efficientnet_b3``. Unknown names raise :class:`UnknownModelError` with close matches."""
+    base, _, tag = str(name).partition(".")
+    arch = base if base in ARCHITECTURES else f"efficientnet_{base}"
+    if arch not in ARCHITECTURES:
+        raise _unknown(str(name), _all_names())
+    if tag and tag not in PRETRAINED_CFGS[arch]:
+        raise _unknown(f"{arch}.{tag}", [f"{arch}.{t}" for t in PRETRAINED_CFGS[arch]], "pretrained tag")
+    return arch, tag or None
+
+
+def resolve_model_name(name: str) -> str:
+    """The architecture name for ``name``: ``"efficientnet_b0"`` for ``"b0"``, ``"efficientnet_b0"``
+    or ``"efficientnet_b0.ra_in1k"``; ``"tf_efficientnet_b3"`` for the TF-padded names."""
+    return split_model_name(name)[0]
+
+
+def _natural_key(name: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
+
+
+def list_models(filter: Union[str, Sequence[str]] = "", pretrained: bool = False,
+                exclude_filters: Union[str, Sequence[str]] = "", include_tags: Optional[bool] = None) -> list[str]:
+    """Model names, as ``timm.list_models``: ``filter``/``exclude_filters`` are shell-style
+    wildcards (``"tf_efficientnet_b*"``); ``pretrained`` keeps names with published weights;
+    ``include_tags`` (default: ``pretrained``) lists ``name.tag`` per pretrained configuration."""
+    include_tags = pretrained if include_tags is None else include_tags
+    names = []
+    for arch in ARCHITECTURES:
+        if include_tags:
+            names += [f"{arch}.{t}" for t, c in PRETRAINED_CFGS[arch].items() if has_weights(c) or not pretrained]
+        elif not pretrained or any(has_weights(c) for c in PRETRAINED_CFGS[arch].values()):
+            names.append(arch)
+
+    def matches(name: str, patterns) -> bool:
+        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        return any(fnmatch.fnmatchcase(name, p) or (include_tags and fnmatch.fnmatchcase(name.split(".")[0], p))
+                   for p in patterns if p)
+
+    if filter:
+        names = [n for n in names if matches(n, filter)]
+    if exclude_filters:
+        names = [n for n in names if not matches(n, exclude_filters)]
+    return sorted(names, key=_natural_key)
+
+
+# ---------------------------------------------------------------------------- by name
+def create_model(
+    model_name: str,
+    pretrained: bool = False,
+    pretrained_cfg: Union[str, dict, None] = None,
+    pretrained_cfg_overlay: Optional[dict] = None,
+    checkpoint_path: Optional[PathLike] = None,
+    cache_dir: Optional[PathLike] = None,
+    *,
+    num_classes: Optional[int] = None,
+    in_chans: int = 3,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    features_only: bool = False,
+    out_indices: Union[int, Sequence[int]] = FEATURE_INDICES,
+    global_pool: str = "avg",
+    bn_eps: Optional[float] = None,
+) -> EfficientNet:
+    """A model by timm's name, as ``timm.create_model`` builds it.
+
+    ``model_name``: ``efficientnet_b0`` ... ``efficientnet_b7`` (symmetric padding, BN eps
+    1e-5) or ``tf_efficientnet_b0`` ... ``tf_efficientnet_b7`` (TF "SAME" padding, eps 1e-3),
+    optionally with a pretrained tag (``"tf_efficientnet_b3.ns_jft_in1k"``; without one, timm's
+    default tag). ``pretrained_cfg`` may name the tag instead, or be a whole configuration
+    dict; ``pretrained_cfg_overlay`` overrides entries of it. The model carries the result as
+    ``pretrained_cfg`` (what :func:`fastmbconv.eval_transform` reads).
+
+    ``pretrained=True`` loads timm's published weights from the Hugging Face Hub (needs
+    ``pip install 'fastmbconv[pretrained]'``; the Hub's cache and ``HF_HUB_OFFLINE`` apply,
+    ``cache_dir`` overrides the cache); ``checkpoint_path`` loads a local safetensors or torch
+    file in timm's or torchvision's key format (after the pretrained weights, if both are
+    given). A ``num_classes`` other than the weights' leaves the classifier freshly initialised;
+    ``in_chans`` other than 3 adapts the stem conv, as timm does.
+
+    Defaults follow timm: ``num_classes`` from the configuration (1000, or 11821 for
+    ``efficientnet_b5.sw_in12k``), ``drop_rate`` and ``drop_path_rate`` 0 (the efficientnet_bN
+    builders use the paper's dropout instead).
+    """
+    from . import weights
+
+    arch, tag = split_model_name(model_name)
+    if isinstance(pretrained_cfg, str):
+        tag = split_model_name(f"{arch}.{pretrained_cfg}")[1]
+        pretrained_cfg = None
+    cfg = dict(pretrained_cfg) if isinstance(pretrained_cfg, dict) else lookup_cfg(arch, tag)
+    cfg.update(pretrained_cfg_overlay or {})
+    variant, pad_mode = ARCHITECTURES[arch]
+    if num_classes is None:
+        num_classes = int(cfg.get("num_classes", 1000))
+    spec = VARIANTS[variant]
+    model = efficientnet(spec.width_mult, spec.depth_mult, spec.resolution, num_classes=num_classes,
+                         in_chans=in_chans, pad_mode=pad_mode, bn_eps=bn_eps, drop_rate=drop_rate,
+                         drop_path_rate=drop_path_rate, features_only=features_only, out_indices=out_indices,
+                         global_pool=global_pool)
+    model.variant = arch
+    model.pretrained_cfg = for_features(cfg) if features_only else cfg
+    if pretrained:
+        weights.load_weights(model, weights.hub_state_dict(cfg, cache_dir), f"weights {cfg.get('hf_hub_id')!r}")
+    if checkpoint_path is not None:
+        weights.load_weights(model, weights.read_checkpoint(checkpoint_path), f"checkpoint {str(checkpoint_path)!r}")
+    return model
+
+
+def _variant_builder(variant: str):
+    spec = VARIANTS[variant]
+
+    def build(
+        *,
+        pretrained: bool = False,
+        checkpoint_path: Optional[PathLike] = None,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        pad_mode: PadMode = "symmetric",
+        bn_eps: Optional[float] = None,
+        drop_rate: float = spec.dropout,
+        drop_path_rate: float = 0.0,
+        features_only: bool = False,
+        out_indices: Union[int, Sequence[int]] = FEATURE_INDICES,
+        global_pool: str = "avg",
+    ) -> EfficientNet:
+        arch = ("tf_" if pad_mode == "same" else "") + f"efficientnet_{variant}"
+        if pad_mode not in ("symmetric", "same"):
+            raise ValueError(f"unknown pad_mode {pad_mode!r}; expected 'symmetric' or 'same'")
+        return create_model(arch, pretrained=pretrained, checkpoint_path=checkpoint_path, num_classes=num_classes,
+                            in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+                            features_only=features_only, out_indices=out_indices, global_pool=global_pool,
+                            bn_eps=bn_eps)
+
+    build.__name__ = build.__qualname__ = f"efficientnet_{variant}"
+    build.__doc__ = f"""EfficientNet-{variant.upper()}: width {spec.width_mult}, depth {spec.depth_mult}, \
+resolution {spec.resolution}, classifier dropout {spec.dropout} (the paper's; ``drop_rate`` overrides it).
+
+    Args:
+        pretrained: load timm's published weights (see :func:`fastmbconv.create_model`).
+        checkpoint_path: a local safetensors or torch file, timm's or torchvision's keys.
+        num_classes: classifier outputs; 0 returns the pooled features.
+        in_chans: input channels.
+        pad_mode: "symmetric" (timm ``efficientnet_{variant}``, torchvision) or "same" (TF
+            "SAME", timm ``tf_efficientnet_{variant}``, BN eps 1e-3).
+        bn_eps: BatchNorm eps (default: 1e-5 symmetric, 1e-3 same).
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth at the last block (rising linearly from 0).
+        features_only: a backbone returning the stride 2/4/8/16/32 maps.
+        out_indices: which of those maps (timm's forms: a sequence, negatives, an int n = last n).
+        global_pool: "avg", "max", or "" (no pooling, with num_classes=0).
+
+    The model's ``pretrained_cfg`` is timm's default configuration for that name.
+    """
     return build
 
 
@@ -73,17 +261,8 @@ efficientnet_b5 = _variant_builder("b5")
 efficientnet_b6 = _variant_builder("b6")
 efficientnet_b7 = _variant_builder("b7")
 
+#: The B0-B7 builders (the study's and the FLOPs table's models).
 MODEL_BUILDERS = {f"efficientnet_{n}": globals()[f"efficientnet_{n}"] for n in VARIANTS}
-
-
-def resolve_model_name(name: str) -> str:
-    """The builder name for ``name``: ``"efficientnet_b0"`` or the short ``"b0"``."""
-    key = str(name)
-    if key not in MODEL_BUILDERS:
-        key = f"efficientnet_{key}"
-    if key not in MODEL_BUILDERS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODEL_BUILDERS)}")
-    return key
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,4 +270,4 @@ def model_structure(name: str) -> EfficientNet:
     """The named model on the ``meta`` device: its structure only (no memory, no init cost),
     cached. For the layer walk and the roofline; never run it."""
     with torch.device("meta"):
-        return MODEL_BUILDERS[resolve_model_name(name)]()
+        return create_model(resolve_model_name(name))

@@ -6,6 +6,8 @@ convention and BN eps from the source modules, so custom scales convert too.
 """
 from __future__ import annotations
 
+import copy
+import math
 import re
 from collections import OrderedDict
 from dataclasses import replace
@@ -14,10 +16,12 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from .builders import ARCHITECTURES
 from .config import B0_STAGES, VARIANTS, StageConfig, round_channels, scale_stages
 from .geometry import PadMode
 from .layers import DepthwiseSeparable, MBConv
 from .model import EfficientNet, StateDictMismatchError
+from .pretrained import generic_cfg
 
 def _torchvision_block_table(block_cls) -> dict[str, str]:
     """torchvision's ``block.K`` submodule names -> timm's, for one block kind: torchvision
@@ -153,7 +157,7 @@ def from_state_dict(
     kwargs.setdefault("drop_rate", defaults.dropout if defaults else 0.2)
     model = EfficientNet(pad_mode=pad_mode, bn_eps=bn_eps, **arch, **kwargs)
     if variant:
-        model.variant = f"efficientnet_{variant}"
+        model.variant = ("tf_" if pad_mode == "same" else "") + f"efficientnet_{variant}"
     model.load_state_dict(state_dict, strict=True)
     return model
 
@@ -165,15 +169,36 @@ def _bn_eps(model: nn.Module) -> float:
     return eps.pop()
 
 
-def _matching_dtype_device(model: EfficientNet, source: nn.Module) -> EfficientNet:
+def _drop_path_rate(probs: list[float]) -> float:
+    """The stochastic-depth rate behind per-block probabilities ``rate * i / n`` (timm's and
+    torchvision's rule, and fastmbconv's)."""
+    n = len(probs)
+    last = max((i for i, p in enumerate(probs) if p > 0), default=None)
+    return 0.0 if last is None else round(probs[last] * n / last, 12)
+
+
+def _finish(out: EfficientNet, source: nn.Module, drop_probs: list[float]) -> EfficientNet:
+    """Carry the source's per-block drop-path probabilities (exactly), dtype, device and
+    train/eval mode over to the converted model."""
+    blocks = [b for stage in out.blocks for b in stage]
+    if len(blocks) != len(drop_probs):
+        raise ValueError(f"source has {len(drop_probs)} blocks, the converted model {len(blocks)}")
+    for block, p in zip(blocks, drop_probs):
+        block.drop_path.drop_prob = float(p)
     p = next(source.parameters())
-    return model.to(device=p.device, dtype=p.dtype).train(source.training)
+    return out.to(device=p.device, dtype=p.dtype).train(source.training)
+
+
+def _prob(module) -> float:
+    return float(getattr(module, "drop_prob", getattr(module, "p", 0.0)) or 0.0)
 
 
 def from_timm(model: nn.Module) -> EfficientNet:
     """Convert a timm ``efficientnet_b0..b7`` or ``tf_efficientnet_b0..b7`` instance.
 
-    The padding convention (timm's ``Conv2dSame`` means TF "SAME") and BN eps are carried over.
+    Carried over: the weights, the padding convention (timm's ``Conv2dSame`` means TF "SAME"),
+    BN eps, the classifier dropout, every block's drop-path probability, ``pretrained_cfg``,
+    dtype, device and train/eval mode.
     """
     for attr in ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "classifier"):
         if not hasattr(model, attr):
@@ -184,24 +209,55 @@ def from_timm(model: nn.Module) -> EfficientNet:
             f"from_timm supports SiLU EfficientNets (B0-B7); this one uses {type(act).__name__}"
         )
     pad_mode: PadMode = "same" if "Same" in type(model.conv_stem).__name__ else "symmetric"
+    probs = [_prob(getattr(b, "drop_path", None)) for stage in model.blocks for b in stage]
     out = from_state_dict(
         model.state_dict(), pad_mode=pad_mode, bn_eps=_bn_eps(model),
-        drop_rate=float(getattr(model, "drop_rate", 0.0)),
+        drop_rate=float(getattr(model, "drop_rate", 0.0)), drop_path_rate=_drop_path_rate(probs),
     )
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if "input_size" in cfg:
-        out.default_resolution = int(cfg["input_size"][-1])
-    return _matching_dtype_device(out, model)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if cfg:
+        out.pretrained_cfg = copy.deepcopy(dict(cfg))
+        if "input_size" in cfg:
+            out.default_resolution = int(cfg["input_size"][-1])
+    if cfg and cfg.get("architecture") in ARCHITECTURES:
+        out.variant = cfg["architecture"]
+    return _finish(out, model, probs)
 
 
-def from_torchvision(model: nn.Module) -> EfficientNet:
+def torchvision_cfg(weights) -> dict:
+    """A timm-style ``pretrained_cfg`` from torchvision weights (e.g.
+    ``EfficientNet_B3_Weights.IMAGENET1K_V1``): resize the short side to ``resize_size``, centre
+    crop ``crop_size``, their interpolation, mean and std."""
+    t = weights.transforms()
+    crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
+    crop_pct = crop / resize
+    while math.floor(crop / crop_pct) < resize:  # timm resizes to floor(crop / crop_pct)
+        crop_pct = math.nextafter(crop_pct, 0.0)
+    cfg = generic_cfg(crop, len(weights.meta.get("categories", ())) or 1000)
+    interpolation = getattr(t.interpolation, "value", t.interpolation)
+    cfg.update(crop_pct=crop_pct, interpolation=str(interpolation), mean=tuple(t.mean), std=tuple(t.std))
+    return cfg
+
+
+def from_torchvision(model: nn.Module, weights=None) -> EfficientNet:
     """Convert a torchvision ``efficientnet_b0..b7`` instance (symmetric padding; BN eps is read
-    from the model: torchvision's B5-B7 use 1e-3)."""
+    from the model: torchvision's B5-B7 use 1e-3).
+
+    Carried over: the weights, BN eps, the classifier dropout, every block's stochastic-depth
+    probability (torchvision's default rate is 0.2), dtype, device and train/eval mode. The
+    model does not know which weights it holds: pass them as ``weights`` (a torchvision
+    ``EfficientNet_BN_Weights``) to set ``pretrained_cfg`` from their eval transforms.
+    """
     if not (hasattr(model, "features") and hasattr(model, "classifier")):
         raise TypeError(f"from_torchvision expects a torchvision EfficientNet, got {type(model).__name__}")
     dropout = next((m.p for m in model.classifier.modules() if isinstance(m, nn.Dropout)), 0.0)
+    probs = [_prob(getattr(b, "stochastic_depth", None))
+             for stage in list(model.features)[1:-1] for b in stage]
     out = from_state_dict(
         model.state_dict(), pad_mode="symmetric", bn_eps=_bn_eps(model),
-        key_format="torchvision", drop_rate=float(dropout),
+        key_format="torchvision", drop_rate=float(dropout), drop_path_rate=_drop_path_rate(probs),
     )
-    return _matching_dtype_device(out, model)
+    if weights is not None:
+        out.pretrained_cfg = torchvision_cfg(weights)
+        out.default_resolution = out.pretrained_cfg["input_size"][-1]
+    return _finish(out, model, probs)

@@ -7,6 +7,7 @@ arguments, the roofline and ragged batches.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Literal, Sequence
 
 import torch
@@ -54,58 +55,77 @@ def conv_padding(height: int, width: int, kernel: int, stride: int, pad_mode: Pa
 
 
 class RaggedSizes:
-    """Per-image valid (height, width) of a ragged batch, held on the host.
+    """Per-image valid (height, width) of a ragged batch, held on the host as Python ints.
 
     An image occupies the top-left (h, w) corner of its slot. The sizes decide padding offsets
-    and launch arguments, so they stay an int64 CPU tensor for the whole forward; the device
-    tensors built from them (sizes, per-image padding, pixel counts, masks) are non-blocking
-    uploads, each made once per distinct layer geometry and cached here. Reading sizes from a
-    CUDA tensor would cost a host sync per layer; :meth:`from_user` costs one at most, and none
-    for a list or CPU tensor.
+    and launch arguments, so they stay host values for the whole forward and their arithmetic
+    is plain Python (under ``torch.export`` a torch op on them would be traced as data and
+    could not choose offsets); the device tensors built from them (sizes, per-image padding,
+    pixel counts, masks) are non-blocking uploads, each made once per distinct layer geometry
+    and cached here. Reading sizes from a CUDA tensor would cost a host sync per layer;
+    :meth:`from_user` costs one at most, and none for a list or CPU tensor.
     """
 
-    def __init__(self, sizes: torch.Tensor):
-        self.sizes = sizes  # int64 (N, 2) on the CPU
+    def __init__(self, sizes):
+        rows = sizes.tolist() if isinstance(sizes, torch.Tensor) else sizes
+        self.host: tuple[tuple[int, int], ...] = tuple((int(h), int(w)) for h, w in rows)
         self._cache: dict = {}
+
+    @property
+    def sizes(self) -> torch.Tensor:
+        """The sizes as an int64 (N, 2) CPU tensor."""
+        return torch.tensor(self.host, dtype=torch.int64).reshape(-1, 2)
 
     @classmethod
     def from_user(cls, valid_sizes, batch_shape: Sequence[int]) -> "RaggedSizes":
         """Validate user-given ``valid_sizes`` (a list, CPU or CUDA tensor of (N, 2) integers)
-        against a batch of shape (N, C, H, W)."""
-        if not isinstance(valid_sizes, torch.Tensor):
+        against a batch of shape (N, C, H, W). Under ``torch.export`` give a list: the sizes are
+        then constants of the exported program (they choose per-image padding on the host)."""
+        if isinstance(valid_sizes, (list, tuple)):
+            rows = [list(r) if isinstance(r, (list, tuple)) else [r] for r in valid_sizes]
+            if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for r in rows for v in r):
+                raise TypeError(f"valid_sizes must hold integers, got {valid_sizes!r}"[:200])
+            widths = {len(r) for r in rows}
+            shape = (len(rows), widths.pop()) if len(widths) == 1 else (len(rows),)
+        else:
             valid_sizes = torch.as_tensor(valid_sizes)
-        if valid_sizes.is_floating_point() or valid_sizes.is_complex() or valid_sizes.dtype == torch.bool:
-            raise TypeError(f"valid_sizes must be an integer tensor, got {valid_sizes.dtype}")
-        if valid_sizes.ndim != 2 or valid_sizes.shape[1] != 2:
-            raise ValueError(f"valid_sizes must have shape (N, 2) of (height, width), got {tuple(valid_sizes.shape)}")
+            if valid_sizes.is_floating_point() or valid_sizes.is_complex() or valid_sizes.dtype == torch.bool:
+                raise TypeError(f"valid_sizes must be an integer tensor, got {valid_sizes.dtype}")
+            if torch.compiler.is_exporting():
+                raise ValueError(
+                    "under torch.export, pass valid_sizes as a Python list of (height, width): the sizes "
+                    "choose each image's padding on the host, so they are constants of the exported program")
+            shape = tuple(valid_sizes.shape)
+            rows = valid_sizes.tolist()
+        if len(shape) != 2 or shape[1] != 2:
+            raise ValueError(f"valid_sizes must have shape (N, 2) of (height, width), got {shape}")
         n, height, width = batch_shape[0], batch_shape[-2], batch_shape[-1]
-        if valid_sizes.shape[0] != n:
-            raise ValueError(f"valid_sizes has {valid_sizes.shape[0]} rows but the batch has {n} images")
-        sizes = valid_sizes.to(device="cpu", dtype=torch.int64)
-        if sizes.numel() and (sizes < 1).any():
-            raise ValueError(f"valid_sizes must be positive; got {sizes[(sizes < 1).any(1)].tolist()}")
-        too_big = (sizes[:, 0] > height) | (sizes[:, 1] > width)
-        if too_big.any():
-            raise ValueError(
-                f"valid_sizes {sizes[too_big].tolist()} exceed the batch's spatial size ({height}, {width})")
-        return cls(sizes)
+        if shape[0] != n:
+            raise ValueError(f"valid_sizes has {shape[0]} rows but the batch has {n} images")
+        bad = [r for r in rows if min(r) < 1]
+        if bad:
+            raise ValueError(f"valid_sizes must be positive; got {bad}")
+        too_big = [r for r in rows if r[0] > height or r[1] > width]
+        if too_big:
+            raise ValueError(f"valid_sizes {too_big} exceed the batch's spatial size ({height}, {width})")
+        return cls(rows)
 
     def __len__(self) -> int:
-        return self.sizes.shape[0]
+        return len(self.host)
 
     def after(self, kernel: int, stride: int) -> "RaggedSizes":
         """The sizes after a ``kernel``x``kernel`` stride-``stride`` conv (either padding):
         ceil(h / s). Stride 1 keeps this object, and with it its cached device tensors."""
         if stride == 1:
             return self
-        return RaggedSizes(torch.div(self.sizes + stride - 1, stride, rounding_mode="floor"))
+        return RaggedSizes([(ceil_div(h, stride), ceil_div(w, stride)) for h, w in self.host])
 
     def padding(self, kernel: int, stride: int, pad_mode: PadMode) -> list[tuple[int, int]]:
         """(top, left) padding of every image at its own size."""
         key = ("padding", kernel, stride, pad_mode)
         if key not in self._cache:
             rows = []
-            for h, w in self.sizes.tolist():
+            for h, w in self.host:
                 top, _, left, _ = conv_padding(h, w, kernel, stride, pad_mode)
                 rows.append((top, left))
             self._cache[key] = rows
@@ -118,11 +138,11 @@ class RaggedSizes:
         key = (what, str(device)) + ((kernel, stride, pad_mode) if what == "padding" else ())
         if key not in self._cache:
             if what == "sizes":
-                host = self.sizes.to(torch.int32)
+                host = torch.tensor(self.host, dtype=torch.int32).reshape(-1, 2)
             elif what == "padding":
                 host = torch.tensor(self.padding(kernel, stride, pad_mode), dtype=torch.int32).reshape(-1, 2)
             elif what == "counts":
-                host = self.sizes.prod(1).to(torch.float32)
+                host = torch.tensor([h * w for h, w in self.host], dtype=torch.float32)
             else:
                 raise ValueError(f"unknown device view {what!r}")
             # non_blocking: uploading host sizes must not wait for the kernels already queued

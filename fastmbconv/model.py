@@ -3,32 +3,30 @@ one executor, :mod:`fastmbconv.reference` (the modules) or :mod:`fastmbconv.fuse
 Builders by name and scale live in :mod:`fastmbconv.builders`."""
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from . import reference
 from .backend import select_path
 from .config import B0_HEAD_CHANNELS, B0_STAGES, B0_STEM_CHANNELS, BN_EPS, StageConfig
+from .features import FeatureInfo, Indices, stage_feature_dicts, take_indices
 from .geometry import PadMode, RaggedSizes, check_pad_mode
 from .layers import DepthwiseSeparable, MBConv, PaddedConv2d, init_weights
 from .plan import Output, make_plan
+from .pretrained import for_features, generic_cfg
+
+#: ``global_pool`` choices: average or max over the head map; ``""`` returns the head map
+#: itself (with ``num_classes=0``), as in timm.
+GLOBAL_POOLS = ("avg", "max", "")
 
 
 class StateDictMismatchError(ValueError):
     """A state dict does not fit the model; the message lists every offending key."""
-
-
-def feature_stage_indices(stages: Sequence[StageConfig]) -> list[int]:
-    """Indices of the stages whose outputs are the stride 2, 4, 8, 16, 32 feature maps:
-    the last stage at each reduction (timm's ``feature_info`` for EfficientNet)."""
-    indices = []
-    for i in range(len(stages)):
-        is_last_at_reduction = i + 1 == len(stages) or stages[i + 1].stride > 1
-        if is_last_at_reduction:
-            indices.append(i)
-    return indices
 
 
 class EfficientNet(nn.Module):
@@ -46,7 +44,13 @@ class EfficientNet(nn.Module):
         bn_eps: BatchNorm eps; defaults to 1e-5 for symmetric and 1e-3 for same.
         default_resolution: the resolution the variant was designed for.
         features_only: build a backbone whose forward returns the stride 2/4/8/16/32 maps.
-        out_indices: which of those five maps to return.
+        out_indices: which of those five maps to return, as timm takes it: a sequence
+            (negative counts from the end) or an int n (the last n).
+        global_pool: ``"avg"`` (default), ``"max"``, or ``""`` (no pooling; needs num_classes=0).
+
+    ``feature_info`` is a :class:`fastmbconv.features.FeatureInfo` with timm's stage numbers;
+    ``pretrained_cfg`` is timm's configuration for the model's name and tag (the builders and
+    :func:`fastmbconv.create_model` set it), which :func:`fastmbconv.eval_transform` reads.
     """
 
     def __init__(
@@ -62,7 +66,8 @@ class EfficientNet(nn.Module):
         bn_eps: float | None = None,
         default_resolution: int = 224,
         features_only: bool = False,
-        out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+        out_indices: Union[int, Sequence[int]] = (0, 1, 2, 3, 4),
+        global_pool: str = "avg",
     ):
         super().__init__()
         check_pad_mode(pad_mode)
@@ -107,36 +112,39 @@ class EfficientNet(nn.Module):
             blocks.append(nn.Sequential(*stage_blocks))
         self.blocks = nn.Sequential(*blocks)
 
-        feature_stages = feature_stage_indices(self.stages)
-        self.feature_info = [
-            {"stage": i, "reduction": 2 ** (k + 1), "module": f"blocks.{i}",
-             "num_chs": self.stages[i].out_channels}
-            for k, i in enumerate(feature_stages)
-        ]
+        all_features = stage_feature_dicts(self.stages)
+        self.grad_checkpointing = False
         if features_only:
-            out_indices = tuple(out_indices)
-            bad = [i for i in out_indices if not 0 <= i < len(feature_stages)]
-            if bad or not out_indices:
-                raise ValueError(
-                    f"out_indices {out_indices} invalid; choose from 0..{len(feature_stages) - 1} "
-                    "(strides 2, 4, 8, 16, 32)"
-                )
-            self.out_indices = out_indices
-            self.feature_info = [self.feature_info[i] for i in out_indices]
+            try:
+                self.feature_info = FeatureInfo(all_features, out_indices)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"out_indices {out_indices!r} invalid for the {len(all_features)} feature maps "
+                                 f"(strides 2, 4, 8, 16, 32): {exc}") from None
+            self.out_indices = self.feature_info.out_indices
             self.num_features = self.head_channels = 0
+            self.global_pool = ""
         else:
+            self.feature_info = FeatureInfo(all_features, range(len(all_features)))
             self.out_indices = ()
             self.num_features = self.head_channels = head_channels
             self.conv_head = nn.Conv2d(in_ch, head_channels, 1, bias=False)
             self.bn2 = nn.BatchNorm2d(head_channels, eps=bn_eps)
+            self.global_pool = _checked_pool(global_pool, num_classes)
             self.classifier = (
                 nn.Linear(head_channels, num_classes) if num_classes > 0 else nn.Identity()
             )
+        cfg = generic_cfg(default_resolution)
+        self.pretrained_cfg = for_features(cfg) if features_only else cfg
         init_weights(self)
 
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name of ``pretrained_cfg``."""
+        return self.pretrained_cfg
+
     # ------------------------------------------------------------------ forward
-    def _execute(self, x: torch.Tensor, valid_sizes, output: Output):
-        plan = make_plan(self, x, valid_sizes, output)
+    def _execute(self, x: torch.Tensor, valid_sizes, output: Output, stages=None):
+        plan = make_plan(self, x, valid_sizes, output, stages)
         if select_path(self, x) == "fused":
             from . import fused as executor  # imports triton: only when a fused call needs it
         else:
@@ -152,11 +160,64 @@ class EfficientNet(nn.Module):
         """
         return self._execute(x, valid_sizes, "features")
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Indices = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        extra_blocks: bool = False,
+        valid_sizes=None,
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        """timm's ``forward_intermediates``: the feature maps at ``indices`` and the final map.
+
+        ``indices`` select among the ``feature_info`` maps (or, with ``extra_blocks``, among the
+        stem and every stage's output): None takes all, an int n the last n, a sequence each
+        entry (negative from the end). Maps come in network order. Returns the list if
+        ``intermediates_only``, else ``(final, list)`` where ``final`` is the head map after
+        conv_head + bn2 + SiLU, or, with ``stop_early`` and a last index before the final stage,
+        that stage's map (the forward stops there). ``norm`` is accepted and ignored (EfficientNet
+        has no norm on its intermediates, as in timm); ``output_fmt`` must be "NCHW".
+        ``valid_sizes``: as in :meth:`forward`.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        if extra_blocks:
+            count = len(self.blocks) + 1  # the stem, then every stage
+            taken = take_indices(count, indices)
+            stages = sorted({i - 1 for i in taken})
+            last = count - 2
+        else:
+            info = self.feature_info
+            taken = take_indices(len(info), indices)
+            stages = sorted({info[i]["stage"] - 1 for i in taken})
+            last = info[-1]["stage"] - 1
+        head = not intermediates_only and (not stop_early or stages[-1] == last)
+        if head and self.features_only:
+            raise RuntimeError("a features_only model has no head; use intermediates_only=True")
+        if not head:
+            maps = self._execute(x, valid_sizes, "stage_maps", stages)
+            return maps if intermediates_only else (maps[-1], maps)
+        final, maps = self._execute(x, valid_sizes, "intermediates", stages)
+        return final, maps
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, valid_hw=None) -> torch.Tensor:
         """Pool (over each image's valid region when ``valid_hw`` gives the head map's valid
         sizes), dropout, classifier; ``pre_logits`` stops before the classifier."""
         sizes = None if valid_hw is None else RaggedSizes.from_user(valid_hw, x.shape)
-        return reference.head(self, x, sizes, pre_logits)
+        return self._head(x, sizes, pre_logits)
+
+    def _head(self, x: torch.Tensor, sizes: Optional[RaggedSizes], pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            return reference.head(self, x, sizes, pre_logits)
+        if self.global_pool == "":
+            return F.dropout(x, p=self.drop_rate, training=self.training) if self.drop_rate > 0.0 else x
+        if sizes is not None:
+            x = x.masked_fill(~sizes.mask(x.shape[-2], x.shape[-1], x.device), float("-inf"))
+        # a 1x1 map: the head's mean over it is the max itself, then dropout and the classifier
+        return reference.head(self, x.amax((2, 3), keepdim=True), None, pre_logits)
 
     def forward(self, x: torch.Tensor, valid_sizes=None) -> torch.Tensor | list[torch.Tensor]:
         """Logits (or pooled features if ``num_classes == 0``; feature maps if ``features_only``).
@@ -164,24 +225,63 @@ class EfficientNet(nn.Module):
         ``valid_sizes``: optional (N, 2) per-image valid (height, width) for a ragged batch, as
         returned by :func:`fastmbconv.prepare_images`; see :mod:`fastmbconv.ragged`.
         """
-        return self._execute(x, valid_sizes, "logits")
+        if self.features_only or self.global_pool == "avg":
+            return self._execute(x, valid_sizes, "logits")
+        features = self._execute(x, valid_sizes, "features")
+        sizes = None if valid_sizes is None else self._head_sizes(RaggedSizes.from_user(valid_sizes, x.shape))
+        return self._head(features, sizes)
 
+    def _head_sizes(self, sizes: RaggedSizes) -> RaggedSizes:
+        sizes = sizes.after(3, self.conv_stem.stride[0])
+        for stage in self.blocks:
+            for block in stage:
+                sizes = sizes.after(block.kernel, block.stride)
+        return sizes
+
+    # ------------------------------------------------------------------ timm's training hooks
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier for transfer learning; 0 returns pooled features."""
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier for transfer learning; 0 returns pooled features.
+        ``global_pool``: "avg", "max" or "" (no pooling, with num_classes=0); None keeps the
+        current one."""
         if self.features_only:
             raise RuntimeError("a features_only model has no classifier")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.global_pool = _checked_pool(self.global_pool if global_pool is None else global_pool, num_classes)
         self.num_classes = num_classes
         device, dtype = self.conv_head.weight.device, self.conv_head.weight.dtype
         if num_classes > 0:
             self.classifier = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
             init_weights(self.classifier)
+            self.classifier.train(self.training)
         else:
             self.classifier = nn.Identity()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups (for layer-wise learning-rate decay): the stem, then one group
+        per block (per stage if ``coarse``), then the head."""
+        return dict(
+            stem=r"^conv_stem|bn1",
+            blocks=[(r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.(\d+)", None), (r"conv_head|bn2", (99999,))],
+        )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them
+        (``torch.utils.checkpoint``, non-reentrant) while autograd records: gradients are
+        unchanged and activation memory drops to about one block's. As in timm, BatchNorm's
+        running statistics see each training batch twice (forward and recomputation)."""
+        self.grad_checkpointing = bool(enable)
+        for stage in self.blocks:
+            for block in stage:
+                if enable:
+                    # An instance attribute shadows the class's forward: the state dict, module
+                    # names and every block's type stay as they are.
+                    block.forward = functools.partial(_checkpointed_block_forward, block)
+                else:
+                    block.__dict__.pop("forward", None)
 
     # ------------------------------------------------------------------ weights
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -207,3 +307,18 @@ class EfficientNet(nn.Module):
                     lines.extend(f"    {item}" for item in items)
             raise StateDictMismatchError("\n".join(lines))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _checked_pool(global_pool: str, num_classes: int) -> str:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+    if global_pool == "" and num_classes > 0:
+        raise ValueError("global_pool='' (no pooling) returns the head map: it needs num_classes=0")
+    return global_pool
+
+
+def _checkpointed_block_forward(block: nn.Module, x: torch.Tensor, sizes=None) -> torch.Tensor:
+    forward = type(block).forward
+    if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in block.parameters())):
+        return forward(block, x, sizes)
+    return checkpoint(forward, block, x, sizes, use_reentrant=False)

@@ -76,8 +76,8 @@ def check_input(model, x) -> None:
 
 def make_plan(model, x: torch.Tensor, valid_sizes, output: Output, stages=None) -> ForwardPlan:
     """Check ``x`` (and ``valid_sizes``, for a ragged batch) and plan the call. ``stages``: the
-    stage outputs to return for ``stage_maps``/``intermediates`` (default: the feature_info
-    stages)."""
+    stage outputs to return for ``stage_maps``/``intermediates``, as executor stage indices
+    (``STEM`` or a ``blocks`` index; default: the maps ``model.feature_info`` selects)."""
     check_input(model, x)
     sizes = None
     if valid_sizes is not None:
@@ -88,7 +88,9 @@ def make_plan(model, x: torch.Tensor, valid_sizes, output: Output, stages=None) 
     if model.features_only and output != "intermediates":
         output = "stage_maps"
     if output in ("stage_maps", "intermediates"):
-        stages = tuple(info["stage"] for info in model.feature_info) if stages is None else tuple(stages)
+        stages = model.feature_info.plan_stages() if stages is None else tuple(sorted(set(stages)))
+        if not stages or not all(STEM <= i < len(model.blocks) for i in stages):
+            raise ValueError(f"stages {stages} must be {STEM} (the stem) or block stages 0..{len(model.blocks) - 1}")
     else:
         stages = ()
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

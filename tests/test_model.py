@@ -84,7 +84,8 @@ def test_features_only_strides_and_channels():
     det = fm.efficientnet_b3(features_only=True, out_indices=(2, 3, 4)).eval()
     with torch.no_grad():
         maps = det(torch.randn(1, 3, 64, 64))
-    assert [t.shape[1] for t in maps] == [48, 136, 384] and [f["reduction"] for f in det.feature_info] == [8, 16, 32]
+    assert [t.shape[1] for t in maps] == [48, 136, 384] and det.feature_info.reduction() == [8, 16, 32]
+    assert det.feature_info.channels() == [48, 136, 384] and len(det.feature_info) == 5  # timm: info on all five
     assert not hasattr(det, "conv_head")
     with pytest.raises(ValueError, match="out_indices"):
         fm.efficientnet_b0(features_only=True, out_indices=(5,))

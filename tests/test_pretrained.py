@@ -1,0 +1,242 @@
+"""Models by timm's names, timm's pretrained configurations, and loading weights from local
+files and from a local Hugging Face Hub cache through the real code path (no network)."""
+import pytest
+import torch
+
+import fastmbconv as fm
+from fastmbconv import weights
+from fastmbconv.pretrained import PRETRAINED_CFGS
+
+from .helpers import import_or_skip, randomize_bn
+
+X = torch.randn(2, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+# timm's values for a few names, spelled out (the whole table is compared with timm itself in
+# test_configs_equal_timms when timm imports).
+TIMM_VALUES = {
+    "tf_efficientnet_b3": dict(tag="ns_jft_in1k", input_size=(3, 300, 300), crop_pct=0.904,
+                               mean=(0.485, 0.456, 0.406), hf_hub_id="timm/tf_efficientnet_b3.ns_jft_in1k"),
+    "tf_efficientnet_b3.ap_in1k": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.904),
+    "efficientnet_b3": dict(tag="ra2_in1k", input_size=(3, 288, 288), test_input_size=(3, 320, 320),
+                            test_crop_pct=1.0, crop_pct=0.875, pool_size=(9, 9)),
+    "efficientnet_b0.ra4_e3600_r224_in1k": dict(crop_pct=0.9, test_input_size=(3, 256, 256), mean=(0.5, 0.5, 0.5)),
+    "efficientnet_b5.sw_in12k": dict(num_classes=11821, input_size=(3, 416, 416), crop_pct=0.95),
+    "efficientnet_b7": dict(tag="untrained", url="", input_size=(3, 600, 600)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_VALUES))
+def test_pretrained_cfg_values(name):
+    with torch.device("meta"):
+        model = fm.create_model(name)
+    cfg = model.pretrained_cfg
+    for key, value in TIMM_VALUES[name].items():
+        assert cfg[key] == value, key
+    assert cfg["interpolation"] == "bicubic" and cfg["first_conv"] == "conv_stem"
+    assert model.num_classes == cfg["num_classes"]
+    assert ("hf_hub_id" in cfg) == (cfg["tag"] != "untrained")
+
+
+def test_names_padding_and_eps():
+    with torch.device("meta"):
+        tf, pt = fm.create_model("tf_efficientnet_b2"), fm.create_model("efficientnet_b2.ra_in1k")
+    assert (tf.pad_mode, tf.bn_eps, pt.pad_mode, pt.bn_eps) == ("same", 1e-3, "symmetric", 1e-5)
+    assert tf.variant == "tf_efficientnet_b2" and fm.count_params(tf) == fm.count_params(pt) == 9_109_994
+    assert tf.drop_rate == 0.0  # timm's default (the builders keep the paper's 0.3)
+    assert fm.efficientnet_b2(pad_mode="same").pretrained_cfg == tf.pretrained_cfg
+
+
+def test_list_models_like_timm():
+    assert fm.list_models("tf_efficientnet_b*") == [f"tf_efficientnet_b{i}" for i in range(8)]
+    assert len(fm.list_models()) == 16
+    assert fm.list_models("efficientnet_b0*", pretrained=True) == [
+        "efficientnet_b0.ra4_e3600_r224_in1k", "efficientnet_b0.ra_in1k"]
+    assert "efficientnet_b6" not in fm.list_models(pretrained=True)  # timm publishes none
+    assert "efficientnet_b6.untrained" in fm.list_models("efficientnet_b6", include_tags=True)
+    assert fm.list_models("*b7", exclude_filters="tf_*") == ["efficientnet_b7"]
+
+
+def test_unknown_names_list_close_matches():
+    with pytest.raises(fm.UnknownModelError, match="did you mean efficientnet_b7"):
+        fm.create_model("efficientnet_b8")
+    with pytest.raises(ValueError, match="tf_efficientnet_b3.ns_jft_in1k"):
+        fm.create_model("tf_efficientnet_b3.ns_jft")
+    with pytest.raises(fm.UnknownModelError, match="unknown pretrained tag"):
+        fm.create_model("efficientnet_b0", pretrained_cfg="nope")
+
+
+def test_builders_have_explicit_signatures():
+    import inspect
+
+    params = inspect.signature(fm.efficientnet_b3).parameters
+    assert {"pretrained", "checkpoint_path", "num_classes", "pad_mode", "drop_rate", "drop_path_rate",
+            "features_only", "out_indices", "global_pool"} <= set(params)
+    assert params["drop_rate"].default == 0.3 and "Args:" in fm.efficientnet_b3.__doc__
+    assert not any(p.kind is p.VAR_KEYWORD for p in params.values())
+    assert not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fm.create_model).parameters.values())
+
+
+def test_eval_transform_reads_the_models_cfg():
+    with torch.device("meta"):
+        model = fm.create_model("tf_efficientnet_b3.ap_in1k")
+    t = fm.eval_transform(model)
+    assert t == fm.eval_transform(PRETRAINED_CFGS["tf_efficientnet_b3"]["ap_in1k"])
+    assert (t.size, t.crop_pct, t.interpolation, t.mean) == ((300, 300), 0.904, "bicubic", (0.5, 0.5, 0.5))
+
+
+# ---------------------------------------------------------------- weights from local files
+@pytest.fixture(scope="module")
+def source():
+    """A B0 with non-trivial weights and BN statistics, in timm's key names."""
+    torch.manual_seed(0)
+    return randomize_bn(fm.efficientnet_b0(pad_mode="same")).eval()
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model.eval()(X)
+
+
+def test_checkpoint_path_torch_file_wrapped_and_prefixed(source, tmp_path):
+    path = tmp_path / "ckpt.pth"
+    sd = {f"module.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"epoch": 3, "state_dict": sd}, path)
+    model = fm.create_model("tf_efficientnet_b0", checkpoint_path=path)
+    torch.testing.assert_close(_logits(model), _logits(source), rtol=0, atol=0)
+
+
+def test_checkpoint_path_torchvision_keys(source, tmp_path):
+    from .test_convert import _torchvision_style_state_dict
+
+    src = randomize_bn(fm.efficientnet_b0(), seed=1).eval()
+    path = tmp_path / "tv.pth"
+    torch.save(_torchvision_style_state_dict(src), path)
+    model = fm.create_model("efficientnet_b0", checkpoint_path=str(path))
+    torch.testing.assert_close(_logits(model), _logits(src), rtol=0, atol=0)
+
+
+def test_checkpoint_path_safetensors(source, tmp_path):
+    st = import_or_skip("safetensors.torch")
+    path = tmp_path / "model.safetensors"
+    st.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = fm.efficientnet_b0(pad_mode="same", checkpoint_path=path)
+    torch.testing.assert_close(_logits(model), _logits(source), rtol=0, atol=0)
+
+
+def test_other_num_classes_in_chans_and_features_only(source, tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save(source.state_dict(), path)
+    ten = fm.create_model("tf_efficientnet_b0", checkpoint_path=path, num_classes=10)
+    assert ten.classifier.out_features == 10
+    torch.testing.assert_close(ten.conv_head.weight, source.conv_head.weight)
+    gray = fm.create_model("tf_efficientnet_b0", checkpoint_path=path, in_chans=1)
+    torch.testing.assert_close(gray.conv_stem.weight, source.conv_stem.weight.sum(1, keepdim=True))
+    five = fm.create_model("tf_efficientnet_b0", checkpoint_path=path, in_chans=5)
+    torch.testing.assert_close(five.conv_stem.weight[:, 3:], source.conv_stem.weight[:, :2] * 0.6)
+    backbone = fm.create_model("tf_efficientnet_b0", checkpoint_path=path, features_only=True, out_indices=(-1,))
+    with torch.no_grad():
+        (last,) = backbone.eval()(X)
+        torch.testing.assert_close(last, source.forward_intermediates(X, [-1], intermediates_only=True)[0])
+
+
+def test_corrupt_and_mismatched_files_give_clear_errors(source, tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(fm.CheckpointError, match="could not read checkpoint .*bad.pth"):
+        fm.create_model("efficientnet_b0", checkpoint_path=bad)
+    with pytest.raises(fm.CheckpointError, match="does not exist"):
+        fm.create_model("efficientnet_b0", checkpoint_path=tmp_path / "missing.pth")
+    b1 = tmp_path / "b1.pth"
+    torch.save(fm.efficientnet_b1().state_dict(), b1)
+    with pytest.raises(fm.StateDictMismatchError, match="unexpected keys"):
+        fm.create_model("efficientnet_b0", checkpoint_path=b1)
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"state_dict": {"a": object()}}, pickled)  # weights_only refuses arbitrary objects
+    with pytest.raises(fm.CheckpointError, match="could not read"):
+        fm.create_model("efficientnet_b0", checkpoint_path=pickled)
+
+
+# ---------------------------------------------------------------- the Hub, through its cache
+def _hub_cache(root, repo: str, files: dict) -> None:
+    """Lay files out as huggingface_hub's cache does: refs/main names a snapshot folder."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snap = folder / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, write in files.items():
+        write(snap / name)
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    constants = import_or_skip("huggingface_hub.constants")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.mark.parametrize("file", ["model.safetensors", "pytorch_model.bin"])
+def test_pretrained_from_local_hub_cache(offline_hub, source, tmp_path, file):
+    if file.endswith(".safetensors"):
+        st = import_or_skip("safetensors.torch")
+        write = lambda p: st.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(p))  # noqa: E731
+    else:
+        write = lambda p: torch.save(source.state_dict(), p)  # noqa: E731
+    _hub_cache(tmp_path, "timm/tf_efficientnet_b0.ap_in1k", {file: write})
+    model = fm.create_model("tf_efficientnet_b0.ap_in1k", pretrained=True, cache_dir=tmp_path)
+    torch.testing.assert_close(_logits(model), _logits(source), rtol=0, atol=0)
+    assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
+
+
+def test_offline_error_says_what_was_looked_for(offline_hub, tmp_path):
+    with pytest.raises(fm.CheckpointError) as err:
+        fm.create_model("tf_efficientnet_b0", pretrained=True, cache_dir=tmp_path)
+    msg = str(err.value)
+    assert "timm/tf_efficientnet_b0.ns_jft_in1k" in msg and "model.safetensors" in msg
+    assert "pytorch_model.bin" in msg and "offline mode on" in msg and "checkpoint_path" in msg
+    with pytest.raises(fm.CheckpointError, match="publishes no weights"):
+        fm.create_model("efficientnet_b6", pretrained=True)
+
+
+def test_missing_hub_package_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails
+    with pytest.raises(fm.CheckpointError, match=r"fastmbconv\[pretrained\].*checkpoint_path"):
+        weights.hub_state_dict(fm.pretrained_cfg("efficientnet_b0"))
+
+
+@pytest.mark.slow
+def test_timm_user_swap_tf_b3(offline_hub, tmp_path):
+    """The issue's swap: create_model("tf_efficientnet_b3", pretrained=True) from a local Hub
+    cache gives the checkpoint's logits and timm's eval preprocessing; with timm importable,
+    timm's own model on the same cache gives the same logits."""
+    st = import_or_skip("safetensors.torch")
+    torch.manual_seed(0)
+    src = randomize_bn(fm.create_model("tf_efficientnet_b3")).eval()
+    sd = {k: v.contiguous() for k, v in src.state_dict().items()}
+    _hub_cache(tmp_path, "timm/tf_efficientnet_b3.ns_jft_in1k", {"model.safetensors": lambda p: st.save_file(sd, str(p))})
+    model = fm.create_model("tf_efficientnet_b3", pretrained=True, cache_dir=tmp_path).eval()
+    x = torch.randn(1, 3, 300, 300)
+    with torch.no_grad():
+        logits = model(x)
+        torch.testing.assert_close(logits, src(x), rtol=0, atol=0)
+    assert fm.eval_transform(model).size == (300, 300) and fm.eval_transform(model).crop_pct == 0.904
+    try:
+        import timm
+    except Exception:
+        return
+    ref = timm.create_model("tf_efficientnet_b3", pretrained=True, cache_dir=tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(logits, ref(x), rtol=1e-4, atol=1e-4)
+    assert ref.pretrained_cfg == model.pretrained_cfg
+
+
+def test_configs_equal_timms():
+    timm = import_or_skip("timm")
+    for arch, tags in PRETRAINED_CFGS.items():
+        for tag, cfg in tags.items():
+            assert timm.models.get_pretrained_cfg(f"{arch}.{tag}").to_dict() == cfg, (arch, tag)
+        assert timm.create_model(arch, pretrained_cfg_overlay={}).pretrained_cfg == fm.pretrained_cfg(arch)
+    assert sorted(fm.list_models(pretrained=True)) == sorted(
+        timm.list_models(["efficientnet_b[0-7]", "tf_efficientnet_b[0-7]"], pretrained=True))
