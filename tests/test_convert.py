@@ -139,3 +139,86 @@ def test_from_torchvision_parity(name):
     assert model.bn_eps == src.features[0][1].eps  # 1e-5 for B0-B4, 1e-3 for B5-B7
     for hw in ODD_SIZES:
         assert _max_diff(src, model, hw) <= 1e-4, hw
+
+
+# ---------------------------------------------------------------- conversion keeps everything
+def _drop_probs(model):
+    return [b.drop_path.drop_prob for stage in model.blocks for b in stage]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_from_timm_keeps_rates_cfg_and_mode(training):
+    """A fastmbconv model has timm's layout (attribute names, drop_path per block, drop_rate,
+    pretrained_cfg), so it stands in for a timm model where timm does not import."""
+    src = fm.create_model("efficientnet_b1.ft_in1k", drop_rate=0.25, drop_path_rate=0.2).train(training)
+    out = fm.from_timm(src)
+    assert out.training == training and out.drop_rate == 0.25 and out.drop_path_rate == 0.2
+    assert _drop_probs(out) == _drop_probs(src) and max(_drop_probs(out)) > 0.18
+    assert out.pretrained_cfg == src.pretrained_cfg and out.pretrained_cfg is not src.pretrained_cfg
+    assert out.pretrained_cfg["test_input_size"] == (3, 256, 256) and out.variant == "efficientnet_b1"
+
+
+class _StochasticDepth(torch.nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.stochastic_depth = type("StochasticDepth", (), {"p": p})()
+
+
+class _TorchvisionShaped(torch.nn.Module):
+    """torchvision's EfficientNet as from_torchvision reads it: features[1:-1] hold the blocks
+    (each with stochastic_depth.p), classifier = (Dropout, Linear), torchvision's key names."""
+
+    def __init__(self, src, rate, dropout):
+        super().__init__()
+        self._sd = _torchvision_style_state_dict(src)
+        n = sum(len(s) for s in src.blocks)
+        ids = iter(range(n))
+        self.features = torch.nn.Sequential(
+            torch.nn.BatchNorm2d(1), *[torch.nn.Sequential(*[_StochasticDepth(rate * next(ids) / n) for _ in s])
+                                       for s in src.blocks], torch.nn.Identity())
+        self.classifier = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(1, 1))
+
+    def state_dict(self, *args, **kwargs):
+        return self._sd
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_from_torchvision_keeps_rates_and_mode(training):
+    src = randomize_bn(fm.efficientnet_b0()).eval()
+    out = fm.from_torchvision(_TorchvisionShaped(src, 0.2, 0.2).train(training))
+    assert out.training == training and out.drop_rate == 0.2 and out.drop_path_rate == 0.2
+    assert _drop_probs(out) == [0.2 * i / 16 for i in range(16)]
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(out.eval()(x), src(x), rtol=0, atol=0)
+
+
+def test_torchvision_weights_give_pretrained_cfg():
+    """torchvision's eval transform (resize the short side, centre crop) as timm's crop_pct."""
+    transforms = type("T", (), dict(crop_size=[300], resize_size=[320], mean=[0.485, 0.456, 0.406],
+                                    std=[0.229, 0.224, 0.225],
+                                    interpolation=type("I", (), {"value": "bicubic"})()))
+    weights = type("W", (), dict(transforms=lambda self: transforms(), meta={"categories": ["a"] * 1000}))()
+    cfg = fm.convert.torchvision_cfg(weights)
+    assert cfg["input_size"] == (3, 300, 300) and cfg["crop_pct"] == 300 / 320 and cfg["interpolation"] == "bicubic"
+    assert fm.eval_transform(cfg).crop_pct == 0.9375
+    transforms.crop_size, transforms.resize_size = [240], [255]
+    import math
+
+    assert math.floor(240 / fm.convert.torchvision_cfg(weights)["crop_pct"]) == 255
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_real_peers_keep_rates_cfg_and_mode(training):
+    timm = import_or_skip("timm")
+    src = timm.create_model("tf_efficientnet_b0.ap_in1k", drop_rate=0.3, drop_path_rate=0.2).train(training)
+    out = fm.from_timm(src)
+    assert (out.training, out.drop_rate, out.drop_path_rate) == (training, 0.3, 0.2)
+    assert _drop_probs(out) == [float(getattr(b.drop_path, "drop_prob", 0.0)) for s in src.blocks for b in s]
+    assert out.pretrained_cfg == src.pretrained_cfg and out.variant == "tf_efficientnet_b0"
+    tvm = import_or_skip("torchvision.models")
+    tv = tvm.efficientnet_b0().train(training)  # torchvision's default stochastic depth: 0.2
+    out = fm.from_torchvision(tv, weights=tvm.EfficientNet_B0_Weights.IMAGENET1K_V1)
+    assert (out.training, out.drop_rate, out.drop_path_rate) == (training, 0.2, 0.2)
+    assert _drop_probs(out) == [b.stochastic_depth.p for s in list(tv.features)[1:-1] for b in s]
+    assert out.pretrained_cfg["input_size"] == (3, 224, 224) and out.pretrained_cfg["crop_pct"] == 0.875
