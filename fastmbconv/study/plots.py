@@ -7,6 +7,14 @@ from .profile import CATEGORIES
 from .providers import PROVIDERS, RESNET, short_name
 
 
+def resolution_label(rows) -> str:
+    """What the plotted rows ran at: one size ("48x48 px"), or each model at its own."""
+    sizes = sorted({r["resolution"] for r in rows})
+    if len(sizes) == 1:
+        return f"{sizes[0]}x{sizes[0]} px"
+    return f"each model at its resolution ({sizes[0]}-{sizes[-1]} px)" if sizes else "no measured case"
+
+
 def write_plots(result: dict, out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -48,10 +56,12 @@ def write_plots(result: dict, out_dir: Path) -> list[Path]:
             axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("GFLOP per image")
         ax.set_ylabel(f"latency per call (ms), batch {batch}")
-        ax.set_title(f"batch {batch}, {dtype}")
+        ax.set_title(f"batch {batch}, {dtype}, "
+                     + resolution_label([r for r in rows if r["batch"] == batch and r["dtype"] == dtype]), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Latency vs FLOPs: EfficientNet B0-B7 and ResNet-50 ({dev})", fontsize=10)
+    fig.suptitle(f"Latency vs FLOPs: EfficientNet B0-B7 and ResNet-50 on {dev}, {resolution_label(rows)}",
+                 fontsize=10)
     fig.tight_layout()
     paths.append(out_dir / "latency_vs_flops.png")
     fig.savefig(paths[-1], dpi=110)
@@ -68,7 +78,7 @@ def write_plots(result: dict, out_dir: Path) -> list[Path]:
     ax.set_yscale("log")
     ax.set_xlabel("batch")
     ax.set_ylabel("images / s")
-    ax.set_title(f"Throughput vs batch ({dev})", fontsize=10)
+    ax.set_title(f"Throughput vs batch on {dev}, {resolution_label(rows)}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
@@ -90,7 +100,8 @@ def write_plots(result: dict, out_dir: Path) -> list[Path]:
             left += row["ms"]
     ax.set_yticks(range(len(good)), [f"{b['provider']}\nbs{b['batch']} {b['dtype']}" for b in good])
     ax.set_xlabel("ms per forward (profiler)")
-    ax.set_title(f"EfficientNet-B0: where the time goes, FLOP/byte per category ({dev})", fontsize=10)
+    res = resolution_label([{"resolution": b["resolution"]} for b in good if "resolution" in b])
+    ax.set_title(f"EfficientNet-B0: where the time goes, FLOP/byte per category, on {dev}, {res}", fontsize=10)
     if good:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()

@@ -61,9 +61,12 @@ def full_model_name(name: str) -> str:
     if name in (RESNET, "rn50", "resnet"):
         return RESNET
     try:
-        return resolve_model_name(name)
+        full = resolve_model_name(name)
     except ValueError:
-        raise ValueError(f"unknown model {name!r}; expected one of {[short_name(m) for m in ALL_MODELS]}") from None
+        full = None
+    if full not in MODEL_BUILDERS:  # the study times the B0-B7 builders (symmetric padding) and ResNet-50
+        raise ValueError(f"unknown model {name!r}; expected one of {[short_name(m) for m in ALL_MODELS]}")
+    return full
 
 
 def native_resolution(model: str) -> int:
