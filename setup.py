@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def extensions():
@@ -71,8 +71,9 @@ def extensions():
 ext_modules, cmdclass = extensions()
 
 setup(
-    packages=["fastmbconv", "fastmbconv.kernels"],
+    packages=["fastmbconv", *(f"fastmbconv.{p}" for p in find_packages("fastmbconv")), "fastmbconv.kernels"],
     package_dir={"fastmbconv": "fastmbconv", "fastmbconv.kernels": "kernels"},
+    package_data={"fastmbconv.fused": ["*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

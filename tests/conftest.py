@@ -40,6 +40,13 @@ def pointwise_on_triton(monkeypatch):
 
 
 @pytest.fixture
+def expand_dw_separate(monkeypatch):
+    """Every block's expand and depthwise convs as two launches (the layer-by-layer path), so
+    launch counts do not depend on the expand + depthwise plan."""
+    monkeypatch.setenv("FASTMBCONV_EXPAND_DW", "separate")
+
+
+@pytest.fixture
 def deterministic():
     """``torch.use_deterministic_algorithms(True)`` for one test."""
     before = torch.are_deterministic_algorithms_enabled()

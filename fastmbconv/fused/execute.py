@@ -26,12 +26,14 @@ from .. import ragged
 from ..geometry import PadMode, RaggedSizes
 from ..kernels._launch import layer_scope
 from ..kernels.dwconv_bn_act import dwconv_bn_act
+from ..kernels.expand_dwconv import expand_dwconv
 from ..kernels.pointwise_gated import choose_pointwise_impl, pointwise_gated
 from ..kernels.squeeze_excite import squeeze_excite_gate
 from ..kernels.stem_conv_bn_act import stem_conv_bn_act
 from ..plan import STEM, ForwardPlan
 from ..shapes import walk
 from .fold import FoldedBlock, folded
+from .layer_plan import expand_dw_choice
 
 
 def _ragged_args(sizes: Optional[RaggedSizes], device, kernel: int, stride: int, pad_mode: PadMode):
@@ -42,16 +44,21 @@ def _ragged_args(sizes: Optional[RaggedSizes], device, kernel: int, stride: int,
 
 
 def block_forward(block: FoldedBlock, x: torch.Tensor, padding: tuple[int, int, int, int], pad_mode: PadMode,
-                  sizes: Optional[RaggedSizes] = None) -> torch.Tensor:
+                  sizes: Optional[RaggedSizes] = None, fuse_expand: bool = False) -> torch.Tensor:
     """One fused block on a channels_last activation. ``padding``: the depthwise conv's (top,
     bottom, left, right) for this input size (see :func:`fastmbconv.shapes.walk`). ``sizes``:
     the per-image valid sizes of a ragged batch at this block's input, each image padded by its
-    own offsets in ``pad_mode``."""
-    h = x if block.w_expand is None else pointwise_gated(x, block.w_expand, block.b_expand, act="silu")
+    own offsets in ``pad_mode``. ``fuse_expand``: the expand and depthwise convs as one kernel
+    (see :mod:`.layer_plan`)."""
     k, s = block.kernel, block.stride
     valid_hw, pad_tl = _ragged_args(sizes, x.device, k, s, pad_mode)
-    d, partials = dwconv_bn_act(h, block.w_dw, block.dw_scale, block.dw_shift, padding, s, act="silu",
-                                with_pool=True, valid_hw=valid_hw, pad_tl=pad_tl)
+    if fuse_expand and block.w_expand is not None:
+        d, partials = expand_dwconv(x, block.w_expand, block.b_expand, block.w_dw, block.dw_scale, block.dw_shift,
+                                    padding, s, act="silu", valid_hw=valid_hw, pad_tl=pad_tl)
+    else:
+        h = x if block.w_expand is None else pointwise_gated(x, block.w_expand, block.b_expand, act="silu")
+        d, partials = dwconv_bn_act(h, block.w_dw, block.dw_scale, block.dw_shift, padding, s, act="silu",
+                                    with_pool=True, valid_hw=valid_hw, pad_tl=pad_tl)
     count = None if sizes is None else sizes.after(k, s).on(x.device, "counts")
     gate = squeeze_excite_gate(partials, block.se_w_reduce, block.se_b_reduce, block.se_w_expand, block.se_b_expand,
                                count=count, hw=d.shape[-2] * d.shape[-1])
@@ -80,7 +87,8 @@ def run(model, x: torch.Tensor, plan: ForwardPlan):
         if layer.kind != "block" or layer.stage > plan.last_stage:
             continue
         with layer_scope(layer.name):
-            x = block_forward(weights.stages[layer.stage][layer.index], x, layer.padding, plan.pad_mode, sizes)
+            x = block_forward(weights.stages[layer.stage][layer.index], x, layer.padding, plan.pad_mode, sizes,
+                              fuse_expand=expand_dw_choice(layer, plan.dtype) == "fused")
         if sizes is not None:
             sizes = sizes.after(layer.kernel, layer.stride)
         if layer.index == len(weights.stages[layer.stage]) - 1 and layer.stage in plan.stages:

@@ -1,5 +1,6 @@
 """``python -m fastmbconv.kernel_report --model efficientnet_b0 --batch 256 --dtype fp16
-[--resolution R] [--json PATH] [--md PATH] [--jobs N] [--cache-dir DIR] [--top N]``
+[--resolution R] [--json PATH] [--md PATH] [--jobs N] [--cache-dir DIR] [--top N]
+[--plan-table [PATH]]``
 
 Prints the totals and the top launches by modelled time; writes the full report as JSON and/or
 markdown. With ``TRITON_INTERPRET=1`` in the environment it re-runs itself without it (the
@@ -30,6 +31,10 @@ def parse_args(argv=None):
                    help="all: every autotune config (default); fixed: only the FASTMBCONV_AUTOTUNE=0 configs "
                         "(a quick smoke run)")
     p.add_argument("--top", type=int, default=10, help="launches to print, by modelled time")
+    p.add_argument("--plan-table", nargs="?", const="default", default=None, metavar="PATH",
+                   help="report the forward with every block's expand + depthwise fused and separate, and "
+                        "write each block's modelled times both ways into the plan table (default: "
+                        "fastmbconv/fused/expand_dw_plan.json)")
     args = p.parse_args(argv)
     if args.batch < 1:
         p.error("--batch must be >= 1")
@@ -48,6 +53,8 @@ def main(argv=None) -> int:
     from .report import STATIC_NOTE, top_table, totals_table, write_json, write_markdown
 
     t0 = time.perf_counter()
+    if args.plan_table:
+        return plan_table_main(args)
     report = build_report(args.model, args.batch, args.dtype, args.resolution, jobs=args.jobs,
                           cache_dir=args.cache_dir, configs=args.configs,
                           progress=lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -64,6 +71,28 @@ def main(argv=None) -> int:
     c = report["cache"]
     print(f"\n{c['variants']} specialisations: {c['compiled']} compiled, {c['disk_hits']} from the disk cache, "
           f"{c['memo_hits']} repeats; {report['seconds']['total']:.1f} s", file=sys.stderr)
+    return 0
+
+
+def plan_table_main(args) -> int:
+    from fastmbconv.fused.layer_plan import TABLE
+
+    from .plan_table import build_plan_table, merge_into
+
+    table = build_plan_table(args.model, args.batch, args.dtype, args.resolution, jobs=args.jobs,
+                             cache_dir=args.cache_dir, configs=args.configs,
+                             progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    path = TABLE if args.plan_table == "default" else args.plan_table
+    merge_into(path, table)
+    print(f"{len(table['entries'])} block geometries written to {path}. Static model, not a measurement.\n")
+    print("| block | fused µs | separate µs | choice |\n|---|---|---|---|")
+    for entry in table["entries"].values():
+        m = entry["modelled_us"]
+        print(f"| {', '.join(entry['layers'])} | {m['fused']:.1f} | {m['separate']:.1f} | {entry['choice']} |")
+    for source, both in table["totals"].items():
+        print(f"\n{source}: whole forward modelled "
+              + ", ".join(f"{c} everywhere {t['modelled_ms']:.3f} ms ({t['hbm_bytes'] / 1e6:.0f} MB HBM)"
+                          for c, t in both.items()))
     return 0
 
 

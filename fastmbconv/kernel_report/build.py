@@ -10,7 +10,7 @@ from typing import Optional
 from . import model as M
 from .compiled import analyse
 from .ops import hints_for
-from .record import Recording, distinct_bytes, record_forward
+from .record import DTYPES, Recording, build_model, distinct_bytes, record_forward
 from .sass import Sass
 from .specialize import grid_of, unwrap, variants
 
@@ -47,7 +47,9 @@ def variant_row(rec, v, analysis: dict, hbm: int, weights_bytes_fn) -> dict:
     row = {"config": dict(v.config), "grid": list(grid), "programs": programs, "num_warps": v.num_warps,
            "num_stages": v.num_stages, "hints": status, "ksize": hints.ksize if hints else None,
            "hbm_bytes": hbm, "weight_bytes": weights_bytes_fn(hints.weights if hints else ()),
-           "outputs": hints.outputs if hints else None, "flags": []}
+           "outputs": hints.outputs if hints else None, "flags": [],
+           "l2_scratch_bytes": hints.l2_scratch_bytes if hints else 0,
+           "recompute_flops": hints.recompute_flops if hints else 0}
     if "error" in analysis:
         row.update(registers=None, spill_bytes=None, shared_bytes=None, instructions_per_output=None,
                    modelled_us=None, bound_by=None, error=analysis["error"])
@@ -81,6 +83,15 @@ def variant_row(rec, v, analysis: dict, hbm: int, weights_bytes_fn) -> dict:
     return row
 
 
+def launch_hbm_bytes(rec, config: dict) -> int:
+    """Compulsory HBM traffic of one launch: every distinct tensor once, except what the op's
+    hints say stays in L2 (a scratch) or is read more than once (a halo re-read)."""
+    hints, _ = hints_for(rec.op, {**rec.args, **rec.constexprs, **config})
+    skip = set(hints.scratch) | set(hints.traffic) if hints else set()
+    tensors = _tensors({n: v for n, v in rec.args.items() if n not in skip})
+    return distinct_bytes(tensors) + (sum(hints.traffic.values()) if hints else 0)
+
+
 def _best(rows: list) -> int:
     ok = [i for i, r in enumerate(rows) if r.get("modelled_us") is not None]
     return min(ok, key=lambda i: rows[i]["modelled_us"]) if ok else 0
@@ -102,8 +113,7 @@ def triton_rows(launches: list, fixed: Optional[list], jobs=None, cache_dir=None
     analyses = analyse(every, jobs=jobs, cache_dir=cache_dir, progress=progress)
     rows = []
     for r, vs, autotuned, fv in plans:
-        tensors = _tensors(r.args)
-        hbm = distinct_bytes(tensors)
+        hbm = launch_hbm_bytes(r, vs[0].config)
 
         def weight_bytes(names, r=r):
             return distinct_bytes(_tensors([r.args[n] for n in names if n in r.args]))
@@ -118,7 +128,7 @@ def triton_rows(launches: list, fixed: Optional[list], jobs=None, cache_dir=None
             row["choice"] = "autotuned: the config with the lowest modelled time"
             if fv is not None:
                 f, v = fv
-                row["fixed_config"] = variant_row(f, v, analyses[v.key()], distinct_bytes(_tensors(f.args)),
+                row["fixed_config"] = variant_row(f, v, analyses[v.key()], launch_hbm_bytes(f, v.config),
                                                   lambda names, f=f: distinct_bytes(_tensors([f.args[n] for n in names
                                                                                               if n in f.args])))
             else:
@@ -211,6 +221,9 @@ def build_report(model: str = "efficientnet_b0", batch: int = 256, dtype: str = 
     t1 = time.perf_counter()
     rows, stats = triton_rows(rec.launches, fixed.launches if configs == "all" else None, jobs, cache_dir, progress)
     launches = _merge(rec, rows)
+    from fastmbconv.fused.layer_plan import plan_rows
+
+    _, net = build_model(model, dtype)
     report = {
         "model": rec.model_name, "batch": batch, "dtype": dtype, "resolution": list(rec.resolution),
         "configs": configs, "target": "cuda sm_90 (H100)", "triton_version": triton.__version__,
@@ -218,6 +231,7 @@ def build_report(model: str = "efficientnet_b0", batch: int = 256, dtype: str = 
         "model_constants": M.CONSTANTS, "emulated_cuda_behaviour": rec.emulated,
         "launches": launches,
         "totals": totals(rec, launches),
+        "expand_dw_plan": plan_rows(net, rec.resolution[0], rec.resolution[1], DTYPES[dtype]),
         "cache": stats,
         "seconds": {"record": t1 - t0, "compile_and_model": time.perf_counter() - t1},
     }

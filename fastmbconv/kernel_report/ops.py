@@ -27,6 +27,10 @@ class Hints:
     tensor_flops: int = 0
     weights: tuple = ()
     ksize: Optional[int] = None
+    traffic: dict = field(default_factory=dict)  # argument -> HBM bytes, where not its tensor's size once
+    scratch: tuple = ()  # arguments that stay in L2: not HBM traffic
+    l2_scratch_bytes: int = 0  # bytes written to and read back from those
+    recompute_flops: int = 0  # FLOPs spent again on halo pixels that neighbouring tiles also compute
 
 
 def cdiv(a: int, b: int) -> int:
@@ -70,7 +74,32 @@ def stem_conv_bn_act(a: dict) -> Hints:
                  weights=("w_ptr", "bias_ptr"), ksize=int(a["KSIZE"]))
 
 
+def expand_dwconv(a: dict) -> Hints:
+    # one SASS loop: the persistent loop over work items (the halo chunks, input-channel steps
+    # and taps all have constant bounds and are unrolled)
+    x, out = a["x_ptr"], a["out_ptr"]
+    n, c_in, c = x.shape[0], a["C_IN"], a["C"]
+    halo = int(a["HALO"])
+    items, programs = int(a["items"]), a["scratch_ptr"].shape[0]
+    tiles = n * int(a["TILES"])
+    computed = cdiv(halo, a["CHUNK"]) * a["CHUNK"]
+    expand_flops = 2 * tiles * computed * c_in * c
+    useful = 2 * n * a["H"] * a["W"] * c_in * c
+    scratch_item = a["scratch_ptr"].element_size()
+    return Hints(outputs=out.numel(), loops=[cdiv(items, programs)],
+                 tensor_flops=expand_flops, weights=("we_ptr", "be_ptr", "wd_ptr", "scale_ptr", "shift_ptr"),
+                 ksize=int(a["KSIZE"]),
+                 traffic={"x_ptr": tiles * halo * c_in * x.element_size()},  # each tile's halo from HBM once
+                 scratch=("scratch_ptr",),
+                 # the halo written once per item and every tap read back (an upper bound: most
+                 # tap reads hit L1, the slots being a few KiB per program)
+                 l2_scratch_bytes=items * halo * int(a["BLOCK_C"]) * scratch_item
+                 + out.numel() * a["KSIZE"] ** 2 * scratch_item,
+                 recompute_flops=max(0, expand_flops - useful))
+
+
 HINTS: dict[str, Callable[[dict], Hints]] = {
+    "expand_dwconv": expand_dwconv,
     "stem_conv_bn_act": stem_conv_bn_act,
     "dwconv_bn_act": dwconv_bn_act,
     "pointwise_gated": pointwise_gated,

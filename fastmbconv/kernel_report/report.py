@@ -23,16 +23,19 @@ def _num(v, fmt="{:.1f}") -> str:
 
 
 def launch_table(launches: list) -> str:
-    head = ("| # | layer | op | k | grid | config | regs | spill | instr/output | HBM MB | modelled µs | bound by |"
-            " flags |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| # | layer | op | k | grid | config | regs | spill | instr/output | HBM MB | L2 scratch MB | "
+            "recompute GFLOP | modelled µs | bound by | flags |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in launches:
         op = r["op"] + (" (fill)" if r.get("fill") else "")
         grid = "x".join(map(str, r["grid"])) if r.get("grid") else "-"
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        scratch, recompute = r.get("l2_scratch_bytes"), r.get("recompute_flops")
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["index"], r["layer"] or "-", op, r["ksize"] or "-", grid, config_text(r.get("config")),
             _num(r.get("registers"), "{}"), _num(r.get("spill_bytes"), "{}"),
             _num(r.get("instructions_per_output")), _num(r["hbm_bytes"] / 1e6, "{:.2f}"),
+            _num(scratch / 1e6 if scratch else None, "{:.2f}"), _num(recompute / 1e9 if recompute else None, "{:.2f}"),
             _num(r["modelled_us"]), r.get("bound_by") or "-", len(r.get("flags") or []) or ""))
     return "\n".join(lines)
 
@@ -80,6 +83,14 @@ def markdown(report: dict) -> str:
              + "; ".join(report.get("emulated_cuda_behaviour", [])) + ".",
              "",
              "## Totals", "", totals_table(report), "", "## Launches", "", launch_table(report["launches"])]
+    plan = report.get("expand_dw_plan") or []
+    if plan:
+        parts += ["", "## Expand + depthwise plan", "",
+                  "Each block's expand 1x1 and depthwise conv: one `expand_dwconv` launch (fused) or two "
+                  "(separate); why: FASTMBCONV_EXPAND_DW (env), the plan table (fastmbconv/fused/"
+                  "expand_dw_plan.json) or the rule for geometries not in it.", "",
+                  "| layer | expand + depthwise | why | table key |", "|---|---|---|---|"]
+        parts += [f"| {p['layer']} | {p['expand_dw']} | {p['why']} | {p['key']} |" for p in plan]
     if flagged:
         parts += ["", "## Flags", ""]
         parts += [f"- #{r['index']} {r['layer']} {r['op']}: " + "; ".join(r["flags"]) for r in flagged]

@@ -17,7 +17,7 @@ from fastmbconv.layers import DepthwiseSeparable, MBConv
 from ..helpers import DEVICE, randomize_bn
 
 # launch counts below assume every 1x1 conv takes the Triton kernel
-pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_triton")]
+pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_triton", "expand_dw_separate")]
 
 
 def make_block(kind):
@@ -61,6 +61,7 @@ def test_block_compiles_fullgraph_without_breaks(kind):
 
 def _opcheck_cases():
     from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act  # noqa: F401  (registers the ops)
+    from fastmbconv.kernels.expand_dwconv import expand_dwconv  # noqa: F401
     from fastmbconv.kernels.pointwise_gated import pointwise_gated  # noqa: F401
     from fastmbconv.kernels.squeeze_excite import squeeze_excite_gate  # noqa: F401
     from fastmbconv.kernels.stem_conv_bn_act import stem_conv_bn_act  # noqa: F401
@@ -78,6 +79,8 @@ def _opcheck_cases():
     se = torch.ops.fastmbconv.squeeze_excite_gate.default
     pw = torch.ops.fastmbconv.pointwise_gated.default
     stem = torch.ops.fastmbconv.stem_conv_bn_act.default
+    ed = torch.ops.fastmbconv.expand_dwconv.default
+    fused_dw = (rnd(40, 24), rnd(40), rnd(9, 40), rnd(40).abs() + 0.5, rnd(40))
     res = rnd(2, 40, 9, 11).contiguous(memory_format=torch.channels_last)
     image = rnd(2, 3, 17, 13)
     return {
@@ -93,11 +96,13 @@ def _opcheck_cases():
         "stem": (stem, (image, rnd(8, 3, 3, 3), rnd(8), [0, 1, 1, 1], 2, "silu", torch.float32, None, None)),
         "stem_ragged": (stem, (image, rnd(8, 3, 3, 3), rnd(8), [0, 1, 1, 1], 2, "silu", torch.float32, valid,
                                pad_tl)),
+        "expand_dw": (ed, (x, *fused_dw, [1, 1, 1, 1], 1, "silu", None, None)),
+        "expand_dw_ragged_s2": (ed, (x, *fused_dw, [0, 1, 0, 1], 2, "silu", valid, pad_tl)),
     }
 
 
 @pytest.mark.parametrize("case", ["dw_pool", "dw_ragged_s2", "dw_nchw", "se_hw", "se_count", "pw_gate_res", "pw_pool",
-                                  "stem", "stem_ragged"])
+                                  "stem", "stem_ragged", "expand_dw", "expand_dw_ragged_s2"])
 def test_custom_op_registration_opcheck(case):
     """Schema, fake (meta) implementation, and AOT dispatch with dynamic shapes agree with the
     real kernels (torch.library.opcheck)."""

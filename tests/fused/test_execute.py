@@ -17,7 +17,8 @@ from fastmbconv.kernels.testing import assert_close_to_ref
 from ..helpers import DEVICE, randomize_bn
 
 # launch counts below assume every 1x1 conv takes the Triton kernel
-pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_triton")]
+# (the fused expand + depthwise op: test_expand_dw_plan.py)
+pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_triton", "expand_dw_separate")]
 
 
 def build(name="efficientnet_b0", seed=0, **kw):

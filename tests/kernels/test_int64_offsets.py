@@ -25,6 +25,7 @@ SCRIPT = textwrap.dedent(
     import torch
     from fastmbconv.kernels.testing import assert_close_to_ref
     from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref
+    from fastmbconv.kernels.expand_dwconv import expand_dwconv, expand_dwconv_ref
     from fastmbconv.kernels.pointwise_gated import pointwise_gated, pointwise_gated_ref
     from fastmbconv.kernels.stem_conv_bn_act import stem_conv_bn_act, stem_conv_bn_act_ref
 
@@ -64,6 +65,16 @@ SCRIPT = textwrap.dedent(
                                      compute_dtype=torch.float16)
             assert_close_to_ref(out, ref, lowp, what=f"dwconv, {name}, stride {stride}")
             assert_close_to_ref(partials.sum(1), ref_pool, what=f"dwconv pool, {name}, stride {stride}")
+
+        fused = ((torch.randn(40, c, generator=G) / c**0.5).half(), torch.randn(40, generator=G) * 0.1,
+                 torch.randn(9, 40, generator=G) * 0.3, torch.rand(40, generator=G) + 0.5,
+                 torch.randn(40, generator=G) * 0.1)
+        for stride in (1, 2):
+            out, partials = expand_dwconv(x, *fused, (1, 1, 1, 1), stride)
+            ref, ref_pool = expand_dwconv_ref(dense, *fused, (1, 1, 1, 1), stride, compute_dtype=torch.float64)
+            lowp = expand_dwconv_ref(dense, *fused, (1, 1, 1, 1), stride, compute_dtype=torch.float16)[0]
+            assert_close_to_ref(out, ref, lowp, what=f"expand_dwconv, {name}, stride {stride}")
+            assert_close_to_ref(partials.sum(1), ref_pool, what=f"expand_dwconv pool, {name}, stride {stride}")
 
         wp = (torch.randn(40, c, generator=G) / c**0.5).half()
         bias, gate = torch.randn(40, generator=G) * 0.1, torch.rand(n, c, generator=G)

@@ -1,0 +1,102 @@
+"""Per-layer choices of the fused forward: for each MBConv block, its expand 1x1 and depthwise
+kxk as one kernel (``expand_dwconv``: the expanded tensor never touches HBM) or as two
+(``pointwise_gated`` then ``dwconv_bn_act``).
+
+The choice comes, in order, from ``FASTMBCONV_EXPAND_DW`` (``fused``, ``separate`` or
+``auto``, the default), then from the table the static kernel report writes
+(``python -m fastmbconv.kernel_report --plan-table``, committed as ``expand_dw_plan.json``
+beside this file: each layer geometry's modelled time both ways, and measured times where a
+GPU run added them, which then decide), then from :func:`_rule` where the table has no entry.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..shapes import LayerShape
+
+ENV_VAR = "FASTMBCONV_EXPAND_DW"
+CHOICES = ("fused", "separate")
+TABLE = Path(__file__).with_name("expand_dw_plan.json")
+
+
+def layer_key(layer: LayerShape, dtype: torch.dtype) -> str:
+    """The table's key: what decides the kernels' cost (not the layer's name, so models that
+    share a geometry share an entry)."""
+    return (f"{layer.in_channels}-{layer.mid_channels}-k{layer.kernel}-s{layer.stride}-"
+            f"{layer.height}x{layer.width}-{str(dtype).replace('torch.', '')}")
+
+
+@functools.lru_cache(maxsize=None)
+def load_table(path: Path = TABLE) -> dict:
+    """The table's entries by :func:`layer_key` (empty when the file is missing or unreadable:
+    the rule then decides)."""
+    try:
+        entries = json.loads(Path(path).read_text())["entries"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def table_choice(entry: dict) -> Optional[str]:
+    """The faster way by the entry's measured times if it has both, else by its modelled ones."""
+    for source in ("measured_us", "modelled_us"):
+        times = entry.get(source) or {}
+        if all(isinstance(times.get(c), (int, float)) for c in CHOICES):
+            return min(CHOICES, key=lambda c: times[c])
+    return None
+
+
+def _rule(layer: LayerShape) -> str:
+    """Without a table entry, the table's finding for B0: fuse 3x3 blocks on maps of 28x28 and
+    up at stride 2 or 56x56 and up at stride 1 (there the expanded tensor's round trip costs more
+    than the halo's recompute); keep 5x5 blocks and small maps separate (a tile is mostly halo,
+    and 25 taps from the scratch cost more than from registers)."""
+    if layer.kernel != 3:
+        return "separate"
+    return "fused" if min(layer.height, layer.width) >= (28 if layer.stride == 2 else 56) else "separate"
+
+
+@torch.compiler.assume_constant_result
+def _env_choice() -> str:
+    return os.environ.get(ENV_VAR, "auto").strip().lower()
+
+
+def explain(layer: LayerShape, dtype: torch.dtype) -> tuple[str, str]:
+    """(choice, why): ``why`` is ``"no expand"``, ``"env"``, ``"table (modelled)"``,
+    ``"table (measured)"`` or ``"rule"``."""
+    if not layer.has_expand:
+        return "separate", "no expand"
+    forced = _env_choice()
+    if forced in CHOICES:
+        return forced, "env"
+    if forced != "auto":
+        raise ValueError(f"{ENV_VAR} must be one of {CHOICES + ('auto',)}, got {forced!r}")
+    entry = load_table().get(layer_key(layer, dtype))
+    choice = table_choice(entry) if isinstance(entry, dict) else None
+    if choice is not None:
+        measured = all(isinstance((entry.get("measured_us") or {}).get(c), (int, float)) for c in CHOICES)
+        return choice, "table (measured)" if measured else "table (modelled)"
+    return _rule(layer), "rule"
+
+
+def expand_dw_choice(layer: LayerShape, dtype: torch.dtype) -> str:
+    """``"fused"`` or ``"separate"`` for one MBConv block (blocks without expansion: separate)."""
+    return explain(layer, dtype)[0]
+
+
+def plan_rows(model, height: int, width: int, dtype: torch.dtype) -> list[dict]:
+    """Every block's choice for one input size, for reports and benchmarks."""
+    from ..shapes import walk
+
+    rows = []
+    for layer in walk(model, height, width):
+        if layer.kind == "block":
+            choice, why = explain(layer, dtype)
+            rows.append({"layer": layer.name, "key": layer_key(layer, dtype), "expand_dw": choice, "why": why})
+    return rows

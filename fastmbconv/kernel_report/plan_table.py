@@ -1,0 +1,85 @@
+"""The expand + depthwise plan table: each block's modelled time with its expand and depthwise
+convs fused (``expand_dwconv``) and separate, from two kernel reports of the same forward (see
+:mod:`fastmbconv.fused.layer_plan`, which reads the table).
+
+A block's time both ways is the sum of its launches' modelled times (its project conv and SE
+launches are the same both ways, so the difference is the expand and depthwise part). Entries
+are keyed by layer geometry and dtype; rewriting the table keeps other models' entries and any
+measured times a GPU run added.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+from .record import _env
+
+
+def layer_times(report: dict) -> dict:
+    """Modelled µs per layer name, summed over the layer's launches."""
+    times: dict = defaultdict(float)
+    for r in report["launches"]:
+        if r.get("layer"):
+            times[r["layer"]] += r["modelled_us"] or 0.0
+    return dict(times)
+
+
+def build_plan_table(model: str, batch: int, dtype: str, resolution: Optional[int] = None, **report_kwargs) -> dict:
+    """(entries by layer key, the two reports' totals): both ways of every block of ``model``."""
+    import fastmbconv.fused.layer_plan as lp
+    from fastmbconv.shapes import walk
+
+    from .build import build_report
+    from .record import DTYPES, build_model
+
+    reports = {}
+    for choice in lp.CHOICES:
+        with _env(lp.ENV_VAR, choice):
+            reports[choice] = build_report(model, batch, dtype, resolution, **report_kwargs)
+    times = {c: layer_times(r) for c, r in reports.items()}
+    name, net = build_model(model, dtype)
+    res = reports["fused"]["resolution"]
+    source = f"{name} batch {batch} {dtype} {res[0]}px"
+    entries = {}
+    for layer in walk(net, res[0], res[1]):
+        if layer.kind != "block" or not layer.has_expand:
+            continue
+        key = lp.layer_key(layer, DTYPES[dtype])
+        if key in entries:  # the same geometry again (repeated blocks of a stage): same times
+            entries[key]["layers"].append(f"{name}.{layer.name}")
+            continue
+        modelled = {c: round(times[c].get(layer.name, 0.0), 2) for c in lp.CHOICES}
+        entries[key] = {"modelled_us": modelled, "choice": min(lp.CHOICES, key=lambda c: modelled[c]),
+                        "layers": [f"{name}.{layer.name}"], "source": source}
+    totals = {c: {"modelled_ms": r["totals"]["modelled_ms"], "hbm_bytes": r["totals"]["hbm_bytes"],
+                  "max_spill_bytes_chosen": r["totals"]["max_spill_bytes_chosen"]} for c, r in reports.items()}
+    return {"entries": entries, "totals": {source: totals}}
+
+
+def merge_into(path: Path, table: dict) -> dict:
+    """Write ``table`` into the file at ``path``: its entries replace same-key entries (keeping
+    their ``measured_us``; layer names of other models sharing the key are kept)."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        old = {}
+    entries = dict(old.get("entries") or {})
+    for key, entry in table["entries"].items():
+        prev = entries.get(key) or {}
+        merged = dict(entry)
+        if prev.get("measured_us"):
+            merged["measured_us"] = prev["measured_us"]
+        merged["layers"] = sorted(set(prev.get("layers", [])) | set(entry["layers"]))
+        entries[key] = merged
+    out = {
+        "about": "Per layer geometry: modelled µs of the expand + depthwise convs fused and separate "
+                 "(static sm_90 model, not measured; see fastmbconv.kernel_report). measured_us, where "
+                 "present, came from a GPU run and decides. Written by python -m fastmbconv.kernel_report "
+                 "--plan-table.",
+        "entries": dict(sorted(entries.items())),
+        "totals": {**(old.get("totals") or {}), **table["totals"]},
+    }
+    Path(path).write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out

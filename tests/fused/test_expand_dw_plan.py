@@ -1,0 +1,162 @@
+"""The per-layer expand + depthwise plan (fastmbconv.fused.layer_plan) and the fused model with
+``expand_dwconv`` in it: launch counts prove the op ran on exactly the blocks the plan chose,
+outputs match the reference, the whole model still compiles as one graph."""
+import json
+
+import pytest
+import torch
+
+import fastmbconv as fm
+from fastmbconv.fused import layer_plan
+from fastmbconv.kernels._launch import count_launches, record_launches
+from fastmbconv.kernels.testing import assert_close_to_ref
+from fastmbconv.shapes import walk
+
+from ..helpers import DEVICE, randomize_bn
+
+pytestmark = pytest.mark.usefixtures("pointwise_on_triton")
+
+
+def b0(**kw):
+    torch.manual_seed(0)
+    return randomize_bn(fm.efficientnet_b0(num_classes=10, **kw)).eval().to(DEVICE)
+
+
+def blocks_with_expand(model):
+    return sum(1 for stage in model.blocks for b in stage if b.parts().expand is not None)
+
+
+@pytest.fixture
+def table(monkeypatch):
+    """Replace the committed plan table with the entries a test gives."""
+    def use(entries):
+        monkeypatch.setattr(layer_plan, "load_table", lambda path=layer_plan.TABLE: entries)
+    monkeypatch.delenv(layer_plan.ENV_VAR, raising=False)
+    return use
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("pad_mode,ragged", [("symmetric", False), ("same", True)])
+def test_forced_fused_b0_matches_reference(pad_mode, ragged, monkeypatch):
+    """FASTMBCONV_EXPAND_DW=fused: every block with an expand conv runs expand_dwconv (15 in B0)
+    instead of its expand pointwise + depthwise pair; logits match the reference."""
+    monkeypatch.setenv(layer_plan.ENV_VAR, "fused")
+    model = b0(pad_mode=pad_mode)
+    x = torch.randn(2, 3, 29, 23, device=DEVICE)
+    sizes = torch.tensor([[29, 23], [13, 18]]) if ragged else None
+    with torch.inference_mode():
+        ref = model(x, valid_sizes=sizes)
+        with fm.use_backend("fused"), count_launches() as launches:
+            out = model(x, valid_sizes=sizes)
+    n = blocks_with_expand(model)
+    assert n == 15
+    assert dict(launches) == {"stem_conv_bn_act": 1, "expand_dwconv": n, "dwconv_bn_act": 16 - n,
+                              "squeeze_excite_gate": 16, "pointwise_gated": 16 + 1, "pointwise_gated[pool]": 1}
+    assert_close_to_ref(out, ref, what="B0 logits with every expand + depthwise fused")
+
+
+def test_the_plan_decides_which_blocks_run_fused(table):
+    """With the plan table saying "fused" for two geometries, exactly the blocks of those
+    geometries launch expand_dwconv (recorded per layer on meta tensors)."""
+    model = fm.efficientnet_b0().eval()
+    layers = {l.name: l for l in walk(model, 64, 64) if l.kind == "block"}
+    chosen = {layer_plan.layer_key(layers[n], torch.float32) for n in ("blocks.1.0", "blocks.4.1")}
+    table({key: {"modelled_us": {"fused": 1.0, "separate": 2.0}} for key in chosen}
+          | {layer_plan.layer_key(layers["blocks.3.0"], torch.float32): {"modelled_us": {"fused": 3.0,
+                                                                                        "separate": 2.0}}})
+    x = torch.empty(2, 3, 64, 64, device="meta")
+    with torch.no_grad(), fm.use_backend("fused"), record_launches() as recorded:
+        model.to("meta")(x)
+    fused_layers = {r.layer for r in recorded if r.op == "expand_dwconv"}
+    expected = {n for n, l in layers.items() if layer_plan.layer_key(l, torch.float32) in chosen}
+    assert fused_layers == expected and "blocks.4.2" in expected  # 4.1 and 4.2 share a geometry
+    dw_layers = {r.layer for r in recorded if r.op == "dwconv_bn_act"}
+    assert not fused_layers & dw_layers and len(fused_layers | dw_layers) == 16
+    rows = {r["layer"]: r for r in layer_plan.plan_rows(model, 64, 64, torch.float32)}
+    assert {n for n, r in rows.items() if r["expand_dw"] == "fused"} == expected
+    assert rows["blocks.1.0"]["why"] == "table (modelled)" and rows["blocks.3.0"]["why"] == "table (modelled)"
+    assert rows["blocks.0.0"]["why"] == "no expand" and rows["blocks.6.0"]["why"] == "rule"
+
+
+def test_measured_times_beat_modelled_ones(table):
+    model = fm.efficientnet_b0()
+    layer = next(l for l in walk(model, 224, 224) if l.name == "blocks.2.0")
+    key = layer_plan.layer_key(layer, torch.float16)
+    table({key: {"modelled_us": {"fused": 1.0, "separate": 2.0}, "measured_us": {"fused": 5.0, "separate": 4.0}}})
+    assert layer_plan.explain(layer, torch.float16) == ("separate", "table (measured)")
+    table({key: {"modelled_us": {"fused": 1.0, "separate": 2.0}, "measured_us": {"fused": 5.0}}})
+    assert layer_plan.explain(layer, torch.float16) == ("fused", "table (modelled)")
+    table({key: {"modelled_us": {"fused": "n/a"}}})  # an unusable entry: the rule decides
+    assert layer_plan.explain(layer, torch.float16) == (layer_plan._rule(layer), "rule")
+
+
+def test_env_var_forces_either_way_and_rejects_typos(monkeypatch):
+    model = fm.efficientnet_b0()
+    layers = [l for l in walk(model, 224, 224) if l.kind == "block"]
+    for choice in layer_plan.CHOICES:
+        monkeypatch.setenv(layer_plan.ENV_VAR, choice)
+        assert {layer_plan.explain(l, torch.float16) for l in layers if l.has_expand} == {(choice, "env")}
+        assert layer_plan.explain(layers[0], torch.float16) == ("separate", "no expand")
+    monkeypatch.setenv(layer_plan.ENV_VAR, "fuse")
+    with pytest.raises(ValueError, match="FASTMBCONV_EXPAND_DW must be one of"):
+        layer_plan.explain(layers[1], torch.float16)
+
+
+def test_committed_table_is_consistent_and_covers_b0():
+    """Every entry's choice is its faster way; every B0 fp16 224px block with an expand conv has
+    an entry; the rule agrees with the table on B0 (it stands in for geometries without one)."""
+    raw = json.loads(layer_plan.TABLE.read_text())
+    for key, entry in raw["entries"].items():
+        assert entry["choice"] == layer_plan.table_choice({"modelled_us": entry["modelled_us"]}), key
+    layer_plan.load_table.cache_clear()
+    model = fm.efficientnet_b0()
+    for layer in walk(model, 224, 224):
+        if layer.kind == "block" and layer.has_expand:
+            entry = layer_plan.load_table().get(layer_plan.layer_key(layer, torch.float16))
+            assert entry is not None, layer.name
+            assert layer_plan._rule(layer) == entry["choice"], layer.name
+
+
+def test_unreadable_table_falls_back_to_the_rule(tmp_path):
+    bad = tmp_path / "plan.json"
+    bad.write_text("{not json")
+    assert layer_plan.load_table(bad) == {}
+    bad.write_text(json.dumps({"entries": ["a list"]}))
+    assert layer_plan.load_table(bad) == {}
+    assert layer_plan.load_table(tmp_path / "missing.json") == {}
+
+
+def test_plan_table_merge_keeps_measured_times_and_other_models(tmp_path):
+    from fastmbconv.kernel_report.plan_table import merge_into
+
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"entries": {
+        "a": {"modelled_us": {"fused": 1, "separate": 2}, "measured_us": {"fused": 3, "separate": 1},
+              "layers": ["efficientnet_b1.blocks.1.0"]},
+        "b": {"modelled_us": {"fused": 1, "separate": 2}, "layers": ["efficientnet_b1.blocks.2.0"]}}}))
+    new = {"entries": {"a": {"modelled_us": {"fused": 5, "separate": 4}, "choice": "separate",
+                             "layers": ["efficientnet_b0.blocks.1.0"]}},
+           "totals": {"efficientnet_b0 batch 256": {}}}
+    out = merge_into(path, new)
+    assert out["entries"]["a"]["measured_us"] == {"fused": 3, "separate": 1}
+    assert out["entries"]["a"]["modelled_us"] == {"fused": 5, "separate": 4}
+    assert out["entries"]["a"]["layers"] == ["efficientnet_b0.blocks.1.0", "efficientnet_b1.blocks.1.0"]
+    assert "b" in out["entries"] and json.loads(path.read_text()) == out
+
+
+@pytest.mark.interpreter
+def test_whole_b0_with_fused_blocks_compiles_as_one_graph(monkeypatch):
+    """torch.compile(fullgraph=True) with expand_dwconv in every block that has an expand conv:
+    no graph break, the op runs 15 times, output equal to eager."""
+    monkeypatch.setenv(layer_plan.ENV_VAR, "fused")
+    model = b0()
+    x = torch.randn(1, 3, 17, 17, device=DEVICE)
+    torch._dynamo.reset()
+    with torch.no_grad(), fm.use_backend("fused"):
+        eager = model(x)
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        with count_launches() as launches:
+            out = compiled(x)
+    torch._dynamo.reset()
+    assert launches["expand_dwconv"] == 15 and launches["dwconv_bn_act"] == 1
+    assert_close_to_ref(out, eager, what="compiled B0 with fused expand + depthwise")

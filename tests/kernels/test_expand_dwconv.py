@@ -1,0 +1,272 @@
+"""expand_dwconv (the expand 1x1 and the depthwise conv in one kernel) against its pure-torch
+twin over every (kernel, stride, padding) EfficientNet uses, dtypes, odd sizes, non-power-of-two
+channels, ragged batches and bad inputs. Launches are counted.
+
+Under the interpreter one work item covers a whole map and every item has a program of its own;
+the ``gpu_like`` fixture forces what a GPU launch does instead: several tiles per image with
+halos that overlap, several channel blocks, the halo's expand in several chunks, and fewer
+programs than items, so each program reuses its two scratch slots in turn."""
+import pytest
+import torch
+
+from fastmbconv.geometry import conv_padding
+from fastmbconv.kernels import expand_dwconv as module
+from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels.expand_dwconv import expand_dwconv, expand_dwconv_ref
+from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced
+
+from ..helpers import DEVICE
+
+pytestmark = pytest.mark.interpreter
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def make(N, C_in, C, H, W, k, dtype=torch.float32, channels_last=True, seed=0):
+    """Input, expand weights (in the input's dtype, as folded) and fp32 depthwise/BN parameters."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C_in, H, W, generator=g).to(DEVICE, dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w_expand = (torch.randn(C, C_in, generator=g) / C_in**0.5).to(DEVICE, dtype)
+    b_expand = (torch.randn(C, generator=g) * 0.1).to(DEVICE)
+    w_dw = (torch.randn(k * k, C, generator=g) * 0.3).to(DEVICE)
+    scale = (torch.rand(C, generator=g) + 0.5).to(DEVICE)
+    shift = (torch.randn(C, generator=g) * 0.1).to(DEVICE)
+    return x, (w_expand, b_expand, w_dw, scale, shift)
+
+
+@pytest.fixture
+def gpu_like(monkeypatch):
+    """2x4-pixel tiles, 16-channel blocks, 16-pixel halo chunks and 3 programs."""
+    monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s: (2, 4, 16, 16))
+    monkeypatch.setattr(module, "halo_chunk", lambda halo: 16)
+    monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 3))
+
+
+def check(x, params, padding, stride, **kw):
+    with count_launches() as launches:
+        out, partials = expand_dwconv(x, *params, padding, stride, **kw)
+    assert launches["expand_dwconv"] == 1 and sum(launches.values()) == 1, launches
+    ref, ref_pool = expand_dwconv_ref(x, *params, padding, stride, compute_dtype=torch.float64, **kw)
+    lowp = None
+    if x.dtype != torch.float32:  # torch at the input's precision, for the tolerance rule
+        lowp = expand_dwconv_ref(x.cpu(), *(p.cpu() for p in params), padding, stride, compute_dtype=x.dtype,
+                                 **{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})[0]
+    H_out, W_out = out.shape[-2:]
+    tile_h, tile_w, _, _ = module.blocks_for(H_out, W_out, x.shape[1], params[0].shape[0], round(
+        params[2].shape[0] ** 0.5), stride)
+    tiles = -(-H_out // tile_h) * -(-W_out // tile_w)
+    assert partials.dtype == torch.float32 and partials.shape == (x.shape[0], tiles, params[0].shape[0])
+    assert_close_to_ref(partials.sum(1), ref_pool, what="pool sums")
+    assert out.dtype == x.dtype
+    assert_close_to_ref(out, ref, lowp, what="expand_dwconv output")
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
+@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+def test_every_efficientnet_config(k, stride, pad_mode, dtype):
+    """Every (kernel, stride, padding) of B0-B7, with the SE pool sums."""
+    x, params = make(2, 8, 40, 13, 10, k, dtype)
+    out = check(x, params, conv_padding(13, 10, k, stride, pad_mode), stride)
+    assert out.shape == (2, 40, -(-13 // stride), -(-10 // stride))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("k,stride,pad_mode,dtype", [
+    (3, 1, "symmetric", torch.float16), (3, 2, "same", torch.float16), (5, 1, "symmetric", torch.bfloat16),
+    (5, 2, "same", torch.float16), (5, 1, "same", torch.float32), (3, 2, "symmetric", torch.float32)], ids=str)
+def test_gpu_like_tiling(gpu_like, k, stride, pad_mode, dtype):
+    """Tiles with overlapping halos over a 7x9 map (edge tiles on both sides), 20 expanded
+    channels in 16-channel blocks (a partial last block), halos in several 16-pixel chunks (a
+    partial last chunk) and 3 programs looping over the items with their two slots in turn."""
+    x, params = make(2, 12, 20, 7, 9, k, dtype)
+    check(x, params, conv_padding(7, 9, k, stride, pad_mode), stride)
+
+
+@pytest.mark.parametrize("C_in,C,H,W,k,stride,pad_mode", [
+    (1, 6, 1, 1, 3, 2, "same"), (1, 6, 7, 7, 5, 1, "symmetric"), (5, 30, 1, 13, 5, 2, "same"),
+    (5, 30, 15, 9, 3, 1, "symmetric"), (24, 144, 7, 7, 3, 2, "same"), (24, 144, 13, 1, 5, 1, "same")])
+def test_odd_sizes(H, W, C_in, C, k, stride, pad_mode):
+    x, params = make(2, C_in, C, H, W, k)
+    check(x, params, conv_padding(H, W, k, stride, pad_mode), stride)
+
+
+@pytest.mark.parametrize("act", ["identity", "relu6"])
+def test_other_activations(act):
+    x, params = make(1, 8, 24, 9, 11, 3)
+    check(x * 4, params, (1, 1, 1, 1), 1, act=act)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_nchw_input_gives_nchw_output(dtype):
+    x, params = make(2, 8, 24, 9, 7, 5, dtype, channels_last=False)
+    assert check(x, params, (1, 2, 1, 2), 2).is_contiguous()
+
+
+def test_same_as_the_separate_kernels():
+    """The fused op equals expand (pointwise_gated) then dwconv_bn_act, up to the fp16 rounding
+    of the expanded tensor that the separate path stores and the fused one never makes."""
+    from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act
+    from fastmbconv.kernels.pointwise_gated import pointwise_gated
+
+    x, params = make(2, 8, 40, 11, 9, 3, torch.float16)
+    w_expand, b_expand, w_dw, scale, shift = params
+    padding = conv_padding(11, 9, 3, 2, "same")
+    h = pointwise_gated(x, w_expand, b_expand, act="silu")
+    sep, sep_parts = dwconv_bn_act(h, w_dw, scale, shift, padding, 2, act="silu", with_pool=True)
+    fused, parts = expand_dwconv(x, *params, padding, 2)
+    rounded, rounded_pool = expand_dwconv_ref(x, *params, padding, 2, compute_dtype=torch.float64,
+                                              expanded_dtype=torch.float16)
+    lowp = expand_dwconv_ref(x, *params, padding, 2, compute_dtype=torch.float16)[0]
+    assert_close_to_ref(sep, rounded, lowp, what="separate path vs the twin with a rounded expansion")
+    assert_close_to_ref(sep_parts.sum(1), rounded_pool, what="separate pool sums")
+    torch.testing.assert_close(fused.float(), sep.float(), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(parts.sum(1), sep_parts.sum(1), atol=1e-2, rtol=1e-3)
+
+
+@pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
+@pytest.mark.parametrize("k,stride", [(3, 2), (5, 1)])
+def test_ragged(gpu_like, k, stride, pad_mode):
+    """Per-image valid sizes and padding: each image as if alone (its expanded halo is zero past
+    its own valid size, not the slot's); invalid outputs are 0 and left out of the pool sums."""
+    x, params = make(3, 8, 20, 9, 7, k)
+    sizes = [(9, 7), (6, 5), (1, 1)]
+    valid_hw = torch.tensor(sizes, dtype=torch.int32, device=DEVICE)
+    pads = [conv_padding(h, w, k, stride, pad_mode) for h, w in sizes]
+    pad_tl = torch.tensor([[p[0], p[2]] for p in pads], dtype=torch.int32, device=DEVICE)
+    out = check(x, params, conv_padding(9, 7, k, stride, pad_mode), stride, valid_hw=valid_hw, pad_tl=pad_tl)
+    alone, _ = expand_dwconv(x[1:2, :, :6, :5].contiguous(memory_format=torch.channels_last), *params, pads[1],
+                             stride)
+    ho, wo = alone.shape[-2:]
+    torch.testing.assert_close(out[1, :, :ho, :wo], alone[0], atol=1e-5, rtol=1e-5)
+    assert (out[1, :, ho:] == 0).all() and (out[1, :, :, wo:] == 0).all()
+
+
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
+def test_reads_stay_inside_the_input(gpu_like, k, stride):
+    x, params = make(2, 13, 20, 7, 9, k)
+    check(nan_fenced(x), params, conv_padding(7, 9, k, stride, "same"), stride)
+
+
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
+def test_writes_stay_inside_the_output(gpu_like, k, stride, monkeypatch):
+    fence = FencedOutputs()
+    monkeypatch.setattr(module, "empty_like_format", fence)
+    x, params = make(2, 13, 20, 7, 9, k)
+    check(x, params, conv_padding(7, 9, k, stride, "same"), stride)
+    fence.assert_untouched()
+
+
+class FencedScratch:
+    """The scratch as the middle of a larger buffer: NaN inside (a tap that reads a slot element
+    no expand wrote turns the output NaN) and a sentinel around it (a store past the slots
+    changes it)."""
+
+    SENTINEL = -777.0
+
+    def __init__(self):
+        self.buffers = []
+
+    def __call__(self, shape, device):
+        flat = 1
+        for n in shape:
+            flat *= n
+        buf = torch.full((flat + 64,), self.SENTINEL, dtype=torch.float32, device=device)
+        buf[32:32 + flat] = float("nan")
+        self.buffers.append(buf)
+        return buf[32:32 + flat].view(shape)
+
+    def assert_fences_untouched(self):
+        assert self.buffers
+        for buf in self.buffers:
+            assert (buf[:32] == self.SENTINEL).all() and (buf[-32:] == self.SENTINEL).all(), \
+                "a kernel stored outside its scratch"
+
+
+@pytest.mark.parametrize("k,stride,pad_mode", [(3, 1, "symmetric"), (5, 2, "same")])
+def test_scratch_is_written_before_it_is_read_and_never_overrun(gpu_like, k, stride, pad_mode, monkeypatch):
+    scratch = FencedScratch()
+    monkeypatch.setattr(module, "alloc_scratch", scratch)
+    x, params = make(2, 12, 20, 7, 9, k)
+    check(x, params, conv_padding(7, 9, k, stride, pad_mode), stride)
+    scratch.assert_fences_untouched()
+
+
+def test_partial_sums_are_bitwise_repeatable(gpu_like):
+    x, params = make(1, 8, 20, 5, 7, 5)
+    first = expand_dwconv(x, *params, (2, 2, 2, 2), 2)[1]
+    assert all(torch.equal(expand_dwconv(x, *params, (2, 2, 2, 2), 2)[1], first) for _ in range(2))
+
+
+def test_empty_batch_launches_nothing():
+    x, params = make(0, 8, 24, 9, 9, 3)
+    with count_launches() as launches:
+        out, partials = expand_dwconv(x, *params, (1, 1, 1, 1), 2)
+    assert out.shape == (0, 24, 5, 5) and partials.shape[0] == 0
+    assert sum(launches.values()) == 0
+
+
+def test_tile_choice():
+    """Tiles are powers of two, fit the halo caps, and a map smaller than a tile gets one tile."""
+    for (h, w, k, s) in [(56, 56, 3, 1), (28, 28, 5, 2), (7, 7, 5, 1), (14, 14, 3, 2), (300, 300, 5, 1)]:
+        th, tw = module.tile_for(h, w, k, s)
+        assert th & (th - 1) == 0 and tw & (tw - 1) == 0 and th * tw <= (128 if k == 3 else 64)
+        assert ((th - 1) * s + k) * ((tw - 1) * s + k) <= (320 if k == 3 else 256)
+    assert module.tile_for(7, 7, 3, 1) == (8, 8)
+
+
+BAD_CASES = {
+    "3-D input": (lambda x, p: ((x[0], *p), {}), ValueError, "4-D"),
+    "int input": (lambda x, p: ((x.to(torch.int32), *p), {}), TypeError, "dtype"),
+    "w_expand dtype": (lambda x, p: ((x, p[0].half(), *p[1:]), {}), TypeError, "w_expand dtype"),
+    "w_expand channels": (lambda x, p: ((x, p[0][:, :3], *p[1:]), {}), ValueError, "input with 8 channels"),
+    "w_dw shape": (lambda x, p: ((x, p[0], p[1], p[2][:, :5], *p[3:]), {}), ValueError, "w_dw"),
+    "kernel 7": (lambda x, p: ((x, p[0], p[1], torch.zeros(49, 24, device=x.device), *p[3:]), {}), ValueError,
+                 "k 3 or 5"),
+    "fp16 bias": (lambda x, p: ((x, p[0], p[1].half(), *p[2:]), {}), TypeError, "b_expand"),
+    "short shift": (lambda x, p: ((x, *p[:4], p[4][:3]), {}), ValueError, "shift"),
+    "stride 3": (lambda x, p: ((x, *p), {"stride": 3}), ValueError, "stride"),
+    "bad act": (lambda x, p: ((x, *p), {"act": "gelu"}), ValueError, "gelu"),
+    "valid_hw alone": (lambda x, p: ((x, *p), {"valid_hw": torch.ones(2, 2, dtype=torch.int32, device=x.device)}),
+                       ValueError, "together"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_raises_clear_error(case):
+    build, exc, words = BAD_CASES[case]
+    x, params = make(2, 8, 24, 9, 9, 3)
+    args, kw = build(x, params)
+    kw.setdefault("stride", 1)
+    with count_launches() as launches, pytest.raises(exc, match=words):
+        expand_dwconv(*args, (1, 1, 1, 1), **kw)
+    assert sum(launches.values()) == 0
+
+
+def test_out_of_range_valid_sizes():
+    x, params = make(2, 8, 24, 9, 9, 3)
+    too_big = torch.full((2, 2), 99, dtype=torch.int32, device=DEVICE)
+    pad_tl = torch.ones(2, 2, dtype=torch.int32, device=DEVICE)
+    if DEVICE == "cpu":
+        with pytest.raises(ValueError, match="valid_hw must lie in"):
+            expand_dwconv(x, *params, (1, 1, 1, 1), 1, valid_hw=too_big, pad_tl=pad_tl)
+    else:
+        full = torch.full((2, 2), 9, dtype=torch.int32, device=DEVICE)
+        torch.testing.assert_close(expand_dwconv(x, *params, (1, 1, 1, 1), 1, valid_hw=too_big, pad_tl=pad_tl),
+                                   expand_dwconv(x, *params, (1, 1, 1, 1), 1, valid_hw=full, pad_tl=pad_tl))
+
+
+@pytest.mark.gpu
+def test_more_than_2_31_elements_cuda():
+    """An input of more than 2^31 elements: the image offsets are 64-bit."""
+    N, C_in, H, W = 4100, 16, 184, 184  # 2.2e9 elements
+    x = torch.randn(N, C_in, H, W, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    _, params = make(1, C_in, 32, 1, 1, 3)
+    params = tuple(p.cuda() for p in params)
+    params = (params[0].half(), *params[1:])
+    out, partials = expand_dwconv(x, *params, (1, 1, 1, 1), 2)
+    ref, ref_pool = expand_dwconv_ref(x[-2:], *params, (1, 1, 1, 1), 2)
+    torch.testing.assert_close(out[-2:].float(), ref, atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(partials[-2:].sum(1), ref_pool, atol=1.0, rtol=1e-3)
