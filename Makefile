@@ -1,13 +1,23 @@
 # The two set-up commands of the README: `make run` and `make test`.
 PYTHON ?= python
-# The CPU wheel on machines without a GPU; installed only when torch is missing, so an existing
-# (CUDA) torch is never replaced and a CPU machine never pulls a multi-GB CUDA build.
-TORCH_SPEC ?= torch==2.13.0
+# pip arguments for torch, used only when torch is missing (an existing torch, CUDA or not, is
+# never replaced). Without a GPU (no `nvidia-smi -L`): the CPU-only wheel from PyTorch's CPU
+# index, so a CPU machine never pulls a multi-GB CUDA build; with one: PyPI's Linux wheel,
+# which is built with CUDA. Choose another build with e.g.
+#   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu130"
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+ifeq ($(HAS_GPU),1)
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
+else
+TORCH_SPEC ?= torch==$(TORCH_VERSION)+cpu --extra-index-url $(TORCH_CPU_INDEX)
+endif
 
 .PHONY: install run test test-fast bench bench-gpu
 GPU ?= $(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '_' | tr -cd 'A-Za-z0-9_.-')
 install:
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
 	$(PYTHON) -m pip install "setuptools>=64" wheel
 	$(PYTHON) -m pip install -e ".[test,study]" --no-build-isolation
 
