@@ -76,16 +76,25 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"measured {bw.kind} on {bw.device}: {bw.gb_s:.1f} GB/s ({bw.method})")
     lines = []
     if rows:
-        lines += ["| case | device | median ms | img/s | TFLOP/s | floor frac eager | floor frac layer-fused | floor frac whole-block |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["| case | device | median ms | img/s | TFLOP/s | floor frac eager | floor frac layer-fused | "
+                  "floor frac expand-dw fused | floor frac whole-block |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if r.get("median_s") is None:
-                lines.append(f"| {r['case']} | {r['device_name']} | (timing disabled) ||||||")
+                lines.append(f"| {r['case']} | {r['device_name']} | (timing disabled) |||||||")
                 continue
             f = study.fmt
             lines.append(f"| {r['case']} | {r['device_name']} | {r['median_s'] * 1e3:.3f} | {r['images_per_s']:,.1f} | "
                          f"{f(r['tflops'], '.3f')} | {f(r.get('floor_fraction_eager'), '.3f')} | "
-                         f"{f(r.get('floor_fraction_layer_fused'), '.3f')} | {f(r.get('floor_fraction_whole_block'), '.3f')} |")
+                         f"{f(r.get('floor_fraction_layer_fused'), '.3f')} | "
+                         f"{f(r.get('floor_fraction_expand_dw_fused'), '.3f')} | "
+                         f"{f(r.get('floor_fraction_whole_block'), '.3f')} |")
+    planned = [r for r in rows if "expand_dw_fused_layers" in r]
+    if planned:
+        lines += ["", "Expand + depthwise as one kernel (expand_dwconv) in:", ""]
+        lines += [f"- {r['case']}: {len(r['expand_dw_fused_layers'])} blocks "
+                  f"({', '.join(r['expand_dw_fused_layers']) or 'none'}; from {', '.join(r['expand_dw_why'])})"
+                  for r in planned]
     targets = study.evaluate_targets(rows)
     lines += ["", "Targets (each ratio from cases measured side by side in this session):", "",
               study.format_targets(targets)]

@@ -1,7 +1,7 @@
 """Analytic roofline of EfficientNet inference: FLOPs and the fewest HBM bytes per fusion level.
 
 The model structure is walked block by block (no tensors are computed), and every op is given
-the bytes it must read and write at three levels of fusion:
+the bytes it must read and write at four levels of fusion:
 
 ``eager``
     every conv, BN, activation, SE step and residual add is its own kernel that reads its
@@ -11,6 +11,10 @@ the bytes it must read and write at three levels of fusion:
     with the SE pool in its epilogue; the SE gate a tiny kernel; the project 1x1 applies the
     gate in its prologue and adds bias and residual in its epilogue; the head conv + BN + SiLU
     + global pool writes only the pooled vector (what ``fastmbconv``'s fused path does).
+``expand_dw_fused``
+    ``layer_fused`` with each block's expand 1x1 and depthwise conv as one kernel that reads the
+    block input and writes only the depthwise output (the expanded tensor never touches device
+    memory; what ``fastmbconv``'s ``expand_dwconv`` does, counting its halo re-reads as L2 hits).
 ``whole_block``
     only each block's input and output touch device memory (the expanded tensors stay on chip).
 
@@ -33,7 +37,7 @@ from torch import nn
 from .builders import model_structure
 from .shapes import LayerShape, walk
 
-LEVELS: tuple[str, ...] = ("eager", "layer_fused", "whole_block")
+LEVELS: tuple[str, ...] = ("eager", "layer_fused", "expand_dw_fused", "whole_block")
 KINDS: tuple[str, ...] = ("stem", "1x1", "depthwise", "se", "elementwise", "head", "classifier")
 
 _DTYPE_BYTES = {
@@ -145,9 +149,11 @@ class _Builder:
 
 _ALL = LEVELS
 _EAGER = ("eager",)
-_FUSED = ("layer_fused",)
+_LAYER = ("layer_fused",)  # the expand and depthwise kernels of the layer-by-layer path
+_EXPAND_DW = ("expand_dw_fused",)
+_FUSED = ("layer_fused", "expand_dw_fused")  # kernels both fused paths share
 _BLOCK = ("whole_block",)
-_FUSED_AND_BLOCK = ("layer_fused", "whole_block")
+_FUSED_AND_BLOCK = ("layer_fused", "expand_dw_fused", "whole_block")
 
 
 def _block_ops(bld: _Builder, layer: LayerShape) -> None:
@@ -193,9 +199,15 @@ def _block_ops(bld: _Builder, layer: LayerShape) -> None:
 
     # layer-fused: BN folded (a per-channel bias instead), four kernels per block
     if layer.has_expand:
-        bld.add(_FUSED, f"{name}.{parts.expand.conv_name}", "1x1", block_in, expanded, flops_expand,
+        bld.add(_LAYER, f"{name}.{parts.expand.conv_name}", "1x1", block_in, expanded, flops_expand,
                 w_expand + mid * itemsize)
-    bld.add(_FUSED, dw_name, "depthwise", expanded, dw_out + bld.vec(mid, 4), flops_dw, w_dw + 2 * mid * itemsize)
+        bld.add(_LAYER, dw_name, "depthwise", expanded, dw_out + bld.vec(mid, 4), flops_dw,
+                w_dw + 2 * mid * itemsize)
+        # expand + depthwise in one kernel: the block input in, the depthwise output out
+        bld.add(_EXPAND_DW, dw_name, "depthwise", block_in, dw_out + bld.vec(mid, 4), flops_expand + flops_dw,
+                w_expand + mid * itemsize + w_dw + 2 * mid * itemsize)
+    else:
+        bld.add(_FUSED, dw_name, "depthwise", block_in, dw_out + bld.vec(mid, 4), flops_dw, w_dw + 2 * mid * itemsize)
     bld.add(_FUSED, f"{name}.se", "se", bld.vec(mid, 4), bld.vec(mid, 4), flops_se, w_se)
     bld.add(_FUSED, project_name, "1x1", dw_out + bld.vec(mid, 4) + (block_in if layer.has_skip else 0), block_out,
             flops_project, w_project + cout * itemsize)

@@ -30,6 +30,27 @@ def test_b0_fp16_per_image_bytes(b0):
 
 def test_levels_are_ordered(b0):
     assert b0.bytes("eager") > 2.5 * b0.bytes("layer_fused") > 2.5 * 2.5 * b0.bytes("whole_block")
+    assert b0.bytes("layer_fused") > b0.bytes("expand_dw_fused") > b0.bytes("whole_block")
+    assert rl.LEVELS == ("eager", "layer_fused", "expand_dw_fused", "whole_block")
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_b5"])
+def test_expand_dw_fused_saves_the_expanded_round_trip(name):
+    """Fusing expand and depthwise removes exactly one write and one read of every expanded
+    tensor (B0 fp16: 27.6 -> 14.1 MB per image, 51%)."""
+    from fastmbconv.builders import model_structure
+    from fastmbconv.shapes import walk
+
+    model = model_structure(name)
+    res = model.default_resolution
+    roof = rl.roofline(model, res, batch=4, dtype="fp16")
+    expanded = sum(4 * l.mid_channels * l.height * l.width * 2 for l in walk(model, res, res)
+                   if l.kind == "block" and l.has_expand)
+    assert roof.bytes("layer_fused") - roof.bytes("expand_dw_fused") == 2 * expanded
+    assert roof.weight_bytes("layer_fused") == roof.weight_bytes("expand_dw_fused")
+    if name == "efficientnet_b0":
+        b256 = rl.roofline(model, res, batch=256, dtype="fp16")
+        assert b256.bytes("expand_dw_fused") / b256.bytes("layer_fused") == pytest.approx(0.51, abs=0.01)
 
 
 @pytest.mark.parametrize("level", rl.LEVELS)

@@ -14,8 +14,9 @@ from .targets import format_targets
 
 CSV_FIELDS = ("model", "resolution", "batch", "dtype", "provider", "median_s", "q1_s", "q3_s", "iqr_s", "min_s",
               "reps", "images_per_s", "gflops_per_image", "tflops", "mb_per_image_eager",
-              "mb_per_image_layer_fused", "mb_per_image_whole_block", "gb_s_eager", "gb_s_layer_fused",
-              "floor_fraction_eager", "floor_fraction_layer_fused", "floor_fraction_whole_block",
+              "mb_per_image_layer_fused", "mb_per_image_expand_dw_fused", "mb_per_image_whole_block", "gb_s_eager",
+              "gb_s_layer_fused", "floor_fraction_eager", "floor_fraction_layer_fused",
+              "floor_fraction_expand_dw_fused", "floor_fraction_whole_block",
               "model_source", "error")
 
 
@@ -38,20 +39,22 @@ def format_markdown(result: dict) -> str:
         "spread = interquartile range. Floor fraction = (analytic bytes at that fusion level / measured "
         "bandwidth) / measured time; 1.0 means at the floor.", "",
         "| model | res | batch | dtype | provider | median ms | IQR ms | img/s | GFLOP/img | TFLOP/s | "
-        "GB/s (eager bytes) | GB/s (layer-fused bytes) | floor frac eager | floor frac layer-fused | floor frac whole-block |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "GB/s (eager bytes) | GB/s (layer-fused bytes) | floor frac eager | floor frac layer-fused | "
+        "floor frac expand-dw fused | floor frac whole-block |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         if r.get("median_s") is None:
             out.append(f"| {short_name(r['model'])} | {r['resolution']} | {r['batch']} | {r['dtype']} | "
-                       f"{r['provider']} | failed: {r.get('error', '?')} |||||||||| |")
+                       f"{r['provider']} | failed: {r.get('error', '?')} ||||||||||| |")
             continue
         out.append(
             f"| {short_name(r['model'])} | {r['resolution']} | {r['batch']} | {r['dtype']} | {r['provider']} | "
             f"{r['median_s'] * 1e3:.3f} | {r['iqr_s'] * 1e3:.3f} | {r['images_per_s']:,.1f} | "
             f"{r['gflops_per_image']:.3f} | {fmt(r['tflops'], '.3f')} | {fmt(r.get('gb_s_eager'), '.1f')} | "
             f"{fmt(r.get('gb_s_layer_fused'), '.1f')} | {fmt(r.get('floor_fraction_eager'), '.3f')} | "
-            f"{fmt(r.get('floor_fraction_layer_fused'), '.3f')} | {fmt(r.get('floor_fraction_whole_block'), '.3f')} |")
+            f"{fmt(r.get('floor_fraction_layer_fused'), '.3f')} | {fmt(r.get('floor_fraction_expand_dw_fused'), '.3f')} | "
+            f"{fmt(r.get('floor_fraction_whole_block'), '.3f')} |")
     if meta["skipped"]:
         reasons: dict[str, int] = {}
         for s in meta["skipped"]:
