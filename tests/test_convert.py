@@ -151,9 +151,10 @@ def test_from_timm_keeps_rates_cfg_and_mode(training):
     """A fastmbconv model has timm's layout (attribute names, drop_path per block, drop_rate,
     pretrained_cfg), so it stands in for a timm model where timm does not import."""
     src = fm.create_model("efficientnet_b1.ft_in1k", drop_rate=0.25, drop_path_rate=0.2).train(training)
+    src.blocks[1][1].drop_path.drop_prob = 0.05  # off the linear rule: still carried exactly
     out = fm.from_timm(src)
     assert out.training == training and out.drop_rate == 0.25 and out.drop_path_rate == 0.2
-    assert _drop_probs(out) == _drop_probs(src) and max(_drop_probs(out)) > 0.18
+    assert _drop_probs(out) == _drop_probs(src) and max(_drop_probs(out)) > 0.18 and _drop_probs(out)[2] == 0.05
     assert out.pretrained_cfg == src.pretrained_cfg and out.pretrained_cfg is not src.pretrained_cfg
     assert out.pretrained_cfg["test_input_size"] == (3, 256, 256) and out.variant == "efficientnet_b1"
 
