@@ -154,7 +154,7 @@ def test_from_timm_keeps_rates_cfg_and_mode(training):
     src.blocks[1][1].drop_path.drop_prob = 0.05  # off the linear rule: still carried exactly
     out = fm.from_timm(src)
     assert out.training == training and out.drop_rate == 0.25 and out.drop_path_rate == 0.2
-    assert _drop_probs(out) == _drop_probs(src) and max(_drop_probs(out)) > 0.18 and _drop_probs(out)[2] == 0.05
+    assert _drop_probs(out) == _drop_probs(src) and max(_drop_probs(out)) > 0.18 and _drop_probs(out)[3] == 0.05
     assert out.pretrained_cfg == src.pretrained_cfg and out.pretrained_cfg is not src.pretrained_cfg
     assert out.pretrained_cfg["test_input_size"] == (3, 256, 256) and out.variant == "efficientnet_b1"
 
