@@ -14,6 +14,8 @@ and imported only here, when weights are loaded.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -35,8 +37,6 @@ class CheckpointError(RuntimeError):
 
 
 def _optional(module: str, purpose: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -105,9 +105,7 @@ def hub_state_dict(cfg: Mapping, cache_dir: Optional[Union[str, os.PathLike]] = 
     tried = []
     for filename in HUB_FILES:
         if filename.endswith(".safetensors"):
-            try:
-                import safetensors.torch  # noqa: F401
-            except ImportError:
+            if importlib.util.find_spec("safetensors") is None:
                 tried.append(f"{filename}: skipped, safetensors is not installed")
                 continue
         try:

@@ -6,7 +6,7 @@ import torch
 
 import fastmbconv as fm
 
-from .helpers import DEVICE, import_or_skip, randomize_bn
+from .helpers import import_or_skip, randomize_bn
 
 SIZES = [[32, 21], [17, 32]]
 
