@@ -77,3 +77,29 @@ def test_plot_titles_say_resolution_and_device(tmp_path, monkeypatch):
     assert all("Test CPU 9000" in t and "48x48 px" in t for t in titles), titles
     assert plots.resolution_label([{"resolution": 224}, {"resolution": 600}]) == \
         "each model at its resolution (224-600 px)"
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("gpu", [False, True])
+def test_makefile_torch_build_per_machine(gpu, tmp_path):
+    """`make install` asks pip for the CPU wheel from PyTorch's CPU index where `nvidia-smi -L`
+    fails, and for PyPI's (CUDA) wheel where it succeeds; shown with `make -n` (nothing runs)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text(f"#!/bin/sh\nexit {0 if gpu else 1}\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["make", "-n", "install"], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    first = out.stdout.splitlines()[0]
+    if gpu:
+        assert first.endswith("pip install torch==2.13.0"), first
+    else:
+        assert first.endswith("pip install torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu")
