@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO / "tools"))
 import gpu_cache  # noqa: E402
 import gpu_check  # noqa: E402
 import ncu_table  # noqa: E402
+from gpucheck import check, outfiles, setup_steps  # noqa: E402
 
 
 # ---------------------------------------------------------------------- ncu CSV parser
@@ -172,18 +173,18 @@ def test_real_triton_cache_hits_after_restore_elsewhere(tmp_path):
 
 # ---------------------------------------------------------------------- the OUT folder
 def test_check_out_catches_extra_missing_and_oversized_files(tmp_path):
-    for name in gpu_check.stage_files("verify"):
+    for name in outfiles.stage_files("verify"):
         (tmp_path / name).write_text("{}")
     with tarfile.open(tmp_path / "logs.tar.gz", "w:gz"):
         pass
     with tarfile.open(tmp_path / "gpu-cache.tar.gz", "w:gz"):
         pass
-    assert gpu_check.check_out(tmp_path, "verify") == []
+    assert outfiles.check_out(tmp_path, "verify") == []
     (tmp_path / "extra.txt").write_text("x")
     (tmp_path / "env.json").unlink()
     with open(tmp_path / "report.md", "wb") as f:
-        f.truncate(gpu_check.MAX_BYTES)  # sparse: exactly 16 MiB is already too big
-    problems = " | ".join(gpu_check.check_out(tmp_path, "verify"))
+        f.truncate(outfiles.MAX_BYTES)  # sparse: exactly 16 MiB is already too big
+    problems = " | ".join(outfiles.check_out(tmp_path, "verify"))
     assert "unexpected entries: ['extra.txt']" in problems and "missing files: ['env.json']" in problems
     assert "report.md is 16,777,216 B" in problems
 
@@ -194,11 +195,11 @@ def test_pack_dir_keeps_head_and_tail_of_long_logs_and_caps_size(tmp_path):
     body = b"".join(b"line %07d\n" % i for i in range(500_000))  # 6 MB of log
     (logs / "01-step.log").write_bytes(body)
     (logs / "noise.bin").write_bytes(os.urandom(400_000))
-    gpu_check.pack_dir(logs, tmp_path / "a.tar.gz")
+    outfiles.pack_dir(logs, tmp_path / "a.tar.gz")
     with tarfile.open(tmp_path / "a.tar.gz") as tf:
         text = tf.extractfile("01-step.log").read()
     assert text.startswith(b"line 0000000") and text.rstrip().endswith(b"line 0499999") and b"gpu-check cut" in text
-    notes = gpu_check.pack_dir(logs, tmp_path / "b.tar.gz", cap=200_000)
+    notes = outfiles.pack_dir(logs, tmp_path / "b.tar.gz", cap=200_000)
     with tarfile.open(tmp_path / "b.tar.gz") as tf:
         names = tf.getnames()
     assert "LEFT_OUT.txt" in names and "noise.bin" not in names and notes
@@ -212,7 +213,7 @@ def _dry(stage: str, out: Path, *args: str, env: dict | None = None) -> tuple[su
     r = subprocess.run([sys.executable, str(REPO / "tools" / "gpu_check.py"), "--stage", stage, "--dry",
                         "--out", str(out), *args], cwd=REPO, env=e, capture_output=True, text=True, timeout=400)
     report = json.loads((out / "report.json").read_text())
-    assert gpu_check.check_out(out, stage) == [], r.stdout[-3000:] + r.stderr[-3000:]
+    assert outfiles.check_out(out, stage) == [], r.stdout[-3000:] + r.stderr[-3000:]
     assert len(list(out.iterdir())) <= 8
     return r, {s["name"]: s for s in report["steps"]}
 
@@ -298,11 +299,11 @@ def test_render_results_rebuilds_table_from_pytest_benchmark_json(tmp_path):
 def test_step_over_its_time_is_interrupted_and_pytest_still_writes_junit(tmp_path):
     (tmp_path / "test_sleepy.py").write_text(
         "import time\n\ndef test_fast():\n    pass\n\ndef test_sleepy():\n    time.sleep(60)\n")
-    c = gpu_check.Check(gpu_check.parse_args(["--stage", "verify", "--out", str(tmp_path / "out"), "--dry"]))
+    c = check.Check(gpu_check.parse_args(["--stage", "verify", "--out", str(tmp_path / "out"), "--dry"]))
     try:
         junit = c.logs / "junit-sleepy.xml"
-        step = gpu_check.Step("sleepy", junit=junit)
-        res = gpu_check.Result("sleepy", "not run")
+        step = check.Step("sleepy", junit=junit)
+        res = check.Result("sleepy", "not run")
         c.results.append(res)
         argv = [sys.executable, "-m", "pytest", str(tmp_path / "test_sleepy.py"), "-p", "no:cacheprovider",
                 "--rootdir", str(tmp_path), "-c", os.devnull, f"--junitxml={junit}"]
@@ -317,17 +318,17 @@ def test_step_over_its_time_is_interrupted_and_pytest_still_writes_junit(tmp_pat
 
 
 def test_dry_install_never_repoints_another_checkout(monkeypatch, tmp_path):
-    c = gpu_check.Check(gpu_check.parse_args(["--stage", "verify", "--out", str(tmp_path / "out"), "--dry"]))
+    c = check.Check(gpu_check.parse_args(["--stage", "verify", "--out", str(tmp_path / "out"), "--dry"]))
     try:
-        monkeypatch.setattr(gpu_check, "extension_is_stale", lambda: False)
-        monkeypatch.setattr(gpu_check, "installed_checkout", lambda: None)  # a clean machine: the GPU's pip command
-        assert gpu_check.dry_install(c)[1:] == ["-m", "pip", "install", "--no-index", "--no-build-isolation",
-                                                "--no-deps", "-e", "."]
-        monkeypatch.setattr(gpu_check, "installed_checkout", lambda: gpu_check.REPO)  # CI after `make test`
-        assert gpu_check.dry_install(c) is None and not c.notes
-        monkeypatch.setattr(gpu_check, "installed_checkout", lambda: tmp_path / "elsewhere")
-        monkeypatch.setattr(gpu_check, "extension_is_stale", lambda: True)
-        assert gpu_check.dry_install(c)[1:] == ["setup.py", "build_ext", "--inplace"]
+        monkeypatch.setattr(setup_steps, "extension_is_stale", lambda: False)
+        monkeypatch.setattr(setup_steps, "installed_checkout", lambda: None)  # a clean machine: the GPU's pip command
+        assert setup_steps.dry_install(c)[1:] == ["-m", "pip", "install", "--no-index", "--no-build-isolation",
+                                                  "--no-deps", "-e", "."]
+        monkeypatch.setattr(setup_steps, "installed_checkout", lambda: setup_steps.REPO)  # CI after `make test`
+        assert setup_steps.dry_install(c) is None and not c.notes
+        monkeypatch.setattr(setup_steps, "installed_checkout", lambda: tmp_path / "elsewhere")
+        monkeypatch.setattr(setup_steps, "extension_is_stale", lambda: True)
+        assert setup_steps.dry_install(c)[1:] == ["setup.py", "build_ext", "--inplace"]
         assert "does not re-point it" in c.notes[0]
     finally:
         import shutil

@@ -1,0 +1,49 @@
+"""The profile stage's steps: the copy bandwidth, ncu over one fused and one eager B0 forward
+(each limited to its NVTX range), and the per-kernel tables read from ncu's CSV."""
+from __future__ import annotations
+
+import ncu_table
+
+from . import TOOLS
+from .check import Check, Step
+from .outfiles import load_json
+from .verify_steps import warm_step
+
+
+def ncu_tables(c: Check):
+    bw = (load_json(c.logs / "bandwidth.json") or {}).get("gb_s")
+    data = {"copy_bandwidth_gb_s": bw, "providers": {}}
+    for provider in ("fused", "eager"):
+        src = c.logs / "profile" / f"ncu-{provider}.csv"
+        if not src.exists():
+            data["providers"][provider] = {"note": "no ncu CSV (dry run, or the ncu step did not run)"}
+            continue
+        t = ncu_table.table(src.read_text(errors="replace"), bw, f"B0 {provider}, one forward")
+        ncu_table.write_csv(t["rows"], c.logs / "profile" / f"ncu-kernels-{provider}.csv")
+        (c.logs / "profile" / f"ncu-kernels-{provider}.md").write_text(t["markdown"])
+        data["providers"][provider] = {"total": t["total"], "kernels": t["kernels"][:40], "markdown": t["markdown"]}
+    c.profile_data = data
+    got = [p for p, v in data["providers"].items() if "total" in v]
+    if not got:
+        return ("ok" if c.dry else "failed"), {"note": "no ncu CSV to read"}
+    return "ok", {"providers": got}
+
+
+def profile_steps(c: Check) -> list[Step]:
+    py = c.py
+    prof = c.logs / "profile"
+    prof.mkdir(exist_ok=True)
+    bw = [py, str(TOOLS / "b0_forward.py"), "bandwidth", "--json", str(c.logs / "bandwidth.json")]
+    steps = [warm_step(c), Step("bandwidth", bw + ["--device", "cuda"], bw + ["--device", "cpu"], cap_s=60, min_s=10)]
+    for provider in ("fused", "eager"):
+        inner = [py, str(TOOLS / "b0_forward.py"), "profile", "--provider", provider, "--nvtx", f"b0_{provider}"]
+        tool = ["ncu", "--target-processes", "all", "--nvtx", "--nvtx-include", f"b0_{provider}/",
+                "--clock-control", "none", "--metrics", ",".join(ncu_table.NCU_METRICS),
+                "--csv", "--page", "raw", "--print-units", "base", "--log-file", str(prof / f"ncu-{provider}.csv")]
+        steps.append(Step(f"ncu-{provider}", inner + ["--device", "cuda", "--dtype", "fp16", "--resolution", "224",
+                                                       "--batch", "256"],
+                          inner + ["--device", "cpu", "--dtype", "fp32", "--resolution", "16", "--batch", "1", "--warmup", "1"],
+                          tool=tool, cap_s=200, min_s=45, needs_tool="ncu",
+                          what=f"ncu over one {provider} B0 forward (224 px, batch 256, fp16)"))
+    steps.append(Step("ncu-table", fn=ncu_tables, needs=("preflight",), essential=True))
+    return steps

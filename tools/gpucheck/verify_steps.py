@@ -1,0 +1,58 @@
+"""The verify stage's steps: the CUDA tests under pytest (autotuning off, then on), the fused
+B0 warm-up (which the speed and profile stages also start with), and compute-sanitizer
+memcheck over the tests. Each has a dry variant: a sample of interpreter tests on a CPU."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import TOOLS
+from .check import Check, Step
+
+GPU_MARK = os.environ.get("GPU_CHECK_MARK", "gpu")
+MEMCHECK_MARK = os.environ.get("GPU_CHECK_MEMCHECK_MARK", "gpu and not slow and not subprocess")
+DRY_MARK = os.environ.get("GPU_CHECK_DRY_MARK", "interpreter and not slow")
+DRY_SAMPLE = int(os.environ.get("GPU_CHECK_DRY_SAMPLE", "6"))
+DRY_SECONDS = os.environ.get("GPU_CHECK_DRY_SECONDS")  # overrides each dry test run's time cap
+
+
+def pytest_cmd(c: Check, name: str, mark: str, where: str = "tests", extra: list[str] | None = None) -> tuple[list, Path]:
+    junit = c.logs / f"junit-{name}.xml"
+    argv = [c.py, "-m", "pytest", where, "-m", mark, "-p", "gpu_check_plugin", "-p", "no:cacheprovider",
+            "-q", "-rfE", "--durations=10", f"--junitxml={junit}", *(extra or [])]
+    return argv, junit
+
+
+def dry_sample(n: int, seconds: float) -> list[str]:
+    """A few marked tests, round-robin across modules, and no new test after ``seconds``."""
+    return ["--gc-sample", str(n), "--gc-seconds", DRY_SECONDS or str(seconds)]
+
+
+def test_step(c: Check, name: str, autotune: bool, cap: float) -> Step:
+    gpu, junit = pytest_cmd(c, name, GPU_MARK)
+    # dry: the interpreter never autotunes, so the second run only proves the plumbing again
+    dry, _ = pytest_cmd(c, name, DRY_MARK, extra=dry_sample(2, 5) if autotune else dry_sample(DRY_SAMPLE, 15))
+    return Step(name, gpu, dry, cap_s=cap, min_s=30, junit=junit, env={"FASTMBCONV_AUTOTUNE": "1" if autotune else "0"},
+                what=f"the CUDA tests (-m '{GPU_MARK}'), autotuning {'on' if autotune else 'off'}")
+
+
+def memcheck_step(c: Check) -> Step:
+    gpu, junit = pytest_cmd(c, "memcheck", MEMCHECK_MARK)
+    dry, _ = pytest_cmd(c, "memcheck", f"({DRY_MARK}) and not subprocess", extra=dry_sample(1, 5))
+    tool = ["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "86", "--print-limit", "50"]
+    return Step("memcheck", gpu, dry, tool=tool, cap_s=210, min_s=60, junit=junit, needs_tool="compute-sanitizer",
+                env={"FASTMBCONV_AUTOTUNE": "0", "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
+                what="compute-sanitizer memcheck over the CUDA tests (caching allocator off: exact allocations)")
+
+
+def warm_step(c: Check) -> Step:
+    base = [c.py, str(TOOLS / "b0_forward.py"), "warm", "--json", str(c.logs / "warm.json")]
+    return Step("warm", base + ["--device", "cuda", "--dtype", "fp16", "--resolution", "224", "--batches", "256,1"],
+                base + ["--device", "cpu", "--dtype", "fp32", "--resolution", "16", "--batches", "1"],
+                cap_s=150, min_s=20, what="fused B0 224 fp16 at batch 256 and 1: compile + autotune into the cache")
+
+
+
+def verify_steps(c: Check) -> list[Step]:
+    return [test_step(c, "tests-quick", autotune=False, cap=180), warm_step(c),
+            test_step(c, "tests-autotuned", autotune=True, cap=240), memcheck_step(c)]
