@@ -95,9 +95,15 @@ def test_makefile_torch_build_per_machine(gpu, tmp_path):
     fake = bin_dir / "nvidia-smi"
     fake.write_text(f"#!/bin/sh\nexit {0 if gpu else 1}\n")
     fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    # Under `make test` the outer make's MAKEFLAGS/MAKELEVEL would leak in (directory banners,
+    # command-line overrides); this asks what a fresh `make install` would run.
+    inherited = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "TORCH_SPEC", "HAS_GPU", "PYTHON"}
+    env = {k: v for k, v in os.environ.items() if k not in inherited}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(["make", "-n", "install"], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(["make", "--no-print-directory", "-n", "install"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
     first = out.stdout.splitlines()[0]
     if gpu:
         assert first.endswith("pip install torch==2.13.0"), first
