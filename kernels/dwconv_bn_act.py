@@ -191,8 +191,10 @@ def _check_args(x, weight, scale, shift, padding, stride, act, valid_hw, pad_tl)
 def blocks_for(H_out: int, W_out: int, C: int) -> tuple[int, int, int]:
     """(TILE_H, TILE_W, BLOCK_C) of the heuristic config (the tile shape is also the autotuned
     configs': the number of partial sums depends on it)."""
-    if interpreting():  # ~30 ms per program: few, large blocks
-        th, tw, bc = next_pow2(H_out), next_pow2(W_out), min(next_pow2(C), 256)
+    if interpreting():  # ~20 ms per program plus ~5 per tap: few, large blocks (<= 64k elements)
+        th, tw, bc = next_pow2(H_out), next_pow2(W_out), min(next_pow2(C), 4096)
+        while th * tw * bc > 65536 and bc > 256:
+            bc //= 2
         while th * tw * bc > 65536 and th > 1:
             th //= 2
         return th, tw, bc
@@ -221,7 +223,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
     kernel, config = select_kernel(
         _dwconv_bn_act_autotuned, _dwconv_bn_act_kernel,
         (OP, C, H_out, W_out, stride, k, ragged, tile_h, tile_w, batch_bucket(N), x.dtype, out.dtype),
-        {"BLOCK_C": block_c, "num_warps": max(1, block_c // 16)})
+        {"BLOCK_C": block_c, "num_warps": min(8, max(1, block_c // 16))})
 
     def grid(meta):
         return (N * tiles, triton.cdiv(C, meta["BLOCK_C"]))

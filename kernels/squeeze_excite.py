@@ -106,8 +106,8 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
     if N == 0 or C == 0:
         return gate
     block_n, block_r = 16, max(16, next_pow2(R))
-    if interpreting():  # ~30 ms per program: few, large blocks
-        block_n, block_c, block_g = max(16, min(next_pow2(N), 64)), max(16, min(next_pow2(C), 1024)), None
+    if interpreting():  # ~30 ms per program: few, large blocks (Triton's limit: 2**20 elements)
+        block_n, block_c, block_g = max(16, min(next_pow2(N), 64)), max(16, min(next_pow2(C), 4096, 2**20 // block_r)), None
     else:
         block_c, block_g = 64, 64
     block_g = block_g or block_c

@@ -91,8 +91,9 @@ def test_activations(act):
 @pytest.mark.parametrize("k,stride,pad_mode", [(3, 1, "symmetric"), (5, 2, "same")])
 def test_many_tiles_and_channel_blocks(small_tiles, k, stride, pad_mode, dtype):
     """GPU-style tiling: 2x4 tiles over a 13x11 map (edge tiles on both sides) and 16-channel
-    blocks over 40 channels; the per-tile sums must add up to the image sums."""
-    x, w, scale, shift = make(2, 40, 13, 11, k, dtype)
+    blocks over 24 channels (the second block half masked); the per-tile sums must add up to
+    the image sums."""
+    x, w, scale, shift = make(2, 24, 13, 11, k, dtype)
     check(x, w, scale, shift, conv_padding(13, 11, k, stride, pad_mode), stride, with_pool=True)
 
 
@@ -131,15 +132,15 @@ def test_non_contiguous_input(view):
 def test_ragged(small_tiles, k, stride, pad_mode):
     """Per-image valid sizes and padding: each image as if alone; invalid outputs are 0 and
     left out of the pool sums (tiles wholly outside an image's valid region included)."""
-    x, w, scale, shift = make(3, 24, 21, 17, k)
-    sizes = [(21, 17), (10, 5), (1, 1)]
+    x, w, scale, shift = make(3, 24, 13, 11, k)
+    sizes = [(13, 11), (7, 5), (1, 1)]
     valid_hw = torch.tensor(sizes, dtype=torch.int32, device=DEVICE)
     pads = [conv_padding(h, wd, k, stride, pad_mode) for h, wd in sizes]
     pad_tl = torch.tensor([[p[0], p[2]] for p in pads], dtype=torch.int32, device=DEVICE)
-    padding = conv_padding(21, 17, k, stride, pad_mode)
+    padding = conv_padding(13, 11, k, stride, pad_mode)
     out = check(x, w, scale, shift, padding, stride, with_pool=True, valid_hw=valid_hw, pad_tl=pad_tl)
     # image 1 computed on its own, without the rest of its slot, must agree
-    alone = dwconv_bn_act(x[1:2, :, :10, :5].contiguous(memory_format=torch.channels_last), w, scale, shift,
+    alone = dwconv_bn_act(x[1:2, :, :7, :5].contiguous(memory_format=torch.channels_last), w, scale, shift,
                           pads[1], stride)
     ho, wo = alone.shape[-2:]
     torch.testing.assert_close(out[1, :, :ho, :wo], alone[0], atol=1e-5, rtol=1e-5)
@@ -227,16 +228,15 @@ def test_out_of_range_valid_sizes():
 
 def test_partial_sums_are_bitwise_repeatable(small_tiles):
     """No atomics: every tile writes its own sums, so repeated runs agree to the bit."""
-    x, w, scale, shift = make(3, 40, 13, 7, 5)
+    x, w, scale, shift = make(2, 24, 13, 7, 5)
     first = dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True)[1]
-    assert all(torch.equal(dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True)[1], first)
-               for _ in range(2))
+    assert torch.equal(dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True)[1], first)
 
 
 @pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 def test_reads_stay_inside_the_input(small_tiles, k, stride, pad_mode):
-    x, w, scale, shift = make(2, 37, 13, 11, k)
+    x, w, scale, shift = make(2, 21, 13, 11, k)
     x = nan_fenced(x)
     check(x, w, scale, shift, conv_padding(13, 11, k, stride, pad_mode), stride, with_pool=True)
 
@@ -245,6 +245,6 @@ def test_reads_stay_inside_the_input(small_tiles, k, stride, pad_mode):
 def test_writes_stay_inside_the_output(small_tiles, k, stride, monkeypatch):
     fence = FencedOutputs()
     monkeypatch.setattr(module, "empty_like_format", fence)
-    x, w, scale, shift = make(2, 37, 13, 11, k)
+    x, w, scale, shift = make(2, 21, 13, 11, k)
     check(x, w, scale, shift, conv_padding(13, 11, k, stride, "same"), stride, with_pool=True)
     fence.assert_untouched()
