@@ -12,7 +12,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .config import B0_HEAD_CHANNELS, B0_STEM_CHANNELS, VARIANTS, compound_scaling, round_channels, scale_stages
+from .config import (ARCHITECTURES, B0_HEAD_CHANNELS, B0_STEM_CHANNELS, VARIANTS, compound_scaling, round_channels,
+                     scale_stages)
 from .geometry import PadMode
 from .model import EfficientNet
 from .pretrained import PRETRAINED_CFGS, for_features, has_weights
@@ -69,14 +70,6 @@ def efficientnet(
 
 
 # ---------------------------------------------------------------------------- names
-#: timm's architecture names -> (variant, padding): ``efficientnet_bN`` (symmetric padding,
-#: BN eps 1e-5) and ``tf_efficientnet_bN`` (TF "SAME" padding, BN eps 1e-3).
-ARCHITECTURES: dict[str, tuple[str, PadMode]] = {
-    **{f"efficientnet_{v}": (v, "symmetric") for v in VARIANTS},
-    **{f"tf_efficientnet_{v}": (v, "same") for v in VARIANTS},
-}
-
-
 class UnknownModelError(ValueError):
     """A model name or pretrained tag that fastmbconv does not know; the message lists close
     matches."""

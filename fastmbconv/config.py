@@ -78,6 +78,13 @@ VARIANTS: dict[str, VariantConfig] = {
 # TF-ported (timm ``tf_efficientnet_*``).
 BN_EPS: dict[PadMode, float] = {"symmetric": 1e-5, "same": 1e-3}
 
+#: timm's architecture names -> (variant, padding): ``efficientnet_bN`` (symmetric padding,
+#: BN eps 1e-5) and ``tf_efficientnet_bN`` (TF "SAME" padding, BN eps 1e-3).
+ARCHITECTURES: dict[str, tuple[str, PadMode]] = {
+    **{f"efficientnet_{v}": (v, "symmetric") for v in VARIANTS},
+    **{f"tf_efficientnet_{v}": (v, "same") for v in VARIANTS},
+}
+
 
 def round_channels(channels: float, width_mult: float = 1.0, divisor: int = 8) -> int:
     """Scale ``channels`` by ``width_mult`` and round to the nearest multiple of ``divisor``.

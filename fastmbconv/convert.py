@@ -16,8 +16,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .builders import ARCHITECTURES
-from .config import B0_STAGES, VARIANTS, StageConfig, round_channels, scale_stages
+from .config import ARCHITECTURES, B0_STAGES, VARIANTS, StageConfig, round_channels, scale_stages
 from .geometry import PadMode
 from .layers import DepthwiseSeparable, MBConv
 from .model import EfficientNet, StateDictMismatchError
