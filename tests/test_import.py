@@ -54,3 +54,62 @@ def test_kernels_ship_inside_the_package(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _package_import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (at the top or inside functions), read from the
+    source with ast; ``kernels/`` is ``fastmbconv.kernels``."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = {}
+    for base, package in ((root / "fastmbconv", "fastmbconv"), (root / "kernels", "fastmbconv.kernels")):
+        for path in base.rglob("*.py"):
+            parts = list(path.relative_to(base).with_suffix("").parts)
+            is_init = parts[-1] == "__init__"
+            name = ".".join([package, *parts[:-1]] if is_init else [package, *parts])
+            files[name] = (path, is_init)
+    extension = {"fastmbconv._C"}  # compiled: imports nothing of the package
+    graph = {name: set() for name in extension}
+    for name, (path, is_init) in files.items():
+        here = name if is_init else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = here
+                for _ in range(max(0, node.level - 1)):
+                    base = base.rpartition(".")[0]
+                target = (f"{base}.{node.module}" if node.module else base) if node.level else node.module
+                # `from pkg import sub` imports the submodule; `from pkg import name`, pkg itself
+                candidates = [f"{target}.{a.name}" if f"{target}.{a.name}" in files.keys() | extension else target
+                              for a in node.names]
+            elif isinstance(node, ast.Import):
+                candidates = [a.name for a in node.names]
+            else:
+                continue
+            edges |= {c for c in candidates if (c in files or c in extension) and c != name}
+        graph[name] = edges
+    return graph
+
+
+def test_no_import_cycles():
+    """No module of the package imports, directly or through others, a module that imports it
+    (lazy imports inside functions count: they hide a cycle, they don't remove it)."""
+    graph = _package_import_graph()
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+    assert len(graph) > 40 and graph["fastmbconv.builders"]  # the walk read the tree
