@@ -1,4 +1,4 @@
-"""Elementwise math shared by the kernels' epilogues.
+"""Elementwise math shared by the kernels' epilogues, and each image's extent in a ragged batch.
 
 SiLU is applied to every output of the stem, expand, depthwise and head convs, so its cost per
 element matters: ``y * tl.sigmoid(y)`` compiles to ~14 SASS instructions on sm_90 (a
@@ -35,3 +35,21 @@ def activation(y, ACT: tl.constexpr, FAST: tl.constexpr):
     elif ACT == 2:
         y = tl.minimum(tl.maximum(y, 0.0), 6.0)
     return y
+
+
+@triton.jit
+def image_extent(valid_ptr, padtl_ptr, n, H, W, pad_top, pad_left, RAGGED: tl.constexpr):
+    """(height, width, top, left) of image ``n``: its own valid size and padding in a ragged
+    batch (sizes clamped to the buffer, so a bad size can never read outside it; CUDA inputs
+    skip the host check), else the whole map's."""
+    if RAGGED:
+        h_img = tl.minimum(tl.load(valid_ptr + 2 * n), H)
+        w_img = tl.minimum(tl.load(valid_ptr + 2 * n + 1), W)
+        top = tl.load(padtl_ptr + 2 * n)
+        left = tl.load(padtl_ptr + 2 * n + 1)
+    else:
+        h_img = H
+        w_img = W
+        top = pad_top
+        left = pad_left
+    return h_img, w_img, top, left

@@ -75,6 +75,39 @@ def check_activation(op: str, name: str, act: str) -> None:
         raise ValueError(f"{op}: unknown {name} {act!r}; expected one of {ACTIVATIONS}")
 
 
+def output_size(height: int, width: int, kernel: int, stride: int, padding) -> tuple[int, int]:
+    """Output height and width of a ``kernel`` x ``kernel`` conv; ``padding`` is (top, bottom,
+    left, right)."""
+    top, bottom, left, right = padding
+    return (height + top + bottom - kernel) // stride + 1, (width + left + right - kernel) // stride + 1
+
+
+def check_conv_geometry(op: str, H: int, W: int, k: int, stride, padding, act: str):
+    """Stride 1 or 2, four paddings in [0, k), a known activation and a non-empty output;
+    returns (padding as a tuple of ints, H_out, W_out)."""
+    if stride not in (1, 2):
+        raise ValueError(f"{op}: stride must be 1 or 2, got {stride}")
+    padding = tuple(int(p) for p in padding)
+    if len(padding) != 4 or min(padding) < 0 or max(padding) >= k:
+        raise ValueError(f"{op}: padding must be 4 values (top, bottom, left, right) in [0, {k}), got {padding}")
+    check_activation(op, "act", act)
+    H_out, W_out = output_size(H, W, k, stride, padding)
+    if H_out < 1 or W_out < 1:
+        raise ValueError(f"{op}: input {H}x{W} with padding {padding} is too small for a {k}x{k} kernel")
+    return padding, H_out, W_out
+
+
+def check_ragged_args(op: str, N: int, valid_hw, pad_tl, device) -> None:
+    """A ragged batch's per-image sizes and paddings: both or neither, each (N, 2) int32."""
+    if (valid_hw is None) != (pad_tl is None):
+        raise ValueError(f"{op}: valid_hw and pad_tl must be given together (ragged batch) or not at all")
+    for name, t in (("valid_hw", valid_hw), ("pad_tl", pad_tl)):
+        if t is not None:
+            check_tensor(op, name, t, ndim=2, dtypes=(torch.int32,), device=device)
+            if t.shape != (N, 2):
+                raise ValueError(f"{op}: {name} must have shape ({N}, 2), got {tuple(t.shape)}")
+
+
 def is_channels_last(x: torch.Tensor) -> bool:
     """True if ``x`` (4-D) is laid out NHWC; outputs follow the input's memory format."""
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

@@ -17,7 +17,7 @@ optional ragged arguments give each image its own valid size and (top, left) pad
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,17 +25,19 @@ import triton
 import triton.language as tl
 
 from ._launch import call_op, launch, select_kernel
-from ._math import activation
+from ._math import activation, image_extent
 from ._utils import (
     ACT_CODES,
     activation_ref,
     batch_bucket,
-    check_activation,
+    check_conv_geometry,
+    check_ragged_args,
     check_tensor,
     empty_like_format,
     interpreting,
     needs_int64,
     next_pow2,
+    output_size,
     spatial_tile,
     valid_mask,
 )
@@ -61,19 +63,11 @@ def _dwconv_bn_act_kernel(
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < C
 
+    h_img, w_img, top, left = image_extent(valid_ptr, padtl_ptr, n, H, W, pad_top, pad_left, RAGGED)
     if RAGGED:
-        # clamped so a bad size can never read outside the buffer (CUDA inputs skip the host check)
-        h_img = tl.minimum(tl.load(valid_ptr + 2 * n), H)
-        w_img = tl.minimum(tl.load(valid_ptr + 2 * n + 1), W)
-        top = tl.load(padtl_ptr + 2 * n)
-        left = tl.load(padtl_ptr + 2 * n + 1)
         h_valid = (h_img + STRIDE - 1) // STRIDE
         w_valid = (w_img + STRIDE - 1) // STRIDE
     else:
-        h_img = H
-        w_img = W
-        top = pad_top
-        left = pad_left
         h_valid = H_out
         w_valid = W_out
     if INT64:
@@ -119,7 +113,7 @@ def _dwconv_bn_act_kernel(
 # since the number of partial sums depends on it. Pruned per launch to 8-32 outputs per thread
 # (none of which spills on any B0-B7 layer: python -m fastmbconv.kernel_report) and to channel
 # blocks no wider than the layer.
-_GPU_CONFIGS = [(16, 1), (32, 1), (32, 2), (64, 2), (64, 4), (128, 4), (128, 8), (32, 4), (64, 8)]
+_GPU_CONFIGS = [(16, 1), (32, 1), (32, 2), (64, 2), (64, 4), (128, 4), (128, 8), (32, 4)]
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -135,11 +129,6 @@ _dwconv_bn_act_autotuned = triton.autotune(
     key=["C", "H_out", "W_out", "STRIDE", "KSIZE", "RAGGED", "TILE_H", "TILE_W", "batch_bucket"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_dwconv_bn_act_kernel)
-
-
-def output_size(height: int, width: int, kernel: int, stride: int, padding: Sequence[int]) -> tuple[int, int]:
-    top, bottom, left, right = padding
-    return (height + top + bottom - kernel) // stride + 1, (width + left + right - kernel) // stride + 1
 
 
 def taps_major(weight: torch.Tensor) -> torch.Tensor:
@@ -169,22 +158,8 @@ def _check_args(x, weight, scale, shift, padding, stride, act, valid_hw, pad_tl)
         check_tensor(OP, name, t, ndim=1, dtypes=(torch.float32,), device=x.device)
         if t.shape[0] != C:
             raise ValueError(f"{OP}: {name} must have {C} entries (one per channel), got {t.shape[0]}")
-    if stride not in (1, 2):
-        raise ValueError(f"{OP}: stride must be 1 or 2, got {stride}")
-    padding = tuple(int(p) for p in padding)
-    if len(padding) != 4 or min(padding) < 0 or max(padding) >= k:
-        raise ValueError(f"{OP}: padding must be 4 values (top, bottom, left, right) in [0, {k}), got {padding}")
-    check_activation(OP, "act", act)
-    H_out, W_out = output_size(H, W, k, stride, padding)
-    if H_out < 1 or W_out < 1:
-        raise ValueError(f"{OP}: input {H}x{W} with padding {padding} is too small for a {k}x{k} kernel")
-    if (valid_hw is None) != (pad_tl is None):
-        raise ValueError(f"{OP}: valid_hw and pad_tl must be given together (ragged batch) or not at all")
-    if valid_hw is not None:
-        for name, t in (("valid_hw", valid_hw), ("pad_tl", pad_tl)):
-            check_tensor(OP, name, t, ndim=2, dtypes=(torch.int32,), device=x.device)
-            if t.shape != (N, 2):
-                raise ValueError(f"{OP}: {name} must have shape ({N}, 2), got {tuple(t.shape)}")
+    padding, H_out, W_out = check_conv_geometry(OP, H, W, k, stride, padding, act)
+    check_ragged_args(OP, N, valid_hw, pad_tl, x.device)
     return k, padding, H_out, W_out
 
 

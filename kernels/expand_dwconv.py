@@ -30,18 +30,19 @@ import triton
 import triton.language as tl
 
 from ._launch import call_op, launch
-from ._math import activation
+from ._math import activation, image_extent
 from ._utils import (
     ACT_CODES,
     activation_ref,
-    check_activation,
+    check_conv_geometry,
+    check_ragged_args,
     check_tensor,
     empty_like_format,
     interpreting,
     needs_int64,
     next_pow2,
 )
-from .dwconv_bn_act import dwconv_bn_act_ref, output_size
+from .dwconv_bn_act import dwconv_bn_act_ref
 
 OP = "expand_dwconv"
 
@@ -76,16 +77,7 @@ def _expand_dwconv_kernel(
         # item's reads, so one barrier per item suffices
         slot = scratch_ptr + (pid * 2 + buf) * (HALO * BLOCK_C)
         buf = 1 - buf
-        if RAGGED:
-            h_img = tl.minimum(tl.load(valid_ptr + 2 * n), H)
-            w_img = tl.minimum(tl.load(valid_ptr + 2 * n + 1), W)
-            top = tl.load(padtl_ptr + 2 * n)
-            left = tl.load(padtl_ptr + 2 * n + 1)
-        else:
-            h_img = H
-            w_img = W
-            top = pad_top
-            left = pad_left
+        h_img, w_img, top, left = image_extent(valid_ptr, padtl_ptr, n, H, W, pad_top, pad_left, RAGGED)
         oh0 = (tile // TILES_W) * TILE_H
         ow0 = (tile % TILES_W) * TILE_W
         ih0 = oh0 * STRIDE - top
@@ -175,22 +167,8 @@ def _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
         check_tensor(OP, name, t, ndim=1, dtypes=(torch.float32,), device=x.device)
         if t.shape[0] != C:
             raise ValueError(f"{OP}: {name} must have {C} fp32 entries (one per expanded channel), got {t.shape[0]}")
-    if stride not in (1, 2):
-        raise ValueError(f"{OP}: stride must be 1 or 2, got {stride}")
-    padding = tuple(int(p) for p in padding)
-    if len(padding) != 4 or min(padding) < 0 or max(padding) >= k:
-        raise ValueError(f"{OP}: padding must be 4 values (top, bottom, left, right) in [0, {k}), got {padding}")
-    check_activation(OP, "act", act)
-    H_out, W_out = output_size(H, W, k, stride, padding)
-    if H_out < 1 or W_out < 1:
-        raise ValueError(f"{OP}: input {H}x{W} with padding {padding} is too small for a {k}x{k} kernel")
-    if (valid_hw is None) != (pad_tl is None):
-        raise ValueError(f"{OP}: valid_hw and pad_tl must be given together (ragged batch) or not at all")
-    for name, t in (("valid_hw", valid_hw), ("pad_tl", pad_tl)):
-        if t is not None:
-            check_tensor(OP, name, t, ndim=2, dtypes=(torch.int32,), device=x.device)
-            if t.shape != (N, 2):
-                raise ValueError(f"{OP}: {name} must have shape ({N}, 2), got {tuple(t.shape)}")
+    padding, H_out, W_out = check_conv_geometry(OP, H, W, k, stride, padding, act)
+    check_ragged_args(OP, N, valid_hw, pad_tl, x.device)
     return k, padding, H_out, W_out, C
 
 

@@ -19,12 +19,13 @@ import triton
 import triton.language as tl
 
 from ._launch import call_op, launch
-from ._math import activation
+from ._math import activation, image_extent
 from ._utils import (
     ACT_CODES,
     FLOAT_DTYPES,
     activation_ref,
-    check_activation,
+    check_conv_geometry,
+    check_ragged_args,
     check_tensor,
     interpreting,
     needs_int64,
@@ -59,16 +60,7 @@ def _stem_conv_kernel(
     k_ok = kk < KSIZE * KSIZE * C_IN
     offs_co = tl.arange(0, BLOCK_CO)
     co_ok = offs_co < C_out
-    if RAGGED:
-        h_img = tl.minimum(tl.load(valid_ptr + 2 * n), H)
-        w_img = tl.minimum(tl.load(valid_ptr + 2 * n + 1), W)
-        top = tl.load(padtl_ptr + 2 * n)
-        left = tl.load(padtl_ptr + 2 * n + 1)
-    else:
-        h_img = H
-        w_img = W
-        top = pad_top
-        left = pad_left
+    h_img, w_img, top, left = image_extent(valid_ptr, padtl_ptr, n, H, W, pad_top, pad_left, RAGGED)
     if INT64:
         oh = oh.to(tl.int64)
         ow = ow.to(tl.int64)
@@ -122,24 +114,12 @@ def _check_args(x, weight, bias, padding, stride, act, in_channels, valid_hw, pa
                          f"for {C_in} input and {C_out} output channels (the bias's), got {tuple(weight.shape)}")
     if C_in > 16:
         raise ValueError(f"{OP}: meant for the few channels of an image (at most 16), got {C_in}")
-    if stride not in (1, 2) or k not in (1, 3, 5, 7):
-        raise ValueError(f"{OP}: stride must be 1 or 2 and the kernel 1, 3, 5 or 7, got stride {stride}, kernel {k}")
-    padding = tuple(int(p) for p in padding)
-    if len(padding) != 4 or min(padding) < 0 or max(padding) >= max(k, 1):
-        raise ValueError(f"{OP}: padding must be 4 values (top, bottom, left, right) in [0, {k}), got {padding}")
-    check_activation(OP, "act", act)
+    if k not in (1, 3, 5, 7):
+        raise ValueError(f"{OP}: the kernel must be 1, 3, 5 or 7, got {k}")
     if out_dtype not in FLOAT_DTYPES:
         raise TypeError(f"{OP}: out_dtype must be one of {FLOAT_DTYPES}, got {out_dtype}")
-    H_out, W_out = (H + padding[0] + padding[1] - k) // stride + 1, (W + padding[2] + padding[3] - k) // stride + 1
-    if H_out < 1 or W_out < 1:
-        raise ValueError(f"{OP}: input {H}x{W} with padding {padding} is too small for a {k}x{k} kernel")
-    if (valid_hw is None) != (pad_tl is None):
-        raise ValueError(f"{OP}: valid_hw and pad_tl must be given together (ragged batch) or not at all")
-    for name, t in (("valid_hw", valid_hw), ("pad_tl", pad_tl)):
-        if t is not None:
-            check_tensor(OP, name, t, ndim=2, dtypes=(torch.int32,), device=x.device)
-            if t.shape != (N, 2):
-                raise ValueError(f"{OP}: {name} must have shape ({N}, 2), got {tuple(t.shape)}")
+    padding, H_out, W_out = check_conv_geometry(OP, H, W, k, stride, padding, act)
+    check_ragged_args(OP, N, valid_hw, pad_tl, x.device)
     return k, padding, H_out, W_out
 
 
