@@ -113,7 +113,7 @@ def _dwconv_bn_act_kernel(
 # since the number of partial sums depends on it. Pruned per launch to 8-32 outputs per thread
 # (none of which spills on any B0-B7 layer: python -m fastmbconv.kernel_report) and to channel
 # blocks no wider than the layer.
-_GPU_CONFIGS = [(16, 1), (32, 1), (32, 2), (64, 2), (64, 4), (128, 4), (128, 8), (32, 4)]
+_GPU_CONFIGS = [(16, 1), (32, 1), (32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]
 
 
 def _prune_configs(configs, named_args, **kwargs):

@@ -202,8 +202,10 @@ def tile_for(H_out: int, W_out: int, kernel: int, stride: int) -> tuple[int, int
 
 def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int) -> tuple[int, int, int, int]:
     """(TILE_H, TILE_W, BLOCK_C, BLOCK_K): output pixels and expanded channels per work item,
-    input channels per expand step."""
-    block_k = min(64, max(16, next_pow2(C_in)))
+    input channels per expand step: 64 only for 3x3 kernels over whole steps of 64, else 32
+    (a partial last step of 64, or the 25 taps' loads beside one, spill on sm_90: B2's 88 and
+    B7's 160 input channels in python -m fastmbconv.kernel_report)."""
+    block_k = min(64 if kernel == 3 and C_in % 64 == 0 else 32, max(16, next_pow2(C_in)))
     if interpreting():  # ~30 ms per program: few, large items
         return next_pow2(H_out), next_pow2(W_out), min(next_pow2(C), 128), block_k
     return (*tile_for(H_out, W_out, kernel, stride), 32, block_k)

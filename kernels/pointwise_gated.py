@@ -148,10 +148,24 @@ _GPU_CONFIGS = [
     (64, 32, 64, 4, 4), (32, 64, 64, 4, 4), (128, 64, 64, 8, 3),
 ]
 _KEY = ["K", "O", "HW", "W", "HAS_GATE", "HAS_RES", "ACT", "RAGGED", "DENSE_ROWS", "batch_bucket"]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """With the SE gate applied to fewer than 64 input channels (the depthwise-separable blocks:
+    16-40 channels in B0-B5) the 8192-output tiles need 255 registers and spill on sm_90
+    (python -m fastmbconv.kernel_report --model efficientnet_b3 or b4): keep tiles of at most
+    4096 outputs there."""
+    args = {**named_args, **kwargs}
+    if args["K"] >= 64 or not args["HAS_GATE"]:
+        return configs
+    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 4096] or configs[:1]
+
+
 _pointwise_gated_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
              for m, n, k, w, st in _GPU_CONFIGS],
     key=_KEY,
+    prune_configs_by={"early_config_prune": _prune_configs},
 )(_pointwise_gated_kernel)
 _pointwise_pool_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)

@@ -109,7 +109,7 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
     if interpreting():  # ~30 ms per program: few, large blocks (Triton's limit: 2**20 elements)
         block_n, block_c, block_g = max(16, min(next_pow2(N), 64)), max(16, min(next_pow2(C), 4096, 2**20 // block_r)), None
     else:
-        block_c, block_g = 64, 64
+        block_c, block_g = 128, 64
     block_g = block_g or block_c
     image_blocks, gate_blocks = triton.cdiv(N, block_n), triton.cdiv(C, block_g)
     # enough programs to spread over the GPU; each recomputes its images' hidden vector

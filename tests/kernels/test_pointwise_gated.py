@@ -244,3 +244,17 @@ def test_torch_fallback_compiles_without_graph_breaks():
     compiled = torch.compile(fallback, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), fallback(x))
     torch._dynamo.reset()
+
+
+def test_autotune_keeps_small_tiles_below_32_input_channels():
+    """With the SE gate the 8192-output tiles spill on sm_90 at 16-40 input channels (the
+    depthwise-separable blocks, in the static report): the autotuner never tries them there;
+    everywhere else it tries every config."""
+    from fastmbconv.kernels import pointwise_gated as module
+
+    tuned = module._pointwise_gated_autotuned
+    small = tuned.early_config_prune(tuned.configs, {}, K=40, O=24, HAS_GATE=True)
+    assert small and all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 4096 for c in small)
+    assert len(small) < len(tuned.configs)
+    assert tuned.early_config_prune(tuned.configs, {}, K=96, O=24, HAS_GATE=True) == tuned.configs
+    assert tuned.early_config_prune(tuned.configs, {}, K=16, O=96, HAS_GATE=False) == tuned.configs
