@@ -7,12 +7,10 @@ import functools
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import reference
-from .backend import select_path
 from .config import B0_HEAD_CHANNELS, B0_STAGES, B0_STEM_CHANNELS, BN_EPS, StageConfig
 from .features import FeatureInfo, Indices, stage_feature_dicts, take_indices
 from .geometry import PadMode, RaggedSizes, check_pad_mode
@@ -145,7 +143,7 @@ class EfficientNet(nn.Module):
     # ------------------------------------------------------------------ forward
     def _execute(self, x: torch.Tensor, valid_sizes, output: Output, stages=None):
         plan = make_plan(self, x, valid_sizes, output, stages)
-        if select_path(self, x) == "fused":
+        if plan.path == "fused":
             from . import fused as executor  # imports triton: only when a fused call needs it
         else:
             executor = reference
@@ -207,17 +205,7 @@ class EfficientNet(nn.Module):
         """Pool (over each image's valid region when ``valid_hw`` gives the head map's valid
         sizes), dropout, classifier; ``pre_logits`` stops before the classifier."""
         sizes = None if valid_hw is None else RaggedSizes.from_user(valid_hw, x.shape)
-        return self._head(x, sizes, pre_logits)
-
-    def _head(self, x: torch.Tensor, sizes: Optional[RaggedSizes], pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            return reference.head(self, x, sizes, pre_logits)
-        if self.global_pool == "":
-            return F.dropout(x, p=self.drop_rate, training=self.training) if self.drop_rate > 0.0 else x
-        if sizes is not None:
-            x = x.masked_fill(~sizes.mask(x.shape[-2], x.shape[-1], x.device), float("-inf"))
-        # a 1x1 map: the head's mean over it is the max itself, then dropout and the classifier
-        return reference.head(self, x.amax((2, 3), keepdim=True), None, pre_logits)
+        return reference.head(self, x, sizes, pre_logits)
 
     def forward(self, x: torch.Tensor, valid_sizes=None) -> torch.Tensor | list[torch.Tensor]:
         """Logits (or pooled features if ``num_classes == 0``; feature maps if ``features_only``).
@@ -225,18 +213,7 @@ class EfficientNet(nn.Module):
         ``valid_sizes``: optional (N, 2) per-image valid (height, width) for a ragged batch, as
         returned by :func:`fastmbconv.prepare_images`; see :mod:`fastmbconv.ragged`.
         """
-        if self.features_only or self.global_pool == "avg":
-            return self._execute(x, valid_sizes, "logits")
-        features = self._execute(x, valid_sizes, "features")
-        sizes = None if valid_sizes is None else self._head_sizes(RaggedSizes.from_user(valid_sizes, x.shape))
-        return self._head(features, sizes)
-
-    def _head_sizes(self, sizes: RaggedSizes) -> RaggedSizes:
-        sizes = sizes.after(3, self.conv_stem.stride[0])
-        for stage in self.blocks:
-            for block in stage:
-                sizes = sizes.after(block.kernel, block.stride)
-        return sizes
+        return self._execute(x, valid_sizes, "logits")
 
     # ------------------------------------------------------------------ timm's training hooks
     def get_classifier(self) -> nn.Module:

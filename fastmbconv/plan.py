@@ -1,8 +1,9 @@
 """What one forward call must do, decided once before any layer runs.
 
 ``EfficientNet.forward`` and ``forward_features`` check their input here and hand a
-:class:`ForwardPlan` to exactly one executor: :mod:`fastmbconv.reference` (the modules) or
-:mod:`fastmbconv.fused` (the Triton kernels). Both take ``run(model, x, plan)``.
+:class:`ForwardPlan` to exactly one executor, the one :func:`fastmbconv.backend.select_path`
+picks: :mod:`fastmbconv.reference` (the modules) or :mod:`fastmbconv.fused` (the Triton
+kernels). Both take ``run(model, x, plan)`` and produce the whole output, head included.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Literal, Optional
 
 import torch
 
+from .backend import select_path
 from .geometry import PadMode, RaggedSizes
 
 #: ``logits``: classifier output (pooled features when the classifier is Identity);
@@ -32,6 +34,7 @@ class ForwardPlan:
     sizes: Optional[RaggedSizes] = None  # per-image valid sizes of a ragged batch
     stages: tuple[int, ...] = ()  # stage indices whose outputs are returned (STEM for the stem's)
     channels_last: bool = False  # returned maps in channels_last (as the input was), else contiguous
+    path: str = "reference"  # the executor: "reference" or "fused" (fastmbconv.backend.select_path)
 
     @property
     def last_stage(self) -> int:
@@ -79,6 +82,8 @@ def make_plan(model, x: torch.Tensor, valid_sizes, output: Output, stages=None) 
     stage outputs to return for ``stage_maps``/``intermediates``, as executor stage indices
     (``STEM`` or a ``blocks`` index; default: the maps ``model.feature_info`` selects)."""
     check_input(model, x)
+    dtype, path = compute_dtype(model, x), select_path(model, x)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     sizes = None
     if valid_sizes is not None:
         if model.training:
@@ -93,5 +98,4 @@ def make_plan(model, x: torch.Tensor, valid_sizes, output: Output, stages=None) 
             raise ValueError(f"stages {stages} must be {STEM} (the stem) or block stages 0..{len(model.blocks) - 1}")
     else:
         stages = ()
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return ForwardPlan(output, model.pad_mode, compute_dtype(model, x), sizes, stages, channels_last)
+    return ForwardPlan(output, model.pad_mode, dtype, sizes, stages, channels_last, path)

@@ -38,8 +38,18 @@ def _masked(x: torch.Tensor, sizes: Optional[RaggedSizes]) -> torch.Tensor:
 
 
 def head(model, features: torch.Tensor, sizes: Optional[RaggedSizes] = None, pre_logits: bool = False) -> torch.Tensor:
-    """Global average pool (over each image's valid region), dropout, classifier."""
-    x = features.mean((2, 3)) if sizes is None else ragged.masked_mean(features, sizes).flatten(1)
+    """``model.global_pool`` over each image's valid region (``avg``, ``max``; ``""`` keeps the
+    map and skips the classifier), dropout, classifier."""
+    if model.global_pool == "":
+        x = _masked(features, sizes)
+        return F.dropout(x, p=model.drop_rate, training=model.training) if model.drop_rate > 0.0 else x
+    if model.global_pool == "max":
+        if sizes is not None:
+            features = features.masked_fill(~sizes.mask(features.shape[-2], features.shape[-1], features.device),
+                                            float("-inf"))
+        x = features.amax((2, 3))
+    else:
+        x = features.mean((2, 3)) if sizes is None else ragged.masked_mean(features, sizes).flatten(1)
     if model.drop_rate > 0.0:
         x = F.dropout(x, p=model.drop_rate, training=model.training)
     return x if pre_logits else model.classifier(x)

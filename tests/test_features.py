@@ -203,6 +203,25 @@ def test_ragged_max_pool_matches_images_run_alone():
     torch.testing.assert_close(out[:1], model(X[:1]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.interpreter
+@pytest.mark.parametrize("pool,num_classes", [("max", 0), ("max", 7), ("", 0)])
+def test_fused_path_pools_like_the_reference(pool, num_classes, device):
+    """Max and no pooling on the fused path: the head map (not the pool-only head launch), then
+    the reference head, over each image's valid region of a ragged batch."""
+    from fastmbconv.kernels._launch import count_launches
+    from fastmbconv.kernels.testing import assert_close_to_ref
+
+    model = tiny(num_classes=num_classes, global_pool=pool, pad_mode="same").to(device)
+    x, sizes = X.to(device), [[40, 56], [17, 33]]
+    with torch.inference_mode():
+        ref = model(x, sizes)
+        with fm.use_backend("fused"), count_launches() as launches:
+            out = model(x, sizes)
+    assert launches["pointwise_gated"] > 0 and launches["pointwise_gated[pool]"] == 0
+    assert out.shape == ref.shape and out.dim() == (4 if pool == "" else 2)
+    assert_close_to_ref(out, ref, what=f"{pool or 'no'} pool")
+
+
 # ---------------------------------------------------------------- memory format, both paths
 @pytest.mark.interpreter
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from .. import ragged
+from .. import ragged, reference
 from ..geometry import PadMode, RaggedSizes
 from ..kernels._launch import layer_scope
 from ..kernels.dwconv_bn_act import dwconv_bn_act
@@ -96,13 +96,16 @@ def run(model, x: torch.Tensor, plan: ForwardPlan):
     if plan.output == "stage_maps":
         return maps
     with layer_scope("conv_head"):
-        if plan.output in ("features", "intermediates"):
+        if plan.output == "logits" and model.global_pool == "avg":  # the head map is never written
+            features = None
+            pooled = pointwise_gated(x, weights.head_weight, weights.head_bias, act="silu", pool_only=True,
+                                     valid_hw=None if sizes is None else sizes.on(x.device))
+        else:
             features = _returned(pointwise_gated(x, weights.head_weight, weights.head_bias, act="silu"), sizes, plan)
-            return (features, maps) if plan.output == "intermediates" else features
-        pooled = pointwise_gated(x, weights.head_weight, weights.head_bias, act="silu", pool_only=True,
-                                 valid_hw=None if sizes is None else sizes.on(x.device))
-    with layer_scope("classifier"):
-        return model.classifier(pooled)
+            if plan.output != "logits":
+                return (features, maps) if plan.output == "intermediates" else features
+    with layer_scope("classifier"):  # max or no pooling: the reference head on the map
+        return model.classifier(pooled) if features is None else reference.head(model, features, sizes)
 
 
 def pointwise_choices(model, batch: int, height: int, width: int, dtype=None, device=None) -> list[dict]:
