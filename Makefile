@@ -24,12 +24,16 @@ install:
 run: install
 	$(PYTHON) -m fastmbconv.study
 
+# tests/ on two processes (most tests interpret Triton kernels on one core each; a file stays on
+# one process, so tests sharing a folder never race), then the benchmarks (timed: one process).
 test: install
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n 2 --dist loadfile tests
+	$(PYTHON) -m pytest benchmarks
 
-# A quick pass after `make install` (under a minute on 2 cores): no slow or subprocess tests.
+# A quick pass after `make install` (under a minute on 2 cores): the pure-torch tests, without
+# interpreted Triton kernels, child processes or slow tests.
 test-fast:
-	$(PYTHON) -m pytest -q -m "not slow and not subprocess" tests
+	$(PYTHON) -m pytest -q -n 2 -m "not slow and not subprocess and not interpreter" tests
 
 bench: install
 	$(PYTHON) -m pytest benchmarks

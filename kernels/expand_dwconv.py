@@ -207,7 +207,7 @@ def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: i
     B7's 160 input channels in python -m fastmbconv.kernel_report)."""
     block_k = min(64 if kernel == 3 and C_in % 64 == 0 else 32, max(16, next_pow2(C_in)))
     if interpreting():  # ~30 ms per program: few, large items
-        return next_pow2(H_out), next_pow2(W_out), min(next_pow2(C), 128), block_k
+        return next_pow2(H_out), next_pow2(W_out), min(next_pow2(C), 128), max(16, min(next_pow2(C_in), 128))
     return (*tile_for(H_out, W_out, kernel, stride), 32, block_k)
 
 

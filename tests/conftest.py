@@ -8,7 +8,7 @@ Markers (registered in pyproject.toml):
   too (``-m gpu`` then selects every test that exercises the GPU);
 - ``subprocess``: runs a child Python process (slow to start);
 - ``slow``: long-running (large interpreted shapes, the B1-B7 structures); ``make test-fast``
-  leaves out ``slow`` and ``subprocess``.
+  leaves out ``slow``, ``subprocess`` and ``interpreter``.
 """
 from __future__ import annotations
 

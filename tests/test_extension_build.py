@@ -28,6 +28,7 @@ def _nvcc():
     return str(cand) if cand.exists() else None
 
 
+@pytest.mark.subprocess
 def test_cuda_kernel_compiles_with_bare_nvcc(tmp_path):
     """prepare_kernel.cu holds raw-pointer kernels and a cudaStream_t launcher: it must compile
     with nvcc alone, no torch headers on the include path."""
@@ -48,6 +49,7 @@ def test_cuda_kernel_compiles_with_bare_nvcc(tmp_path):
         assert out.stat().st_size > 0
 
 
+@pytest.mark.subprocess
 def test_cuda_binding_compiles(tmp_path):
     """The CUDA build's torch binding (prepare_cuda.cpp with FASTMBCONV_WITH_CUDA) passes the host
     compiler's syntax check against torch's headers and the CUDA toolkit's. CPU torch lacks one
@@ -91,6 +93,7 @@ def test_extension_is_importable_from_the_package():
     )
 
 
+@pytest.mark.subprocess
 def test_import_does_not_load_the_extension():
     code = ("import sys, fastmbconv, fastmbconv.prepare\n"
             "assert 'fastmbconv._C' not in sys.modules, 'imported eagerly'\n"

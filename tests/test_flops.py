@@ -21,6 +21,7 @@ def test_count_flops_leaves_model_untouched():
     assert m.conv_stem.weight.device.type == "cpu" and m.training
 
 
+@pytest.mark.slow
 def test_model_table_b0_to_b7():
     rows = fm.model_table()
     assert [r["model"] for r in rows] == [f"efficientnet_b{i}" for i in range(8)]

@@ -3,7 +3,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
+
+@pytest.mark.subprocess
 def test_import_pulls_in_no_optional_dependency():
     code = textwrap.dedent(
         """
@@ -26,6 +29,7 @@ def test_import_pulls_in_no_optional_dependency():
     assert result.stdout.strip().endswith("ok")
 
 
+@pytest.mark.subprocess
 def test_import_does_not_import_triton():
     """TRITON_INTERPRET must be settable after `import fastmbconv`, so triton (which torch's
     flop counter imports) is imported only when a fused call needs it."""
@@ -39,6 +43,7 @@ def test_import_does_not_import_triton():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.subprocess
 def test_kernels_ship_inside_the_package(tmp_path):
     """From outside the checkout, `fastmbconv.kernels` imports and a top-level `kernels` does not
     (PyPI has an unrelated package of that name)."""

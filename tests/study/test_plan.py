@@ -17,6 +17,7 @@ def quick_run(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_writes_every_output(quick_run):
     out, result = quick_run
     for name in ("results.md", "results.json", "results.csv", "b0_layers.csv",
