@@ -157,3 +157,9 @@ class RaggedSizes:
         if key not in self._cache:
             self._cache[key] = valid_mask(self.on(device), height, width)[:, None]
         return self._cache[key]
+
+    def masked_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-image spatial mean of ``x`` (N, C, H, W) over each image's valid region:
+        (N, C, 1, 1). Positions outside it (NaN padding included) count as nothing."""
+        summed = torch.where(self.mask(x.shape[-2], x.shape[-1], x.device), x, x.new_zeros(())).sum((2, 3), keepdim=True)
+        return summed / self.on(x.device, "counts").to(x.dtype).view(-1, 1, 1, 1)

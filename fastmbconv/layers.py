@@ -96,7 +96,7 @@ class SqueezeExcite(nn.Module):
         self.conv_expand = nn.Conv2d(reduced_channels, channels, 1, bias=True)
 
     def gate(self, x: torch.Tensor, sizes: Optional[RaggedSizes] = None) -> torch.Tensor:
-        pooled = x.mean((2, 3), keepdim=True) if sizes is None else ragged.masked_mean(x, sizes)
+        pooled = x.mean((2, 3), keepdim=True) if sizes is None else sizes.masked_mean(x)
         return torch.sigmoid(self.conv_expand(F.silu(self.conv_reduce(pooled))))
 
     def forward(self, x: torch.Tensor, sizes: Optional[RaggedSizes] = None) -> torch.Tensor:

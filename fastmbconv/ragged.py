@@ -48,9 +48,3 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
         yi = F.conv2d(xi, weight, bias, stride=s, groups=groups)
         out.index_copy_(0, idx, yi[..., :H_out, :W_out])
     return mask_invalid(out, sizes.after(k, s))
-
-
-def masked_mean(x: torch.Tensor, sizes: RaggedSizes) -> torch.Tensor:
-    """Per-image spatial mean over the valid region: (N, C, 1, 1)."""
-    summed = mask_invalid(x, sizes).sum((2, 3), keepdim=True)
-    return summed / sizes.on(x.device, "counts").to(x.dtype).view(-1, 1, 1, 1)

@@ -49,7 +49,7 @@ def head(model, features: torch.Tensor, sizes: Optional[RaggedSizes] = None, pre
                                             float("-inf"))
         x = features.amax((2, 3))
     else:
-        x = features.mean((2, 3)) if sizes is None else ragged.masked_mean(features, sizes).flatten(1)
+        x = features.mean((2, 3)) if sizes is None else sizes.masked_mean(features).flatten(1)
     if model.drop_rate > 0.0:
         x = F.dropout(x, p=model.drop_rate, training=model.training)
     return x if pre_logits else model.classifier(x)
