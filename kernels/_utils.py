@@ -70,6 +70,19 @@ def check_tensor(op: str, name: str, t, ndim: int | None = None, dtypes=FLOAT_DT
         raise ValueError(f"{op}: {name} is on {t.device} but the input is on {device}")
 
 
+def check_1x1_weight(op: str, name: str, w, x: torch.Tensor, out_letter: str) -> int:
+    """A 1x1 conv weight for ``x``: its dtype and device, shape (O, K) or (O, K, 1, 1) with K the
+    input's channels; returns O."""
+    K = x.shape[1]
+    check_tensor(op, name, w, device=x.device)
+    if w.dtype != x.dtype:
+        raise TypeError(f"{op}: {name} dtype {w.dtype} must match the input's {x.dtype}")
+    if w.ndim not in (2, 4) or w.shape[1] != K or w.numel() != w.shape[0] * K:
+        raise ValueError(f"{op}: {name} must be ({out_letter}, {K}) or ({out_letter}, {K}, 1, 1) for an input with "
+                         f"{K} channels, got {tuple(w.shape)}")
+    return w.shape[0]
+
+
 def check_activation(op: str, name: str, act: str) -> None:
     if act not in ACT_CODES:
         raise ValueError(f"{op}: unknown {name} {act!r}; expected one of {ACTIVATIONS}")

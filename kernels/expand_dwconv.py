@@ -34,6 +34,7 @@ from ._math import activation, image_extent
 from ._utils import (
     ACT_CODES,
     activation_ref,
+    check_1x1_weight,
     check_conv_geometry,
     check_ragged_args,
     check_tensor,
@@ -151,13 +152,7 @@ def _expand_dwconv_kernel(
 def _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act, valid_hw, pad_tl):
     check_tensor(OP, "x", x, ndim=4)
     N, C_in, H, W = x.shape
-    check_tensor(OP, "w_expand", w_expand, device=x.device)
-    if w_expand.dtype != x.dtype:
-        raise TypeError(f"{OP}: w_expand dtype {w_expand.dtype} must match the input's {x.dtype}")
-    if w_expand.ndim not in (2, 4) or w_expand.shape[1] != C_in or w_expand.numel() != w_expand.shape[0] * C_in:
-        raise ValueError(f"{OP}: w_expand must be (C, {C_in}) or (C, {C_in}, 1, 1) for an input with {C_in} "
-                         f"channels, got {tuple(w_expand.shape)}")
-    C = w_expand.shape[0]
+    C = check_1x1_weight(OP, "w_expand", w_expand, x, "C")
     check_tensor(OP, "w_dw", w_dw, ndim=2, dtypes=(torch.float32,), device=x.device)
     k = round(w_dw.shape[0] ** 0.5)
     if w_dw.shape[1] != C or k * k != w_dw.shape[0] or k not in (3, 5):

@@ -33,6 +33,7 @@ from ._utils import (
     ACT_CODES,
     activation_ref,
     batch_bucket,
+    check_1x1_weight,
     check_activation,
     check_tensor,
     empty_like_format,
@@ -178,13 +179,7 @@ def _check_args(x, weight, bias, gate, residual, act, pool_only, valid_hw):
     check_tensor(OP, "x", x, ndim=4)
     N, K, H, W = x.shape
     dev = x.device
-    check_tensor(OP, "weight", weight, device=dev)
-    if weight.dtype != x.dtype:
-        raise TypeError(f"{OP}: weight dtype {weight.dtype} must match the input's {x.dtype}")
-    if weight.ndim not in (2, 4) or weight.shape[1] != K or weight.numel() != weight.shape[0] * K:
-        raise ValueError(f"{OP}: weight must be (O, {K}) or (O, {K}, 1, 1) for an input with {K} channels, "
-                         f"got {tuple(weight.shape)}")
-    O = weight.shape[0]
+    O = check_1x1_weight(OP, "weight", weight, x, "O")
     check_tensor(OP, "bias", bias, ndim=1, dtypes=(torch.float32,), device=dev)
     if bias.shape[0] != O:
         raise ValueError(f"{OP}: bias must have {O} entries (fp32, one per output channel), got {bias.shape[0]}")

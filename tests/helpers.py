@@ -37,3 +37,19 @@ def import_or_skip(name: str):
         return importlib.import_module(name)
     except Exception as exc:  # torchvision's compiled ops fail to load on CPU-only machines
         pytest.skip(f"{name} does not import here: {type(exc).__name__}: {exc}"[:300])
+
+
+def compile_fullgraph(model: nn.Module, x: torch.Tensor):
+    """On the fused backend: the eager output, then ``torch.compile(model, fullgraph=True)``
+    (aot_eager: no graph break allowed, no inductor codegen) called once with its launches
+    counted. Returns (eager, compiled, out, launches); dynamo's caches are reset first."""
+    import fastmbconv as fm
+    from fastmbconv.kernels._launch import count_launches
+
+    torch._dynamo.reset()
+    with torch.no_grad(), fm.use_backend("fused"):
+        eager = model(x)
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        with count_launches() as launches:
+            out = compiled(x)
+    return eager, compiled, out, launches

@@ -14,7 +14,7 @@ from fastmbconv.kernels._launch import count_launches
 from fastmbconv.kernels.testing import assert_close_to_ref
 from fastmbconv.layers import DepthwiseSeparable, MBConv
 
-from ..helpers import DEVICE, randomize_bn
+from ..helpers import DEVICE, compile_fullgraph, randomize_bn
 
 # launch counts below assume every 1x1 conv takes the Triton kernel
 pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_triton", "expand_dw_separate")]
@@ -118,14 +118,10 @@ def test_whole_b0_compiles_as_one_graph_and_sees_bn_edits():
     the weights are graph inputs); switching the backend recompiles to the reference path."""
     model = randomize_bn(fm.efficientnet_b0(num_classes=10)).eval().to(DEVICE)
     x = torch.randn(1, 3, 17, 17, device=DEVICE)
-    torch._dynamo.reset()
+    eager, compiled, out, launches = compile_fullgraph(model, x)
+    assert launches["dwconv_bn_act"] == 16
+    assert_close_to_ref(out, eager, what="compiled B0")
     with torch.no_grad(), fm.use_backend("fused"):
-        eager = model(x)
-        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-        with count_launches() as launches:
-            out = compiled(x)
-        assert launches["dwconv_bn_act"] == 16
-        assert_close_to_ref(out, eager, what="compiled B0")
         model.blocks[2][0].bn2.weight.mul_(2.0)
         edited_eager = model(x)
         assert (edited_eager - eager).abs().max() > 1e-4

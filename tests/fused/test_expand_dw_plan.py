@@ -12,7 +12,7 @@ from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.testing import assert_close_to_ref
 from fastmbconv.shapes import walk
 
-from ..helpers import DEVICE, randomize_bn
+from ..helpers import DEVICE, compile_fullgraph, randomize_bn
 
 pytestmark = pytest.mark.usefixtures("pointwise_on_triton")
 
@@ -150,13 +150,7 @@ def test_whole_b0_with_fused_blocks_compiles_as_one_graph(monkeypatch):
     no graph break, the op runs 15 times, output equal to eager."""
     monkeypatch.setenv(layer_plan.ENV_VAR, "fused")
     model = b0()
-    x = torch.randn(1, 3, 17, 17, device=DEVICE)
-    torch._dynamo.reset()
-    with torch.no_grad(), fm.use_backend("fused"):
-        eager = model(x)
-        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-        with count_launches() as launches:
-            out = compiled(x)
+    eager, _, out, launches = compile_fullgraph(model, torch.randn(1, 3, 17, 17, device=DEVICE))
     torch._dynamo.reset()
     assert launches["expand_dwconv"] == 15 and launches["dwconv_bn_act"] == 1
     assert_close_to_ref(out, eager, what="compiled B0 with fused expand + depthwise")
