@@ -73,7 +73,7 @@ ext_modules, cmdclass = extensions()
 setup(
     packages=["fastmbconv", *(f"fastmbconv.{p}" for p in find_packages("fastmbconv")), "fastmbconv.kernels"],
     package_dir={"fastmbconv": "fastmbconv", "fastmbconv.kernels": "kernels"},
-    package_data={"fastmbconv.fused": ["*.json"]},
+    package_data={"fastmbconv": ["pretrained_cfgs.txt"], "fastmbconv.fused": ["*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

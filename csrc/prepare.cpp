@@ -225,13 +225,6 @@ at::Tensor prepare_images_v2_cpu(at::TensorList images, const at::Tensor& meta, 
   return out;
 }
 
-at::Tensor prepare_images_cpu(at::TensorList images, const at::Tensor& meta, int64_t channels,
-                              int64_t out_h, int64_t out_w, at::ScalarType dtype,
-                              c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
-  return prepare_images_v2_cpu(images, meta_from_v1(meta, channels), kTorchBilinear, out_h,
-                               out_w, dtype, mean, std_);
-}
-
 }  // namespace
 
 // FRAGMENT, not TORCH_LIBRARY: the Triton kernels register their own ops in the same
@@ -254,7 +247,7 @@ TORCH_LIBRARY_FRAGMENT(fastmbconv, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastmbconv, CPU, m) {
-  m.impl("prepare_images", &prepare_images_cpu);
+  m.impl("prepare_images", &prepare_images_v1<prepare_images_v2_cpu>);
   m.impl("prepare_images_v2", &prepare_images_v2_cpu);
 }
 

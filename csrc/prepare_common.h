@@ -70,6 +70,19 @@ inline at::Tensor meta_from_v1(const at::Tensor& meta, int64_t channels) {
   return out;
 }
 
+// The v1 op on top of a device's v2 implementation: every image resized whole, bilinear.
+using PrepareImagesV2 = at::Tensor (*)(at::TensorList, const at::Tensor&, int64_t, int64_t,
+                                       int64_t, at::ScalarType, c10::ArrayRef<double>,
+                                       c10::ArrayRef<double>);
+
+template <PrepareImagesV2 v2>
+at::Tensor prepare_images_v1(at::TensorList images, const at::Tensor& meta, int64_t channels,
+                             int64_t out_h, int64_t out_w, at::ScalarType dtype,
+                             c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
+  return v2(images, meta_from_v1(meta, channels), kTorchBilinear, out_h, out_w, dtype, mean,
+            std_);
+}
+
 // Checks the arguments and builds the loops' table: N rows of kTableCols int64 (see
 // prepare_math.h), then the int32 Pillow coefficient area, one buffer so the CUDA binding
 // uploads it in one copy. Every image must lie inside its tensor and every window inside its

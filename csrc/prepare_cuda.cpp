@@ -41,17 +41,10 @@ at::Tensor prepare_images_v2_cuda(at::TensorList images, const at::Tensor& meta,
   return out;
 }
 
-at::Tensor prepare_images_cuda(at::TensorList images, const at::Tensor& meta, int64_t channels,
-                               int64_t out_h, int64_t out_w, at::ScalarType dtype,
-                               c10::ArrayRef<double> mean, c10::ArrayRef<double> std_) {
-  return prepare_images_v2_cuda(images, meta_from_v1(meta, channels), kTorchBilinear, out_h,
-                                out_w, dtype, mean, std_);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastmbconv, CUDA, m) {
-  m.impl("prepare_images", &prepare_images_cuda);
+  m.impl("prepare_images", &prepare_images_v1<prepare_images_v2_cuda>);
   m.impl("prepare_images_v2", &prepare_images_v2_cuda);
 }
 

@@ -60,23 +60,35 @@ def has_cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("fastmbconv::prepare_images", "CUDA")
 
 
+def prepare_images_fake(meta_cols: int, mode: str, modes: tuple):
+    """The fake (meta) implementation of a prepare_images op: its (N, ``meta_cols``) table, and
+    ``mode`` (the op's fourth argument) one of ``modes``. Both ops share it; each registers it
+    from the module its C++ definition names."""
+
+    def fake(images, meta, mode_value, out_h, out_w, dtype, mean, std):
+        torch._check(len(images) > 0, lambda: "images is an empty list")
+        torch._check(all(t.dtype == torch.uint8 for t in images), lambda: "images must be uint8")
+        torch._check(all(t.device == images[0].device for t in images),
+                     lambda: "all images must be on one device")
+        torch._check(meta.dim() == 2 and meta.shape[1] == meta_cols,
+                     lambda: f"meta must be (N, {meta_cols})")
+        torch._check(mode_value in modes,
+                     lambda: f"{mode} must be {' or '.join(map(str, modes))}, got {mode_value}")
+        torch._check(dtype in (torch.float32, torch.float16, torch.bfloat16),
+                     lambda: f"dtype must be float32, float16 or bfloat16, got {dtype}")
+        return torch.empty((meta.shape[0], 3, out_h, out_w), dtype=dtype, device=images[0].device,
+                           memory_format=torch.channels_last)
+
+    return fake
+
+
 def _register_fakes() -> None:
     global _fakes_registered
     if _fakes_registered:
         return
 
-    @torch.library.register_fake("fastmbconv::prepare_images")
-    def _prepare_images_fake(images, meta, channels, out_h, out_w, dtype, mean, std):
-        torch._check(len(images) > 0, lambda: "images is an empty list")
-        torch._check(all(t.dtype == torch.uint8 for t in images), lambda: "images must be uint8")
-        torch._check(all(t.device == images[0].device for t in images),
-                     lambda: "all images must be on one device")
-        torch._check(meta.dim() == 2 and meta.shape[1] == 6, lambda: "meta must be (N, 6)")
-        torch._check(channels in (1, 3), lambda: f"channels must be 1 or 3, got {channels}")
-        torch._check(dtype in (torch.float32, torch.float16, torch.bfloat16),
-                     lambda: f"dtype must be float32, float16 or bfloat16, got {dtype}")
-        return torch.empty((meta.shape[0], 3, out_h, out_w), dtype=dtype, device=images[0].device,
-                           memory_format=torch.channels_last)
+    torch.library.register_fake("fastmbconv::prepare_images")(
+        prepare_images_fake(meta_cols=6, mode="channels", modes=(1, 3)))
 
     _fakes_registered = True
 

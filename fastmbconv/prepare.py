@@ -65,18 +65,8 @@ def _register_fake() -> None:
     if _fake_registered:
         return
 
-    @torch.library.register_fake("fastmbconv::prepare_images_v2")
-    def _fake(images, meta, filter, out_h, out_w, dtype, mean, std):
-        torch._check(len(images) > 0, lambda: "images is an empty list")
-        torch._check(all(t.dtype == torch.uint8 for t in images), lambda: "images must be uint8")
-        torch._check(all(t.device == images[0].device for t in images),
-                     lambda: "all images must be on one device")
-        torch._check(meta.dim() == 2 and meta.shape[1] == 11, lambda: "meta must be (N, 11)")
-        torch._check(filter in (0, 1, 2), lambda: f"filter must be 0, 1 or 2, got {filter}")
-        torch._check(dtype in DTYPES, lambda: f"dtype must be float32, float16 or bfloat16, got {dtype}")
-        return torch.empty((meta.shape[0], 3, out_h, out_w), dtype=dtype, device=images[0].device,
-                           memory_format=torch.channels_last)
-
+    torch.library.register_fake("fastmbconv::prepare_images_v2")(
+        _ext.prepare_images_fake(meta_cols=11, mode="filter", modes=(0, 1, 2)))
     _fake_registered = True
 
 

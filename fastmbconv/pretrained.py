@@ -1,7 +1,7 @@
 """timm's pretrained configurations for EfficientNet B0-B7, as data.
 
-One row per (name, tag), in timm's order (an architecture's first row with weights is its
-default tag), with timm's values: the eval input size and crop, the normalisation, the test-time
+One row per (name, tag) in ``pretrained_cfgs.txt`` beside this file, in timm's order (an
+architecture's first row with weights is its default tag), with timm's values: the eval input size and crop, the normalisation, the test-time
 size, where timm publishes the weights (the Hugging Face Hub id ``timm/<name>.<tag>``, and the
 older release URL). :func:`pretrained_cfg` turns a row into the ``pretrained_cfg`` dict a timm
 model carries (the same keys, in the same order), which :func:`fastmbconv.eval_transform` reads.
@@ -10,6 +10,7 @@ Loading the weights themselves is :mod:`fastmbconv.weights`.
 from __future__ import annotations
 
 import copy
+from importlib import resources
 from typing import Optional
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -19,58 +20,12 @@ _URL_BASES = {
     "h": "https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-weights/",
 }
 
-# name.tag | input | crop_pct | mean/std (in: ImageNet, inc: Inception) | test input | test crop |
-# release file (r:/h: URL base, - none) | extras (classes=N, crop_mode=M, untrained: no weights)
-_TABLE = """
-efficientnet_b0.ra_in1k                224 0.875 in  -   -   r:efficientnet_b0_ra-3dd342df.pth
-efficientnet_b0.ra4_e3600_r224_in1k    224 0.9   inc 256 1   -
-efficientnet_b1.ra4_e3600_r240_in1k    240 0.9   inc 288 1   -
-efficientnet_b1.ft_in1k                224 0.875 in  256 1   r:efficientnet_b1-533bc792.pth
-efficientnet_b2.ra_in1k                256 0.875 in  288 1   r:efficientnet_b2_ra-bcdf34b7.pth
-efficientnet_b3.ra2_in1k               288 0.875 in  320 1   r:efficientnet_b3_ra2-cf984f9c.pth
-efficientnet_b4.ra2_in1k               320 0.875 in  384 1   r:efficientnet_b4_ra2_320-7eb33cd5.pth
-efficientnet_b5.sw_in12k_ft_in1k       448 1     in  -   -   -                                          crop_mode=squash
-efficientnet_b5.sw_in12k               416 0.95  in  -   -   -                                          classes=11821
-efficientnet_b6.untrained              528 0.942 in  -   -   -                                          untrained
-efficientnet_b7.untrained              600 0.949 in  -   -   -                                          untrained
-tf_efficientnet_b0.ns_jft_in1k         224 0.875 in  -   -   r:tf_efficientnet_b0_ns-c0e6a31c.pth
-tf_efficientnet_b0.ap_in1k             224 0.875 inc -   -   r:tf_efficientnet_b0_ap-f262efe1.pth
-tf_efficientnet_b0.aa_in1k             224 0.875 in  -   -   r:tf_efficientnet_b0_aa-827b6e33.pth
-tf_efficientnet_b0.in1k                224 0.875 in  -   -   h:tf_efficientnet_b0-0af12548.pth
-tf_efficientnet_b1.ns_jft_in1k         240 0.882 in  -   -   r:tf_efficientnet_b1_ns-99dd0c41.pth
-tf_efficientnet_b1.ap_in1k             240 0.882 inc -   -   r:tf_efficientnet_b1_ap-44ef0a3d.pth
-tf_efficientnet_b1.aa_in1k             240 0.882 in  -   -   r:tf_efficientnet_b1_aa-ea7a6ee0.pth
-tf_efficientnet_b1.in1k                240 0.882 in  -   -   h:tf_efficientnet_b1-5c1377c4.pth
-tf_efficientnet_b2.ns_jft_in1k         260 0.89  in  -   -   r:tf_efficientnet_b2_ns-00306e48.pth
-tf_efficientnet_b2.ap_in1k             260 0.89  inc -   -   r:tf_efficientnet_b2_ap-2f8e7636.pth
-tf_efficientnet_b2.aa_in1k             260 0.89  in  -   -   r:tf_efficientnet_b2_aa-60c94f97.pth
-tf_efficientnet_b2.in1k                260 0.89  in  -   -   h:tf_efficientnet_b2-e393ef04.pth
-tf_efficientnet_b3.ns_jft_in1k         300 0.904 in  -   -   r:tf_efficientnet_b3_ns-9d44bf68.pth
-tf_efficientnet_b3.ap_in1k             300 0.904 inc -   -   r:tf_efficientnet_b3_ap-aad25bdd.pth
-tf_efficientnet_b3.aa_in1k             300 0.904 in  -   -   r:tf_efficientnet_b3_aa-84b4657e.pth
-tf_efficientnet_b3.in1k                300 0.904 in  -   -   h:tf_efficientnet_b3-e3bd6955.pth
-tf_efficientnet_b4.ns_jft_in1k         380 0.922 in  -   -   r:tf_efficientnet_b4_ns-d6313a46.pth
-tf_efficientnet_b4.ap_in1k             380 0.922 inc -   -   r:tf_efficientnet_b4_ap-dedb23e6.pth
-tf_efficientnet_b4.aa_in1k             380 0.922 in  -   -   r:tf_efficientnet_b4_aa-818f208c.pth
-tf_efficientnet_b4.in1k                380 0.922 in  -   -   h:tf_efficientnet_b4-74ee3bed.pth
-tf_efficientnet_b5.ns_jft_in1k         456 0.934 in  -   -   r:tf_efficientnet_b5_ns-6f26d0cf.pth
-tf_efficientnet_b5.ap_in1k             456 0.934 inc -   -   r:tf_efficientnet_b5_ap-9e82fae8.pth
-tf_efficientnet_b5.ra_in1k             456 0.934 in  -   -   r:tf_efficientnet_b5_ra-9a3e5369.pth
-tf_efficientnet_b5.aa_in1k             456 0.934 in  -   -   h:tf_efficientnet_b5_aa-99018a74.pth
-tf_efficientnet_b5.in1k                456 0.934 in  -   -   h:tf_efficientnet_b5-c6949ce9.pth
-tf_efficientnet_b6.ns_jft_in1k         528 0.942 in  -   -   r:tf_efficientnet_b6_ns-51548356.pth
-tf_efficientnet_b6.ap_in1k             528 0.942 inc -   -   r:tf_efficientnet_b6_ap-4ffb161f.pth
-tf_efficientnet_b6.aa_in1k             528 0.942 in  -   -   r:tf_efficientnet_b6_aa-80ba17e4.pth
-tf_efficientnet_b7.ns_jft_in1k         600 0.949 in  -   -   r:tf_efficientnet_b7_ns-1dbc32de.pth
-tf_efficientnet_b7.ap_in1k             600 0.949 inc -   -   r:tf_efficientnet_b7_ap-ddb28fec.pth
-tf_efficientnet_b7.ra_in1k             600 0.949 in  -   -   r:tf_efficientnet_b7_ra-6c08e654.pth
-tf_efficientnet_b7.aa_in1k             600 0.949 in  -   -   h:tf_efficientnet_b7_aa-076e3472.pth
-"""
-
 
 def _parse(table: str) -> dict[str, dict[str, dict]]:
     cfgs: dict[str, dict[str, dict]] = {}
-    for line in table.strip().splitlines():
+    for line in table.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
         name, size, crop, norm, test_size, test_crop, url, *extras = line.split()
         arch, tag = name.split(".")
         opts = dict(e.split("=") if "=" in e else (e, True) for e in extras)
@@ -93,7 +48,9 @@ def _parse(table: str) -> dict[str, dict[str, dict]]:
 
 
 #: architecture -> tag -> timm's pretrained_cfg, tags in timm's order.
-PRETRAINED_CFGS: dict[str, dict[str, dict]] = _parse(_TABLE)
+# The rows live in pretrained_cfgs.txt beside this file (its header names the columns).
+PRETRAINED_CFGS: dict[str, dict[str, dict]] = _parse(
+    resources.files(__package__).joinpath("pretrained_cfgs.txt").read_text(encoding="utf-8"))
 
 
 def has_weights(cfg: dict) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ACTIVATIONS = ("identity", "silu", "relu6")
@@ -138,9 +139,39 @@ def valid_mask(valid_hw: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return rows & cols
 
 
+def conv2d_ref(x, weight, bias, padding, stride: int, groups: int = 1, valid_hw=None, pad_tl=None):
+    """``F.conv2d`` with ``padding`` (top, bottom, left, right) zeros. With ``valid_hw``/``pad_tl``
+    (N, 2), a ragged batch: image n reads only its valid (h, w) corner, padded by its own
+    (top, left), and the output keeps the batch's (H_out, W_out)."""
+    top, bottom, left, right = padding
+    if valid_hw is None:
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, stride=stride, groups=groups)
+    k = weight.shape[-1]
+    H, W = x.shape[-2:]
+    H_out, W_out = output_size(H, W, k, stride, padding)
+    ys = []
+    for n in range(x.shape[0]):
+        h, w = (int(v) for v in valid_hw[n])
+        t, lft = (int(v) for v in pad_tl[n])
+        xn = torch.zeros_like(x[n:n + 1])
+        xn[..., :h, :w] = x[n:n + 1, :, :h, :w]
+        pb, pr = max(0, (H_out - 1) * stride + k - t - H), max(0, (W_out - 1) * stride + k - lft - W)
+        ys.append(F.conv2d(F.pad(xn, (lft, pr, t, pb)), weight, bias, stride=stride, groups=groups)[..., :H_out, :W_out])
+    return torch.cat(ys) if ys else x.new_zeros((0, weight.shape[0], H_out, W_out))
+
+
+def zero_invalid_ref(y: torch.Tensor, valid_hw, stride: int) -> torch.Tensor:
+    """``y`` with each ragged image's outputs past its valid (ceil(h / stride), ceil(w /
+    stride)) corner set to 0; ``y`` itself when the batch is not ragged."""
+    if valid_hw is None:
+        return y
+    valid_out = (valid_hw.long() + stride - 1) // stride
+    return torch.where(valid_mask(valid_out, *y.shape[-2:])[:, None], y, y.new_zeros(()))
+
+
 def activation_ref(x: torch.Tensor, act: str) -> torch.Tensor:
     if act == "silu":
-        return torch.nn.functional.silu(x)
+        return F.silu(x)
     if act == "relu6":
         return x.clamp(0.0, 6.0)
     return x

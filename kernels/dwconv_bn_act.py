@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -33,13 +32,13 @@ from ._utils import (
     check_conv_geometry,
     check_ragged_args,
     check_tensor,
+    conv2d_ref,
     empty_like_format,
     interpreting,
     needs_int64,
     next_pow2,
-    output_size,
     spatial_tile,
-    valid_mask,
+    zero_invalid_ref,
 )
 
 OP = "dwconv_bn_act"
@@ -261,27 +260,9 @@ def dwconv_bn_act_ref(x, weight, scale, shift, padding, stride=1, act="silu", wi
     C = x.shape[1]
     k = round(weight.shape[0] ** 0.5) if weight.ndim == 2 else weight.shape[-1]
     w = (weight.t() if weight.ndim == 2 else weight).reshape(C, 1, k, k).to(compute_dtype)
-    top, bottom, left, right = padding
-    xc = x.to(compute_dtype)
-    H, W = x.shape[-2:]
-    H_out, W_out = output_size(H, W, k, stride, padding)
-    if valid_hw is None:
-        y = F.conv2d(F.pad(xc, (left, right, top, bottom)), w, stride=stride, groups=C)
-    else:
-        ys = []
-        for n in range(x.shape[0]):
-            h, wd = (int(v) for v in valid_hw[n])
-            t, l = (int(v) for v in pad_tl[n])
-            xn = torch.zeros_like(xc[n : n + 1])
-            xn[..., :h, :wd] = xc[n : n + 1, :, :h, :wd]
-            b = max(0, (H_out - 1) * stride + k - t - H)
-            r = max(0, (W_out - 1) * stride + k - l - W)
-            ys.append(F.conv2d(F.pad(xn, (l, r, t, b)), w, stride=stride, groups=C)[..., :H_out, :W_out])
-        y = torch.cat(ys) if ys else xc.new_zeros((0, C, H_out, W_out))
+    y = conv2d_ref(x.to(compute_dtype), w, None, padding, stride, groups=C, valid_hw=valid_hw, pad_tl=pad_tl)
     y = activation_ref(y * scale.to(compute_dtype).view(1, C, 1, 1) + shift.to(compute_dtype).view(1, C, 1, 1), act)
-    if valid_hw is not None:
-        valid_out = (valid_hw.long() + stride - 1) // stride
-        y = torch.where(valid_mask(valid_out, H_out, W_out)[:, None], y, y.new_zeros(()))
+    y = zero_invalid_ref(y, valid_hw, stride)
     if with_pool:
         return y, y.sum((2, 3))
     return y

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -27,11 +26,12 @@ from ._utils import (
     check_conv_geometry,
     check_ragged_args,
     check_tensor,
+    conv2d_ref,
     interpreting,
     needs_int64,
     next_pow2,
     spatial_tile,
-    valid_mask,
+    zero_invalid_ref,
 )
 
 OP = "stem_conv_bn_act"
@@ -197,25 +197,6 @@ def stem_conv_bn_act_ref(x, weight, bias, padding, stride=2, act="silu", out_dty
     if weight.ndim == 2:
         k = round((weight.shape[0] // C_in) ** 0.5)
         weight = weight.reshape(k, k, C_in, C_out).permute(3, 2, 0, 1)
-    k = weight.shape[-1]
-    w, b, xc = weight.to(compute_dtype), bias.to(compute_dtype), x.to(compute_dtype)
-    top, bottom, left, right = padding
-    if valid_hw is None:
-        y = F.conv2d(F.pad(xc, (left, right, top, bottom)), w, b, stride=stride)
-    else:
-        H, W = x.shape[-2:]
-        H_out, W_out = (H + top + bottom - k) // stride + 1, (W + left + right - k) // stride + 1
-        ys = []
-        for n in range(x.shape[0]):
-            h, wd = (int(v) for v in valid_hw[n])
-            t, lft = (int(v) for v in pad_tl[n])
-            xn = torch.zeros_like(xc[n:n + 1])
-            xn[..., :h, :wd] = xc[n:n + 1, :, :h, :wd]
-            pb, pr = max(0, (H_out - 1) * stride + k - t - H), max(0, (W_out - 1) * stride + k - lft - W)
-            ys.append(F.conv2d(F.pad(xn, (lft, pr, t, pb)), w, b, stride=stride)[..., :H_out, :W_out])
-        y = torch.cat(ys) if ys else xc.new_zeros((0, C_out, H_out, W_out))
-    y = activation_ref(y, act)
-    if valid_hw is not None:
-        valid_out = (valid_hw.long() + stride - 1) // stride
-        y = torch.where(valid_mask(valid_out, *y.shape[-2:])[:, None], y, y.new_zeros(()))
-    return y
+    y = conv2d_ref(x.to(compute_dtype), weight.to(compute_dtype), bias.to(compute_dtype), padding, stride,
+                   valid_hw=valid_hw, pad_tl=pad_tl)
+    return zero_invalid_ref(activation_ref(y, act), valid_hw, stride)

@@ -10,7 +10,8 @@ import torch
 from fastmbconv.geometry import conv_padding
 from fastmbconv.kernels._launch import count_launches
 from fastmbconv.kernels import dwconv_bn_act as module
-from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, output_size, taps_major
+from fastmbconv.kernels._utils import output_size
+from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, taps_major
 from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced
 
 from ..helpers import DEVICE
