@@ -8,12 +8,22 @@ never re-reads the activation. Those per-tile partial sums are reduced by the SE
 a fixed order: no atomics, no zero-filled buffer, bitwise repeatable.
 
 Each program computes a 2-D tile of output pixels (``TILE_H`` x ``TILE_W``, chosen per map by
-:func:`._utils.spatial_tile`) for ``BLOCK_C`` channels of one image. Weights are laid out
-(k*k, C) so every tap loads a vector of channels, and the input's pixel stride is a compile-time
-constant, so the taps along a row are immediate offsets from one address. Offsets inside an image are 32-bit unless an
-image spans 2^31 elements (``INT64``); the image's base offset is always 64-bit. Padding is
-(top, bottom, left, right), applied by masking, which covers symmetric and TF "SAME" padding;
-optional ragged arguments give each image its own valid size and (top, left) padding.
+:func:`._utils.spatial_tile`) for ``BLOCK_C`` channels of one image. The input's pixel stride is
+a compile-time constant, so the taps along a row are immediate offsets from one address. Two
+variants, picked by the weight layout:
+
+- (k*k, C) fp32 (:func:`taps_major`): each tap is a converted load and an fp32 FMA per element;
+  for fp32 inputs, and for fp16/bf16 called with these weights.
+- (k*k, C, 16) in the activations' fp16/bf16 (:func:`taps_diag`, what the fused model folds):
+  each tap is a (pixels x 16) @ (16 x 16) tensor-core dot against that tap's diagonal weights.
+  The dot wastes 15 of 16 multiplies, but the tensor cores have the throughput to spare, and it
+  replaces the two instructions per element and tap (an fp16 -> fp32 convert and an FMA) that
+  leave the FMA variant issue-bound. Products are exact and sums fp32, as in cuDNN.
+
+Offsets inside an image are 32-bit unless an image spans 2^31 elements (``INT64``); the image's
+base offset is always 64-bit. Padding is (top, bottom, left, right), applied by masking, which
+covers symmetric and TF "SAME" padding; optional ragged arguments give each image its own valid
+size and (top, left) padding.
 """
 from __future__ import annotations
 
@@ -49,17 +59,24 @@ def _dwconv_bn_act_kernel(
     x_ptr, w_ptr, scale_ptr, shift_ptr, out_ptr, part_ptr, valid_ptr, padtl_ptr,
     C, H, W, H_out, W_out, tiles_w, tiles_per_image,
     sxn, sxc, sxh, son, soc, soh, sow,
-    pad_top, pad_left, batch_bucket,
+    pad_top, pad_left, batch_bucket, rows,
     SXW: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, FAST_MATH: tl.constexpr, WITH_POOL: tl.constexpr,
-    RAGGED: tl.constexpr, INT64: tl.constexpr,
+    RAGGED: tl.constexpr, INT64: tl.constexpr, MMA: tl.constexpr, DOT_FP32: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    # The tile is (G, P, CB): G groups of CB channels by P = TILE_H * TILE_W pixels. With MMA,
+    # CB = 16 and each tap is a batched 16x16 dot against that tap's diagonal weights (tensor
+    # cores take fp16/bf16 directly, no per-element conversion or FMA); else G = 1, CB = BLOCK_C.
+    CB: tl.constexpr = 16 if MMA else BLOCK_C
+    G: tl.constexpr = BLOCK_C // CB
+    P: tl.constexpr = TILE_H * TILE_W
     pid = tl.program_id(0)  # image * tiles_per_image + tile
     n = pid // tiles_per_image
     tile = pid % tiles_per_image
-    oh = (tile // tiles_w) * TILE_H + tl.arange(0, TILE_H)
-    ow = (tile % tiles_w) * TILE_W + tl.arange(0, TILE_W)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = tl.arange(0, P)
+    oh = (tile // tiles_w) * TILE_H + p // TILE_W
+    ow = (tile % tiles_w) * TILE_W + p % TILE_W
+    offs_c = tl.program_id(1) * BLOCK_C + tl.reshape(tl.arange(0, BLOCK_C), (G, 1, CB))
     c_ok = offs_c < C
 
     h_img, w_img, top, left = image_extent(valid_ptr, padtl_ptr, n, H, W, pad_top, pad_left, RAGGED)
@@ -78,34 +95,49 @@ def _dwconv_bn_act_kernel(
     # compile-time offsets from it (the pixel stride SXW is a constant)
     ih0 = oh * STRIDE - top
     iw0 = ow * STRIDE - left
-    x_tap0 = (x_ptr + n.to(tl.int64) * sxn + (ih0 * sxh)[:, None, None] + (iw0 * SXW)[None, :, None]
-              + (offs_c * sxc)[None, None, :])
+    x_tap0 = x_ptr + n.to(tl.int64) * sxn + (ih0 * sxh + iw0 * SXW)[None, :, None] + offs_c * sxc
     h_lim = h_img.to(tl.uint32)  # one unsigned compare tests 0 <= i < limit
     w_lim = w_img.to(tl.uint32)
-    acc = tl.zeros((TILE_H, TILE_W, BLOCK_C), dtype=tl.float32)
+    if MMA:  # (k*k, C, 16) diagonal blocks: tap t's (16, 16) block of group g is contiguous
+        ch_k = tl.program_id(1) * BLOCK_C + tl.reshape(tl.arange(0, BLOCK_C), (G, CB, 1))
+        w_ok = ch_k < C
+        w_tap0 = w_ptr + ch_k * 16 + tl.reshape(tl.arange(0, CB), (1, 1, CB))
+    else:  # (k*k, C)
+        w_ok = c_ok
+        w_tap0 = w_ptr + offs_c
+    acc = tl.zeros((G, P, CB), dtype=tl.float32)
     x_row = x_tap0
-    for ki in range(KSIZE):  # a loop, not unrolled: unrolled, the compiler hoists every tap's loads
+    # a runtime trip count (rows == KSIZE), so neither the compiler nor ptxas unrolls the loop:
+    # unrolled, every tap's loads are hoisted
+    for ki in range(0, rows):
         row_ok = (ih0 + ki).to(tl.uint32) < h_lim
         for kj in tl.static_range(KSIZE):
-            ok = row_ok[:, None, None] & ((iw0 + kj).to(tl.uint32) < w_lim)[None, :, None] & c_ok[None, None, :]
+            ok = (row_ok & ((iw0 + kj).to(tl.uint32) < w_lim))[None, :, None] & c_ok
             xv = tl.load(x_row + kj * SXW, mask=ok, other=0.0)
-            wv = tl.load(w_ptr + (ki * KSIZE + kj) * C + offs_c, mask=c_ok, other=0.0)
-            acc += xv.to(tl.float32) * wv[None, None, :]
+            if MMA:
+                wv = tl.load(w_tap0 + (ki * KSIZE + kj) * C * 16, mask=w_ok, other=0.0)
+                if DOT_FP32:  # the interpreter: its fp16/bf16 dot is not the GPU's (exact products, fp32 sums)
+                    acc = tl.dot(xv.to(tl.float32), wv.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(xv, wv, acc)
+            else:
+                wv = tl.load(w_tap0 + (ki * KSIZE + kj) * C, mask=w_ok, other=0.0)
+                acc += xv.to(tl.float32) * wv
         x_row += sxh  # a pointer step: 64-bit, whatever the stride
 
     scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
     shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
-    y = acc * scale[None, None, :] + shift[None, None, :]
-    y = activation(y, ACT, FAST_MATH)
-    in_map = (oh < H_out)[:, None, None] & (ow < W_out)[None, :, None] & c_ok[None, None, :]
+    y = activation(acc * scale + shift, ACT, FAST_MATH)
+    in_map = ((oh < H_out) & (ow < W_out))[None, :, None] & c_ok
     if RAGGED:
-        y = tl.where((oh < h_valid)[:, None, None] & (ow < w_valid)[None, :, None], y, 0.0)
-    out_off = (oh * soh)[:, None, None] + (ow * sow)[None, :, None] + (offs_c * soc)[None, None, :]
+        y = tl.where(((oh < h_valid) & (ow < w_valid))[None, :, None], y, 0.0)
+    out_off = (oh * soh + ow * sow)[None, :, None] + offs_c * soc
     tl.store(out_ptr + n.to(tl.int64) * son + out_off, y.to(out_ptr.dtype.element_ty), mask=in_map)
 
     if WITH_POOL:  # this tile's sums per channel: the SE gate kernel adds the tiles up
-        part = tl.sum(tl.sum(tl.where(in_map, y, 0.0), axis=0), axis=0)  # rows first: within a thread
-        tl.store(part_ptr + pid.to(tl.int64) * C + offs_c, part, mask=c_ok)
+        part = tl.sum(tl.where(in_map, y, 0.0), axis=1)
+        tl.store(part_ptr + pid.to(tl.int64) * C + tl.reshape(offs_c, (G, CB)), part,
+                 mask=tl.reshape(c_ok, (G, CB)))
 
 
 # GPU configs to try, (BLOCK_C channels, warps); the tile shape is chosen per map beforehand,
@@ -136,21 +168,49 @@ def taps_major(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(C, k * k).t().float().contiguous()
 
 
+def taps_diag(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Depthwise weights (C, 1, k, k), (C, k, k) or (k*k, C) as the tensor-core layout (k*k, C, 16)
+    in ``dtype`` (fp16 or bf16, the activations'): row c of tap t holds the weight at column
+    c % 16 and zeros elsewhere, so each 16-channel group of a tap is one diagonal (16, 16) block."""
+    taps = weight if weight.ndim == 2 else taps_major(weight)
+    kk, C = taps.shape
+    diag = torch.zeros((kk, C, 16), dtype=dtype, device=weight.device)
+    diag.scatter_(2, (torch.arange(C, device=weight.device) % 16).expand(kk, C)[..., None], taps.to(dtype)[..., None])
+    return diag
+
+
+def _taps_of(weight: torch.Tensor) -> torch.Tensor:
+    """(k*k, C) taps of any accepted layout, in the weight's dtype."""
+    if weight.ndim == 3 and weight.shape[-1] == 16:
+        return weight.gather(2, (torch.arange(weight.shape[1], device=weight.device) % 16)
+                             .expand(weight.shape[:2])[..., None])[..., 0]
+    return weight if weight.ndim == 2 else weight.reshape(weight.shape[0], -1).t()
+
+
 def _check_args(x, weight, scale, shift, padding, stride, act, valid_hw, pad_tl):
+    """Returns (k, padding, H_out, W_out, mma): ``mma`` when the weight is in the tensor-core
+    layout of :func:`taps_diag`."""
     check_tensor(OP, "x", x, ndim=4)
     N, C, H, W = x.shape
     check_tensor(OP, "weight", weight, dtypes=None, device=x.device)
     if not weight.is_floating_point():
         raise TypeError(f"{OP}: weight must be floating point, got {weight.dtype}")
-    if weight.ndim == 2:  # taps-major (k*k, C), as folded for the fused path
+    mma = weight.ndim == 3 and weight.shape[-1] == 16
+    if mma:  # (k*k, C, 16) diagonal blocks, in the activations' dtype
+        k = round(weight.shape[0] ** 0.5)
+        ok = weight.shape[1] == C and k * k == weight.shape[0]
+        if ok and (weight.dtype != x.dtype or x.dtype not in (torch.float16, torch.bfloat16)):
+            raise TypeError(f"{OP}: (k*k, C, 16) tensor-core weights need fp16 or bf16 x of the same dtype, got "
+                            f"weight {weight.dtype} and x {x.dtype}")
+    elif weight.ndim == 2:  # taps-major (k*k, C), as folded for the fused path
         k = round(weight.shape[0] ** 0.5)
         ok = weight.shape[1] == C and k * k == weight.shape[0]
     else:
         k = weight.shape[-1]
         ok = weight.ndim in (3, 4) and weight.shape[0] == C and weight.shape[-2] == k and weight.numel() == C * k * k
     if not ok:
-        raise ValueError(f"{OP}: weight must be (C, 1, k, k), (C, k, k) or (k*k, C) with C={C} (the input's "
-                         f"channel count), got {tuple(weight.shape)}")
+        raise ValueError(f"{OP}: weight must be (C, 1, k, k), (C, k, k), (k*k, C) or (k*k, C, 16) with C={C} (the "
+                         f"input's channel count), got {tuple(weight.shape)}")
     if k not in (3, 5):
         raise ValueError(f"{OP}: kernel size must be 3 or 5, got {k}")
     for name, t in (("scale", scale), ("shift", shift)):
@@ -159,20 +219,22 @@ def _check_args(x, weight, scale, shift, padding, stride, act, valid_hw, pad_tl)
             raise ValueError(f"{OP}: {name} must have {C} entries (one per channel), got {t.shape[0]}")
     padding, H_out, W_out = check_conv_geometry(OP, H, W, k, stride, padding, act)
     check_ragged_args(OP, N, valid_hw, pad_tl, x.device)
-    return k, padding, H_out, W_out
+    return k, padding, H_out, W_out, mma
 
 
-def blocks_for(H_out: int, W_out: int, C: int) -> tuple[int, int, int]:
+def blocks_for(H_out: int, W_out: int, C: int, mma: bool = False) -> tuple[int, int, int]:
     """(TILE_H, TILE_W, BLOCK_C) of the heuristic config (the tile shape is also the autotuned
-    configs': the number of partial sums depends on it)."""
+    configs': the number of partial sums depends on it). A dot needs 16 pixels and 16 channels."""
     if interpreting():  # ~20 ms per program plus ~5 per tap: few, large blocks (<= 64k elements)
         th, tw, bc = next_pow2(H_out), next_pow2(W_out), min(next_pow2(C), 4096)
         while th * tw * bc > 65536 and bc > 256:
             bc //= 2
         while th * tw * bc > 65536 and th > 1:
             th //= 2
+        if mma:
+            tw, bc = max(tw, 16 // th), max(bc, 16)
         return th, tw, bc
-    return (*spatial_tile(H_out, W_out), min(32, max(16, next_pow2(C))))
+    return (*spatial_tile(H_out, W_out), 16 if mma else min(32, max(16, next_pow2(C))))
 
 
 def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu", with_pool=False,
@@ -180,9 +242,9 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
     """Check, allocate and launch. Returns (out, partial_sums): ``partial_sums`` is (N, T, C)
     fp32, each image's output summed over each of its T tiles (valid pixels only), or an empty
     tensor without ``with_pool``; ``partial_sums.sum(1)`` are the per-image sums."""
-    k, padding, H_out, W_out = _check_args(x, weight, scale, shift, padding, stride, act, valid_hw, pad_tl)
+    k, padding, H_out, W_out, mma = _check_args(x, weight, scale, shift, padding, stride, act, valid_hw, pad_tl)
     N, C, H, W = x.shape
-    tile_h, tile_w, block_c = blocks_for(H_out, W_out, C)
+    tile_h, tile_w, block_c = blocks_for(H_out, W_out, C, mma)
     tiles_w = -(-W_out // tile_w)
     tiles = -(-H_out // tile_h) * tiles_w
     out = empty_like_format(x, (N, C, H_out, W_out))
@@ -192,26 +254,33 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
     if valid_hw is not None and valid_hw.device.type == "cpu":  # a host check on CUDA would sync every call
         if (valid_hw < 1).any() or (valid_hw[:, 0] > H).any() or (valid_hw[:, 1] > W).any():
             raise ValueError(f"{OP}: valid_hw must lie in [1, {H}] x [1, {W}], got {valid_hw.tolist()}")
-    w_taps = weight if weight.ndim == 2 else taps_major(weight)
     ragged = valid_hw is not None
-    kernel, config = select_kernel(
-        _dwconv_bn_act_autotuned, _dwconv_bn_act_kernel,
-        (OP, C, H_out, W_out, stride, k, ragged, tile_h, tile_w, batch_bucket(N), x.dtype, out.dtype),
-        {"BLOCK_C": block_c, "num_warps": min(8, max(1, block_c // 16))})
+    if mma:  # one warp's 16-row MMA tiles cover the 32 or 64 pixels (2 or 4 warps: more instructions
+        # per output). Pipelined loads cost more than they hide, except where a channel group is
+        # partly masked: there ptxas spills two epilogue registers (B5's 24 channels) at 1 stage.
+        w_taps = weight
+        kernel, config = _dwconv_bn_act_kernel, {"BLOCK_C": block_c, "num_warps": 1,
+                                                 "num_stages": 1 if C % 16 == 0 else 2}
+    else:
+        w_taps = (weight if weight.ndim == 2 else taps_major(weight)).float()
+        kernel, config = select_kernel(
+            _dwconv_bn_act_autotuned, _dwconv_bn_act_kernel,
+            (OP, C, H_out, W_out, stride, k, ragged, tile_h, tile_w, batch_bucket(N), x.dtype, out.dtype),
+            {"BLOCK_C": block_c, "num_warps": min(8, max(1, block_c // 16))})
 
     def grid(meta):
         return (N * tiles, triton.cdiv(C, meta["BLOCK_C"]))
 
     launch(OP, kernel, grid, dict(
-        x_ptr=x, w_ptr=w_taps.float(), scale_ptr=scale, shift_ptr=shift, out_ptr=out,
+        x_ptr=x, w_ptr=w_taps, scale_ptr=scale, shift_ptr=shift, out_ptr=out,
         part_ptr=partials if with_pool else scale, valid_ptr=valid_hw.contiguous() if ragged else scale,
         padtl_ptr=pad_tl.contiguous() if ragged else scale,
         C=C, H=H, W=W, H_out=H_out, W_out=W_out, tiles_w=tiles_w, tiles_per_image=tiles,
         **dict(zip(("sxn", "sxc", "sxh"), x.stride()[:3])), **dict(zip(("son", "soc", "soh", "sow"), out.stride())),
-        pad_top=padding[0], pad_left=padding[2], batch_bucket=batch_bucket(N),
+        pad_top=padding[0], pad_left=padding[2], batch_bucket=batch_bucket(N), rows=k,
     ), dict(
         SXW=x.stride(3), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(), WITH_POOL=with_pool, RAGGED=ragged,
-        INT64=needs_int64(x, out), TILE_H=tile_h, TILE_W=tile_w, **config,
+        INT64=needs_int64(x, out), MMA=mma, DOT_FP32=interpreting(), TILE_H=tile_h, TILE_W=tile_w, **config,
     ), on=x)
     return out, partials
 
@@ -227,9 +296,9 @@ def _dwconv_bn_act_op(
 
 @_dwconv_bn_act_op.register_fake
 def _(x, weight, scale, shift, padding, stride, act, with_pool, valid_hw, pad_tl):
-    k, padding, H_out, W_out = _check_args(x, weight, scale, shift, padding, stride, act, valid_hw, pad_tl)
+    k, padding, H_out, W_out, mma = _check_args(x, weight, scale, shift, padding, stride, act, valid_hw, pad_tl)
     N, C = x.shape[:2]
-    tile_h, tile_w, _ = blocks_for(H_out, W_out, C)
+    tile_h, tile_w, _ = blocks_for(H_out, W_out, C, mma)
     tiles = -(-H_out // tile_h) * -(-W_out // tile_w)
     out = empty_like_format(x, (N, C, H_out, W_out))
     return out, x.new_empty((N, tiles, C) if with_pool else (0,), dtype=torch.float32)
@@ -240,7 +309,8 @@ def dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", with_p
     """``act(conv_dw(x) * scale + shift)``; returns ``out`` or ``(out, partial_sums)``.
 
     ``weight`` is (C, 1, k, k), (C, k, k), or (k*k, C) fp32 as :func:`taps_major` makes it (the
-    other layouts cost a transposing copy per call). ``padding`` is (top, bottom, left, right).
+    other layouts cost a transposing copy per call), or (k*k, C, 16) as :func:`taps_diag` makes it
+    for fp16/bf16 ``x`` (the tensor-core variant). ``padding`` is (top, bottom, left, right).
     ``valid_hw``/``pad_tl`` (N, 2) int32 make a ragged batch: image n reads only its valid
     (h, w) corner with its own (top, left) padding; its outputs beyond (ceil(h/stride),
     ceil(w/stride)) are written as 0 and left out of the sums. ``partial_sums`` is (N, T, C)
@@ -258,8 +328,9 @@ def dwconv_bn_act_ref(x, weight, scale, shift, padding, stride=1, act="silu", wi
     """Pure-torch twin (F.pad + grouped F.conv2d), computed in ``compute_dtype``; with
     ``with_pool`` it returns (out, per-image sums (N, C)) (one 'tile' per image)."""
     C = x.shape[1]
-    k = round(weight.shape[0] ** 0.5) if weight.ndim == 2 else weight.shape[-1]
-    w = (weight.t() if weight.ndim == 2 else weight).reshape(C, 1, k, k).to(compute_dtype)
+    taps = _taps_of(weight)
+    k = round(taps.shape[0] ** 0.5)
+    w = taps.t().reshape(C, 1, k, k).to(compute_dtype)
     y = conv2d_ref(x.to(compute_dtype), w, None, padding, stride, groups=C, valid_hw=valid_hw, pad_tl=pad_tl)
     y = activation_ref(y * scale.to(compute_dtype).view(1, C, 1, 1) + shift.to(compute_dtype).view(1, C, 1, 1), act)
     y = zero_invalid_ref(y, valid_hw, stride)

@@ -57,7 +57,8 @@ def block_forward(block: FoldedBlock, x: torch.Tensor, padding: tuple[int, int, 
                                     padding, s, act="silu", valid_hw=valid_hw, pad_tl=pad_tl)
     else:
         h = x if block.w_expand is None else pointwise_gated(x, block.w_expand, block.b_expand, act="silu")
-        d, partials = dwconv_bn_act(h, block.w_dw, block.dw_scale, block.dw_shift, padding, s, act="silu",
+        w_dw = block.w_dw if block.w_dw_mma is None else block.w_dw_mma
+        d, partials = dwconv_bn_act(h, w_dw, block.dw_scale, block.dw_shift, padding, s, act="silu",
                                     with_pool=True, valid_hw=valid_hw, pad_tl=pad_tl)
     count = None if sizes is None else sizes.after(k, s).on(x.device, "counts")
     gate = squeeze_excite_gate(partials, block.se_w_reduce, block.se_b_reduce, block.se_w_expand, block.se_b_expand,

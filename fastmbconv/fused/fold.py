@@ -1,8 +1,9 @@
 """BatchNorm folded into the weights the fused kernels take, cached on the model.
 
 Per block, the GEMM weights (expand, project, and the SE's two FCs) are in the compute dtype and
-every per-channel vector (biases, depthwise weights and scale/shift) is fp32. The fold is cached per
-compute dtype and redone whenever a parameter, buffer or submodule was replaced or modified in
+every per-channel vector (biases, depthwise weights and scale/shift) is fp32; in fp16/bf16 the
+depthwise weights are also laid out for the tensor-core depthwise kernel (``taps_diag``). The
+fold is cached per compute dtype and redone whenever a parameter, buffer or submodule was replaced or modified in
 place. Under ``torch.compile`` the fold is traced into the graph instead (dynamo cannot trace
 the cache check): the compiled model then always reads the live weights, and with
 ``torch._inductor.config.freezing = True`` inductor constant-folds it away.
@@ -14,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from ..kernels.dwconv_bn_act import taps_diag
 from ..layers import ConvBN
 
 
@@ -27,6 +29,7 @@ class FoldedBlock:
     w_expand: Optional[torch.Tensor]  # (mid, in), compute dtype; None without expansion
     b_expand: Optional[torch.Tensor]  # (mid,) fp32
     w_dw: torch.Tensor  # (k*k, mid) fp32, taps-major
+    w_dw_mma: Optional[torch.Tensor]  # (k*k, mid, 16) fp16/bf16 diagonal blocks (tensor cores); None for fp32
     dw_scale: torch.Tensor  # (mid,) fp32
     dw_shift: torch.Tensor  # (mid,) fp32
     se_w_reduce: torch.Tensor  # (R, mid), compute dtype
@@ -69,9 +72,10 @@ def fold_block(block, dtype: Optional[torch.dtype] = None) -> FoldedBlock:
     dw_scale, dw_shift = bn_scale_shift(p.depthwise.bn)
     w_project, b_project = _fold_1x1(p.project, dtype)
     C, R, k = p.mid_channels, p.se.conv_reduce.out_channels, p.kernel
+    w_dw = p.depthwise.conv.weight.float().reshape(C, k * k).t().contiguous()
     return FoldedBlock(
         kernel=k, stride=p.stride, has_skip=p.has_skip, w_expand=w_expand, b_expand=b_expand,
-        w_dw=p.depthwise.conv.weight.float().reshape(C, k * k).t().contiguous(),
+        w_dw=w_dw, w_dw_mma=taps_diag(w_dw, dtype) if dtype in (torch.float16, torch.bfloat16) else None,
         dw_scale=dw_scale.contiguous(), dw_shift=dw_shift.contiguous(),
         se_w_reduce=p.se.conv_reduce.weight.reshape(R, C).to(dtype).contiguous(),
         se_b_reduce=p.se.conv_reduce.bias.float().contiguous(),

@@ -53,13 +53,13 @@ def table_choice(entry: dict) -> Optional[str]:
 
 
 def _rule(layer: LayerShape) -> str:
-    """Without a table entry, the table's finding for B0: fuse 3x3 blocks on maps of 28x28 and
-    up at stride 2 or 56x56 and up at stride 1 (there the expanded tensor's round trip costs more
-    than the halo's recompute); keep 5x5 blocks and small maps separate (a tile is mostly halo,
-    and 25 taps from the scratch cost more than from registers)."""
-    if layer.kernel != 3:
+    """Without a table entry, the table's finding for B0: fuse 3x3 stride-2 blocks on maps of
+    28x28 and up (there the expanded tensor's round trip costs more than the halo's recompute);
+    keep stride-1, 5x5 and small-map blocks separate (the separate depthwise runs its taps on the
+    tensor cores, the fused one as fp32 FMAs from the scratch)."""
+    if layer.kernel != 3 or layer.stride != 2:
         return "separate"
-    return "fused" if min(layer.height, layer.width) >= (28 if layer.stride == 2 else 56) else "separate"
+    return "fused" if min(layer.height, layer.width) >= 28 else "separate"
 
 
 @torch.compiler.assume_constant_result

@@ -11,7 +11,7 @@ import torch
 
 import fastmbconv as fm
 from fastmbconv import fused
-from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.testing import assert_close_to_ref
 
 from ..helpers import DEVICE, randomize_bn
@@ -98,6 +98,17 @@ def test_b0_low_precision(dtype):
     assert launches["dwconv_bn_act"] == 16
     assert out.dtype == dtype
     assert_close_to_ref(out, ref64, ref_lowp, what=f"B0 {dtype} logits")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_depthwise_takes_tensor_cores_in_fp16_and_bf16(dtype):
+    """Every depthwise launch of a low-precision forward runs the dot kernel variant (tensor
+    cores, weights folded by taps_diag); fp32 runs the FMA variant."""
+    model = build().to(dtype)
+    with torch.inference_mode(), fm.use_backend("fused"), record_launches() as planned:
+        model(torch.randn(1, 3, 17, 19, device=DEVICE, dtype=dtype))
+    dw = [r.constexprs["MMA"] for r in planned if r.op == "dwconv_bn_act"]
+    assert dw == [dtype != torch.float32] * 16
 
 
 def test_bn_edit_in_place_is_seen_and_fold_is_cached():

@@ -8,19 +8,23 @@ import pytest
 import torch
 
 from fastmbconv.geometry import conv_padding
-from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels import dwconv_bn_act as module
 from fastmbconv.kernels._utils import output_size
-from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, taps_major
+from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, taps_diag, taps_major
 from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced
 
 from ..helpers import DEVICE
 
 pytestmark = pytest.mark.interpreter
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+LOWP = [torch.float16, torch.bfloat16]
+#: (dtype, weight layout): "conv" (C, 1, k, k) runs the FMA kernel; "mma", the (k*k, C, 16)
+#: diagonal blocks of taps_diag, runs the tensor-core kernel (fp16/bf16 only)
+DTYPE_LAYOUTS = [(d, "conv") for d in DTYPES] + [(d, "mma") for d in LOWP]
 
 
-def make(N, C, H, W, k, dtype=torch.float32, channels_last=True, seed=0):
+def make(N, C, H, W, k, dtype=torch.float32, channels_last=True, seed=0, layout="conv"):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(N, C, H, W, generator=g).to(DEVICE, dtype)
     if channels_last:
@@ -28,16 +32,26 @@ def make(N, C, H, W, k, dtype=torch.float32, channels_last=True, seed=0):
     w = (torch.randn(C, 1, k, k, generator=g) * 0.3).to(DEVICE)
     scale = (torch.rand(C, generator=g) + 0.5).to(DEVICE)
     shift = (torch.randn(C, generator=g) * 0.1).to(DEVICE)
+    if layout == "mma":
+        w = taps_diag(w, dtype)
     return x, w, scale, shift
+
+
+def is_mma(w) -> bool:
+    return w.ndim == 3 and w.shape[-1] == 16
 
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """2x4-pixel tiles and 16-channel blocks: what a GPU launch looks like, at interpreter sizes."""
-    monkeypatch.setattr(module, "blocks_for", lambda h, w, c: (2, 4, 16))
+    """2x4-pixel tiles (2x8 for a dot's 16 rows) and 16-channel blocks: what a GPU launch looks
+    like, at interpreter sizes."""
+    monkeypatch.setattr(module, "blocks_for", lambda h, w, c, mma=False: (2, 8 if mma else 4, 16))
 
 
 def check(x, w, scale, shift, padding, stride, **kw):
+    with record_launches() as planned:  # records without running: which kernel variant the call takes
+        dwconv_bn_act(x, w, scale, shift, padding, stride, **kw)
+    assert [r.constexprs["MMA"] for r in planned] == [is_mma(w)]
     with count_launches() as launches:
         got = dwconv_bn_act(x, w, scale, shift, padding, stride, **kw)
     assert launches["dwconv_bn_act"] == 1, launches
@@ -48,7 +62,7 @@ def check(x, w, scale, shift, padding, stride, **kw):
                                  compute_dtype=x.dtype, **kw)
     if kw.get("with_pool"):
         (out, partials), (ref, ref_pool) = got, ref
-        tile_h, tile_w, _ = module.blocks_for(*out.shape[-2:], x.shape[1])
+        tile_h, tile_w, _ = module.blocks_for(*out.shape[-2:], x.shape[1], is_mma(w))
         tiles = -(-out.shape[-2] // tile_h) * -(-out.shape[-1] // tile_w)
         assert partials.dtype == torch.float32 and partials.shape == (x.shape[0], tiles, x.shape[1])
         # the sums add the stored fp32 values before the cast: fp32 rule on the sums
@@ -62,12 +76,12 @@ def check(x, w, scale, shift, padding, stride, **kw):
     return out
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype,layout", DTYPE_LAYOUTS, ids=str)
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 @pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
-def test_every_efficientnet_config(k, stride, pad_mode, dtype):
+def test_every_efficientnet_config(k, stride, pad_mode, dtype, layout):
     """Every (kernel, stride, padding) of B0-B7, with the SE pool sums."""
-    x, w, scale, shift = make(2, 24, 33, 18, k, dtype)
+    x, w, scale, shift = make(2, 24, 33, 18, k, dtype, layout=layout)
     padding = conv_padding(33, 18, k, stride, pad_mode)
     out = check(x, w, scale, shift, padding, stride, with_pool=True)
     assert out.shape[-2:] == (-(-33 // stride), -(-18 // stride))
@@ -82,20 +96,39 @@ def test_odd_sizes(H, W, C, k, stride, pad_mode):
     check(x, w, scale, shift, conv_padding(H, W, k, stride, pad_mode), stride, with_pool=True)
 
 
+@pytest.mark.parametrize("C", [3, 40])
+@pytest.mark.parametrize("H,W", [(1, 1), (7, 7), (57, 33)])
+def test_odd_sizes_tensor_cores(H, W, C):
+    """The dot kernel on channel counts that leave a 16-channel group partly masked."""
+    x, w, scale, shift = make(2, C, H, W, 5, torch.float16, layout="mma")
+    check(x, w, scale, shift, conv_padding(H, W, 5, 2, "same"), 2, with_pool=True)
+
+
 @pytest.mark.parametrize("act", ["identity", "relu6", "silu"])
 def test_activations(act):
     x, w, scale, shift = make(1, 24, 9, 11, 3)
     check(x * 4, w, scale, shift, (1, 1, 1, 1), 1, act=act)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype,layout", DTYPE_LAYOUTS, ids=str)
 @pytest.mark.parametrize("k,stride,pad_mode", [(3, 1, "symmetric"), (5, 2, "same")])
-def test_many_tiles_and_channel_blocks(small_tiles, k, stride, pad_mode, dtype):
-    """GPU-style tiling: 2x4 tiles over a 13x11 map (edge tiles on both sides) and 16-channel
-    blocks over 24 channels (the second block half masked); the per-tile sums must add up to
-    the image sums."""
-    x, w, scale, shift = make(2, 24, 13, 11, k, dtype)
+def test_many_tiles_and_channel_blocks(small_tiles, k, stride, pad_mode, dtype, layout):
+    """GPU-style tiling: 2x4 (2x8) tiles over a 13x11 map (edge tiles on both sides) and
+    16-channel blocks over 24 channels (the second block half masked); the per-tile sums must
+    add up to the image sums."""
+    x, w, scale, shift = make(2, 24, 13, 11, k, dtype, layout=layout)
     check(x, w, scale, shift, conv_padding(13, 11, k, stride, pad_mode), stride, with_pool=True)
+
+
+def test_tensor_core_weights_are_the_same_conv():
+    """taps_diag holds each weight once, at column c % 16 of its row, in the activations'
+    dtype; the dot kernel then computes the conv of those (rounded) weights."""
+    x, w, scale, shift = make(2, 40, 9, 7, 3, torch.bfloat16)
+    diag = taps_diag(w, torch.bfloat16)
+    assert diag.shape == (9, 40, 16) and diag.dtype == torch.bfloat16
+    assert (diag != 0).sum() == (w != 0).sum()
+    torch.testing.assert_close(diag.float().sum(-1), taps_major(w.to(torch.bfloat16)), rtol=0, atol=0)
+    check(x, diag, scale, shift, (1, 1, 1, 1), 1, with_pool=True)
 
 
 def test_taps_major_weights_are_the_same_conv():
@@ -128,12 +161,13 @@ def test_non_contiguous_input(view):
     check(x, w[:24], scale[:24], shift[:24], conv_padding(H, W, 3, 1, "same"), 1, with_pool=True)
 
 
+@pytest.mark.parametrize("layout", ["conv", "mma"])
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 @pytest.mark.parametrize("k,stride", [(3, 2), (5, 1)])
-def test_ragged(small_tiles, k, stride, pad_mode):
+def test_ragged(small_tiles, k, stride, pad_mode, layout):
     """Per-image valid sizes and padding: each image as if alone; invalid outputs are 0 and
     left out of the pool sums (tiles wholly outside an image's valid region included)."""
-    x, w, scale, shift = make(3, 24, 10, 9, k)
+    x, w, scale, shift = make(3, 24, 10, 9, k, torch.float16 if layout == "mma" else torch.float32, layout=layout)
     sizes = [(10, 9), (7, 5), (1, 1)]
     valid_hw = torch.tensor(sizes, dtype=torch.int32, device=DEVICE)
     pads = [conv_padding(h, wd, k, stride, pad_mode) for h, wd in sizes]
@@ -170,6 +204,10 @@ BAD_CASES = {
     "padding len": (lambda x, w, s, b: (x, w, s, b, (1, 1), 1, {}), ValueError, "padding"),
     "fp16 scale": (lambda x, w, s, b: (x, w, s.half(), b, (1, 1, 1, 1), 1, {}), TypeError, "scale"),
     "short shift": (lambda x, w, s, b: (x, w, s, b[:3], (1, 1, 1, 1), 1, {}), ValueError, "shift"),
+    "fp32 x, tensor-core weights": (lambda x, w, s, b: (x, taps_diag(w, torch.float16), s, b, (1, 1, 1, 1), 1, {}),
+                                    TypeError, "fp16 or bf16 x of the same dtype"),
+    "fp16 x, bf16 tensor-core weights": (lambda x, w, s, b: (x.half(), taps_diag(w, torch.bfloat16), s, b, (1, 1, 1, 1),
+                                         1, {}), TypeError, "same dtype"),
     "bad act": (lambda x, w, s, b: (x, w, s, b, (1, 1, 1, 1), 1, {"act": "gelu"}), ValueError, "gelu"),
     "valid_hw alone": (lambda x, w, s, b: (x, w, s, b, (1, 1, 1, 1), 1,
                        {"valid_hw": torch.ones(2, 2, dtype=torch.int32, device=x.device)}), ValueError, "together"),
@@ -234,18 +272,20 @@ def test_partial_sums_are_bitwise_repeatable(small_tiles):
     assert torch.equal(dwconv_bn_act(x, w, scale, shift, (2, 2, 2, 2), 2, with_pool=True)[1], first)
 
 
+@pytest.mark.parametrize("layout", ["conv", "mma"])
 @pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
-def test_reads_stay_inside_the_input(small_tiles, k, stride, pad_mode):
-    x, w, scale, shift = make(2, 21, 13, 11, k)
+def test_reads_stay_inside_the_input(small_tiles, k, stride, pad_mode, layout):
+    x, w, scale, shift = make(2, 21, 13, 11, k, torch.float16 if layout == "mma" else torch.float32, layout=layout)
     x = nan_fenced(x)
     check(x, w, scale, shift, conv_padding(13, 11, k, stride, pad_mode), stride, with_pool=True)
 
 
+@pytest.mark.parametrize("layout", ["conv", "mma"])
 @pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
-def test_writes_stay_inside_the_output(small_tiles, k, stride, monkeypatch):
+def test_writes_stay_inside_the_output(small_tiles, k, stride, layout, monkeypatch):
     fence = FencedOutputs()
     monkeypatch.setattr(module, "empty_like_format", fence)
-    x, w, scale, shift = make(2, 21, 13, 11, k)
+    x, w, scale, shift = make(2, 21, 13, 11, k, torch.float16 if layout == "mma" else torch.float32, layout=layout)
     check(x, w, scale, shift, conv_padding(13, 11, k, stride, "same"), stride, with_pool=True)
     fence.assert_untouched()
