@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
     """
     import torch
     from fastmbconv.kernels.testing import assert_close_to_ref
-    from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref
+    from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, taps_diag
     from fastmbconv.kernels.expand_dwconv import expand_dwconv, expand_dwconv_ref
     from fastmbconv.kernels.pointwise_gated import pointwise_gated, pointwise_gated_ref
     from fastmbconv.kernels.stem_conv_bn_act import stem_conv_bn_act, stem_conv_bn_act_ref
@@ -65,6 +65,13 @@ SCRIPT = textwrap.dedent(
                                      compute_dtype=torch.float16)
             assert_close_to_ref(out, ref, lowp, what=f"dwconv, {name}, stride {stride}")
             assert_close_to_ref(partials.sum(1), ref_pool, what=f"dwconv pool, {name}, stride {stride}")
+            wm = taps_diag(wd, torch.float16)  # the tensor-core variant
+            out, partials = dwconv_bn_act(x, wm, scale, shift, (1, 1, 1, 1), stride, with_pool=True)
+            ref, ref_pool = dwconv_bn_act_ref(dense, wm, scale, shift, (1, 1, 1, 1), stride, with_pool=True,
+                                              compute_dtype=torch.float64)
+            lowp = dwconv_bn_act_ref(dense, wm, scale, shift, (1, 1, 1, 1), stride, compute_dtype=torch.float16)
+            assert_close_to_ref(out, ref, lowp, what=f"dwconv (tensor cores), {name}, stride {stride}")
+            assert_close_to_ref(partials.sum(1), ref_pool, what=f"dwconv (tensor cores) pool, {name}, stride {stride}")
 
         fused = ((torch.randn(40, c, generator=G) / c**0.5).half(), torch.randn(40, generator=G) * 0.1,
                  torch.randn(9, 40, generator=G) * 0.3, torch.rand(40, generator=G) + 0.5,
