@@ -3,10 +3,10 @@
 Per block, the GEMM weights (expand, project, and the SE's two FCs) are in the compute dtype and
 every per-channel vector (biases, depthwise weights and scale/shift) is fp32; in fp16/bf16 the
 depthwise weights are also laid out for the tensor-core depthwise kernel (``taps_diag``). The
-fold is cached per compute dtype and redone whenever a parameter, buffer or submodule was replaced or modified in
-place. Under ``torch.compile`` the fold is traced into the graph instead (dynamo cannot trace
-the cache check): the compiled model then always reads the live weights, and with
-``torch._inductor.config.freezing = True`` inductor constant-folds it away.
+fold is cached per compute dtype and redone whenever a parameter, buffer or submodule was
+replaced or modified in place. Under ``torch.compile`` the fold is traced into the graph instead
+(dynamo cannot trace the cache check): the compiled model then always reads the live weights,
+and with ``torch._inductor.config.freezing = True`` inductor constant-folds it away.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from ..kernels.dwconv_bn_act import taps_diag
+from ..kernels.dwconv_bn_act import taps_diag, taps_major
 from ..layers import ConvBN
 
 
@@ -72,7 +72,7 @@ def fold_block(block, dtype: Optional[torch.dtype] = None) -> FoldedBlock:
     dw_scale, dw_shift = bn_scale_shift(p.depthwise.bn)
     w_project, b_project = _fold_1x1(p.project, dtype)
     C, R, k = p.mid_channels, p.se.conv_reduce.out_channels, p.kernel
-    w_dw = p.depthwise.conv.weight.float().reshape(C, k * k).t().contiguous()
+    w_dw = taps_major(p.depthwise.conv.weight)
     return FoldedBlock(
         kernel=k, stride=p.stride, has_skip=p.has_skip, w_expand=w_expand, b_expand=b_expand,
         w_dw=w_dw, w_dw_mma=taps_diag(w_dw, dtype) if dtype in (torch.float16, torch.bfloat16) else None,

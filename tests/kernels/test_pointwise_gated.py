@@ -246,7 +246,7 @@ def test_torch_fallback_compiles_without_graph_breaks():
     torch._dynamo.reset()
 
 
-def test_autotune_keeps_small_tiles_below_32_input_channels():
+def test_autotune_keeps_small_tiles_below_64_gated_input_channels():
     """With the SE gate the 8192-output tiles spill on sm_90 at 16-40 input channels (the
     depthwise-separable blocks, in the static report): the autotuner never tries them there;
     everywhere else it tries every config."""
