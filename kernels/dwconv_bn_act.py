@@ -272,7 +272,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         return (N * tiles, triton.cdiv(C, meta["BLOCK_C"]))
 
     launch(OP, kernel, grid, dict(
-        x_ptr=x, w_ptr=w_taps, scale_ptr=scale, shift_ptr=shift, out_ptr=out,
+        x_ptr=x, w_ptr=w_taps.contiguous(), scale_ptr=scale.contiguous(), shift_ptr=shift.contiguous(), out_ptr=out,
         part_ptr=partials if with_pool else scale, valid_ptr=valid_hw.contiguous() if ragged else scale,
         padtl_ptr=pad_tl.contiguous() if ragged else scale,
         C=C, H=H, W=W, H_out=H_out, W_out=W_out, tiles_w=tiles_w, tiles_per_image=tiles,

@@ -252,8 +252,8 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
     scratch = alloc_scratch((programs, 2, halo_h * halo_w, block_c), x.device)
     ragged = valid_hw is not None
     launch(OP, _expand_dwconv_kernel, (programs,), dict(
-        x_ptr=x, we_ptr=w_expand.reshape(C, C_in).contiguous(), be_ptr=b_expand, wd_ptr=w_dw,
-        scale_ptr=scale, shift_ptr=shift, out_ptr=out, part_ptr=partials, scratch_ptr=scratch,
+        x_ptr=x, we_ptr=w_expand.reshape(C, C_in).contiguous(), be_ptr=b_expand.contiguous(), wd_ptr=w_dw.contiguous(),
+        scale_ptr=scale.contiguous(), shift_ptr=shift.contiguous(), out_ptr=out, part_ptr=partials, scratch_ptr=scratch,
         valid_ptr=valid_hw.contiguous() if ragged else scale, padtl_ptr=pad_tl.contiguous() if ragged else scale,
         C=C, H=H, W=W, H_out=H_out, W_out=W_out, items=items, sxn=x.stride(0), sxh=x.stride(2),
         son=out.stride(0), soh=out.stride(2), sow=out.stride(3), pad_top=padding[0], pad_left=padding[2],

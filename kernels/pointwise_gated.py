@@ -254,7 +254,7 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
 
     zeros = (0, 0, 0, 0)
     launch(OP, kernel, grid, dict(
-        x_ptr=x, w_ptr=weight.reshape(O, K).contiguous(), bias_ptr=bias,
+        x_ptr=x, w_ptr=weight.reshape(O, K).contiguous(), bias_ptr=bias.contiguous(),
         gate_ptr=gate.contiguous() if gate is not None else bias, res_ptr=residual if residual is not None else bias,
         out_ptr=bias if pool_only else out, part_ptr=partials, valid_ptr=valid_hw.contiguous() if ragged else bias,
         M=M, HW=H * W, W=W, K=K, O=O, segments=segments,

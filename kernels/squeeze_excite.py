@@ -117,7 +117,7 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
     lowp = w_reduce.dtype if w_reduce.dtype == w_expand.dtype and w_reduce.dtype != torch.float32 else None
     partials = partials.contiguous()
     launch(OP, _se_gate_kernel, (image_blocks, groups), dict(
-        part_ptr=partials, count_ptr=count if count is not None else partials,
+        part_ptr=partials, count_ptr=count.contiguous() if count is not None else partials,
         wr_ptr=w_reduce.reshape(R, C).contiguous(), br_ptr=b_reduce.contiguous(),
         we_ptr=w_expand.reshape(C, R).contiguous(), be_ptr=b_expand.contiguous(), gate_ptr=gate,
         N=N, C=C, R=R, T=T, inv_count=1.0 / max(hw, 1), gate_groups=groups,

@@ -152,7 +152,8 @@ def stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, va
     tiles = -(-H_out // tile_h) * tiles_w
     ragged = valid_hw is not None
     launch(OP, _stem_conv_kernel, (N * tiles,), dict(
-        x_ptr=x, w_ptr=weight if weight.ndim == 2 else taps_major(weight), bias_ptr=bias, out_ptr=out,
+        x_ptr=x, w_ptr=(weight if weight.ndim == 2 else taps_major(weight)).contiguous(),
+        bias_ptr=bias.contiguous(), out_ptr=out,
         valid_ptr=valid_hw.contiguous() if ragged else bias, padtl_ptr=pad_tl.contiguous() if ragged else bias,
         C_out=C_out, H=H, W=W, H_out=H_out, W_out=W_out, tiles_w=tiles_w, tiles_per_image=tiles,
         **dict(zip(("sxn", "sxc", "sxh", "sxw"), x.stride())), **dict(zip(("son", "soc", "soh", "sow"), out.stride())),
