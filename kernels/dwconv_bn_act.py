@@ -62,6 +62,7 @@ def _dwconv_bn_act_kernel(
     pad_top, pad_left, batch_bucket, rows,
     SXW: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, FAST_MATH: tl.constexpr, WITH_POOL: tl.constexpr,
     RAGGED: tl.constexpr, INT64: tl.constexpr, MMA: tl.constexpr, DOT_FP32: tl.constexpr,
+    EVEN_C: tl.constexpr,  # C is a multiple of BLOCK_C (only claimed where that is known at launch)
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # The tile is (G, P, CB): G groups of CB channels by P = TILE_H * TILE_W pixels. With MMA,
@@ -98,13 +99,17 @@ def _dwconv_bn_act_kernel(
     x_tap0 = x_ptr + n.to(tl.int64) * sxn + (ih0 * sxh + iw0 * SXW)[None, :, None] + offs_c * sxc
     h_lim = h_img.to(tl.uint32)  # one unsigned compare tests 0 <= i < limit
     w_lim = w_img.to(tl.uint32)
-    if MMA:  # (k*k, C, 16) diagonal blocks: tap t's (16, 16) block of group g is contiguous
-        ch_k = tl.program_id(1) * BLOCK_C + tl.reshape(tl.arange(0, BLOCK_C), (G, CB, 1))
-        w_ok = ch_k < C
+    if MMA:  # (k*k, C, 16) diagonal blocks: tap t's (16, 16) block of group g is contiguous.
+        # Rows past the last channel re-read its row, so the weight loads need no mask: they only
+        # meet x values loaded as 0 (a finite weight times 0 adds nothing), and each row's 16
+        # columns stay contiguous (one vector load)
+        ch_k = tl.minimum(tl.program_id(1) * BLOCK_C + tl.reshape(tl.arange(0, BLOCK_C), (G, CB, 1)), C - 1)
         w_tap0 = w_ptr + ch_k * 16 + tl.reshape(tl.arange(0, CB), (1, 1, CB))
-    else:  # (k*k, C)
+    else:  # (k*k, C): masked, as a clamped channel index would not be contiguous (scalar loads)
         w_ok = c_ok
         w_tap0 = w_ptr + offs_c
+    # with every channel of the block real (EVEN_C), the x loads' mask is per pixel only
+    x_c_ok = True if EVEN_C else c_ok
     acc = tl.zeros((G, P, CB), dtype=tl.float32)
     x_row = x_tap0
     # a runtime trip count (rows == KSIZE), so neither the compiler nor ptxas unrolls the loop:
@@ -112,10 +117,10 @@ def _dwconv_bn_act_kernel(
     for ki in range(0, rows):
         row_ok = (ih0 + ki).to(tl.uint32) < h_lim
         for kj in tl.static_range(KSIZE):
-            ok = (row_ok & ((iw0 + kj).to(tl.uint32) < w_lim))[None, :, None] & c_ok
+            ok = (row_ok & ((iw0 + kj).to(tl.uint32) < w_lim))[None, :, None] & x_c_ok
             xv = tl.load(x_row + kj * SXW, mask=ok, other=0.0)
             if MMA:
-                wv = tl.load(w_tap0 + (ki * KSIZE + kj) * C * 16, mask=w_ok, other=0.0)
+                wv = tl.load(w_tap0 + (ki * KSIZE + kj) * C * 16)
                 if DOT_FP32:  # the interpreter: its fp16/bf16 dot is not the GPU's (exact products, fp32 sums)
                     acc = tl.dot(xv.to(tl.float32), wv.to(tl.float32), acc, input_precision="ieee")
                 else:
@@ -279,8 +284,10 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         **dict(zip(("sxn", "sxc", "sxh"), x.stride()[:3])), **dict(zip(("son", "soc", "soh", "sow"), out.stride())),
         pad_top=padding[0], pad_left=padding[2], batch_bucket=batch_bucket(N), rows=k,
     ), dict(
-        SXW=x.stride(3), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(), WITH_POOL=with_pool, RAGGED=ragged,
-        INT64=needs_int64(x, out), MMA=mma, DOT_FP32=interpreting(), TILE_H=tile_h, TILE_W=tile_w, **config,
+        SXW=x.stride(3), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(),
+        WITH_POOL=with_pool, RAGGED=ragged, INT64=needs_int64(x, out), MMA=mma, DOT_FP32=interpreting(),
+        EVEN_C=mma and C % block_c == 0,  # the autotuned FMA variant's BLOCK_C varies: never claimed there
+        TILE_H=tile_h, TILE_W=tile_w, **config,
     ), on=x)
     return out, partials
 

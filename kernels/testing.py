@@ -50,6 +50,15 @@ def nan_fenced(x: torch.Tensor, margin: int = 2) -> torch.Tensor:
     return inner
 
 
+def nan_fenced_dense(t: torch.Tensor, margin: int = 64) -> torch.Tensor:
+    """``t`` copied, contiguous, into the middle of a NaN-filled flat buffer: a read before its
+    first element or past its last (a weight row past the last channel) pulls a NaN in."""
+    buf = torch.full((t.numel() + 2 * margin,), float("nan"), dtype=t.dtype, device=t.device)
+    inner = buf[margin:margin + t.numel()].view(t.shape)
+    inner.copy_(t)
+    return inner
+
+
 class FencedOutputs:
     """Stands in for a launcher's ``empty_like_format``: each output is the middle of a larger
     buffer filled with a sentinel, so a store past any edge of the output shows up as a changed
