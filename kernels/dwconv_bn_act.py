@@ -99,13 +99,13 @@ def _dwconv_bn_act_kernel(
     x_tap0 = x_ptr + n.to(tl.int64) * sxn + (ih0 * sxh + iw0 * SXW)[None, :, None] + offs_c * sxc
     h_lim = h_img.to(tl.uint32)  # one unsigned compare tests 0 <= i < limit
     w_lim = w_img.to(tl.uint32)
-    if MMA:  # (k*k, C, 16) diagonal blocks: tap t's (16, 16) block of group g is contiguous.
-        # Rows past the last channel re-read its row, so the weight loads need no mask: they only
-        # meet x values loaded as 0 (a finite weight times 0 adds nothing), and each row's 16
-        # columns stay contiguous (one vector load)
-        ch_k = tl.minimum(tl.program_id(1) * BLOCK_C + tl.reshape(tl.arange(0, BLOCK_C), (G, CB, 1)), C - 1)
+    # The weight loads keep their channel mask even where every channel is real: unmasked, ptxas
+    # spills a register of the 4x16-pixel 3x3 tensor-core kernel (B1's 480 channels at 15x15)
+    if MMA:  # (k*k, C, 16) diagonal blocks: tap t's (16, 16) block of group g is contiguous
+        ch_k = tl.program_id(1) * BLOCK_C + tl.reshape(tl.arange(0, BLOCK_C), (G, CB, 1))
+        w_ok = ch_k < C
         w_tap0 = w_ptr + ch_k * 16 + tl.reshape(tl.arange(0, CB), (1, 1, CB))
-    else:  # (k*k, C): masked, as a clamped channel index would not be contiguous (scalar loads)
+    else:  # (k*k, C)
         w_ok = c_ok
         w_tap0 = w_ptr + offs_c
     # with every channel of the block real (EVEN_C), the x loads' mask is per pixel only
@@ -120,7 +120,7 @@ def _dwconv_bn_act_kernel(
             ok = (row_ok & ((iw0 + kj).to(tl.uint32) < w_lim))[None, :, None] & x_c_ok
             xv = tl.load(x_row + kj * SXW, mask=ok, other=0.0)
             if MMA:
-                wv = tl.load(w_tap0 + (ki * KSIZE + kj) * C * 16)
+                wv = tl.load(w_tap0 + (ki * KSIZE + kj) * C * 16, mask=w_ok, other=0.0)
                 if DOT_FP32:  # the interpreter: its fp16/bf16 dot is not the GPU's (exact products, fp32 sums)
                     acc = tl.dot(xv.to(tl.float32), wv.to(tl.float32), acc, input_precision="ieee")
                 else:
