@@ -45,7 +45,13 @@ def _se_gate_kernel(
     r_ok = offs_r < R
     rows = offs_n.to(tl.int64) * T  # each image's first partial-sum row
 
-    # hidden = silu(mean @ W_r^T + b_r) for BLOCK_N images at once, so the weights serve them all
+    # hidden = silu(mean @ W_r^T + b_r) for BLOCK_N images at once, so the weights serve them all.
+    # The sums become means before the dot: in fp16 a whole map's sum passes 65504 (a mean
+    # activation of 5 at 112x112) and the dot's input would be inf
+    if HAS_COUNT:
+        inv = 1.0 / tl.maximum(tl.load(count_ptr + offs_n, mask=n_ok, other=1.0).to(tl.float32), 1.0)
+    else:
+        inv = tl.full((BLOCK_N,), inv_count, dtype=tl.float32)
     hidden = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -55,12 +61,7 @@ def _se_gate_kernel(
         for t in tl.range(0, T, num_stages=1, loop_unroll_factor=1):  # the depthwise kernel's tiles, in a fixed order
             sums += tl.load(part_ptr + (rows + t)[:, None] * C + offs_c[None, :], mask=ok, other=0.0)
         w_r = tl.load(wr_ptr + offs_r[None, :] * C + offs_c[:, None], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
-        hidden += _dot(sums, w_r, DOT_FP32)
-    if HAS_COUNT:
-        inv = 1.0 / tl.maximum(tl.load(count_ptr + offs_n, mask=n_ok, other=1.0).to(tl.float32), 1.0)
-        hidden = hidden * inv[:, None]
-    else:
-        hidden = hidden * inv_count
+        hidden += _dot(sums * inv[:, None], w_r, DOT_FP32)
     hidden += tl.load(br_ptr + offs_r, mask=r_ok, other=0.0).to(tl.float32)[None, :]
     hidden = tl.where(r_ok[None, :], hidden * tl.sigmoid(hidden), 0.0)
 

@@ -91,3 +91,24 @@ def test_bad_input(case, exc, words):
         kw["hw"] = 0
     with pytest.raises(exc, match=words):
         squeeze_excite_gate(sums, w_r, b_r, w_e, b_e, **kw)
+
+
+@pytest.mark.parametrize("with_count", [False, True])
+def test_fp16_weights_on_large_maps_stay_finite(monkeypatch, with_count):
+    """The GPU's variant (its block sizes, the dot in the weights' fp16): a 300x300 map's channel
+    sums pass fp16's 65504, so they must become means before the dot."""
+    from fastmbconv.kernels import squeeze_excite as module
+
+    monkeypatch.setattr(module, "interpreting", lambda: False)
+    g = torch.Generator().manual_seed(0)
+    N, T, C, R, hw = 2, 4, 32, 8, 300 * 300
+    mean = torch.rand(N, C, generator=g) + 0.5
+    partials = (mean * hw / T)[:, None, :].expand(N, T, C).contiguous().to(DEVICE)
+    w_reduce, w_expand = (torch.randn(R, C, generator=g) * 0.3).half(), (torch.randn(C, R, generator=g) * 0.3).half()
+    b_reduce, b_expand = torch.zeros(R), torch.zeros(C)
+    args = [t.to(DEVICE) for t in (w_reduce, b_reduce, w_expand, b_expand)]
+    kw = dict(count=torch.full((N,), hw, dtype=torch.int32, device=DEVICE)) if with_count else dict(hw=hw)
+    got = squeeze_excite_gate(partials, *args, **kw)
+    ref = squeeze_excite_gate_ref(partials.double(), *[a.double() for a in args], **kw, compute_dtype=torch.float64)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-2)  # means rounded to fp16 for the dot
