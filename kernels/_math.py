@@ -40,11 +40,12 @@ def activation(y, ACT: tl.constexpr, FAST: tl.constexpr):
 @triton.jit
 def image_extent(valid_ptr, padtl_ptr, n, H, W, pad_top, pad_left, RAGGED: tl.constexpr):
     """(height, width, top, left) of image ``n``: its own valid size and padding in a ragged
-    batch (sizes clamped to the buffer, so a bad size can never read outside it; CUDA inputs
-    skip the host check), else the whole map's."""
+    batch (sizes clamped into [0, H] x [0, W], so a bad size can never read outside the buffer:
+    the kernels test 0 <= i < size unsigned, where a negative size would pass everything; CUDA
+    inputs skip the host check), else the whole map's."""
     if RAGGED:
-        h_img = tl.minimum(tl.load(valid_ptr + 2 * n), H)
-        w_img = tl.minimum(tl.load(valid_ptr + 2 * n + 1), W)
+        h_img = tl.maximum(tl.minimum(tl.load(valid_ptr + 2 * n), H), 0)
+        w_img = tl.maximum(tl.minimum(tl.load(valid_ptr + 2 * n + 1), W), 0)
         top = tl.load(padtl_ptr + 2 * n)
         left = tl.load(padtl_ptr + 2 * n + 1)
     else:

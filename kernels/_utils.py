@@ -122,6 +122,15 @@ def check_ragged_args(op: str, N: int, valid_hw, pad_tl, device) -> None:
                 raise ValueError(f"{op}: {name} must have shape ({N}, 2), got {tuple(t.shape)}")
 
 
+def check_valid_sizes(op: str, valid_hw, H: int, W: int) -> None:
+    """Each image's valid (h, w) in [1, H] x [1, W]. Checked here for CPU tensors only (on CUDA the
+    check would sync every call); the kernels clamp sizes into [0, H] x [0, W] either way, so a
+    bad size never reads outside the input."""
+    if valid_hw is not None and valid_hw.device.type == "cpu":
+        if (valid_hw < 1).any() or (valid_hw[:, 0] > H).any() or (valid_hw[:, 1] > W).any():
+            raise ValueError(f"{op}: valid_hw must lie in [1, {H}] x [1, {W}], got {valid_hw.tolist()}")
+
+
 def is_channels_last(x: torch.Tensor) -> bool:
     """True if ``x`` (4-D) is laid out NHWC; outputs follow the input's memory format."""
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

@@ -41,6 +41,7 @@ from ._utils import (
     batch_bucket,
     check_conv_geometry,
     check_ragged_args,
+    check_valid_sizes,
     check_tensor,
     conv2d_ref,
     empty_like_format,
@@ -256,9 +257,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
     partials = torch.empty((N, tiles, C) if with_pool else (0,), dtype=torch.float32, device=x.device)
     if N == 0 or C == 0:
         return out, partials
-    if valid_hw is not None and valid_hw.device.type == "cpu":  # a host check on CUDA would sync every call
-        if (valid_hw < 1).any() or (valid_hw[:, 0] > H).any() or (valid_hw[:, 1] > W).any():
-            raise ValueError(f"{OP}: valid_hw must lie in [1, {H}] x [1, {W}], got {valid_hw.tolist()}")
+    check_valid_sizes(OP, valid_hw, H, W)
     ragged = valid_hw is not None
     if mma:  # one warp's 16-row MMA tiles cover the 32 or 64 pixels (2 or 4 warps: more instructions
         # per output). Pipelined loads cost more than they hide, except where a channel group is

@@ -37,6 +37,7 @@ from ._utils import (
     check_1x1_weight,
     check_conv_geometry,
     check_ragged_args,
+    check_valid_sizes,
     check_tensor,
     empty_like_format,
     interpreting,
@@ -245,9 +246,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
     partials = torch.empty((N, tiles, C), dtype=torch.float32, device=x.device)
     if N == 0 or C == 0:
         return out, partials
-    if valid_hw is not None and valid_hw.device.type == "cpu":  # a host check on CUDA would sync every call
-        if (valid_hw < 1).any() or (valid_hw[:, 0] > H).any() or (valid_hw[:, 1] > W).any():
-            raise ValueError(f"{OP}: valid_hw must lie in [1, {H}] x [1, {W}], got {valid_hw.tolist()}")
+    check_valid_sizes(OP, valid_hw, H, W)
     programs = persistent_programs(x.device, items)
     scratch = alloc_scratch((programs, 2, halo_h * halo_w, block_c), x.device)
     ragged = valid_hw is not None

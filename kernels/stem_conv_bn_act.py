@@ -25,6 +25,7 @@ from ._utils import (
     activation_ref,
     check_conv_geometry,
     check_ragged_args,
+    check_valid_sizes,
     check_tensor,
     conv2d_ref,
     interpreting,
@@ -146,6 +147,7 @@ def stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, va
     out = _empty_out(x, C_out, H_out, W_out, out_dtype)
     if N == 0:
         return out
+    check_valid_sizes(OP, valid_hw, H, W)
     block_k = max(16, next_pow2(k * k * C_in))
     tile_h, tile_w = tile_for(H_out, W_out, max(block_k, next_pow2(C_out)))
     tiles_w = -(-W_out // tile_w)
