@@ -150,7 +150,8 @@ def select_kernel(tuned, plain, key: tuple, heuristic: dict):
         return plain, heuristic
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing() and key not in _tuned_keys:
         return plain, heuristic
-    _tuned_keys.add(key)
+    if getattr(_state, "recorder", None) is None:  # a recorded launch (record_launches) tunes nothing
+        _tuned_keys.add(key)
     return tuned, {}
 
 

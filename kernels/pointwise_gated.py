@@ -241,7 +241,7 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
            pool_only)
     if pool_only:
         block_m = heuristic.pop("BLOCK_M")
-        kernel, config = select_kernel(_pointwise_pool_autotuned, _pointwise_gated_kernel, key, heuristic)
+        kernel, config = select_kernel(_pointwise_pool_autotuned, _pointwise_gated_kernel, key + (block_m,), heuristic)
         config = dict(config, BLOCK_M=block_m)
         tiles, segments = triton.cdiv(M, block_m), triton.cdiv(block_m - 1, H * W) + 1
         partials = torch.empty((tiles, segments, O), dtype=torch.float32, device=x.device)
