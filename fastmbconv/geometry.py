@@ -160,6 +160,9 @@ class RaggedSizes:
 
     def masked_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image spatial mean of ``x`` (N, C, H, W) over each image's valid region:
-        (N, C, 1, 1). Positions outside it (NaN padding included) count as nothing."""
-        summed = torch.where(self.mask(x.shape[-2], x.shape[-1], x.device), x, x.new_zeros(())).sum((2, 3), keepdim=True)
-        return summed / self.on(x.device, "counts").to(x.dtype).view(-1, 1, 1, 1)
+        (N, C, 1, 1) in x's dtype. Positions outside it (NaN padding included) count as nothing.
+        Sums and counts are fp32, as ``Tensor.mean`` accumulates: in fp16 a large map's sum, or
+        its pixel count (90000 at 300x300), would pass 65504."""
+        valid = torch.where(self.mask(x.shape[-2], x.shape[-1], x.device), x, x.new_zeros(()))
+        summed = valid.sum((2, 3), keepdim=True, dtype=torch.float32)
+        return (summed / self.on(x.device, "counts").float().view(-1, 1, 1, 1)).to(x.dtype)

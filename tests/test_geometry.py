@@ -77,3 +77,14 @@ def test_ragged_sizes_from_user_rejects(valid, err, match):
 def test_ragged_sizes_from_user_keeps_them_on_the_host():
     sizes = RaggedSizes.from_user(torch.tensor([[64, 48], [7, 1]], dtype=torch.int32), (2, 3, 64, 48))
     assert sizes.sizes.device.type == "cpu" and sizes.sizes.dtype == torch.int64 and len(sizes) == 2
+
+
+def test_masked_mean_of_a_large_fp16_map_stays_finite():
+    """fp16 at 300x300 with activations near 5: the sum (~450000) and the pixel count (90000)
+    both pass fp16's 65504, the mean does not."""
+    sizes = RaggedSizes(torch.tensor([[300, 300], [200, 150]]))
+    x = torch.full((2, 3, 300, 300), 5.0, dtype=torch.float16)
+    x[1, :, 200:] = float("nan")  # padding outside image 1's valid corner counts as nothing
+    mean = sizes.masked_mean(x)
+    assert mean.dtype == torch.float16 and mean.shape == (2, 3, 1, 1)
+    assert torch.equal(mean, torch.full_like(mean, 5.0))
