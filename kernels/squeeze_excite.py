@@ -50,8 +50,6 @@ def _se_gate_kernel(
     # activation of 5 at 112x112) and the dot's input would be inf
     if HAS_COUNT:
         inv = 1.0 / tl.maximum(tl.load(count_ptr + offs_n, mask=n_ok, other=1.0).to(tl.float32), 1.0)
-    else:
-        inv = tl.full((BLOCK_N,), inv_count, dtype=tl.float32)
     hidden = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -61,7 +59,7 @@ def _se_gate_kernel(
         for t in tl.range(0, T, num_stages=1, loop_unroll_factor=1):  # the depthwise kernel's tiles, in a fixed order
             sums += tl.load(part_ptr + (rows + t)[:, None] * C + offs_c[None, :], mask=ok, other=0.0)
         w_r = tl.load(wr_ptr + offs_r[None, :] * C + offs_c[:, None], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
-        hidden += _dot(sums * inv[:, None], w_r, DOT_FP32)
+        hidden += _dot(sums * (inv[:, None] if HAS_COUNT else inv_count), w_r, DOT_FP32)
     hidden += tl.load(br_ptr + offs_r, mask=r_ok, other=0.0).to(tl.float32)[None, :]
     hidden = tl.where(r_ok[None, :], hidden * tl.sigmoid(hidden), 0.0)
 
@@ -109,8 +107,8 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
     block_n, block_r = 16, max(16, next_pow2(R))
     if interpreting():  # ~30 ms per program: few, large blocks (Triton's limit: 2**20 elements)
         block_n, block_c, block_g = max(16, min(next_pow2(N), 64)), max(16, min(next_pow2(C), 4096, 2**20 // block_r)), None
-    else:
-        block_c, block_g = 128, 64
+    else:  # the reduce FC's (BLOCK_C, BLOCK_R) weight tile fits the registers up to 128 x 128
+        block_c, block_g = (128 if block_r <= 128 else 64), 64
     block_g = block_g or block_c
     image_blocks, gate_blocks = triton.cdiv(N, block_n), triton.cdiv(C, block_g)
     # enough programs to spread over the GPU; each recomputes its images' hidden vector
