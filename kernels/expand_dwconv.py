@@ -173,6 +173,7 @@ def _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
 # (a quarter of a 4-wide load and an FMA), an output's epilogue, and a work item's set-up.
 _HALO_COST, _TAP_COST, _OUT_COST, _ITEM_COST = 8.0, 1.25, 10.0, 600.0
 CHUNK = 64  # halo pixels per expand product (a warpgroup's wgmma M)
+_ITEM_CHANNELS = 24  # a work item's fixed cost, in channels' worth of its per-channel work
 
 
 def tile_for(H_out: int, W_out: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -196,7 +197,8 @@ def tile_for(H_out: int, W_out: int, kernel: int, stride: int) -> tuple[int, int
     return best[1]
 
 
-def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int) -> tuple[int, int, int, int]:
+def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int,
+               dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(TILE_H, TILE_W, BLOCK_C, BLOCK_K): output pixels and expanded channels per work item,
     input channels per expand step: 64 only for 3x3 kernels over whole steps of 64, else 32
     (a partial last step of 64, or the 25 taps' loads beside one, spill on sm_90: B2's 88 and
@@ -204,12 +206,20 @@ def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: i
     block_k = min(64 if kernel == 3 and C_in % 64 == 0 else 32, max(16, next_pow2(C_in)))
     if interpreting():  # ~30 ms per program: few, large items
         return next_pow2(H_out), next_pow2(W_out), min(next_pow2(C), 128), max(16, min(next_pow2(C_in), 128))
-    return (*tile_for(H_out, W_out, kernel, stride), 32, block_k)
+    tile_h, tile_w = tile_for(H_out, W_out, kernel, stride)
+    # 64 expanded channels per item halve the per-item work per output (set-up, the SE sums'
+    # reduction) where few channels are masked off. Only for fp16/bf16 3x3 kernels with 32-channel
+    # expand steps and tiles at most 16 wide: fp32, 5x5 taps, 64-channel steps (B5's 64 -> 384)
+    # and 32-wide tiles (B2's and B3's 17x17 and 19x19 maps) spill at 64 on sm_90
+    block_c = 32
+    if dtype != torch.float32 and kernel == 3 and block_k == 32 and tile_w <= 16:
+        block_c = min((32, 64), key=lambda bc: -(-C // bc) * (bc + _ITEM_CHANNELS))
+    return tile_h, tile_w, block_c, block_k
 
 
-def geometry(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int, batch: int):
+def geometry(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int, batch: int, dtype: torch.dtype):
     """The launch geometry: (tile_h, tile_w, block_c, block_k, halo_h, halo_w, tiles, items)."""
-    tile_h, tile_w, block_c, block_k = blocks_for(H_out, W_out, C_in, C, kernel, stride)
+    tile_h, tile_w, block_c, block_k = blocks_for(H_out, W_out, C_in, C, kernel, stride, dtype)
     halo_h, halo_w = (tile_h - 1) * stride + kernel, (tile_w - 1) * stride + kernel
     tiles = -(-H_out // tile_h) * -(-W_out // tile_w)
     return tile_h, tile_w, block_c, block_k, halo_h, halo_w, tiles, batch * tiles * -(-C // block_c)
@@ -241,7 +251,8 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
     k, padding, H_out, W_out, C = _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
                                              valid_hw, pad_tl)
     N, C_in, H, W = x.shape
-    tile_h, tile_w, block_c, block_k, halo_h, halo_w, tiles, items = geometry(H_out, W_out, C_in, C, k, stride, N)
+    tile_h, tile_w, block_c, block_k, halo_h, halo_w, tiles, items = geometry(H_out, W_out, C_in, C, k, stride, N,
+                                                                               x.dtype)
     out = empty_like_format(x, (N, C, H_out, W_out))
     partials = torch.empty((N, tiles, C), dtype=torch.float32, device=x.device)
     if N == 0 or C == 0:
@@ -280,7 +291,7 @@ def _expand_dwconv_op(
 def _(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act, valid_hw, pad_tl):
     k, padding, H_out, W_out, C = _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
                                              valid_hw, pad_tl)
-    tiles = geometry(H_out, W_out, x.shape[1], C, k, stride, x.shape[0])[6]
+    tiles = geometry(H_out, W_out, x.shape[1], C, k, stride, x.shape[0], x.dtype)[6]
     return empty_like_format(x, (x.shape[0], C, H_out, W_out)), x.new_empty((x.shape[0], tiles, C),
                                                                              dtype=torch.float32)
 

@@ -52,14 +52,22 @@ def table_choice(entry: dict) -> Optional[str]:
     return None
 
 
-def _rule(layer: LayerShape) -> str:
-    """Without a table entry, the table's finding for B0: fuse 3x3 stride-2 blocks on maps of
-    28x28 and up (there the expanded tensor's round trip costs more than the halo's recompute);
-    keep stride-1, 5x5 and small-map blocks separate (the separate depthwise runs its taps on the
-    tensor cores, the fused one as fp32 FMAs from the scratch)."""
-    if layer.kernel != 3 or layer.stride != 2:
+def _rule(layer: LayerShape, dtype: torch.dtype) -> str:
+    """Without a table entry, the table's finding for B0. fp16/bf16: fuse 3x3 stride-2 blocks on
+    maps of 28x28 and up (there the expanded tensor's round trip costs more than the halo's
+    recompute), and 3x3 stride-1 blocks of 64 or more input channels on maps from 10x10 to
+    28x28 (wide expanded tensors, tiles that fit the map); keep 5x5 and the other blocks
+    separate (the separate depthwise runs its taps on the tensor cores, the fused one as fp32
+    FMAs from the scratch). fp32: fuse 3x3 blocks on maps of 56x56 and up (both ways run FMA
+    taps; the expanded tensor's bytes decide)."""
+    if layer.kernel != 3:
         return "separate"
-    return "fused" if min(layer.height, layer.width) >= 28 else "separate"
+    side = min(layer.height, layer.width)
+    if dtype == torch.float32:
+        return "fused" if side >= 56 else "separate"
+    if layer.stride == 2:
+        return "fused" if side >= 28 else "separate"
+    return "fused" if layer.in_channels >= 64 and 10 <= side <= 28 else "separate"
 
 
 @torch.compiler.assume_constant_result
@@ -82,7 +90,7 @@ def explain(layer: LayerShape, dtype: torch.dtype) -> tuple[str, str]:
     if choice is not None:
         measured = all(isinstance((entry.get("measured_us") or {}).get(c), (int, float)) for c in CHOICES)
         return choice, "table (measured)" if measured else "table (modelled)"
-    return _rule(layer), "rule"
+    return _rule(layer, dtype), "rule"
 
 
 def expand_dw_choice(layer: LayerShape, dtype: torch.dtype) -> str:

@@ -87,7 +87,7 @@ def test_measured_times_beat_modelled_ones(table):
     table({key: {"modelled_us": {"fused": 1.0, "separate": 2.0}, "measured_us": {"fused": 5.0}}})
     assert layer_plan.explain(layer, torch.float16) == ("fused", "table (modelled)")
     table({key: {"modelled_us": {"fused": "n/a"}}})  # an unusable entry: the rule decides
-    assert layer_plan.explain(layer, torch.float16) == (layer_plan._rule(layer), "rule")
+    assert layer_plan.explain(layer, torch.float16) == (layer_plan._rule(layer, torch.float16), "rule")
 
 
 def test_env_var_forces_either_way_and_rejects_typos(monkeypatch):
@@ -102,9 +102,11 @@ def test_env_var_forces_either_way_and_rejects_typos(monkeypatch):
         layer_plan.explain(layers[1], torch.float16)
 
 
-def test_committed_table_is_consistent_and_covers_b0():
-    """Every entry's choice is its faster way; every B0 fp16 224px block with an expand conv has
-    an entry; the rule agrees with the table on B0 (it stands in for geometries without one)."""
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_committed_table_is_consistent_and_covers_b0(dtype):
+    """Every entry's choice is its faster way; every B0 224px block with an expand conv has an
+    entry in fp16 and fp32; the rule agrees with the table on B0 (it stands in for geometries
+    without one)."""
     raw = json.loads(layer_plan.TABLE.read_text())
     for key, entry in raw["entries"].items():
         assert entry["choice"] == layer_plan.table_choice({"modelled_us": entry["modelled_us"]}), key
@@ -112,9 +114,9 @@ def test_committed_table_is_consistent_and_covers_b0():
     model = fm.efficientnet_b0()
     for layer in walk(model, 224, 224):
         if layer.kind == "block" and layer.has_expand:
-            entry = layer_plan.load_table().get(layer_plan.layer_key(layer, torch.float16))
+            entry = layer_plan.load_table().get(layer_plan.layer_key(layer, dtype))
             assert entry is not None, layer.name
-            assert layer_plan._rule(layer) == entry["choice"], layer.name
+            assert layer_plan._rule(layer, dtype) == entry["choice"], layer.name
 
 
 def test_unreadable_table_falls_back_to_the_rule(tmp_path):

@@ -38,7 +38,7 @@ def make(N, C_in, C, H, W, k, dtype=torch.float32, channels_last=True, seed=0):
 @pytest.fixture
 def gpu_like(monkeypatch):
     """2x4-pixel tiles, 16-channel blocks, 16-pixel halo chunks and 3 programs."""
-    monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s: (2, 4, 16, 16))
+    monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dtype: (2, 4, 16, 16))
     monkeypatch.setattr(module, "halo_chunk", lambda halo: 16)
     monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 3))
 
@@ -54,7 +54,7 @@ def check(x, params, padding, stride, **kw):
                                  **{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})[0]
     H_out, W_out = out.shape[-2:]
     tile_h, tile_w, _, _ = module.blocks_for(H_out, W_out, x.shape[1], params[0].shape[0], round(
-        params[2].shape[0] ** 0.5), stride)
+        params[2].shape[0] ** 0.5), stride, x.dtype)
     tiles = -(-H_out // tile_h) * -(-W_out // tile_w)
     assert partials.dtype == torch.float32 and partials.shape == (x.shape[0], tiles, params[0].shape[0])
     assert_close_to_ref(partials.sum(1), ref_pool, what="pool sums")
@@ -206,6 +206,30 @@ def test_empty_batch_launches_nothing():
         out, partials = expand_dwconv(x, *params, (1, 1, 1, 1), 2)
     assert out.shape == (0, 24, 5, 5) and partials.shape[0] == 0
     assert sum(launches.values()) == 0
+
+
+def test_channel_block_choice(monkeypatch):
+    """On a GPU: 64 expanded channels per item for 3x3 kernels where the last block wastes little
+    (B0's 144 and 240), 32 where 64 would leave a quarter idle (B0's 96); 32 where 64 spills:
+    fp32, 5x5 kernels, 64-channel expand steps, 32-wide tiles (B2's 17x17 map)."""
+    monkeypatch.setattr(module, "interpreting", lambda: False)
+    HALF = torch.float16
+    assert module.blocks_for(56, 56, 24, 96, 3, 1, HALF)[2] == 32
+    assert module.blocks_for(56, 56, 24, 144, 3, 1, HALF)[2] == 64
+    assert module.blocks_for(14, 14, 40, 240, 3, 2, HALF)[2] == 64
+    assert module.blocks_for(14, 14, 112, 672, 5, 1, HALF)[2] == 32
+    assert module.blocks_for(15, 15, 64, 384, 3, 2, HALF)[2] == 32
+    assert module.blocks_for(17, 17, 88, 528, 3, 1, HALF)[1:3] == (32, 32)
+    assert module.blocks_for(56, 56, 24, 144, 3, 1, torch.float32)[2] == 32
+
+
+def test_gpu_like_tiling_with_64_channel_blocks(monkeypatch):
+    """The 64-channel blocks of 3x3 layers, a partial last block (100 channels), 2 programs."""
+    monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dtype: (4, 4, 64, 16))
+    monkeypatch.setattr(module, "halo_chunk", lambda halo: 16)
+    monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 2))
+    x, params = make(2, 12, 100, 7, 9, 3, torch.float16)
+    check(x, params, conv_padding(7, 9, 3, 1, "same"), 1)
 
 
 def test_tile_choice():
