@@ -1,11 +1,12 @@
 """The expand 1x1 and the depthwise kxk of an MBConv block in one kernel: the expanded tensor,
 the block's largest, never goes to HBM.
 
-Each work item is one output tile (``TILE_H`` x ``TILE_W`` pixels, see :func:`tile_for`) of one
-image for ``BLOCK_C`` expanded channels. It computes the expand conv (folded BN, bias, SiLU)
-for the tile's input halo with ``tl.dot`` in chunks of :data:`CHUNK` halo pixels, zero outside
-the image (the depthwise conv's padding), and stores it in fp32 to a scratch slot of the
-program's own. After a barrier the depthwise taps read shifted windows of the slot (registers
+Each work item is one output tile (``TILE_H`` x ``TILE_W`` pixels of any size, so that tiles
+fit the map, see :func:`tile_for`; held as a flat row of ``PIXELS`` slots) of one image for
+``BLOCK_C`` expanded channels. It computes the expand conv (folded BN, bias, SiLU) for the
+tile's input halo with ``tl.dot`` in products of :data:`CHUNK` halo pixels and up to two
+smaller ones for the rest (:func:`split_halo`), zero outside the image (the depthwise conv's
+padding), and stores it in fp32 to a scratch slot of the program's own. After a barrier the depthwise taps read shifted windows of the slot (registers
 cannot shift), with constant offsets and no bounds checks; then the folded BN, SiLU, the output
 store and the per-tile SE sums, as in :mod:`.dwconv_bn_act`.
 
@@ -50,23 +51,67 @@ OP = "expand_dwconv"
 
 
 @triton.jit
+def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh, h0,
+                  CH: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr, C_IN: tl.constexpr,
+                  SXC: tl.constexpr, SXW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+                  INT64: tl.constexpr, DOT_FP32: tl.constexpr, FAST_MATH: tl.constexpr):
+    """Halo pixels ``h0 .. h0 + CH`` of one item: the expand conv (bias folded into the
+    accumulator), SiLU'd and zero outside the image, into the slot in fp32 (the depthwise taps
+    then need no conversions, and the expanded values are never rounded)."""
+    hp = h0 + tl.arange(0, CH)
+    ih = ih0 + hp // HALO_W
+    iw = iw0 + hp % HALO_W
+    in_img = (ih.to(tl.uint32) < h_img.to(tl.uint32)) & (iw.to(tl.uint32) < w_img.to(tl.uint32))
+    if h0 + CH > HALO:
+        in_img = in_img & (hp < HALO)
+    if INT64:
+        rows = x_img + ih.to(tl.int64) * sxh + iw.to(tl.int64) * SXW
+    else:
+        rows = x_img + ih * sxh + iw * SXW
+    acc = tl.zeros((CH, BLOCK_C), dtype=tl.float32) + bias[None, :]
+    for k0 in tl.static_range(0, C_IN, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < C_IN
+        if INT64:
+            k_off = ks.to(tl.int64) * SXC
+        else:
+            k_off = ks * SXC
+        a = tl.load(rows[:, None] + k_off[None, :], mask=in_img[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(we_ptr + offs_c[None, :] * C_IN + ks[:, None], mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+        if DOT_FP32:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+    e = tl.where(in_img[:, None], activation(acc, 1, FAST_MATH), 0.0)
+    dst = slot + hp[:, None] * BLOCK_C + offs_l[None, :]
+    if h0 + CH > HALO:
+        tl.store(dst, e, mask=(hp < HALO)[:, None])
+    else:
+        tl.store(dst, e)
+
+
+@triton.jit
 def _expand_dwconv_kernel(
     x_ptr, we_ptr, be_ptr, wd_ptr, scale_ptr, shift_ptr, out_ptr, part_ptr, scratch_ptr, valid_ptr, padtl_ptr,
     C, H, W, H_out, W_out, items, sxn, sxh, son, soh, sow, pad_top, pad_left,
     C_IN: tl.constexpr, SXC: tl.constexpr, SXW: tl.constexpr, SOC: tl.constexpr, TILES_W: tl.constexpr,
     TILES: tl.constexpr, C_BLOCKS: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr,
     FAST_MATH: tl.constexpr, RAGGED: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr,
-    TILE_H: tl.constexpr, TILE_W: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr, CHUNK: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, PIXELS: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr,
+    CHUNK: tl.constexpr, MAIN_CHUNKS: tl.constexpr, TAIL_A: tl.constexpr, TAIL_B: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, WD_STRIDE: tl.constexpr, WD_EVEN: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_l = tl.arange(0, BLOCK_C)
-    r = tl.arange(0, TILE_H)
-    q = tl.arange(0, TILE_W)
+    # the output tile as a flat row of PIXELS slots (TILE_H x TILE_W need not be powers of two:
+    # a tile can fit the map); slots past the tile read the tile's last row and are not stored
+    p = tl.arange(0, PIXELS)
+    p_ok = p < TILE_H * TILE_W
+    pr = p // TILE_W
+    pc = p % TILE_W
     # offsets of each output pixel's first tap in a slot: the other taps are constant offsets
     # (immediates in the loads)
-    tap0 = ((((r * STRIDE)[:, None] * HALO_W + (q * STRIDE)[None, :]) * BLOCK_C)[:, :, None]
-            + offs_l[None, None, :])
+    tap0 = (((tl.minimum(pr, TILE_H - 1) * STRIDE) * HALO_W + pc * STRIDE) * BLOCK_C)[:, None] + offs_l[None, :]
     buf = 0
     for item in range(pid, items, tl.num_programs(0)):
         cb = item % C_BLOCKS  # channel blocks vary fastest: a tile's input halo is re-read from L2
@@ -87,66 +132,47 @@ def _expand_dwconv_kernel(
         x_img = x_ptr + n.to(tl.int64) * sxn
         bias = tl.load(be_ptr + offs_c, mask=c_ok, other=0.0)
 
-        # expand: the halo's expanded channels (bias folded into the accumulator), SiLU'd and
-        # zero outside the image, into the slot in fp32 (the depthwise taps then need no
-        # conversions, and the expanded values are never rounded)
-        for h0 in tl.static_range(0, HALO, CHUNK):
-            hp = h0 + tl.arange(0, CHUNK)
-            ih = ih0 + hp // HALO_W
-            iw = iw0 + hp % HALO_W
-            in_img = (ih.to(tl.uint32) < h_img.to(tl.uint32)) & (iw.to(tl.uint32) < w_img.to(tl.uint32))
-            if h0 + CHUNK > HALO:
-                in_img = in_img & (hp < HALO)
-            if INT64:
-                rows = x_img + ih.to(tl.int64) * sxh + iw.to(tl.int64) * SXW
-            else:
-                rows = x_img + ih * sxh + iw * SXW
-            acc = tl.zeros((CHUNK, BLOCK_C), dtype=tl.float32) + bias[None, :]
-            for k0 in tl.static_range(0, C_IN, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                k_ok = ks < C_IN
-                if INT64:
-                    k_off = ks.to(tl.int64) * SXC
-                else:
-                    k_off = ks * SXC
-                a = tl.load(rows[:, None] + k_off[None, :], mask=in_img[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(we_ptr + offs_c[None, :] * C_IN + ks[:, None], mask=k_ok[:, None] & c_ok[None, :],
-                            other=0.0)
-                if DOT_FP32:
-                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, b, acc)
-            e = tl.where(in_img[:, None], activation(acc, 1, FAST_MATH), 0.0)
-            dst = slot + hp[:, None] * BLOCK_C + offs_l[None, :]
-            if h0 + CHUNK > HALO:
-                tl.store(dst, e, mask=(hp < HALO)[:, None])
-            else:
-                tl.store(dst, e)
+        # expand: the halo in chunks of CHUNK pixels, then up to two smaller ones for the rest
+        for h0 in tl.static_range(0, MAIN_CHUNKS * CHUNK, CHUNK):
+            _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh, h0, CHUNK,
+                          HALO, HALO_W, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, FAST_MATH)
+        if TAIL_A > 0:
+            _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh,
+                          MAIN_CHUNKS * CHUNK, TAIL_A, HALO, HALO_W, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64,
+                          DOT_FP32, FAST_MATH)
+        if TAIL_B > 0:
+            _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh,
+                          MAIN_CHUNKS * CHUNK + TAIL_A, TAIL_B, HALO, HALO_W, C_IN, SXC, SXW, BLOCK_C, BLOCK_K,
+                          INT64, DOT_FP32, FAST_MATH)
         tl.debug_barrier()  # the whole halo is in the slot before any tap reads it
 
-        # depthwise from the slot: no bounds to check, the halo holds the padding
-        dacc = tl.zeros((TILE_H, TILE_W, BLOCK_C), dtype=tl.float32)
+        # depthwise from the slot: no bounds to check, the halo holds the padding. Taps rows
+        # padded to whole channel blocks (WD_EVEN) load without a mask.
+        dacc = tl.zeros((PIXELS, BLOCK_C), dtype=tl.float32)
         for ki in tl.static_range(KSIZE):
             for kj in tl.static_range(KSIZE):
-                wv = tl.load(wd_ptr + (ki * KSIZE + kj) * C + offs_c, mask=c_ok, other=0.0)
-                dacc += tl.load(slot + tap0 + (ki * HALO_W + kj) * BLOCK_C) * wv[None, None, :]
+                if WD_EVEN:
+                    wv = tl.load(wd_ptr + (ki * KSIZE + kj) * WD_STRIDE + offs_c)
+                else:
+                    wv = tl.load(wd_ptr + (ki * KSIZE + kj) * WD_STRIDE + offs_c, mask=c_ok, other=0.0)
+                dacc += tl.load(slot + tap0 + (ki * HALO_W + kj) * BLOCK_C) * wv[None, :]
 
-        oh = oh0 + r
-        ow = ow0 + q
+        oh = oh0 + pr
+        ow = ow0 + pc
         if INT64:
             oh = oh.to(tl.int64)
             ow = ow.to(tl.int64)
         scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
         shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
-        y = activation(dacc * scale[None, None, :] + shift[None, None, :], ACT, FAST_MATH)
-        in_map = (oh < H_out)[:, None, None] & (ow < W_out)[None, :, None] & c_ok[None, None, :]
+        y = activation(dacc * scale[None, :] + shift[None, :], ACT, FAST_MATH)
+        in_map = (p_ok & (oh < H_out) & (ow < W_out))[:, None] & c_ok[None, :]
         if RAGGED:
             h_valid = (h_img + STRIDE - 1) // STRIDE
             w_valid = (w_img + STRIDE - 1) // STRIDE
-            y = tl.where((oh < h_valid)[:, None, None] & (ow < w_valid)[None, :, None], y, 0.0)
-        out_off = (oh * soh)[:, None, None] + (ow * sow)[None, :, None] + (offs_c * SOC)[None, None, :]
+            y = tl.where(((oh < h_valid) & (ow < w_valid))[:, None], y, 0.0)
+        out_off = (oh * soh + ow * sow)[:, None] + (offs_c * SOC)[None, :]
         tl.store(out_ptr + n.to(tl.int64) * son + out_off, y.to(out_ptr.dtype.element_ty), mask=in_map)
-        part = tl.sum(tl.sum(tl.where(in_map, y, 0.0), axis=0), axis=0)
+        part = tl.sum(tl.where(in_map, y, 0.0), axis=0)
         tl.store(part_ptr + rest.to(tl.int64) * C + offs_c, part, mask=c_ok)
 
 
@@ -156,9 +182,10 @@ def _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
     C = check_1x1_weight(OP, "w_expand", w_expand, x, "C")
     check_tensor(OP, "w_dw", w_dw, ndim=2, dtypes=(torch.float32,), device=x.device)
     k = round(w_dw.shape[0] ** 0.5)
-    if w_dw.shape[1] != C or k * k != w_dw.shape[0] or k not in (3, 5):
+    if w_dw.shape[1] < C or k * k != w_dw.shape[0] or k not in (3, 5):
         raise ValueError(f"{OP}: w_dw must be (k*k, {C}) fp32 with k 3 or 5 (taps-major, see "
-                         f"dwconv_bn_act.taps_major), got {tuple(w_dw.shape)}")
+                         f"dwconv_bn_act.taps_major; rows may be padded past {C}, see pad_taps), "
+                         f"got {tuple(w_dw.shape)}")
     for name, t in (("b_expand", b_expand), ("scale", scale), ("shift", shift)):
         check_tensor(OP, name, t, ndim=1, dtypes=(torch.float32,), device=x.device)
         if t.shape[0] != C:
@@ -170,31 +197,75 @@ def _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
 
 # Relative costs per channel, in thread instructions, for choosing a tile (the kernel report
 # measures the real ones): an expanded halo element (SiLU, mask, scratch store), a depthwise tap
-# (a quarter of a 4-wide load and an FMA), an output's epilogue, and a work item's set-up.
+# (a quarter of a 4-wide load and an FMA), an output slot's epilogue, and a work item's set-up.
 _HALO_COST, _TAP_COST, _OUT_COST, _ITEM_COST = 8.0, 1.25, 10.0, 600.0
 CHUNK = 64  # halo pixels per expand product (a warpgroup's wgmma M)
+TAPS_ALIGN = 64  # pad_taps: channels per taps row, a multiple of every channel block
 _ITEM_CHANNELS = 24  # a work item's fixed cost, in channels' worth of its per-channel work
 
 
-def tile_for(H_out: int, W_out: int, kernel: int, stride: int) -> tuple[int, int]:
-    """The power-of-two output tile that costs the least over the map: big tiles share their
-    halo rows and columns, small ones waste fewer pixels past the map's edge, and the halo is
-    computed in whole chunks of :data:`CHUNK` pixels. Up to 128 pixels for 3x3 kernels, 64 for
-    5x5 (the 25 taps' loads in flight need the registers), and halos up to 256 pixels."""
+def pixel_slots(tile_h: int, tile_w: int) -> int:
+    """The flat output tile's length: the tile's pixels rounded up to a power of two (at least 16)."""
+    return max(16, next_pow2(tile_h * tile_w))
+
+
+def split_halo(halo: int, chunk: int = CHUNK) -> tuple[int, int, int, int]:
+    """(chunk, main_chunks, tail_a, tail_b): the halo's expand products, ``main_chunks`` of
+    ``chunk`` pixels then at most one of ``chunk // 2`` (``tail_a``) and one of ``chunk // 4``
+    (``tail_b``), each at least 16 (an MMA's M), covering the halo with the fewest pixels past
+    it (100 pixels: 64 + 32 + 16, not 2 x 64)."""
+    main, rest = divmod(halo, chunk)
+    if rest == 0:
+        return chunk, main, 0, 0
+    options = [(chunk, 0, 0)]  # one more whole chunk
+    for a in (chunk // 2, 0):
+        for b in (chunk // 4, 0):
+            if a + b >= rest and (a == 0 or a >= 16) and (b == 0 or b >= 16):
+                options.append((0, a, b))
+    whole, a, b = min(options, key=lambda o: (sum(o), (o[1] > 0) + (o[2] > 0)))
+    return chunk, main + (whole > 0), a, b
+
+
+def halo_chunks(halo: int) -> tuple[int, int, int, int]:
+    """:func:`split_halo` of :data:`CHUNK` on a GPU; the whole halo as one product under the
+    interpreter (~30 ms per program: few, large blocks)."""
+    return (max(16, next_pow2(halo)), 1, 0, 0) if interpreting() else split_halo(halo)
+
+
+def _tile_search(H_out: int, W_out: int, kernel: int, stride: int, wide_block: bool) -> tuple[float, tuple[int, int]]:
+    """(cost per channel, (tile_h, tile_w)) of the cheapest tile, see :func:`tile_for`."""
+    max_slots = 128 if kernel == 3 else 64
+    min_slots = 32 if H_out * W_out >= 32 else 16
     best = None
-    for th in (2, 4, 8, 16):
-        for tw in (2, 4, 8, 16, 32):
-            if not 32 <= th * tw <= (128 if kernel == 3 else 64):
+    for th in range(1, min(H_out, max_slots) + 1):
+        for tw in range(1, min(W_out, max_slots) + 1):
+            slots = pixel_slots(th, tw)
+            if not min_slots <= slots <= max_slots:
                 continue
+            if wide_block and slots > 64 and (tw & (tw - 1) or tw > 16):
+                continue  # 64-channel items of 128 slots spill on sm_90 unless rows are 16 or fewer, by shifts
             halo = ((th - 1) * stride + kernel) * ((tw - 1) * stride + kernel)
             if halo > (256 if kernel == 5 else 320):  # registers, and the slot size
                 continue
+            chunk, main, a, b = split_halo(halo)
             tiles = -(-H_out // th) * -(-W_out // tw)
-            cost = tiles * (-(-halo // CHUNK) * CHUNK * _HALO_COST
-                            + th * tw * (kernel * kernel * _TAP_COST + _OUT_COST) + _ITEM_COST)
-            if best is None or cost < best[0]:
-                best = (cost, (th, tw))
-    return best[1]
+            cost = tiles * ((main * chunk + a + b) * _HALO_COST + slots * (kernel * kernel * _TAP_COST + _OUT_COST)
+                            + _ITEM_COST)
+            key = (cost, -tw, -th)  # ties: wider (contiguous rows), then taller
+            if best is None or key < best[0]:
+                best = (key, (th, tw))
+    return (best[0][0], best[1]) if best else (0.0, (min(H_out, 4), min(W_out, 4)))
+
+
+def tile_for(H_out: int, W_out: int, kernel: int, stride: int, wide_block: bool = False) -> tuple[int, int]:
+    """The output tile (any height and width) that costs the least over the map: big tiles
+    share their halo rows and columns, tiles that divide the map waste no pixels past its
+    edge, and the halo is computed in whole products (:func:`split_halo`). At most 128 pixel
+    slots for 3x3 kernels, 64 for 5x5 (the 25 taps' loads in flight need the registers), at
+    least 32 where the map has that many, and halos up to 320 pixels (256 for 5x5).
+    ``wide_block``: for 64-channel items, whose tiles over 64 slots need rows of a power of
+    two up to 16 pixels (others spill on sm_90)."""
+    return _tile_search(H_out, W_out, kernel, stride, wide_block)[1]
 
 
 def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int,
@@ -205,16 +276,18 @@ def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: i
     B7's 160 input channels in python -m fastmbconv.kernel_report)."""
     block_k = min(64 if kernel == 3 and C_in % 64 == 0 else 32, max(16, next_pow2(C_in)))
     if interpreting():  # ~30 ms per program: few, large items
-        return next_pow2(H_out), next_pow2(W_out), min(next_pow2(C), 128), max(16, min(next_pow2(C_in), 128))
-    tile_h, tile_w = tile_for(H_out, W_out, kernel, stride)
+        return H_out, W_out, min(next_pow2(C), 128), max(16, min(next_pow2(C_in), 128))
     # 64 expanded channels per item halve the per-item work per output (set-up, the SE sums'
     # reduction) where few channels are masked off. Only for fp16/bf16 3x3 kernels with 32-channel
-    # expand steps and tiles at most 16 wide: fp32, 5x5 taps, 64-channel steps (B5's 64 -> 384)
-    # and 32-wide tiles (B2's and B3's 17x17 and 19x19 maps) spill at 64 on sm_90
-    block_c = 32
-    if dtype != torch.float32 and kernel == 3 and block_k == 32 and tile_w <= 16:
-        block_c = min((32, 64), key=lambda bc: -(-C // bc) * (bc + _ITEM_CHANNELS))
-    return tile_h, tile_w, block_c, block_k
+    # expand steps: fp32, 5x5 taps and 64-channel steps (B5's 64 -> 384) spill at 64 on sm_90.
+    # The tile and the channel block are chosen together (a 64-channel item narrows the tiles).
+    options = [32]
+    if dtype != torch.float32 and kernel == 3 and block_k == 32:
+        options.append(64)
+    cost, tile, block_c = min((_tile_search(H_out, W_out, kernel, stride, bc == 64)[0] * -(-C // bc)
+                               * (bc + _ITEM_CHANNELS),
+                               _tile_search(H_out, W_out, kernel, stride, bc == 64)[1], bc) for bc in options)
+    return tile[0], tile[1], block_c, block_k
 
 
 def geometry(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int, batch: int, dtype: torch.dtype):
@@ -225,9 +298,14 @@ def geometry(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int
     return tile_h, tile_w, block_c, block_k, halo_h, halo_w, tiles, batch * tiles * -(-C // block_c)
 
 
-def halo_chunk(halo: int) -> int:
-    """Halo pixels per expand product: :data:`CHUNK`, or the whole halo under the interpreter."""
-    return max(16, next_pow2(halo)) if interpreting() else CHUNK
+def pad_taps(w_dw: torch.Tensor) -> torch.Tensor:
+    """Taps-major depthwise weights (k*k, C) with each row zero-padded to a multiple of
+    :data:`TAPS_ALIGN` channels: the kernel then loads every channel block's taps without a
+    mask, at constant offsets (the fused model pads once, when it folds)."""
+    kk, C = w_dw.shape
+    out = w_dw.new_zeros((kk, -(-C // TAPS_ALIGN) * TAPS_ALIGN))
+    out[:, :C] = w_dw
+    return out
 
 
 def persistent_programs(device: torch.device, items: int) -> int:
@@ -261,8 +339,10 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
     programs = persistent_programs(x.device, items)
     scratch = alloc_scratch((programs, 2, halo_h * halo_w, block_c), x.device)
     ragged = valid_hw is not None
+    chunk, main_chunks, tail_a, tail_b = halo_chunks(halo_h * halo_w)
+    w_dw = w_dw.contiguous()
     launch(OP, _expand_dwconv_kernel, (programs,), dict(
-        x_ptr=x, we_ptr=w_expand.reshape(C, C_in).contiguous(), be_ptr=b_expand.contiguous(), wd_ptr=w_dw.contiguous(),
+        x_ptr=x, we_ptr=w_expand.reshape(C, C_in).contiguous(), be_ptr=b_expand.contiguous(), wd_ptr=w_dw,
         scale_ptr=scale.contiguous(), shift_ptr=shift.contiguous(), out_ptr=out, part_ptr=partials, scratch_ptr=scratch,
         valid_ptr=valid_hw.contiguous() if ragged else scale, padtl_ptr=pad_tl.contiguous() if ragged else scale,
         C=C, H=H, W=W, H_out=H_out, W_out=W_out, items=items, sxn=x.stride(0), sxh=x.stride(2),
@@ -272,8 +352,9 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         C_BLOCKS=-(-C // block_c), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(),
         RAGGED=ragged,
         INT64=needs_int64(x, out), DOT_FP32=interpreting() or x.dtype == torch.float32,
-        TILE_H=tile_h, TILE_W=tile_w, HALO_W=halo_w, HALO=halo_h * halo_w, CHUNK=halo_chunk(halo_h * halo_w),
-        BLOCK_C=block_c, BLOCK_K=block_k, num_warps=4,
+        TILE_H=tile_h, TILE_W=tile_w, PIXELS=pixel_slots(tile_h, tile_w), HALO_W=halo_w, HALO=halo_h * halo_w,
+        CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,
+        WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, num_warps=4,
     ), on=x)
     return out, partials
 
@@ -301,7 +382,8 @@ def expand_dwconv(x, w_expand, b_expand, w_dw, scale, shift, padding: Sequence[i
     """``act(conv_dw(silu(x @ w_expand^T + b_expand)) * scale + shift)`` and its per-tile sums.
 
     ``w_expand`` (C, C_in) in x's dtype with BN folded in, ``b_expand`` (C,) fp32; ``w_dw``
-    (k*k, C) fp32 taps-major; ``scale``/``shift`` (C,) fp32 (the depthwise conv's BN).
+    (k*k, C) fp32 taps-major, its rows optionally padded past C (:func:`pad_taps`: no masked
+    loads); ``scale``/``shift`` (C,) fp32 (the depthwise conv's BN).
     ``padding`` (top, bottom, left, right) and the ragged ``valid_hw``/``pad_tl`` as in
     :func:`.dwconv_bn_act`, whose (out, partial_sums) this returns."""
     return call_op(torch.ops.fastmbconv.expand_dwconv, expand_dwconv_launch, x, w_expand, b_expand, w_dw,
@@ -312,8 +394,9 @@ def expand_dwconv_ref(x, w_expand, b_expand, w_dw, scale, shift, padding, stride
                       pad_tl=None, compute_dtype=torch.float32, expanded_dtype=None):
     """Pure-torch twin: the expand conv (einsum, SiLU), rounded to ``expanded_dtype`` (the dtype
     the separate kernels would store it in; default none), then :func:`.dwconv_bn_act_ref`;
-    returns (out, per-image sums)."""
+    returns (out, per-image sums). Padded taps rows (:func:`pad_taps`) are read up to C."""
     C, C_in = w_expand.shape[0], w_expand.shape[1]
+    w_dw = w_dw[:, :C]
     e = torch.einsum("nchw,oc->nohw", x.to(compute_dtype), w_expand.reshape(C, C_in).to(compute_dtype))
     e = activation_ref(e + b_expand.to(compute_dtype)[None, :, None, None], "silu")
     if expanded_dtype is not None:

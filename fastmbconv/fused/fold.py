@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from ..kernels.dwconv_bn_act import taps_diag, taps_major
+from ..kernels.expand_dwconv import pad_taps
 from ..layers import ConvBN
 
 
@@ -29,6 +30,7 @@ class FoldedBlock:
     w_expand: Optional[torch.Tensor]  # (mid, in), compute dtype; None without expansion
     b_expand: Optional[torch.Tensor]  # (mid,) fp32
     w_dw: torch.Tensor  # (k*k, mid) fp32, taps-major
+    w_dw_padded: torch.Tensor  # the same, rows zero-padded to whole channel blocks (expand_dwconv)
     w_dw_mma: Optional[torch.Tensor]  # (k*k, mid, 16) fp16/bf16 diagonal blocks (tensor cores); None for fp32
     dw_scale: torch.Tensor  # (mid,) fp32
     dw_shift: torch.Tensor  # (mid,) fp32
@@ -75,7 +77,7 @@ def fold_block(block, dtype: Optional[torch.dtype] = None) -> FoldedBlock:
     w_dw = taps_major(p.depthwise.conv.weight)
     return FoldedBlock(
         kernel=k, stride=p.stride, has_skip=p.has_skip, w_expand=w_expand, b_expand=b_expand,
-        w_dw=w_dw, w_dw_mma=taps_diag(w_dw, dtype) if dtype in (torch.float16, torch.bfloat16) else None,
+        w_dw=w_dw, w_dw_padded=pad_taps(w_dw), w_dw_mma=taps_diag(w_dw, dtype) if dtype in (torch.float16, torch.bfloat16) else None,
         dw_scale=dw_scale.contiguous(), dw_shift=dw_shift.contiguous(),
         se_w_reduce=p.se.conv_reduce.weight.reshape(R, C).to(dtype).contiguous(),
         se_b_reduce=p.se.conv_reduce.bias.float().contiguous(),

@@ -82,7 +82,7 @@ def expand_dwconv(a: dict) -> Hints:
     halo = int(a["HALO"])
     items, programs = int(a["items"]), a["scratch_ptr"].shape[0]
     tiles = n * int(a["TILES"])
-    computed = cdiv(halo, a["CHUNK"]) * a["CHUNK"]
+    computed = int(a["MAIN_CHUNKS"]) * int(a["CHUNK"]) + int(a["TAIL_A"]) + int(a["TAIL_B"])
     expand_flops = 2 * tiles * computed * c_in * c
     useful = 2 * n * a["H"] * a["W"] * c_in * c
     scratch_item = a["scratch_ptr"].element_size()

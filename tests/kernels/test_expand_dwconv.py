@@ -37,9 +37,10 @@ def make(N, C_in, C, H, W, k, dtype=torch.float32, channels_last=True, seed=0):
 
 @pytest.fixture
 def gpu_like(monkeypatch):
-    """2x4-pixel tiles, 16-channel blocks, 16-pixel halo chunks and 3 programs."""
-    monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dtype: (2, 4, 16, 16))
-    monkeypatch.setattr(module, "halo_chunk", lambda halo: 16)
+    """3x5-pixel tiles (15 pixels in 16 slots), 16-channel blocks, the halo in 32-pixel products
+    and a 16-pixel tail (split_halo with 32) and 3 programs."""
+    monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dtype: (3, 5, 16, 16))
+    monkeypatch.setattr(module, "halo_chunks", lambda halo: module.split_halo(halo, 32))
     monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 3))
 
 
@@ -78,9 +79,10 @@ def test_every_efficientnet_config(k, stride, pad_mode, dtype):
     (3, 1, "symmetric", torch.float16), (3, 2, "same", torch.float16), (5, 1, "symmetric", torch.bfloat16),
     (5, 2, "same", torch.float16), (5, 1, "same", torch.float32), (3, 2, "symmetric", torch.float32)], ids=str)
 def test_gpu_like_tiling(gpu_like, k, stride, pad_mode, dtype):
-    """Tiles with overlapping halos over a 7x9 map (edge tiles on both sides), 20 expanded
-    channels in 16-channel blocks (a partial last block), halos in several 16-pixel chunks (a
-    partial last chunk) and 3 programs looping over the items with their two slots in turn."""
+    """Tiles with overlapping halos over a 7x9 map (edge tiles on both sides), a flat tile with a
+    slot past its pixels, 20 expanded channels in 16-channel blocks (a partial last block),
+    halos in several products with a partial last one (3x3: a 16-pixel tail; 5x5 stride 2: a
+    32-pixel chunk) and 3 programs looping over the items with their two slots in turn."""
     x, params = make(2, 12, 20, 7, 9, k, dtype)
     check(x, params, conv_padding(7, 9, k, stride, pad_mode), stride)
 
@@ -211,7 +213,8 @@ def test_empty_batch_launches_nothing():
 def test_channel_block_choice(monkeypatch):
     """On a GPU: 64 expanded channels per item for 3x3 kernels where the last block wastes little
     (B0's 144 and 240), 32 where 64 would leave a quarter idle (B0's 96); 32 where 64 spills:
-    fp32, 5x5 kernels, 64-channel expand steps, 32-wide tiles (B2's 17x17 map)."""
+    fp32, 5x5 kernels, 64-channel expand steps. 64-channel items of more than 64 slots have
+    rows of a power of two up to 16 pixels (wider or uneven rows spill)."""
     monkeypatch.setattr(module, "interpreting", lambda: False)
     HALF = torch.float16
     assert module.blocks_for(56, 56, 24, 96, 3, 1, HALF)[2] == 32
@@ -219,26 +222,72 @@ def test_channel_block_choice(monkeypatch):
     assert module.blocks_for(14, 14, 40, 240, 3, 2, HALF)[2] == 64
     assert module.blocks_for(14, 14, 112, 672, 5, 1, HALF)[2] == 32
     assert module.blocks_for(15, 15, 64, 384, 3, 2, HALF)[2] == 32
-    assert module.blocks_for(17, 17, 88, 528, 3, 1, HALF)[1:3] == (32, 32)
     assert module.blocks_for(56, 56, 24, 144, 3, 1, torch.float32)[2] == 32
+    for h, c_in, c in [(56, 24, 144), (17, 88, 528), (19, 96, 576), (14, 80, 480), (33, 48, 288)]:
+        th, tw, bc, _ = module.blocks_for(h, h, c_in, c, 3, 1, HALF)
+        if bc == 64 and module.pixel_slots(th, tw) > 64:
+            assert tw & (tw - 1) == 0 and tw <= 16, (h, th, tw)
 
 
 def test_gpu_like_tiling_with_64_channel_blocks(monkeypatch):
-    """The 64-channel blocks of 3x3 layers, a partial last block (100 channels), 2 programs."""
-    monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dtype: (4, 4, 64, 16))
-    monkeypatch.setattr(module, "halo_chunk", lambda halo: 16)
+    """The 64-channel blocks of 3x3 layers, a partial last block (100 channels), a 5x4 tile
+    (20 pixels in 32 slots) whose 42-pixel halo is a 32- and a 16-pixel product and no whole
+    one (split_halo with 64), 2 programs."""
+    monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dtype: (5, 4, 64, 16))
+    monkeypatch.setattr(module, "halo_chunks", lambda halo: module.split_halo(halo, 64))
     monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 2))
+    assert module.split_halo(7 * 6) == (64, 0, 32, 16)
     x, params = make(2, 12, 100, 7, 9, 3, torch.float16)
     check(x, params, conv_padding(7, 9, 3, 1, "same"), 1)
 
 
 def test_tile_choice():
-    """Tiles are powers of two, fit the halo caps, and a map smaller than a tile gets one tile."""
+    """Tiles fit the slot and halo caps and the map; they divide B0's 56x56, 28x28, 14x14 and
+    7x7 maps (no pixels past the edge), and a map smaller than a tile is one tile."""
     for (h, w, k, s) in [(56, 56, 3, 1), (28, 28, 5, 2), (7, 7, 5, 1), (14, 14, 3, 2), (300, 300, 5, 1)]:
         th, tw = module.tile_for(h, w, k, s)
-        assert th & (th - 1) == 0 and tw & (tw - 1) == 0 and th * tw <= (128 if k == 3 else 64)
+        assert th <= h and tw <= w and module.pixel_slots(th, tw) <= (128 if k == 3 else 64)
         assert ((th - 1) * s + k) * ((tw - 1) * s + k) <= (320 if k == 3 else 256)
-    assert module.tile_for(7, 7, 3, 1) == (8, 8)
+    for (h, k, s) in [(56, 3, 1), (28, 5, 1), (14, 3, 2), (14, 5, 1), (7, 5, 1)]:
+        th, tw = module.tile_for(h, h, k, s)
+        assert h % th == 0 and h % tw == 0, (h, k, s, th, tw)
+    assert module.tile_for(7, 7, 3, 1) == (7, 7)
+    assert module.tile_for(1, 13, 5, 2) == (1, 13)
+
+
+@pytest.mark.parametrize("halo", [1, 16, 17, 25, 42, 64, 81, 100, 117, 225, 320])
+def test_halo_products_cover_it_with_the_fewest_pixels(halo):
+    chunk, main, a, b = module.split_halo(halo)
+    covered = main * chunk + a + b
+    assert covered >= halo and chunk == module.CHUNK
+    assert a in (0, chunk // 2) and b in (0, chunk // 4)
+    # no cover with fewer pixels from whole chunks plus at most one of each tail
+    best = min(m * chunk + x + y for m in range(halo // chunk + 2) for x in (0, chunk // 2) for y in (0, chunk // 4)
+               if m * chunk + x + y >= halo)
+    assert covered == best
+    assert module.split_halo(100) == (64, 1, 32, 16) and module.split_halo(128) == (64, 2, 0, 0)
+
+
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
+def test_padded_taps_rows(gpu_like, k, stride):
+    """Taps rows padded past C (pad_taps: whole channel blocks, loaded without a mask) give the
+    unpadded result bit for bit, and their padding never reaches an output or a sum (NaN there
+    changes nothing)."""
+    x, params = make(2, 12, 20, 7, 9, k)
+    padding = conv_padding(7, 9, k, stride, "same")
+    w_dw = params[2]
+    padded = module.pad_taps(w_dw)
+    assert padded.shape == (k * k, module.TAPS_ALIGN) and torch.equal(padded[:, :20], w_dw)
+    assert (padded[:, 20:] == 0).all()
+    nan_padded = padded.clone()
+    nan_padded[:, 20:] = float("nan")
+    with count_launches() as launches:
+        plain = expand_dwconv(x, *params, padding, stride)
+        results = [expand_dwconv(x, *params[:2], w, *params[3:], padding, stride) for w in (padded, nan_padded)]
+    assert launches["expand_dwconv"] == 3
+    for out, partials in results:
+        assert torch.equal(out, plain[0]) and torch.equal(partials, plain[1])
+    check(x, (*params[:2], nan_padded, *params[3:]), padding, stride)
 
 
 BAD_CASES = {
@@ -247,6 +296,7 @@ BAD_CASES = {
     "w_expand dtype": (lambda x, p: ((x, p[0].half(), *p[1:]), {}), TypeError, "w_expand dtype"),
     "w_expand channels": (lambda x, p: ((x, p[0][:, :3], *p[1:]), {}), ValueError, "input with 8 channels"),
     "w_dw shape": (lambda x, p: ((x, p[0], p[1], p[2][:, :5], *p[3:]), {}), ValueError, "w_dw"),
+    "w_dw short": (lambda x, p: ((x, p[0], p[1], p[2][:, :23], *p[3:]), {}), ValueError, "padded past 24"),
     "kernel 7": (lambda x, p: ((x, p[0], p[1], torch.zeros(49, 24, device=x.device), *p[3:]), {}), ValueError,
                  "k 3 or 5"),
     "fp16 bias": (lambda x, p: ((x, p[0], p[1].half(), *p[2:]), {}), TypeError, "b_expand"),
