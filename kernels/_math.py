@@ -38,6 +38,16 @@ def activation(y, ACT: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
+def round_to_bf16(x):
+    """fp32 ``x`` rounded to the nearest bf16 (ties to even), still as fp32; NaN stays NaN. For
+    the interpreter, whose fp32 -> bf16 store truncates where a GPU rounds: rounded first, the
+    store is exact on both."""
+    b = x.to(tl.uint32, bitcast=True)
+    r = ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return tl.where(x != x, x, r)
+
+
+@triton.jit
 def image_extent(valid_ptr, padtl_ptr, n, H, W, pad_top, pad_left, RAGGED: tl.constexpr):
     """(height, width, top, left) of image ``n``: its own valid size and padding in a ragged
     batch (sizes clamped into [0, H] x [0, W], so a bad size can never read outside the buffer:

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ._launch import call_op, launch
-from ._math import activation, image_extent
+from ._math import activation, image_extent, round_to_bf16
 from ._utils import (
     ACT_CODES,
     activation_ref,
@@ -54,10 +54,11 @@ OP = "expand_dwconv"
 def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh, h0,
                   CH: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr, C_IN: tl.constexpr,
                   SXC: tl.constexpr, SXW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-                  INT64: tl.constexpr, DOT_FP32: tl.constexpr, FAST_MATH: tl.constexpr):
+                  INT64: tl.constexpr, DOT_FP32: tl.constexpr, FAST_MATH: tl.constexpr, ROUND_BF16: tl.constexpr):
     """Halo pixels ``h0 .. h0 + CH`` of one item: the expand conv (bias folded into the
-    accumulator), SiLU'd and zero outside the image, into the slot in fp32 (the depthwise taps
-    then need no conversions, and the expanded values are never rounded)."""
+    accumulator), SiLU'd and zero outside the image, into the slot: fp32 for the FMA taps (no
+    conversions, never rounded), else in the activations' fp16/bf16 for the tensor-core taps
+    (rounded as the separate path stores the expanded tensor)."""
     hp = h0 + tl.arange(0, CH)
     ih = ih0 + hp // HALO_W
     iw = iw0 + hp % HALO_W
@@ -84,6 +85,9 @@ def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_i
             acc = tl.dot(a, b, acc)
     e = tl.where(in_img[:, None], activation(acc, 1, FAST_MATH), 0.0)
     dst = slot + hp[:, None] * BLOCK_C + offs_l[None, :]
+    if ROUND_BF16:
+        e = round_to_bf16(e)
+    e = e.to(slot.dtype.element_ty)
     if h0 + CH > HALO:
         tl.store(dst, e, mask=(hp < HALO)[:, None])
     else:
@@ -100,9 +104,16 @@ def _expand_dwconv_kernel(
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, PIXELS: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr,
     CHUNK: tl.constexpr, MAIN_CHUNKS: tl.constexpr, TAIL_A: tl.constexpr, TAIL_B: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, WD_STRIDE: tl.constexpr, WD_EVEN: tl.constexpr,
+    MMA: tl.constexpr, ROUND_BF16: tl.constexpr,
 ):
+    # The taps' tile is (G, P, CB): G groups of CB channels by P = PIXELS slots. With MMA
+    # (fp16/bf16), CB = 16 and each tap is a batched (P, 16) @ (16, 16) dot of the slot's
+    # shifted window against the tap's diagonal weights (see dwconv_bn_act); else G = 1.
+    CB: tl.constexpr = 16 if MMA else BLOCK_C
+    G: tl.constexpr = BLOCK_C // CB
     pid = tl.program_id(0)
     offs_l = tl.arange(0, BLOCK_C)
+    offs_g = tl.reshape(offs_l, (G, 1, CB))
     # the output tile as a flat row of PIXELS slots (TILE_H x TILE_W need not be powers of two:
     # a tile can fit the map); slots past the tile read the tile's last row and are not stored
     p = tl.arange(0, PIXELS)
@@ -111,14 +122,20 @@ def _expand_dwconv_kernel(
     pc = p % TILE_W
     # offsets of each output pixel's first tap in a slot: the other taps are constant offsets
     # (immediates in the loads)
-    tap0 = (((tl.minimum(pr, TILE_H - 1) * STRIDE) * HALO_W + pc * STRIDE) * BLOCK_C)[:, None] + offs_l[None, :]
+    tap0 = (((tl.minimum(pr, TILE_H - 1) * STRIDE) * HALO_W + pc * STRIDE) * BLOCK_C)[None, :, None] + offs_g
+    if MMA:  # (k*k, WD_STRIDE, 16): tap t's 16 x 16 diagonal block of group g is contiguous
+        w_off = tl.reshape(offs_l, (G, CB, 1)) * 16 + tl.reshape(tl.arange(0, CB), (1, 1, CB))
+    else:  # (k*k, WD_STRIDE)
+        w_off = offs_g
     buf = 0
     for item in range(pid, items, tl.num_programs(0)):
         cb = item % C_BLOCKS  # channel blocks vary fastest: a tile's input halo is re-read from L2
         rest = item // C_BLOCKS
         n = rest // TILES
         tile = rest % TILES
-        offs_c = cb * BLOCK_C + offs_l
+        offs_e = cb * BLOCK_C + offs_l  # the expand's channels
+        e_ok = offs_e < C
+        offs_c = cb * BLOCK_C + offs_g  # the taps' and the epilogue's
         c_ok = offs_c < C
         # two slots per program, used in turn: an item's writes cannot race the previous
         # item's reads, so one barrier per item suffices
@@ -130,32 +147,42 @@ def _expand_dwconv_kernel(
         ih0 = oh0 * STRIDE - top
         iw0 = ow0 * STRIDE - left
         x_img = x_ptr + n.to(tl.int64) * sxn
-        bias = tl.load(be_ptr + offs_c, mask=c_ok, other=0.0)
+        bias = tl.load(be_ptr + offs_e, mask=e_ok, other=0.0)
 
         # expand: the halo in chunks of CHUNK pixels, then up to two smaller ones for the rest
         for h0 in tl.static_range(0, MAIN_CHUNKS * CHUNK, CHUNK):
-            _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh, h0, CHUNK,
-                          HALO, HALO_W, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, FAST_MATH)
+            _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh, h0, CHUNK,
+                          HALO, HALO_W, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, FAST_MATH, ROUND_BF16)
         if TAIL_A > 0:
-            _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh,
+            _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh,
                           MAIN_CHUNKS * CHUNK, TAIL_A, HALO, HALO_W, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64,
-                          DOT_FP32, FAST_MATH)
+                          DOT_FP32, FAST_MATH, ROUND_BF16)
         if TAIL_B > 0:
-            _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh,
+            _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh,
                           MAIN_CHUNKS * CHUNK + TAIL_A, TAIL_B, HALO, HALO_W, C_IN, SXC, SXW, BLOCK_C, BLOCK_K,
-                          INT64, DOT_FP32, FAST_MATH)
+                          INT64, DOT_FP32, FAST_MATH, ROUND_BF16)
         tl.debug_barrier()  # the whole halo is in the slot before any tap reads it
 
         # depthwise from the slot: no bounds to check, the halo holds the padding. Taps rows
         # padded to whole channel blocks (WD_EVEN) load without a mask.
-        dacc = tl.zeros((PIXELS, BLOCK_C), dtype=tl.float32)
+        w_tap0 = wd_ptr + cb * (BLOCK_C * (16 if MMA else 1)) + w_off
+        w_ok = (cb * BLOCK_C + tl.reshape(offs_l, (G, CB, 1)) < C) if MMA else c_ok
+        dacc = tl.zeros((G, PIXELS, CB), dtype=tl.float32)
         for ki in tl.static_range(KSIZE):
             for kj in tl.static_range(KSIZE):
+                w_tap = w_tap0 + (ki * KSIZE + kj) * (WD_STRIDE * (16 if MMA else 1))
                 if WD_EVEN:
-                    wv = tl.load(wd_ptr + (ki * KSIZE + kj) * WD_STRIDE + offs_c)
+                    wv = tl.load(w_tap)
                 else:
-                    wv = tl.load(wd_ptr + (ki * KSIZE + kj) * WD_STRIDE + offs_c, mask=c_ok, other=0.0)
-                dacc += tl.load(slot + tap0 + (ki * HALO_W + kj) * BLOCK_C) * wv[None, :]
+                    wv = tl.load(w_tap, mask=w_ok, other=0.0)
+                xv = tl.load(slot + tap0 + (ki * HALO_W + kj) * BLOCK_C)
+                if MMA:
+                    if DOT_FP32:  # the interpreter: its fp16/bf16 dot is not the GPU's
+                        dacc = tl.dot(xv.to(tl.float32), wv.to(tl.float32), dacc, input_precision="ieee")
+                    else:
+                        dacc = tl.dot(xv, wv, dacc)
+                else:
+                    dacc += xv * wv
 
         oh = oh0 + pr
         ow = ow0 + pc
@@ -164,35 +191,41 @@ def _expand_dwconv_kernel(
             ow = ow.to(tl.int64)
         scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
         shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
-        y = activation(dacc * scale[None, :] + shift[None, :], ACT, FAST_MATH)
-        in_map = (p_ok & (oh < H_out) & (ow < W_out))[:, None] & c_ok[None, :]
+        y = activation(dacc * scale + shift, ACT, FAST_MATH)
+        in_map = (p_ok & (oh < H_out) & (ow < W_out))[None, :, None] & c_ok
         if RAGGED:
             h_valid = (h_img + STRIDE - 1) // STRIDE
             w_valid = (w_img + STRIDE - 1) // STRIDE
-            y = tl.where(((oh < h_valid) & (ow < w_valid))[:, None], y, 0.0)
-        out_off = (oh * soh + ow * sow)[:, None] + (offs_c * SOC)[None, :]
+            y = tl.where(((oh < h_valid) & (ow < w_valid))[None, :, None], y, 0.0)
+        out_off = (oh * soh + ow * sow)[None, :, None] + offs_c * SOC
         tl.store(out_ptr + n.to(tl.int64) * son + out_off, y.to(out_ptr.dtype.element_ty), mask=in_map)
-        part = tl.sum(tl.where(in_map, y, 0.0), axis=0)
-        tl.store(part_ptr + rest.to(tl.int64) * C + offs_c, part, mask=c_ok)
+        part = tl.sum(tl.where(in_map, y, 0.0), axis=1)
+        tl.store(part_ptr + rest.to(tl.int64) * C + tl.reshape(offs_c, (G, CB)), part, mask=tl.reshape(c_ok, (G, CB)))
 
 
 def _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act, valid_hw, pad_tl):
     check_tensor(OP, "x", x, ndim=4)
     N, C_in, H, W = x.shape
     C = check_1x1_weight(OP, "w_expand", w_expand, x, "C")
-    check_tensor(OP, "w_dw", w_dw, ndim=2, dtypes=(torch.float32,), device=x.device)
+    check_tensor(OP, "w_dw", w_dw, dtypes=None, device=x.device)
+    mma = w_dw.ndim == 3 and w_dw.shape[-1] == 16
     k = round(w_dw.shape[0] ** 0.5)
-    if w_dw.shape[1] < C or k * k != w_dw.shape[0] or k not in (3, 5):
-        raise ValueError(f"{OP}: w_dw must be (k*k, {C}) fp32 with k 3 or 5 (taps-major, see "
-                         f"dwconv_bn_act.taps_major; rows may be padded past {C}, see pad_taps), "
-                         f"got {tuple(w_dw.shape)}")
+    if w_dw.ndim not in (2, 3) or w_dw.ndim == 3 and not mma or w_dw.shape[1] < C or k * k != w_dw.shape[0] \
+            or k not in (3, 5):
+        raise ValueError(f"{OP}: w_dw must be (k*k, {C}) fp32 (dwconv_bn_act.taps_major) or (k*k, {C}, 16) in "
+                         f"x's fp16/bf16 (dwconv_bn_act.taps_diag), k 3 or 5, rows optionally padded past {C} "
+                         f"(pad_taps); got {tuple(w_dw.shape)}")
+    want = x.dtype if mma else torch.float32
+    if w_dw.dtype != want or mma and x.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"{OP}: w_dw of shape {tuple(w_dw.shape)} must be "
+                        f"{'fp16 or bf16 like x' if mma else 'fp32'}, got {w_dw.dtype} with x {x.dtype}")
     for name, t in (("b_expand", b_expand), ("scale", scale), ("shift", shift)):
         check_tensor(OP, name, t, ndim=1, dtypes=(torch.float32,), device=x.device)
         if t.shape[0] != C:
             raise ValueError(f"{OP}: {name} must have {C} fp32 entries (one per expanded channel), got {t.shape[0]}")
     padding, H_out, W_out = check_conv_geometry(OP, H, W, k, stride, padding, act)
     check_ragged_args(OP, N, valid_hw, pad_tl, x.device)
-    return k, padding, H_out, W_out, C
+    return k, padding, H_out, W_out, C, mma
 
 
 # Relative costs per channel, in thread instructions, for choosing a tile (the kernel report
@@ -242,8 +275,8 @@ def _tile_search(H_out: int, W_out: int, kernel: int, stride: int, wide_block: b
             slots = pixel_slots(th, tw)
             if not min_slots <= slots <= max_slots:
                 continue
-            if wide_block and slots > 64 and (tw & (tw - 1) or tw > 16):
-                continue  # 64-channel items of 128 slots spill on sm_90 unless rows are 16 or fewer, by shifts
+            if wide_block and slots > 64:
+                continue  # 64-channel items of 128 slots spill on sm_90 (B0's 14x14 and 56x56 maps)
             halo = ((th - 1) * stride + kernel) * ((tw - 1) * stride + kernel)
             if halo > (256 if kernel == 5 else 320):  # registers, and the slot size
                 continue
@@ -263,8 +296,7 @@ def tile_for(H_out: int, W_out: int, kernel: int, stride: int, wide_block: bool 
     edge, and the halo is computed in whole products (:func:`split_halo`). At most 128 pixel
     slots for 3x3 kernels, 64 for 5x5 (the 25 taps' loads in flight need the registers), at
     least 32 where the map has that many, and halos up to 320 pixels (256 for 5x5).
-    ``wide_block``: for 64-channel items, whose tiles over 64 slots need rows of a power of
-    two up to 16 pixels (others spill on sm_90)."""
+    ``wide_block``: for 64-channel items, at most 64 slots (more spill on sm_90)."""
     return _tile_search(H_out, W_out, kernel, stride, wide_block)[1]
 
 
@@ -276,7 +308,7 @@ def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: i
     B7's 160 input channels in python -m fastmbconv.kernel_report)."""
     block_k = min(64 if kernel == 3 and C_in % 64 == 0 else 32, max(16, next_pow2(C_in)))
     if interpreting():  # ~30 ms per program: few, large items
-        return H_out, W_out, min(next_pow2(C), 128), max(16, min(next_pow2(C_in), 128))
+        return H_out, W_out, max(16, min(next_pow2(C), 128)), max(16, min(next_pow2(C_in), 128))
     # 64 expanded channels per item halve the per-item work per output (set-up, the SE sums'
     # reduction) where few channels are masked off. Only for fp16/bf16 3x3 kernels with 32-channel
     # expand steps: fp32, 5x5 taps and 64-channel steps (B5's 64 -> 384) spill at 64 on sm_90.
@@ -299,11 +331,11 @@ def geometry(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int
 
 
 def pad_taps(w_dw: torch.Tensor) -> torch.Tensor:
-    """Taps-major depthwise weights (k*k, C) with each row zero-padded to a multiple of
-    :data:`TAPS_ALIGN` channels: the kernel then loads every channel block's taps without a
+    """Depthwise weights (k*k, C) or (k*k, C, 16) with each tap's rows zero-padded to a multiple
+    of :data:`TAPS_ALIGN` channels: the kernel then loads every channel block's taps without a
     mask, at constant offsets (the fused model pads once, when it folds)."""
-    kk, C = w_dw.shape
-    out = w_dw.new_zeros((kk, -(-C // TAPS_ALIGN) * TAPS_ALIGN))
+    kk, C = w_dw.shape[:2]
+    out = w_dw.new_zeros((kk, -(-C // TAPS_ALIGN) * TAPS_ALIGN, *w_dw.shape[2:]))
     out[:, :C] = w_dw
     return out
 
@@ -318,16 +350,16 @@ def persistent_programs(device: torch.device, items: int) -> int:
     return max(1, min(items, 2 * sms))
 
 
-def alloc_scratch(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """The programs' halo slots (fp32, uninitialised: every item writes its slot before reading)."""
-    return torch.empty(shape, dtype=torch.float32, device=device)
+def alloc_scratch(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The programs' halo slots (uninitialised: every item writes its slot before reading)."""
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, stride=1, act="silu",
                          valid_hw=None, pad_tl=None):
     """Check, allocate and launch. Returns (out, partial_sums) as :func:`.dwconv_bn_act` does."""
-    k, padding, H_out, W_out, C = _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
-                                             valid_hw, pad_tl)
+    k, padding, H_out, W_out, C, mma = _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
+                                                  valid_hw, pad_tl)
     N, C_in, H, W = x.shape
     tile_h, tile_w, block_c, block_k, halo_h, halo_w, tiles, items = geometry(H_out, W_out, C_in, C, k, stride, N,
                                                                                x.dtype)
@@ -337,7 +369,8 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         return out, partials
     check_valid_sizes(OP, valid_hw, H, W)
     programs = persistent_programs(x.device, items)
-    scratch = alloc_scratch((programs, 2, halo_h * halo_w, block_c), x.device)
+    # the halo in fp32 for the FMA taps, in the activations' dtype for the tensor-core ones
+    scratch = alloc_scratch((programs, 2, halo_h * halo_w, block_c), x.device, x.dtype if mma else torch.float32)
     ragged = valid_hw is not None
     chunk, main_chunks, tail_a, tail_b = halo_chunks(halo_h * halo_w)
     w_dw = w_dw.contiguous()
@@ -354,7 +387,8 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         INT64=needs_int64(x, out), DOT_FP32=interpreting() or x.dtype == torch.float32,
         TILE_H=tile_h, TILE_W=tile_w, PIXELS=pixel_slots(tile_h, tile_w), HALO_W=halo_w, HALO=halo_h * halo_w,
         CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,
-        WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, num_warps=4,
+        WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, MMA=mma,
+        ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, num_warps=4,
     ), on=x)
     return out, partials
 
@@ -370,8 +404,8 @@ def _expand_dwconv_op(
 
 @_expand_dwconv_op.register_fake
 def _(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act, valid_hw, pad_tl):
-    k, padding, H_out, W_out, C = _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
-                                             valid_hw, pad_tl)
+    k, padding, H_out, W_out, C, _ = _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
+                                                 valid_hw, pad_tl)
     tiles = geometry(H_out, W_out, x.shape[1], C, k, stride, x.shape[0], x.dtype)[6]
     return empty_like_format(x, (x.shape[0], C, H_out, W_out)), x.new_empty((x.shape[0], tiles, C),
                                                                              dtype=torch.float32)

@@ -53,7 +53,7 @@ def block_forward(block: FoldedBlock, x: torch.Tensor, padding: tuple[int, int, 
     k, s = block.kernel, block.stride
     valid_hw, pad_tl = _ragged_args(sizes, x.device, k, s, pad_mode)
     if fuse_expand and block.w_expand is not None:
-        d, partials = expand_dwconv(x, block.w_expand, block.b_expand, block.w_dw_padded, block.dw_scale,
+        d, partials = expand_dwconv(x, block.w_expand, block.b_expand, block.w_dw_fused, block.dw_scale,
                                     block.dw_shift, padding, s, act="silu", valid_hw=valid_hw, pad_tl=pad_tl)
     else:
         h = x if block.w_expand is None else pointwise_gated(x, block.w_expand, block.b_expand, act="silu")

@@ -30,7 +30,7 @@ class FoldedBlock:
     w_expand: Optional[torch.Tensor]  # (mid, in), compute dtype; None without expansion
     b_expand: Optional[torch.Tensor]  # (mid,) fp32
     w_dw: torch.Tensor  # (k*k, mid) fp32, taps-major
-    w_dw_padded: torch.Tensor  # the same, rows zero-padded to whole channel blocks (expand_dwconv)
+    w_dw_fused: torch.Tensor  # expand_dwconv's taps: w_dw_mma, else w_dw, rows padded to whole channel blocks
     w_dw_mma: Optional[torch.Tensor]  # (k*k, mid, 16) fp16/bf16 diagonal blocks (tensor cores); None for fp32
     dw_scale: torch.Tensor  # (mid,) fp32
     dw_shift: torch.Tensor  # (mid,) fp32
@@ -75,9 +75,10 @@ def fold_block(block, dtype: Optional[torch.dtype] = None) -> FoldedBlock:
     w_project, b_project = _fold_1x1(p.project, dtype)
     C, R, k = p.mid_channels, p.se.conv_reduce.out_channels, p.kernel
     w_dw = taps_major(p.depthwise.conv.weight)
+    w_dw_mma = taps_diag(w_dw, dtype) if dtype in (torch.float16, torch.bfloat16) else None
     return FoldedBlock(
         kernel=k, stride=p.stride, has_skip=p.has_skip, w_expand=w_expand, b_expand=b_expand,
-        w_dw=w_dw, w_dw_padded=pad_taps(w_dw), w_dw_mma=taps_diag(w_dw, dtype) if dtype in (torch.float16, torch.bfloat16) else None,
+        w_dw=w_dw, w_dw_mma=w_dw_mma, w_dw_fused=pad_taps(w_dw if w_dw_mma is None else w_dw_mma),
         dw_scale=dw_scale.contiguous(), dw_shift=dw_shift.contiguous(),
         se_w_reduce=p.se.conv_reduce.weight.reshape(R, C).to(dtype).contiguous(),
         se_b_reduce=p.se.conv_reduce.bias.float().contiguous(),

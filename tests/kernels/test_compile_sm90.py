@@ -4,8 +4,9 @@ The interpreter runs kernels as numpy and so cannot catch code-generation errors
 not unify, bad dot shapes, shared memory over budget). Triton can compile for a GPU target ahead
 of time with its bundled ptxas. The forwards below are recorded on ``meta`` tensors (nothing
 runs) and each distinct specialisation is compiled with its fixed (``FASTMBCONV_AUTOTUNE=0``)
-config (fp32 with a ragged batch, bf16 returning feature maps); the kernel report's test
-compiles the fp16 ones. This must run with the
+config (fp32 with a ragged batch, bf16 returning feature maps, then both with every block's
+expand and depthwise convs as one kernel, and that kernel's 64-bit specialisation); the kernel
+report's test compiles the fp16 ones. This must run with the
 interpreter off, so it runs in a subprocess.
 """
 import os
@@ -37,9 +38,24 @@ SCRIPT = textwrap.dedent(
                 model.forward_features(x)
         return launches
 
+    def record_int64_expand_dw():
+        # expand_dwconv's INT64 specialisation with tensor-core taps: channel planes 2^30 apart
+        from fastmbconv.kernels.dwconv_bn_act import taps_diag
+        from fastmbconv.kernels.expand_dwconv import expand_dwconv, pad_taps
+        x = torch.empty(2**32, device="meta", dtype=torch.float16).as_strided((2, 8, 9, 9), (2**31, 2**30 + 16, 9, 1))
+        w = pad_taps(taps_diag(torch.empty(9, 48, device="meta"), torch.float16))
+        v = torch.empty(48, device="meta")
+        with record_launches() as launches:
+            expand_dwconv(x, torch.empty(48, 8, device="meta", dtype=torch.float16), v, w, v, v, (1, 1, 1, 1), 2)
+        assert launches[0].constexprs["INT64"] and launches[0].constexprs["MMA"]
+        return launches
+
     todo = {}
-    for dtype, features_only, ragged in [(torch.float32, False, True), (torch.bfloat16, True, False)]:
-        for rec in record(dtype, features_only, ragged):
+    recorded = [record(torch.float32, False, True), record(torch.bfloat16, True, False)]
+    os.environ["FASTMBCONV_EXPAND_DW"] = "fused"  # every block's expand_dwconv: FMA (fp32) and tensor-core taps
+    recorded += [record(torch.float32, False, False), record(torch.bfloat16, False, True), record_int64_expand_dw()]
+    for launches in recorded:
+        for rec in launches:
             for v in variants(rec.kernel, rec.args, rec.constexprs)[0]:
                 todo.setdefault(v.key(), (rec, v))
     results = analyse([v for _, v in todo.values()])  # compiled in parallel, cached on disk

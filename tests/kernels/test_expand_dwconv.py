@@ -12,8 +12,9 @@ import torch
 from fastmbconv.geometry import conv_padding
 from fastmbconv.kernels import expand_dwconv as module
 from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels.dwconv_bn_act import taps_diag
 from fastmbconv.kernels.expand_dwconv import expand_dwconv, expand_dwconv_ref
-from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced
+from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced, nan_fenced_dense
 
 from ..helpers import DEVICE
 
@@ -21,8 +22,10 @@ pytestmark = pytest.mark.interpreter
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def make(N, C_in, C, H, W, k, dtype=torch.float32, channels_last=True, seed=0):
-    """Input, expand weights (in the input's dtype, as folded) and fp32 depthwise/BN parameters."""
+def make(N, C_in, C, H, W, k, dtype=torch.float32, channels_last=True, seed=0, taps="auto"):
+    """Input, expand weights (in the input's dtype, as folded) and fp32 BN parameters; the
+    depthwise taps as the fused model folds them (``taps="auto"``: fp16/bf16 in the tensor-core
+    layout of taps_diag, fp32 taps-major) or ``"major"`` (fp32 taps-major: the FMA taps)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(N, C_in, H, W, generator=g).to(DEVICE, dtype)
     if channels_last:
@@ -30,6 +33,8 @@ def make(N, C_in, C, H, W, k, dtype=torch.float32, channels_last=True, seed=0):
     w_expand = (torch.randn(C, C_in, generator=g) / C_in**0.5).to(DEVICE, dtype)
     b_expand = (torch.randn(C, generator=g) * 0.1).to(DEVICE)
     w_dw = (torch.randn(k * k, C, generator=g) * 0.3).to(DEVICE)
+    if taps == "auto" and dtype != torch.float32:
+        w_dw = taps_diag(w_dw, dtype)
     scale = (torch.rand(C, generator=g) + 0.5).to(DEVICE)
     shift = (torch.randn(C, generator=g) * 0.1).to(DEVICE)
     return x, (w_expand, b_expand, w_dw, scale, shift)
@@ -48,6 +53,9 @@ def check(x, params, padding, stride, **kw):
     with count_launches() as launches:
         out, partials = expand_dwconv(x, *params, padding, stride, **kw)
     assert launches["expand_dwconv"] == 1 and sum(launches.values()) == 1, launches
+    # the tensor-core taps read the expanded halo rounded to x's dtype, as the separate path stores it
+    if params[2].ndim == 3:
+        kw = {**kw, "expanded_dtype": x.dtype}
     ref, ref_pool = expand_dwconv_ref(x, *params, padding, stride, compute_dtype=torch.float64, **kw)
     lowp = None
     if x.dtype != torch.float32:  # torch at the input's precision, for the tolerance rule
@@ -64,26 +72,30 @@ def check(x, params, padding, stride, **kw):
     return out
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype,taps", [(torch.float32, "auto"), (torch.float16, "auto"), (torch.bfloat16, "auto"),
+                                        (torch.float16, "major"), (torch.bfloat16, "major")], ids=str)
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 @pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
-def test_every_efficientnet_config(k, stride, pad_mode, dtype):
-    """Every (kernel, stride, padding) of B0-B7, with the SE pool sums."""
-    x, params = make(2, 8, 40, 13, 10, k, dtype)
+def test_every_efficientnet_config(k, stride, pad_mode, dtype, taps):
+    """Every (kernel, stride, padding) of B0-B7, with the SE pool sums, for both taps variants
+    of fp16/bf16 (tensor cores from a halo in x's dtype, as folded; FMAs from an fp32 halo)."""
+    x, params = make(2, 8, 40, 13, 10, k, dtype, taps=taps)
     out = check(x, params, conv_padding(13, 10, k, stride, pad_mode), stride)
     assert out.shape == (2, 40, -(-13 // stride), -(-10 // stride))
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("k,stride,pad_mode,dtype", [
-    (3, 1, "symmetric", torch.float16), (3, 2, "same", torch.float16), (5, 1, "symmetric", torch.bfloat16),
-    (5, 2, "same", torch.float16), (5, 1, "same", torch.float32), (3, 2, "symmetric", torch.float32)], ids=str)
-def test_gpu_like_tiling(gpu_like, k, stride, pad_mode, dtype):
+@pytest.mark.parametrize("k,stride,pad_mode,dtype,taps", [
+    (3, 1, "symmetric", torch.float16, "auto"), (3, 2, "same", torch.float16, "auto"),
+    (5, 1, "symmetric", torch.bfloat16, "auto"), (5, 2, "same", torch.float16, "auto"),
+    (3, 2, "same", torch.bfloat16, "major"), (5, 1, "same", torch.float32, "auto"),
+    (3, 2, "symmetric", torch.float32, "auto")], ids=str)
+def test_gpu_like_tiling(gpu_like, k, stride, pad_mode, dtype, taps):
     """Tiles with overlapping halos over a 7x9 map (edge tiles on both sides), a flat tile with a
     slot past its pixels, 20 expanded channels in 16-channel blocks (a partial last block),
     halos in several products with a partial last one (3x3: a 16-pixel tail; 5x5 stride 2: a
     32-pixel chunk) and 3 programs looping over the items with their two slots in turn."""
-    x, params = make(2, 12, 20, 7, 9, k, dtype)
+    x, params = make(2, 12, 20, 7, 9, k, dtype, taps=taps)
     check(x, params, conv_padding(7, 9, k, stride, pad_mode), stride)
 
 
@@ -129,11 +141,12 @@ def test_same_as_the_separate_kernels():
 
 
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
-@pytest.mark.parametrize("k,stride", [(3, 2), (5, 1)])
-def test_ragged(gpu_like, k, stride, pad_mode):
+@pytest.mark.parametrize("k,stride,dtype", [(3, 2, torch.float32), (5, 1, torch.float32), (5, 2, torch.bfloat16)],
+                         ids=str)
+def test_ragged(gpu_like, k, stride, pad_mode, dtype):
     """Per-image valid sizes and padding: each image as if alone (its expanded halo is zero past
     its own valid size, not the slot's); invalid outputs are 0 and left out of the pool sums."""
-    x, params = make(3, 8, 20, 9, 7, k)
+    x, params = make(3, 8, 20, 9, 7, k, dtype)
     sizes = [(9, 7), (6, 5), (1, 1)]
     valid_hw = torch.tensor(sizes, dtype=torch.int32, device=DEVICE)
     pads = [conv_padding(h, w, k, stride, pad_mode) for h, w in sizes]
@@ -146,17 +159,21 @@ def test_ragged(gpu_like, k, stride, pad_mode):
     assert (out[1, :, ho:] == 0).all() and (out[1, :, :, wo:] == 0).all()
 
 
-@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
-def test_reads_stay_inside_the_input(gpu_like, k, stride):
-    x, params = make(2, 13, 20, 7, 9, k)
+@pytest.mark.parametrize("k,stride,dtype", [(3, 1, torch.float32), (5, 2, torch.float32), (3, 2, torch.float16)],
+                         ids=str)
+def test_reads_stay_inside_the_input(gpu_like, k, stride, dtype):
+    """NaN around the input and past the taps' rows (a read past either turns an output NaN)."""
+    x, params = make(2, 13, 20, 7, 9, k, dtype)
+    params = (*params[:2], nan_fenced_dense(params[2]), *params[3:])
     check(nan_fenced(x), params, conv_padding(7, 9, k, stride, "same"), stride)
 
 
-@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
-def test_writes_stay_inside_the_output(gpu_like, k, stride, monkeypatch):
+@pytest.mark.parametrize("k,stride,dtype", [(3, 1, torch.float32), (5, 2, torch.float32), (5, 1, torch.bfloat16)],
+                         ids=str)
+def test_writes_stay_inside_the_output(gpu_like, k, stride, dtype, monkeypatch):
     fence = FencedOutputs()
     monkeypatch.setattr(module, "empty_like_format", fence)
-    x, params = make(2, 13, 20, 7, 9, k)
+    x, params = make(2, 13, 20, 7, 9, k, dtype)
     check(x, params, conv_padding(7, 9, k, stride, "same"), stride)
     fence.assert_untouched()
 
@@ -171,11 +188,11 @@ class FencedScratch:
     def __init__(self):
         self.buffers = []
 
-    def __call__(self, shape, device):
+    def __call__(self, shape, device, dtype):
         flat = 1
         for n in shape:
             flat *= n
-        buf = torch.full((flat + 64,), self.SENTINEL, dtype=torch.float32, device=device)
+        buf = torch.full((flat + 64,), self.SENTINEL, dtype=dtype, device=device)
         buf[32:32 + flat] = float("nan")
         self.buffers.append(buf)
         return buf[32:32 + flat].view(shape)
@@ -187,11 +204,13 @@ class FencedScratch:
                 "a kernel stored outside its scratch"
 
 
-@pytest.mark.parametrize("k,stride,pad_mode", [(3, 1, "symmetric"), (5, 2, "same")])
-def test_scratch_is_written_before_it_is_read_and_never_overrun(gpu_like, k, stride, pad_mode, monkeypatch):
+@pytest.mark.parametrize("k,stride,pad_mode,dtype", [(3, 1, "symmetric", torch.float32), (5, 2, "same", torch.float32),
+                                                     (3, 1, "same", torch.float16), (5, 2, "symmetric", torch.bfloat16)],
+                         ids=str)
+def test_scratch_is_written_before_it_is_read_and_never_overrun(gpu_like, k, stride, pad_mode, dtype, monkeypatch):
     scratch = FencedScratch()
     monkeypatch.setattr(module, "alloc_scratch", scratch)
-    x, params = make(2, 12, 20, 7, 9, k)
+    x, params = make(2, 12, 20, 7, 9, k, dtype)
     check(x, params, conv_padding(7, 9, k, stride, pad_mode), stride)
     scratch.assert_fences_untouched()
 
@@ -212,21 +231,22 @@ def test_empty_batch_launches_nothing():
 
 def test_channel_block_choice(monkeypatch):
     """On a GPU: 64 expanded channels per item for 3x3 kernels where the last block wastes little
-    (B0's 144 and 240), 32 where 64 would leave a quarter idle (B0's 96); 32 where 64 spills:
-    fp32, 5x5 kernels, 64-channel expand steps. 64-channel items of more than 64 slots have
-    rows of a power of two up to 16 pixels (wider or uneven rows spill)."""
+    and a tile of at most 64 slots fits (B0's 240 at stride 2), 32 where 64 would leave a
+    quarter idle (B0's 96) or where wider tiles pay more (B0's 144 at 56x56: 8x14 tiles of 112
+    pixels); 32 where 64 spills: fp32, 5x5 kernels, 64-channel expand steps. 64-channel items
+    have at most 64 pixel slots (128 spill)."""
     monkeypatch.setattr(module, "interpreting", lambda: False)
     HALF = torch.float16
     assert module.blocks_for(56, 56, 24, 96, 3, 1, HALF)[2] == 32
-    assert module.blocks_for(56, 56, 24, 144, 3, 1, HALF)[2] == 64
-    assert module.blocks_for(14, 14, 40, 240, 3, 2, HALF)[2] == 64
+    assert module.blocks_for(56, 56, 24, 144, 3, 1, HALF) == (8, 14, 32, 32)
+    assert module.blocks_for(14, 14, 40, 240, 3, 2, HALF) == (7, 7, 64, 32)
+    assert module.blocks_for(28, 28, 40, 240, 3, 2, HALF)[2] == 64
     assert module.blocks_for(14, 14, 112, 672, 5, 1, HALF)[2] == 32
     assert module.blocks_for(15, 15, 64, 384, 3, 2, HALF)[2] == 32
     assert module.blocks_for(56, 56, 24, 144, 3, 1, torch.float32)[2] == 32
     for h, c_in, c in [(56, 24, 144), (17, 88, 528), (19, 96, 576), (14, 80, 480), (33, 48, 288)]:
         th, tw, bc, _ = module.blocks_for(h, h, c_in, c, 3, 1, HALF)
-        if bc == 64 and module.pixel_slots(th, tw) > 64:
-            assert tw & (tw - 1) == 0 and tw <= 16, (h, th, tw)
+        assert bc == 32 or module.pixel_slots(th, tw) <= 64, (h, th, tw)
 
 
 def test_gpu_like_tiling_with_64_channel_blocks(monkeypatch):
@@ -268,26 +288,31 @@ def test_halo_products_cover_it_with_the_fewest_pixels(halo):
     assert module.split_halo(100) == (64, 1, 32, 16) and module.split_halo(128) == (64, 2, 0, 0)
 
 
-@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2)])
-def test_padded_taps_rows(gpu_like, k, stride):
+@pytest.mark.parametrize("k,stride,dtype", [(3, 1, torch.float32), (5, 2, torch.float32), (5, 1, torch.float16),
+                                           (3, 2, torch.bfloat16)], ids=str)
+def test_padded_taps_rows(gpu_like, k, stride, dtype):
     """Taps rows padded past C (pad_taps: whole channel blocks, loaded without a mask) give the
-    unpadded result bit for bit, and their padding never reaches an output or a sum (NaN there
-    changes nothing)."""
-    x, params = make(2, 12, 20, 7, 9, k)
+    unpadded result bit for bit. With FMA taps the padding never reaches an output or a sum
+    (NaN there changes nothing); tensor-core taps need it zero (a row of a diagonal block meets
+    every channel of its group in the dot), which pad_taps gives."""
+    x, params = make(2, 12, 20, 7, 9, k, dtype)
     padding = conv_padding(7, 9, k, stride, "same")
     w_dw = params[2]
     padded = module.pad_taps(w_dw)
-    assert padded.shape == (k * k, module.TAPS_ALIGN) and torch.equal(padded[:, :20], w_dw)
-    assert (padded[:, 20:] == 0).all()
-    nan_padded = padded.clone()
-    nan_padded[:, 20:] = float("nan")
+    assert padded.shape == (k * k, module.TAPS_ALIGN, *w_dw.shape[2:]) and padded.dtype == w_dw.dtype
+    assert torch.equal(padded[:, :20], w_dw) and (padded[:, 20:] == 0).all()
+    variants = [padded]
+    if w_dw.ndim == 2:
+        nan_padded = padded.clone()
+        nan_padded[:, 20:] = float("nan")
+        variants.append(nan_padded)
     with count_launches() as launches:
         plain = expand_dwconv(x, *params, padding, stride)
-        results = [expand_dwconv(x, *params[:2], w, *params[3:], padding, stride) for w in (padded, nan_padded)]
-    assert launches["expand_dwconv"] == 3
+        results = [expand_dwconv(x, *params[:2], w, *params[3:], padding, stride) for w in variants]
+    assert launches["expand_dwconv"] == 1 + len(variants)
     for out, partials in results:
         assert torch.equal(out, plain[0]) and torch.equal(partials, plain[1])
-    check(x, (*params[:2], nan_padded, *params[3:]), padding, stride)
+    check(x, (*params[:2], variants[-1], *params[3:]), padding, stride)
 
 
 BAD_CASES = {
@@ -297,6 +322,11 @@ BAD_CASES = {
     "w_expand channels": (lambda x, p: ((x, p[0][:, :3], *p[1:]), {}), ValueError, "input with 8 channels"),
     "w_dw shape": (lambda x, p: ((x, p[0], p[1], p[2][:, :5], *p[3:]), {}), ValueError, "w_dw"),
     "w_dw short": (lambda x, p: ((x, p[0], p[1], p[2][:, :23], *p[3:]), {}), ValueError, "padded past 24"),
+    "w_dw 3-D not 16": (lambda x, p: ((x, p[0], p[1], p[2].reshape(9, 24, 1).expand(9, 24, 8), *p[3:]), {}),
+                        ValueError, "taps_diag"),
+    "diag taps with fp32 x": (lambda x, p: ((x, p[0], p[1], taps_diag(p[2], torch.float16), *p[3:]), {}), TypeError,
+                              "fp16 or bf16 like x"),
+    "fp16 taps-major": (lambda x, p: ((x, p[0], p[1], p[2].half(), *p[3:]), {}), TypeError, "must be fp32"),
     "kernel 7": (lambda x, p: ((x, p[0], p[1], torch.zeros(49, 24, device=x.device), *p[3:]), {}), ValueError,
                  "k 3 or 5"),
     "fp16 bias": (lambda x, p: ((x, p[0], p[1].half(), *p[2:]), {}), TypeError, "b_expand"),

@@ -76,12 +76,17 @@ SCRIPT = textwrap.dedent(
         fused = ((torch.randn(40, c, generator=G) / c**0.5).half(), torch.randn(40, generator=G) * 0.1,
                  torch.randn(9, 40, generator=G) * 0.3, torch.rand(40, generator=G) + 0.5,
                  torch.randn(40, generator=G) * 0.1)
-        for stride in (1, 2):
-            out, partials = expand_dwconv(x, *fused, (1, 1, 1, 1), stride)
-            ref, ref_pool = expand_dwconv_ref(dense, *fused, (1, 1, 1, 1), stride, compute_dtype=torch.float64)
-            lowp = expand_dwconv_ref(dense, *fused, (1, 1, 1, 1), stride, compute_dtype=torch.float16)[0]
-            assert_close_to_ref(out, ref, lowp, what=f"expand_dwconv, {name}, stride {stride}")
-            assert_close_to_ref(partials.sum(1), ref_pool, what=f"expand_dwconv pool, {name}, stride {stride}")
+        # FMA taps from fp32 taps-major weights, tensor-core taps from taps_diag (the fused model's)
+        for taps, rounded in ((fused[2], None), (taps_diag(fused[2], torch.float16), torch.float16)):
+            args = (*fused[:2], taps, *fused[3:])
+            for stride in (1, 2):
+                out, partials = expand_dwconv(x, *args, (1, 1, 1, 1), stride)
+                ref, ref_pool = expand_dwconv_ref(dense, *args, (1, 1, 1, 1), stride, compute_dtype=torch.float64,
+                                                  expanded_dtype=rounded)
+                lowp = expand_dwconv_ref(dense, *args, (1, 1, 1, 1), stride, compute_dtype=torch.float16)[0]
+                what = f"expand_dwconv ({taps.ndim}-D taps), {name}, stride {stride}"
+                assert_close_to_ref(out, ref, lowp, what=what)
+                assert_close_to_ref(partials.sum(1), ref_pool, what=f"{what}, pool")
 
         wp = (torch.randn(40, c, generator=G) / c**0.5).half()
         bias, gate = torch.randn(40, generator=G) * 0.1, torch.rand(n, c, generator=G)
