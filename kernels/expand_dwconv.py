@@ -6,7 +6,8 @@ fit the map, see :func:`tile_for`; held as a flat row of ``PIXELS`` slots) of on
 ``BLOCK_C`` expanded channels. It computes the expand conv (folded BN, bias, SiLU) for the
 tile's input halo with ``tl.dot`` in products of :data:`CHUNK` halo pixels and up to two
 smaller ones for the rest (:func:`split_halo`), zero outside the image (the depthwise conv's
-padding), and stores it in fp32 to a scratch slot of the program's own. After a barrier the depthwise taps read shifted windows of the slot (registers
+padding), and stores it to a scratch slot of the program's own, in rows of a pitch that is a
+power of two where that wastes little (:func:`halo_pitch`). After a barrier the depthwise taps read shifted windows of the slot (registers
 cannot shift), with constant offsets and no bounds checks; then the folded BN, SiLU, the output
 store and the per-tile SE sums, as in :mod:`.dwconv_bn_act`.
 
@@ -52,7 +53,8 @@ OP = "expand_dwconv"
 
 @triton.jit
 def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh, h0,
-                  CH: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr, C_IN: tl.constexpr,
+                  CH: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr, HALO_PITCH: tl.constexpr,
+                  C_IN: tl.constexpr,
                   SXC: tl.constexpr, SXW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
                   INT64: tl.constexpr, DOT_FP32: tl.constexpr, FAST_MATH: tl.constexpr, ROUND_BF16: tl.constexpr):
     """Halo pixels ``h0 .. h0 + CH`` of one item: the expand conv (bias folded into the
@@ -60,9 +62,12 @@ def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_i
     conversions, never rounded), else in the activations' fp16/bf16 for the tensor-core taps
     (rounded as the separate path stores the expanded tensor)."""
     hp = h0 + tl.arange(0, CH)
-    ih = ih0 + hp // HALO_W
-    iw = iw0 + hp % HALO_W
+    hc = hp % HALO_PITCH  # with a power-of-two pitch a mask and a shift, no division
+    ih = ih0 + hp // HALO_PITCH
+    iw = iw0 + hc
     in_img = (ih.to(tl.uint32) < h_img.to(tl.uint32)) & (iw.to(tl.uint32) < w_img.to(tl.uint32))
+    if HALO_W < HALO_PITCH:  # the row's pitch past the halo: zeros no tap reads
+        in_img = in_img & (hc < HALO_W)
     if h0 + CH > HALO:
         in_img = in_img & (hp < HALO)
     if INT64:
@@ -101,7 +106,8 @@ def _expand_dwconv_kernel(
     C_IN: tl.constexpr, SXC: tl.constexpr, SXW: tl.constexpr, SOC: tl.constexpr, TILES_W: tl.constexpr,
     TILES: tl.constexpr, C_BLOCKS: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr,
     FAST_MATH: tl.constexpr, RAGGED: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr,
-    TILE_H: tl.constexpr, TILE_W: tl.constexpr, PIXELS: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, PIXELS: tl.constexpr, HALO_W: tl.constexpr,
+    HALO_PITCH: tl.constexpr, HALO: tl.constexpr,
     CHUNK: tl.constexpr, MAIN_CHUNKS: tl.constexpr, TAIL_A: tl.constexpr, TAIL_B: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, WD_STRIDE: tl.constexpr, WD_EVEN: tl.constexpr,
     MMA: tl.constexpr, ROUND_BF16: tl.constexpr,
@@ -122,7 +128,7 @@ def _expand_dwconv_kernel(
     pc = p % TILE_W
     # offsets of each output pixel's first tap in a slot: the other taps are constant offsets
     # (immediates in the loads)
-    tap0 = (((tl.minimum(pr, TILE_H - 1) * STRIDE) * HALO_W + pc * STRIDE) * BLOCK_C)[None, :, None] + offs_g
+    tap0 = (((tl.minimum(pr, TILE_H - 1) * STRIDE) * HALO_PITCH + pc * STRIDE) * BLOCK_C)[None, :, None] + offs_g
     if MMA:  # (k*k, WD_STRIDE, 16): tap t's 16 x 16 diagonal block of group g is contiguous
         w_off = tl.reshape(offs_l, (G, CB, 1)) * 16 + tl.reshape(tl.arange(0, CB), (1, 1, CB))
     else:  # (k*k, WD_STRIDE)
@@ -152,14 +158,14 @@ def _expand_dwconv_kernel(
         # expand: the halo in chunks of CHUNK pixels, then up to two smaller ones for the rest
         for h0 in tl.static_range(0, MAIN_CHUNKS * CHUNK, CHUNK):
             _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh, h0, CHUNK,
-                          HALO, HALO_W, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, FAST_MATH, ROUND_BF16)
+                          HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, FAST_MATH, ROUND_BF16)
         if TAIL_A > 0:
             _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh,
-                          MAIN_CHUNKS * CHUNK, TAIL_A, HALO, HALO_W, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64,
+                          MAIN_CHUNKS * CHUNK, TAIL_A, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64,
                           DOT_FP32, FAST_MATH, ROUND_BF16)
         if TAIL_B > 0:
             _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh,
-                          MAIN_CHUNKS * CHUNK + TAIL_A, TAIL_B, HALO, HALO_W, C_IN, SXC, SXW, BLOCK_C, BLOCK_K,
+                          MAIN_CHUNKS * CHUNK + TAIL_A, TAIL_B, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K,
                           INT64, DOT_FP32, FAST_MATH, ROUND_BF16)
         tl.debug_barrier()  # the whole halo is in the slot before any tap reads it
 
@@ -175,7 +181,7 @@ def _expand_dwconv_kernel(
                     wv = tl.load(w_tap)
                 else:
                     wv = tl.load(w_tap, mask=w_ok, other=0.0)
-                xv = tl.load(slot + tap0 + (ki * HALO_W + kj) * BLOCK_C)
+                xv = tl.load(slot + tap0 + (ki * HALO_PITCH + kj) * BLOCK_C)
                 if MMA:
                     if DOT_FP32:  # the interpreter: its fp16/bf16 dot is not the GPU's
                         dacc = tl.dot(xv.to(tl.float32), wv.to(tl.float32), dacc, input_precision="ieee")
@@ -230,8 +236,9 @@ def _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
 
 # Relative costs per channel, in thread instructions, for choosing a tile (the kernel report
 # measures the real ones): an expanded halo element (SiLU, mask, scratch store), a depthwise tap
-# (a quarter of a 4-wide load and an FMA), an output slot's epilogue, and a work item's set-up.
-_HALO_COST, _TAP_COST, _OUT_COST, _ITEM_COST = 8.0, 1.25, 10.0, 600.0
+# (a quarter of a 4-wide load and an FMA), an output slot's epilogue, a work item's set-up, and
+# what a halo pixel adds where the slot's row pitch is not a power of two (a division).
+_HALO_COST, _TAP_COST, _OUT_COST, _ITEM_COST, _DIV_COST = 8.0, 1.25, 10.0, 600.0, 1.0
 CHUNK = 64  # halo pixels per expand product (a warpgroup's wgmma M)
 TAPS_ALIGN = 64  # pad_taps: channels per taps row, a multiple of every channel block
 _ITEM_CHANNELS = 24  # a work item's fixed cost, in channels' worth of its per-channel work
@@ -240,6 +247,16 @@ _ITEM_CHANNELS = 24  # a work item's fixed cost, in channels' worth of its per-c
 def pixel_slots(tile_h: int, tile_w: int) -> int:
     """The flat output tile's length: the tile's pixels rounded up to a power of two (at least 16)."""
     return max(16, next_pow2(tile_h * tile_w))
+
+
+def halo_pitch(halo_w: int) -> int:
+    """Slot pixels per halo row: the next power of two where that wastes at most an eighth of
+    the row (a halo pixel's row and column are then a shift and a mask, where a division by an
+    odd width costs ~6 integer instructions per pixel and layout: 15 -> 16, 31 -> 32), else the
+    width itself (11 stays 11: 16 would expand 45% more pixels). Pixels past the width are
+    zeros that no tap reads."""
+    pow2 = next_pow2(halo_w)
+    return pow2 if pow2 * 8 <= halo_w * 9 else halo_w
 
 
 def split_halo(halo: int, chunk: int = CHUNK) -> tuple[int, int, int, int]:
@@ -277,12 +294,14 @@ def _tile_search(H_out: int, W_out: int, kernel: int, stride: int, wide_block: b
                 continue
             if wide_block and slots > 64:
                 continue  # 64-channel items of 128 slots spill on sm_90 (B0's 14x14 and 56x56 maps)
-            halo = ((th - 1) * stride + kernel) * ((tw - 1) * stride + kernel)
+            pitch = halo_pitch((tw - 1) * stride + kernel)
+            halo = ((th - 1) * stride + kernel) * pitch
             if halo > (256 if kernel == 5 else 320):  # registers, and the slot size
                 continue
             chunk, main, a, b = split_halo(halo)
             tiles = -(-H_out // th) * -(-W_out // tw)
-            cost = tiles * ((main * chunk + a + b) * _HALO_COST + slots * (kernel * kernel * _TAP_COST + _OUT_COST)
+            halo_cost = _HALO_COST + (_DIV_COST if pitch & (pitch - 1) else 0.0)
+            cost = tiles * ((main * chunk + a + b) * halo_cost + slots * (kernel * kernel * _TAP_COST + _OUT_COST)
                             + _ITEM_COST)
             key = (cost, -tw, -th)  # ties: wider (contiguous rows), then taller
             if best is None or key < best[0]:
@@ -293,9 +312,11 @@ def _tile_search(H_out: int, W_out: int, kernel: int, stride: int, wide_block: b
 def tile_for(H_out: int, W_out: int, kernel: int, stride: int, wide_block: bool = False) -> tuple[int, int]:
     """The output tile (any height and width) that costs the least over the map: big tiles
     share their halo rows and columns, tiles that divide the map waste no pixels past its
-    edge, and the halo is computed in whole products (:func:`split_halo`). At most 128 pixel
-    slots for 3x3 kernels, 64 for 5x5 (the 25 taps' loads in flight need the registers), at
-    least 32 where the map has that many, and halos up to 320 pixels (256 for 5x5).
+    edge, and the halo is computed in whole products (:func:`split_halo`) of rows of a
+    power-of-two pitch where that wastes little (:func:`halo_pitch`).
+    At most 128 pixel slots for 3x3 kernels, 64 for 5x5 (the 25 taps' loads in flight need the
+    registers), at least 32 where the map has that many, and halos up to 320 pixels with their
+    pitch (256 for 5x5).
     ``wide_block``: for 64-channel items, at most 64 slots (more spill on sm_90)."""
     return _tile_search(H_out, W_out, kernel, stride, wide_block)[1]
 
@@ -328,6 +349,7 @@ def geometry(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int
     halo_h, halo_w = (tile_h - 1) * stride + kernel, (tile_w - 1) * stride + kernel
     tiles = -(-H_out // tile_h) * -(-W_out // tile_w)
     return tile_h, tile_w, block_c, block_k, halo_h, halo_w, tiles, batch * tiles * -(-C // block_c)
+
 
 
 def pad_taps(w_dw: torch.Tensor) -> torch.Tensor:
@@ -370,9 +392,10 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
     check_valid_sizes(OP, valid_hw, H, W)
     programs = persistent_programs(x.device, items)
     # the halo in fp32 for the FMA taps, in the activations' dtype for the tensor-core ones
-    scratch = alloc_scratch((programs, 2, halo_h * halo_w, block_c), x.device, x.dtype if mma else torch.float32)
+    pitch = halo_pitch(halo_w)
+    scratch = alloc_scratch((programs, 2, halo_h * pitch, block_c), x.device, x.dtype if mma else torch.float32)
     ragged = valid_hw is not None
-    chunk, main_chunks, tail_a, tail_b = halo_chunks(halo_h * halo_w)
+    chunk, main_chunks, tail_a, tail_b = halo_chunks(halo_h * pitch)
     w_dw = w_dw.contiguous()
     launch(OP, _expand_dwconv_kernel, (programs,), dict(
         x_ptr=x, we_ptr=w_expand.reshape(C, C_in).contiguous(), be_ptr=b_expand.contiguous(), wd_ptr=w_dw,
@@ -385,7 +408,8 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         C_BLOCKS=-(-C // block_c), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(),
         RAGGED=ragged,
         INT64=needs_int64(x, out), DOT_FP32=interpreting() or x.dtype == torch.float32,
-        TILE_H=tile_h, TILE_W=tile_w, PIXELS=pixel_slots(tile_h, tile_w), HALO_W=halo_w, HALO=halo_h * halo_w,
+        TILE_H=tile_h, TILE_W=tile_w, PIXELS=pixel_slots(tile_h, tile_w), HALO_W=halo_w, HALO_PITCH=pitch,
+        HALO=halo_h * pitch,
         CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,
         WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, MMA=mma,
         ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, num_warps=4,

@@ -79,7 +79,7 @@ def expand_dwconv(a: dict) -> Hints:
     # and taps all have constant bounds and are unrolled)
     x, out = a["x_ptr"], a["out_ptr"]
     n, c_in, c = x.shape[0], a["C_IN"], a["C"]
-    halo = int(a["HALO"])
+    halo = int(a["HALO"]) // int(a["HALO_PITCH"]) * int(a["HALO_W"])  # the slot's rows have a pitch
     items, programs = int(a["items"]), a["scratch_ptr"].shape[0]
     tiles = n * int(a["TILES"])
     computed = int(a["MAIN_CHUNKS"]) * int(a["CHUNK"]) + int(a["TAIL_A"]) + int(a["TAIL_B"])
@@ -93,7 +93,7 @@ def expand_dwconv(a: dict) -> Hints:
                  scratch=("scratch_ptr",),
                  # the halo written once per item and every tap read back (an upper bound: most
                  # tap reads hit L1, the slots being a few KiB per program)
-                 l2_scratch_bytes=items * halo * int(a["BLOCK_C"]) * scratch_item
+                 l2_scratch_bytes=items * int(a["HALO"]) * int(a["BLOCK_C"]) * scratch_item
                  + out.numel() * a["KSIZE"] ** 2 * scratch_item,
                  recompute_flops=max(0, expand_flops - useful))
 

@@ -187,8 +187,10 @@ class FencedScratch:
 
     def __init__(self):
         self.buffers = []
+        self.shapes = []
 
     def __call__(self, shape, device, dtype):
+        self.shapes.append(tuple(shape))
         flat = 1
         for n in shape:
             flat *= n
@@ -213,6 +215,26 @@ def test_scratch_is_written_before_it_is_read_and_never_overrun(gpu_like, k, str
     x, params = make(2, 12, 20, 7, 9, k, dtype)
     check(x, params, conv_padding(7, 9, k, stride, pad_mode), stride)
     scratch.assert_fences_untouched()
+
+
+@pytest.mark.parametrize("k,stride,tile_w,dtype", [(3, 2, 7, torch.float32), (5, 2, 6, torch.float16),
+                                                  (3, 1, 14, torch.bfloat16), (5, 1, 5, torch.float32)], ids=str)
+def test_halo_rows_with_a_power_of_two_pitch(k, stride, tile_w, dtype, monkeypatch):
+    """Halo rows 15 wide in a pitch of 16 (their 16th pixel a zero no tap reads), 16 wide in 16,
+    and 9 wide in 9 (16 would waste too much), inside a NaN-filled scratch with fences."""
+    monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k_, s, dt: (2, tile_w, 16, 16))
+    monkeypatch.setattr(module, "halo_chunks", lambda halo: module.split_halo(halo, 32))
+    monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 3))
+    halo_w = (tile_w - 1) * stride + k
+    assert module.halo_pitch(halo_w) == {15: 16, 16: 16, 9: 9}[halo_w]
+    scratch = FencedScratch()
+    monkeypatch.setattr(module, "alloc_scratch", scratch)
+    W = tile_w * stride + 3  # two tiles across, the second partly past the map
+    x, params = make(2, 12, 20, 5, W, k, dtype)
+    check(x, params, conv_padding(5, W, k, stride, "same"), stride)
+    scratch.assert_fences_untouched()
+    halo_h = (2 - 1) * stride + k
+    assert scratch.shapes[0][2:] == (halo_h * module.halo_pitch(halo_w), 16)
 
 
 def test_partial_sums_are_bitwise_repeatable(gpu_like):
