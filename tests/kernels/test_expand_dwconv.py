@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fastmbconv.geometry import conv_padding
+from fastmbconv.kernels import _expand_dw_tiles as tiles
 from fastmbconv.kernels import expand_dwconv as module
 from fastmbconv.kernels._launch import count_launches
 from fastmbconv.kernels.dwconv_bn_act import taps_diag
@@ -45,7 +46,7 @@ def gpu_like(monkeypatch):
     """3x5-pixel tiles (15 pixels in 16 slots), 16-channel blocks, the halo in 32-pixel products
     and a 16-pixel tail (split_halo with 32) and 3 programs."""
     monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dtype: (3, 5, 16, 16))
-    monkeypatch.setattr(module, "halo_chunks", lambda halo: module.split_halo(halo, 32))
+    monkeypatch.setattr(module, "halo_chunks", lambda halo: tiles.split_halo(halo, 32))
     monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 3))
 
 
@@ -64,8 +65,8 @@ def check(x, params, padding, stride, **kw):
     H_out, W_out = out.shape[-2:]
     tile_h, tile_w, _, _ = module.blocks_for(H_out, W_out, x.shape[1], params[0].shape[0], round(
         params[2].shape[0] ** 0.5), stride, x.dtype)
-    tiles = -(-H_out // tile_h) * -(-W_out // tile_w)
-    assert partials.dtype == torch.float32 and partials.shape == (x.shape[0], tiles, params[0].shape[0])
+    n_tiles = -(-H_out // tile_h) * -(-W_out // tile_w)
+    assert partials.dtype == torch.float32 and partials.shape == (x.shape[0], n_tiles, params[0].shape[0])
     assert_close_to_ref(partials.sum(1), ref_pool, what="pool sums")
     assert out.dtype == x.dtype
     assert_close_to_ref(out, ref, lowp, what="expand_dwconv output")
@@ -223,10 +224,10 @@ def test_halo_rows_with_a_power_of_two_pitch(k, stride, tile_w, dtype, monkeypat
     """Halo rows 15 wide in a pitch of 16 (their 16th pixel a zero no tap reads), 16 wide in 16,
     and 9 wide in 9 (16 would waste too much), inside a NaN-filled scratch with fences."""
     monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k_, s, dt: (2, tile_w, 16, 16))
-    monkeypatch.setattr(module, "halo_chunks", lambda halo: module.split_halo(halo, 32))
+    monkeypatch.setattr(module, "halo_chunks", lambda halo: tiles.split_halo(halo, 32))
     monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 3))
     halo_w = (tile_w - 1) * stride + k
-    assert module.halo_pitch(halo_w) == {15: 16, 16: 16, 9: 9}[halo_w]
+    assert tiles.halo_pitch(halo_w) == {15: 16, 16: 16, 9: 9}[halo_w]
     scratch = FencedScratch()
     monkeypatch.setattr(module, "alloc_scratch", scratch)
     W = tile_w * stride + 3  # two tiles across, the second partly past the map
@@ -234,7 +235,7 @@ def test_halo_rows_with_a_power_of_two_pitch(k, stride, tile_w, dtype, monkeypat
     check(x, params, conv_padding(5, W, k, stride, "same"), stride)
     scratch.assert_fences_untouched()
     halo_h = (2 - 1) * stride + k
-    assert scratch.shapes[0][2:] == (halo_h * module.halo_pitch(halo_w), 16)
+    assert scratch.shapes[0][2:] == (halo_h * tiles.halo_pitch(halo_w), 16)
 
 
 def test_partial_sums_are_bitwise_repeatable(gpu_like):
@@ -257,18 +258,18 @@ def test_channel_block_choice(monkeypatch):
     quarter idle (B0's 96) or where wider tiles pay more (B0's 144 at 56x56: 8x14 tiles of 112
     pixels); 32 where 64 spills: fp32, 5x5 kernels, 64-channel expand steps. 64-channel items
     have at most 64 pixel slots (128 spill)."""
-    monkeypatch.setattr(module, "interpreting", lambda: False)
+    monkeypatch.setattr(tiles, "interpreting", lambda: False)
     HALF = torch.float16
-    assert module.blocks_for(56, 56, 24, 96, 3, 1, HALF)[2] == 32
-    assert module.blocks_for(56, 56, 24, 144, 3, 1, HALF) == (8, 14, 32, 32)
-    assert module.blocks_for(14, 14, 40, 240, 3, 2, HALF) == (7, 7, 64, 32)
-    assert module.blocks_for(28, 28, 40, 240, 3, 2, HALF)[2] == 64
-    assert module.blocks_for(14, 14, 112, 672, 5, 1, HALF)[2] == 32
-    assert module.blocks_for(15, 15, 64, 384, 3, 2, HALF)[2] == 32
-    assert module.blocks_for(56, 56, 24, 144, 3, 1, torch.float32)[2] == 32
+    assert tiles.blocks_for(56, 56, 24, 96, 3, 1, HALF)[2] == 32
+    assert tiles.blocks_for(56, 56, 24, 144, 3, 1, HALF) == (8, 14, 32, 32)
+    assert tiles.blocks_for(14, 14, 40, 240, 3, 2, HALF) == (7, 7, 64, 32)
+    assert tiles.blocks_for(28, 28, 40, 240, 3, 2, HALF)[2] == 64
+    assert tiles.blocks_for(14, 14, 112, 672, 5, 1, HALF)[2] == 32
+    assert tiles.blocks_for(15, 15, 64, 384, 3, 2, HALF)[2] == 32
+    assert tiles.blocks_for(56, 56, 24, 144, 3, 1, torch.float32)[2] == 32
     for h, c_in, c in [(56, 24, 144), (17, 88, 528), (19, 96, 576), (14, 80, 480), (33, 48, 288)]:
-        th, tw, bc, _ = module.blocks_for(h, h, c_in, c, 3, 1, HALF)
-        assert bc == 32 or module.pixel_slots(th, tw) <= 64, (h, th, tw)
+        th, tw, bc, _ = tiles.blocks_for(h, h, c_in, c, 3, 1, HALF)
+        assert bc == 32 or tiles.pixel_slots(th, tw) <= 64, (h, th, tw)
 
 
 def test_gpu_like_tiling_with_64_channel_blocks(monkeypatch):
@@ -276,9 +277,9 @@ def test_gpu_like_tiling_with_64_channel_blocks(monkeypatch):
     (20 pixels in 32 slots) whose 42-pixel halo is a 32- and a 16-pixel product and no whole
     one (split_halo with 64), 2 programs."""
     monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dtype: (5, 4, 64, 16))
-    monkeypatch.setattr(module, "halo_chunks", lambda halo: module.split_halo(halo, 64))
+    monkeypatch.setattr(module, "halo_chunks", lambda halo: tiles.split_halo(halo, 64))
     monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 2))
-    assert module.split_halo(7 * 6) == (64, 0, 32, 16)
+    assert tiles.split_halo(7 * 6) == (64, 0, 32, 16)
     x, params = make(2, 12, 100, 7, 9, 3, torch.float16)
     check(x, params, conv_padding(7, 9, 3, 1, "same"), 1)
 
@@ -287,27 +288,27 @@ def test_tile_choice():
     """Tiles fit the slot and halo caps and the map; they divide B0's 56x56, 28x28, 14x14 and
     7x7 maps (no pixels past the edge), and a map smaller than a tile is one tile."""
     for (h, w, k, s) in [(56, 56, 3, 1), (28, 28, 5, 2), (7, 7, 5, 1), (14, 14, 3, 2), (300, 300, 5, 1)]:
-        th, tw = module.tile_for(h, w, k, s)
-        assert th <= h and tw <= w and module.pixel_slots(th, tw) <= (128 if k == 3 else 64)
+        th, tw = tiles.tile_for(h, w, k, s)
+        assert th <= h and tw <= w and tiles.pixel_slots(th, tw) <= (128 if k == 3 else 64)
         assert ((th - 1) * s + k) * ((tw - 1) * s + k) <= (320 if k == 3 else 256)
     for (h, k, s) in [(56, 3, 1), (28, 5, 1), (14, 3, 2), (14, 5, 1), (7, 5, 1)]:
-        th, tw = module.tile_for(h, h, k, s)
+        th, tw = tiles.tile_for(h, h, k, s)
         assert h % th == 0 and h % tw == 0, (h, k, s, th, tw)
-    assert module.tile_for(7, 7, 3, 1) == (7, 7)
-    assert module.tile_for(1, 13, 5, 2) == (1, 13)
+    assert tiles.tile_for(7, 7, 3, 1) == (7, 7)
+    assert tiles.tile_for(1, 13, 5, 2) == (1, 13)
 
 
 @pytest.mark.parametrize("halo", [1, 16, 17, 25, 42, 64, 81, 100, 117, 225, 320])
 def test_halo_products_cover_it_with_the_fewest_pixels(halo):
-    chunk, main, a, b = module.split_halo(halo)
+    chunk, main, a, b = tiles.split_halo(halo)
     covered = main * chunk + a + b
-    assert covered >= halo and chunk == module.CHUNK
+    assert covered >= halo and chunk == tiles.CHUNK
     assert a in (0, chunk // 2) and b in (0, chunk // 4)
     # no cover with fewer pixels from whole chunks plus at most one of each tail
     best = min(m * chunk + x + y for m in range(halo // chunk + 2) for x in (0, chunk // 2) for y in (0, chunk // 4)
                if m * chunk + x + y >= halo)
     assert covered == best
-    assert module.split_halo(100) == (64, 1, 32, 16) and module.split_halo(128) == (64, 2, 0, 0)
+    assert tiles.split_halo(100) == (64, 1, 32, 16) and tiles.split_halo(128) == (64, 2, 0, 0)
 
 
 @pytest.mark.parametrize("k,stride,dtype", [(3, 1, torch.float32), (5, 2, torch.float32), (5, 1, torch.float16),

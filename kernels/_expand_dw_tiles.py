@@ -1,0 +1,115 @@
+"""Work items of :mod:`.expand_dwconv`: the output tile, the channel block, the halo's row pitch
+and its expand products, chosen on the host per layer geometry from a small cost model (the
+kernel report, ``python -m fastmbconv.kernel_report``, measures the real costs)."""
+from __future__ import annotations
+
+import torch
+
+from ._utils import interpreting, next_pow2
+
+# Relative costs per channel, in thread instructions, for choosing a tile (the kernel report
+# measures the real ones): an expanded halo element (SiLU, mask, scratch store), a depthwise tap
+# (a quarter of a 4-wide load and an FMA), an output slot's epilogue, a work item's set-up, and
+# what a halo pixel adds where the slot's row pitch is not a power of two (a division).
+_HALO_COST, _TAP_COST, _OUT_COST, _ITEM_COST, _DIV_COST = 8.0, 1.25, 10.0, 600.0, 1.0
+CHUNK = 64  # halo pixels per expand product (a warpgroup's wgmma M)
+_ITEM_CHANNELS = 24  # a work item's fixed cost, in channels' worth of its per-channel work
+
+
+def pixel_slots(tile_h: int, tile_w: int) -> int:
+    """The flat output tile's length: the tile's pixels rounded up to a power of two (at least 16)."""
+    return max(16, next_pow2(tile_h * tile_w))
+
+
+def halo_pitch(halo_w: int) -> int:
+    """Slot pixels per halo row: the next power of two where that wastes at most an eighth of
+    the row (a halo pixel's row and column are then a shift and a mask, where a division by an
+    odd width costs ~6 integer instructions per pixel and layout: 15 -> 16, 31 -> 32), else the
+    width itself (11 stays 11: 16 would expand 45% more pixels). Pixels past the width are
+    zeros that no tap reads."""
+    pow2 = next_pow2(halo_w)
+    return pow2 if pow2 * 8 <= halo_w * 9 else halo_w
+
+
+def split_halo(halo: int, chunk: int = CHUNK) -> tuple[int, int, int, int]:
+    """(chunk, main_chunks, tail_a, tail_b): the halo's expand products, ``main_chunks`` of
+    ``chunk`` pixels then at most one of ``chunk // 2`` (``tail_a``) and one of ``chunk // 4``
+    (``tail_b``), each at least 16 (an MMA's M), covering the halo with the fewest pixels past
+    it (100 pixels: 64 + 32 + 16, not 2 x 64)."""
+    main, rest = divmod(halo, chunk)
+    if rest == 0:
+        return chunk, main, 0, 0
+    options = [(chunk, 0, 0)]  # one more whole chunk
+    for a in (chunk // 2, 0):
+        for b in (chunk // 4, 0):
+            if a + b >= rest and (a == 0 or a >= 16) and (b == 0 or b >= 16):
+                options.append((0, a, b))
+    whole, a, b = min(options, key=lambda o: (sum(o), (o[1] > 0) + (o[2] > 0)))
+    return chunk, main + (whole > 0), a, b
+
+
+def halo_chunks(halo: int) -> tuple[int, int, int, int]:
+    """:func:`split_halo` of :data:`CHUNK` on a GPU; the whole halo as one product under the
+    interpreter (~30 ms per program: few, large blocks)."""
+    return (max(16, next_pow2(halo)), 1, 0, 0) if interpreting() else split_halo(halo)
+
+
+def _tile_search(H_out: int, W_out: int, kernel: int, stride: int, wide_block: bool) -> tuple[float, tuple[int, int]]:
+    """(cost per channel, (tile_h, tile_w)) of the cheapest tile, see :func:`tile_for`."""
+    max_slots = 128 if kernel == 3 else 64
+    min_slots = 32 if H_out * W_out >= 32 else 16
+    best = None
+    for th in range(1, min(H_out, 16) + 1):  # taller tiles (B1's 20x6 at 60x60) reserve a stack frame on sm_90
+        for tw in range(1, min(W_out, 32) + 1):
+            slots = pixel_slots(th, tw)
+            if not min_slots <= slots <= max_slots:
+                continue
+            if wide_block and slots > 64:
+                continue  # 64-channel items of 128 slots spill on sm_90 (B0's 14x14 and 56x56 maps)
+            pitch = halo_pitch((tw - 1) * stride + kernel)
+            halo = ((th - 1) * stride + kernel) * pitch
+            if halo > (256 if kernel == 5 else 320):  # registers, and the slot size
+                continue
+            chunk, main, a, b = split_halo(halo)
+            tiles = -(-H_out // th) * -(-W_out // tw)
+            halo_cost = _HALO_COST + (_DIV_COST if pitch & (pitch - 1) else 0.0)
+            cost = tiles * ((main * chunk + a + b) * halo_cost + slots * (kernel * kernel * _TAP_COST + _OUT_COST)
+                            + _ITEM_COST)
+            key = (cost, -tw, -th)  # ties: wider (contiguous rows), then taller
+            if best is None or key < best[0]:
+                best = (key, (th, tw))
+    return (best[0][0], best[1]) if best else (0.0, (min(H_out, 4), min(W_out, 4)))
+
+
+def tile_for(H_out: int, W_out: int, kernel: int, stride: int, wide_block: bool = False) -> tuple[int, int]:
+    """The output tile (any height and width) that costs the least over the map: big tiles
+    share their halo rows and columns, tiles that divide the map waste no pixels past its
+    edge, and the halo is computed in whole products (:func:`split_halo`) of rows of a
+    power-of-two pitch where that wastes little (:func:`halo_pitch`).
+    At most 16 x 32 pixels, 128 pixel slots for 3x3 kernels and 64 for 5x5 (the 25 taps' loads in
+    flight need the registers), at least 32 where the map has that many, and halos up to 320
+    pixels with their pitch (256 for 5x5).
+    ``wide_block``: for 64-channel items, at most 64 slots (more spill on sm_90)."""
+    return _tile_search(H_out, W_out, kernel, stride, wide_block)[1]
+
+
+def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int,
+               dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(TILE_H, TILE_W, BLOCK_C, BLOCK_K): output pixels and expanded channels per work item,
+    input channels per expand step: 64 only for 3x3 kernels over whole steps of 64, else 32
+    (a partial last step of 64, or the 25 taps' loads beside one, spill on sm_90: B2's 88 and
+    B7's 160 input channels in python -m fastmbconv.kernel_report)."""
+    block_k = min(64 if kernel == 3 and C_in % 64 == 0 else 32, max(16, next_pow2(C_in)))
+    if interpreting():  # ~30 ms per program: few, large items
+        return H_out, W_out, max(16, min(next_pow2(C), 128)), max(16, min(next_pow2(C_in), 128))
+    # 64 expanded channels per item halve the per-item work per output (set-up, the SE sums'
+    # reduction) where few channels are masked off. Only for fp16/bf16 3x3 kernels with 32-channel
+    # expand steps: fp32, 5x5 taps and 64-channel steps (B5's 64 -> 384) spill at 64 on sm_90.
+    # The tile and the channel block are chosen together (a 64-channel item narrows the tiles).
+    options = [32]
+    if dtype != torch.float32 and kernel == 3 and block_k == 32:
+        options.append(64)
+    cost, tile, block_c = min((_tile_search(H_out, W_out, kernel, stride, bc == 64)[0] * -(-C // bc)
+                               * (bc + _ITEM_CHANNELS),
+                               _tile_search(H_out, W_out, kernel, stride, bc == 64)[1], bc) for bc in options)
+    return tile[0], tile[1], block_c, block_k
