@@ -65,15 +65,50 @@ OP = "expand_dwconv"
 
 
 @triton.jit
+def _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, KW: tl.constexpr, WITH_BIAS: tl.constexpr,
+                 NB: tl.constexpr, C_IN: tl.constexpr, SXC: tl.constexpr, INT64: tl.constexpr,
+                 DOT_FP32: tl.constexpr):
+    """One K step of a halo product: input channels ``k0 .. k0 + KW`` and, ``WITH_BIAS``, the
+    bias columns after the last one (see :func:`_expand_chunk`)."""
+    ks = k0 + tl.arange(0, KW)
+    k_ok = ks < C_IN
+    if INT64:
+        k_off = ks.to(tl.int64) * SXC
+    else:
+        k_off = ks * SXC
+    a = tl.load(rows[:, None] + k_off[None, :], mask=in_img[:, None] & k_ok[None, :], other=0.0)
+    b = tl.load(we_ptr + offs_c[None, :] * C_IN + ks[:, None], mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+    if WITH_BIAS:
+        is_bias = (ks >= C_IN) & (ks < C_IN + NB)
+        a = tl.where(in_img[:, None] & is_bias[None, :], 1.0, a).to(a.dtype)
+        if NB == 1:  # fp32 weights
+            b = tl.where((ks == C_IN)[:, None], bias[None, :], b)
+        else:
+            hi = bias.to(b.dtype)
+            lo = (bias - hi.to(tl.float32)).to(b.dtype)
+            b = tl.where((ks == C_IN)[:, None], hi[None, :], tl.where((ks == C_IN + 1)[:, None], lo[None, :], b))
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
 def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh, h0,
                   CH: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr, HALO_PITCH: tl.constexpr,
                   C_IN: tl.constexpr,
                   SXC: tl.constexpr, SXW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-                  INT64: tl.constexpr, DOT_FP32: tl.constexpr, FAST_MATH: tl.constexpr, ROUND_BF16: tl.constexpr):
-    """Halo pixels ``h0 .. h0 + CH`` of one item: the expand conv (bias folded into the
-    accumulator), SiLU'd and zero outside the image, into the slot: fp32 for the FMA taps (no
-    conversions, never rounded), else in the activations' fp16/bf16 for the tensor-core taps
-    (rounded as the separate path stores the expanded tensor)."""
+                  INT64: tl.constexpr, DOT_FP32: tl.constexpr, FAST_MATH: tl.constexpr, ROUND_BF16: tl.constexpr,
+                  NB: tl.constexpr):
+    """Halo pixels ``h0 .. h0 + CH`` of one item: the expand conv, SiLU'd and zero outside the
+    image, into the slot: fp32 for the FMA taps (no conversions, never rounded), else in the
+    activations' fp16/bf16 for the tensor-core taps (rounded as the separate path stores the
+    expanded tensor).
+
+    The bias is part of the product: past the input's C_IN channels, A holds 1 for pixels in
+    the image (0 outside) and B the bias: ``NB`` columns, one for fp32 weights, else a high and
+    a low part in the weights' fp16/bf16 (together exact to ~2^-22 of the bias). A pixel
+    outside the image then sums to exactly 0, whose SiLU is 0, so the epilogue needs no mask
+    and no per-pixel index math of its own."""
     hp = h0 + tl.arange(0, CH)
     hc = hp % HALO_PITCH  # with a power-of-two pitch a mask and a shift, no division
     ih = ih0 + hp // HALO_PITCH
@@ -87,21 +122,16 @@ def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_i
         rows = x_img + ih.to(tl.int64) * sxh + iw.to(tl.int64) * SXW
     else:
         rows = x_img + ih * sxh + iw * SXW
-    acc = tl.zeros((CH, BLOCK_C), dtype=tl.float32) + bias[None, :]
+    acc = tl.zeros((CH, BLOCK_C), dtype=tl.float32)
+    LAST: tl.constexpr = (C_IN - 1) // BLOCK_K * BLOCK_K  # the last step's first channel
+    ROOM: tl.constexpr = C_IN - LAST + NB <= BLOCK_K  # the bias fits in the last step
     for k0 in tl.static_range(0, C_IN, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < C_IN
-        if INT64:
-            k_off = ks.to(tl.int64) * SXC
-        else:
-            k_off = ks * SXC
-        a = tl.load(rows[:, None] + k_off[None, :], mask=in_img[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(we_ptr + offs_c[None, :] * C_IN + ks[:, None], mask=k_ok[:, None] & c_ok[None, :], other=0.0)
-        if DOT_FP32:
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
-    e = tl.where(in_img[:, None], activation(acc, 1, FAST_MATH), 0.0)
+        acc = _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, BLOCK_K, ROOM and k0 == LAST, NB, C_IN,
+                           SXC, INT64, DOT_FP32)
+    if not ROOM:  # a 16-channel step of its own
+        acc = _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, C_IN, 16, True, NB, C_IN, SXC, INT64,
+                           DOT_FP32)
+    e = activation(acc, 1, FAST_MATH)
     dst = slot + hp[:, None] * BLOCK_C + offs_l[None, :]
     if ROUND_BF16:
         e = round_to_bf16(e)
@@ -123,7 +153,7 @@ def _expand_dwconv_kernel(
     HALO_PITCH: tl.constexpr, HALO: tl.constexpr,
     CHUNK: tl.constexpr, MAIN_CHUNKS: tl.constexpr, TAIL_A: tl.constexpr, TAIL_B: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, WD_STRIDE: tl.constexpr, WD_EVEN: tl.constexpr,
-    MMA: tl.constexpr, ROUND_BF16: tl.constexpr,
+    MMA: tl.constexpr, ROUND_BF16: tl.constexpr, BIAS_COLS: tl.constexpr,
 ):
     # The taps' tile is (G, P, CB): G groups of CB channels by P = PIXELS slots. With MMA
     # (fp16/bf16), CB = 16 and each tap is a batched (P, 16) @ (16, 16) dot of the slot's
@@ -171,15 +201,16 @@ def _expand_dwconv_kernel(
         # expand: the halo in chunks of CHUNK pixels, then up to two smaller ones for the rest
         for h0 in tl.static_range(0, MAIN_CHUNKS * CHUNK, CHUNK):
             _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh, h0, CHUNK,
-                          HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, FAST_MATH, ROUND_BF16)
+                          HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, FAST_MATH,
+                          ROUND_BF16, BIAS_COLS)
         if TAIL_A > 0:
             _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh,
-                          MAIN_CHUNKS * CHUNK, TAIL_A, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64,
-                          DOT_FP32, FAST_MATH, ROUND_BF16)
+                          MAIN_CHUNKS * CHUNK, TAIL_A, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K,
+                          INT64, DOT_FP32, FAST_MATH, ROUND_BF16, BIAS_COLS)
         if TAIL_B > 0:
             _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh,
-                          MAIN_CHUNKS * CHUNK + TAIL_A, TAIL_B, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K,
-                          INT64, DOT_FP32, FAST_MATH, ROUND_BF16)
+                          MAIN_CHUNKS * CHUNK + TAIL_A, TAIL_B, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C,
+                          BLOCK_K, INT64, DOT_FP32, FAST_MATH, ROUND_BF16, BIAS_COLS)
         tl.debug_barrier()  # the whole halo is in the slot before any tap reads it
 
         # depthwise from the slot: no bounds to check, the halo holds the padding. Taps rows
@@ -319,7 +350,8 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         HALO=halo_h * pitch,
         CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,
         WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, MMA=mma,
-        ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, num_warps=4,
+        ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, BIAS_COLS=1 if x.dtype == torch.float32 else 2,
+        num_warps=4,
     ), on=x)
     return out, partials
 
