@@ -81,12 +81,9 @@ def _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, KW: tl.const
     if WITH_BIAS:
         is_bias = (ks >= C_IN) & (ks < C_IN + NB)
         a = tl.where(in_img[:, None] & is_bias[None, :], 1.0, a).to(a.dtype)
-        if NB == 1:  # fp32 weights
-            b = tl.where((ks == C_IN)[:, None], bias[None, :], b)
-        else:
-            hi = bias.to(b.dtype)
-            lo = (bias - hi.to(tl.float32)).to(b.dtype)
-            b = tl.where((ks == C_IN)[:, None], hi[None, :], tl.where((ks == C_IN + 1)[:, None], lo[None, :], b))
+        hi = bias.to(b.dtype)
+        lo = (bias - hi.to(tl.float32)).to(b.dtype)
+        b = tl.where((ks == C_IN)[:, None], hi[None, :], tl.where((ks == C_IN + 1)[:, None], lo[None, :], b))
     if DOT_FP32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     return tl.dot(a, b, acc)
@@ -104,11 +101,13 @@ def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_i
     activations' fp16/bf16 for the tensor-core taps (rounded as the separate path stores the
     expanded tensor).
 
-    The bias is part of the product: past the input's C_IN channels, A holds 1 for pixels in
-    the image (0 outside) and B the bias: ``NB`` columns, one for fp32 weights, else a high and
-    a low part in the weights' fp16/bf16 (together exact to ~2^-22 of the bias). A pixel
-    outside the image then sums to exactly 0, whose SiLU is 0, so the epilogue needs no mask
-    and no per-pixel index math of its own."""
+    With tensor-core products (``NB`` = 2) the bias is part of the product: past the input's
+    C_IN channels, A holds 1 for pixels in the image (0 outside) and B the bias as a high and a
+    low part in the weights' fp16/bf16 (together exact to ~2^-22 of the bias). A pixel outside
+    the image then sums to exactly 0, whose SiLU is 0, so the epilogue needs no mask and no
+    per-pixel index math of its own. The fp32 product (``NB`` = 0) runs as FMAs, where a column
+    costs as much as an input channel: there the bias starts the accumulator and the epilogue
+    masks."""
     hp = h0 + tl.arange(0, CH)
     hc = hp % HALO_PITCH  # with a power-of-two pitch a mask and a shift, no division
     ih = ih0 + hp // HALO_PITCH
@@ -122,16 +121,21 @@ def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_i
         rows = x_img + ih.to(tl.int64) * sxh + iw.to(tl.int64) * SXW
     else:
         rows = x_img + ih * sxh + iw * SXW
-    acc = tl.zeros((CH, BLOCK_C), dtype=tl.float32)
+    if NB == 0:
+        acc = tl.zeros((CH, BLOCK_C), dtype=tl.float32) + bias[None, :]
+    else:
+        acc = tl.zeros((CH, BLOCK_C), dtype=tl.float32)
     LAST: tl.constexpr = (C_IN - 1) // BLOCK_K * BLOCK_K  # the last step's first channel
-    ROOM: tl.constexpr = C_IN - LAST + NB <= BLOCK_K  # the bias fits in the last step
+    ROOM: tl.constexpr = C_IN - LAST + NB <= BLOCK_K  # the bias columns fit in the last step
     for k0 in tl.static_range(0, C_IN, BLOCK_K):
-        acc = _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, BLOCK_K, ROOM and k0 == LAST, NB, C_IN,
-                           SXC, INT64, DOT_FP32)
+        acc = _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, BLOCK_K,
+                           NB > 0 and ROOM and k0 == LAST, NB, C_IN, SXC, INT64, DOT_FP32)
     if not ROOM:  # a 16-channel step of its own
         acc = _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, C_IN, 16, True, NB, C_IN, SXC, INT64,
                            DOT_FP32)
     e = activation(acc, 1, FAST_MATH)
+    if NB == 0:
+        e = tl.where(in_img[:, None], e, 0.0)
     dst = slot + hp[:, None] * BLOCK_C + offs_l[None, :]
     if ROUND_BF16:
         e = round_to_bf16(e)
@@ -350,7 +354,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         HALO=halo_h * pitch,
         CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,
         WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, MMA=mma,
-        ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, BIAS_COLS=1 if x.dtype == torch.float32 else 2,
+        ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, BIAS_COLS=0 if x.dtype == torch.float32 else 2,
         num_warps=4,
     ), on=x)
     return out, partials

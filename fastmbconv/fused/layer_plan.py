@@ -54,18 +54,18 @@ def table_choice(entry: dict) -> Optional[str]:
 
 def _rule(layer: LayerShape, dtype: torch.dtype) -> str:
     """Without a table entry, the table's finding for B0 (by the input map's side). fp16/bf16
-    (both ways run tensor-core taps; the fused kernel's halo recompute decides): fuse 3x3 blocks
-    on maps of 14 and up, 5x5 stride-2 blocks on maps of 56 and up, and 5x5 stride-1 blocks on
-    maps from 14 up to 28 (B0's 480- and 672-channel blocks; at 28 the separate path's 240
-    channels win, at 7 the halo's share); keep the rest separate. fp32 (FMA taps both ways;
-    the expanded tensor's bytes decide): fuse 3x3 blocks on maps of 28 and up and 5x5 stride-2
-    blocks on maps of 56 and up."""
+    (both ways run tensor-core taps; the fused kernel's halo recompute decides): fuse 3x3 and
+    5x5 stride-2 blocks on maps of 14 and up, and 5x5 stride-1 blocks on maps from 14 up to 28
+    (B0's 480- and 672-channel blocks; at 28 the separate path's 240 channels win, at 7 the
+    halo's share); keep the rest separate. fp32 (FMA taps both ways; the expanded tensor's
+    bytes decide): fuse 3x3 blocks on maps of 28 and up and 5x5 stride-2 blocks on maps of 56
+    and up."""
     side = min(layer.height, layer.width)
     k, s = layer.kernel, layer.stride
     if dtype == torch.float32:
         fused = (k == 3 and side >= 28) or (k == 5 and s == 2 and side >= 56)
     else:
-        fused = (k == 3 and side >= 14) or (k == 5 and (side >= 56 if s == 2 else 14 <= side < 28))
+        fused = side >= 14 and (k == 3 or s == 2 or side < 28)
     return "fused" if fused else "separate"
 
 

@@ -102,11 +102,11 @@ def test_env_var_forces_either_way_and_rejects_typos(monkeypatch):
         layer_plan.explain(layers[1], torch.float16)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 def test_committed_table_is_consistent_and_covers_b0(dtype):
     """Every entry's choice is its faster way; every B0 224px block with an expand conv has an
-    entry in fp16 and fp32; the rule agrees with the table on B0 (it stands in for geometries
-    without one)."""
+    entry in fp16, bf16 and fp32; the rule agrees with the table on B0 (it stands in for
+    geometries without one)."""
     raw = json.loads(layer_plan.TABLE.read_text())
     for key, entry in raw["entries"].items():
         assert entry["choice"] == layer_plan.table_choice({"modelled_us": entry["modelled_us"]}), key

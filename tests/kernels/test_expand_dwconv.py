@@ -247,9 +247,9 @@ def test_halo_rows_with_a_power_of_two_pitch(k, stride, tile_w, dtype, monkeypat
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("C_in", [12, 14, 15, 16, 17])
 def test_bias_columns_in_and_after_the_last_input_step(gpu_like, C_in, dtype):
-    """With 16-channel steps the bias columns (1 for fp32, 2 for fp16/bf16) share the last step
-    (12, 14 channels, and 15 in fp32) or take a step of their own (15 in fp16/bf16, 16, and 17
-    whose last step holds one channel)."""
+    """With 16-channel steps the fp16/bf16 bias columns (a high and a low part) share the last
+    step (12 and 14 channels) or take a step of their own (15, 16, and 17 whose last step holds
+    one channel); fp32 starts the accumulator at the bias and masks the halo after its SiLU."""
     x, params = make(2, C_in, 20, 7, 9, 3, dtype)
     check(x, params, conv_padding(7, 9, 3, 2, "same"), 2)
 
