@@ -38,6 +38,17 @@ def activation(y, ACT: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
+def group_channels(G: tl.constexpr, CB: tl.constexpr):
+    """Offsets 0 .. G * CB of a channel block split in G groups of CB: as (G, 1, CB) (tap and
+    epilogue tiles), (G, CB, 1) (rows of diagonal weight blocks) and (G, CB) (per-tile sums).
+    Built by broadcasting, not ``tl.reshape``: through a reshape triton 3.6 loses that a group's
+    CB channels are contiguous, and its loads and stores of them become scalar."""
+    g = tl.arange(0, G) * CB
+    c = tl.arange(0, CB)
+    return g[:, None, None] + c[None, None, :], g[:, None, None] + c[None, :, None], g[:, None] + c[None, :]
+
+
+@triton.jit
 def round_to_bf16(x):
     """fp32 ``x`` rounded to the nearest bf16 (ties to even), still as fp32; NaN stays NaN. For
     the interpreter, whose fp32 -> bf16 store truncates where a GPU rounds: rounded first, the

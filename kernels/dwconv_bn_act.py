@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from ._launch import call_op, launch, select_kernel
-from ._math import activation, image_extent
+from ._math import activation, group_channels, image_extent
 from ._utils import (
     ACT_CODES,
     activation_ref,
@@ -78,7 +78,8 @@ def _dwconv_bn_act_kernel(
     p = tl.arange(0, P)
     oh = (tile // tiles_w) * TILE_H + p // TILE_W
     ow = (tile % tiles_w) * TILE_W + p % TILE_W
-    offs_c = tl.program_id(1) * BLOCK_C + tl.reshape(tl.arange(0, BLOCK_C), (G, 1, CB))
+    offs_g, rows_g, sums_g = group_channels(G, CB)
+    offs_c = tl.program_id(1) * BLOCK_C + offs_g
     c_ok = offs_c < C
 
     h_img, w_img, top, left = image_extent(valid_ptr, padtl_ptr, n, H, W, pad_top, pad_left, RAGGED)
@@ -103,9 +104,9 @@ def _dwconv_bn_act_kernel(
     # The weight loads keep their channel mask even where every channel is real: unmasked, ptxas
     # spills a register of the 4x16-pixel 3x3 tensor-core kernel (B1's 480 channels at 15x15)
     if MMA:  # (k*k, C, 16) diagonal blocks: tap t's (16, 16) block of group g is contiguous
-        ch_k = tl.program_id(1) * BLOCK_C + tl.reshape(tl.arange(0, BLOCK_C), (G, CB, 1))
+        ch_k = tl.program_id(1) * BLOCK_C + rows_g
         w_ok = ch_k < C
-        w_tap0 = w_ptr + ch_k * 16 + tl.reshape(tl.arange(0, CB), (1, 1, CB))
+        w_tap0 = w_ptr + ch_k * 16 + tl.arange(0, CB)[None, None, :]
     else:  # (k*k, C)
         w_ok = c_ok
         w_tap0 = w_ptr + offs_c
@@ -142,8 +143,8 @@ def _dwconv_bn_act_kernel(
 
     if WITH_POOL:  # this tile's sums per channel: the SE gate kernel adds the tiles up
         part = tl.sum(tl.where(in_map, y, 0.0), axis=1)
-        tl.store(part_ptr + pid.to(tl.int64) * C + tl.reshape(offs_c, (G, CB)), part,
-                 mask=tl.reshape(c_ok, (G, CB)))
+        sum_c = tl.program_id(1) * BLOCK_C + sums_g
+        tl.store(part_ptr + pid.to(tl.int64) * C + sum_c, part, mask=sum_c < C)
 
 
 # GPU configs to try, (BLOCK_C channels, warps); the tile shape is chosen per map beforehand,

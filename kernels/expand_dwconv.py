@@ -46,7 +46,7 @@ import triton.language as tl
 
 from ._expand_dw_tiles import blocks_for, halo_chunks, halo_pitch, pixel_slots
 from ._launch import call_op, launch
-from ._math import activation, image_extent, round_to_bf16
+from ._math import activation, group_channels, image_extent, round_to_bf16
 from ._utils import (
     ACT_CODES,
     activation_ref,
@@ -90,7 +90,8 @@ def _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, KW: tl.const
 
 
 @triton.jit
-def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh, h0,
+def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH: tl.constexpr,
+                  h0,
                   CH: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr, HALO_PITCH: tl.constexpr,
                   C_IN: tl.constexpr,
                   SXC: tl.constexpr, SXW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -103,11 +104,11 @@ def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_i
 
     With tensor-core products (``NB`` = 2) the bias is part of the product: past the input's
     C_IN channels, A holds 1 for pixels in the image (0 outside) and B the bias as a high and a
-    low part in the weights' fp16/bf16 (together exact to ~2^-22 of the bias). A pixel outside
-    the image then sums to exactly 0, whose SiLU is 0, so the epilogue needs no mask and no
-    per-pixel index math of its own. The fp32 product (``NB`` = 0) runs as FMAs, where a column
-    costs as much as an input channel: there the bias starts the accumulator and the epilogue
-    masks."""
+    low part in the weights' fp16/bf16 (together within about 2^-21 of the bias in fp16, 2^-16
+    in bf16). A pixel outside the image then sums to exactly 0, whose SiLU is 0, so the
+    epilogue needs no mask and no per-pixel index math of its own. The fp32 product (``NB`` =
+    0) runs as FMAs, where a column costs as much as an input channel: there the bias starts the
+    accumulator and the epilogue masks."""
     hp = h0 + tl.arange(0, CH)
     hc = hp % HALO_PITCH  # with a power-of-two pitch a mask and a shift, no division
     ih = ih0 + hp // HALO_PITCH
@@ -118,9 +119,9 @@ def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_i
     if h0 + CH > HALO:
         in_img = in_img & (hp < HALO)
     if INT64:
-        rows = x_img + ih.to(tl.int64) * sxh + iw.to(tl.int64) * SXW
+        rows = x_img + ih.to(tl.int64) * SXH + iw.to(tl.int64) * SXW
     else:
-        rows = x_img + ih * sxh + iw * SXW
+        rows = x_img + ih * SXH + iw * SXW
     if NB == 0:
         acc = tl.zeros((CH, BLOCK_C), dtype=tl.float32) + bias[None, :]
     else:
@@ -149,8 +150,9 @@ def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_i
 @triton.jit
 def _expand_dwconv_kernel(
     x_ptr, we_ptr, be_ptr, wd_ptr, scale_ptr, shift_ptr, out_ptr, part_ptr, scratch_ptr, valid_ptr, padtl_ptr,
-    C, H, W, H_out, W_out, items, sxn, sxh, son, soh, sow, pad_top, pad_left,
-    C_IN: tl.constexpr, SXC: tl.constexpr, SXW: tl.constexpr, SOC: tl.constexpr, TILES_W: tl.constexpr,
+    C, H, W, H_out, W_out, items, son, soh, sow, pad_top, pad_left,
+    C_IN: tl.constexpr, SXN: tl.constexpr, SXH: tl.constexpr, SXC: tl.constexpr, SXW: tl.constexpr,
+    SOC: tl.constexpr, TILES_W: tl.constexpr,
     TILES: tl.constexpr, C_BLOCKS: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr,
     FAST_MATH: tl.constexpr, RAGGED: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, PIXELS: tl.constexpr, HALO_W: tl.constexpr,
@@ -166,7 +168,7 @@ def _expand_dwconv_kernel(
     G: tl.constexpr = BLOCK_C // CB
     pid = tl.program_id(0)
     offs_l = tl.arange(0, BLOCK_C)
-    offs_g = tl.reshape(offs_l, (G, 1, CB))
+    offs_g, rows_g, sums_g = group_channels(G, CB)
     # the output tile as a flat row of PIXELS slots (TILE_H x TILE_W need not be powers of two:
     # a tile can fit the map); slots past the tile read the tile's last row and are not stored
     p = tl.arange(0, PIXELS)
@@ -177,7 +179,7 @@ def _expand_dwconv_kernel(
     # (immediates in the loads)
     tap0 = (((tl.minimum(pr, TILE_H - 1) * STRIDE) * HALO_PITCH + pc * STRIDE) * BLOCK_C)[None, :, None] + offs_g
     if MMA:  # (k*k, WD_STRIDE, 16): tap t's 16 x 16 diagonal block of group g is contiguous
-        w_off = tl.reshape(offs_l, (G, CB, 1)) * 16 + tl.reshape(tl.arange(0, CB), (1, 1, CB))
+        w_off = rows_g * 16 + tl.arange(0, CB)[None, None, :]
     else:  # (k*k, WD_STRIDE)
         w_off = offs_g
     buf = 0
@@ -199,20 +201,20 @@ def _expand_dwconv_kernel(
         ow0 = (tile % TILES_W) * TILE_W
         ih0 = oh0 * STRIDE - top
         iw0 = ow0 * STRIDE - left
-        x_img = x_ptr + n.to(tl.int64) * sxn
+        x_img = x_ptr + n.to(tl.int64) * SXN
         bias = tl.load(be_ptr + offs_e, mask=e_ok, other=0.0)
 
         # expand: the halo in chunks of CHUNK pixels, then up to two smaller ones for the rest
         for h0 in tl.static_range(0, MAIN_CHUNKS * CHUNK, CHUNK):
-            _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh, h0, CHUNK,
+            _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH, h0, CHUNK,
                           HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, FAST_MATH,
                           ROUND_BF16, BIAS_COLS)
         if TAIL_A > 0:
-            _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh,
+            _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH,
                           MAIN_CHUNKS * CHUNK, TAIL_A, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K,
                           INT64, DOT_FP32, FAST_MATH, ROUND_BF16, BIAS_COLS)
         if TAIL_B > 0:
-            _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, sxh,
+            _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH,
                           MAIN_CHUNKS * CHUNK + TAIL_A, TAIL_B, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C,
                           BLOCK_K, INT64, DOT_FP32, FAST_MATH, ROUND_BF16, BIAS_COLS)
         tl.debug_barrier()  # the whole halo is in the slot before any tap reads it
@@ -220,7 +222,7 @@ def _expand_dwconv_kernel(
         # depthwise from the slot: no bounds to check, the halo holds the padding. Taps rows
         # padded to whole channel blocks (WD_EVEN) load without a mask.
         w_tap0 = wd_ptr + cb * (BLOCK_C * (16 if MMA else 1)) + w_off
-        w_ok = (cb * BLOCK_C + tl.reshape(offs_l, (G, CB, 1)) < C) if MMA else c_ok
+        w_ok = (cb * BLOCK_C + rows_g < C) if MMA else c_ok
         dacc = tl.zeros((G, PIXELS, CB), dtype=tl.float32)
         for ki in tl.static_range(KSIZE):
             for kj in tl.static_range(KSIZE):
@@ -240,9 +242,11 @@ def _expand_dwconv_kernel(
 
         oh = oh0 + pr
         ow = ow0 + pc
+        c_off = offs_c * SOC
         if INT64:
             oh = oh.to(tl.int64)
             ow = ow.to(tl.int64)
+            c_off = offs_c.to(tl.int64) * SOC
         scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
         shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
         y = activation(dacc * scale + shift, ACT, FAST_MATH)
@@ -251,10 +255,11 @@ def _expand_dwconv_kernel(
             h_valid = (h_img + STRIDE - 1) // STRIDE
             w_valid = (w_img + STRIDE - 1) // STRIDE
             y = tl.where(((oh < h_valid) & (ow < w_valid))[None, :, None], y, 0.0)
-        out_off = (oh * soh + ow * sow)[None, :, None] + offs_c * SOC
+        out_off = (oh * soh + ow * sow)[None, :, None] + c_off
         tl.store(out_ptr + n.to(tl.int64) * son + out_off, y.to(out_ptr.dtype.element_ty), mask=in_map)
         part = tl.sum(tl.where(in_map, y, 0.0), axis=1)
-        tl.store(part_ptr + rest.to(tl.int64) * C + tl.reshape(offs_c, (G, CB)), part, mask=tl.reshape(c_ok, (G, CB)))
+        sum_c = cb * BLOCK_C + sums_g
+        tl.store(part_ptr + rest.to(tl.int64) * C + sum_c, part, mask=sum_c < C)
 
 
 def _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act, valid_hw, pad_tl):
@@ -343,10 +348,13 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         x_ptr=x, we_ptr=w_expand.reshape(C, C_in).contiguous(), be_ptr=b_expand.contiguous(), wd_ptr=w_dw,
         scale_ptr=scale.contiguous(), shift_ptr=shift.contiguous(), out_ptr=out, part_ptr=partials, scratch_ptr=scratch,
         valid_ptr=valid_hw.contiguous() if ragged else scale, padtl_ptr=pad_tl.contiguous() if ragged else scale,
-        C=C, H=H, W=W, H_out=H_out, W_out=W_out, items=items, sxn=x.stride(0), sxh=x.stride(2),
+        C=C, H=H, W=W, H_out=H_out, W_out=W_out, items=items,
         son=out.stride(0), soh=out.stride(2), sow=out.stride(3), pad_top=padding[0], pad_left=padding[2],
     ), dict(
-        C_IN=C_in, SXC=x.stride(1), SXW=x.stride(3), SOC=out.stride(1), TILES_W=-(-W_out // tile_w), TILES=tiles,
+        # x's strides as constants: their factors of two are what lets the loads be vectors
+        # (a row of 17 pixels of 344 channels is 8-aligned, which a runtime stride would not say)
+        C_IN=C_in, SXN=x.stride(0), SXH=x.stride(2), SXC=x.stride(1), SXW=x.stride(3), SOC=out.stride(1),
+        TILES_W=-(-W_out // tile_w), TILES=tiles,
         C_BLOCKS=-(-C // block_c), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(),
         RAGGED=ragged,
         INT64=needs_int64(x, out), DOT_FP32=interpreting() or x.dtype == torch.float32,

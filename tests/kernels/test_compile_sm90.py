@@ -62,6 +62,21 @@ SCRIPT = textwrap.dedent(
     failures = [(rec.op, rec.layer, results[key]["error"][:300]) for key, (rec, _) in todo.items()
                 if "error" in results[key]]
     assert not failures, failures
+
+    # expand_dwconv's barrier between an item's halo stores and its taps is also what keeps the
+    # software pipeliner from prefetching a slot (cp.async) before the item that fills it runs
+    import triton
+    from triton.compiler import ASTSource
+    from fastmbconv.kernel_report.specialize import target
+    fused = {}
+    for rec, v in todo.values():
+        if rec.op == "expand_dwconv":
+            fused.setdefault(rec.constexprs["MMA"], v)
+    assert set(fused) == {True, False}, "both taps variants of expand_dwconv should have been recorded"
+    for v in fused.values():
+        k = triton.compile(ASTSource(v.jit, v.signature, v.constexprs, v.attrs), target=target(),
+                           options=v.options.__dict__)
+        assert "async_copy_global_to_local" not in k.asm["ttgir"], "expand_dwconv's item loop was pipelined"
     print("compiled", len(todo))
     """
 )

@@ -8,8 +8,8 @@ puts its images, channels or rows 2^30+ elements apart, so ``index * stride`` pa
 index 2 (each storage is about 4 GiB of address space, of which a few MiB are touched). A kernel computing that product in 32 bits reads a wrapped, wild address: wrong output
 or a segfault, which is why the checks run in a subprocess.
 
-Not covered here: outputs over 2^31 elements (the launcher allocates outputs densely, so that
-needs a really large output; the CUDA tests do it).
+Outputs are allocated densely by the launchers, so an output over 2^31 elements needs a really
+large one (the CUDA tests); the expand_dwconv check below swaps the allocation for a sparse view.
 """
 import os
 import subprocess
@@ -108,6 +108,30 @@ SCRIPT = textwrap.dedent(
         ref = stem_conv_bn_act_ref(dense[:, :3], image_w, image_b, (1, 1, 1, 1), 2, compute_dtype=torch.float64)
         assert_close_to_ref(out, ref, what=f"stem, {name}")
         print("ok", name, flush=True)
+
+    # an expand_dwconv output whose channel planes lie 2^30 apart (NCHW): the kernel allocates
+    # outputs densely, so the allocation is swapped for a sparse view; the offset of channel 2
+    # passes 2^31 only if c * SOC is 64-bit
+    import fastmbconv.kernels.expand_dwconv as expand_dwconv_module
+
+    def sparse_output(like, shape):
+        n, c, h, w = shape
+        strides = (c * FAR, FAR, w, 1)
+        storage = torch.empty(1 + sum((d - 1) * st for d, st in zip(shape, strides)), dtype=like.dtype)
+        return storage.as_strided(shape, strides)
+
+    expand_dwconv_module.empty_like_format = sparse_output
+    x = torch.randn(1, 8, 5, 6, generator=G).half()
+    fused = ((torch.randn(4, 8, generator=G) / 8**0.5).half(), torch.randn(4, generator=G) * 0.1,
+             torch.randn(9, 4, generator=G) * 0.3, torch.rand(4, generator=G) + 0.5, torch.randn(4, generator=G) * 0.1)
+    for taps, rounded in ((fused[2], None), (taps_diag(fused[2], torch.float16), torch.float16)):
+        args = (*fused[:2], taps, *fused[3:])
+        out, partials = expand_dwconv(x, *args, (1, 1, 1, 1), 1)
+        ref, ref_pool = expand_dwconv_ref(x, *args, (1, 1, 1, 1), 1, compute_dtype=torch.float64, expanded_dtype=rounded)
+        lowp = expand_dwconv_ref(x, *args, (1, 1, 1, 1), 1, compute_dtype=torch.float16)[0]
+        assert out.stride(1) == FAR
+        assert_close_to_ref(out, ref, lowp, what=f"expand_dwconv ({taps.ndim}-D taps), output channel stride")
+    print("ok output channel stride", flush=True)
     print("all ok")
     """
 )
