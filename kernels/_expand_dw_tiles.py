@@ -1,7 +1,10 @@
 """Work items of :mod:`.expand_dwconv`: the output tile, the channel block, the halo's row pitch
 and its expand products, chosen on the host per layer geometry from a small cost model (the
-kernel report, ``python -m fastmbconv.kernel_report``, measures the real costs)."""
+kernel report, ``python -m fastmbconv.kernel_report``, measures the real costs), and the
+persistent grid that runs them."""
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -54,8 +57,10 @@ def halo_chunks(halo: int) -> tuple[int, int, int, int]:
     return (max(16, next_pow2(halo)), 1, 0, 0) if interpreting() else split_halo(halo)
 
 
+@functools.lru_cache(maxsize=None)
 def _tile_search(H_out: int, W_out: int, kernel: int, stride: int, wide_block: bool) -> tuple[float, tuple[int, int]]:
-    """(cost per channel, (tile_h, tile_w)) of the cheapest tile, see :func:`tile_for`."""
+    """(cost per channel, (tile_h, tile_w)) of the cheapest tile, see :func:`tile_for`. Cached:
+    every launch asks, and the search tries up to 512 tiles."""
     max_slots = 128 if kernel == 3 else 64
     min_slots = 32 if H_out * W_out >= 32 else 16
     best = None
@@ -109,7 +114,20 @@ def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: i
     options = [32]
     if dtype != torch.float32 and kernel == 3 and block_k == 32:
         options.append(64)
-    cost, tile, block_c = min((_tile_search(H_out, W_out, kernel, stride, bc == 64)[0] * -(-C // bc)
-                               * (bc + _ITEM_CHANNELS),
-                               _tile_search(H_out, W_out, kernel, stride, bc == 64)[1], bc) for bc in options)
-    return tile[0], tile[1], block_c, block_k
+    best = None
+    for bc in options:
+        cost, tile = _tile_search(H_out, W_out, kernel, stride, bc == 64)
+        key = (cost * -(-C // bc) * (bc + _ITEM_CHANNELS), tile, bc)
+        best = key if best is None or key < best else best
+    _, (tile_h, tile_w), block_c = best
+    return tile_h, tile_w, block_c, block_k
+
+
+def persistent_programs(device: torch.device, items: int) -> int:
+    """Two programs per SM (the registers of two 4-warp programs fill an SM, and every program
+    owns two scratch slots); one per item under the interpreter. On ``meta`` (the kernel
+    report) an H100's 132 SMs."""
+    if interpreting():
+        return items
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    return max(1, min(items, 2 * sms))

@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._expand_dw_tiles import blocks_for, halo_chunks, halo_pitch, pixel_slots
+from ._expand_dw_tiles import blocks_for, halo_chunks, halo_pitch, persistent_programs, pixel_slots
 from ._launch import call_op, launch
 from ._math import activation, group_channels, image_extent, round_to_bf16
 from ._utils import (
@@ -307,16 +307,6 @@ def pad_taps(w_dw: torch.Tensor) -> torch.Tensor:
     out = w_dw.new_zeros((kk, -(-C // TAPS_ALIGN) * TAPS_ALIGN, *w_dw.shape[2:]))
     out[:, :C] = w_dw
     return out
-
-
-def persistent_programs(device: torch.device, items: int) -> int:
-    """Two programs per SM (the registers of two 4-warp programs fill an SM, and every program
-    owns two scratch slots); one per item under the interpreter. On ``meta`` (the kernel
-    report) an H100's 132 SMs."""
-    if interpreting():
-        return items
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    return max(1, min(items, 2 * sms))
 
 
 def alloc_scratch(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
