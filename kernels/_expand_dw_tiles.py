@@ -73,6 +73,8 @@ def _tile_search(H_out: int, W_out: int, kernel: int, stride: int, wide_block: b
                 continue  # 64-channel items of 128 slots spill on sm_90 (B0's 14x14 and 56x56 maps)
             pitch = halo_pitch((tw - 1) * stride + kernel)
             halo = ((th - 1) * stride + kernel) * pitch
+            if slots > 64 and (pitch & (pitch - 1) or halo > 160):
+                continue  # 128 slots beside a division per halo pixel or a fourth product: spills (triton 3.6)
             if halo > (256 if kernel == 5 else 320):  # registers, and the slot size
                 continue
             chunk, main, a, b = split_halo(halo)
@@ -91,10 +93,12 @@ def tile_for(H_out: int, W_out: int, kernel: int, stride: int, wide_block: bool 
     share their halo rows and columns, tiles that divide the map waste no pixels past its
     edge, and the halo is computed in whole products (:func:`split_halo`) of rows of a
     power-of-two pitch where that wastes little (:func:`halo_pitch`).
-    At most 16 x 32 pixels, 128 pixel slots for 3x3 kernels and 64 for 5x5 (the 25 taps' loads in
-    flight need the registers), at least 32 where the map has that many, and halos up to 320
-    pixels with their pitch (256 for 5x5).
-    ``wide_block``: for 64-channel items, at most 64 slots (more spill on sm_90)."""
+
+    Limits: at most 16 x 32 pixels; at most 64 pixel slots for 5x5 kernels (the 25 taps' loads
+    in flight need the registers) and 128 for 3x3, where 128 also needs a power-of-two pitch
+    and at most 160 halo pixels; at least 32 slots where the map has that many; halos up to
+    320 pixels with their pitch (256 for 5x5). ``wide_block``: for 64-channel items, at most
+    64 slots (more spill on sm_90)."""
     return _tile_search(H_out, W_out, kernel, stride, wide_block)[1]
 
 
