@@ -69,6 +69,17 @@ def test_sass_loop_bodies_count_times_their_trips():
     assert dyn["instructions"] == 6 + 5 and dyn["flags"]
 
 
+def test_a_stack_frame_is_a_spill_only_where_the_code_touches_local_memory():
+    """ptxas can reserve a frame for an unused local depot: no LDL/STL, no spill (flagged as such
+    in the rows); with a local store the frame is the spill."""
+    from fastmbconv.kernel_report.build import spill_bytes
+
+    untouched = parse_sass(SYNTHETIC_SASS)
+    spilled = parse_sass(SYNTHETIC_SASS.replace("MOV R2, RZ ;", "STL [R1], R2 ;"))
+    assert untouched.static_classes.get("local", 0) == 0 and spilled.static_classes["local"] == 1
+    assert spill_bytes(8, untouched) == 0 and spill_bytes(8, spilled) == 8 and spill_bytes(0, spilled) == 0
+
+
 def test_sass_unrolled_loop_runs_ceil_trips_over_unroll():
     text = SYNTHETIC_SASS.replace("        /*0040*/                   FFMA",
                                   "        /*0038*/                   LDG.E.128 R9, desc[UR4][R2.64+0x10] ;\n"

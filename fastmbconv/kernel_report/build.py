@@ -42,6 +42,13 @@ def _tensors(values) -> list:
     return out
 
 
+def spill_bytes(stack: int, sass: Sass) -> int:
+    """Register spills: the stack frame, where the code loads or stores local memory. ptxas can
+    reserve a frame that nothing touches (an unused 1-byte local depot in the PTX gets 8 B):
+    that costs nothing and is not a spill."""
+    return stack if stack and sass.static_classes.get("local", 0) else 0
+
+
 def variant_row(rec, v, analysis: dict, hbm: int, weights_bytes_fn) -> dict:
     """Numbers of one launch under one config."""
     hints, status = hints_for(rec.op, {**rec.args, **rec.constexprs, **v.config})
@@ -67,7 +74,8 @@ def variant_row(rec, v, analysis: dict, hbm: int, weights_bytes_fn) -> dict:
     outputs = row["outputs"]
     per_out = (lambda n: n * warps * M.THREADS_PER_WARP / outputs) if outputs else (lambda n: None)
     row.update(
-        registers=analysis["registers"], spill_bytes=analysis["stack"], local_bytes=analysis["local"],
+        registers=analysis["registers"], spill_bytes=spill_bytes(analysis["stack"], sass),
+        stack_bytes=analysis["stack"], local_bytes=analysis["local"],
         shared_bytes=analysis["shared"], static_instructions=analysis["static_instructions"],
         instructions_per_warp=dyn["instructions"], warp_instructions=warp_insns,
         instructions_per_program=dyn["instructions"] * v.num_warps,
@@ -79,6 +87,9 @@ def variant_row(rec, v, analysis: dict, hbm: int, weights_bytes_fn) -> dict:
         tensor_flops=tflops, useful_tensor_flops=hints.tensor_flops if hints else None,
         modelled_us=t * 1e6, bound_by=bound)
     row["flags"] += analysis.get("flags", []) + dyn["flags"]
+    if analysis["stack"] and not row["spill_bytes"]:
+        row["flags"].append(f"a {analysis['stack']} B stack frame that no instruction touches (no LDL/STL): "
+                            "not a spill")
     if status != "ok":
         row["flags"].append(f"hints {status}: no instructions per output, loops counted once")
     if programs < M.SMS:
