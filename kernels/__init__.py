@@ -7,8 +7,8 @@ op module is first used (names below resolve lazily), so importing it stays chea
 - :mod:`.stem_conv_bn_act`: the stem conv + folded BN + activation, from the image as it comes;
 - :mod:`.dwconv_bn_act`: depthwise kxk + folded BN + activation, SE partial sums, ragged batches
   (taps on the tensor cores in fp16/bf16);
-- :mod:`.expand_dwconv`: the expand 1x1 and the depthwise conv as one kernel (no expanded tensor)
-  its tiles per layer in :mod:`._expand_dw_tiles`;
+- :mod:`.expand_dwconv`: the expand 1x1 and the depthwise conv as one kernel (no expanded tensor),
+  with its tiles per layer in :mod:`._expand_dw_tiles`;
 - :mod:`.squeeze_excite`: the SE gate from those partial sums, one launch per batch;
 - :mod:`.pointwise_gated`: 1x1 conv GEMM with SE-gate prologue and bias/act/residual/pool epilogue;
 - :mod:`.testing`: the tolerance rule and the memory fences the tests use;

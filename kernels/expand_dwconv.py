@@ -90,13 +90,11 @@ def _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, KW: tl.const
 
 
 @triton.jit
-def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH: tl.constexpr,
-                  h0,
+def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH: tl.constexpr, h0,
                   CH: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr, HALO_PITCH: tl.constexpr,
-                  C_IN: tl.constexpr,
-                  SXC: tl.constexpr, SXW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-                  INT64: tl.constexpr, DOT_FP32: tl.constexpr, FAST_MATH: tl.constexpr, ROUND_BF16: tl.constexpr,
-                  NB: tl.constexpr):
+                  C_IN: tl.constexpr, SXC: tl.constexpr, SXW: tl.constexpr, BLOCK_C: tl.constexpr,
+                  BLOCK_K: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr, FAST_MATH: tl.constexpr,
+                  ROUND_BF16: tl.constexpr, NB: tl.constexpr):
     """Halo pixels ``h0 .. h0 + CH`` of one item: the expand conv, SiLU'd and zero outside the
     image, into the slot: fp32 for the FMA taps (no conversions, never rounded), else in the
     activations' fp16/bf16 for the tensor-core taps (rounded as the separate path stores the
@@ -328,8 +326,8 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         return out, partials
     check_valid_sizes(OP, valid_hw, H, W)
     programs = persistent_programs(x.device, items)
-    # the halo in fp32 for the FMA taps, in the activations' dtype for the tensor-core ones
     pitch = halo_pitch(halo_w)
+    # the halo in fp32 for the FMA taps, in the activations' dtype for the tensor-core ones
     scratch = alloc_scratch((programs, 2, halo_h * pitch, block_c), x.device, x.dtype if mma else torch.float32)
     ragged = valid_hw is not None
     chunk, main_chunks, tail_a, tail_b = halo_chunks(halo_h * pitch)

@@ -213,9 +213,9 @@ class FencedScratch:
                 "a kernel stored outside its scratch"
 
 
-@pytest.mark.parametrize("k,stride,pad_mode,dtype", [(3, 1, "symmetric", torch.float32), (5, 2, "same", torch.float32),
-                                                     (3, 1, "same", torch.float16), (5, 2, "symmetric", torch.bfloat16)],
-                         ids=str)
+@pytest.mark.parametrize("k,stride,pad_mode,dtype", [
+    (3, 1, "symmetric", torch.float32), (5, 2, "same", torch.float32), (3, 1, "same", torch.float16),
+    (5, 2, "symmetric", torch.bfloat16)], ids=str)
 def test_scratch_is_written_before_it_is_read_and_never_overrun(gpu_like, k, stride, pad_mode, dtype, monkeypatch):
     scratch = FencedScratch()
     monkeypatch.setattr(module, "alloc_scratch", scratch)
