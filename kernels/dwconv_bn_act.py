@@ -8,8 +8,9 @@ never re-reads the activation. Those per-tile partial sums are reduced by the SE
 a fixed order: no atomics, no zero-filled buffer, bitwise repeatable.
 
 Each program computes a 2-D tile of output pixels (``TILE_H`` x ``TILE_W``, chosen per map by
-:func:`._utils.spatial_tile`) for ``BLOCK_C`` channels of one image. The input's pixel stride is
-a compile-time constant, so the taps along a row are immediate offsets from one address. Two
+:func:`._utils.spatial_tile`) for ``BLOCK_C`` channels of one image. The input's and output's
+pixel strides are compile-time constants, so the taps along a row are immediate offsets from one
+address and channels_last rows of 24, 40 or 56 channels still load and store as vectors. Two
 variants, picked by the weight layout:
 
 - (k*k, C) fp32 (:func:`taps_major`): each tap is a converted load and an fp32 FMA per element;
@@ -27,6 +28,7 @@ size and (top, left) padding.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -58,10 +60,11 @@ OP = "dwconv_bn_act"
 @triton.jit
 def _dwconv_bn_act_kernel(
     x_ptr, w_ptr, scale_ptr, shift_ptr, out_ptr, part_ptr, valid_ptr, padtl_ptr,
-    C, H, W, H_out, W_out, tiles_w, tiles_per_image,
-    sxn, sxc, sxh, son, soc, soh, sow,
+    c_units, H, W, H_out, W_out, tiles_w, tiles_per_image,
+    sxn, sxc, sxh, son, soc, soh,
     pad_top, pad_left, batch_bucket, rows,
-    SXW: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, FAST_MATH: tl.constexpr, WITH_POOL: tl.constexpr,
+    C_UNIT: tl.constexpr, SXW: tl.constexpr, SOW: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr,
+    ACT: tl.constexpr, FAST_MATH: tl.constexpr, WITH_POOL: tl.constexpr,
     RAGGED: tl.constexpr, INT64: tl.constexpr, MMA: tl.constexpr, DOT_FP32: tl.constexpr,
     EVEN_C: tl.constexpr,  # C is a multiple of BLOCK_C (only claimed where that is known at launch)
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -72,6 +75,7 @@ def _dwconv_bn_act_kernel(
     CB: tl.constexpr = 16 if MMA else BLOCK_C
     G: tl.constexpr = BLOCK_C // CB
     P: tl.constexpr = TILE_H * TILE_W
+    C = c_units * C_UNIT  # the channels, with their power-of-two factor visible (see the launcher)
     pid = tl.program_id(0)  # image * tiles_per_image + tile
     n = pid // tiles_per_image
     tile = pid % tiles_per_image
@@ -138,7 +142,7 @@ def _dwconv_bn_act_kernel(
     in_map = ((oh < H_out) & (ow < W_out))[None, :, None] & c_ok
     if RAGGED:
         y = tl.where(((oh < h_valid) & (ow < w_valid))[None, :, None], y, 0.0)
-    out_off = (oh * soh + ow * sow)[None, :, None] + offs_c * soc
+    out_off = (oh * soh + ow * SOW)[None, :, None] + offs_c * soc
     tl.store(out_ptr + n.to(tl.int64) * son + out_off, y.to(out_ptr.dtype.element_ty), mask=in_map)
 
     if WITH_POOL:  # this tile's sums per channel: the SE gate kernel adds the tiles up
@@ -156,7 +160,7 @@ _GPU_CONFIGS = [(16, 1), (32, 1), (32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]
 
 def _prune_configs(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
-    widest, pixels = max(16, next_pow2(args["C"])), args["TILE_H"] * args["TILE_W"]
+    widest, pixels = max(16, next_pow2(args["c_units"] * args["C_UNIT"])), args["TILE_H"] * args["TILE_W"]
     kept = [c for c in configs if c.kwargs["BLOCK_C"] <= widest
             and 8 <= pixels * c.kwargs["BLOCK_C"] // (32 * c.num_warps) <= 32]
     return kept or configs[:1]
@@ -164,7 +168,7 @@ def _prune_configs(configs, named_args, **kwargs):
 
 _dwconv_bn_act_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_C": c}, num_warps=w) for c, w in _GPU_CONFIGS],
-    key=["C", "H_out", "W_out", "STRIDE", "KSIZE", "RAGGED", "TILE_H", "TILE_W", "batch_bucket"],
+    key=["c_units", "C_UNIT", "H_out", "W_out", "STRIDE", "KSIZE", "RAGGED", "TILE_H", "TILE_W", "batch_bucket"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_dwconv_bn_act_kernel)
 
@@ -260,9 +264,13 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         return out, partials
     check_valid_sizes(OP, valid_hw, H, W)
     ragged = valid_hw is not None
+    # C as c_units x C_UNIT, the largest power of two up to 16 that divides it: triton infers at
+    # most "a multiple of 16" from a runtime integer, so where C is 24, 40 or 56 the channel
+    # masks and channels_last rows would look unaligned and every access scalar
+    c_unit = math.gcd(C, 16)
     if mma:  # one warp's 16-row MMA tiles cover the 32 or 64 pixels (2 or 4 warps: more instructions
         # per output). Pipelined loads cost more than they hide, except where a channel group is
-        # partly masked: there ptxas spills two epilogue registers (B5's 24 channels) at 1 stage.
+        # partly masked: there triton 3.6 spills 8 B at 1 stage (B3's 40 and 24 channels).
         w_taps = weight
         kernel, config = _dwconv_bn_act_kernel, {"BLOCK_C": block_c, "num_warps": 1,
                                                  "num_stages": 1 if C % 16 == 0 else 2}
@@ -280,11 +288,11 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         x_ptr=x, w_ptr=w_taps.contiguous(), scale_ptr=scale.contiguous(), shift_ptr=shift.contiguous(), out_ptr=out,
         part_ptr=partials if with_pool else scale, valid_ptr=valid_hw.contiguous() if ragged else scale,
         padtl_ptr=pad_tl.contiguous() if ragged else scale,
-        C=C, H=H, W=W, H_out=H_out, W_out=W_out, tiles_w=tiles_w, tiles_per_image=tiles,
-        **dict(zip(("sxn", "sxc", "sxh"), x.stride()[:3])), **dict(zip(("son", "soc", "soh", "sow"), out.stride())),
+        c_units=C // c_unit, H=H, W=W, H_out=H_out, W_out=W_out, tiles_w=tiles_w, tiles_per_image=tiles,
+        **dict(zip(("sxn", "sxc", "sxh"), x.stride()[:3])), **dict(zip(("son", "soc", "soh"), out.stride()[:3])),
         pad_top=padding[0], pad_left=padding[2], batch_bucket=batch_bucket(N), rows=k,
     ), dict(
-        SXW=x.stride(3), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(),
+        C_UNIT=c_unit, SXW=x.stride(3), SOW=out.stride(3), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(),
         WITH_POOL=with_pool, RAGGED=ragged, INT64=needs_int64(x, out), MMA=mma, DOT_FP32=interpreting(),
         EVEN_C=mma and C % block_c == 0,  # the autotuned FMA variant's BLOCK_C varies: never claimed there
         TILE_H=tile_h, TILE_W=tile_w, **config,
