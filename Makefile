@@ -46,14 +46,15 @@ bench-gpu: install
 
 # GPU check stages (issue 9; benchmarks/results/README.md): one command per stage turns a short,
 # offline GPU loan into at most 8 files (each < 16 MiB) under OUT, within BUDGET_S (default 540 s).
-#   make gpu-check STAGE=verify|speed|profile|all OUT=<dir> [DRY=1] [CACHE_FROM=<gpu-cache.tar.gz>]
-#                  [BUDGET_S=540] [COMMIT=<sha>] [STUDY=1]
+# STAGE=first is the one command of a 15-minute loan: quick tests, warm-up, headline benchmarks.
+#   make gpu-check STAGE=first|verify|speed|profile|all OUT=<dir> [DRY=1]
+#                  [CACHE_FROM=<gpu-cache.tar.gz>] [BUDGET_S=540] [COMMIT=<sha>] [STUDY=1]
 # DRY=1 runs the same pipeline on a CPU (Triton interpreter, tiny shapes, ncu/compute-sanitizer
 # printed instead of run). Never touches the network. Interpreter: python, else python3.
 GPU_CHECK_PYTHON ?= $(shell command -v python >/dev/null 2>&1 && echo python || echo python3)
 .PHONY: gpu-check
 gpu-check:
-	@test -n "$(STAGE)" && test -n "$(OUT)" || { echo "usage: make gpu-check STAGE=verify|speed|profile|all OUT=<dir> [DRY=1] [CACHE_FROM=<archive>] [BUDGET_S=540]" >&2; exit 2; }
+	@test -n "$(STAGE)" && test -n "$(OUT)" || { echo "usage: make gpu-check STAGE=first|verify|speed|profile|all OUT=<dir> [DRY=1] [CACHE_FROM=<archive>] [BUDGET_S=540]" >&2; exit 2; }
 	$(GPU_CHECK_PYTHON) tools/gpu_check.py --stage "$(STAGE)" --out "$(OUT)" \
 		$(if $(filter 1 yes true,$(DRY)),--dry) $(if $(CACHE_FROM),--cache-from "$(CACHE_FROM)") \
 		$(if $(BUDGET_S),--budget-s "$(BUDGET_S)") $(if $(COMMIT),--commit "$(COMMIT)") $(if $(filter 1,$(STUDY)),--study)

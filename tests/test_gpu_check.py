@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -18,7 +19,7 @@ sys.path.insert(0, str(REPO / "tools"))
 import gpu_cache  # noqa: E402
 import gpu_check  # noqa: E402
 import ncu_table  # noqa: E402
-from gpucheck import check, outfiles, setup_steps  # noqa: E402
+from gpucheck import check, outfiles, setup_steps, stages  # noqa: E402
 
 
 # ---------------------------------------------------------------------- ncu CSV parser
@@ -267,6 +268,51 @@ def test_budget_stop_reports_skipped_steps_and_still_writes_every_file(tmp_path)
     assert bench["benchmarks"] == []
 
 
+# ---------------------------------------------------------------------- the first stage: one command per loan
+def _planned(stage: str, tmp_path: Path, *args: str) -> dict:
+    c = check.Check(gpu_check.parse_args(["--stage", stage, "--out", str(tmp_path / stage), *args]))
+    try:
+        return {s.name: s for s in stages.stage_steps(c)}
+    finally:
+        shutil.rmtree(c.work, ignore_errors=True)
+
+
+def test_first_stage_is_correctness_then_headline_speed_within_its_budget(tmp_path):
+    steps = _planned("first", tmp_path)
+    own = ["tests-quick", "warm", "bench-headline", "merge-bench"]
+    assert list(steps) == ["preflight", "restore-cache", "install", "env", *own]
+    assert steps["tests-quick"].env["FASTMBCONV_AUTOTUNE"] == "0" and "gpu" in steps["tests-quick"].cmd
+    assert "not compile_max_autotune" in " ".join(steps["bench-headline"].cmd)
+    assert {n: steps[n].cap_s for n in own[:3]} == stages.FIRST_CAPS
+    # on time every step gets its whole cap: the caps plus the setup allowance fit the budget less its reserve
+    assert stages.SETUP_S + sum(steps[n].cap_s for n in own[:3]) <= outfiles.DEFAULT_BUDGET_S - outfiles.RESERVE_S
+    assert all(steps[n].cap_s >= steps[n].min_s for n in own) and steps["merge-bench"].essential
+    assert outfiles.stage_files("first") == outfiles.stage_files("speed")
+    assert len(outfiles.stage_files("first")) == outfiles.MAX_FILES
+
+
+def test_other_stages_keep_their_caps_and_all_is_verify_speed_profile(tmp_path):
+    verify, profile, every = (_planned(s, tmp_path) for s in ("verify", "profile", "all"))
+    speed = _planned("speed", tmp_path, "--study")  # all runs the study
+    assert (verify["tests-quick"].cap_s, verify["warm"].cap_s, speed["bench-headline"].cap_s) == (180, 150, 240)
+    assert list(every) == list(dict.fromkeys([*verify, *speed, *profile]))
+
+
+@pytest.mark.subprocess
+def test_dry_first_runs_its_steps_in_order_and_returns_the_bench_files(tmp_path):
+    # Kept short like the dry verify: no install, no warm-up, a test run that selects nothing.
+    r, steps = _dry("first", tmp_path / "out", "--skip", "install,warm",
+                    env={"GPU_CHECK_DRY_MARK": "gpu_check_selects_nothing"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert list(steps)[4:] == ["tests-quick", "warm", "bench-headline", "merge-bench"]
+    assert " -m gpu " in steps["tests-quick"]["would_run"] and steps["tests-quick"]["status"] in ("ok", "empty")
+    assert steps["bench-headline"]["status"] == "ok" and steps["merge-bench"]["status"] == "ok"
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["sessions"] == ["bench-headline"] and summary["results"]
+    env = json.loads((tmp_path / "out" / "env.json").read_text())
+    assert env["stage"] == "first" and env["packages"]["pytest-benchmark"]
+
+
 # ---------------------------------------------------------------------- from committed files to the README
 def test_render_results_rebuilds_table_from_pytest_benchmark_json(tmp_path):
     import render_results
@@ -313,7 +359,6 @@ def test_step_over_its_time_is_interrupted_and_pytest_still_writes_junit(tmp_pat
         tests = res.details["tests"]
         assert tests is not None and tests["passed"] == 1, tests  # the JUnit XML of the interrupted session
     finally:
-        import shutil
         shutil.rmtree(c.work, ignore_errors=True)
 
 
@@ -331,5 +376,4 @@ def test_dry_install_never_repoints_another_checkout(monkeypatch, tmp_path):
         assert setup_steps.dry_install(c)[1:] == ["setup.py", "build_ext", "--inplace"]
         assert "does not re-point it" in c.notes[0]
     finally:
-        import shutil
         shutil.rmtree(c.work, ignore_errors=True)

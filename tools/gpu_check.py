@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """GPU check stages: one command per stage turns a short, offline GPU loan into files.
 
-    make gpu-check STAGE=verify|speed|profile|all OUT=<dir> [DRY=1] [CACHE_FROM=<archive>] [BUDGET_S=540]
-    python3 tools/gpu_check.py --stage verify --out <dir> [--dry] [--cache-from <archive>] [--budget-s 540]
-    python3 tools/gpu_check.py --check-out <dir> --stage verify      # the file set and limits of an OUT
+    make gpu-check STAGE=first|verify|speed|profile|all OUT=<dir> [DRY=1] [CACHE_FROM=<archive>] [BUDGET_S=540]
+    python3 tools/gpu_check.py --stage first --out <dir> [--dry] [--cache-from <archive>] [--budget-s 540]
+    python3 tools/gpu_check.py --check-out <dir> --stage first       # the file set and limits of an OUT
 
 Every stage starts with an offline install (the interpreter running this script, which ``make``
 picks as ``python`` or else ``python3``; ``pip install --no-index --no-build-isolation
@@ -11,6 +11,10 @@ picks as ``python`` or else ``python3``; ``pip install --no-index --no-build-iso
 nothing is ever downloaded), restores the kernel cache when ``--cache-from`` names an archive,
 and records versions to ``OUT/env.json``. Then:
 
+* ``first``: the one command of a 15-minute loan (device time, the machine's start included):
+  the CUDA tests with ``FASTMBCONV_AUTOTUNE=0`` (170 s), the warm-up (120 s), the headline
+  benchmarks without max-autotune (150 s) and their merge, so one 540 s call brings back
+  correctness and the headline speed ratios. Same files as ``speed``.
 * ``verify``: the CUDA tests (``-m gpu``) with ``FASTMBCONV_AUTOTUNE=0`` first, so a kernel
   bug shows in a minute or two; a warm-up of the fused B0 at 224 px (compiles and autotunes every
   B0 layer shape into the cache, checks the output against the reference); the autotuned run;
@@ -23,7 +27,8 @@ and records versions to ``OUT/env.json``. Then:
 * ``profile``: the warm-up; the copy bandwidth; ``ncu`` over one fused and one eager B0 forward
   (batch 256, fp16), each limited to an NVTX range; a per-kernel table (time, DRAM GB/s,
   fraction of the copy bandwidth, registers, occupancy).
-* ``all``: the three in a row (default budget 3 x 540 s), plus the study (``--study``).
+* ``all``: ``verify``, ``speed`` and ``profile`` in a row (default budget 3 x 540 s), plus the
+  study (``--study``).
 
 Each step's timeout comes out of what is left of the budget (``BUDGET_S``, default 540 s, minus
 a reserve for writing the files); a step that runs over is interrupted (SIGINT first, so pytest
@@ -31,7 +36,7 @@ still writes its JUnit XML), and steps that no longer fit are reported as skippe
 always receives the same files for a stage, written at the start and refreshed after every
 step, so a crash or a kill still leaves the logs: ``env.json``, ``report.md``, ``report.json``,
 ``logs.tar.gz``, ``gpu-cache.tar.gz`` (+ ``pytest-benchmark.json``, ``summary.json``,
-``summary.md`` for speed): at most 8 files, each under 16 MiB (enforced here).
+``summary.md`` for first and speed): at most 8 files, each under 16 MiB (enforced here).
 
 ``--dry`` runs the same pipeline on a CPU: Triton's interpreter, tiny shapes, a handful of tests
 (``-m "interpreter and not slow"``, sampled across modules), the CPU benchmark case; ncu and

@@ -59,7 +59,7 @@ def result_from_folder(folder: Path) -> dict:
     return {
         "meta": {"created": bench.get("datetime", "?"), "device": rows[0].get("device_name", "?"),
                  "device_type": rows[0].get("device", "?"), "torch": env.get("torch", "?"),
-                 "plan": "pytest-benchmark sessions of a gpu-check speed stage (benchmarks/): "
+                 "plan": "pytest-benchmark sessions of a gpu-check stage (benchmarks/): "
                          f"{', '.join(s['step'] for s in bench.get('gpu_check_sessions', [])) or 'one session'}",
                  "bandwidth": bw, "skipped": []},
         "rows": rows, "targets": study.evaluate_targets(rows), "breakdown": [],

@@ -14,12 +14,13 @@ SAFE_BYTES = MAX_BYTES - 512 * 2**10  # what we aim for
 LOG_KEEP_HEAD, LOG_KEEP_TAIL = 256 * 2**10, 3 * 2**20  # a longer log is cut in the middle
 COMMON_FILES = ("env.json", "report.md", "report.json", "logs.tar.gz", "gpu-cache.tar.gz")
 BENCH_FILES = ("pytest-benchmark.json", "summary.json", "summary.md")
-STAGES = ("verify", "speed", "profile", "all")
+STAGES = ("first", "verify", "speed", "profile", "all")
+BENCH_STAGES = ("first", "speed", "all")  # the stages that run benchmarks and return their files
 ALL_FILE_NAMES = COMMON_FILES + BENCH_FILES
 
 
 def stage_files(stage: str) -> tuple[str, ...]:
-    return COMMON_FILES + (BENCH_FILES if stage in ("speed", "all") else ())
+    return COMMON_FILES + (BENCH_FILES if stage in BENCH_STAGES else ())
 
 
 DEFAULT_BUDGET_S = 540.0

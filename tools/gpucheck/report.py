@@ -10,8 +10,8 @@ from pathlib import Path
 import gpu_cache
 import ncu_table
 
-from .outfiles import (ALL_FILE_NAMES, BENCH_FILES, RESERVE_S, SAFE_BYTES, dump_json, load_json, now_iso, pack_dir,
-                       stage_files, write_atomic)
+from .outfiles import (ALL_FILE_NAMES, BENCH_FILES, BENCH_STAGES, RESERVE_S, SAFE_BYTES, dump_json, load_json, now_iso,
+                       pack_dir, stage_files, write_atomic)
 
 
 class OutFiles:
@@ -25,7 +25,7 @@ class OutFiles:
                 (self.out / name).unlink()
         self.env_info["finished"] = now_iso() if final else None
         dump_json(self.out / "env.json", self.env_info)
-        if self.stage in ("speed", "all"):
+        if self.stage in BENCH_STAGES:
             self.write_bench_files()
         if final:
             self.pack_cache()

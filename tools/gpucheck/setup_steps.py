@@ -19,7 +19,7 @@ import gpu_cache
 
 from . import REPO, TOOLS
 from .check import Check, Step, last_line
-from .outfiles import dump_json, load_json
+from .outfiles import BENCH_STAGES, dump_json, load_json
 
 
 def quiet(cmd: list[str], timeout: float = 20.0) -> str | None:
@@ -73,7 +73,7 @@ def tree_fingerprint() -> str:
 def preflight(c: Check):
     """Interpreter, packages, tools and the GPU, checked without importing torch."""
     need = {"torch": None, "triton": None, "numpy": None, "pytest": None, "setuptools": "64", "wheel": None, "pip": None}
-    if c.stage in ("speed", "all"):
+    if c.stage in BENCH_STAGES:
         need["pytest-benchmark"] = None
     found = {name: version_of(name) for name in [*need, "pytest-benchmark", "timm", "torchvision", "matplotlib"]}
     missing = [n for n, lo in need.items() if found[n] is None or (lo and version_tuple(found[n]) < version_tuple(lo))]

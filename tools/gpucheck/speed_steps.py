@@ -1,6 +1,6 @@
 """The speed stage's steps: pytest-benchmark sessions (headline, kernels, max-autotune, B0-B7
 at batch 32), the optional study, and the merge of the sessions into one pytest-benchmark JSON
-and one summary (``--merge-bench``, run as a child process)."""
+and one summary (``--merge-bench``, run as a child process; the first stage ends with it too)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +33,7 @@ def bench_step(c: Check, name: str, cap: float, min_s: float = 30, env: dict | N
 
 
 def merge_bench_main(work: str) -> int:
-    """Merge the benchmark sessions of a speed stage into one pytest-benchmark JSON and one
+    """Merge the benchmark sessions of a stage (speed, first) into one pytest-benchmark JSON and one
     summary.json / summary.md, with the targets evaluated over all of them."""
     work = Path(work)
     order = list(BENCH_K)
@@ -67,7 +67,7 @@ def merge_bench_main(work: str) -> int:
     dump_json(merged_dir / "pytest-benchmark.json", bench or {"benchmarks": [], "note": "no benchmark session finished"})
     dump_json(merged_dir / "summary.json", {"bandwidth": bandwidth, "results": rows, "targets": targets,
                                             "kernels": kernels, "sessions": names})
-    head = (f"# fastmbconv benchmark summary\n\n{len(names)} pytest-benchmark session(s) of one gpu-check speed stage "
+    head = (f"# fastmbconv benchmark summary\n\n{len(names)} pytest-benchmark session(s) of one gpu-check stage "
             f"({', '.join(names) or 'none'}), minutes apart on one machine. Targets over all of them:\n\n")
     write_atomic(merged_dir / "summary.md", head + targets_md + "\n\n" + "\n".join(sections))
     dump_json(merged_dir / "targets.json", {"targets": targets, "markdown": targets_md, "sessions": names})
@@ -84,6 +84,9 @@ def speed_steps(c: Check) -> list[Step]:
         argv = [c.py, "-m", "fastmbconv.study", "--quick", "--no-progress", "--out", str(c.logs / "study")]
         steps.append(Step("study", argv, argv + ["--device", "cpu", "--models", "b0", "--batches", "1", "--no-plots"],
                           cap_s=300, min_s=60, what="python -m fastmbconv.study --quick"))
+    return steps + [merge_step(c)]
+
+
+def merge_step(c: Check) -> Step:
     merge = [c.py, str(TOOLS / "gpu_check.py"), "--merge-bench", str(c.work)]
-    steps.append(Step("merge-bench", merge, merge, cap_s=60, needs=("preflight",), essential=True))
-    return steps
+    return Step("merge-bench", merge, merge, cap_s=60, needs=("preflight",), essential=True)

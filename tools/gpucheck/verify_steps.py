@@ -1,5 +1,5 @@
 """The verify stage's steps: the CUDA tests under pytest (autotuning off, then on), the fused
-B0 warm-up (which the speed and profile stages also start with), and compute-sanitizer
+B0 warm-up (which the first, speed and profile stages also run), and compute-sanitizer
 memcheck over the tests. Each has a dry variant: a sample of interpreter tests on a CPU."""
 from __future__ import annotations
 
@@ -45,11 +45,11 @@ def memcheck_step(c: Check) -> Step:
                 what="compute-sanitizer memcheck over the CUDA tests (caching allocator off: exact allocations)")
 
 
-def warm_step(c: Check) -> Step:
+def warm_step(c: Check, cap: float = 150) -> Step:
     base = [c.py, str(TOOLS / "b0_forward.py"), "warm", "--json", str(c.logs / "warm.json")]
     return Step("warm", base + ["--device", "cuda", "--dtype", "fp16", "--resolution", "224", "--batches", "256,1"],
                 base + ["--device", "cpu", "--dtype", "fp32", "--resolution", "16", "--batches", "1"],
-                cap_s=150, min_s=20, what="fused B0 224 fp16 at batch 256 and 1: compile + autotune into the cache")
+                cap_s=cap, min_s=20, what="fused B0 224 fp16 at batch 256 and 1: compile + autotune into the cache")
 
 
 
