@@ -27,7 +27,8 @@ REQUIRED_LAUNCH_KEYS = ("op", "layer", "ksize", "registers", "spill_bytes", "ins
 VIEW_OR_ALLOC = ("view", "_unsafe_view", "slice", "permute", "t", "expand", "as_strided", "empty", "empty_strided",
                  "detach", "reshape", "unsqueeze", "select")
 LEAN_K3_RANGE = (35, 140)  # per output: around FIELD_NOTES' ~72 for a lean k=3 depthwise
-REQUIRED_TOTALS = ("launches", "modelled_ms", "layer_fused_floor_ms", "floor_ratio", "max_spill_bytes")
+REQUIRED_TOTALS = ("launches", "modelled_ms", "layer_fused_floor_ms", "floor_ratio", "max_spill_bytes", "memory_ms",
+                   "issue_ms", "tensor_ms", "launch_overhead_ms")
 
 # 6 straight-line instructions, a 5-instruction loop, then the terminal self-branch and padding
 SYNTHETIC_SASS = """
@@ -208,6 +209,14 @@ def test_cli_b0_batch1_writes_report(tmp_path):
     floor = roofline("efficientnet_b0", 64, 1, "fp16").bytes("layer_fused") / 3.0e12 * 1e3
     assert totals["layer_fused_floor_ms"] == pytest.approx(floor)
     assert totals["floor_ratio"] == pytest.approx(totals["modelled_ms"] / floor)
+    # the modelled time's parts: each summed over the launches, no larger than the whole, and
+    # the whole no larger than their sum (each launch takes the largest of its parts)
+    parts = [totals[k] for k in ("memory_ms", "issue_ms", "tensor_ms")]
+    assert totals["memory_ms"] == pytest.approx(sum(r["hbm_bytes"] for r in report["launches"]) / 3.0e9)
+    assert totals["issue_ms"] == pytest.approx(sum(r.get("warp_instructions") or 0 for r in triton) / 9.2664e11 * 1e3)
+    assert totals["launch_overhead_ms"] == pytest.approx(totals["launches"] * 2e-3)
+    assert min(parts) > 0 and max(parts) + totals["launch_overhead_ms"] <= totals["modelled_ms"] * (1 + 1e-9)
+    assert totals["modelled_ms"] <= (sum(parts) + totals["launch_overhead_ms"]) * (1 + 1e-9)
     torch_ops = [r for r in report["launches"] if r["kind"] == "torch"]
     assert {r["op"] for r in torch_ops} == {"torch:addmm"}  # the classifier: everything else is Triton
     assert "torch:sqrt" not in {r["op"] for r in torch_ops}  # BN is folded once, not per forward

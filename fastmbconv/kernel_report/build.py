@@ -190,6 +190,9 @@ def totals(rec: Recording, launches: list) -> dict:
     dw = {k: per_output(k, False) for k in (3, 5)}
     expand_dw = {k: per_output(k, True) for k in (3, 5)}
     hbm = sum(r["hbm_bytes"] or 0 for r in launches)
+    # what the modelled time is made of: were every launch's memory, issue and tensor work to
+    # overlap perfectly across launches, the forward would still need the largest of these sums
+    issue_ms = sum(r.get("warp_instructions") or 0 for r in launches) / M.WARP_ISSUE_PER_S * 1e3
     t = {
         "launches": len(launches),
         "triton_launches": sum(r["kind"] == "triton" for r in launches),
@@ -202,6 +205,10 @@ def totals(rec: Recording, launches: list) -> dict:
         "floor_ratio": (modelled_us / 1e3) / floor_ms if floor_ms else None,
         "hbm_bytes": hbm,
         "hbm_vs_layer_fused_floor": hbm / floor_bytes if floor_bytes else None,
+        "memory_ms": hbm / M.HBM_BYTES_PER_S * 1e3,
+        "issue_ms": issue_ms,
+        "tensor_ms": sum(r.get("tensor_flops") or 0 for r in launches) / M.TENSOR_FLOPS_PER_S * 1e3,
+        "launch_overhead_ms": len(launches) * M.LAUNCH_OVERHEAD_S * 1e3,
         "l2_scratch_bytes": sum(r.get("l2_scratch_bytes") or 0 for r in launches),
         "recompute_flops": sum(r.get("recompute_flops") or 0 for r in launches),
         "expand_dw_launches": sum(bool(EXPAND_DW.search(r["op"])) for r in launches),

@@ -49,6 +49,9 @@ def totals_table(report: dict) -> str:
         ("modelled time, FASTMBCONV_AUTOTUNE=0 configs", f"{t['modelled_ms_fixed_configs']:.3f} ms"),
         ("layer-fused floor at 3.0 TB/s", f"{t['layer_fused_floor_ms']:.3f} ms"),
         ("modelled / floor", _num(t["floor_ratio"], "{:.2f}")),
+        ("memory / issue / tensor time and launch overhead, each summed over the launches",
+         " / ".join(_num(t.get(k), "{:.3f}") for k in ("memory_ms", "issue_ms", "tensor_ms", "launch_overhead_ms"))
+         + " ms"),
         ("HBM bytes (launches, each tensor once)", f"{t['hbm_bytes'] / 1e6:.1f} MB"),
         ("HBM bytes / layer-fused floor bytes", _num(t.get("hbm_vs_layer_fused_floor"), "{:.2f}")),
         ("L2 scratch bytes (not HBM)", f"{t.get('l2_scratch_bytes', 0) / 1e6:.1f} MB"),
