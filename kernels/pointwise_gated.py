@@ -142,29 +142,44 @@ def _pool_finish_kernel(part_ptr, valid_ptr, out_ptr, HW, O, segments, BLOCK_M: 
 
 
 # GPU tiles to try, (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), none of which spills on any
-# B0-B7 layer (python -m fastmbconv.kernel_report); the pool variant keeps the launcher's
-# BLOCK_M, since the number of partial-sum slots depends on it.
+# B0-B7 layer in fp16/bf16 (python -m fastmbconv.kernel_report); the pool variant keeps the
+# launcher's BLOCK_M, since the number of partial-sum slots depends on it.
 _GPU_CONFIGS = [
     (64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3),
     (64, 32, 64, 4, 4), (32, 64, 64, 4, 4), (128, 64, 64, 8, 3),
 ]
+# fp32 products run as FMAs (input_precision="ieee"), whose operands take far more registers
+# than tensor-core fragments. On sm_90, 4-warp tiles of 8192 outputs spill 16-24 B on most fp32
+# layers, 32 x 64 x 64 spills 24 B (B3's 5x5 blocks), and the gated depthwise-separable blocks
+# (fewer than 64 input channels) spill 16-608 B with K steps of 32 or 64 (B3's, B5's stage 0):
+# there only 16-channel steps or 32 x 32 tiles stay clean (--model efficientnet_b3 --dtype fp32).
+_FP32_CONFIGS = [(64, 64, 32, 4, 3), (64, 32, 64, 4, 4), (128, 64, 64, 8, 3)]
+_FP32_SMALL_GATED_CONFIGS = [(64, 32, 16, 4, 3), (32, 32, 32, 4, 3)]
 _KEY = ["K", "O", "HW", "W", "HAS_GATE", "HAS_RES", "ACT", "RAGGED", "DENSE_ROWS", "batch_bucket"]
 
 
+def _small_gated(K: int, gated: bool) -> bool:
+    return gated and K < 64
+
+
 def _prune_configs(configs, named_args, **kwargs):
-    """With the SE gate applied to fewer than 64 input channels (the depthwise-separable blocks:
-    16-40 channels in B0-B5) the 8192-output tiles need 255 registers and spill on sm_90
-    (python -m fastmbconv.kernel_report --model efficientnet_b3 or b4): keep tiles of at most
-    4096 outputs there."""
+    """fp32: the tiles above that do not spill. fp16/bf16 with the SE gate applied to fewer
+    than 64 input channels (the depthwise-separable blocks: 16-40 channels in B0-B5): tiles of
+    at most 4096 outputs (8192 need 255 registers and spill on sm_90, B3's and B4's)."""
     args = {**named_args, **kwargs}
-    if args["K"] >= 64 or not args["HAS_GATE"]:
-        return configs
-    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 4096] or configs[:1]
+    small_gated = _small_gated(args["K"], args["HAS_GATE"])
+    if args["DOT_FP32"]:
+        keep = _FP32_SMALL_GATED_CONFIGS if small_gated else _FP32_CONFIGS
+    else:
+        keep = [c for c in _GPU_CONFIGS if not small_gated or c[0] * c[1] <= 4096]
+    kept = [c for c in configs
+            if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) in keep]
+    return kept or configs[:1]
 
 
 _pointwise_gated_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
-             for m, n, k, w, st in _GPU_CONFIGS],
+             for m, n, k, w, st in _GPU_CONFIGS + _FP32_SMALL_GATED_CONFIGS],
     key=_KEY,
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_pointwise_gated_kernel)
@@ -212,14 +227,17 @@ def _dense_rows(*tensors) -> bool:
     return True
 
 
-def _heuristic(M: int, K: int, O: int, pool_only: bool) -> dict:
+def _heuristic(M: int, K: int, O: int, pool_only: bool, fp32: bool = False, small_gated: bool = False) -> dict:
     if interpreting():  # ~30 ms per program: few, large blocks
         block_n = max(16, min(next_pow2(O), 2048))
         block_m = max(16, min(next_pow2(M), 131072 // block_n))
         return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": max(16, min(next_pow2(K), 256)),
                 "num_warps": 4, "num_stages": 1}
-    return {"BLOCK_M": 64 if M >= 64 else max(16, next_pow2(M)), "BLOCK_N": 128 if O >= 128 else max(16, next_pow2(O)),
-            "BLOCK_K": 32 if K >= 32 else 16, "num_warps": 4, "num_stages": 3}
+    # fp32 (FMA products): at most 4096 outputs, and 16-channel steps where the gate is applied to
+    # few channels (see _FP32_CONFIGS)
+    widest_n = 32 if fp32 and small_gated else 64 if fp32 else 128
+    return {"BLOCK_M": 64 if M >= 64 else max(16, next_pow2(M)), "BLOCK_N": min(widest_n, max(16, next_pow2(O))),
+            "BLOCK_K": 16 if K < 32 or fp32 and small_gated else 32, "num_warps": 4, "num_stages": 3}
 
 
 def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="identity", pool_only=False,
@@ -233,7 +251,7 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
     M = N * H * W
     if M == 0 or O == 0:
         return out, pooled
-    heuristic = _heuristic(M, K, O, pool_only)
+    heuristic = _heuristic(M, K, O, pool_only, x.dtype == torch.float32, _small_gated(K, gate is not None))
     tensors = [t for t in (x, residual, None if pool_only else out) if t is not None]
     dense, int64 = _dense_rows(*tensors), needs_int64(*tensors, per_sample=False)
     ragged = valid_hw is not None

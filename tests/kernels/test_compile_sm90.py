@@ -62,6 +62,14 @@ SCRIPT = textwrap.dedent(
     failures = [(rec.op, rec.layer, results[key]["error"][:300]) for key, (rec, _) in todo.items()
                 if "error" in results[key]]
     assert not failures, failures
+    # the 1x1 convs' untuned configs (what runs with autotuning off) fit their registers, fp32's
+    # FMA products included
+    from fastmbconv.kernel_report.build import spill_bytes
+    from fastmbconv.kernel_report.sass import Sass
+    spills = [(rec.layer, rec.constexprs["DOT_FP32"], v.config, results[key]["stack"])
+              for key, (rec, v) in todo.items() if rec.op == "pointwise_gated"
+              and spill_bytes(results[key]["stack"], Sass.from_json(results[key]["sass"]))]
+    assert not spills, spills
 
     # expand_dwconv's barrier between an item's halo stores and its taps is also what keeps the
     # software pipeliner from prefetching a slot (cp.async) before the item that fills it runs

@@ -33,7 +33,7 @@ def make(N, K, O, H, W, dtype=torch.float32, channels_last=True, seed=0):
 @pytest.fixture
 def small_tiles(monkeypatch):
     """16-row, 16-column, 16-deep tiles: GPU-style tiling at interpreter sizes."""
-    def heuristic(M, K, O, pool_only):
+    def heuristic(M, K, O, pool_only, fp32=False, small_gated=False):
         return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1}
     monkeypatch.setattr(module, "_heuristic", heuristic)
 
@@ -246,15 +246,40 @@ def test_torch_fallback_compiles_without_graph_breaks():
     torch._dynamo.reset()
 
 
-def test_autotune_keeps_small_tiles_below_64_gated_input_channels():
-    """With the SE gate the 8192-output tiles spill on sm_90 at 16-40 input channels (the
-    depthwise-separable blocks, in the static report): the autotuner never tries them there;
-    everywhere else it tries every config."""
+def test_autotune_tries_only_tiles_that_fit_their_registers():
+    """The configs each dtype and layer kind may try, from the static sm_90 report: fp16/bf16
+    tries every tensor-core tile, but at most 4096 outputs where the SE gate meets fewer than 64
+    input channels (the depthwise-separable blocks); fp32's FMA products never try a 4-warp tile
+    of 8192 outputs, and its small gated layers only 16-channel K steps or 32 x 32 tiles."""
     from fastmbconv.kernels import pointwise_gated as module
 
     tuned = module._pointwise_gated_autotuned
-    small = tuned.early_config_prune(tuned.configs, {}, K=40, O=24, HAS_GATE=True)
-    assert small and all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 4096 for c in small)
-    assert len(small) < len(tuned.configs)
-    assert tuned.early_config_prune(tuned.configs, {}, K=96, O=24, HAS_GATE=True) == tuned.configs
-    assert tuned.early_config_prune(tuned.configs, {}, K=16, O=96, HAS_GATE=False) == tuned.configs
+
+    def tiles(**args):
+        kept = tuned.early_config_prune(tuned.configs, {}, **args)
+        return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+                for c in kept}
+
+    every = set(module._GPU_CONFIGS)
+    assert tiles(K=96, O=24, HAS_GATE=True, DOT_FP32=False) == every
+    assert tiles(K=16, O=96, HAS_GATE=False, DOT_FP32=False) == every
+    small = tiles(K=40, O=24, HAS_GATE=True, DOT_FP32=False)
+    assert small and small < every and all(m * n <= 4096 for m, n, *_ in small)
+    for args in (dict(K=96, O=24, HAS_GATE=True), dict(K=16, O=96, HAS_GATE=False)):
+        fp32 = tiles(DOT_FP32=True, **args)
+        assert fp32 and all(m * n <= 4096 or w == 8 for m, n, _, w, _ in fp32)
+        assert (32, 64, 64, 4, 4) not in fp32
+    assert tiles(K=40, O=24, HAS_GATE=True, DOT_FP32=True) == {(64, 32, 16, 4, 3), (32, 32, 32, 4, 3)}
+
+
+def test_untuned_config_fits_its_registers(monkeypatch):
+    """With autotuning off: fp32 tiles of at most 4096 outputs, 16-channel steps for its small
+    gated layers; fp16/bf16 keep the wide 64 x 128 tile."""
+    monkeypatch.setattr(module, "interpreting", lambda: False)
+    wide = module._heuristic(4096, 96, 480, False)
+    assert (wide["BLOCK_M"], wide["BLOCK_N"], wide["BLOCK_K"]) == (64, 128, 32)
+    fp32 = module._heuristic(4096, 96, 480, False, fp32=True)
+    assert (fp32["BLOCK_M"], fp32["BLOCK_N"], fp32["BLOCK_K"]) == (64, 64, 32)
+    gated = module._heuristic(4096, 40, 24, False, fp32=True, small_gated=True)
+    assert (gated["BLOCK_M"], gated["BLOCK_N"], gated["BLOCK_K"]) == (64, 32, 16)
+    assert module._heuristic(4096, 40, 24, False, small_gated=True)["BLOCK_K"] == 32
