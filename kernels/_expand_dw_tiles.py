@@ -107,8 +107,12 @@ def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: i
     """(TILE_H, TILE_W, BLOCK_C, BLOCK_K): output pixels and expanded channels per work item,
     input channels per expand step: 64 only for 3x3 kernels over whole steps of 64, else 32
     (a partial last step of 64, or the 25 taps' loads beside one, spill on sm_90: B2's 88 and
-    B7's 160 input channels in python -m fastmbconv.kernel_report)."""
+    B7's 160 input channels in python -m fastmbconv.kernel_report). fp32 steps are 16 channels:
+    its products run as FMAs, whose wider operands spilled up to 1960 B in B5-B7 and modelled
+    slower in every B0 and B7 block."""
     block_k = min(64 if kernel == 3 and C_in % 64 == 0 else 32, max(16, next_pow2(C_in)))
+    if dtype == torch.float32:
+        block_k = 16
     if interpreting():  # ~30 ms per program: few, large items
         return H_out, W_out, max(16, min(next_pow2(C), 128)), max(16, min(next_pow2(C_in), 128))
     # 64 expanded channels per item halve the per-item work per output (set-up, the SE sums'

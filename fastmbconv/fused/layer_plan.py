@@ -44,11 +44,16 @@ def load_table(path: Path = TABLE) -> dict:
 
 
 def table_choice(entry: dict) -> Optional[str]:
-    """The faster way by the entry's measured times if it has both, else by its modelled ones."""
-    for source in ("measured_us", "modelled_us"):
-        times = entry.get(source) or {}
-        if all(isinstance(times.get(c), (int, float)) for c in CHOICES):
-            return min(CHOICES, key=lambda c: times[c])
+    """The faster way by the entry's measured times if it has both, else by its modelled ones
+    among the ways whose kernels do not spill (the report's ``spill_bytes``; all if both do)."""
+    measured = entry.get("measured_us") or {}
+    if all(isinstance(measured.get(c), (int, float)) for c in CHOICES):
+        return min(CHOICES, key=lambda c: measured[c])
+    modelled = entry.get("modelled_us") or {}
+    if all(isinstance(modelled.get(c), (int, float)) for c in CHOICES):
+        spills = entry.get("spill_bytes") or {}
+        clean = [c for c in CHOICES if not spills.get(c)] or list(CHOICES)
+        return min(clean, key=lambda c: modelled[c])
     return None
 
 
@@ -58,12 +63,14 @@ def _rule(layer: LayerShape, dtype: torch.dtype) -> str:
     5x5 stride-2 blocks on maps of 14 and up, and 5x5 stride-1 blocks on maps from 14 up to 28
     (B0's 480- and 672-channel blocks; at 28 the separate path's 240 channels win, at 7 the
     halo's share); keep the rest separate. fp32 (FMA taps both ways; the expanded tensor's
-    bytes decide): fuse 3x3 blocks on maps of 28 and up and 5x5 stride-2 blocks on maps of 56
-    and up."""
+    bytes decide): fuse 3x3 blocks on maps of 28 and up with at most 48 input channels (40 at
+    stride 2: wider ones spill in B2-B7 or lose to the separate pair) and 5x5 stride-2 blocks
+    on maps of 56 and up."""
     side = min(layer.height, layer.width)
     k, s = layer.kernel, layer.stride
     if dtype == torch.float32:
-        fused = (k == 3 and side >= 28) or (k == 5 and s == 2 and side >= 56)
+        narrow = layer.in_channels <= (48 if s == 1 else 40)
+        fused = (k == 3 and side >= 28 and narrow) or (k == 5 and s == 2 and side >= 56)
     else:
         fused = side >= 14 and (k == 3 or s == 2 or side < 28)
     return "fused" if fused else "separate"

@@ -3,9 +3,10 @@ convs fused (``expand_dwconv``) and separate, from two kernel reports of the sam
 :mod:`fastmbconv.fused.layer_plan`, which reads the table).
 
 A block's time both ways is the sum of its launches' modelled times (its project conv and SE
-launches are the same both ways, so the difference is the expand and depthwise part). Entries
-are keyed by layer geometry and dtype; rewriting the table keeps other models' entries and any
-measured times a GPU run added.
+launches are the same both ways, so the difference is the expand and depthwise part). A way
+whose launches spill keeps its time but also its ``spill_bytes``, and is not chosen while the
+other does not spill. Entries are keyed by layer geometry and dtype; rewriting the table keeps
+other models' entries and any measured times a GPU run added.
 """
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ def layer_times(report: dict) -> dict:
     return dict(times)
 
 
+def layer_spills(report: dict) -> dict:
+    """The largest spill (bytes) of each layer's launches."""
+    spills: dict = defaultdict(int)
+    for r in report["launches"]:
+        if r.get("layer"):
+            spills[r["layer"]] = max(spills[r["layer"]], r.get("spill_bytes") or 0)
+    return dict(spills)
+
+
 def build_plan_table(model: str, batch: int, dtype: str, resolution: Optional[int] = None, **report_kwargs) -> dict:
     """(entries by layer key, the two reports' totals): both ways of every block of ``model``."""
     import fastmbconv.fused.layer_plan as lp
@@ -39,6 +49,7 @@ def build_plan_table(model: str, batch: int, dtype: str, resolution: Optional[in
         with _env(lp.ENV_VAR, choice):
             reports[choice] = build_report(model, batch, dtype, resolution, **report_kwargs)
     times = {c: layer_times(r) for c, r in reports.items()}
+    spills = {c: layer_spills(r) for c, r in reports.items()}
     name, net = build_model(model, dtype)
     res = reports["fused"]["resolution"]
     source = f"{name} batch {batch} {dtype} {res[0]}px"
@@ -51,8 +62,10 @@ def build_plan_table(model: str, batch: int, dtype: str, resolution: Optional[in
             entries[key]["layers"].append(f"{name}.{layer.name}")
             continue
         modelled = {c: round(times[c].get(layer.name, 0.0), 2) for c in lp.CHOICES}
-        entries[key] = {"modelled_us": modelled, "choice": min(lp.CHOICES, key=lambda c: modelled[c]),
-                        "layers": [f"{name}.{layer.name}"], "source": source}
+        spilled = {c: spills[c].get(layer.name, 0) for c in lp.CHOICES}
+        entry = {"modelled_us": modelled, **({"spill_bytes": spilled} if any(spilled.values()) else {})}
+        entries[key] = {**entry, "choice": lp.table_choice(entry), "layers": [f"{name}.{layer.name}"],
+                        "source": source}
     totals = {c: {"modelled_ms": r["totals"]["modelled_ms"], "hbm_bytes": r["totals"]["hbm_bytes"],
                   "max_spill_bytes_chosen": r["totals"]["max_spill_bytes_chosen"]} for c, r in reports.items()}
     return {"entries": entries, "totals": {source: totals}}
@@ -75,8 +88,9 @@ def merge_into(path: Path, table: dict) -> dict:
         entries[key] = merged
     out = {
         "about": "Per layer geometry: modelled µs of the expand + depthwise convs fused and separate "
-                 "(static sm_90 model, not measured; see fastmbconv.kernel_report). measured_us, where "
-                 "present, came from a GPU run and decides. Written by python -m fastmbconv.kernel_report "
+                 "(static sm_90 model, not measured; see fastmbconv.kernel_report); spill_bytes, where "
+                 "present, rules a spilling way out. measured_us, where present, came from a GPU run and "
+                 "decides. Written by python -m fastmbconv.kernel_report "
                  "--plan-table.",
         "entries": dict(sorted(entries.items())),
         "totals": {**(old.get("totals") or {}), **table["totals"]},

@@ -2,6 +2,7 @@
 ``expand_dwconv`` in it: launch counts prove the op ran on exactly the blocks the plan chose,
 outputs match the reference, the whole model still compiles as one graph."""
 import json
+import re
 
 import pytest
 import torch
@@ -90,6 +91,25 @@ def test_measured_times_beat_modelled_ones(table):
     assert layer_plan.explain(layer, torch.float16) == (layer_plan._rule(layer, torch.float16), "rule")
 
 
+def test_a_way_that_spills_is_not_chosen_by_its_modelled_time():
+    faster_fused = {"fused": 90.0, "separate": 100.0}
+    assert layer_plan.table_choice({"modelled_us": faster_fused}) == "fused"
+    assert layer_plan.table_choice({"modelled_us": faster_fused, "spill_bytes": {"fused": 16, "separate": 0}}) \
+        == "separate"
+    both = {"fused": 16, "separate": 8}  # both spill: the faster again
+    assert layer_plan.table_choice({"modelled_us": faster_fused, "spill_bytes": both}) == "fused"
+    measured = {"fused": 80.0, "separate": 85.0}  # a GPU's times decide, spills or not
+    assert layer_plan.table_choice({"modelled_us": faster_fused, "spill_bytes": {"fused": 16},
+                                    "measured_us": measured}) == "fused"
+
+
+def test_plan_table_records_each_ways_spills():
+    from fastmbconv.kernel_report.plan_table import layer_spills
+    report = {"launches": [{"layer": "blocks.1.0", "spill_bytes": 0}, {"layer": "blocks.1.0", "spill_bytes": 24},
+                           {"layer": "blocks.1.1", "spill_bytes": None}, {"layer": None, "spill_bytes": 8}]}
+    assert layer_spills(report) == {"blocks.1.0": 24, "blocks.1.1": 0}
+
+
 def test_env_var_forces_either_way_and_rejects_typos(monkeypatch):
     model = fm.efficientnet_b0()
     layers = [l for l in walk(model, 224, 224) if l.kind == "block"]
@@ -104,12 +124,13 @@ def test_env_var_forces_either_way_and_rejects_typos(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 def test_committed_table_is_consistent_and_covers_b0(dtype):
-    """Every entry's choice is its faster way; every B0 224px block with an expand conv has an
-    entry in fp16, bf16 and fp32; the rule agrees with the table on B0 (it stands in for
-    geometries without one)."""
+    """Every entry's choice is its faster way that does not spill; every B0 224px block with an
+    expand conv has an entry in fp16, bf16 and fp32; the rule agrees with the table on B0 (it
+    stands in for geometries without one)."""
     raw = json.loads(layer_plan.TABLE.read_text())
     for key, entry in raw["entries"].items():
-        assert entry["choice"] == layer_plan.table_choice({"modelled_us": entry["modelled_us"]}), key
+        modelled = {k: entry[k] for k in ("modelled_us", "spill_bytes") if k in entry}
+        assert entry["choice"] == layer_plan.table_choice(modelled), key
     layer_plan.load_table.cache_clear()
     model = fm.efficientnet_b0()
     for layer in walk(model, 224, 224):
@@ -117,6 +138,23 @@ def test_committed_table_is_consistent_and_covers_b0(dtype):
             entry = layer_plan.load_table().get(layer_plan.layer_key(layer, dtype))
             assert entry is not None, layer.name
             assert layer_plan._rule(layer, dtype) == entry["choice"], layer.name
+
+
+def test_the_rule_never_fuses_a_geometry_whose_fused_kernel_spilled():
+    """The rule stands in for geometries without an entry (other resolutions): wherever the
+    table saw the fused kernel spill, the rule keeps the block separate."""
+    from fastmbconv.shapes import LayerShape
+    raw = json.loads(layer_plan.TABLE.read_text())
+    spilled = 0
+    for key, entry in raw["entries"].items():
+        if not (entry.get("spill_bytes") or {}).get("fused") or (entry["spill_bytes"].get("separate") or 0):
+            continue
+        c_in, mid, k, s, h, w, dtype = re.fullmatch(r"(\d+)-(\d+)-k(\d)-s(\d)-(\d+)x(\d+)-(\w+)", key).groups()
+        layer = LayerShape("b", "block", int(c_in), int(c_in), int(k), int(s), int(h), int(w), int(mid),
+                           has_expand=True)
+        assert layer_plan._rule(layer, getattr(torch, dtype)) == "separate", key
+        spilled += 1
+    assert spilled >= 10  # B0-B7 fp32 have such geometries
 
 
 def test_unreadable_table_falls_back_to_the_rule(tmp_path):

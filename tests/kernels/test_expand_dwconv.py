@@ -301,6 +301,9 @@ def test_channel_block_choice(monkeypatch):
     assert tiles.blocks_for(14, 14, 112, 672, 5, 1, HALF)[2] == 32
     assert tiles.blocks_for(15, 15, 64, 384, 3, 2, HALF)[2] == 32
     assert tiles.blocks_for(56, 56, 24, 144, 3, 1, torch.float32)[2] == 32
+    # fp32's FMA products take 16-channel expand steps (wider ones spill in B5-B7)
+    assert [tiles.blocks_for(38, 38, c_in, 6 * c_in, 3, 1, torch.float32)[3] for c_in in (24, 64, 160)] == [16] * 3
+    assert tiles.blocks_for(38, 38, 160, 960, 3, 1, HALF)[3] == 32
     for h, c_in, c in [(56, 24, 144), (17, 88, 528), (19, 96, 576), (14, 80, 480), (33, 48, 288)]:
         th, tw, bc, _ = tiles.blocks_for(h, h, c_in, c, 3, 1, HALF)
         assert bc == 32 or tiles.pixel_slots(th, tw) <= 64, (h, th, tw)
