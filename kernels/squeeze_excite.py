@@ -105,15 +105,17 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
     if N == 0 or C == 0:
         return gate
     block_n, block_r = 16, max(16, next_pow2(R))
+    lowp = w_reduce.dtype if w_reduce.dtype == w_expand.dtype and w_reduce.dtype != torch.float32 else None
     if interpreting():  # ~30 ms per program: few, large blocks (Triton's limit: 2**20 elements)
         block_n, block_c, block_g = max(16, min(next_pow2(N), 64)), max(16, min(next_pow2(C), 4096, 2**20 // block_r)), None
-    else:  # the reduce FC's (BLOCK_C, BLOCK_R) weight tile fits the registers up to 128 x 128
-        block_c, block_g = (128 if block_r <= 128 else 64), 64
+    elif block_r <= 128 or lowp is not None:  # the reduce FC's (BLOCK_C, BLOCK_R) weight tile
+        block_c, block_g = (128 if block_r <= 128 else 64), 64  # fits the registers up to 128 x 128
+    else:  # fp32 dots run as FMAs: past 128 reduced channels, 64-wide tiles spill (B6's, B7's 6.x)
+        block_c, block_g = 16, 32
     block_g = block_g or block_c
     image_blocks, gate_blocks = triton.cdiv(N, block_n), triton.cdiv(C, block_g)
     # enough programs to spread over the GPU; each recomputes its images' hidden vector
     groups = max(1, min(gate_blocks, triton.cdiv(128, image_blocks)))
-    lowp = w_reduce.dtype if w_reduce.dtype == w_expand.dtype and w_reduce.dtype != torch.float32 else None
     partials = partials.contiguous()
     launch(OP, _se_gate_kernel, (image_blocks, groups), dict(
         part_ptr=partials, count_ptr=count.contiguous() if count is not None else partials,

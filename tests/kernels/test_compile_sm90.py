@@ -149,3 +149,45 @@ def test_depthwise_accesses_are_vectors_where_channels_are_not_a_multiple_of_16(
     result = subprocess.run([sys.executable, "-c", VECTOR_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("vector"), result.stdout
+
+
+SE_SCRIPT = textwrap.dedent(
+    """
+    import os
+    os.environ["FASTMBCONV_AUTOTUNE"] = "0"
+    import torch
+    from fastmbconv.kernels._launch import record_launches
+    from fastmbconv.kernels.squeeze_excite import squeeze_excite_gate
+    from fastmbconv.kernel_report.build import spill_bytes
+    from fastmbconv.kernel_report.compiled import analyse
+    from fastmbconv.kernel_report.sass import Sass
+    from fastmbconv.kernel_report.specialize import variants
+
+    todo = []
+    for C, R, dtype in [(3840, 160, torch.float32), (3456, 144, torch.float32), (2304, 96, torch.float32),
+                        (3840, 160, torch.float16)]:
+        part = torch.empty(2, 3, C, device="meta")  # several tiles per image, as on 19x19 maps
+        w = lambda *s: torch.empty(*s, device="meta", dtype=dtype)
+        with record_launches() as launches:
+            squeeze_excite_gate(part, w(R, C), w(R), w(C, R), w(C), hw=100)
+        rec = launches[0]
+        todo.append(((C, R, str(dtype), rec.constexprs["BLOCK_C"], rec.constexprs["BLOCK_G"]),
+                     variants(rec.kernel, rec.args, rec.constexprs)[0][0]))
+    results = analyse([v for _, v in todo])
+    spills = [(what, results[v.key()].get("error") or results[v.key()]["stack"]) for what, v in todo
+              if "error" in results[v.key()]
+              or spill_bytes(results[v.key()]["stack"], Sass.from_json(results[v.key()]["sass"]))]
+    assert not spills, spills
+    print("fits")
+    """
+)
+
+
+def test_se_gate_of_the_widest_blocks_fits_its_registers():
+    """B6's and B7's last blocks reduce 3456-3840 channels to 144-160: in fp32 the FCs' dots
+    run as FMAs, whose 64-wide tiles spilled (72 B with triton 3.9, 1312 B with 3.6)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    result = subprocess.run([sys.executable, "-c", SE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("fits"), result.stdout
