@@ -26,8 +26,10 @@ Definitions
   ``fixed_config``.
 - totals: launches (Triton and torch, fills, casts and copies included), modelled_ms, the
   layer-fused floor from :func:`fastmbconv.roofline.roofline` at 3.0e12 B/s, their ratio, the
-  largest spill over every config compiled (the stack frame of code that loads or stores local
-  memory; a frame nothing touches is flagged, not counted).
+  modelled time's parts each summed over the launches (memory_ms, issue_ms, tensor_ms,
+  launch_overhead_ms: with perfect overlap the forward would still take the largest part plus
+  the overhead), the largest spill over every config compiled (the stack frame of code that
+  loads or stores local memory; a frame nothing touches is flagged, not counted).
 
 Importing this package does not import triton; :func:`build_report` does, and refuses to run
 with ``TRITON_INTERPRET=1`` (the CLI re-runs itself without it).
