@@ -8,10 +8,11 @@ never re-reads the activation. Those per-tile partial sums are reduced by the SE
 a fixed order: no atomics, no zero-filled buffer, bitwise repeatable.
 
 Each program computes a 2-D tile of output pixels (``TILE_H`` x ``TILE_W``, chosen per map by
-:func:`._utils.spatial_tile`) for ``BLOCK_C`` channels of one image. The input's and output's
-pixel strides are compile-time constants, so the taps along a row are immediate offsets from one
-address and channels_last rows of 24, 40 or 56 channels still load and store as vectors. Two
-variants, picked by the weight layout:
+:func:`._utils.spatial_tile`) for ``BLOCK_C`` channels of one image. The input's pixel stride is
+a compile-time constant, so the taps along a row are immediate offsets from one address; so are
+the power-of-two factors of the channel count and the output's pixel stride, so channels_last
+rows of 24, 40 or 56 channels still load and store as vectors. Two variants, picked by the
+weight layout:
 
 - (k*k, C) fp32 (:func:`taps_major`): each tap is a converted load and an fp32 FMA per element;
   for fp32 inputs, and for fp16/bf16 called with these weights.
@@ -61,9 +62,9 @@ OP = "dwconv_bn_act"
 def _dwconv_bn_act_kernel(
     x_ptr, w_ptr, scale_ptr, shift_ptr, out_ptr, part_ptr, valid_ptr, padtl_ptr,
     c_units, H, W, H_out, W_out, tiles_w, tiles_per_image,
-    sxn, sxc, sxh, son, soc, soh,
+    sxn, sxc, sxh, son, soc, soh, sow_units,
     pad_top, pad_left, batch_bucket, rows,
-    C_UNIT: tl.constexpr, SXW: tl.constexpr, SOW: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr,
+    C_UNIT: tl.constexpr, SXW: tl.constexpr, SOW_UNIT: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr,
     ACT: tl.constexpr, FAST_MATH: tl.constexpr, WITH_POOL: tl.constexpr,
     RAGGED: tl.constexpr, INT64: tl.constexpr, MMA: tl.constexpr, DOT_FP32: tl.constexpr,
     EVEN_C: tl.constexpr,  # C is a multiple of BLOCK_C (only claimed where that is known at launch)
@@ -75,7 +76,7 @@ def _dwconv_bn_act_kernel(
     CB: tl.constexpr = 16 if MMA else BLOCK_C
     G: tl.constexpr = BLOCK_C // CB
     P: tl.constexpr = TILE_H * TILE_W
-    C = c_units * C_UNIT  # the channels, with their power-of-two factor visible (see the launcher)
+    C = c_units * C_UNIT  # the channels, their power-of-two factor visible (see the launcher)
     pid = tl.program_id(0)  # image * tiles_per_image + tile
     n = pid // tiles_per_image
     tile = pid % tiles_per_image
@@ -142,7 +143,7 @@ def _dwconv_bn_act_kernel(
     in_map = ((oh < H_out) & (ow < W_out))[None, :, None] & c_ok
     if RAGGED:
         y = tl.where(((oh < h_valid) & (ow < w_valid))[None, :, None], y, 0.0)
-    out_off = (oh * soh + ow * SOW)[None, :, None] + offs_c * soc
+    out_off = (oh * soh + ow * (sow_units * SOW_UNIT))[None, :, None] + offs_c * soc
     tl.store(out_ptr + n.to(tl.int64) * son + out_off, y.to(out_ptr.dtype.element_ty), mask=in_map)
 
     if WITH_POOL:  # this tile's sums per channel: the SE gate kernel adds the tiles up
@@ -248,6 +249,11 @@ def blocks_for(H_out: int, W_out: int, C: int, mma: bool = False) -> tuple[int, 
     return (*spatial_tile(H_out, W_out), 16 if mma else min(32, max(16, next_pow2(C))))
 
 
+def _unit(n: int) -> int:
+    """The power-of-two factor (below 16) that triton's own specialisation of ``n`` would miss."""
+    return 1 if n % 16 == 0 else math.gcd(n, 16)
+
+
 def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu", with_pool=False,
                          valid_hw=None, pad_tl=None):
     """Check, allocate and launch. Returns (out, partial_sums): ``partial_sums`` is (N, T, C)
@@ -264,10 +270,11 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         return out, partials
     check_valid_sizes(OP, valid_hw, H, W)
     ragged = valid_hw is not None
-    # C as c_units x C_UNIT, the largest power of two up to 16 that divides it: triton infers at
-    # most "a multiple of 16" from a runtime integer, so where C is 24, 40 or 56 the channel
-    # masks and channels_last rows would look unaligned and every access scalar
-    c_unit = math.gcd(C, 16)
+    # C and the output's pixel stride as units x UNIT, UNIT the largest power of two below 16
+    # that divides them (1 where 16 does): triton infers at most "a multiple of 16" from a
+    # runtime integer, so where C is 24, 40 or 56 the channel masks and channels_last rows would
+    # look unaligned and every access scalar
+    c_unit, sow_unit = _unit(C), _unit(out.stride(3))
     if mma:  # one warp's 16-row MMA tiles cover the 32 or 64 pixels (2 or 4 warps: more instructions
         # per output). Pipelined loads cost more than they hide, except where a channel group is
         # partly masked: there triton 3.6 spills 8 B at 1 stage (B3's 40 and 24 channels).
@@ -290,9 +297,11 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         padtl_ptr=pad_tl.contiguous() if ragged else scale,
         c_units=C // c_unit, H=H, W=W, H_out=H_out, W_out=W_out, tiles_w=tiles_w, tiles_per_image=tiles,
         **dict(zip(("sxn", "sxc", "sxh"), x.stride()[:3])), **dict(zip(("son", "soc", "soh"), out.stride()[:3])),
+        sow_units=out.stride(3) // sow_unit,
         pad_top=padding[0], pad_left=padding[2], batch_bucket=batch_bucket(N), rows=k,
     ), dict(
-        C_UNIT=c_unit, SXW=x.stride(3), SOW=out.stride(3), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(),
+        C_UNIT=c_unit, SXW=x.stride(3), SOW_UNIT=sow_unit, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
+        FAST_MATH=not interpreting(),
         WITH_POOL=with_pool, RAGGED=ragged, INT64=needs_int64(x, out), MMA=mma, DOT_FP32=interpreting(),
         EVEN_C=mma and C % block_c == 0,  # the autotuned FMA variant's BLOCK_C varies: never claimed there
         TILE_H=tile_h, TILE_W=tile_w, **config,
