@@ -108,8 +108,9 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
     lowp = w_reduce.dtype if w_reduce.dtype == w_expand.dtype and w_reduce.dtype != torch.float32 else None
     if interpreting():  # ~30 ms per program: few, large blocks (Triton's limit: 2**20 elements)
         block_n, block_c, block_g = max(16, min(next_pow2(N), 64)), max(16, min(next_pow2(C), 4096, 2**20 // block_r)), None
-    elif block_r <= 128 or lowp is not None:  # the reduce FC's (BLOCK_C, BLOCK_R) weight tile
-        block_c, block_g = (128 if block_r <= 128 else 64), 64  # fits the registers up to 128 x 128
+    elif block_r <= 128 or lowp is not None:
+        # the reduce FC's (BLOCK_C, BLOCK_R) weight tile fits the registers up to 128 x 128
+        block_c, block_g = (128 if block_r <= 128 else 64), 64
     else:  # fp32 dots run as FMAs: past 128 reduced channels, 64-wide tiles spill (B6's, B7's 6.x)
         block_c, block_g = 16, 32
     block_g = block_g or block_c

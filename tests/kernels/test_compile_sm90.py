@@ -90,14 +90,20 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_every_launched_variant_compiles_for_sm90():
+def run_compiled(script: str) -> subprocess.CompletedProcess:
+    """``script`` in a Python without the interpreter (triton compiles for sm_90 only then)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     try:
-        result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
         pytest.fail("compiling the kernels for sm_90 took over 10 minutes")
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_every_launched_variant_compiles_for_sm90():
+    result = run_compiled(SCRIPT)
     assert result.stdout.strip().startswith("compiled") and int(result.stdout.split()[-1]) >= 10, result.stdout
 
 
@@ -156,10 +162,7 @@ def test_depthwise_accesses_are_vectors_where_channels_are_not_a_multiple_of_16(
     the output's pixel stride as constants, so the activation loads and stores stay 16-byte
     vectors (scalar, those launches took 1.7-1.9x the instructions per output in the kernel
     report). Where 16 divides C nothing changes: that kernel stays as it was, without a spill."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    result = subprocess.run([sys.executable, "-c", VECTOR_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_compiled(VECTOR_SCRIPT)
     assert result.stdout.strip().endswith("vector"), result.stdout
 
 
@@ -198,8 +201,5 @@ SE_SCRIPT = textwrap.dedent(
 def test_se_gate_of_the_widest_blocks_fits_its_registers():
     """B6's and B7's last blocks reduce 3456-3840 channels to 144-160: in fp32 the FCs' dots
     run as FMAs, whose 64-wide tiles spilled (72 B with triton 3.9, 1312 B with 3.6)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    result = subprocess.run([sys.executable, "-c", SE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_compiled(SE_SCRIPT)
     assert result.stdout.strip().endswith("fits"), result.stdout
