@@ -155,6 +155,10 @@ _GPU_CONFIGS = [
 # there only 16-channel steps or 32 x 32 tiles stay clean (--model efficientnet_b3 --dtype fp32).
 _FP32_CONFIGS = [(64, 64, 32, 4, 3), (64, 32, 64, 4, 4), (128, 64, 64, 8, 3)]
 _FP32_SMALL_GATED_CONFIGS = [(64, 32, 16, 4, 3), (32, 32, 32, 4, 3)]
+# Layers of at most 16 output channels (the depthwise-separable blocks' projections in B0-B2)
+# try only 16-wide tiles: a wider one computes and stages mostly padding (B0's blocks.0.0:
+# 64 x 64 models 125 us, issue-bound; 64 x 16 105 us, at its memory time).
+_NARROW_CONFIGS = [(64, 16, 32, 4, 3), (128, 16, 32, 4, 3)]
 _KEY = ["K", "O", "HW", "W", "HAS_GATE", "HAS_RES", "ACT", "RAGGED", "DENSE_ROWS", "batch_bucket"]
 
 
@@ -163,12 +167,15 @@ def _small_gated(K: int, gated: bool) -> bool:
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """fp32: the tiles above that do not spill. fp16/bf16 with the SE gate applied to fewer
-    than 64 input channels (the depthwise-separable blocks: 16-40 channels in B0-B5): tiles of
-    at most 4096 outputs (8192 need 255 registers and spill on sm_90, B3's and B4's)."""
+    """At most 16 output channels: the 16-wide tiles. fp32: the tiles above that do not spill.
+    fp16/bf16 with the SE gate applied to fewer than 64 input channels (the
+    depthwise-separable blocks: 16-40 channels in B0-B5): tiles of at most 4096 outputs (8192
+    need 255 registers and spill on sm_90, B3's and B4's)."""
     args = {**named_args, **kwargs}
     small_gated = _small_gated(args["K"], args["HAS_GATE"])
-    if args["DOT_FP32"]:
+    if args["O"] <= 16:
+        keep = _NARROW_CONFIGS
+    elif args["DOT_FP32"]:
         keep = _FP32_SMALL_GATED_CONFIGS if small_gated else _FP32_CONFIGS
     else:
         keep = [c for c in _GPU_CONFIGS if not small_gated or c[0] * c[1] <= 4096]
@@ -179,7 +186,7 @@ def _prune_configs(configs, named_args, **kwargs):
 
 _pointwise_gated_autotuned = triton.autotune(
     configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
-             for m, n, k, w, st in _GPU_CONFIGS + _FP32_SMALL_GATED_CONFIGS],
+             for m, n, k, w, st in _GPU_CONFIGS + _FP32_SMALL_GATED_CONFIGS + _NARROW_CONFIGS],
     key=_KEY,
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_pointwise_gated_kernel)

@@ -250,7 +250,8 @@ def test_autotune_tries_only_tiles_that_fit_their_registers():
     """The configs each dtype and layer kind may try, from the static sm_90 report: fp16/bf16
     tries every tensor-core tile, but at most 4096 outputs where the SE gate meets fewer than 64
     input channels (the depthwise-separable blocks); fp32's FMA products never try a 4-warp tile
-    of 8192 outputs, and its small gated layers only 16-channel K steps or 32 x 32 tiles."""
+    of 8192 outputs, and its small gated layers only 16-channel K steps or 32 x 32 tiles; a
+    layer of at most 16 output channels only 16-wide tiles."""
     from fastmbconv.kernels import pointwise_gated as module
 
     tuned = module._pointwise_gated_autotuned
@@ -270,6 +271,10 @@ def test_autotune_tries_only_tiles_that_fit_their_registers():
         assert fp32 and all(m * n <= 4096 or w == 8 for m, n, _, w, _ in fp32)
         assert (32, 64, 64, 4, 4) not in fp32
     assert tiles(K=40, O=24, HAS_GATE=True, DOT_FP32=True) == {(64, 32, 16, 4, 3), (32, 32, 32, 4, 3)}
+    # 16 output channels (B0's blocks.0.0 projection): only 16-wide tiles, in every dtype
+    for fp32 in (False, True):
+        assert tiles(K=32, O=16, HAS_GATE=True, DOT_FP32=fp32) == set(module._NARROW_CONFIGS)
+        assert all(n == 16 for _, n, *_ in module._NARROW_CONFIGS)
 
 
 def test_untuned_config_fits_its_registers(monkeypatch):
