@@ -28,7 +28,7 @@ VIEW_OR_ALLOC = ("view", "_unsafe_view", "slice", "permute", "t", "expand", "as_
                  "detach", "reshape", "unsqueeze", "select")
 LEAN_K3_RANGE = (35, 140)  # per output: around FIELD_NOTES' ~72 for a lean k=3 depthwise
 REQUIRED_TOTALS = ("launches", "modelled_ms", "layer_fused_floor_ms", "floor_ratio", "max_spill_bytes", "memory_ms",
-                   "issue_ms", "tensor_ms", "launch_overhead_ms")
+                   "issue_ms", "tensor_ms", "sfu_ms", "launch_overhead_ms")
 
 # 6 straight-line instructions, a 5-instruction loop, then the terminal self-branch and padding
 SYNTHETIC_SASS = """
@@ -121,6 +121,12 @@ def test_time_model_is_the_fixed_max_plus_overhead():
     assert bound == "issue" and t == pytest.approx(7e-6)
     t, bound = modelled_seconds(3.0e6, 1.0, 700e12 * 4e-6)  # 4 us of tensor cores beats 1 us of memory
     assert bound == "tensor" and t == pytest.approx(6e-6)
+    # the special-function pipe: 16 MUFU lanes per SM and cycle, so 3 us of MUFU work is an
+    # eighth of what the same count of other instructions would take to issue
+    mufu = 132 * 16 * 1.755e9 * 3e-6 / 32
+    t, bound = modelled_seconds(3.0e6, mufu, 0.0, mufu)
+    assert bound == "sfu" and t == pytest.approx(5e-6)
+    assert modelled_seconds(0.0, 8 * mufu, 0.0, mufu)[1] == "issue"
 
 
 def test_hbm_bytes_count_each_storage_region_once():
@@ -211,9 +217,12 @@ def test_cli_b0_batch1_writes_report(tmp_path):
     assert totals["floor_ratio"] == pytest.approx(totals["modelled_ms"] / floor)
     # the modelled time's parts: each summed over the launches, no larger than the whole, and
     # the whole no larger than their sum (each launch takes the largest of its parts)
-    parts = [totals[k] for k in ("memory_ms", "issue_ms", "tensor_ms")]
+    parts = [totals[k] for k in ("memory_ms", "issue_ms", "tensor_ms", "sfu_ms")]
     assert totals["memory_ms"] == pytest.approx(sum(r["hbm_bytes"] for r in report["launches"]) / 3.0e9)
     assert totals["issue_ms"] == pytest.approx(sum(r.get("warp_instructions") or 0 for r in triton) / 9.2664e11 * 1e3)
+    assert totals["sfu_ms"] == pytest.approx(sum(r.get("mufu_warp_instructions") or 0 for r in triton) * 32
+                                             / (132 * 16 * 1.755e9) * 1e3)
+    assert all(r["mufu_warp_instructions"] > 0 for r in triton if r["op"] == "dwconv_bn_act")  # its SiLU
     assert totals["launch_overhead_ms"] == pytest.approx(totals["launches"] * 2e-3)
     assert min(parts) > 0 and max(parts) + totals["launch_overhead_ms"] <= totals["modelled_ms"] * (1 + 1e-9)
     assert totals["modelled_ms"] <= (sum(parts) + totals["launch_overhead_ms"]) * (1 + 1e-9)
@@ -356,8 +365,8 @@ AUTOTUNED_PROBE = textwrap.dedent("""
             offs = c0 + tl.arange(0, BLOCK)
             keep = offs < n_cols
             v = tl.load(x_ptr + row * n_cols + offs, mask=keep).to(tl.float32)
-            for _ in tl.static_range(8):  # enough work per element to be issue-bound
-                v = v * tl.sigmoid(v)
+            for _ in tl.static_range(16):  # enough FMAs per element to be issue-bound (no MUFU)
+                v = v * v * 0.5 + v
             tl.store(out_ptr + row * n_cols + offs, v.to(tl.float16), mask=keep)
 
     configs = [triton.Config({"BLOCK": 64}, num_warps=1), triton.Config({"BLOCK": 256}, num_warps=2)]

@@ -20,13 +20,15 @@ Definitions
   weights once: compulsory traffic, no halo re-reads, no L2 effects.
 - tensor_flops: from the HGMMA/HMMA instructions in the SASS (tile padding included).
 - modelled time t = max(hbm_bytes / 3.0e12, warp_instructions / (132 x 4 x 1.755e9),
-  tensor_flops / 700e12) + 2 us; torch-side kernels: hbm_bytes / 3.0e12 + 2 us.
+  tensor_flops / 700e12, 32 x MUFU warp instructions / (132 x 16 x 1.755e9)) + 2 us (the
+  last: the special-function pipe, 16 lanes per SM and cycle); torch-side kernels:
+  hbm_bytes / 3.0e12 + 2 us.
 - An autotuned launch reports the config the model likes best (lowest modelled time); all
   configs are listed under ``configs`` and the ``FASTMBCONV_AUTOTUNE=0`` config under
   ``fixed_config``.
 - totals: launches (Triton and torch, fills, casts and copies included), modelled_ms, the
   layer-fused floor from :func:`fastmbconv.roofline.roofline` at 3.0e12 B/s, their ratio, the
-  modelled time's parts each summed over the launches (memory_ms, issue_ms, tensor_ms,
+  modelled time's parts each summed over the launches (memory_ms, issue_ms, tensor_ms, sfu_ms,
   launch_overhead_ms: with perfect overlap the forward would still take the largest part plus
   the overhead), the largest spill over every config compiled (the stack frame of code that
   loads or stores local memory; a frame nothing touches is flagged, not counted).

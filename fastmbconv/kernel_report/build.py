@@ -70,14 +70,15 @@ def variant_row(rec, v, analysis: dict, hbm: int, weights_bytes_fn) -> dict:
     warps = programs * v.num_warps
     warp_insns = warps * dyn["instructions"]
     tflops = warps * dyn["tensor_flops"]
-    t, bound = M.modelled_seconds(hbm, warp_insns, tflops)
+    mufu = warps * dyn["classes"].get("mufu", 0)
+    t, bound = M.modelled_seconds(hbm, warp_insns, tflops, mufu)
     outputs = row["outputs"]
     per_out = (lambda n: n * warps * M.THREADS_PER_WARP / outputs) if outputs else (lambda n: None)
     row.update(
         registers=analysis["registers"], spill_bytes=spill_bytes(analysis["stack"], sass),
         stack_bytes=analysis["stack"], local_bytes=analysis["local"],
         shared_bytes=analysis["shared"], static_instructions=analysis["static_instructions"],
-        instructions_per_warp=dyn["instructions"], warp_instructions=warp_insns,
+        instructions_per_warp=dyn["instructions"], warp_instructions=warp_insns, mufu_warp_instructions=mufu,
         instructions_per_program=dyn["instructions"] * v.num_warps,
         instructions_per_output=per_out(dyn["instructions"]),
         per_output_by_class={k: per_out(n) for k, n in sorted(dyn["classes"].items())} if outputs else None,
@@ -208,6 +209,8 @@ def totals(rec: Recording, launches: list) -> dict:
         "memory_ms": hbm / M.HBM_BYTES_PER_S * 1e3,
         "issue_ms": issue_ms,
         "tensor_ms": sum(r.get("tensor_flops") or 0 for r in launches) / M.TENSOR_FLOPS_PER_S * 1e3,
+        "sfu_ms": sum(r.get("mufu_warp_instructions") or 0 for r in launches) * M.THREADS_PER_WARP
+        / M.MUFU_LANES_PER_S * 1e3,
         "launch_overhead_ms": len(launches) * M.LAUNCH_OVERHEAD_S * 1e3,
         "l2_scratch_bytes": sum(r.get("l2_scratch_bytes") or 0 for r in launches),
         "recompute_flops": sum(r.get("recompute_flops") or 0 for r in launches),
@@ -218,7 +221,7 @@ def totals(rec: Recording, launches: list) -> dict:
         "dw_k5_max_instructions_per_output": max(dw[5]) if dw[5] else None,
         "expand_dw_k3_max_instructions_per_output": max(expand_dw[3]) if expand_dw[3] else None,
         "expand_dw_k5_max_instructions_per_output": max(expand_dw[5]) if expand_dw[5] else None,
-        "bound_by": {b: sum(r.get("bound_by") == b for r in launches) for b in ("memory", "issue", "tensor")},
+        "bound_by": {b: sum(r.get("bound_by") == b for r in launches) for b in ("memory", "issue", "tensor", "sfu")},
         "launches_with_flags": sum(bool(r.get("flags")) for r in launches),
         "compile_failures": sum(1 for r in launches if r["kind"] == "triton"
                                 for c in r.get("configs", [r]) if c.get("error")),

@@ -2,7 +2,13 @@
 
     t = max(hbm_bytes / 3.0e12 B/s,
             warp_instructions / (132 SMs x 4 issues per cycle x 1.755e9 Hz),
-            tensor_flops / 700e12 FLOP/s) + 2 us
+            tensor_flops / 700e12 FLOP/s,
+            MUFU lanes / (132 SMs x 16 per cycle x 1.755e9 Hz)) + 2 us
+
+The last term is the special-function pipe: every MUFU (ex2, rcp, tanh: two per SiLU) takes one
+issue slot like any instruction, but the SM computes only 16 of them per cycle (the CUDA
+programming guide's throughput table for compute capability 9.0), so a warp's MUFU holds the
+pipe 8 issue slots' worth of time and SiLU-heavy code can be bound by it.
 
 Dynamic counts: every straight-line SASS instruction once per warp, every loop body
 ``ceil(trips / unroll)`` times per pass of its enclosing loop (see :mod:`.sass`).
@@ -20,11 +26,14 @@ ISSUE_PER_SM_PER_CYCLE = 4
 CLOCK_HZ = 1.755e9
 WARP_ISSUE_PER_S = SMS * ISSUE_PER_SM_PER_CYCLE * CLOCK_HZ
 TENSOR_FLOPS_PER_S = 700e12
+MUFU_PER_SM_PER_CYCLE = 16  # lanes: a warp's MUFU takes 2 cycles of an SM's pipe
+MUFU_LANES_PER_S = SMS * MUFU_PER_SM_PER_CYCLE * CLOCK_HZ
 LAUNCH_OVERHEAD_S = 2e-6
 THREADS_PER_WARP = 32
 
 CONSTANTS = {"hbm_bytes_per_s": HBM_BYTES_PER_S, "sms": SMS, "issue_per_sm_per_cycle": ISSUE_PER_SM_PER_CYCLE,
-             "clock_hz": CLOCK_HZ, "tensor_flops_per_s": TENSOR_FLOPS_PER_S, "launch_overhead_s": LAUNCH_OVERHEAD_S}
+             "clock_hz": CLOCK_HZ, "tensor_flops_per_s": TENSOR_FLOPS_PER_S,
+             "mufu_per_sm_per_cycle": MUFU_PER_SM_PER_CYCLE, "launch_overhead_s": LAUNCH_OVERHEAD_S}
 
 
 def loop_multipliers(sass: Sass, trips: Optional[list[int]]) -> tuple[list[float], list[str]]:
@@ -73,10 +82,12 @@ def dynamic_per_warp(sass: Sass, trips: Optional[list[int]]) -> dict:
             "loop_multipliers": mult, "flags": flags}
 
 
-def modelled_seconds(hbm_bytes: float, warp_instructions: float, tensor_flops: float) -> tuple[float, str]:
-    """(modelled seconds, what bounds it: "memory", "issue" or "tensor")."""
+def modelled_seconds(hbm_bytes: float, warp_instructions: float, tensor_flops: float,
+                     mufu_warp_instructions: float = 0.0) -> tuple[float, str]:
+    """(modelled seconds, what bounds it: "memory", "issue", "tensor" or "sfu")."""
     parts = {"memory": hbm_bytes / HBM_BYTES_PER_S, "issue": warp_instructions / WARP_ISSUE_PER_S,
-             "tensor": tensor_flops / TENSOR_FLOPS_PER_S}
+             "tensor": tensor_flops / TENSOR_FLOPS_PER_S,
+             "sfu": mufu_warp_instructions * THREADS_PER_WARP / MUFU_LANES_PER_S}
     bound = max(parts, key=parts.get)
     return parts[bound] + LAUNCH_OVERHEAD_S, bound
 

@@ -49,8 +49,9 @@ def totals_table(report: dict) -> str:
         ("modelled time, FASTMBCONV_AUTOTUNE=0 configs", f"{t['modelled_ms_fixed_configs']:.3f} ms"),
         ("layer-fused floor at 3.0 TB/s", f"{t['layer_fused_floor_ms']:.3f} ms"),
         ("modelled / floor", _num(t["floor_ratio"], "{:.2f}")),
-        ("memory / issue / tensor time and launch overhead, each summed over the launches",
-         " / ".join(_num(t.get(k), "{:.3f}") for k in ("memory_ms", "issue_ms", "tensor_ms", "launch_overhead_ms"))
+        ("memory / issue / tensor / SFU time and launch overhead, each summed over the launches",
+         " / ".join(_num(t.get(k), "{:.3f}")
+                    for k in ("memory_ms", "issue_ms", "tensor_ms", "sfu_ms", "launch_overhead_ms"))
          + " ms"),
         ("HBM bytes (launches, each tensor once)", f"{t['hbm_bytes'] / 1e6:.1f} MB"),
         ("HBM bytes / layer-fused floor bytes", _num(t.get("hbm_vs_layer_fused_floor"), "{:.2f}")),
@@ -65,8 +66,8 @@ def totals_table(report: dict) -> str:
          f"{_num(t.get('expand_dw_k3_max_instructions_per_output'))} / "
          f"{_num(t.get('expand_dw_k5_max_instructions_per_output'))}"),
         ("configs that failed to compile (their time counts as 0)", t["compile_failures"]),
-        ("launches bound by memory / issue / tensor",
-         " / ".join(str(t["bound_by"][b]) for b in ("memory", "issue", "tensor"))),
+        ("launches bound by memory / issue / tensor / SFU",
+         " / ".join(str(t["bound_by"].get(b, 0)) for b in ("memory", "issue", "tensor", "sfu"))),
     ]
     out = ["| total | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
     out += ["", "| target | value | limit | met |", "|---|---|---|---|"]
@@ -87,7 +88,8 @@ def markdown(report: dict) -> str:
     flagged = [r for r in report["launches"] if r.get("flags")]
     parts = [title, "", STATIC_NOTE, "",
              f"triton {report['triton_version']}, torch {report['torch_version']}. Modelled time per launch: "
-             "max(HBM bytes / 3.0e12, warp-instructions / (132 x 4 x 1.755e9), tensor FLOPs / 700e12) + 2 µs; "
+             "max(HBM bytes / 3.0e12, warp-instructions / (132 x 4 x 1.755e9), tensor FLOPs / 700e12, "
+             "MUFU lanes / (132 x 16 x 1.755e9)) + 2 µs; "
              "autotuned launches show the config the model likes best (all configs are in the JSON).",
              "Recorded on meta tensors, emulating CUDA in: "
              + "; ".join(report.get("emulated_cuda_behaviour", [])) + ".",
