@@ -7,10 +7,16 @@ The choice comes, in order, from ``FASTMBCONV_EXPAND_DW`` (``fused``, ``separate
 (``python -m fastmbconv.kernel_report --plan-table``, committed as ``expand_dw_plan.json``
 beside this file: each layer geometry's modelled time both ways, and measured times where a
 GPU run added them, which then decide), then from :func:`_rule` where the table has no entry.
+
+Modelled times are kept per Triton release (``"modelled"``, keyed by major.minor): the same
+source compiles to different machine code (B0's fused blocks model up to 26% slower with 3.6,
+the GPU image's release, than with 3.9), so a machine takes the times its own Triton's code was
+modelled with, else those of the newest release the table has.
 """
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -43,15 +49,52 @@ def load_table(path: Path = TABLE) -> dict:
     return entries if isinstance(entries, dict) else {}
 
 
-def table_choice(entry: dict) -> Optional[str]:
+def installed_triton_release() -> Optional[str]:
+    """The installed Triton's major.minor ("3.6"), read from its package metadata without
+    importing it; None without Triton."""
+    try:
+        return ".".join(importlib.metadata.version("triton").split(".")[:2])
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+TRITON_RELEASE = installed_triton_release()  # read once: plans are made inside torch.compile traces
+
+
+def release_order(release: str) -> tuple:
+    """A sort key of major.minor strings (3.10 after 3.9)."""
+    return tuple(int(p) if p.isdigit() else -1 for p in release.split("."))
+
+
+def modelled_record(entry: dict, release: Optional[str] = None) -> tuple[Optional[str], dict]:
+    """(release, record) of an entry's modelled times: ``release``'s (default: the installed
+    Triton's) if the entry has them, else the newest release's; (None, {}) if it has none. A
+    record holds ``modelled_us`` and, where a way spilled, ``spill_bytes``."""
+    records = entry.get("modelled")
+    if not isinstance(records, dict) or not records:
+        return None, {}
+    release = release or TRITON_RELEASE
+    if release not in records:
+        release = max(records, key=release_order)
+    record = records[release]
+    return (release, record) if isinstance(record, dict) else (None, {})
+
+
+def table_choice(entry: dict, release: Optional[str] = None) -> Optional[str]:
     """The faster way by the entry's measured times if it has both, else by its modelled ones
-    among the ways whose kernels do not spill (the report's ``spill_bytes``; all if both do)."""
+    (:func:`modelled_record`) among the ways whose kernels do not spill (the report's
+    ``spill_bytes``; all if both do)."""
     measured = entry.get("measured_us") or {}
     if all(isinstance(measured.get(c), (int, float)) for c in CHOICES):
         return min(CHOICES, key=lambda c: measured[c])
-    modelled = entry.get("modelled_us") or {}
+    return record_choice(modelled_record(entry, release)[1])
+
+
+def record_choice(record: dict) -> Optional[str]:
+    """The faster way of one release's modelled times, among the ways that do not spill."""
+    modelled = record.get("modelled_us") or {}
     if all(isinstance(modelled.get(c), (int, float)) for c in CHOICES):
-        spills = entry.get("spill_bytes") or {}
+        spills = record.get("spill_bytes") or {}
         clean = [c for c in CHOICES if not spills.get(c)] or list(CHOICES)
         return min(clean, key=lambda c: modelled[c])
     return None
@@ -82,8 +125,8 @@ def _env_choice() -> str:
 
 
 def explain(layer: LayerShape, dtype: torch.dtype) -> tuple[str, str]:
-    """(choice, why): ``why`` is ``"no expand"``, ``"env"``, ``"table (modelled)"``,
-    ``"table (measured)"`` or ``"rule"``."""
+    """(choice, why): ``why`` is ``"no expand"``, ``"env"``, ``"table (measured)"``,
+    ``"table (modelled, triton 3.9)"`` (the release whose times decided) or ``"rule"``."""
     if not layer.has_expand:
         return "separate", "no expand"
     forced = _env_choice()
@@ -94,8 +137,9 @@ def explain(layer: LayerShape, dtype: torch.dtype) -> tuple[str, str]:
     entry = load_table().get(layer_key(layer, dtype))
     choice = table_choice(entry) if isinstance(entry, dict) else None
     if choice is not None:
-        measured = all(isinstance((entry.get("measured_us") or {}).get(c), (int, float)) for c in CHOICES)
-        return choice, "table (measured)" if measured else "table (modelled)"
+        if all(isinstance((entry.get("measured_us") or {}).get(c), (int, float)) for c in CHOICES):
+            return choice, "table (measured)"
+        return choice, f"table (modelled, triton {modelled_record(entry)[0]})"
     return _rule(layer, dtype), "rule"
 
 

@@ -85,10 +85,12 @@ def plan_table_main(args) -> int:
     path = TABLE if args.plan_table == "default" else args.plan_table
     merge_into(path, table)
     print(f"{len(table['entries'])} block geometries written to {path}. Static model, not a measurement.\n")
-    print("| block | fused µs | separate µs | choice |\n|---|---|---|---|")
+    print("| block | triton | fused µs | separate µs | choice |\n|---|---|---|---|---|")
     for entry in table["entries"].values():
-        m = entry["modelled_us"]
-        print(f"| {', '.join(entry['layers'])} | {m['fused']:.1f} | {m['separate']:.1f} | {entry['choice']} |")
+        for release, record in entry["modelled"].items():
+            m = record["modelled_us"]
+            print(f"| {', '.join(entry['layers'])} | {release} | {m['fused']:.1f} | {m['separate']:.1f} | "
+                  f"{record['choice']} |")
     for source, both in table["totals"].items():
         print(f"\n{source}: whole forward modelled "
               + ", ".join(f"{c} everywhere {t['modelled_ms']:.3f} ms ({t['hbm_bytes'] / 1e6:.0f} MB HBM)"

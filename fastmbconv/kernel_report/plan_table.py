@@ -5,8 +5,10 @@ convs fused (``expand_dwconv``) and separate, from two kernel reports of the sam
 A block's time both ways is the sum of its launches' modelled times (its project conv and SE
 launches are the same both ways, so the difference is the expand and depthwise part). A way
 whose launches spill keeps its time but also its ``spill_bytes``, and is not chosen while the
-other does not spill. Entries are keyed by layer geometry and dtype; rewriting the table keeps
-other models' entries and any measured times a GPU run added.
+other does not spill. Entries are keyed by layer geometry and dtype, and their modelled times
+by the Triton release that compiled the kernels (``"modelled": {"3.9": {...}}``); rewriting
+the table keeps other models' entries, other releases' times and any measured times a GPU run
+added.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ def build_plan_table(model: str, batch: int, dtype: str, resolution: Optional[in
     spills = {c: layer_spills(r) for c, r in reports.items()}
     name, net = build_model(model, dtype)
     res = reports["fused"]["resolution"]
+    release = ".".join(reports["fused"]["triton_version"].split(".")[:2])
     source = f"{name} batch {batch} {dtype} {res[0]}px"
     entries = {}
     for layer in walk(net, res[0], res[1]):
@@ -63,17 +66,20 @@ def build_plan_table(model: str, batch: int, dtype: str, resolution: Optional[in
             continue
         modelled = {c: round(times[c].get(layer.name, 0.0), 2) for c in lp.CHOICES}
         spilled = {c: spills[c].get(layer.name, 0) for c in lp.CHOICES}
-        entry = {"modelled_us": modelled, **({"spill_bytes": spilled} if any(spilled.values()) else {})}
-        entries[key] = {**entry, "choice": lp.table_choice(entry), "layers": [f"{name}.{layer.name}"],
-                        "source": source}
+        record = {"modelled_us": modelled, **({"spill_bytes": spilled} if any(spilled.values()) else {})}
+        record["choice"] = lp.record_choice(record)
+        entries[key] = {"modelled": {release: {**record, "source": source}}, "layers": [f"{name}.{layer.name}"]}
     totals = {c: {"modelled_ms": r["totals"]["modelled_ms"], "hbm_bytes": r["totals"]["hbm_bytes"],
                   "max_spill_bytes_chosen": r["totals"]["max_spill_bytes_chosen"]} for c, r in reports.items()}
-    return {"entries": entries, "totals": {source: totals}}
+    return {"entries": entries, "totals": {f"{source} triton {release}": totals}}
 
 
 def merge_into(path: Path, table: dict) -> dict:
-    """Write ``table`` into the file at ``path``: its entries replace same-key entries (keeping
-    their ``measured_us``; layer names of other models sharing the key are kept)."""
+    """Write ``table`` into the file at ``path``: its entries' modelled times replace those of
+    the same key and Triton release (other releases', ``measured_us`` and layer names of other
+    models sharing the key are kept)."""
+    import fastmbconv.fused.layer_plan as lp
+
     try:
         old = json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -81,17 +87,18 @@ def merge_into(path: Path, table: dict) -> dict:
     entries = dict(old.get("entries") or {})
     for key, entry in table["entries"].items():
         prev = entries.get(key) or {}
-        merged = dict(entry)
+        releases = {**(prev.get("modelled") or {}), **entry["modelled"]}
+        merged = {"modelled": {r: releases[r] for r in sorted(releases, key=lp.release_order)}}
         if prev.get("measured_us"):
             merged["measured_us"] = prev["measured_us"]
         merged["layers"] = sorted(set(prev.get("layers", [])) | set(entry["layers"]))
         entries[key] = merged
     out = {
         "about": "Per layer geometry: modelled µs of the expand + depthwise convs fused and separate "
-                 "(static sm_90 model, not measured; see fastmbconv.kernel_report); spill_bytes, where "
-                 "present, rules a spilling way out. measured_us, where present, came from a GPU run and "
-                 "decides. Written by python -m fastmbconv.kernel_report "
-                 "--plan-table.",
+                 "(static sm_90 model, not measured; see fastmbconv.kernel_report), per Triton release "
+                 "that compiled them (a machine uses its own release's, else the newest); spill_bytes, "
+                 "where present, rules a spilling way out. measured_us, where present, came from a GPU "
+                 "run and decides. Written by python -m fastmbconv.kernel_report --plan-table.",
         "entries": dict(sorted(entries.items())),
         "totals": {**(old.get("totals") or {}), **table["totals"]},
     }

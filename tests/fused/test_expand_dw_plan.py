@@ -29,11 +29,18 @@ def blocks_with_expand(model):
 
 @pytest.fixture
 def table(monkeypatch):
-    """Replace the committed plan table with the entries a test gives."""
+    """Replace the committed plan table with the entries a test gives, on a machine with
+    triton 3.9."""
     def use(entries):
         monkeypatch.setattr(layer_plan, "load_table", lambda path=layer_plan.TABLE: entries)
     monkeypatch.delenv(layer_plan.ENV_VAR, raising=False)
+    monkeypatch.setattr(layer_plan, "TRITON_RELEASE", "3.9")
     return use
+
+
+def modelled(fused, separate, release="3.9", **record):
+    """A table entry with one release's modelled times."""
+    return {"modelled": {release: {"modelled_us": {"fused": fused, "separate": separate}, **record}}}
 
 
 @pytest.mark.interpreter
@@ -62,9 +69,8 @@ def test_the_plan_decides_which_blocks_run_fused(table):
     model = fm.efficientnet_b0().eval()
     layers = {l.name: l for l in walk(model, 64, 64) if l.kind == "block"}
     chosen = {layer_plan.layer_key(layers[n], torch.float32) for n in ("blocks.1.0", "blocks.4.1")}
-    table({key: {"modelled_us": {"fused": 1.0, "separate": 2.0}} for key in chosen}
-          | {layer_plan.layer_key(layers["blocks.3.0"], torch.float32): {"modelled_us": {"fused": 3.0,
-                                                                                        "separate": 2.0}}})
+    table({key: modelled(1.0, 2.0) for key in chosen}
+          | {layer_plan.layer_key(layers["blocks.3.0"], torch.float32): modelled(3.0, 2.0)})
     x = torch.empty(2, 3, 64, 64, device="meta")
     with torch.no_grad(), fm.use_backend("fused"), record_launches() as recorded:
         model.to("meta")(x)
@@ -75,7 +81,7 @@ def test_the_plan_decides_which_blocks_run_fused(table):
     assert not fused_layers & dw_layers and len(fused_layers | dw_layers) == 16
     rows = {r["layer"]: r for r in layer_plan.plan_rows(model, 64, 64, torch.float32)}
     assert {n for n, r in rows.items() if r["expand_dw"] == "fused"} == expected
-    assert rows["blocks.1.0"]["why"] == "table (modelled)" and rows["blocks.3.0"]["why"] == "table (modelled)"
+    assert rows["blocks.1.0"]["why"] == rows["blocks.3.0"]["why"] == "table (modelled, triton 3.9)"
     assert rows["blocks.0.0"]["why"] == "no expand" and rows["blocks.6.0"]["why"] == "rule"
 
 
@@ -83,24 +89,44 @@ def test_measured_times_beat_modelled_ones(table):
     model = fm.efficientnet_b0()
     layer = next(l for l in walk(model, 224, 224) if l.name == "blocks.2.0")
     key = layer_plan.layer_key(layer, torch.float16)
-    table({key: {"modelled_us": {"fused": 1.0, "separate": 2.0}, "measured_us": {"fused": 5.0, "separate": 4.0}}})
+    table({key: {**modelled(1.0, 2.0), "measured_us": {"fused": 5.0, "separate": 4.0}}})
     assert layer_plan.explain(layer, torch.float16) == ("separate", "table (measured)")
-    table({key: {"modelled_us": {"fused": 1.0, "separate": 2.0}, "measured_us": {"fused": 5.0}}})
-    assert layer_plan.explain(layer, torch.float16) == ("fused", "table (modelled)")
-    table({key: {"modelled_us": {"fused": "n/a"}}})  # an unusable entry: the rule decides
-    assert layer_plan.explain(layer, torch.float16) == (layer_plan._rule(layer, torch.float16), "rule")
+    table({key: {**modelled(1.0, 2.0), "measured_us": {"fused": 5.0}}})
+    assert layer_plan.explain(layer, torch.float16) == ("fused", "table (modelled, triton 3.9)")
+    for unusable in ({"modelled": {"3.9": {"modelled_us": {"fused": "n/a"}}}}, {"modelled": {}},
+                     {"modelled": {"3.9": "n/a"}}, {"modelled_us": {"fused": 1.0, "separate": 2.0}}):
+        table({key: unusable})  # the rule decides
+        assert layer_plan.explain(layer, torch.float16) == (layer_plan._rule(layer, torch.float16), "rule")
+
+
+def test_a_machine_takes_its_own_tritons_modelled_times(table, monkeypatch):
+    """The same kernels compile differently with each Triton release: the installed release's
+    times decide where the entry has them, else the newest release's (3.10 is newer than 3.9)."""
+    model = fm.efficientnet_b0()
+    layer = next(l for l in walk(model, 224, 224) if l.name == "blocks.4.1")
+    key = layer_plan.layer_key(layer, torch.float16)
+    entry = {"modelled": {"3.6": {"modelled_us": {"fused": 180.0, "separate": 158.0}},
+                          "3.9": {"modelled_us": {"fused": 153.0, "separate": 158.0}}}}
+    table({key: entry})
+    newest = ("fused", "table (modelled, triton 3.9)")
+    for release, want in (("3.6", ("separate", "table (modelled, triton 3.6)")), ("3.9", newest), ("3.7", newest),
+                          (None, newest)):
+        monkeypatch.setattr(layer_plan, "TRITON_RELEASE", release)
+        assert layer_plan.explain(layer, torch.float16) == want, release
+    newer = {"modelled": {**entry["modelled"], "3.10": {"modelled_us": {"fused": 200.0, "separate": 100.0}}}}
+    assert layer_plan.modelled_record(newer, "3.8")[0] == "3.10"
+    assert layer_plan.table_choice(newer, "3.8") == "separate" and layer_plan.table_choice(newer, "3.9") == "fused"
+    assert layer_plan.installed_triton_release() in (None, ".".join(__import__("triton").__version__.split(".")[:2]))
 
 
 def test_a_way_that_spills_is_not_chosen_by_its_modelled_time():
-    faster_fused = {"fused": 90.0, "separate": 100.0}
-    assert layer_plan.table_choice({"modelled_us": faster_fused}) == "fused"
-    assert layer_plan.table_choice({"modelled_us": faster_fused, "spill_bytes": {"fused": 16, "separate": 0}}) \
-        == "separate"
+    assert layer_plan.table_choice(modelled(90.0, 100.0)) == "fused"
+    assert layer_plan.table_choice(modelled(90.0, 100.0, spill_bytes={"fused": 16, "separate": 0})) == "separate"
     both = {"fused": 16, "separate": 8}  # both spill: the faster again
-    assert layer_plan.table_choice({"modelled_us": faster_fused, "spill_bytes": both}) == "fused"
+    assert layer_plan.table_choice(modelled(90.0, 100.0, spill_bytes=both)) == "fused"
     measured = {"fused": 80.0, "separate": 85.0}  # a GPU's times decide, spills or not
-    assert layer_plan.table_choice({"modelled_us": faster_fused, "spill_bytes": {"fused": 16},
-                                    "measured_us": measured}) == "fused"
+    assert layer_plan.table_choice({**modelled(90.0, 100.0, spill_bytes={"fused": 16}), "measured_us": measured}) \
+        == "fused"
 
 
 def test_plan_table_records_each_ways_spills():
@@ -124,20 +150,23 @@ def test_env_var_forces_either_way_and_rejects_typos(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 def test_committed_table_is_consistent_and_covers_b0(dtype):
-    """Every entry's choice is its faster way that does not spill; every B0 224px block with an
-    expand conv has an entry in fp16, bf16 and fp32; the rule agrees with the table on B0 (it
-    stands in for geometries without one)."""
+    """Every release's choice is its faster way that does not spill; every B0 224px block with
+    an expand conv has an entry in fp16, bf16 and fp32, modelled with triton 3.9 at least; the
+    rule agrees with the newest release's choices on B0 (it stands in for geometries without an
+    entry)."""
     raw = json.loads(layer_plan.TABLE.read_text())
     for key, entry in raw["entries"].items():
-        modelled = {k: entry[k] for k in ("modelled_us", "spill_bytes") if k in entry}
-        assert entry["choice"] == layer_plan.table_choice(modelled), key
+        assert entry["modelled"], key
+        for release, record in entry["modelled"].items():
+            assert record["choice"] == layer_plan.record_choice(record), (key, release)
     layer_plan.load_table.cache_clear()
     model = fm.efficientnet_b0()
     for layer in walk(model, 224, 224):
         if layer.kind == "block" and layer.has_expand:
             entry = layer_plan.load_table().get(layer_plan.layer_key(layer, dtype))
-            assert entry is not None, layer.name
-            assert layer_plan._rule(layer, dtype) == entry["choice"], layer.name
+            assert entry is not None and "3.9" in entry["modelled"], layer.name
+            _, newest = layer_plan.modelled_record(entry, "0.0")
+            assert layer_plan._rule(layer, dtype) == newest["choice"], layer.name
 
 
 def test_the_rule_never_fuses_a_geometry_whose_fused_kernel_spilled():
@@ -147,7 +176,8 @@ def test_the_rule_never_fuses_a_geometry_whose_fused_kernel_spilled():
     raw = json.loads(layer_plan.TABLE.read_text())
     spilled = 0
     for key, entry in raw["entries"].items():
-        if not (entry.get("spill_bytes") or {}).get("fused") or (entry["spill_bytes"].get("separate") or 0):
+        spills = [record.get("spill_bytes") or {} for record in entry["modelled"].values()]
+        if not any(s.get("fused") and not s.get("separate") for s in spills):
             continue
         c_in, mid, k, s, h, w, dtype = re.fullmatch(r"(\d+)-(\d+)-k(\d)-s(\d)-(\d+)x(\d+)-(\w+)", key).groups()
         layer = LayerShape("b", "block", int(c_in), int(c_in), int(k), int(s), int(h), int(w), int(mid),
@@ -171,17 +201,19 @@ def test_plan_table_merge_keeps_measured_times_and_other_models(tmp_path):
 
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"entries": {
-        "a": {"modelled_us": {"fused": 1, "separate": 2}, "measured_us": {"fused": 3, "separate": 1},
-              "layers": ["efficientnet_b1.blocks.1.0"]},
-        "b": {"modelled_us": {"fused": 1, "separate": 2}, "layers": ["efficientnet_b1.blocks.2.0"]}}}))
-    new = {"entries": {"a": {"modelled_us": {"fused": 5, "separate": 4}, "choice": "separate",
-                             "layers": ["efficientnet_b0.blocks.1.0"]}},
+        "a": {**modelled(1, 2), "measured_us": {"fused": 3, "separate": 1}, "layers": ["efficientnet_b1.blocks.1.0"]},
+        "b": {**modelled(1, 2, "3.6"), "layers": ["efficientnet_b1.blocks.2.0"]}}}))
+    new = {"entries": {"a": {**modelled(5, 4, choice="separate"), "layers": ["efficientnet_b0.blocks.1.0"]},
+                       "b": {**modelled(7, 8, choice="fused"), "layers": ["efficientnet_b1.blocks.2.0"]}},
            "totals": {"efficientnet_b0 batch 256": {}}}
     out = merge_into(path, new)
-    assert out["entries"]["a"]["measured_us"] == {"fused": 3, "separate": 1}
-    assert out["entries"]["a"]["modelled_us"] == {"fused": 5, "separate": 4}
-    assert out["entries"]["a"]["layers"] == ["efficientnet_b0.blocks.1.0", "efficientnet_b1.blocks.1.0"]
-    assert "b" in out["entries"] and json.loads(path.read_text()) == out
+    a, b = out["entries"]["a"], out["entries"]["b"]
+    assert a["measured_us"] == {"fused": 3, "separate": 1}
+    assert a["modelled"] == {"3.9": {"modelled_us": {"fused": 5, "separate": 4}, "choice": "separate"}}
+    assert a["layers"] == ["efficientnet_b0.blocks.1.0", "efficientnet_b1.blocks.1.0"]
+    assert list(b["modelled"]) == ["3.6", "3.9"]  # another release's times stay beside the new ones
+    assert b["modelled"]["3.6"]["modelled_us"] == {"fused": 1, "separate": 2}
+    assert json.loads(path.read_text()) == out
 
 
 @pytest.mark.interpreter
