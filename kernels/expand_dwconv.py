@@ -44,7 +44,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._expand_dw_tiles import blocks_for, halo_chunks, halo_pitch, persistent_programs, pixel_slots
+from ._expand_dw_tiles import TAPS_WARPS_ON_BATCH, blocks_for, halo_chunks, halo_pitch, persistent_programs, \
+    pixel_slots
 from ._launch import call_op, launch
 from ._math import activation, group_channels, image_extent, round_to_bf16
 from ._utils import (
@@ -157,25 +158,31 @@ def _expand_dwconv_kernel(
     HALO_PITCH: tl.constexpr, HALO: tl.constexpr,
     CHUNK: tl.constexpr, MAIN_CHUNKS: tl.constexpr, TAIL_A: tl.constexpr, TAIL_B: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, WD_STRIDE: tl.constexpr, WD_EVEN: tl.constexpr,
-    MMA: tl.constexpr, ROUND_BF16: tl.constexpr, BIAS_COLS: tl.constexpr,
+    MMA: tl.constexpr, ROUND_BF16: tl.constexpr, BIAS_COLS: tl.constexpr, SPLIT_TAPS: tl.constexpr,
 ):
-    # The taps' tile is (G, P, CB): G groups of CB channels by P = PIXELS slots. With MMA
-    # (fp16/bf16), CB = 16 and each tap is a batched (P, 16) @ (16, 16) dot of the slot's
-    # shifted window against the tap's diagonal weights (see dwconv_bn_act); else G = 1.
+    # The taps' tile is (GB, PB, CB): G groups of CB channels, each in SPLIT batches of PB =
+    # PIXELS / SPLIT slots (batch b: group b // SPLIT, slots from (b % SPLIT) * PB; SPLIT_TAPS,
+    # see TAPS_WARPS_ON_BATCH: a batch per warp). With MMA (fp16/bf16) CB = 16 and each tap is a
+    # batched (PB, 16) @ (16, 16) dot against its diagonal weights (see dwconv_bn_act).
     CB: tl.constexpr = 16 if MMA else BLOCK_C
     G: tl.constexpr = BLOCK_C // CB
+    SPLIT: tl.constexpr = 4 // G if SPLIT_TAPS and MMA and G < 4 and PIXELS // (4 // G) >= 16 else 1
+    GB: tl.constexpr = G * SPLIT
+    PB: tl.constexpr = PIXELS // SPLIT
     pid = tl.program_id(0)
     offs_l = tl.arange(0, BLOCK_C)
-    offs_g, rows_g, sums_g = group_channels(G, CB)
+    # each batch's channels: (GB, 1, CB) for taps and epilogue, (GB, CB, 1) for weight rows
+    first = tl.arange(0, GB) // SPLIT * CB
+    offs_g = first[:, None, None] + tl.arange(0, CB)[None, None, :]
+    rows_g = first[:, None, None] + tl.arange(0, CB)[None, :, None]
     # the output tile as a flat row of PIXELS slots (TILE_H x TILE_W need not be powers of two:
     # a tile can fit the map); slots past the tile read the tile's last row and are not stored
-    p = tl.arange(0, PIXELS)
+    p = (tl.arange(0, GB) % SPLIT * PB)[:, None] + tl.arange(0, PB)[None, :]  # (GB, PB)
     p_ok = p < TILE_H * TILE_W
     pr = p // TILE_W
     pc = p % TILE_W
-    # offsets of each output pixel's first tap in a slot: the other taps are constant offsets
-    # (immediates in the loads)
-    tap0 = (((tl.minimum(pr, TILE_H - 1) * STRIDE) * HALO_PITCH + pc * STRIDE) * BLOCK_C)[None, :, None] + offs_g
+    # each pixel's first tap in the slot: the other taps sit at constant offsets (immediates)
+    tap0 = (((tl.minimum(pr, TILE_H - 1) * STRIDE) * HALO_PITCH + pc * STRIDE) * BLOCK_C)[:, :, None] + offs_g
     if MMA:  # (k*k, WD_STRIDE, 16): tap t's 16 x 16 diagonal block of group g is contiguous
         w_off = rows_g * 16 + tl.arange(0, CB)[None, None, :]
     else:  # (k*k, WD_STRIDE)
@@ -221,7 +228,7 @@ def _expand_dwconv_kernel(
         # padded to whole channel blocks (WD_EVEN) load without a mask.
         w_tap0 = wd_ptr + cb * (BLOCK_C * (16 if MMA else 1)) + w_off
         w_ok = (cb * BLOCK_C + rows_g < C) if MMA else c_ok
-        dacc = tl.zeros((G, PIXELS, CB), dtype=tl.float32)
+        dacc = tl.zeros((GB, PB, CB), dtype=tl.float32)
         for ki in tl.static_range(KSIZE):
             for kj in tl.static_range(KSIZE):
                 w_tap = w_tap0 + (ki * KSIZE + kj) * (WD_STRIDE * (16 if MMA else 1))
@@ -248,15 +255,17 @@ def _expand_dwconv_kernel(
         scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
         shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
         y = activation(dacc * scale + shift, ACT, FAST_MATH)
-        in_map = (p_ok & (oh < H_out) & (ow < W_out))[None, :, None] & c_ok
+        in_map = (p_ok & (oh < H_out) & (ow < W_out))[:, :, None] & c_ok
         if RAGGED:
             h_valid = (h_img + STRIDE - 1) // STRIDE
             w_valid = (w_img + STRIDE - 1) // STRIDE
-            y = tl.where(((oh < h_valid) & (ow < w_valid))[None, :, None], y, 0.0)
-        out_off = (oh * soh + ow * sow)[None, :, None] + c_off
+            y = tl.where(((oh < h_valid) & (ow < w_valid))[:, :, None], y, 0.0)
+        out_off = (oh * soh + ow * sow)[:, :, None] + c_off
         tl.store(out_ptr + n.to(tl.int64) * son + out_off, y.to(out_ptr.dtype.element_ty), mask=in_map)
-        part = tl.sum(tl.where(in_map, y, 0.0), axis=1)
-        sum_c = cb * BLOCK_C + sums_g
+        part = tl.sum(tl.where(in_map, y, 0.0), axis=1)  # (GB, CB)
+        if SPLIT > 1:  # a group's batches, in a fixed order
+            part = tl.sum(tl.reshape(part, (G, SPLIT, CB)), axis=1)
+        sum_c = cb * BLOCK_C + group_channels(G, CB)[2]
         tl.store(part_ptr + rest.to(tl.int64) * C + sum_c, part, mask=sum_c < C)
 
 
@@ -351,6 +360,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,
         WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, MMA=mma,
         ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, BIAS_COLS=0 if x.dtype == torch.float32 else 2,
+        SPLIT_TAPS=TAPS_WARPS_ON_BATCH,
         num_warps=4,
     ), on=x)
     return out, partials

@@ -9,9 +9,10 @@ beside this file: each layer geometry's modelled time both ways, and measured ti
 GPU run added them, which then decide), then from :func:`_rule` where the table has no entry.
 
 Modelled times are kept per Triton release (``"modelled"``, keyed by major.minor): the same
-source compiles to different machine code (B0's fused blocks model up to 26% slower with 3.6,
-the GPU image's release, than with 3.9), so a machine takes the times its own Triton's code was
-modelled with, else those of the newest release the table has.
+source compiles to different machine code (B0's fused blocks model up to 8% slower with 3.6,
+the GPU image's release, than with 3.9, and some blocks' choices differ), so a machine takes
+the times its own Triton's code was modelled with, else those of the newest release the table
+has.
 """
 from __future__ import annotations
 

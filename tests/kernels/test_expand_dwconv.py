@@ -106,6 +106,20 @@ def test_gpu_like_tiling(gpu_like, k, stride, pad_mode, dtype, taps):
     check(x, params, conv_padding(7, 9, k, stride, pad_mode), stride)
 
 
+@pytest.mark.parametrize("tile_h,tile_w,block_c", [(5, 6, 32), (7, 9, 16)])
+@pytest.mark.parametrize("k,stride,dtype", [(3, 1, torch.float16), (5, 2, torch.bfloat16)], ids=str)
+def test_tensor_core_taps_split_a_tile_among_the_warps(k, stride, dtype, tile_h, tile_w, block_c, monkeypatch):
+    """Fewer than 4 channel groups of 16 per item: the tile's slots split into 2 (32 channels)
+    or 4 (16 channels) batches of 16, one per warp, whose SE sums add up per group; the last
+    batch holds slots past the tile (30 of 32, 63 of 64), over a map with partial edge tiles.
+    The split is what triton before 3.9 compiles (module.TAPS_WARPS_ON_BATCH); forced here."""
+    monkeypatch.setattr(module, "TAPS_WARPS_ON_BATCH", True)
+    monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dt: (tile_h, tile_w, block_c, 16))
+    monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 3))
+    x, params = make(2, 12, 40, 11 * stride, 13 * stride, k, dtype)
+    check(x, params, conv_padding(11 * stride, 13 * stride, k, stride, "same"), stride)
+
+
 @pytest.mark.parametrize("C_in,C,H,W,k,stride,pad_mode", [
     (1, 6, 1, 1, 3, 2, "same"), (1, 6, 7, 7, 5, 1, "symmetric"), (5, 30, 1, 13, 5, 2, "same"),
     (5, 30, 15, 9, 3, 1, "symmetric"), (24, 144, 7, 7, 3, 2, "same"), (24, 144, 13, 1, 5, 1, "same")])
