@@ -5,6 +5,7 @@ persistent grid that runs them."""
 from __future__ import annotations
 
 import functools
+import re
 
 import torch
 import triton
@@ -17,12 +18,12 @@ from ._utils import interpreting, next_pow2
 # what a halo pixel adds where the slot's row pitch is not a power of two (a division).
 _HALO_COST, _TAP_COST, _OUT_COST, _ITEM_COST, _DIV_COST = 8.0, 1.25, 10.0, 600.0, 1.0
 CHUNK = 64  # halo pixels per expand product (a warpgroup's wgmma M)
+_ITEM_CHANNELS = 24  # a work item's fixed cost, in channels' worth of its per-channel work
 # Triton before 3.9 lays a batched dot's warps along its batch: with fewer 16-channel groups
 # than warps, each group's tap products would run on several warps at once (3.6: twice; B0's
 # fused blocks model up to 26% slower in the kernel report). There the kernel splits the tile's
 # pixels into a batch per warp; 3.9 spreads the warps over the pixels itself.
-TAPS_WARPS_ON_BATCH = tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 9)
-_ITEM_CHANNELS = 24  # a work item's fixed cost, in channels' worth of its per-channel work
+TAPS_WARPS_ON_BATCH = tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2]) < (3, 9)
 
 
 def pixel_slots(tile_h: int, tile_w: int) -> int:
