@@ -44,6 +44,22 @@ bench-gpu: install
 	FASTMBCONV_BENCH_OUT=benchmarks/results/$(GPU) $(PYTHON) -m pytest benchmarks \
 		--benchmark-json=benchmarks/results/$(GPU)/pytest-benchmark.json
 
+# The expand + depthwise plan table (fastmbconv/fused/expand_dw_plan.json), re-modelled after a
+# kernel change (static sm_90 report, no GPU): each model and dtype it covers, compiled with the
+# installed triton and then with triton $(PLAN_TRITON_ALSO), the GPU machines' release, from a side
+# venv that shares this Python's packages (made once, with the network, under build/).
+PLAN_TRITON_ALSO ?= 3.6.0
+PLAN_VENV ?= build/venv-triton-$(PLAN_TRITON_ALSO)
+PLAN_SPECS ?= b0:fp16 b0:bf16 b0:fp32 b1:fp16 b1:fp32 b2:fp16 b2:fp32 b3:fp16 b3:fp32 b4:fp16 b4:fp32 \
+	b5:fp16 b5:fp32 b6:fp16 b6:fp32 b7:fp16 b7:fp32
+.PHONY: plan-table
+plan-table:
+	test -x $(PLAN_VENV)/bin/python || { $(PYTHON) -m venv --system-site-packages $(PLAN_VENV) && \
+		$(PLAN_VENV)/bin/python -m pip install --no-deps "triton==$(PLAN_TRITON_ALSO)"; }
+	for py in $(PYTHON) $(PLAN_VENV)/bin/python; do for spec in $(PLAN_SPECS); do \
+		$$py -m fastmbconv.kernel_report --model $${spec%%:*} --dtype $${spec##*:} --batch 256 --plan-table \
+		|| exit 1; done; done
+
 # GPU check stages (issue 9; benchmarks/results/README.md): one command per stage turns a short,
 # offline GPU loan into at most 8 files (each < 16 MiB) under OUT, within BUDGET_S (default 540 s).
 # STAGE=first is the one command of a 15-minute loan: quick tests, warm-up, headline benchmarks.
