@@ -50,11 +50,16 @@ def load_table(path: Path = TABLE) -> dict:
     return entries if isinstance(entries, dict) else {}
 
 
+def release_of(version: str) -> str:
+    """A Triton version's major.minor, the table's key ("3.6.0+git1a2b" -> "3.6")."""
+    return ".".join(version.split(".")[:2])
+
+
 def installed_triton_release() -> Optional[str]:
     """The installed Triton's major.minor ("3.6"), read from its package metadata without
     importing it; None without Triton."""
     try:
-        return ".".join(importlib.metadata.version("triton").split(".")[:2])
+        return release_of(importlib.metadata.version("triton"))
     except importlib.metadata.PackageNotFoundError:
         return None
 

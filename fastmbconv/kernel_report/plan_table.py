@@ -54,7 +54,7 @@ def build_plan_table(model: str, batch: int, dtype: str, resolution: Optional[in
     spills = {c: layer_spills(r) for c, r in reports.items()}
     name, net = build_model(model, dtype)
     res = reports["fused"]["resolution"]
-    release = ".".join(reports["fused"]["triton_version"].split(".")[:2])
+    release = lp.release_of(reports["fused"]["triton_version"])
     source = f"{name} batch {batch} {dtype} {res[0]}px"
     entries = {}
     for layer in walk(net, res[0], res[1]):
