@@ -16,6 +16,18 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def silu_math(dtype: torch.dtype) -> int:
+    """The kernels' ``MATH`` code (see :mod:`._math`): SiLU in the tanh form for fp16/bf16
+    activations (``FASTMBCONV_SILU=sigmoid`` forces the sigmoid form there too, to rule the
+    approximation in or out on a GPU), the sigmoid form for fp32; the GPU's approximate MUFU
+    instructions except under the interpreter."""
+    mode = os.environ.get("FASTMBCONV_SILU", "auto")
+    if mode not in ("auto", "sigmoid"):
+        raise ValueError(f"FASTMBCONV_SILU must be 'auto' or 'sigmoid', got {mode!r}")
+    tanh = dtype != torch.float32 and mode == "auto"
+    return 2 * tanh + (not interpreting())
+
+
 def use_autotune() -> bool:
     """Autotune block sizes on a real GPU unless ``FASTMBCONV_AUTOTUNE=0`` (then one heuristic
     config is used). Never under the interpreter, whose autotuner cannot benchmark."""

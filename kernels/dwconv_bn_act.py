@@ -49,6 +49,7 @@ from ._utils import (
     conv2d_ref,
     empty_like_format,
     interpreting,
+    silu_math,
     needs_int64,
     next_pow2,
     spatial_tile,
@@ -65,7 +66,7 @@ def _dwconv_bn_act_kernel(
     sxn, sxc, sxh, son, soc, soh, sow_units,
     pad_top, pad_left, batch_bucket, rows,
     C_UNIT: tl.constexpr, SXW: tl.constexpr, SOW_UNIT: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr,
-    ACT: tl.constexpr, FAST_MATH: tl.constexpr, WITH_POOL: tl.constexpr,
+    ACT: tl.constexpr, MATH: tl.constexpr, WITH_POOL: tl.constexpr,
     RAGGED: tl.constexpr, INT64: tl.constexpr, MMA: tl.constexpr, DOT_FP32: tl.constexpr,
     EVEN_C: tl.constexpr,  # C is a multiple of BLOCK_C (only claimed where that is known at launch)
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -139,7 +140,10 @@ def _dwconv_bn_act_kernel(
 
     scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
     shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
-    y = activation(acc * scale + shift, ACT, FAST_MATH)
+    if ACT == 1 and MATH >= 2:  # SiLU's tanh form takes y / 2: folded in here, exactly
+        scale = scale * 0.5
+        shift = shift * 0.5
+    y = activation(acc * scale + shift, ACT, MATH)
     in_map = ((oh < H_out) & (ow < W_out))[None, :, None] & c_ok
     if RAGGED:
         y = tl.where(((oh < h_valid) & (ow < w_valid))[None, :, None], y, 0.0)
@@ -301,7 +305,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         pad_top=padding[0], pad_left=padding[2], batch_bucket=batch_bucket(N), rows=k,
     ), dict(
         C_UNIT=c_unit, SXW=x.stride(3), SOW_UNIT=sow_unit, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
-        FAST_MATH=not interpreting(),
+        MATH=silu_math(x.dtype),
         WITH_POOL=with_pool, RAGGED=ragged, INT64=needs_int64(x, out), MMA=mma, DOT_FP32=interpreting(),
         EVEN_C=mma and C % block_c == 0,  # the autotuned FMA variant's BLOCK_C varies: never claimed there
         TILE_H=tile_h, TILE_W=tile_w, **config,

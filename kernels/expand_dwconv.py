@@ -58,6 +58,7 @@ from ._utils import (
     check_tensor,
     empty_like_format,
     interpreting,
+    silu_math,
     needs_int64,
 )
 from .dwconv_bn_act import dwconv_bn_act_ref
@@ -68,7 +69,7 @@ OP = "expand_dwconv"
 @triton.jit
 def _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, KW: tl.constexpr, WITH_BIAS: tl.constexpr,
                  NB: tl.constexpr, C_IN: tl.constexpr, SXC: tl.constexpr, INT64: tl.constexpr,
-                 DOT_FP32: tl.constexpr):
+                 DOT_FP32: tl.constexpr, HALF: tl.constexpr):
     """One K step of a halo product: input channels ``k0 .. k0 + KW`` and, ``WITH_BIAS``, the
     bias columns after the last one (see :func:`_expand_chunk`)."""
     ks = k0 + tl.arange(0, KW)
@@ -79,6 +80,8 @@ def _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, KW: tl.const
         k_off = ks * SXC
     a = tl.load(rows[:, None] + k_off[None, :], mask=in_img[:, None] & k_ok[None, :], other=0.0)
     b = tl.load(we_ptr + offs_c[None, :] * C_IN + ks[:, None], mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+    if HALF:
+        b = (b.to(tl.float32) * 0.5).to(b.dtype)
     if WITH_BIAS:
         is_bias = (ks >= C_IN) & (ks < C_IN + NB)
         a = tl.where(in_img[:, None] & is_bias[None, :], 1.0, a).to(a.dtype)
@@ -94,7 +97,7 @@ def _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, KW: tl.const
 def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH: tl.constexpr, h0,
                   CH: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr, HALO_PITCH: tl.constexpr,
                   C_IN: tl.constexpr, SXC: tl.constexpr, SXW: tl.constexpr, BLOCK_C: tl.constexpr,
-                  BLOCK_K: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr, FAST_MATH: tl.constexpr,
+                  BLOCK_K: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr, MATH: tl.constexpr,
                   ROUND_BF16: tl.constexpr, NB: tl.constexpr):
     """Halo pixels ``h0 .. h0 + CH`` of one item: the expand conv, SiLU'd and zero outside the
     image, into the slot: fp32 for the FMA taps (no conversions, never rounded), else in the
@@ -107,7 +110,9 @@ def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_i
     in bf16). A pixel outside the image then sums to exactly 0, whose SiLU is 0, so the
     epilogue needs no mask and no per-pixel index math of its own. The fp32 product (``NB`` =
     0) runs as FMAs, where a column costs as much as an input channel: there the bias starts the
-    accumulator and the epilogue masks."""
+    accumulator and the epilogue masks. SiLU's tanh form (``MATH`` >= 2, fp16/bf16) takes the
+    product halved: the caller halves the bias and :func:`_expand_step` the weights, so that
+    costs no instruction per pixel."""
     hp = h0 + tl.arange(0, CH)
     hc = hp % HALO_PITCH  # with a power-of-two pitch a mask and a shift, no division
     ih = ih0 + hp // HALO_PITCH
@@ -129,11 +134,11 @@ def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_i
     ROOM: tl.constexpr = C_IN - LAST + NB <= BLOCK_K  # the bias columns fit in the last step
     for k0 in tl.static_range(0, C_IN, BLOCK_K):
         acc = _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, BLOCK_K,
-                           NB > 0 and ROOM and k0 == LAST, NB, C_IN, SXC, INT64, DOT_FP32)
+                           NB > 0 and ROOM and k0 == LAST, NB, C_IN, SXC, INT64, DOT_FP32, MATH >= 2)
     if not ROOM:  # a 16-channel step of its own
         acc = _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, C_IN, 16, True, NB, C_IN, SXC, INT64,
-                           DOT_FP32)
-    e = activation(acc, 1, FAST_MATH)
+                           DOT_FP32, MATH >= 2)
+    e = activation(acc, 1, MATH)
     if NB == 0:
         e = tl.where(in_img[:, None], e, 0.0)
     dst = slot + hp[:, None] * BLOCK_C + offs_l[None, :]
@@ -153,7 +158,7 @@ def _expand_dwconv_kernel(
     C_IN: tl.constexpr, SXN: tl.constexpr, SXH: tl.constexpr, SXC: tl.constexpr, SXW: tl.constexpr,
     SOC: tl.constexpr, TILES_W: tl.constexpr,
     TILES: tl.constexpr, C_BLOCKS: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr,
-    FAST_MATH: tl.constexpr, RAGGED: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr,
+    MATH: tl.constexpr, RAGGED: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, PIXELS: tl.constexpr, HALO_W: tl.constexpr,
     HALO_PITCH: tl.constexpr, HALO: tl.constexpr,
     CHUNK: tl.constexpr, MAIN_CHUNKS: tl.constexpr, TAIL_A: tl.constexpr, TAIL_B: tl.constexpr,
@@ -208,20 +213,22 @@ def _expand_dwconv_kernel(
         iw0 = ow0 * STRIDE - left
         x_img = x_ptr + n.to(tl.int64) * SXN
         bias = tl.load(be_ptr + offs_e, mask=e_ok, other=0.0)
+        if MATH >= 2:
+            bias = bias * 0.5
 
         # expand: the halo in chunks of CHUNK pixels, then up to two smaller ones for the rest
         for h0 in tl.static_range(0, MAIN_CHUNKS * CHUNK, CHUNK):
             _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH, h0, CHUNK,
-                          HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, FAST_MATH,
+                          HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, MATH,
                           ROUND_BF16, BIAS_COLS)
         if TAIL_A > 0:
             _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH,
                           MAIN_CHUNKS * CHUNK, TAIL_A, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K,
-                          INT64, DOT_FP32, FAST_MATH, ROUND_BF16, BIAS_COLS)
+                          INT64, DOT_FP32, MATH, ROUND_BF16, BIAS_COLS)
         if TAIL_B > 0:
             _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH,
                           MAIN_CHUNKS * CHUNK + TAIL_A, TAIL_B, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C,
-                          BLOCK_K, INT64, DOT_FP32, FAST_MATH, ROUND_BF16, BIAS_COLS)
+                          BLOCK_K, INT64, DOT_FP32, MATH, ROUND_BF16, BIAS_COLS)
         tl.debug_barrier()  # the whole halo is in the slot before any tap reads it
 
         # depthwise from the slot: no bounds to check, the halo holds the padding. Taps rows
@@ -254,7 +261,10 @@ def _expand_dwconv_kernel(
             c_off = offs_c.to(tl.int64) * SOC
         scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
         shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
-        y = activation(dacc * scale + shift, ACT, FAST_MATH)
+        if ACT == 1 and MATH >= 2:  # SiLU's tanh form takes y / 2: folded in here, exactly
+            scale = scale * 0.5
+            shift = shift * 0.5
+        y = activation(dacc * scale + shift, ACT, MATH)
         in_map = (p_ok & (oh < H_out) & (ow < W_out))[:, :, None] & c_ok
         if RAGGED:
             h_valid = (h_img + STRIDE - 1) // STRIDE
@@ -352,7 +362,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         # (a row of 17 pixels of 344 channels is 8-aligned, which a runtime stride would not say)
         C_IN=C_in, SXN=x.stride(0), SXH=x.stride(2), SXC=x.stride(1), SXW=x.stride(3), SOC=out.stride(1),
         TILES_W=-(-W_out // tile_w), TILES=tiles,
-        C_BLOCKS=-(-C // block_c), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(),
+        C_BLOCKS=-(-C // block_c), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], MATH=silu_math(x.dtype),
         RAGGED=ragged,
         INT64=needs_int64(x, out), DOT_FP32=interpreting() or x.dtype == torch.float32,
         TILE_H=tile_h, TILE_W=tile_w, PIXELS=pixel_slots(tile_h, tile_w), HALO_W=halo_w, HALO_PITCH=pitch,

@@ -38,6 +38,7 @@ from ._utils import (
     check_tensor,
     empty_like_format,
     interpreting,
+    silu_math,
     needs_int64,
     next_pow2,
     valid_mask,
@@ -65,7 +66,7 @@ def _pointwise_gated_kernel(
     x_ptr, w_ptr, bias_ptr, gate_ptr, res_ptr, out_ptr, part_ptr, valid_ptr,
     M, HW, W, K, O, segments,
     sxn, sxc, sxh, sxw, son, soc, soh, sow, srn, src, srh, srw, batch_bucket,
-    HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, FAST_MATH: tl.constexpr, POOL_ONLY: tl.constexpr,
+    HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, MATH: tl.constexpr, POOL_ONLY: tl.constexpr,
     RAGGED: tl.constexpr, DOT_FP32: tl.constexpr, DENSE_ROWS: tl.constexpr, INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -96,8 +97,12 @@ def _pointwise_gated_kernel(
         else:
             acc = tl.dot(a.to(w_ptr.dtype.element_ty), b, acc)
 
-    y = acc + tl.load(bias_ptr + offs_o, mask=o_ok, other=0.0)[None, :]
-    y = activation(y, ACT, FAST_MATH)
+    bias = tl.load(bias_ptr + offs_o, mask=o_ok, other=0.0)
+    if ACT == 1 and MATH >= 2:  # SiLU's tanh form takes y / 2: folded in here, exactly
+        y = acc * 0.5 + (bias * 0.5)[None, :]
+    else:
+        y = acc + bias[None, :]
+    y = activation(y, ACT, MATH)
     tile_ok = m_ok[:, None] & o_ok[None, :]
     if INT64:
         offs_o = offs_o.to(tl.int64)
@@ -288,8 +293,8 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
         **dict(zip(("srn", "src", "srh", "srw"), zeros if residual is None else residual.stride())),
         batch_bucket=batch_bucket(N),
     ), dict(
-        HAS_GATE=gate is not None, HAS_RES=residual is not None, ACT=ACT_CODES[act], FAST_MATH=not interpreting(), POOL_ONLY=pool_only,
-        RAGGED=ragged, DOT_FP32=interpreting() or x.dtype == torch.float32, DENSE_ROWS=dense, INT64=int64, **config,
+        HAS_GATE=gate is not None, HAS_RES=residual is not None, ACT=ACT_CODES[act], MATH=silu_math(x.dtype),
+        POOL_ONLY=pool_only, RAGGED=ragged, DOT_FP32=interpreting() or x.dtype == torch.float32, DENSE_ROWS=dense, INT64=int64, **config,
     ), on=x)
     if pool_only:
         block_o = min(1024, max(16, next_pow2(O)))

@@ -29,6 +29,7 @@ from ._utils import (
     check_tensor,
     conv2d_ref,
     interpreting,
+    silu_math,
     needs_int64,
     next_pow2,
     spatial_tile,
@@ -43,7 +44,7 @@ def _stem_conv_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, valid_ptr, padtl_ptr,
     C_out, H, W, H_out, W_out, tiles_w, tiles_per_image,
     sxn, sxc, sxh, sxw, son, soc, soh, sow, pad_top, pad_left,
-    C_IN: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, FAST_MATH: tl.constexpr,
+    C_IN: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, MATH: tl.constexpr,
     RAGGED: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_CO: tl.constexpr,
 ):
@@ -85,7 +86,12 @@ def _stem_conv_kernel(
     else:
         acc = tl.dot(patches.to(out_ptr.dtype.element_ty), w.to(out_ptr.dtype.element_ty))
 
-    y = activation(acc + tl.load(bias_ptr + offs_co, mask=co_ok, other=0.0)[None, :], ACT, FAST_MATH)
+    bias = tl.load(bias_ptr + offs_co, mask=co_ok, other=0.0)
+    if ACT == 1 and MATH >= 2:  # SiLU's tanh form takes y / 2: folded in here, exactly
+        y = acc * 0.5 + (bias * 0.5)[None, :]
+    else:
+        y = acc + bias[None, :]
+    y = activation(y, ACT, MATH)
     if RAGGED:
         y = tl.where(((oh < (h_img + STRIDE - 1) // STRIDE) & (ow < (w_img + STRIDE - 1) // STRIDE))[:, None], y, 0.0)
     in_map = ((oh < H_out) & (ow < W_out))[:, None] & co_ok[None, :]
@@ -161,7 +167,7 @@ def stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, va
         **dict(zip(("sxn", "sxc", "sxh", "sxw"), x.stride())), **dict(zip(("son", "soc", "soh", "sow"), out.stride())),
         pad_top=padding[0], pad_left=padding[2],
     ), dict(
-        C_IN=C_in, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], FAST_MATH=not interpreting(), RAGGED=ragged,
+        C_IN=C_in, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], MATH=silu_math(out_dtype), RAGGED=ragged,
         INT64=needs_int64(x, out), DOT_FP32=interpreting() or out_dtype == torch.float32,
         TILE_H=tile_h, TILE_W=tile_w, BLOCK_K=block_k, BLOCK_CO=max(16, next_pow2(C_out)), num_warps=4,
     ), on=x)

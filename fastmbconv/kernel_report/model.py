@@ -5,10 +5,11 @@
             tensor_flops / 700e12 FLOP/s,
             MUFU lanes / (132 SMs x 16 per cycle x 1.755e9 Hz)) + 2 us
 
-The last term is the special-function pipe: every MUFU (ex2, rcp, tanh: two per SiLU) takes one
-issue slot like any instruction, but the SM computes only 16 of them per cycle (the CUDA
-programming guide's throughput table for compute capability 9.0), so a warp's MUFU holds the
-pipe 8 issue slots' worth of time and SiLU-heavy code can be bound by it.
+The last term is the special-function pipe: every MUFU (a SiLU takes an ex2 and an rcp in fp32,
+one tanh in fp16/bf16: ``kernels/_math.py``) takes one issue slot like any instruction, but the
+SM computes only 16 of them per cycle (the CUDA programming guide's throughput table for compute
+capability 9.0), so a warp's MUFU holds the pipe 8 issue slots' worth of time and SiLU-heavy
+code can be bound by it.
 
 Dynamic counts: every straight-line SASS instruction once per warp, every loop body
 ``ceil(trips / unroll)`` times per pass of its enclosing loop (see :mod:`.sass`).

@@ -107,7 +107,7 @@ def test_every_launched_variant_compiles_for_sm90():
     assert result.stdout.strip().startswith("compiled") and int(result.stdout.split()[-1]) >= 10, result.stdout
 
 
-VECTOR_SCRIPT = textwrap.dedent(
+COMPILE_DEPTHWISE = textwrap.dedent(
     """
     import os, re
     os.environ["FASTMBCONV_AUTOTUNE"] = "0"
@@ -135,6 +135,11 @@ VECTOR_SCRIPT = textwrap.dedent(
     def scalar(text, kind, bits):
         return len(re.findall(rf"\\b{kind}\\.global(?:\\.(?!v[248]\\.)[a-z0-9_:]+)*\\.b{bits}\\s", text))
 
+    """
+)
+
+VECTOR_SCRIPT = COMPILE_DEPTHWISE + textwrap.dedent(
+    """
     for dtype, C, diag in [(torch.float16, 40, True), (torch.bfloat16, 24, True), (torch.float16, 40, False),
                            (torch.float32, 40, False)]:
         text = ptx(dtype, C, diag)
@@ -203,3 +208,27 @@ def test_se_gate_of_the_widest_blocks_fits_its_registers():
     run as FMAs, whose 64-wide tiles spilled (72 B with triton 3.9, 1312 B with 3.6)."""
     result = run_compiled(SE_SCRIPT)
     assert result.stdout.strip().endswith("fits"), result.stdout
+
+
+SILU_SCRIPT = COMPILE_DEPTHWISE + textwrap.dedent(
+    """
+    forms = {"tanh": "tanh.approx.f32", "ex2": "ex2.approx.ftz.f32", "rcp": "rcp.approx.ftz.f32"}
+    def silu_form(dtype, diag):
+        text = ptx(dtype, 40, diag)
+        return sorted(name for name, insn in forms.items() if insn in text)
+    assert silu_form(torch.float16, True) == silu_form(torch.bfloat16, True) == ["tanh"]
+    assert silu_form(torch.float16, False) == ["tanh"]
+    assert silu_form(torch.float32, False) == ["ex2", "rcp"]
+    os.environ["FASTMBCONV_SILU"] = "sigmoid"
+    assert silu_form(torch.float16, True) == ["ex2", "rcp"]
+    print("silu")
+    """
+)
+
+
+def test_silu_takes_one_tanh_in_fp16_and_bf16_and_ex2_rcp_in_fp32():
+    """The SiLU forms of kernels/_math.py as compiled: fp16/bf16 activations one
+    ``tanh.approx`` (one MUFU), fp32 an ``ex2`` and an ``rcp`` (two), and
+    ``FASTMBCONV_SILU=sigmoid`` the latter for fp16 too."""
+    result = run_compiled(SILU_SCRIPT)
+    assert result.stdout.strip().endswith("silu"), result.stdout
