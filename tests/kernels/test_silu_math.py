@@ -6,18 +6,23 @@ On a GPU, fp16/bf16 activations take ``silu(y) = h + h * tanh(h)``, ``h = y / 2`
 the kernels' parity tests check the halving the callers fold in), so its error is bounded here
 instead: the PTX ISA promises a relative error of at most 2^-10.987, and a reference B0 whose
 every SiLU takes that worst case, with the sign that pushes each value away from the truth,
-must still pass :func:`assert_close_to_ref` against fp64. The GPU's own parity tests (issue 13)
-check the instruction itself.
+must still pass :func:`assert_close_to_ref` against fp64. One element at a time the ISA's bound
+is too loose for fp16 below y = -4 or so (there the error grows as |y| 2^-12 while the rule
+allows 1e-3); measured hardware is about 40x tighter. The sweep below decides it on a GPU: the
+kernels' SiLU of every 1/2048 step in [-64, 64] against fp64 under the tolerance rule.
 """
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 import fastmbconv as fm
+from fastmbconv.kernels._math import activation
 from fastmbconv.kernels._utils import silu_math
 from fastmbconv.kernels.testing import assert_close_to_ref
 
-from ..helpers import randomize_bn
+from ..helpers import DEVICE, randomize_bn
 
 ISA_TANH_REL_ERROR = 2.0**-10.987  # PTX ISA, tanh.approx.f32
 
@@ -67,3 +72,26 @@ def test_each_dtype_gets_its_silu_form(monkeypatch):
     monkeypatch.setenv("FASTMBCONV_SILU", "fast")
     with pytest.raises(ValueError, match="FASTMBCONV_SILU must be 'auto' or 'sigmoid', got 'fast'"):
         silu_math(torch.float16)
+
+
+@triton.jit
+def _silu_kernel(y_ptr, out_ptr, n, MATH: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    y = tl.load(y_ptr + offs, mask=ok, other=0.0)
+    if MATH >= 2:  # as the kernels fold it into their affine step
+        y = y * 0.5
+    tl.store(out_ptr + offs, activation(y, 1, MATH).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_the_kernels_silu_meets_the_tolerance_rule_over_its_range(dtype):
+    """fp32 pre-activations (the kernels' accumulators) through the SiLU each dtype's kernels
+    use (on a GPU: tanh.approx for fp16/bf16, ex2 + rcp for fp32), stored in ``dtype``."""
+    y = torch.arange(-64 * 2048, 64 * 2048 + 1, device=DEVICE, dtype=torch.float32) / 2048
+    out = torch.empty_like(y, dtype=dtype)
+    _silu_kernel[(triton.cdiv(y.numel(), 4096),)](y, out, y.numel(), MATH=silu_math(dtype), BLOCK=4096)
+    ref = F.silu(y.double())
+    lowp = None if dtype == torch.float32 else F.silu(y.to(dtype))
+    assert_close_to_ref(out, ref, lowp, what=f"SiLU, {dtype} output")
