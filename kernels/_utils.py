@@ -56,12 +56,13 @@ def needs_int64(*tensors: torch.Tensor, per_sample: bool = True) -> bool:
     return any(reach(t, 1 if per_sample else 0) >= 2**31 - 1 for t in tensors)
 
 
-def spatial_tile(height: int, width: int) -> tuple[int, int]:
-    """A (rows, cols) power-of-two output tile of 32 or 64 pixels that wastes the fewest pixel
-    slots on an ``height`` x ``width`` map (ties: more pixels, then wider): 64 on large maps,
-    fewer where that fits better (2x16 on 14x14, where 8x8 tiles would leave a quarter idle)."""
+def spatial_tile(height: int, width: int, max_pixels: int = 64) -> tuple[int, int]:
+    """A (rows, cols) power-of-two output tile of 32 to ``max_pixels`` pixels that wastes the
+    fewest pixel slots on an ``height`` x ``width`` map (ties: more pixels, then wider): the most
+    on large maps, fewer where that fits better (2x16 on 14x14, where 8x8 tiles would leave a
+    quarter idle)."""
     best = None
-    for pixels in (64, 32):
+    for pixels in (p for p in (128, 64, 32) if p <= max_pixels):
         for tw in (1, 2, 4, 8, 16, 32, 64):
             th = pixels // tw
             if th < 1:

@@ -67,6 +67,18 @@ def test_gpu_style_tiles_and_prepared_weights(monkeypatch):
     torch.testing.assert_close(stem_conv_bn_act(x, taps_major(w), bias, conv_padding(19, 21, 3, 2, "same")), out)
 
 
+def test_gpu_tiles_take_128_pixels_where_the_output_is_at_most_32_channels(monkeypatch):
+    """Stems of at most 32 channels (B0-B2's; 32 im2col columns) may take 128-pixel tiles,
+    which halve the per-program index math; wider ones (B3-B7's 40-64) at most 64. The tile
+    still fits the map first: no 128-pixel tile divides B1's 120 x 120."""
+    monkeypatch.setattr(module, "interpreting", lambda: False)
+    assert module.tile_for(112, 112, 32) == (8, 16)  # B0 224 px
+    assert module.tile_for(120, 120, 32) == (8, 8)  # B1 240 px
+    assert module.tile_for(112, 112, 64) == (4, 16)
+    assert module.tile_for(14, 14, 32) == (2, 16)  # 8 x 16 would leave 40% of the slots idle
+    assert module.tile_for(1, 1, 32) == (1, 32)
+
+
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 def test_ragged(pad_mode):
     x, w, bias = make(3, 21, 17)
