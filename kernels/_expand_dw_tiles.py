@@ -1,7 +1,7 @@
 """Work items of :mod:`.expand_dwconv`: the output tile, the channel block, the halo's row pitch
 and its expand products, chosen on the host per layer geometry from a small cost model (the
-kernel report, ``python -m fastmbconv.kernel_report``, measures the real costs), and the
-persistent grid that runs them."""
+kernel report, ``python -m fastmbconv.kernel_report``, measures the real costs), the
+persistent grid that runs them, and the taps' rows padded to whole channel blocks."""
 from __future__ import annotations
 
 import functools
@@ -146,3 +146,16 @@ def persistent_programs(device: torch.device, items: int) -> int:
         return items
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
     return max(1, min(items, 2 * sms))
+
+
+TAPS_ALIGN = 64  # pad_taps: channels per taps row, a multiple of every channel block
+
+
+def pad_taps(w_dw: torch.Tensor) -> torch.Tensor:
+    """Depthwise weights (k*k, C) or (k*k, C, 16) with each tap's rows zero-padded to a multiple
+    of :data:`TAPS_ALIGN` channels: the kernel then loads every channel block's taps without a
+    mask, at constant offsets (the fused model pads once, when it folds)."""
+    kk, C = w_dw.shape[:2]
+    out = w_dw.new_zeros((kk, -(-C // TAPS_ALIGN) * TAPS_ALIGN, *w_dw.shape[2:]))
+    out[:, :C] = w_dw
+    return out

@@ -22,8 +22,8 @@ The taps come in the two variants of :mod:`.dwconv_bn_act`, picked by the weight
   the activations' dtype (rounded, as the separate path stores the expanded tensor), and each
   tap is a batched (pixels x 16) @ (16 x 16) dot against the tap's diagonal weights.
 
-Either may have its rows zero-padded to whole channel blocks (:func:`pad_taps`), which lets
-the weights load without a mask.
+Either may have its rows zero-padded to whole channel blocks
+(:func:`._expand_dw_tiles.pad_taps`), which lets the weights load without a mask.
 
 Where the slots live: global scratch, not shared memory. The grid is persistent, two programs
 per SM, each with two slots used in turn. So the scratch is a few MiB that every item rewrites:
@@ -71,7 +71,7 @@ def _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, KW: tl.const
                  NB: tl.constexpr, C_IN: tl.constexpr, SXC: tl.constexpr, INT64: tl.constexpr,
                  DOT_FP32: tl.constexpr, HALF: tl.constexpr):
     """One K step of a halo product: input channels ``k0 .. k0 + KW`` and, ``WITH_BIAS``, the
-    bias columns after the last one (see :func:`_expand_chunk`)."""
+    bias columns after the last one (see :func:`_expand_chunk`); ``HALF``: weights halved."""
     ks = k0 + tl.arange(0, KW)
     k_ok = ks < C_IN
     if INT64:
@@ -304,26 +304,12 @@ def _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
     return k, padding, H_out, W_out, C, mma
 
 
-TAPS_ALIGN = 64  # pad_taps: channels per taps row, a multiple of every channel block
-
-
 def geometry(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int, batch: int, dtype: torch.dtype):
     """The launch geometry: (tile_h, tile_w, block_c, block_k, halo_h, halo_w, tiles, items)."""
     tile_h, tile_w, block_c, block_k = blocks_for(H_out, W_out, C_in, C, kernel, stride, dtype)
     halo_h, halo_w = (tile_h - 1) * stride + kernel, (tile_w - 1) * stride + kernel
     tiles = -(-H_out // tile_h) * -(-W_out // tile_w)
     return tile_h, tile_w, block_c, block_k, halo_h, halo_w, tiles, batch * tiles * -(-C // block_c)
-
-
-
-def pad_taps(w_dw: torch.Tensor) -> torch.Tensor:
-    """Depthwise weights (k*k, C) or (k*k, C, 16) with each tap's rows zero-padded to a multiple
-    of :data:`TAPS_ALIGN` channels: the kernel then loads every channel block's taps without a
-    mask, at constant offsets (the fused model pads once, when it folds)."""
-    kk, C = w_dw.shape[:2]
-    out = w_dw.new_zeros((kk, -(-C // TAPS_ALIGN) * TAPS_ALIGN, *w_dw.shape[2:]))
-    out[:, :C] = w_dw
-    return out
 
 
 def alloc_scratch(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -399,8 +385,9 @@ def expand_dwconv(x, w_expand, b_expand, w_dw, scale, shift, padding: Sequence[i
     """``act(conv_dw(silu(x @ w_expand^T + b_expand)) * scale + shift)`` and its per-tile sums.
 
     ``w_expand`` (C, C_in) in x's dtype with BN folded in, ``b_expand`` (C,) fp32; ``w_dw``
-    (k*k, C) fp32 taps-major, its rows optionally padded past C (:func:`pad_taps`: no masked
-    loads); ``scale``/``shift`` (C,) fp32 (the depthwise conv's BN).
+    (k*k, C) fp32 taps-major, its rows optionally padded past C
+    (:func:`._expand_dw_tiles.pad_taps`: no masked loads); ``scale``/``shift`` (C,) fp32 (the
+    depthwise conv's BN).
     ``padding`` (top, bottom, left, right) and the ragged ``valid_hw``/``pad_tl`` as in
     :func:`.dwconv_bn_act`, whose (out, partial_sums) this returns."""
     return call_op(torch.ops.fastmbconv.expand_dwconv, expand_dwconv_launch, x, w_expand, b_expand, w_dw,
@@ -411,7 +398,8 @@ def expand_dwconv_ref(x, w_expand, b_expand, w_dw, scale, shift, padding, stride
                       pad_tl=None, compute_dtype=torch.float32, expanded_dtype=None):
     """Pure-torch twin: the expand conv (einsum, SiLU), rounded to ``expanded_dtype`` (the dtype
     the separate kernels would store it in; default none), then :func:`.dwconv_bn_act_ref`;
-    returns (out, per-image sums). Padded taps rows (:func:`pad_taps`) are read up to C."""
+    returns (out, per-image sums). Padded taps rows (:func:`._expand_dw_tiles.pad_taps`) are
+    read up to C."""
     C, C_in = w_expand.shape[0], w_expand.shape[1]
     w_dw = w_dw[:, :C]
     e = torch.einsum("nchw,oc->nohw", x.to(compute_dtype), w_expand.reshape(C, C_in).to(compute_dtype))

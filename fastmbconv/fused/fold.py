@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from ..kernels.dwconv_bn_act import taps_diag, taps_major
-from ..kernels.expand_dwconv import pad_taps
+from ..kernels._expand_dw_tiles import pad_taps
 from ..layers import ConvBN
 
 

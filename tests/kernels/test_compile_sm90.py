@@ -41,7 +41,8 @@ SCRIPT = textwrap.dedent(
     def record_int64_expand_dw():
         # expand_dwconv's INT64 specialisation with tensor-core taps: channel planes 2^30 apart
         from fastmbconv.kernels.dwconv_bn_act import taps_diag
-        from fastmbconv.kernels.expand_dwconv import expand_dwconv, pad_taps
+        from fastmbconv.kernels._expand_dw_tiles import pad_taps
+        from fastmbconv.kernels.expand_dwconv import expand_dwconv
         x = torch.empty(2**32, device="meta", dtype=torch.float16).as_strided((2, 8, 9, 9), (2**31, 2**30 + 16, 9, 1))
         w = pad_taps(taps_diag(torch.empty(9, 48, device="meta"), torch.float16))
         v = torch.empty(48, device="meta")

@@ -372,8 +372,8 @@ def test_padded_taps_rows(gpu_like, k, stride, dtype):
     x, params = make(2, 12, 20, 7, 9, k, dtype)
     padding = conv_padding(7, 9, k, stride, "same")
     w_dw = params[2]
-    padded = module.pad_taps(w_dw)
-    assert padded.shape == (k * k, module.TAPS_ALIGN, *w_dw.shape[2:]) and padded.dtype == w_dw.dtype
+    padded = tiles.pad_taps(w_dw)
+    assert padded.shape == (k * k, tiles.TAPS_ALIGN, *w_dw.shape[2:]) and padded.dtype == w_dw.dtype
     assert torch.equal(padded[:, :20], w_dw) and (padded[:, 20:] == 0).all()
     variants = [padded]
     if w_dw.ndim == 2:
