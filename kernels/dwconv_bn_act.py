@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ._launch import call_op, launch, select_kernel
-from ._math import activation, group_channels, image_extent
+from ._math import affine_activation, group_channels, image_extent
 from ._utils import (
     ACT_CODES,
     activation_ref,
@@ -140,10 +140,7 @@ def _dwconv_bn_act_kernel(
 
     scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
     shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
-    if ACT == 1 and MATH >= 2:  # SiLU's tanh form takes y / 2: folded in here, exactly
-        scale = scale * 0.5
-        shift = shift * 0.5
-    y = activation(acc * scale + shift, ACT, MATH)
+    y = affine_activation(acc, scale, shift, ACT, MATH)
     in_map = ((oh < H_out) & (ow < W_out))[None, :, None] & c_ok
     if RAGGED:
         y = tl.where(((oh < h_valid) & (ow < w_valid))[None, :, None], y, 0.0)

@@ -47,7 +47,7 @@ import triton.language as tl
 from ._expand_dw_tiles import TAPS_WARPS_ON_BATCH, blocks_for, halo_chunks, halo_pitch, persistent_programs, \
     pixel_slots
 from ._launch import call_op, launch
-from ._math import activation, group_channels, image_extent, round_to_bf16
+from ._math import activation, affine_activation, group_channels, image_extent, round_to_bf16
 from ._utils import (
     ACT_CODES,
     activation_ref,
@@ -261,10 +261,7 @@ def _expand_dwconv_kernel(
             c_off = offs_c.to(tl.int64) * SOC
         scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
         shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
-        if ACT == 1 and MATH >= 2:  # SiLU's tanh form takes y / 2: folded in here, exactly
-            scale = scale * 0.5
-            shift = shift * 0.5
-        y = activation(dacc * scale + shift, ACT, MATH)
+        y = affine_activation(dacc, scale, shift, ACT, MATH)
         in_map = (p_ok & (oh < H_out) & (ow < W_out))[:, :, None] & c_ok
         if RAGGED:
             h_valid = (h_img + STRIDE - 1) // STRIDE

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ._launch import call_op, launch, record_launch, recording, select_kernel
-from ._math import activation
+from ._math import bias_activation
 from ._utils import (
     ACT_CODES,
     activation_ref,
@@ -97,12 +97,7 @@ def _pointwise_gated_kernel(
         else:
             acc = tl.dot(a.to(w_ptr.dtype.element_ty), b, acc)
 
-    bias = tl.load(bias_ptr + offs_o, mask=o_ok, other=0.0)
-    if ACT == 1 and MATH >= 2:  # SiLU's tanh form takes y / 2: folded in here, exactly
-        y = acc * 0.5 + (bias * 0.5)[None, :]
-    else:
-        y = acc + bias[None, :]
-    y = activation(y, ACT, MATH)
+    y = bias_activation(acc, tl.load(bias_ptr + offs_o, mask=o_ok, other=0.0), ACT, MATH)
     tile_ok = m_ok[:, None] & o_ok[None, :]
     if INT64:
         offs_o = offs_o.to(tl.int64)

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ._launch import call_op, launch
-from ._math import activation, image_extent
+from ._math import bias_activation, image_extent
 from ._utils import (
     ACT_CODES,
     FLOAT_DTYPES,
@@ -86,12 +86,7 @@ def _stem_conv_kernel(
     else:
         acc = tl.dot(patches.to(out_ptr.dtype.element_ty), w.to(out_ptr.dtype.element_ty))
 
-    bias = tl.load(bias_ptr + offs_co, mask=co_ok, other=0.0)
-    if ACT == 1 and MATH >= 2:  # SiLU's tanh form takes y / 2: folded in here, exactly
-        y = acc * 0.5 + (bias * 0.5)[None, :]
-    else:
-        y = acc + bias[None, :]
-    y = activation(y, ACT, MATH)
+    y = bias_activation(acc, tl.load(bias_ptr + offs_co, mask=co_ok, other=0.0), ACT, MATH)
     if RAGGED:
         y = tl.where(((oh < (h_img + STRIDE - 1) // STRIDE) & (ow < (w_img + STRIDE - 1) // STRIDE))[:, None], y, 0.0)
     in_map = ((oh < H_out) & (ow < W_out))[:, None] & co_ok[None, :]
