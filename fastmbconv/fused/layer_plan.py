@@ -114,9 +114,9 @@ def _rule(layer: LayerShape, dtype: torch.dtype) -> str:
     channels on maps of 12 and up (B3-B7's widest, where the halo's expand costs more than the
     bytes it saves). Against the 3.9 table's fp16/bf16 entries it picks the slower way for 13
     of 106 geometries, costing 0.98 ms summed, none in B0. fp32 (FMA taps both ways; the
-    expanded tensor's bytes decide): fuse 3x3 blocks on maps of 28 and up with at most 48 input channels (40 at
-    stride 2: wider ones spill in B2-B7 or lose to the separate pair) and 5x5 stride-2 blocks
-    on maps of 56 and up."""
+    expanded tensor's bytes decide): fuse 3x3 blocks on maps of 28 and up with at most 48
+    input channels (40 at stride 2: wider ones spill in B2-B7 or lose to the separate pair)
+    and 5x5 stride-2 blocks on maps of 56 and up."""
     side = min(layer.height, layer.width)
     k, s = layer.kernel, layer.stride
     if dtype == torch.float32:
