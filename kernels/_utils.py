@@ -1,6 +1,7 @@
 """Helpers shared by the kernel launchers (torch only; triton is imported by the op modules)."""
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -16,16 +17,26 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def silu_math(dtype: torch.dtype) -> int:
+def silu_math(dtype: torch.dtype, device: torch.device) -> int:
     """The kernels' ``MATH`` code (see :mod:`._math`): SiLU in the tanh form for fp16/bf16
     activations (``FASTMBCONV_SILU=sigmoid`` forces the sigmoid form there too, to rule the
-    approximation in or out on a GPU), the sigmoid form for fp32; the GPU's approximate MUFU
-    instructions except under the interpreter."""
+    approximation in or out on a GPU; so does a GPU before sm_75, which lacks ``tanh.approx``),
+    the sigmoid form for fp32; the GPU's approximate MUFU instructions except under the
+    interpreter. A ``meta`` device (the kernel report) counts as an H100."""
     mode = os.environ.get("FASTMBCONV_SILU", "auto")
     if mode not in ("auto", "sigmoid"):
         raise ValueError(f"FASTMBCONV_SILU must be 'auto' or 'sigmoid', got {mode!r}")
     tanh = dtype != torch.float32 and mode == "auto"
+    if tanh and device.type == "cuda":
+        tanh = has_tanh_approx(device.index if device.index is not None else torch.cuda.current_device())
     return 2 * tanh + (not interpreting())
+
+
+@functools.lru_cache(maxsize=None)
+def has_tanh_approx(device_index: int) -> bool:
+    """Whether CUDA device ``device_index`` has ``tanh.approx`` (sm_75 and up); asked once per
+    device, as every launch needs it."""
+    return torch.cuda.get_device_capability(device_index) >= (7, 5)
 
 
 def use_autotune() -> bool:

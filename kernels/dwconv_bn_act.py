@@ -302,7 +302,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         pad_top=padding[0], pad_left=padding[2], batch_bucket=batch_bucket(N), rows=k,
     ), dict(
         C_UNIT=c_unit, SXW=x.stride(3), SOW_UNIT=sow_unit, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
-        MATH=silu_math(x.dtype),
+        MATH=silu_math(x.dtype, x.device),
         WITH_POOL=with_pool, RAGGED=ragged, INT64=needs_int64(x, out), MMA=mma, DOT_FP32=interpreting(),
         EVEN_C=mma and C % block_c == 0,  # the autotuned FMA variant's BLOCK_C varies: never claimed there
         TILE_H=tile_h, TILE_W=tile_w, **config,

@@ -345,7 +345,8 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         # (a row of 17 pixels of 344 channels is 8-aligned, which a runtime stride would not say)
         C_IN=C_in, SXN=x.stride(0), SXH=x.stride(2), SXC=x.stride(1), SXW=x.stride(3), SOC=out.stride(1),
         TILES_W=-(-W_out // tile_w), TILES=tiles,
-        C_BLOCKS=-(-C // block_c), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], MATH=silu_math(x.dtype),
+        C_BLOCKS=-(-C // block_c), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
+        MATH=silu_math(x.dtype, x.device),
         RAGGED=ragged,
         INT64=needs_int64(x, out), DOT_FP32=interpreting() or x.dtype == torch.float32,
         TILE_H=tile_h, TILE_W=tile_w, PIXELS=pixel_slots(tile_h, tile_w), HALO_W=halo_w, HALO_PITCH=pitch,

@@ -288,8 +288,9 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
         **dict(zip(("srn", "src", "srh", "srw"), zeros if residual is None else residual.stride())),
         batch_bucket=batch_bucket(N),
     ), dict(
-        HAS_GATE=gate is not None, HAS_RES=residual is not None, ACT=ACT_CODES[act], MATH=silu_math(x.dtype),
-        POOL_ONLY=pool_only, RAGGED=ragged, DOT_FP32=interpreting() or x.dtype == torch.float32, DENSE_ROWS=dense, INT64=int64, **config,
+        HAS_GATE=gate is not None, HAS_RES=residual is not None, ACT=ACT_CODES[act],
+        MATH=silu_math(x.dtype, x.device), POOL_ONLY=pool_only, RAGGED=ragged,
+        DOT_FP32=interpreting() or x.dtype == torch.float32, DENSE_ROWS=dense, INT64=int64, **config,
     ), on=x)
     if pool_only:
         block_o = min(1024, max(16, next_pow2(O)))

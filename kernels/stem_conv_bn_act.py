@@ -167,7 +167,8 @@ def stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, va
         **dict(zip(("sxn", "sxc", "sxh", "sxw"), x.stride())), **dict(zip(("son", "soc", "soh", "sow"), out.stride())),
         pad_top=padding[0], pad_left=padding[2],
     ), dict(
-        C_IN=C_in, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act], MATH=silu_math(out_dtype), RAGGED=ragged,
+        C_IN=C_in, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
+        MATH=silu_math(out_dtype, x.device), RAGGED=ragged,
         INT64=needs_int64(x, out), DOT_FP32=interpreting() or out_dtype == torch.float32,
         TILE_H=tile_h, TILE_W=tile_w, BLOCK_K=block_k, BLOCK_CO=max(16, next_pow2(C_out)), num_warps=4,
     ), on=x)

@@ -19,7 +19,7 @@ import triton.language as tl
 
 import fastmbconv as fm
 from fastmbconv.kernels._math import activation
-from fastmbconv.kernels._utils import silu_math
+from fastmbconv.kernels._utils import has_tanh_approx, silu_math
 from fastmbconv.kernels.testing import assert_close_to_ref
 
 from ..helpers import DEVICE, randomize_bn
@@ -59,19 +59,25 @@ def test_the_isa_worst_case_tanh_keeps_b0_within_the_tolerance_rule(dtype, monke
             assert_close_to_ref(model(x.to(dtype)), ref64, lowp)
 
 
-def test_each_dtype_gets_its_silu_form(monkeypatch):
+def test_each_dtype_and_gpu_gets_its_silu_form(monkeypatch):
+    meta, gpu = torch.device("meta"), torch.device("cuda", 0)
     monkeypatch.delenv("FASTMBCONV_SILU", raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert [silu_math(d) for d in (torch.float32, torch.float16, torch.bfloat16)] == [1, 3, 3]
+    assert [silu_math(d, meta) for d in (torch.float32, torch.float16, torch.bfloat16)] == [1, 3, 3]
+    for capability, want in (((9, 0), 3), ((7, 5), 3), ((7, 0), 1)):  # tanh.approx: sm_75 and up
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        has_tanh_approx.cache_clear()
+        assert silu_math(torch.float16, gpu) == want, capability
+    has_tanh_approx.cache_clear()
     monkeypatch.setenv("FASTMBCONV_SILU", "sigmoid")
-    assert [silu_math(d) for d in (torch.float32, torch.float16, torch.bfloat16)] == [1, 1, 1]
+    assert [silu_math(d, meta) for d in (torch.float32, torch.float16, torch.bfloat16)] == [1, 1, 1]
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # no inline PTX: the exact forms
-    assert silu_math(torch.float16) == 0
+    assert silu_math(torch.float16, torch.device("cpu")) == 0
     monkeypatch.setenv("FASTMBCONV_SILU", "auto")
-    assert silu_math(torch.bfloat16) == 2 and silu_math(torch.float32) == 0
+    assert silu_math(torch.bfloat16, torch.device("cpu")) == 2 and silu_math(torch.float32, meta) == 0
     monkeypatch.setenv("FASTMBCONV_SILU", "fast")
     with pytest.raises(ValueError, match="FASTMBCONV_SILU must be 'auto' or 'sigmoid', got 'fast'"):
-        silu_math(torch.float16)
+        silu_math(torch.float16, meta)
 
 
 @triton.jit
@@ -91,7 +97,7 @@ def test_the_kernels_silu_meets_the_tolerance_rule_over_its_range(dtype):
     use (on a GPU: tanh.approx for fp16/bf16, ex2 + rcp for fp32), stored in ``dtype``."""
     y = torch.arange(-64 * 2048, 64 * 2048 + 1, device=DEVICE, dtype=torch.float32) / 2048
     out = torch.empty_like(y, dtype=dtype)
-    _silu_kernel[(triton.cdiv(y.numel(), 4096),)](y, out, y.numel(), MATH=silu_math(dtype), BLOCK=4096)
+    _silu_kernel[(triton.cdiv(y.numel(), 4096),)](y, out, y.numel(), MATH=silu_math(dtype, y.device), BLOCK=4096)
     ref = F.silu(y.double())
     lowp = None if dtype == torch.float32 else F.silu(y.to(dtype))
     assert_close_to_ref(out, ref, lowp, what=f"SiLU, {dtype} output")
