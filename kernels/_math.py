@@ -23,8 +23,6 @@ tests still exercise the halving folded into the step before.
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-
 
 @triton.jit
 def _ex2_ftz(x):

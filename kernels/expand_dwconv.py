@@ -54,12 +54,12 @@ from ._utils import (
     check_1x1_weight,
     check_conv_geometry,
     check_ragged_args,
-    check_valid_sizes,
     check_tensor,
+    check_valid_sizes,
     empty_like_format,
     interpreting,
-    silu_math,
     needs_int64,
+    silu_math,
 )
 from .dwconv_bn_act import dwconv_bn_act_ref
 

@@ -38,9 +38,9 @@ from ._utils import (
     check_tensor,
     empty_like_format,
     interpreting,
-    silu_math,
     needs_int64,
     next_pow2,
+    silu_math,
     valid_mask,
 )
 

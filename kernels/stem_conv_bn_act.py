@@ -25,13 +25,13 @@ from ._utils import (
     activation_ref,
     check_conv_geometry,
     check_ragged_args,
-    check_valid_sizes,
     check_tensor,
+    check_valid_sizes,
     conv2d_ref,
     interpreting,
-    silu_math,
     needs_int64,
     next_pow2,
+    silu_math,
     spatial_tile,
     zero_invalid_ref,
 )
@@ -133,10 +133,10 @@ def _empty_out(x, C_out, H_out, W_out, out_dtype):
 def tile_for(H_out: int, W_out: int, width: int) -> tuple[int, int]:
     """(TILE_H, TILE_W) of output pixels per program; ``width``: the widest matrix dimension.
     Up to 128 pixels where that is at most 32: the im2col column indices (tap row, column and
-    channel, by division) and the pixel indices are per program, and over 64 pixels they were a
-    third of B0's stem (static sm_90 model: 130 -> 98 us at batch 256 in fp16, at its memory
-    time). 64 for wider outputs, whose accumulators would not fit 128 (B4's and B7's fp32 stem
-    take 255 registers at 64 pixels with triton 3.6)."""
+    channel, by division) and the pixel indices are per program, a third of B0's stem over 64
+    pixels; over 128 it runs at its memory time (static sm_90 model, batch 256, fp16). 64 for
+    wider outputs, whose accumulators would not fit 128 (B4's and B7's fp32 stem take 255
+    registers at 64 pixels with triton 3.6)."""
     if interpreting():  # ~30 ms per program: few, large blocks
         tile_h, tile_w = next_pow2(H_out), next_pow2(W_out)
         while tile_h * tile_w * width > 131072 and tile_h > 1:

@@ -9,7 +9,7 @@ beside this file: each layer geometry's modelled time both ways, and measured ti
 GPU run added them, which then decide), then from :func:`_rule` where the table has no entry.
 
 Modelled times are kept per Triton release (``"modelled"``, keyed by major.minor): the same
-source compiles to different machine code (B0's fused blocks model up to 8% slower with 3.6,
+source compiles to different machine code (B0's fused blocks model up to 5% slower with 3.6,
 the GPU image's release, than with 3.9, and some blocks' choices differ), so a machine takes
 the times its own Triton's code was modelled with, else those of the newest release the table
 has.
