@@ -138,14 +138,15 @@ def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: i
     return tile_h, tile_w, block_c, block_k
 
 
-def persistent_programs(device: torch.device, items: int) -> int:
-    """Two programs per SM (the registers of two 4-warp programs fill an SM, and every program
-    owns two scratch slots); one per item under the interpreter. On ``meta`` (the kernel
-    report) an H100's 132 SMs."""
+def persistent_programs(device: torch.device, tiles: int, c_blocks: int) -> int:
+    """Programs per channel block (each program keeps one block's weights and walks the
+    ``tiles`` of the whole batch): about two programs per SM in all (the registers of two 4-warp
+    programs fill an SM, and every program owns two scratch slots); one per tile under the
+    interpreter. On ``meta`` (the kernel report) an H100's 132 SMs."""
     if interpreting():
-        return items
+        return tiles
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    return max(1, min(items, 2 * sms))
+    return max(1, min(tiles, 2 * sms // c_blocks))
 
 
 TAPS_ALIGN = 64  # pad_taps: channels per taps row, a multiple of every channel block

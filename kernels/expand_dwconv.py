@@ -67,11 +67,42 @@ OP = "expand_dwconv"
 
 
 @triton.jit
-def _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, KW: tl.constexpr, WITH_BIAS: tl.constexpr,
-                 NB: tl.constexpr, C_IN: tl.constexpr, SXC: tl.constexpr, INT64: tl.constexpr,
-                 DOT_FP32: tl.constexpr, HALF: tl.constexpr):
-    """One K step of a halo product: input channels ``k0 .. k0 + KW`` and, ``WITH_BIAS``, the
-    bias columns after the last one (see :func:`_expand_chunk`); ``HALF``: weights halved."""
+def _expand_weights(we_ptr, offs_c, c_ok, bias, C_IN: tl.constexpr, BLOCK_K: tl.constexpr, NB: tl.constexpr,
+                    HALF: tl.constexpr):
+    """The expand's B tiles of one channel block, one per K step (``BLOCK_K`` input channels;
+    see :func:`_expand_chunk` for the bias columns, in the last step or a 16-row step of their
+    own), halved for SiLU's tanh form (``HALF``). Loaded once per program: its items share them."""
+    LAST: tl.constexpr = (C_IN - 1) // BLOCK_K * BLOCK_K  # the last step's first channel
+    ROOM: tl.constexpr = C_IN - LAST + NB <= BLOCK_K  # the bias columns fit in the last step
+    tiles = ()
+    for k0 in tl.static_range(0, C_IN, BLOCK_K):
+        tiles = tiles + (_weight_tile(we_ptr, offs_c, c_ok, bias, k0, BLOCK_K, NB > 0 and ROOM and k0 == LAST, NB,
+                                      C_IN, HALF),)
+    if NB > 0 and not ROOM:
+        tiles = tiles + (_weight_tile(we_ptr, offs_c, c_ok, bias, C_IN, 16, True, NB, C_IN, HALF),)
+    return tiles
+
+
+@triton.jit
+def _weight_tile(we_ptr, offs_c, c_ok, bias, k0, KW: tl.constexpr, WITH_BIAS: tl.constexpr, NB: tl.constexpr,
+                 C_IN: tl.constexpr, HALF: tl.constexpr):
+    ks = k0 + tl.arange(0, KW)
+    k_ok = ks < C_IN
+    b = tl.load(we_ptr + offs_c[None, :] * C_IN + ks[:, None], mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+    if HALF:
+        b = (b.to(tl.float32) * 0.5).to(b.dtype)
+    if WITH_BIAS:
+        hi = bias.to(b.dtype)
+        lo = (bias - hi.to(tl.float32)).to(b.dtype)
+        b = tl.where((ks == C_IN)[:, None], hi[None, :], tl.where((ks == C_IN + 1)[:, None], lo[None, :], b))
+    return b
+
+
+@triton.jit
+def _expand_step(acc, rows, in_img, b, k0, KW: tl.constexpr, WITH_BIAS: tl.constexpr, NB: tl.constexpr,
+                 C_IN: tl.constexpr, SXC: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr):
+    """One K step of a halo product against its B tile: input channels ``k0 .. k0 + KW`` and,
+    ``WITH_BIAS``, the bias columns after the last one (see :func:`_expand_chunk`)."""
     ks = k0 + tl.arange(0, KW)
     k_ok = ks < C_IN
     if INT64:
@@ -79,22 +110,35 @@ def _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, KW: tl.const
     else:
         k_off = ks * SXC
     a = tl.load(rows[:, None] + k_off[None, :], mask=in_img[:, None] & k_ok[None, :], other=0.0)
-    b = tl.load(we_ptr + offs_c[None, :] * C_IN + ks[:, None], mask=k_ok[:, None] & c_ok[None, :], other=0.0)
-    if HALF:
-        b = (b.to(tl.float32) * 0.5).to(b.dtype)
     if WITH_BIAS:
         is_bias = (ks >= C_IN) & (ks < C_IN + NB)
         a = tl.where(in_img[:, None] & is_bias[None, :], 1.0, a).to(a.dtype)
-        hi = bias.to(b.dtype)
-        lo = (bias - hi.to(tl.float32)).to(b.dtype)
-        b = tl.where((ks == C_IN)[:, None], hi[None, :], tl.where((ks == C_IN + 1)[:, None], lo[None, :], b))
     if DOT_FP32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     return tl.dot(a, b, acc)
 
 
 @triton.jit
-def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH: tl.constexpr, h0,
+def _halo_pixels(h0, CH: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr, HALO_PITCH: tl.constexpr,
+                 SXH: tl.constexpr, SXW: tl.constexpr, INT64: tl.constexpr):
+    """(row, column, offset in the image) in the halo of slot pixels ``h0 .. h0 + CH``. A pixel
+    no tap reads (past the halo's width in its row's pitch, or past the halo) gets a row past
+    any image, so the image bounds mask it. The same for every item: computed once per program."""
+    hp = h0 + tl.arange(0, CH)
+    hr = hp // HALO_PITCH  # with a power-of-two pitch a shift, no division
+    hc = hp % HALO_PITCH
+    if INT64:
+        off = hr.to(tl.int64) * SXH + hc.to(tl.int64) * SXW
+    else:
+        off = hr * SXH + hc * SXW
+    unread = hp >= HALO
+    if HALO_W < HALO_PITCH:
+        unread = unread | (hc >= HALO_W)
+    return tl.where(unread, 1 << 30, hr), hc, off
+
+
+@triton.jit
+def _expand_chunk(x_img, wb, bias, geo, offs_l, slot, ih0, iw0, h_img, w_img, SXH: tl.constexpr, h0,
                   CH: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr, HALO_PITCH: tl.constexpr,
                   C_IN: tl.constexpr, SXC: tl.constexpr, SXW: tl.constexpr, BLOCK_C: tl.constexpr,
                   BLOCK_K: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr, MATH: tl.constexpr,
@@ -114,34 +158,25 @@ def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_i
     product halved: the caller halves the bias and :func:`_expand_step` the weights, so that
     costs no instruction per pixel."""
     hp = h0 + tl.arange(0, CH)
-    hc = hp % HALO_PITCH  # with a power-of-two pitch a mask and a shift, no division
-    ih = ih0 + hp // HALO_PITCH
-    iw = iw0 + hc
-    in_img = (ih.to(tl.uint32) < h_img.to(tl.uint32)) & (iw.to(tl.uint32) < w_img.to(tl.uint32))
-    if HALO_W < HALO_PITCH:  # the row's pitch past the halo: zeros no tap reads
-        in_img = in_img & (hc < HALO_W)
-    if h0 + CH > HALO:
-        in_img = in_img & (hp < HALO)
-    if INT64:
-        rows = x_img + ih.to(tl.int64) * SXH + iw.to(tl.int64) * SXW
-    else:
-        rows = x_img + ih * SXH + iw * SXW
+    hr, hc, off = geo
+    in_img = ((ih0 + hr).to(tl.uint32) < h_img.to(tl.uint32)) & ((iw0 + hc).to(tl.uint32) < w_img.to(tl.uint32))
+    rows = x_img + off  # x_img: the halo's top left pixel, maybe outside the image (never read there)
     if NB == 0:
         acc = tl.zeros((CH, BLOCK_C), dtype=tl.float32) + bias[None, :]
     else:
         acc = tl.zeros((CH, BLOCK_C), dtype=tl.float32)
     LAST: tl.constexpr = (C_IN - 1) // BLOCK_K * BLOCK_K  # the last step's first channel
     ROOM: tl.constexpr = C_IN - LAST + NB <= BLOCK_K  # the bias columns fit in the last step
-    for k0 in tl.static_range(0, C_IN, BLOCK_K):
-        acc = _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, k0, BLOCK_K,
-                           NB > 0 and ROOM and k0 == LAST, NB, C_IN, SXC, INT64, DOT_FP32, MATH >= 2)
-    if not ROOM:  # a 16-channel step of its own
-        acc = _expand_step(acc, rows, in_img, we_ptr, offs_c, c_ok, bias, C_IN, 16, True, NB, C_IN, SXC, INT64,
-                           DOT_FP32, MATH >= 2)
+    for i in tl.static_range(0, (C_IN + BLOCK_K - 1) // BLOCK_K):
+        acc = _expand_step(acc, rows, in_img, wb[i], i * BLOCK_K, BLOCK_K, NB > 0 and ROOM and i * BLOCK_K == LAST,
+                           NB, C_IN, SXC, INT64, DOT_FP32)
+    if NB > 0 and not ROOM:  # a 16-channel step of its own
+        acc = _expand_step(acc, rows, in_img, wb[(C_IN + BLOCK_K - 1) // BLOCK_K], C_IN, 16, True, NB, C_IN, SXC,
+                           INT64, DOT_FP32)
     e = activation(acc, 1, MATH)
     if NB == 0:
         e = tl.where(in_img[:, None], e, 0.0)
-    dst = slot + hp[:, None] * BLOCK_C + offs_l[None, :]
+    dst = slot + (hp[:, None] * BLOCK_C + offs_l[None, :])
     if ROUND_BF16:
         e = round_to_bf16(e)
     e = e.to(slot.dtype.element_ty)
@@ -154,7 +189,7 @@ def _expand_chunk(x_img, we_ptr, bias, offs_c, c_ok, offs_l, slot, ih0, iw0, h_i
 @triton.jit
 def _expand_dwconv_kernel(
     x_ptr, we_ptr, be_ptr, wd_ptr, scale_ptr, shift_ptr, out_ptr, part_ptr, scratch_ptr, valid_ptr, padtl_ptr,
-    C, H, W, H_out, W_out, items, son, soh, sow, pad_top, pad_left,
+    C, H, W, H_out, W_out, tiles_all, son, soh, sow, pad_top, pad_left,
     C_IN: tl.constexpr, SXN: tl.constexpr, SXH: tl.constexpr, SXC: tl.constexpr, SXW: tl.constexpr,
     SOC: tl.constexpr, TILES_W: tl.constexpr,
     TILES: tl.constexpr, C_BLOCKS: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr,
@@ -192,16 +227,41 @@ def _expand_dwconv_kernel(
         w_off = rows_g * 16 + tl.arange(0, CB)[None, None, :]
     else:  # (k*k, WD_STRIDE)
         w_off = offs_g
+    # a program's channel block is fixed, so its weights load once; the programs of one tile
+    # (consecutive ids) run together and re-read its input halo from L2
+    cb = pid % C_BLOCKS
+    offs_e = cb * BLOCK_C + offs_l  # the expand's channels
+    e_ok = offs_e < C
+    offs_c = cb * BLOCK_C + offs_g  # the taps' and the epilogue's
+    c_ok = offs_c < C
+    bias = tl.load(be_ptr + offs_e, mask=e_ok, other=0.0)
+    if MATH >= 2:
+        bias = bias * 0.5
+    wb = _expand_weights(we_ptr, offs_e, e_ok, bias, C_IN, BLOCK_K, BIAS_COLS, MATH >= 2)
+    # the taps' weights; rows padded to whole channel blocks (WD_EVEN) load without a mask
+    w_tap0 = wd_ptr + cb * (BLOCK_C * (16 if MMA else 1)) + w_off
+    w_ok = (cb * BLOCK_C + rows_g < C) if MMA else c_ok
+    taps = ()
+    for t in tl.static_range(KSIZE * KSIZE):
+        w_tap = w_tap0 + t * (WD_STRIDE * (16 if MMA else 1))
+        if WD_EVEN:
+            taps = taps + (tl.load(w_tap),)
+        else:
+            taps = taps + (tl.load(w_tap, mask=w_ok, other=0.0),)
+    scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
+    shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
+    geo = ()  # each halo product's pixels
+    for h0 in tl.static_range(0, MAIN_CHUNKS * CHUNK, CHUNK):
+        geo = geo + (_halo_pixels(h0, CHUNK, HALO, HALO_W, HALO_PITCH, SXH, SXW, INT64),)
+    if TAIL_A > 0:
+        geo = geo + (_halo_pixels(MAIN_CHUNKS * CHUNK, TAIL_A, HALO, HALO_W, HALO_PITCH, SXH, SXW, INT64),)
+    if TAIL_B > 0:
+        geo = geo + (_halo_pixels(MAIN_CHUNKS * CHUNK + TAIL_A, TAIL_B, HALO, HALO_W, HALO_PITCH, SXH, SXW, INT64),)
     buf = 0
-    for item in range(pid, items, tl.num_programs(0)):
-        cb = item % C_BLOCKS  # channel blocks vary fastest: a tile's input halo is re-read from L2
-        rest = item // C_BLOCKS
+    for t_all in range(pid // C_BLOCKS, tiles_all, tl.num_programs(0) // C_BLOCKS):
+        rest = tl.cast(t_all, tl.int32)  # the interpreter's loop index is a Python int
         n = rest // TILES
         tile = rest % TILES
-        offs_e = cb * BLOCK_C + offs_l  # the expand's channels
-        e_ok = offs_e < C
-        offs_c = cb * BLOCK_C + offs_g  # the taps' and the epilogue's
-        c_ok = offs_c < C
         # two slots per program, used in turn: an item's writes cannot race the previous
         # item's reads, so one barrier per item suffices
         slot = scratch_ptr + (pid * 2 + buf) * (HALO * BLOCK_C)
@@ -211,38 +271,31 @@ def _expand_dwconv_kernel(
         ow0 = (tile % TILES_W) * TILE_W
         ih0 = oh0 * STRIDE - top
         iw0 = ow0 * STRIDE - left
-        x_img = x_ptr + n.to(tl.int64) * SXN
-        bias = tl.load(be_ptr + offs_e, mask=e_ok, other=0.0)
-        if MATH >= 2:
-            bias = bias * 0.5
+        if INT64:
+            x_img = x_ptr + (n.to(tl.int64) * SXN + ih0.to(tl.int64) * SXH + iw0.to(tl.int64) * SXW)
+        else:
+            x_img = x_ptr + n.to(tl.int64) * SXN + (ih0 * SXH + iw0 * SXW)
 
         # expand: the halo in chunks of CHUNK pixels, then up to two smaller ones for the rest
         for h0 in tl.static_range(0, MAIN_CHUNKS * CHUNK, CHUNK):
-            _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH, h0, CHUNK,
+            _expand_chunk(x_img, wb, bias, geo[h0 // CHUNK], offs_l, slot, ih0, iw0, h_img, w_img, SXH, h0, CHUNK,
                           HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, MATH,
                           ROUND_BF16, BIAS_COLS)
         if TAIL_A > 0:
-            _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH,
+            _expand_chunk(x_img, wb, bias, geo[MAIN_CHUNKS], offs_l, slot, ih0, iw0, h_img, w_img, SXH,
                           MAIN_CHUNKS * CHUNK, TAIL_A, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K,
                           INT64, DOT_FP32, MATH, ROUND_BF16, BIAS_COLS)
         if TAIL_B > 0:
-            _expand_chunk(x_img, we_ptr, bias, offs_e, e_ok, offs_l, slot, ih0, iw0, h_img, w_img, SXH,
+            _expand_chunk(x_img, wb, bias, geo[MAIN_CHUNKS + (TAIL_A > 0)], offs_l, slot, ih0, iw0, h_img, w_img, SXH,
                           MAIN_CHUNKS * CHUNK + TAIL_A, TAIL_B, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C,
                           BLOCK_K, INT64, DOT_FP32, MATH, ROUND_BF16, BIAS_COLS)
         tl.debug_barrier()  # the whole halo is in the slot before any tap reads it
 
-        # depthwise from the slot: no bounds to check, the halo holds the padding. Taps rows
-        # padded to whole channel blocks (WD_EVEN) load without a mask.
-        w_tap0 = wd_ptr + cb * (BLOCK_C * (16 if MMA else 1)) + w_off
-        w_ok = (cb * BLOCK_C + rows_g < C) if MMA else c_ok
+        # depthwise from the slot: no bounds to check, the halo holds the padding
         dacc = tl.zeros((GB, PB, CB), dtype=tl.float32)
         for ki in tl.static_range(KSIZE):
             for kj in tl.static_range(KSIZE):
-                w_tap = w_tap0 + (ki * KSIZE + kj) * (WD_STRIDE * (16 if MMA else 1))
-                if WD_EVEN:
-                    wv = tl.load(w_tap)
-                else:
-                    wv = tl.load(w_tap, mask=w_ok, other=0.0)
+                wv = taps[ki * KSIZE + kj]
                 xv = tl.load(slot + tap0 + (ki * HALO_PITCH + kj) * BLOCK_C)
                 if MMA:
                     if DOT_FP32:  # the interpreter: its fp16/bf16 dot is not the GPU's
@@ -259,8 +312,6 @@ def _expand_dwconv_kernel(
             oh = oh.to(tl.int64)
             ow = ow.to(tl.int64)
             c_off = offs_c.to(tl.int64) * SOC
-        scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
-        shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
         y = affine_activation(dacc, scale, shift, ACT, MATH)
         in_map = (p_ok & (oh < H_out) & (ow < W_out))[:, :, None] & c_ok
         if RAGGED:
@@ -327,7 +378,8 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
     if N == 0 or C == 0:
         return out, partials
     check_valid_sizes(OP, valid_hw, H, W)
-    programs = persistent_programs(x.device, items)
+    c_blocks = -(-C // block_c)
+    programs = c_blocks * persistent_programs(x.device, N * tiles, c_blocks)
     pitch = halo_pitch(halo_w)
     # the halo in fp32 for the FMA taps, in the activations' dtype for the tensor-core ones
     scratch = alloc_scratch((programs, 2, halo_h * pitch, block_c), x.device, x.dtype if mma else torch.float32)
@@ -338,14 +390,14 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         x_ptr=x, we_ptr=w_expand.reshape(C, C_in).contiguous(), be_ptr=b_expand.contiguous(), wd_ptr=w_dw,
         scale_ptr=scale.contiguous(), shift_ptr=shift.contiguous(), out_ptr=out, part_ptr=partials, scratch_ptr=scratch,
         valid_ptr=valid_hw.contiguous() if ragged else scale, padtl_ptr=pad_tl.contiguous() if ragged else scale,
-        C=C, H=H, W=W, H_out=H_out, W_out=W_out, items=items,
+        C=C, H=H, W=W, H_out=H_out, W_out=W_out, tiles_all=N * tiles,
         son=out.stride(0), soh=out.stride(2), sow=out.stride(3), pad_top=padding[0], pad_left=padding[2],
     ), dict(
         # x's strides as constants: their factors of two are what lets the loads be vectors
         # (a row of 17 pixels of 344 channels is 8-aligned, which a runtime stride would not say)
         C_IN=C_in, SXN=x.stride(0), SXH=x.stride(2), SXC=x.stride(1), SXW=x.stride(3), SOC=out.stride(1),
         TILES_W=-(-W_out // tile_w), TILES=tiles,
-        C_BLOCKS=-(-C // block_c), STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
+        C_BLOCKS=c_blocks, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
         MATH=silu_math(x.dtype, x.device),
         RAGGED=ragged,
         INT64=needs_int64(x, out), DOT_FP32=interpreting() or x.dtype == torch.float32,

@@ -80,13 +80,14 @@ def expand_dwconv(a: dict) -> Hints:
     x, out = a["x_ptr"], a["out_ptr"]
     n, c_in, c = x.shape[0], a["C_IN"], a["C"]
     halo = int(a["HALO"]) // int(a["HALO_PITCH"]) * int(a["HALO_W"])  # the slot's rows have a pitch
-    items, programs = int(a["items"]), a["scratch_ptr"].shape[0]
-    tiles = n * int(a["TILES"])
+    # each program keeps one channel block and walks the batch's tiles
+    tiles, c_blocks, programs = int(a["tiles_all"]), int(a["C_BLOCKS"]), a["scratch_ptr"].shape[0]
+    items = tiles * c_blocks
     computed = int(a["MAIN_CHUNKS"]) * int(a["CHUNK"]) + int(a["TAIL_A"]) + int(a["TAIL_B"])
     expand_flops = 2 * tiles * computed * c_in * c
     useful = 2 * n * a["H"] * a["W"] * c_in * c
     scratch_item = a["scratch_ptr"].element_size()
-    return Hints(outputs=out.numel(), loops=[cdiv(items, programs)],
+    return Hints(outputs=out.numel(), loops=[cdiv(tiles, programs // c_blocks)],
                  tensor_flops=expand_flops, weights=("we_ptr", "be_ptr", "wd_ptr", "scale_ptr", "shift_ptr"),
                  ksize=int(a["KSIZE"]),
                  traffic={"x_ptr": tiles * halo * c_in * x.element_size()},  # each tile's halo from HBM once

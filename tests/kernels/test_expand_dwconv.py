@@ -47,7 +47,7 @@ def gpu_like(monkeypatch):
     and a 16-pixel tail (split_halo with 32) and 3 programs."""
     monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dtype: (3, 5, 16, 16))
     monkeypatch.setattr(module, "halo_chunks", lambda halo: tiles.split_halo(halo, 32))
-    monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 3))
+    monkeypatch.setattr(module, "persistent_programs", lambda device, tiles, c_blocks: min(tiles, 3))
 
 
 def check(x, params, padding, stride, **kw):
@@ -115,7 +115,7 @@ def test_tensor_core_taps_split_a_tile_among_the_warps(k, stride, dtype, tile_h,
     The split is what triton before 3.9 compiles (module.TAPS_WARPS_ON_BATCH); forced here."""
     monkeypatch.setattr(module, "TAPS_WARPS_ON_BATCH", True)
     monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dt: (tile_h, tile_w, block_c, 16))
-    monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 3))
+    monkeypatch.setattr(module, "persistent_programs", lambda device, tiles, c_blocks: min(tiles, 3))
     x, params = make(2, 12, 40, 11 * stride, 13 * stride, k, dtype)
     check(x, params, conv_padding(11 * stride, 13 * stride, k, stride, "same"), stride)
 
@@ -245,7 +245,7 @@ def test_halo_rows_with_a_power_of_two_pitch(k, stride, tile_w, dtype, monkeypat
     and 9 wide in 9 (16 would waste too much), inside a NaN-filled scratch with fences."""
     monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k_, s, dt: (2, tile_w, 16, 16))
     monkeypatch.setattr(module, "halo_chunks", lambda halo: tiles.split_halo(halo, 32))
-    monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 3))
+    monkeypatch.setattr(module, "persistent_programs", lambda device, tiles, c_blocks: min(tiles, 3))
     halo_w = (tile_w - 1) * stride + k
     assert tiles.halo_pitch(halo_w) == {15: 16, 16: 16, 9: 9}[halo_w]
     scratch = FencedScratch()
@@ -329,7 +329,7 @@ def test_gpu_like_tiling_with_64_channel_blocks(monkeypatch):
     one (split_halo with 64), 2 programs."""
     monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dtype: (5, 4, 64, 16))
     monkeypatch.setattr(module, "halo_chunks", lambda halo: tiles.split_halo(halo, 64))
-    monkeypatch.setattr(module, "persistent_programs", lambda device, items: min(items, 2))
+    monkeypatch.setattr(module, "persistent_programs", lambda device, tiles, c_blocks: min(tiles, 2))
     assert tiles.split_halo(7 * 6) == (64, 0, 32, 16)
     x, params = make(2, 12, 100, 7, 9, 3, torch.float16)
     check(x, params, conv_padding(7, 9, 3, 1, "same"), 1)
