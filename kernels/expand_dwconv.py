@@ -104,12 +104,11 @@ def _expand_step(acc, rows, in_img, b, k0, KW: tl.constexpr, WITH_BIAS: tl.const
     """One K step of a halo product against its B tile: input channels ``k0 .. k0 + KW`` and,
     ``WITH_BIAS``, the bias columns after the last one (see :func:`_expand_chunk`)."""
     ks = k0 + tl.arange(0, KW)
-    k_ok = ks < C_IN
     if INT64:
         k_off = ks.to(tl.int64) * SXC
     else:
         k_off = ks * SXC
-    a = tl.load(rows[:, None] + k_off[None, :], mask=in_img[:, None] & k_ok[None, :], other=0.0)
+    a = tl.load(rows[:, None] + k_off[None, :], mask=in_img[:, None] & (ks < C_IN)[None, :], other=0.0)
     if WITH_BIAS:
         is_bias = (ks >= C_IN) & (ks < C_IN + NB)
         a = tl.where(in_img[:, None] & is_bias[None, :], 1.0, a).to(a.dtype)
@@ -294,9 +293,12 @@ def _expand_dwconv_kernel(
         # depthwise from the slot: no bounds to check, the halo holds the padding
         dacc = tl.zeros((GB, PB, CB), dtype=tl.float32)
         for ki in tl.static_range(KSIZE):
+            row = ()  # a row's windows loaded before its products
+            for kj in tl.static_range(KSIZE):
+                row = row + (tl.load(slot + tap0 + (ki * HALO_PITCH + kj) * BLOCK_C),)
             for kj in tl.static_range(KSIZE):
                 wv = taps[ki * KSIZE + kj]
-                xv = tl.load(slot + tap0 + (ki * HALO_PITCH + kj) * BLOCK_C)
+                xv = row[kj]
                 if MMA:
                     if DOT_FP32:  # the interpreter: its fp16/bf16 dot is not the GPU's
                         dacc = tl.dot(xv.to(tl.float32), wv.to(tl.float32), dacc, input_precision="ieee")
