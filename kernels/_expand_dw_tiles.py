@@ -138,6 +138,18 @@ def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: i
     return tile_h, tile_w, block_c, block_k
 
 
+def bias_columns(C_in: int, block_k: int, dtype: torch.dtype) -> int:
+    """Columns of the expand's product that carry its bias (see expand_dwconv._expand_chunk):
+    2 for fp16/bf16 where they fit the last K step or cost a step of 16 that adds at most an
+    eighth to the product; else 0, and the bias starts the accumulator (fp32's FMA products,
+    where a column costs as much as a channel; B0's 192 input channels in whole steps, where
+    the tensor cores bound the layer)."""
+    if dtype == torch.float32:
+        return 0
+    room = (C_in - 1) % block_k + 1 + 2 <= block_k
+    return 2 if room or 16 * 8 > C_in else 0
+
+
 def persistent_programs(device: torch.device, tiles: int, c_blocks: int) -> int:
     """Programs per channel block (each program keeps one block's weights and walks the
     ``tiles`` of the whole batch): about two programs per SM in all (the registers of two 4-warp

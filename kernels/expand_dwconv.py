@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._expand_dw_tiles import TAPS_WARPS_ON_BATCH, blocks_for, halo_chunks, halo_pitch, persistent_programs, \
+from ._expand_dw_tiles import TAPS_WARPS_ON_BATCH, bias_columns, blocks_for, halo_chunks, halo_pitch, persistent_programs, \
     pixel_slots
 from ._launch import call_op, launch
 from ._math import activation, affine_activation, group_channels, image_extent, round_to_bf16
@@ -203,6 +203,7 @@ def _expand_dwconv_kernel(
     # PIXELS / SPLIT slots (batch b: group b // SPLIT, slots from (b % SPLIT) * PB; SPLIT_TAPS,
     # see TAPS_WARPS_ON_BATCH: a batch per warp). With MMA (fp16/bf16) CB = 16 and each tap is a
     # batched (PB, 16) @ (16, 16) dot against its diagonal weights (see dwconv_bn_act).
+    TAPS_GROUP: tl.constexpr = 9  # windows loaded before their products: they share barriers
     CB: tl.constexpr = 16 if MMA else BLOCK_C
     G: tl.constexpr = BLOCK_C // CB
     SPLIT: tl.constexpr = 4 // G if SPLIT_TAPS and MMA and G < 4 and PIXELS // (4 // G) >= 16 else 1
@@ -292,13 +293,13 @@ def _expand_dwconv_kernel(
 
         # depthwise from the slot: no bounds to check, the halo holds the padding
         dacc = tl.zeros((GB, PB, CB), dtype=tl.float32)
-        for ki in tl.static_range(KSIZE):
-            row = ()  # a row's windows loaded before its products
-            for kj in tl.static_range(KSIZE):
-                row = row + (tl.load(slot + tap0 + (ki * HALO_PITCH + kj) * BLOCK_C),)
-            for kj in tl.static_range(KSIZE):
-                wv = taps[ki * KSIZE + kj]
-                xv = row[kj]
+        for t0 in tl.static_range(0, KSIZE * KSIZE, TAPS_GROUP):
+            group = ()  # a group's windows loaded before its products
+            for t in tl.static_range(t0, t0 + TAPS_GROUP if t0 + TAPS_GROUP < KSIZE * KSIZE else KSIZE * KSIZE):
+                group = group + (tl.load(slot + tap0 + ((t // KSIZE) * HALO_PITCH + t % KSIZE) * BLOCK_C),)
+            for t in tl.static_range(t0, t0 + TAPS_GROUP if t0 + TAPS_GROUP < KSIZE * KSIZE else KSIZE * KSIZE):
+                wv = taps[t]
+                xv = group[t - t0]
                 if MMA:
                     if DOT_FP32:  # the interpreter: its fp16/bf16 dot is not the GPU's
                         dacc = tl.dot(xv.to(tl.float32), wv.to(tl.float32), dacc, input_precision="ieee")
@@ -407,8 +408,8 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         HALO=halo_h * pitch,
         CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,
         WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, MMA=mma,
-        ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, BIAS_COLS=0 if x.dtype == torch.float32 else 2,
-        SPLIT_TAPS=TAPS_WARPS_ON_BATCH,
+        ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, BIAS_COLS=bias_columns(C_in, block_k, x.dtype),
+        SPLIT_TAPS=TAPS_WARPS_ON_BATCH, 
         num_warps=4,
     ), on=x)
     return out, partials

@@ -259,13 +259,24 @@ def test_halo_rows_with_a_power_of_two_pitch(k, stride, tile_w, dtype, monkeypat
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("C_in", [12, 14, 15, 16, 17])
+@pytest.mark.parametrize("C_in", [12, 14, 15, 16, 17, 128])
 def test_bias_columns_in_and_after_the_last_input_step(gpu_like, C_in, dtype):
     """With 16-channel steps the fp16/bf16 bias columns (a high and a low part) share the last
     step (12 and 14 channels) or take a step of their own (15, 16, and 17 whose last step holds
-    one channel); fp32 starts the accumulator at the bias and masks the halo after its SiLU."""
+    one channel); fp32, and fp16/bf16 over 128 channels in whole steps, start the accumulator
+    at the bias and mask the halo after its SiLU."""
+    assert tiles.bias_columns(C_in, 16, dtype) == (0 if dtype == torch.float32 or C_in == 128 else 2)
     x, params = make(2, C_in, 20, 7, 9, 3, dtype)
     check(x, params, conv_padding(7, 9, 3, 2, "same"), 2)
+
+
+def test_bias_columns_rule():
+    """Columns where they fit the last step or their own step adds at most an eighth (B0's 16
+    input channels: half); else the accumulator (B0's 192 channels in whole steps of 32)."""
+    for C_in, block_k, want in [(24, 32, 2), (40, 32, 2), (80, 32, 2), (30, 32, 2), (31, 32, 2),
+                                (16, 16, 2), (64, 64, 2), (96, 32, 2), (192, 32, 0), (128, 64, 0), (136, 16, 2), (144, 16, 0)]:
+        assert tiles.bias_columns(C_in, block_k, torch.float16) == want, (C_in, block_k)
+        assert tiles.bias_columns(C_in, block_k, torch.float32) == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
