@@ -316,13 +316,13 @@ def _expand_dwconv_kernel(
             ow = ow.to(tl.int64)
             c_off = offs_c.to(tl.int64) * SOC
         y = affine_activation(dacc, scale, shift, ACT, MATH)
-        in_map = (p_ok & (oh < H_out) & (ow < W_out))[:, :, None] & c_ok
+        in_map = (p_ok & (oh < H_out) & (ow < W_out))[:, :, None]  # the channels past C: sums not stored
         if RAGGED:
             h_valid = (h_img + STRIDE - 1) // STRIDE
             w_valid = (w_img + STRIDE - 1) // STRIDE
             y = tl.where(((oh < h_valid) & (ow < w_valid))[:, :, None], y, 0.0)
         out_off = (oh * soh + ow * sow)[:, :, None] + c_off
-        tl.store(out_ptr + n.to(tl.int64) * son + out_off, y.to(out_ptr.dtype.element_ty), mask=in_map)
+        tl.store(out_ptr + n.to(tl.int64) * son + out_off, y.to(out_ptr.dtype.element_ty), mask=in_map & c_ok)
         part = tl.sum(tl.where(in_map, y, 0.0), axis=1)  # (GB, CB)
         if SPLIT > 1:  # a group's batches, in a fixed order
             part = tl.sum(tl.reshape(part, (G, SPLIT, CB)), axis=1)

@@ -9,10 +9,10 @@ serves the expand conv (SiLU epilogue), the project conv (gate + residual) and t
 (SiLU, and with ``pool_only`` it returns the per-image mean and never writes the head map).
 
 Rows are the pixels of all images together (M = N x H x W), so the small late-stage maps fill
-whole tiles and one weight tile serves many images; each row finds its image for the gate, and
-the pool epilogue sums each tile's rows per image into a slot of its own. A second small launch
-adds those slots up per image in a fixed order (no atomics, no zero fill) and divides by the
-pixel count.
+whole tiles and one weight tile serves many images; each row finds its image for the gate. The
+pool epilogue instead takes tiles within one image each (its last tile's rows past the image
+masked) and sums each tile's rows, with no per-row image; a second small launch adds those
+sums up per image in a fixed order (no atomics, no zero fill) and divides by the pixel count.
 
 :func:`choose_pointwise_impl` lets a caller force the torch fallback (``x * gate`` then cuBLAS
 matmul + bias + residual) with an environment variable, for comparisons.
@@ -64,20 +64,26 @@ def _row_offsets(m, HW, W, sn, sh, sw, DENSE_ROWS: tl.constexpr, INT64: tl.const
 @triton.jit
 def _pointwise_gated_kernel(
     x_ptr, w_ptr, bias_ptr, gate_ptr, res_ptr, out_ptr, part_ptr, valid_ptr,
-    M, HW, W, K, O, segments,
+    M, HW, W, K, O, tiles_per_image,
     sxn, sxc, sxh, sxw, son, soc, soh, sow, srn, src, srh, srw, batch_bucket,
     HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, MATH: tl.constexpr, POOL_ONLY: tl.constexpr,
     RAGGED: tl.constexpr, DOT_FP32: tl.constexpr, DENSE_ROWS: tl.constexpr, INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
     o_ok = offs_o < O
+    if POOL_ONLY:  # a tile within one image (tiles_per_image of them), its rows past the image masked
+        image = pid_m // tiles_per_image
+        p = pid_m % tiles_per_image * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = p < HW
+        offs_m = image * HW + p
+    else:
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < M
+        if HAS_GATE:
+            image = offs_m // HW
     x_rows = x_ptr + _row_offsets(offs_m, HW, W, sxn, sxh, sxw, DENSE_ROWS, INT64)
-    if HAS_GATE or POOL_ONLY:
-        image = offs_m // HW
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -104,36 +110,27 @@ def _pointwise_gated_kernel(
     if HAS_RES:
         r_rows = res_ptr + _row_offsets(offs_m, HW, W, srn, srh, srw, DENSE_ROWS, INT64)
         y += tl.load(r_rows[:, None] + (offs_o * src)[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-    if POOL_ONLY:
+    if POOL_ONLY:  # the tile's sum: part[tile, o]
         keep = m_ok
         if RAGGED:
-            p = offs_m % HW
-            keep = keep & ((p // W) < tl.load(valid_ptr + 2 * image, mask=m_ok, other=0))
-            keep = keep & ((p % W) < tl.load(valid_ptr + 2 * image + 1, mask=m_ok, other=0))
-        y = tl.where(keep[:, None] & o_ok[None, :], y, 0.0)
-        # one slot per image this tile touches: part[tile, image - first image, o]
-        first = (pid_m * BLOCK_M) // HW
-        last = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, M) - 1) // HW
-        for s in range(0, last - first + 1):
-            part = tl.sum(tl.where((image == first + s)[:, None], y, 0.0), axis=0)
-            tl.store(part_ptr + (pid_m.to(tl.int64) * segments + s) * O + offs_o, part, mask=o_ok)
+            keep = keep & ((p // W) < tl.load(valid_ptr + 2 * image)) & ((p % W) < tl.load(valid_ptr + 2 * image + 1))
+        part = tl.sum(tl.where(keep[:, None], y, 0.0), axis=0)
+        tl.store(part_ptr + pid_m.to(tl.int64) * O + offs_o, part, mask=o_ok)
     else:
         o_rows = out_ptr + _row_offsets(offs_m, HW, W, son, soh, sow, DENSE_ROWS, INT64)
         tl.store(o_rows[:, None] + (offs_o * soc)[None, :], y.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
 
 @triton.jit
-def _pool_finish_kernel(part_ptr, valid_ptr, out_ptr, HW, O, segments, BLOCK_M: tl.constexpr,
-                        RAGGED: tl.constexpr, BLOCK_O: tl.constexpr):
-    """out[n, o] = (sum of image n's slots) / its pixel count, in a fixed order."""
+def _pool_finish_kernel(part_ptr, valid_ptr, out_ptr, HW, O, tiles_per_image, RAGGED: tl.constexpr,
+                        BLOCK_O: tl.constexpr):
+    """out[n, o] = (sum of image n's tiles) / its pixel count, in a fixed order."""
     n = tl.program_id(0)
     offs_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = offs_o < O
-    row0 = n.to(tl.int64) * HW
     acc = tl.zeros((BLOCK_O,), dtype=tl.float32)
-    for tile in range(row0 // BLOCK_M, (row0 + HW - 1) // BLOCK_M + 1):
-        slot = n - (tile * BLOCK_M) // HW
-        acc += tl.load(part_ptr + (tile * segments + slot) * O + offs_o, mask=o_ok, other=0.0)
+    for t in range(0, tiles_per_image):
+        acc += tl.load(part_ptr + (n.to(tl.int64) * tiles_per_image + t) * O + offs_o, mask=o_ok, other=0.0)
     if RAGGED:
         acc = acc / (tl.load(valid_ptr + 2 * n) * tl.load(valid_ptr + 2 * n + 1)).to(tl.float32)
     else:
@@ -268,21 +265,22 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
         block_m = heuristic.pop("BLOCK_M")
         kernel, config = select_kernel(_pointwise_pool_autotuned, _pointwise_gated_kernel, key + (block_m,), heuristic)
         config = dict(config, BLOCK_M=block_m)
-        tiles, segments = triton.cdiv(M, block_m), triton.cdiv(block_m - 1, H * W) + 1
-        partials = torch.empty((tiles, segments, O), dtype=torch.float32, device=x.device)
+        tiles_per_image = triton.cdiv(H * W, block_m)
+        partials = torch.empty((N * tiles_per_image, O), dtype=torch.float32, device=x.device)
     else:
         kernel, config = select_kernel(_pointwise_gated_autotuned, _pointwise_gated_kernel, key, heuristic)
-        segments, partials = 1, bias
+        tiles_per_image, partials = 1, bias
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(O, meta["BLOCK_N"]))
+        rows = N * tiles_per_image if pool_only else triton.cdiv(M, meta["BLOCK_M"])
+        return (rows, triton.cdiv(O, meta["BLOCK_N"]))
 
     zeros = (0, 0, 0, 0)
     launch(OP, kernel, grid, dict(
         x_ptr=x, w_ptr=weight.reshape(O, K).contiguous(), bias_ptr=bias.contiguous(),
         gate_ptr=gate.contiguous() if gate is not None else bias, res_ptr=residual if residual is not None else bias,
         out_ptr=bias if pool_only else out, part_ptr=partials, valid_ptr=valid_hw.contiguous() if ragged else bias,
-        M=M, HW=H * W, W=W, K=K, O=O, segments=segments,
+        M=M, HW=H * W, W=W, K=K, O=O, tiles_per_image=tiles_per_image,
         **dict(zip(("sxn", "sxc", "sxh", "sxw"), x.stride())),
         **dict(zip(("son", "soc", "soh", "sow"), zeros if pool_only else out.stride())),
         **dict(zip(("srn", "src", "srh", "srw"), zeros if residual is None else residual.stride())),
@@ -296,8 +294,8 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
         block_o = min(1024, max(16, next_pow2(O)))
         launch(OP + "[pool]", _pool_finish_kernel, (N, triton.cdiv(O, block_o)), dict(
             part_ptr=partials, valid_ptr=valid_hw.contiguous() if ragged else bias, out_ptr=pooled,
-            HW=H * W, O=O, segments=segments,
-        ), dict(BLOCK_M=config["BLOCK_M"], RAGGED=ragged, BLOCK_O=block_o, num_warps=4), on=x)
+            HW=H * W, O=O, tiles_per_image=tiles_per_image,
+        ), dict(RAGGED=ragged, BLOCK_O=block_o, num_warps=4), on=x)
     return out, pooled
 
 

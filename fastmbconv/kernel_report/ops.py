@@ -44,16 +44,15 @@ def dwconv_bn_act(a: dict) -> Hints:
 
 
 def pointwise_gated(a: dict) -> Hints:
-    # the K loop; with the pool epilogue, also a loop over the images a tile touches (at most
-    # ``segments``)
+    # the K loop (with the pool epilogue each tile lies in one image)
     m, k, o = a["M"], a["K"], a["O"]
-    loops = [cdiv(k, a["BLOCK_K"])] + ([int(a["segments"])] if a["POOL_ONLY"] else [])
+    loops = [cdiv(k, a["BLOCK_K"])]
     return Hints(outputs=m * o, loops=loops, tensor_flops=2 * m * k * o, weights=("w_ptr", "bias_ptr"))
 
 
 def pointwise_pool_finish(a: dict) -> Hints:
-    # per image, a loop over the GEMM tiles its rows fall in
-    return Hints(outputs=a["out_ptr"].numel(), loops=[cdiv(a["HW"], a["BLOCK_M"]) + 1])
+    # per image, a loop over its GEMM tiles
+    return Hints(outputs=a["out_ptr"].numel(), loops=[int(a["tiles_per_image"])])
 
 
 def squeeze_excite_gate(a: dict) -> Hints:
