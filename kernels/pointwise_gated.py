@@ -95,7 +95,9 @@ def _pointwise_gated_kernel(
             k_off = offs_k * sxc
         a = tl.load(x_rows[:, None] + k_off[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(w_ptr + offs_o[None, :] * K + offs_k[:, None], mask=k_ok[:, None] & o_ok[None, :], other=0.0)
-        if HAS_GATE:  # each row's own image's gate (L1 hits: a tile spans few images)
+        if HAS_GATE and POOL_ONLY:  # the tile's image's gate
+            a = a.to(tl.float32) * tl.load(gate_ptr + image * K + offs_k, mask=k_ok, other=0.0)[None, :]
+        elif HAS_GATE:  # each row's own image's gate (L1 hits: a tile spans few images)
             g = tl.load(gate_ptr + image[:, None] * K + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             a = a.to(tl.float32) * g
         if DOT_FP32:

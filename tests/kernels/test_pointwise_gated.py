@@ -3,7 +3,8 @@ epilogue) against its pure-torch twin, the torch fallback, and the implementatio
 
 The interpreter's heuristic covers everything with a few huge tiles; the ``small_tiles``
 fixture forces GPU-sized ones, so tiles span several images (each row finds its own image's
-gate; the pool writes one slot per image a tile touches) and edges are masked."""
+gate; the pool's tiles each lie in one image, its last tile's rows past the image masked) and
+edges are masked."""
 import pytest
 import torch
 
@@ -81,7 +82,8 @@ def test_block_uses(use, dtype):
 @pytest.mark.parametrize("hw", [(3, 3), (1, 1), (5, 7)])
 def test_tiles_spanning_images(small_tiles, hw, dtype):
     """Rows of several images share a tile (9 or 1 pixels per image, 16 rows per tile): each
-    row takes its own image's gate, and the pool keeps the images apart."""
+    row takes its own image's gate. The pool's tiles lie in one image each: 9 and 1 pixels in
+    one tile, 35 in three (the last with 3 rows)."""
     x, w, bias, gate, res = make(5, 40, 24, *hw, dtype=dtype)
     check(x, w, bias, gate=gate, residual=res)
     check(x, w, bias, act="silu", pool_only=True)
