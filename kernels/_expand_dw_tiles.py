@@ -123,11 +123,13 @@ def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: i
     if interpreting():  # ~30 ms per program: few, large items
         return H_out, W_out, max(16, min(next_pow2(C), 128)), max(16, min(next_pow2(C_in), 128))
     # 64 expanded channels per item halve the per-item work per output (set-up, the SE sums'
-    # reduction) where few channels are masked off. Only for fp16/bf16 3x3 kernels with 32-channel
-    # expand steps: fp32, 5x5 taps and 64-channel steps (B5's 64 -> 384) spill at 64 on sm_90.
+    # reduction) where few channels are masked off. Only for fp16/bf16, and 3x3 kernels of at
+    # most 192 input channels or 5x5 ones of at most 64 (B0's 2.x): fp32 and wider 3x3 inputs
+    # spill at 64 on sm_90 (B5's and B7's last stage), and wider 5x5 blocks (B0's 4.x, 5.x) are
+    # bound by their tensor-core work, which 64-channel items' narrower tiles add to.
     # The tile and the channel block are chosen together (a 64-channel item narrows the tiles).
     options = [32]
-    if dtype != torch.float32 and kernel == 3 and block_k == 32:
+    if dtype != torch.float32 and (kernel == 3 and C_in <= 192 or C_in <= 64):
         options.append(64)
     best = None
     for bc in options:

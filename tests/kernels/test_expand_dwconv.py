@@ -313,18 +313,23 @@ def test_empty_batch_launches_nothing():
 
 def test_channel_block_choice(monkeypatch):
     """On a GPU: 64 expanded channels per item for 3x3 kernels where the last block wastes little
-    and a tile of at most 64 slots fits (B0's 240 at stride 2), 32 where 64 would leave a
-    quarter idle (B0's 96) or where wider tiles pay more (B0's 144 at 56x56: 8x14 tiles of 112
-    pixels); 32 where 64 spills: fp32, 5x5 kernels, 64-channel expand steps. 64-channel items
-    have at most 64 pixel slots (128 spill)."""
+    and a tile of at most 64 slots fits (B0's 240 at stride 2, its 1152 from 192), 32 where 64
+    would leave a quarter idle (B0's 96) or where wider tiles pay more (B0's 144 at 56x56: 8x14
+    tiles of 112 pixels); 5x5 kernels take 64 only from at most 64 input channels (B0's 2.x; its
+    4.x and 5.x are bound by tensor-core work); 32 where 64 spills: fp32, 3x3 inputs past 192
+    channels. 64-channel items have at most 64 pixel slots (128 spill)."""
     monkeypatch.setattr(tiles, "interpreting", lambda: False)
     HALF = torch.float16
     assert tiles.blocks_for(56, 56, 24, 96, 3, 1, HALF)[2] == 32
     assert tiles.blocks_for(56, 56, 24, 144, 3, 1, HALF) == (8, 14, 32, 32)
     assert tiles.blocks_for(14, 14, 40, 240, 3, 2, HALF) == (7, 7, 64, 32)
     assert tiles.blocks_for(28, 28, 40, 240, 3, 2, HALF)[2] == 64
+    assert tiles.blocks_for(7, 7, 192, 1152, 3, 1, HALF) == (7, 7, 64, 64)
+    assert tiles.blocks_for(28, 28, 24, 144, 5, 2, HALF)[2] == 64
+    assert tiles.blocks_for(28, 28, 40, 240, 5, 1, HALF)[2] == 64
     assert tiles.blocks_for(14, 14, 112, 672, 5, 1, HALF)[2] == 32
-    assert tiles.blocks_for(15, 15, 64, 384, 3, 2, HALF)[2] == 32
+    assert tiles.blocks_for(7, 7, 192, 1152, 5, 1, HALF)[2] == 32
+    assert tiles.blocks_for(15, 15, 304, 1824, 3, 1, HALF)[2] == 32
     assert tiles.blocks_for(56, 56, 24, 144, 3, 1, torch.float32)[2] == 32
     # fp32's FMA products take 16-channel expand steps (wider ones spill in B5-B7)
     assert [tiles.blocks_for(38, 38, c_in, 6 * c_in, 3, 1, torch.float32)[3] for c_in in (24, 64, 160)] == [16] * 3
