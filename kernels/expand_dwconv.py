@@ -99,6 +99,15 @@ def _weight_tile(we_ptr, offs_c, c_ok, bias, k0, KW: tl.constexpr, WITH_BIAS: tl
 
 
 @triton.jit
+def _tap_weights(w_tap0, w_ok, t, TAP_STRIDE: tl.constexpr, WD_EVEN: tl.constexpr):
+    """Tap ``t``'s weights of the item's channel block; rows padded to whole channel blocks
+    (``WD_EVEN``) load without a mask."""
+    if WD_EVEN:
+        return tl.load(w_tap0 + t * TAP_STRIDE)
+    return tl.load(w_tap0 + t * TAP_STRIDE, mask=w_ok, other=0.0)
+
+
+@triton.jit
 def _expand_step(acc, rows, in_img, b, k0, KW: tl.constexpr, WITH_BIAS: tl.constexpr, NB: tl.constexpr,
                  C_IN: tl.constexpr, SXC: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr):
     """One K step of a halo product against its B tile: input channels ``k0 .. k0 + KW`` and,
@@ -137,11 +146,11 @@ def _halo_pixels(h0, CH: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr,
 
 
 @triton.jit
-def _expand_chunk(x_img, wb, bias, geo, offs_l, slot, ih0, iw0, h_img, w_img, SXH: tl.constexpr, h0,
+def _expand_chunk(x_img, wb, we_ptr, offs_e, e_ok, bias, geo, offs_l, slot, ih0, iw0, h_img, w_img, SXH: tl.constexpr, h0,
                   CH: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr, HALO_PITCH: tl.constexpr,
                   C_IN: tl.constexpr, SXC: tl.constexpr, SXW: tl.constexpr, BLOCK_C: tl.constexpr,
                   BLOCK_K: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr, MATH: tl.constexpr,
-                  ROUND_BF16: tl.constexpr, NB: tl.constexpr):
+                  ROUND_BF16: tl.constexpr, NB: tl.constexpr, W_ONCE: tl.constexpr):
     """Halo pixels ``h0 .. h0 + CH`` of one item: the expand conv, SiLU'd and zero outside the
     image, into the slot: fp32 for the FMA taps (no conversions, never rounded), else in the
     activations' fp16/bf16 for the tensor-core taps (rounded as the separate path stores the
@@ -167,9 +176,13 @@ def _expand_chunk(x_img, wb, bias, geo, offs_l, slot, ih0, iw0, h_img, w_img, SX
     LAST: tl.constexpr = (C_IN - 1) // BLOCK_K * BLOCK_K  # the last step's first channel
     ROOM: tl.constexpr = C_IN - LAST + NB <= BLOCK_K  # the bias columns fit in the last step
     for i in tl.static_range(0, (C_IN + BLOCK_K - 1) // BLOCK_K):
-        acc = _expand_step(acc, rows, in_img, wb[i], i * BLOCK_K, BLOCK_K, NB > 0 and ROOM and i * BLOCK_K == LAST,
+        if W_ONCE:
+            b = wb[i]
+        else:
+            b = _weight_tile(we_ptr, offs_e, e_ok, bias, i * BLOCK_K, BLOCK_K, False, NB, C_IN, MATH >= 2)
+        acc = _expand_step(acc, rows, in_img, b, i * BLOCK_K, BLOCK_K, NB > 0 and ROOM and i * BLOCK_K == LAST,
                            NB, C_IN, SXC, INT64, DOT_FP32)
-    if NB > 0 and not ROOM:  # a 16-channel step of its own
+    if NB > 0 and not ROOM:  # a 16-channel step of its own (NB > 0: the weights were loaded once)
         acc = _expand_step(acc, rows, in_img, wb[(C_IN + BLOCK_K - 1) // BLOCK_K], C_IN, 16, True, NB, C_IN, SXC,
                            INT64, DOT_FP32)
     e = activation(acc, 1, MATH)
@@ -198,6 +211,7 @@ def _expand_dwconv_kernel(
     CHUNK: tl.constexpr, MAIN_CHUNKS: tl.constexpr, TAIL_A: tl.constexpr, TAIL_B: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, WD_STRIDE: tl.constexpr, WD_EVEN: tl.constexpr,
     MMA: tl.constexpr, ROUND_BF16: tl.constexpr, BIAS_COLS: tl.constexpr, SPLIT_TAPS: tl.constexpr,
+    WEIGHTS_ONCE: tl.constexpr,
 ):
     # The taps' tile is (GB, PB, CB): G groups of CB channels, each in SPLIT batches of PB =
     # PIXELS / SPLIT slots (batch b: group b // SPLIT, slots from (b % SPLIT) * PB; SPLIT_TAPS,
@@ -237,17 +251,15 @@ def _expand_dwconv_kernel(
     bias = tl.load(be_ptr + offs_e, mask=e_ok, other=0.0)
     if MATH >= 2:
         bias = bias * 0.5
-    wb = _expand_weights(we_ptr, offs_e, e_ok, bias, C_IN, BLOCK_K, BIAS_COLS, MATH >= 2)
-    # the taps' weights; rows padded to whole channel blocks (WD_EVEN) load without a mask
+    # fp16/bf16: the expand's B tiles once, into shared memory for the tensor cores; fp32's FMA
+    # products hold B in registers, where all the K steps' tiles would spill: loaded per step
+    wb = _expand_weights(we_ptr, offs_e, e_ok, bias, C_IN, BLOCK_K, BIAS_COLS, MATH >= 2) if WEIGHTS_ONCE else ()
     w_tap0 = wd_ptr + cb * (BLOCK_C * (16 if MMA else 1)) + w_off
     w_ok = (cb * BLOCK_C + rows_g < C) if MMA else c_ok
-    taps = ()
-    for t in tl.static_range(KSIZE * KSIZE):
-        w_tap = w_tap0 + t * (WD_STRIDE * (16 if MMA else 1))
-        if WD_EVEN:
-            taps = taps + (tl.load(w_tap),)
-        else:
-            taps = taps + (tl.load(w_tap, mask=w_ok, other=0.0),)
+    taps = ()  # the tensor cores' diagonal blocks go to shared memory once; FMA taps load per item
+    if MMA:
+        for t in tl.static_range(KSIZE * KSIZE):
+            taps = taps + (_tap_weights(w_tap0, w_ok, t, WD_STRIDE * 16, WD_EVEN),)
     scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
     shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)
     geo = ()  # each halo product's pixels
@@ -278,17 +290,17 @@ def _expand_dwconv_kernel(
 
         # expand: the halo in chunks of CHUNK pixels, then up to two smaller ones for the rest
         for h0 in tl.static_range(0, MAIN_CHUNKS * CHUNK, CHUNK):
-            _expand_chunk(x_img, wb, bias, geo[h0 // CHUNK], offs_l, slot, ih0, iw0, h_img, w_img, SXH, h0, CHUNK,
+            _expand_chunk(x_img, wb, we_ptr, offs_e, e_ok, bias, geo[h0 // CHUNK], offs_l, slot, ih0, iw0, h_img, w_img, SXH, h0, CHUNK,
                           HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, MATH,
-                          ROUND_BF16, BIAS_COLS)
+                          ROUND_BF16, BIAS_COLS, WEIGHTS_ONCE)
         if TAIL_A > 0:
-            _expand_chunk(x_img, wb, bias, geo[MAIN_CHUNKS], offs_l, slot, ih0, iw0, h_img, w_img, SXH,
+            _expand_chunk(x_img, wb, we_ptr, offs_e, e_ok, bias, geo[MAIN_CHUNKS], offs_l, slot, ih0, iw0, h_img, w_img, SXH,
                           MAIN_CHUNKS * CHUNK, TAIL_A, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C, BLOCK_K,
-                          INT64, DOT_FP32, MATH, ROUND_BF16, BIAS_COLS)
+                          INT64, DOT_FP32, MATH, ROUND_BF16, BIAS_COLS, WEIGHTS_ONCE)
         if TAIL_B > 0:
-            _expand_chunk(x_img, wb, bias, geo[MAIN_CHUNKS + (TAIL_A > 0)], offs_l, slot, ih0, iw0, h_img, w_img, SXH,
+            _expand_chunk(x_img, wb, we_ptr, offs_e, e_ok, bias, geo[MAIN_CHUNKS + (TAIL_A > 0)], offs_l, slot, ih0, iw0, h_img, w_img, SXH,
                           MAIN_CHUNKS * CHUNK + TAIL_A, TAIL_B, HALO, HALO_W, HALO_PITCH, C_IN, SXC, SXW, BLOCK_C,
-                          BLOCK_K, INT64, DOT_FP32, MATH, ROUND_BF16, BIAS_COLS)
+                          BLOCK_K, INT64, DOT_FP32, MATH, ROUND_BF16, BIAS_COLS, WEIGHTS_ONCE)
         tl.debug_barrier()  # the whole halo is in the slot before any tap reads it
 
         # depthwise from the slot: no bounds to check, the halo holds the padding
@@ -298,7 +310,10 @@ def _expand_dwconv_kernel(
             for t in tl.static_range(t0, t0 + TAPS_GROUP if t0 + TAPS_GROUP < KSIZE * KSIZE else KSIZE * KSIZE):
                 group = group + (tl.load(slot + tap0 + ((t // KSIZE) * HALO_PITCH + t % KSIZE) * BLOCK_C),)
             for t in tl.static_range(t0, t0 + TAPS_GROUP if t0 + TAPS_GROUP < KSIZE * KSIZE else KSIZE * KSIZE):
-                wv = taps[t]
+                if MMA:
+                    wv = taps[t]
+                else:
+                    wv = _tap_weights(w_tap0, w_ok, t, WD_STRIDE, WD_EVEN)
                 xv = group[t - t0]
                 if MMA:
                     if DOT_FP32:  # the interpreter: its fp16/bf16 dot is not the GPU's
@@ -409,7 +424,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,
         WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, MMA=mma,
         ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, BIAS_COLS=bias_columns(C_in, block_k, x.dtype),
-        SPLIT_TAPS=TAPS_WARPS_ON_BATCH, 
+        SPLIT_TAPS=TAPS_WARPS_ON_BATCH, WEIGHTS_ONCE=x.dtype != torch.float32,
         num_warps=4,
     ), on=x)
     return out, partials
