@@ -141,7 +141,7 @@ def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: i
 
 
 def bias_columns(C_in: int, block_k: int, dtype: torch.dtype) -> int:
-    """Columns of the expand's product that carry its bias (see expand_dwconv._expand_chunk):
+    """Columns of the expand's product that carry its bias (see _expand_dw_halo.expand_chunk):
     2 for fp16/bf16 where they fit the last K step or cost a step of 16 that adds at most an
     eighth to the product; else 0, and the bias starts the accumulator (fp32's FMA products,
     where a column costs as much as a channel; B0's 192 input channels in whole steps, where

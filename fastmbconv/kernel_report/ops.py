@@ -51,8 +51,10 @@ def pointwise_gated(a: dict) -> Hints:
 
 
 def pointwise_pool_finish(a: dict) -> Hints:
-    # per image, a loop over its GEMM tiles
-    return Hints(outputs=a["out_ptr"].numel(), loops=[int(a["tiles_per_image"])])
+    # per image, a loop over its GEMM tiles (gone when there is one, which triton specialises
+    # as a constant)
+    tiles = int(a["tiles_per_image"])
+    return Hints(outputs=a["out_ptr"].numel(), loops=[tiles] if tiles != 1 else [])
 
 
 def squeeze_excite_gate(a: dict) -> Hints:
