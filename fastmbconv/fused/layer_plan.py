@@ -108,22 +108,21 @@ def record_choice(record: dict) -> Optional[str]:
 
 def _rule(layer: LayerShape, dtype: torch.dtype) -> str:
     """Without a table entry, the table's finding (by the input map's side). fp16/bf16 (both
-    ways run tensor-core taps; the fused kernel's halo recompute decides): fuse blocks on maps
-    of 14 and up, and 5x5 blocks on smaller ones (on 7x7 the 3x3 blocks' halo costs more than
-    the expanded tensor's bytes), but keep separate the blocks of 960 and more expanded
-    channels on maps of 12 and up (B3-B7's widest, where the halo's expand costs more than the
-    bytes it saves). Against the 3.9 table's fp16/bf16 entries it picks the slower way for 13
-    of 106 geometries, costing 0.98 ms summed, none in B0. fp32 (FMA taps both ways; the
-    expanded tensor's bytes decide): fuse 3x3 blocks on maps of 28 and up with at most 48
-    input channels (40 at stride 2: wider ones spill in B2-B7 or lose to the separate pair)
-    and 5x5 stride-2 blocks on maps of 56 and up."""
+    ways run tensor-core taps; the fused kernel's halo recompute decides): fuse, except blocks
+    of 1300 and more expanded channels on maps of 12 and up (B4-B7's widest, where the halo's
+    expand costs more than the expanded tensor's bytes it saves). Against the 3.9 table's
+    fp16/bf16 entries it picks the slower way for 7 of 106 geometries, costing 0.37 ms summed,
+    none in B0. fp32 (FMA taps both ways; the expanded tensor's bytes decide): fuse 3x3 blocks
+    on maps of 28 and up with at most 48 input channels (40 at stride 2: wider ones spill in
+    B2-B7 or lose to the separate pair) and 5x5 stride-2 blocks on maps of 56 and up (3 of 95
+    wrong, 0.99 ms, none in B0)."""
     side = min(layer.height, layer.width)
     k, s = layer.kernel, layer.stride
     if dtype == torch.float32:
         narrow = layer.in_channels <= (48 if s == 1 else 40)
         fused = (k == 3 and side >= 28 and narrow) or (k == 5 and s == 2 and side >= 56)
     else:
-        fused = (side >= 14 or k == 5) and (layer.mid_channels < 960 or side < 12)
+        fused = layer.mid_channels < 1300 or side < 12
     return "fused" if fused else "separate"
 
 
