@@ -163,6 +163,27 @@ def persistent_programs(device: torch.device, tiles: int, c_blocks: int) -> int:
     return max(1, min(tiles, 2 * sms // c_blocks))
 
 
+# shared memory a fused program may have: two programs per SM (what persistent_programs
+# launches) share 228 KiB, less the 1 KiB each the driver reserves
+SHARED_BUDGET = 228 * 1024 // 2 - 1024
+TAPS_GROUP_MAX = 9
+
+
+def taps_group(pixels: int, block_c: int, block_k: int, C_in: int, kernel: int, mma: bool) -> int:
+    """Depthwise windows an item loads before their products (they share barriers): up to 9.
+    With tensor cores each window of a group passes through shared memory on its way to the
+    dot at the same time (``pixels`` x ``block_c`` halves), beside what a program keeps there:
+    the taps' diagonal blocks and the expand's B tiles (twice: the halo's main and tail
+    products lay them out differently; an upper bound of what sm_90 code takes, equal in B0's
+    widest). The group stops where that would exceed :data:`SHARED_BUDGET` (B0's 2.1 and 6.0:
+    5 windows; 9 took 138 KiB, one program per SM). FMA taps (fp32) keep their windows in
+    registers."""
+    if not mma:
+        return TAPS_GROUP_MAX
+    kept = (kernel * kernel * block_c * 16 + 2 * -(-C_in // block_k) * block_k * block_c) * 2
+    return max(1, min(TAPS_GROUP_MAX, (SHARED_BUDGET - kept) // (pixels * block_c * 2)))
+
+
 TAPS_ALIGN = 64  # pad_taps: channels per taps row, a multiple of every channel block
 
 

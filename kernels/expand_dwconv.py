@@ -59,6 +59,7 @@ from ._expand_dw_tiles import (
     halo_pitch,
     persistent_programs,
     pixel_slots,
+    taps_group,
 )
 from ._launch import call_op, launch
 from ._expand_dw_halo import expand_chunk, expand_weights, halo_pixels
@@ -103,13 +104,12 @@ def _expand_dwconv_kernel(
     CHUNK: tl.constexpr, MAIN_CHUNKS: tl.constexpr, TAIL_A: tl.constexpr, TAIL_B: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, WD_STRIDE: tl.constexpr, WD_EVEN: tl.constexpr,
     MMA: tl.constexpr, ROUND_BF16: tl.constexpr, BIAS_COLS: tl.constexpr, SPLIT_TAPS: tl.constexpr,
-    WEIGHTS_ONCE: tl.constexpr,
+    WEIGHTS_ONCE: tl.constexpr, TAPS_GROUP: tl.constexpr,
 ):
     # The taps' tile is (GB, PB, CB): G groups of CB channels, each in SPLIT batches of PB =
     # PIXELS / SPLIT slots (batch b: group b // SPLIT, slots from (b % SPLIT) * PB; SPLIT_TAPS,
     # see TAPS_WARPS_ON_BATCH: a batch per warp). With MMA (fp16/bf16) CB = 16 and each tap is a
     # batched (PB, 16) @ (16, 16) dot against its diagonal weights (see dwconv_bn_act).
-    TAPS_GROUP: tl.constexpr = 9  # windows loaded before their products: they share barriers
     CB: tl.constexpr = 16 if MMA else BLOCK_C
     G: tl.constexpr = BLOCK_C // CB
     SPLIT: tl.constexpr = 4 // G if SPLIT_TAPS and MMA and G < 4 and PIXELS // (4 // G) >= 16 else 1
@@ -195,7 +195,9 @@ def _expand_dwconv_kernel(
                          SXC, SXW, BLOCK_C, BLOCK_K, INT64, DOT_FP32, MATH, ROUND_BF16, BIAS_COLS, WEIGHTS_ONCE)
         tl.debug_barrier()  # the whole halo is in the slot before any tap reads it
 
-        # depthwise from the slot: no bounds to check, the halo holds the padding
+        # depthwise from the slot: no bounds to check, the halo holds the padding. Windows come in
+        # groups of TAPS_GROUP, loaded before their products (fewer barriers); with tensor cores
+        # a group's windows share shared memory with the kept weights (taps_group sizes it)
         dacc = tl.zeros((GB, PB, CB), dtype=tl.float32)
         for t0 in tl.static_range(0, KSIZE * KSIZE, TAPS_GROUP):
             group = ()  # a group's windows loaded before its products
@@ -317,6 +319,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, MMA=mma,
         ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, BIAS_COLS=bias_columns(C_in, block_k, x.dtype),
         SPLIT_TAPS=TAPS_WARPS_ON_BATCH, WEIGHTS_ONCE=x.dtype != torch.float32,
+        TAPS_GROUP=taps_group(pixel_slots(tile_h, tile_w), block_c, block_k, C_in, k, mma),
         num_warps=4,
     ), on=x)
     return out, partials

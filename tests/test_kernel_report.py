@@ -28,7 +28,8 @@ VIEW_OR_ALLOC = ("view", "_unsafe_view", "slice", "permute", "t", "expand", "as_
                  "detach", "reshape", "unsqueeze", "select")
 LEAN_K3_RANGE = (35, 140)  # per output: around FIELD_NOTES' ~72 for a lean k=3 depthwise
 REQUIRED_TOTALS = ("launches", "modelled_ms", "layer_fused_floor_ms", "floor_ratio", "max_spill_bytes", "memory_ms",
-                   "issue_ms", "tensor_ms", "sfu_ms", "launch_overhead_ms")
+                   "issue_ms", "tensor_ms", "sfu_ms", "launch_overhead_ms", "residency_extra_ms",
+                   "launches_below_full_rate_warps")
 
 # 6 straight-line instructions, a 5-instruction loop, then the terminal self-branch and padding
 SYNTHETIC_SASS = """
@@ -129,6 +130,19 @@ def test_time_model_is_the_fixed_max_plus_overhead():
     assert modelled_seconds(0.0, 8 * mufu, 0.0, mufu)[1] == "issue"
 
 
+def test_residency_scales_the_time_below_eight_warps_per_sm():
+    from fastmbconv.kernel_report.model import latency_factor, resident_programs
+    assert resident_programs(4, 96, 47 * 1024) == (4, "shared")  # 228 KiB / 48 KiB
+    assert resident_programs(4, 172, 110 * 1024) == (2, "registers")  # 176 regs x 128 threads x 2 fit 64 Ki
+    assert resident_programs(4, 152, 138 * 1024) == (1, "shared")  # B0 2.1's fused kernel before its fix
+    assert resident_programs(1, 32, 0) == (32, "programs")
+    assert resident_programs(8, 255, 0) == (1, "registers")
+    assert resident_programs(4, 64, 228 * 1024)[0] == 0  # more than a program may have: cannot launch
+    assert latency_factor(8) == latency_factor(64) == 1.0 and latency_factor(4) == 2.0
+    t, _ = modelled_seconds(3.0e6, 1.0, 0.0, resident_warps=4)
+    assert t == pytest.approx(2e-6 + 2e-6)
+
+
 def test_hbm_bytes_count_each_storage_region_once():
     a = torch.empty(100, dtype=torch.float16, device="meta")
     b = torch.empty(10, dtype=torch.float32, device="meta")
@@ -226,7 +240,11 @@ def test_cli_b0_batch1_writes_report(tmp_path):
     assert all(r["mufu_warp_instructions"] > 0 for r in triton if r["op"] == "dwconv_bn_act")  # its SiLU
     assert totals["launch_overhead_ms"] == pytest.approx(totals["launches"] * 2e-3)
     assert min(parts) > 0 and max(parts) + totals["launch_overhead_ms"] <= totals["modelled_ms"] * (1 + 1e-9)
-    assert totals["modelled_ms"] <= (sum(parts) + totals["launch_overhead_ms"]) * (1 + 1e-9)
+    assert totals["modelled_ms"] <= (sum(parts) + totals["launch_overhead_ms"] + totals["residency_extra_ms"]) \
+        * (1 + 1e-9)
+    # two programs per SM wherever the persistent grid counts on them
+    assert totals["launches_below_full_rate_warps"] == 0, [(r["layer"], r["op"], r["flags"]) for r in triton
+                                                           if r.get("residency_extra_us")]
     torch_ops = [r for r in report["launches"] if r["kind"] == "torch"]
     assert {r["op"] for r in torch_ops} == {"torch:addmm"}  # the classifier: everything else is Triton
     assert "torch:sqrt" not in {r["op"] for r in torch_ops}  # BN is folded once, not per forward

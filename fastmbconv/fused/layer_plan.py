@@ -97,11 +97,13 @@ def table_choice(entry: dict, release: Optional[str] = None) -> Optional[str]:
 
 
 def record_choice(record: dict) -> Optional[str]:
-    """The faster way of one release's modelled times, among the ways that do not spill."""
+    """The faster way of one release's modelled times, among the ways that do not spill (a way
+    listed under ``fails`` cannot run and is never chosen)."""
     modelled = record.get("modelled_us") or {}
-    if all(isinstance(modelled.get(c), (int, float)) for c in CHOICES):
+    ways = [c for c in CHOICES if c not in (record.get("fails") or ())]
+    if ways and all(isinstance(modelled.get(c), (int, float)) for c in ways):
         spills = record.get("spill_bytes") or {}
-        clean = [c for c in CHOICES if not spills.get(c)] or list(CHOICES)
+        clean = [c for c in ways if not spills.get(c)] or ways
         return min(clean, key=lambda c: modelled[c])
     return None
 

@@ -21,8 +21,10 @@ Definitions
 - tensor_flops: from the HGMMA/HMMA instructions in the SASS (tile padding included).
 - modelled time t = max(hbm_bytes / 3.0e12, warp_instructions / (132 x 4 x 1.755e9),
   tensor_flops / 700e12, 32 x MUFU warp instructions / (132 x 16 x 1.755e9)) + 2 us (the
-  last: the special-function pipe, 16 lanes per SM and cycle); torch-side kernels:
-  hbm_bytes / 3.0e12 + 2 us.
+  last: the special-function pipe, 16 lanes per SM and cycle), the max scaled by 8 / resident
+  warps where registers or shared memory let an SM hold fewer than 8 of the kernel's warps
+  (``resident_programs_per_sm``; a program needing more shared memory than a program may have
+  cannot launch and is reported as failed); torch-side kernels: hbm_bytes / 3.0e12 + 2 us.
 - An autotuned launch reports the config the model likes best (lowest modelled time); all
   configs are listed under ``configs`` and the ``FASTMBCONV_AUTOTUNE=0`` config under
   ``fixed_config``.

@@ -71,7 +71,18 @@ def variant_row(rec, v, analysis: dict, hbm: int, weights_bytes_fn) -> dict:
     warp_insns = warps * dyn["instructions"]
     tflops = warps * dyn["tensor_flops"]
     mufu = warps * dyn["classes"].get("mufu", 0)
-    t, bound = M.modelled_seconds(hbm, warp_insns, tflops, mufu)
+    resident, limit = M.resident_programs(v.num_warps, analysis["registers"], analysis["shared"])
+    row.update(resident_programs_per_sm=resident, residency_limited_by=limit)
+    if not resident:
+        row.update(registers=analysis["registers"], spill_bytes=None, shared_bytes=analysis["shared"],
+                   instructions_per_output=None, modelled_us=None, bound_by=None,
+                   error=f"needs {analysis['shared']} B of shared memory, more than a program may have "
+                         f"({M.SHARED_PER_PROGRAM_MAX} B): the launch would fail")
+        row["flags"].append("does not fit an SM")
+        return row
+    t, bound = M.modelled_seconds(hbm, warp_insns, tflops, mufu, resident * v.num_warps)
+    factor = M.latency_factor(resident * v.num_warps)
+    row["residency_extra_us"] = (t - M.LAUNCH_OVERHEAD_S) * (1 - 1 / factor) * 1e6
     outputs = row["outputs"]
     per_out = (lambda n: n * warps * M.THREADS_PER_WARP / outputs) if outputs else (lambda n: None)
     row.update(
@@ -93,6 +104,10 @@ def variant_row(rec, v, analysis: dict, hbm: int, weights_bytes_fn) -> dict:
                             "not a spill")
     if status != "ok":
         row["flags"].append(f"hints {status}: no instructions per output, loops counted once")
+    if resident * v.num_warps < M.FULL_RATE_WARPS:
+        row["flags"].append(f"{limit} allow {resident} program(s) of {v.num_warps} warps per SM: time x "
+                            f"{M.latency_factor(resident * v.num_warps):g} (the model's rates need "
+                            f"{M.FULL_RATE_WARPS} resident warps)")
     if programs < M.SMS:
         row["flags"].append(f"grid of {programs} programs fills fewer than {M.SMS} SMs (the model assumes all)")
     return row
@@ -193,6 +208,7 @@ def totals(rec: Recording, launches: list) -> dict:
     hbm = sum(r["hbm_bytes"] or 0 for r in launches)
     # what the modelled time is made of: were every launch's memory, issue and tensor work to
     # overlap perfectly across launches, the forward would still need the largest of these sums
+    # (plus what launches with too few resident warps add, residency_extra_ms)
     issue_ms = sum(r.get("warp_instructions") or 0 for r in launches) / M.WARP_ISSUE_PER_S * 1e3
     t = {
         "launches": len(launches),
@@ -212,6 +228,8 @@ def totals(rec: Recording, launches: list) -> dict:
         "sfu_ms": sum(r.get("mufu_warp_instructions") or 0 for r in launches) * M.THREADS_PER_WARP
         / M.MUFU_LANES_PER_S * 1e3,
         "launch_overhead_ms": len(launches) * M.LAUNCH_OVERHEAD_S * 1e3,
+        "residency_extra_ms": sum(r.get("residency_extra_us") or 0.0 for r in launches) / 1e3,
+        "launches_below_full_rate_warps": sum(1 for r in launches if r.get("residency_extra_us")),
         "l2_scratch_bytes": sum(r.get("l2_scratch_bytes") or 0 for r in launches),
         "recompute_flops": sum(r.get("recompute_flops") or 0 for r in launches),
         "expand_dw_launches": sum(bool(EXPAND_DW.search(r["op"])) for r in launches),

@@ -11,6 +11,11 @@ SM computes only 16 of them per cycle (the CUDA programming guide's throughput t
 capability 9.0), so a warp's MUFU holds the pipe 8 issue slots' worth of time and SiLU-heavy
 code can be bound by it.
 
+Those rates need latency hidden: the model credits them to 8 or more resident warps per SM (two
+per scheduler; the persistent kernels' two 4-warp programs). Where registers or shared memory
+let fewer programs stay resident (:func:`resident_programs`), the four parts scale by
+8 / resident warps; a program that needs more than an SM has cannot launch at all.
+
 Dynamic counts: every straight-line SASS instruction once per warp, every loop body
 ``ceil(trips / unroll)`` times per pass of its enclosing loop (see :mod:`.sass`).
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from .compiled import SHARED_LIMIT_BYTES as SHARED_PER_PROGRAM_MAX
 from .sass import Sass
 
 HBM_BYTES_PER_S = 3.0e12
@@ -31,10 +37,38 @@ MUFU_PER_SM_PER_CYCLE = 16  # lanes: a warp's MUFU takes 2 cycles of an SM's pip
 MUFU_LANES_PER_S = SMS * MUFU_PER_SM_PER_CYCLE * CLOCK_HZ
 LAUNCH_OVERHEAD_S = 2e-6
 THREADS_PER_WARP = 32
+# what one SM holds (sm_90): registers, shared memory (each program reserves 1 KiB more), warps,
+# programs; registers are allocated per warp in units of 256
+REGISTERS_PER_SM = 65536
+REGISTER_UNIT = 256
+SHARED_PER_SM = 228 * 1024
+SHARED_RESERVED_PER_PROGRAM = 1024
+WARPS_PER_SM = 64
+PROGRAMS_PER_SM = 32
+FULL_RATE_WARPS = 8
 
 CONSTANTS = {"hbm_bytes_per_s": HBM_BYTES_PER_S, "sms": SMS, "issue_per_sm_per_cycle": ISSUE_PER_SM_PER_CYCLE,
              "clock_hz": CLOCK_HZ, "tensor_flops_per_s": TENSOR_FLOPS_PER_S,
-             "mufu_per_sm_per_cycle": MUFU_PER_SM_PER_CYCLE, "launch_overhead_s": LAUNCH_OVERHEAD_S}
+             "mufu_per_sm_per_cycle": MUFU_PER_SM_PER_CYCLE, "launch_overhead_s": LAUNCH_OVERHEAD_S,
+             "shared_per_sm": SHARED_PER_SM, "registers_per_sm": REGISTERS_PER_SM, "full_rate_warps": FULL_RATE_WARPS}
+
+
+def resident_programs(num_warps: int, registers: int, shared_bytes: int) -> tuple[int, str]:
+    """(programs of one kernel an SM holds at once, what limits them: "registers", "shared",
+    "warps" or "programs"). 0 when one program needs more shared memory than a program may have."""
+    if shared_bytes > SHARED_PER_PROGRAM_MAX:
+        return 0, "shared"
+    per_warp = -(-max(registers, 1) * THREADS_PER_WARP // REGISTER_UNIT) * REGISTER_UNIT
+    limits = {"registers": REGISTERS_PER_SM // (per_warp * num_warps),
+              "shared": SHARED_PER_SM // (shared_bytes + SHARED_RESERVED_PER_PROGRAM),
+              "warps": WARPS_PER_SM // num_warps, "programs": PROGRAMS_PER_SM}
+    what = min(limits, key=limits.get)
+    return limits[what], what
+
+
+def latency_factor(resident_warps: int) -> float:
+    """How much slower than its rates a kernel runs with ``resident_warps`` per SM (>= 1)."""
+    return max(1.0, FULL_RATE_WARPS / max(resident_warps, 1))
 
 
 def loop_multipliers(sass: Sass, trips: Optional[list[int]]) -> tuple[list[float], list[str]]:
@@ -84,13 +118,14 @@ def dynamic_per_warp(sass: Sass, trips: Optional[list[int]]) -> dict:
 
 
 def modelled_seconds(hbm_bytes: float, warp_instructions: float, tensor_flops: float,
-                     mufu_warp_instructions: float = 0.0) -> tuple[float, str]:
-    """(modelled seconds, what bounds it: "memory", "issue", "tensor" or "sfu")."""
+                     mufu_warp_instructions: float = 0.0, resident_warps: int = FULL_RATE_WARPS) -> tuple[float, str]:
+    """(modelled seconds, what bounds it: "memory", "issue", "tensor" or "sfu"); fewer than
+    :data:`FULL_RATE_WARPS` resident warps per SM scale it by :func:`latency_factor`."""
     parts = {"memory": hbm_bytes / HBM_BYTES_PER_S, "issue": warp_instructions / WARP_ISSUE_PER_S,
              "tensor": tensor_flops / TENSOR_FLOPS_PER_S,
              "sfu": mufu_warp_instructions * THREADS_PER_WARP / MUFU_LANES_PER_S}
     bound = max(parts, key=parts.get)
-    return parts[bound] + LAUNCH_OVERHEAD_S, bound
+    return parts[bound] * latency_factor(resident_warps) + LAUNCH_OVERHEAD_S, bound
 
 
 def torch_op_seconds(hbm_bytes: float) -> float:

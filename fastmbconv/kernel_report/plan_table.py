@@ -5,7 +5,8 @@ convs fused (``expand_dwconv``) and separate, from two kernel reports of the sam
 A block's time both ways is the sum of its launches' modelled times (its project conv and SE
 launches are the same both ways, so the difference is the expand and depthwise part). A way
 whose launches spill keeps its time but also its ``spill_bytes``, and is not chosen while the
-other does not spill. Entries are keyed by layer geometry and dtype, and their modelled times
+other does not spill; a way with a launch that cannot run (more shared memory than an SM has)
+is listed under ``fails``, without a time, and never chosen. Entries are keyed by layer geometry and dtype, and their modelled times
 by the Triton release that compiled the kernels (``"modelled": {"3.9": {...}}``); rewriting
 the table keeps other models' entries, other releases' times and any measured times a GPU run
 added.
@@ -21,11 +22,13 @@ from .record import _env
 
 
 def layer_times(report: dict) -> dict:
-    """Modelled µs per layer name, summed over the layer's launches."""
+    """Modelled µs per layer name, summed over the layer's launches; None for a layer with a
+    launch that cannot run (its kernel does not fit an SM, or did not compile)."""
     times: dict = defaultdict(float)
     for r in report["launches"]:
         if r.get("layer"):
-            times[r["layer"]] += r["modelled_us"] or 0.0
+            fails = r.get("error") is not None or times[r["layer"]] is None
+            times[r["layer"]] = None if fails else times[r["layer"]] + (r["modelled_us"] or 0.0)
     return dict(times)
 
 
@@ -64,9 +67,12 @@ def build_plan_table(model: str, batch: int, dtype: str, resolution: Optional[in
         if key in entries:  # the same geometry again (repeated blocks of a stage): same times
             entries[key]["layers"].append(f"{name}.{layer.name}")
             continue
-        modelled = {c: round(times[c].get(layer.name, 0.0), 2) for c in lp.CHOICES}
+        modelled = {c: times[c].get(layer.name, 0.0) for c in lp.CHOICES}
+        fails = [c for c in lp.CHOICES if modelled[c] is None]
+        modelled = {c: None if t is None else round(t, 2) for c, t in modelled.items()}
         spilled = {c: spills[c].get(layer.name, 0) for c in lp.CHOICES}
-        record = {"modelled_us": modelled, **({"spill_bytes": spilled} if any(spilled.values()) else {})}
+        record = {"modelled_us": modelled, **({"spill_bytes": spilled} if any(spilled.values()) else {}),
+                  **({"fails": fails} if fails else {})}
         record["choice"] = lp.record_choice(record)
         entries[key] = {"modelled": {release: {**record, "source": source}}, "layers": [f"{name}.{layer.name}"]}
     totals = {c: {"modelled_ms": r["totals"]["modelled_ms"], "hbm_bytes": r["totals"]["hbm_bytes"],

@@ -53,6 +53,8 @@ def totals_table(report: dict) -> str:
          " / ".join(_num(t.get(k), "{:.3f}")
                     for k in ("memory_ms", "issue_ms", "tensor_ms", "sfu_ms", "launch_overhead_ms"))
          + " ms"),
+        ("launches with fewer than 8 resident warps per SM (registers or shared memory), and the time they add",
+         f"{t.get('launches_below_full_rate_warps', 0)}, {t.get('residency_extra_ms', 0.0):.3f} ms"),
         ("HBM bytes (launches, each tensor once)", f"{t['hbm_bytes'] / 1e6:.1f} MB"),
         ("HBM bytes / layer-fused floor bytes", _num(t.get("hbm_vs_layer_fused_floor"), "{:.2f}")),
         ("L2 scratch bytes (not HBM)", f"{t.get('l2_scratch_bytes', 0) / 1e6:.1f} MB"),

@@ -129,6 +129,21 @@ def test_a_way_that_spills_is_not_chosen_by_its_modelled_time():
         == "fused"
 
 
+def test_a_way_that_cannot_run_is_never_chosen():
+    """A way whose kernel needs more shared memory than an SM has is listed under ``fails``
+    with no time, and the other way is chosen however slow."""
+    from fastmbconv.kernel_report.plan_table import layer_times
+    report = {"launches": [{"layer": "blocks.2.1", "modelled_us": 50.0}, {"layer": "blocks.2.1", "modelled_us": None,
+                                                                          "error": "needs 240000 B"},
+                           {"layer": "blocks.2.1", "modelled_us": 5.0}, {"layer": "blocks.3.0", "modelled_us": 7.0}]}
+    assert layer_times(report) == {"blocks.2.1": None, "blocks.3.0": 7.0}
+    record = {"modelled_us": {"fused": None, "separate": 900.0}, "fails": ["fused"]}
+    assert layer_plan.record_choice(record) == "separate"
+    assert layer_plan.record_choice({"modelled_us": {"fused": None, "separate": None},
+                                     "fails": ["fused", "separate"]}) is None
+    assert layer_plan.record_choice({"modelled_us": {"fused": None, "separate": 900.0}}) is None  # incomplete
+
+
 def test_plan_table_records_each_ways_spills():
     from fastmbconv.kernel_report.plan_table import layer_spills
     report = {"launches": [{"layer": "blocks.1.0", "spill_bytes": 0}, {"layer": "blocks.1.0", "spill_bytes": 24},

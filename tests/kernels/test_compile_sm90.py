@@ -233,3 +233,41 @@ def test_silu_takes_one_tanh_in_fp16_and_bf16_and_ex2_rcp_in_fp32():
     ``FASTMBCONV_SILU=sigmoid`` the latter for fp16 too."""
     result = run_compiled(SILU_SCRIPT)
     assert result.stdout.strip().endswith("silu"), result.stdout
+
+
+FUSED_SHARED_SCRIPT = textwrap.dedent(
+    """
+    import os
+    os.environ["FASTMBCONV_AUTOTUNE"] = "0"
+    os.environ["FASTMBCONV_EXPAND_DW"] = "fused"
+    import torch
+    import fastmbconv as fm
+    from fastmbconv.kernels._launch import record_launches
+    from fastmbconv.kernel_report.compiled import analyse
+    from fastmbconv.kernel_report.model import resident_programs
+    from fastmbconv.kernel_report.specialize import variants
+
+    with torch.device("meta"):
+        model = fm.efficientnet_b0().eval().half()
+    with record_launches() as launches, torch.no_grad(), fm.use_backend("fused"):
+        model(torch.empty(1, 3, 224, 224, device="meta", dtype=torch.float16))
+    todo = {r.layer: variants(r.kernel, r.args, r.constexprs)[0][0] for r in launches
+            if r.op == "expand_dwconv" and r.layer in ("blocks.2.1", "blocks.6.0")}
+    assert len(todo) == 2, sorted(todo)
+    results = analyse(list(todo.values()))
+    for layer, v in todo.items():
+        res = results[v.key()]
+        resident = resident_programs(v.num_warps, res["registers"], res["shared"])
+        print(layer, res["shared"], res["registers"], resident)
+        assert resident[0] >= 2, (layer, res["shared"], res["registers"], resident)
+    print("two per SM")
+    """
+)
+
+
+def test_fused_programs_fit_two_per_sm_at_b0s_widest():
+    """The persistent expand_dwconv grid launches two programs per SM; B0's 2.1 (25 taps of 64
+    channels) and 6.0 (192 input channels) keep the most in shared memory, where 9 windows per
+    taps group took 138 KiB: one program per SM (taps_group sizes the group to fit)."""
+    result = run_compiled(FUSED_SHARED_SCRIPT)
+    assert result.stdout.strip().endswith("two per SM"), result.stdout

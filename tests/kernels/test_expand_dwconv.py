@@ -339,6 +339,24 @@ def test_channel_block_choice(monkeypatch):
         assert bc == 32 or tiles.pixel_slots(th, tw) <= 64, (h, th, tw)
 
 
+def test_taps_group_keeps_two_programs_per_sm():
+    """The windows loaded before their products: 9 where they and the kept weights fit half an
+    SM's shared memory, fewer where not (B0's 2.1: 25 taps of 64 channels; 6.0: 192 input
+    channels of 64); never an estimate past the budget while a group has more than one window;
+    FMA taps (fp32) keep their windows in registers."""
+    assert tiles.taps_group(64, 64, 32, 40, 5, True) == 5
+    assert tiles.taps_group(64, 64, 64, 192, 3, True) == 5
+    assert tiles.taps_group(128, 32, 32, 80, 3, True) == 9
+    assert tiles.taps_group(64, 64, 32, 40, 5, False) == 9
+    for pixels, bc, bk, c_in, k in [(64, 64, 32, 40, 5), (128, 32, 32, 640, 3), (64, 32, 32, 384, 5),
+                                     (128, 32, 64, 640, 3), (32, 64, 32, 24, 5)]:
+        g = tiles.taps_group(pixels, bc, bk, c_in, k, True)
+        kept = (k * k * bc * 16 + 2 * -(-c_in // bk) * bk * bc) * 2
+        assert 1 <= g <= 9 and (g == 1 or kept + g * pixels * bc * 2 <= tiles.SHARED_BUDGET), (pixels, bc, c_in, g)
+        assert g == 9 or kept + (g + 1) * pixels * bc * 2 > tiles.SHARED_BUDGET
+    assert 2 * (tiles.SHARED_BUDGET + 1024) <= 228 * 1024
+
+
 def test_gpu_like_tiling_with_64_channel_blocks(monkeypatch):
     """The 64-channel blocks of 3x3 layers, a partial last block (100 channels), a 5x4 tile
     (20 pixels in 32 slots) whose 42-pixel halo is a 32- and a 16-pixel product and no whole
