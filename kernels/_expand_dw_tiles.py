@@ -164,23 +164,32 @@ def persistent_programs(device: torch.device, tiles: int, c_blocks: int) -> int:
 
 
 # shared memory a fused program may have: two programs per SM (what persistent_programs
-# launches) share 228 KiB, less the 1 KiB each the driver reserves
-SHARED_BUDGET = 228 * 1024 // 2 - 1024
+# launches) share 228 KiB, less the 1 KiB each the driver reserves, less 8 KiB that the estimate
+# in taps_group leaves out (the expand's operand staging: up to 7 KiB in B0-B7)
+SHARED_BUDGET = 228 * 1024 // 2 - 1024 - 8 * 1024
 TAPS_GROUP_MAX = 9
+
+
+def taps_split(pixels: int, block_c: int, mma: bool) -> int:
+    """Pixel batches per 16-channel group of the tensor-core taps (``SPLIT`` in the kernel):
+    ``4 // groups`` where :data:`TAPS_WARPS_ON_BATCH` asks for a batch per warp and each batch
+    keeps 16 slots, else 1 (also for FMA taps)."""
+    groups = block_c // 16
+    return 4 // groups if mma and TAPS_WARPS_ON_BATCH and groups < 4 and pixels // (4 // groups) >= 16 else 1
 
 
 def taps_group(pixels: int, block_c: int, block_k: int, C_in: int, kernel: int, mma: bool) -> int:
     """Depthwise windows an item loads before their products (they share barriers): up to 9.
     With tensor cores each window of a group passes through shared memory on its way to the
     dot at the same time (``pixels`` x ``block_c`` halves), beside what a program keeps there:
-    the taps' diagonal blocks and the expand's B tiles (twice: the halo's main and tail
-    products lay them out differently; an upper bound of what sm_90 code takes, equal in B0's
-    widest). The group stops where that would exceed :data:`SHARED_BUDGET` (B0's 2.1 and 6.0:
-    5 windows; 9 took 138 KiB, one program per SM). FMA taps (fp32) keep their windows in
-    registers."""
+    the taps' diagonal blocks (one per batch, :func:`taps_split`) and the expand's B tiles
+    (twice: the halo's main and tail products lay them out differently). The group stops where
+    that would exceed :data:`SHARED_BUDGET` (B0's 2.1 and 6.0: 4 windows; 9 took 138 KiB, one
+    program per SM). FMA taps (fp32) keep their windows in registers."""
     if not mma:
         return TAPS_GROUP_MAX
-    kept = (kernel * kernel * block_c * 16 + 2 * -(-C_in // block_k) * block_k * block_c) * 2
+    batches = block_c // 16 * taps_split(pixels, block_c, mma)
+    kept = (kernel * kernel * batches * 256 + 2 * -(-C_in // block_k) * block_k * block_c) * 2
     return max(1, min(TAPS_GROUP_MAX, (SHARED_BUDGET - kept) // (pixels * block_c * 2)))
 
 

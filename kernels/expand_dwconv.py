@@ -52,7 +52,6 @@ import triton
 import triton.language as tl
 
 from ._expand_dw_tiles import (
-    TAPS_WARPS_ON_BATCH,
     bias_columns,
     blocks_for,
     halo_chunks,
@@ -60,6 +59,7 @@ from ._expand_dw_tiles import (
     persistent_programs,
     pixel_slots,
     taps_group,
+    taps_split,
 )
 from ._launch import call_op, launch
 from ._expand_dw_halo import expand_chunk, expand_weights, halo_pixels
@@ -103,16 +103,15 @@ def _expand_dwconv_kernel(
     HALO_PITCH: tl.constexpr, HALO: tl.constexpr,
     CHUNK: tl.constexpr, MAIN_CHUNKS: tl.constexpr, TAIL_A: tl.constexpr, TAIL_B: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, WD_STRIDE: tl.constexpr, WD_EVEN: tl.constexpr,
-    MMA: tl.constexpr, ROUND_BF16: tl.constexpr, BIAS_COLS: tl.constexpr, SPLIT_TAPS: tl.constexpr,
+    MMA: tl.constexpr, ROUND_BF16: tl.constexpr, BIAS_COLS: tl.constexpr, SPLIT: tl.constexpr,
     WEIGHTS_ONCE: tl.constexpr, TAPS_GROUP: tl.constexpr,
 ):
     # The taps' tile is (GB, PB, CB): G groups of CB channels, each in SPLIT batches of PB =
-    # PIXELS / SPLIT slots (batch b: group b // SPLIT, slots from (b % SPLIT) * PB; SPLIT_TAPS,
-    # see TAPS_WARPS_ON_BATCH: a batch per warp). With MMA (fp16/bf16) CB = 16 and each tap is a
+    # PIXELS / SPLIT slots (batch b: group b // SPLIT, slots from (b % SPLIT) * PB; see
+    # taps_split: a batch per warp). With MMA (fp16/bf16) CB = 16 and each tap is a
     # batched (PB, 16) @ (16, 16) dot against its diagonal weights (see dwconv_bn_act).
     CB: tl.constexpr = 16 if MMA else BLOCK_C
     G: tl.constexpr = BLOCK_C // CB
-    SPLIT: tl.constexpr = 4 // G if SPLIT_TAPS and MMA and G < 4 and PIXELS // (4 // G) >= 16 else 1
     GB: tl.constexpr = G * SPLIT
     PB: tl.constexpr = PIXELS // SPLIT
     pid = tl.program_id(0)
@@ -318,7 +317,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,
         WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, MMA=mma,
         ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, BIAS_COLS=bias_columns(C_in, block_k, x.dtype),
-        SPLIT_TAPS=TAPS_WARPS_ON_BATCH, WEIGHTS_ONCE=x.dtype != torch.float32,
+        SPLIT=taps_split(pixel_slots(tile_h, tile_w), block_c, mma), WEIGHTS_ONCE=x.dtype != torch.float32,
         TAPS_GROUP=taps_group(pixel_slots(tile_h, tile_w), block_c, block_k, C_in, k, mma),
         num_warps=4,
     ), on=x)

@@ -112,8 +112,8 @@ def test_tensor_core_taps_split_a_tile_among_the_warps(k, stride, dtype, tile_h,
     """Fewer than 4 channel groups of 16 per item: the tile's slots split into 2 (32 channels)
     or 4 (16 channels) batches of 16, one per warp, whose SE sums add up per group; the last
     batch holds slots past the tile (30 of 32, 63 of 64), over a map with partial edge tiles.
-    The split is what triton before 3.9 compiles (module.TAPS_WARPS_ON_BATCH); forced here."""
-    monkeypatch.setattr(module, "TAPS_WARPS_ON_BATCH", True)
+    The split is what triton before 3.9 compiles (tiles.TAPS_WARPS_ON_BATCH); forced here."""
+    monkeypatch.setattr(tiles, "TAPS_WARPS_ON_BATCH", True)
     monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dt: (tile_h, tile_w, block_c, 16))
     monkeypatch.setattr(module, "persistent_programs", lambda device, tiles, c_blocks: min(tiles, 3))
     x, params = make(2, 12, 40, 11 * stride, 13 * stride, k, dtype)
@@ -339,15 +339,20 @@ def test_channel_block_choice(monkeypatch):
         assert bc == 32 or tiles.pixel_slots(th, tw) <= 64, (h, th, tw)
 
 
-def test_taps_group_keeps_two_programs_per_sm():
+def test_taps_group_keeps_two_programs_per_sm(monkeypatch):
     """The windows loaded before their products: 9 where they and the kept weights fit half an
     SM's shared memory, fewer where not (B0's 2.1: 25 taps of 64 channels; 6.0: 192 input
     channels of 64); never an estimate past the budget while a group has more than one window;
     FMA taps (fp32) keep their windows in registers."""
-    assert tiles.taps_group(64, 64, 32, 40, 5, True) == 5
-    assert tiles.taps_group(64, 64, 64, 192, 3, True) == 5
-    assert tiles.taps_group(128, 32, 32, 80, 3, True) == 9
-    assert tiles.taps_group(64, 64, 32, 40, 5, False) == 9
+    for split in (False, True):  # triton 3.9, 3.6 (the taps' blocks once per batch: B4's 6.0 with 3.6)
+        monkeypatch.setattr(tiles, "TAPS_WARPS_ON_BATCH", split)
+        assert tiles.taps_group(64, 64, 32, 40, 5, True) == 4
+        assert tiles.taps_group(64, 64, 64, 192, 3, True) == 4
+        assert tiles.taps_group(128, 32, 32, 80, 3, True) == 9
+        assert tiles.taps_group(64, 64, 32, 40, 5, False) == 9
+    assert tiles.taps_group(128, 32, 32, 272, 3, True) == 6  # 3.6: 9 taps x 4 batches of 16 x 16 kept
+    monkeypatch.setattr(tiles, "TAPS_WARPS_ON_BATCH", False)
+    assert tiles.taps_group(128, 32, 32, 272, 3, True) == 7
     for pixels, bc, bk, c_in, k in [(64, 64, 32, 40, 5), (128, 32, 32, 640, 3), (64, 32, 32, 384, 5),
                                      (128, 32, 64, 640, 3), (32, 64, 32, 24, 5)]:
         g = tiles.taps_group(pixels, bc, bk, c_in, k, True)
@@ -355,6 +360,10 @@ def test_taps_group_keeps_two_programs_per_sm():
         assert 1 <= g <= 9 and (g == 1 or kept + g * pixels * bc * 2 <= tiles.SHARED_BUDGET), (pixels, bc, c_in, g)
         assert g == 9 or kept + (g + 1) * pixels * bc * 2 > tiles.SHARED_BUDGET
     assert 2 * (tiles.SHARED_BUDGET + 1024) <= 228 * 1024
+    assert [tiles.taps_split(64, bc, True) for bc in (16, 32, 64)] == [1, 1, 1]
+    monkeypatch.setattr(tiles, "TAPS_WARPS_ON_BATCH", True)
+    assert [tiles.taps_split(64, bc, True) for bc in (16, 32, 64)] == [4, 2, 1]
+    assert tiles.taps_split(32, 16, True) == 1 and tiles.taps_split(64, 32, False) == 1  # batches of 16 slots
 
 
 def test_gpu_like_tiling_with_64_channel_blocks(monkeypatch):
