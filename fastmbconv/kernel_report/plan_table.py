@@ -6,10 +6,10 @@ A block's time both ways is the sum of its launches' modelled times (its project
 launches are the same both ways, so the difference is the expand and depthwise part). A way
 whose launches spill keeps its time but also its ``spill_bytes``, and is not chosen while the
 other does not spill; a way with a launch that cannot run (more shared memory than an SM has)
-is listed under ``fails``, without a time, and never chosen. Entries are keyed by layer geometry and dtype, and their modelled times
-by the Triton release that compiled the kernels (``"modelled": {"3.9": {...}}``); rewriting
-the table keeps other models' entries, other releases' times and any measured times a GPU run
-added.
+is listed under ``fails``, without a time, and never chosen. Entries are keyed by layer
+geometry and dtype, and their modelled times by the Triton release that compiled the kernels
+(``"modelled": {"3.9": {...}}``); rewriting the table keeps other models' entries, other
+releases' times and any measured times a GPU run added.
 """
 from __future__ import annotations
 
