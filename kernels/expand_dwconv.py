@@ -292,6 +292,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
     c_blocks = -(-C // block_c)
     programs = c_blocks * persistent_programs(x.device, N * tiles, c_blocks)
     pitch = halo_pitch(halo_w)
+    pixels = pixel_slots(tile_h, tile_w)
     # the halo in fp32 for the FMA taps, in the activations' dtype for the tensor-core ones
     scratch = alloc_scratch((programs, 2, halo_h * pitch, block_c), x.device, x.dtype if mma else torch.float32)
     ragged = valid_hw is not None
@@ -312,13 +313,13 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         MATH=silu_math(x.dtype, x.device),
         RAGGED=ragged,
         INT64=needs_int64(x, out), DOT_FP32=interpreting() or x.dtype == torch.float32,
-        TILE_H=tile_h, TILE_W=tile_w, PIXELS=pixel_slots(tile_h, tile_w), HALO_W=halo_w, HALO_PITCH=pitch,
+        TILE_H=tile_h, TILE_W=tile_w, PIXELS=pixels, HALO_W=halo_w, HALO_PITCH=pitch,
         HALO=halo_h * pitch,
         CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,
         WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, MMA=mma,
         ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, BIAS_COLS=bias_columns(C_in, block_k, x.dtype),
-        SPLIT=taps_split(pixel_slots(tile_h, tile_w), block_c, mma), WEIGHTS_ONCE=x.dtype != torch.float32,
-        TAPS_GROUP=taps_group(pixel_slots(tile_h, tile_w), block_c, block_k, C_in, k, mma),
+        SPLIT=taps_split(pixels, block_c, mma), WEIGHTS_ONCE=x.dtype != torch.float32,
+        TAPS_GROUP=taps_group(pixels, block_c, block_k, C_in, k, mma),
         num_warps=4,
     ), on=x)
     return out, partials

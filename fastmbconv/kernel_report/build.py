@@ -106,7 +106,7 @@ def variant_row(rec, v, analysis: dict, hbm: int, weights_bytes_fn) -> dict:
         row["flags"].append(f"hints {status}: no instructions per output, loops counted once")
     if resident * v.num_warps < M.FULL_RATE_WARPS:
         row["flags"].append(f"{limit} allow {resident} program(s) of {v.num_warps} warps per SM: time x "
-                            f"{M.latency_factor(resident * v.num_warps):g} (the model's rates need "
+                            f"{factor:g} (the model's rates need "
                             f"{M.FULL_RATE_WARPS} resident warps)")
     if programs < M.SMS:
         row["flags"].append(f"grid of {programs} programs fills fewer than {M.SMS} SMs (the model assumes all)")
