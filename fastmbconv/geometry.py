@@ -8,6 +8,8 @@ arguments, the roofline and ragged batches.
 from __future__ import annotations
 
 import numbers
+import threading
+from collections import OrderedDict
 from typing import Literal, Sequence
 
 import torch
@@ -61,9 +63,9 @@ class RaggedSizes:
     and launch arguments, so they stay host values for the whole forward and their arithmetic
     is plain Python (under ``torch.export`` a torch op on them would be traced as data and
     could not choose offsets); the device tensors built from them (sizes, per-image padding,
-    pixel counts, masks) are non-blocking uploads, each made once per distinct layer geometry
-    and cached here. Reading sizes from a CUDA tensor would cost a host sync per layer;
-    :meth:`from_user` costs one at most, and none for a list or CPU tensor.
+    pixel counts) are non-blocking uploads, each made once per distinct set of values and
+    shared by every forward (:func:`device_view`). Reading sizes from a CUDA tensor would cost
+    a host sync per layer; :meth:`from_user` costs one at most, and none for a list or CPU tensor.
     """
 
     def __init__(self, sizes):
@@ -132,22 +134,15 @@ class RaggedSizes:
         return self._cache[key]
 
     def on(self, device, what: str = "sizes", kernel: int = 0, stride: int = 1, pad_mode: PadMode = "same") -> torch.Tensor:
-        """A cached device copy: ``"sizes"`` int32 (N, 2), ``"padding"`` int32 (N, 2) (top, left)
-        for the given conv, or ``"counts"`` float32 (N,) valid pixels per image."""
-        device = torch.device(device)
-        key = (what, str(device)) + ((kernel, stride, pad_mode) if what == "padding" else ())
-        if key not in self._cache:
-            if what == "sizes":
-                host = torch.tensor(self.host, dtype=torch.int32).reshape(-1, 2)
-            elif what == "padding":
-                host = torch.tensor(self.padding(kernel, stride, pad_mode), dtype=torch.int32).reshape(-1, 2)
-            elif what == "counts":
-                host = torch.tensor([h * w for h, w in self.host], dtype=torch.float32)
-            else:
-                raise ValueError(f"unknown device view {what!r}")
-            # non_blocking: uploading host sizes must not wait for the kernels already queued
-            self._cache[key] = host.to(device, non_blocking=True)
-        return self._cache[key]
+        """A device copy (see :func:`device_view`): ``"sizes"`` int32 (N, 2), ``"padding"`` int32
+        (N, 2) (top, left) for the given conv, or ``"counts"`` float32 (N,) valid pixels per image."""
+        if what == "sizes":
+            return device_view(self.host, torch.int32, device)
+        if what == "padding":
+            return device_view(tuple(self.padding(kernel, stride, pad_mode)), torch.int32, device)
+        if what == "counts":
+            return device_view(tuple(h * w for h, w in self.host), torch.float32, device)
+        raise ValueError(f"unknown device view {what!r}")
 
     def mask(self, height: int, width: int, device) -> torch.Tensor:
         """Boolean (N, 1, H, W) mask of each image's valid region, on ``device``."""
@@ -166,3 +161,47 @@ class RaggedSizes:
         valid = torch.where(self.mask(x.shape[-2], x.shape[-1], x.device), x, x.new_zeros(()))
         summed = valid.sum((2, 3), keepdim=True, dtype=torch.float32)
         return (summed / self.on(x.device, "counts").float().view(-1, 1, 1, 1)).to(x.dtype)
+
+
+DEVICE_VIEWS_MAX = 1024  # distinct (values, dtype, device) uploads kept; each is a few hundred bytes
+_device_views: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_captured_views: set = set()  # keys read during a CUDA-graph capture: a graph replays their addresses
+_views_lock = threading.Lock()
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def device_view(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    """``values`` (host ints, flat or rows) as a read-only ``dtype`` tensor on ``device``, shared by
+    every forward with the same values: each ragged forward builds its :class:`RaggedSizes` anew,
+    and a CUDA graph cannot capture a host-to-device copy, so the upload happens once, outside
+    capture, and a captured forward reads the cached tensor. A tensor read during a capture is
+    never evicted (its graph may replay it); others go least recently used first."""
+    device = torch.device(device)
+    if torch.compiler.is_compiling():  # traced as a constant of the graph; no shared state there
+        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (values, dtype, device)
+    capturing = _capturing(device)
+    with _views_lock:
+        view = _device_views.get(key)
+        if view is not None:
+            _device_views.move_to_end(key)
+            if capturing:
+                _captured_views.add(key)
+            return view
+    if capturing:
+        raise RuntimeError(
+            "a ragged batch's sizes must reach the GPU before CUDA-graph capture: run the forward "
+            "once with the same valid_sizes (and input size) outside capture, then capture it")
+    # non_blocking: uploading host sizes must not wait for the kernels already queued
+    view = torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    with _views_lock:
+        _device_views[key] = view
+        evictable = (k for k in list(_device_views) if k not in _captured_views)
+        for _, k in zip(range(len(_device_views) - DEVICE_VIEWS_MAX), evictable):
+            del _device_views[k]
+    return view

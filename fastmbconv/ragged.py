@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .geometry import RaggedSizes, out_size
+from .geometry import RaggedSizes, device_view, out_size
 
 
 def mask_invalid(x: torch.Tensor, sizes: RaggedSizes) -> torch.Tensor:
@@ -41,7 +41,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     out = x.new_empty((x.shape[0], weight.shape[0], H_out, W_out)).contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     for top, left in sorted(set(offsets)):
-        idx = torch.tensor([i for i, o in enumerate(offsets) if o == (top, left)]).to(x.device, non_blocking=True)
+        idx = device_view(tuple(i for i, o in enumerate(offsets) if o == (top, left)), torch.int64, x.device)
         bottom = max(0, (H_out - 1) * s + k - top - H)
         right = max(0, (W_out - 1) * s + k - left - W)
         xi = F.pad(x.index_select(0, idx), (left, right, top, bottom))

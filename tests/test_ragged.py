@@ -123,6 +123,70 @@ def test_fused_forward_reads_no_device_values(features_only, is_ragged):
     assert shapes[-1] == ((3, 320, 2, 2) if features_only else (3, 1000))
 
 
+def _count_uploads(monkeypatch):
+    """A list that receives the shape of every host-to-device copy (``Tensor.to``) made."""
+    uploads = []
+    to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        out = to(self, *args, **kwargs)
+        if self.device.type == "cpu" and out.device.type != "cpu":
+            uploads.append(tuple(self.shape))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    return uploads
+
+
+@pytest.fixture
+def fresh_views(monkeypatch):
+    """An empty cache of device views (:func:`fastmbconv.geometry.device_view`) for one test."""
+    from fastmbconv import geometry
+
+    monkeypatch.setattr(geometry, "_device_views", type(geometry._device_views)())
+    monkeypatch.setattr(geometry, "_captured_views", set())
+    return geometry
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_a_repeated_ragged_forward_uploads_nothing(monkeypatch, fresh_views, backend):
+    """A CUDA graph cannot capture a host-to-device copy (nor replay one from a host buffer
+    freed since), so the second forward with the same sizes, the one a user would capture,
+    must find every device view of its sizes already uploaded."""
+    if backend == "fused":
+        pytest.importorskip("triton")
+    model = fm.efficientnet_b0(pad_mode="same").eval().to("meta")
+    x = torch.empty(3, 3, 64, 48, device="meta")
+    with torch.no_grad(), fm.use_backend(backend):
+        model(x, valid_sizes=META_SIZES)
+        uploads = _count_uploads(monkeypatch)
+        model(x, valid_sizes=[list(r) for r in META_SIZES])
+        assert uploads == []
+        model(x, valid_sizes=[[64, 48], [33, 47], [9, 1]])  # new sizes: uploaded again
+    assert (3, 2) in uploads and (3,) in uploads
+
+
+def test_capture_of_sizes_never_uploaded_names_the_fix(monkeypatch, fresh_views):
+    geometry = fresh_views
+    monkeypatch.setattr(geometry, "_capturing", lambda device: True)
+    with pytest.raises(RuntimeError, match="once with the same valid_sizes.*outside capture"):
+        geometry.RaggedSizes([(5, 3), (2, 2)]).on("meta", "padding", 3, 2, "same")
+
+
+def test_device_views_read_in_a_capture_are_never_evicted(monkeypatch, fresh_views):
+    geometry = fresh_views
+    monkeypatch.setattr(geometry, "DEVICE_VIEWS_MAX", 4)
+    captured = geometry.device_view(((1, 2),), torch.int32, "meta")
+    monkeypatch.setattr(geometry, "_capturing", lambda device: True)
+    assert geometry.device_view(((1, 2),), torch.int32, "meta") is captured
+    monkeypatch.setattr(geometry, "_capturing", lambda device: False)
+    others = [geometry.device_view((i,), torch.float32, "meta") for i in range(10)]
+    assert geometry.device_view(((1, 2),), torch.int32, "meta") is captured  # kept past the limit
+    assert len(geometry._device_views) == 4
+    assert geometry.device_view((9,), torch.float32, "meta") is others[9]  # the newest stay
+    assert geometry.device_view((0,), torch.float32, "meta") is not others[0]  # the oldest went
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["reference", "fused"])
 def test_cuda_ragged_forward_makes_no_host_sync(backend):

@@ -135,20 +135,24 @@ def test_whole_b0_compiles_as_one_graph_and_sees_bn_edits():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("ragged", [False, True], ids=["dense", "ragged"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_cuda_graph_capture_of_whole_model(dtype):
+def test_cuda_graph_capture_of_whole_model(dtype, ragged):
+    """Warm-up outside capture compiles, autotunes, folds BN and uploads a ragged batch's sizes
+    (fixed at capture); the replays must match eager forwards on new inputs."""
     model = randomize_bn(fm.efficientnet_b0(pad_mode="same")).eval().to("cuda", dtype)
     static_x = torch.randn(8, 3, 224, 224, device="cuda", dtype=dtype)
+    sizes = [[224, 224], [161, 97], [224, 33], [7, 5], [100, 224], [224, 224], [31, 200], [1, 1]] if ragged else None
     with torch.inference_mode(), fm.use_backend("fused"):
-        eager = model(static_x)  # warm-up: JIT-compiles the kernels and folds BN outside capture
+        eager = model(static_x, sizes)  # the warm-up
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            model(static_x)
+            model(static_x, sizes)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_out = model(static_x)
+            static_out = model(static_x, sizes)
         graph.replay()
         torch.cuda.synchronize()
         torch.testing.assert_close(static_out, eager, atol=2e-2, rtol=2e-2)
@@ -156,7 +160,7 @@ def test_cuda_graph_capture_of_whole_model(dtype):
         static_x.copy_(new_x)
         graph.replay()
         torch.cuda.synchronize()
-        torch.testing.assert_close(static_out, model(new_x), atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(static_out, model(new_x, sizes), atol=2e-2, rtol=2e-2)
 
 
 @pytest.mark.gpu
