@@ -17,6 +17,14 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def dot_fp32(dtype: torch.dtype) -> bool:
+    """The kernels' ``DOT_FP32``: products as fp32 FMAs (``input_precision="ieee"``, no TF32) for
+    fp32 operands, and for bf16 under the interpreter, which holds bf16 as raw integers (its bf16
+    dot is meaningless). fp16 operands take the tensor-core dot everywhere: the interpreter's fp16
+    dot multiplies exactly and sums in fp32, as tensor cores do, so CPU tests run the GPU's branch."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreting())
+
+
 def silu_math(dtype: torch.dtype, device: torch.device) -> int:
     """The kernels' ``MATH`` code (see :mod:`._math`): SiLU in the tanh form for fp16/bf16
     activations (``FASTMBCONV_SILU=sigmoid`` forces the sigmoid form there too, to rule the

@@ -47,6 +47,7 @@ from ._utils import (
     check_tensor,
     check_valid_sizes,
     conv2d_ref,
+    dot_fp32,
     empty_like_format,
     interpreting,
     needs_int64,
@@ -129,7 +130,7 @@ def _dwconv_bn_act_kernel(
             xv = tl.load(x_row + kj * SXW, mask=ok, other=0.0)
             if MMA:
                 wv = tl.load(w_tap0 + (ki * KSIZE + kj) * C * 16, mask=w_ok, other=0.0)
-                if DOT_FP32:  # the interpreter: its fp16/bf16 dot is not the GPU's (exact products, fp32 sums)
+                if DOT_FP32:  # bf16 under the interpreter, whose bf16 dot is not the GPU's (see dot_fp32)
                     acc = tl.dot(xv.to(tl.float32), wv.to(tl.float32), acc, input_precision="ieee")
                 else:
                     acc = tl.dot(xv, wv, acc)
@@ -303,7 +304,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
     ), dict(
         C_UNIT=c_unit, SXW=x.stride(3), SOW_UNIT=sow_unit, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
         MATH=silu_math(x.dtype, x.device),
-        WITH_POOL=with_pool, RAGGED=ragged, INT64=needs_int64(x, out), MMA=mma, DOT_FP32=interpreting(),
+        WITH_POOL=with_pool, RAGGED=ragged, INT64=needs_int64(x, out), MMA=mma, DOT_FP32=dot_fp32(x.dtype),
         EVEN_C=mma and C % block_c == 0,  # the autotuned FMA variant's BLOCK_C varies: never claimed there
         TILE_H=tile_h, TILE_W=tile_w, **config,
     ), on=x)

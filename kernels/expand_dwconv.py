@@ -72,6 +72,7 @@ from ._utils import (
     check_ragged_args,
     check_tensor,
     check_valid_sizes,
+    dot_fp32,
     empty_like_format,
     interpreting,
     needs_int64,
@@ -209,7 +210,7 @@ def _expand_dwconv_kernel(
                     wv = _tap_weights(w_tap0, w_ok, t, WD_STRIDE, WD_EVEN)
                 xv = group[t - t0]
                 if MMA:
-                    if DOT_FP32:  # the interpreter: its fp16/bf16 dot is not the GPU's
+                    if DOT_FP32:  # fp32, or bf16 under the interpreter (see dot_fp32)
                         dacc = tl.dot(xv.to(tl.float32), wv.to(tl.float32), dacc, input_precision="ieee")
                     else:
                         dacc = tl.dot(xv, wv, dacc)
@@ -312,7 +313,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         C_BLOCKS=c_blocks, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
         MATH=silu_math(x.dtype, x.device),
         RAGGED=ragged,
-        INT64=needs_int64(x, out), DOT_FP32=interpreting() or x.dtype == torch.float32,
+        INT64=needs_int64(x, out), DOT_FP32=dot_fp32(x.dtype),
         TILE_H=tile_h, TILE_W=tile_w, PIXELS=pixels, HALO_W=halo_w, HALO_PITCH=pitch,
         HALO=halo_h * pitch,
         CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,

@@ -36,6 +36,8 @@ from ._utils import (
     check_1x1_weight,
     check_activation,
     check_tensor,
+    check_valid_sizes,
+    dot_fp32,
     empty_like_format,
     interpreting,
     needs_int64,
@@ -124,9 +126,10 @@ def _pointwise_gated_kernel(
 
 
 @triton.jit
-def _pool_finish_kernel(part_ptr, valid_ptr, out_ptr, HW, O, tiles_per_image, RAGGED: tl.constexpr,
+def _pool_finish_kernel(part_ptr, valid_ptr, out_ptr, HW, W, O, tiles_per_image, RAGGED: tl.constexpr,
                         BLOCK_O: tl.constexpr):
-    """out[n, o] = (sum of image n's tiles) / its pixel count, in a fixed order."""
+    """out[n, o] = (sum of image n's tiles) / its pixel count, in a fixed order. A ragged size
+    is clamped into the map (as the tiles' masks clamp it), and an empty image's mean is 0."""
     n = tl.program_id(0)
     offs_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = offs_o < O
@@ -134,7 +137,9 @@ def _pool_finish_kernel(part_ptr, valid_ptr, out_ptr, HW, O, tiles_per_image, RA
     for t in range(0, tiles_per_image):
         acc += tl.load(part_ptr + (n.to(tl.int64) * tiles_per_image + t) * O + offs_o, mask=o_ok, other=0.0)
     if RAGGED:
-        acc = acc / (tl.load(valid_ptr + 2 * n) * tl.load(valid_ptr + 2 * n + 1)).to(tl.float32)
+        h = tl.minimum(tl.maximum(tl.load(valid_ptr + 2 * n), 0), HW // W)
+        w = tl.minimum(tl.maximum(tl.load(valid_ptr + 2 * n + 1), 0), W)
+        acc = acc / tl.maximum(h * w, 1).to(tl.float32)
     else:
         acc = acc / HW
     tl.store(out_ptr + n.to(tl.int64) * O + offs_o, acc.to(out_ptr.dtype.element_ty), mask=o_ok)
@@ -209,7 +214,7 @@ def _check_args(x, weight, bias, gate, residual, act, pool_only, valid_hw):
         if tuple(gate.shape) != (N, K):
             raise ValueError(f"{OP}: gate must be ({N}, {K}) fp32, got {tuple(gate.shape)}")
     if residual is not None:
-        check_tensor(OP, "residual", residual, ndim=4, device=dev)
+        check_tensor(OP, "residual", residual, ndim=4, dtypes=(x.dtype,), device=dev)
         if tuple(residual.shape) != (N, O, H, W):
             raise ValueError(f"{OP}: residual must have shape {(N, O, H, W)}, got {tuple(residual.shape)}")
     check_activation(OP, "act", act)
@@ -219,6 +224,7 @@ def _check_args(x, weight, bias, gate, residual, act, pool_only, valid_hw):
         check_tensor(OP, "valid_hw", valid_hw, ndim=2, dtypes=(torch.int32,), device=dev)
         if tuple(valid_hw.shape) != (N, 2):
             raise ValueError(f"{OP}: valid_hw must have shape ({N}, 2), got {tuple(valid_hw.shape)}")
+        check_valid_sizes(OP, valid_hw, H, W)
     return N, K, H, W, O
 
 
@@ -290,13 +296,13 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
     ), dict(
         HAS_GATE=gate is not None, HAS_RES=residual is not None, ACT=ACT_CODES[act],
         MATH=silu_math(x.dtype, x.device), POOL_ONLY=pool_only, RAGGED=ragged,
-        DOT_FP32=interpreting() or x.dtype == torch.float32, DENSE_ROWS=dense, INT64=int64, **config,
+        DOT_FP32=dot_fp32(x.dtype), DENSE_ROWS=dense, INT64=int64, **config,
     ), on=x)
     if pool_only:
         block_o = min(1024, max(16, next_pow2(O)))
         launch(OP + "[pool]", _pool_finish_kernel, (N, triton.cdiv(O, block_o)), dict(
             part_ptr=partials, valid_ptr=valid_hw.contiguous() if ragged else bias, out_ptr=pooled,
-            HW=H * W, O=O, tiles_per_image=tiles_per_image,
+            HW=H * W, W=W, O=O, tiles_per_image=tiles_per_image,
         ), dict(RAGGED=ragged, BLOCK_O=block_o, num_warps=4), on=x)
     return out, pooled
 
@@ -389,6 +395,7 @@ def pointwise_gated_ref(x, weight, bias, gate=None, residual=None, act="identity
         count = x.shape[2] * x.shape[3]
         if valid_hw is not None:
             y = y * valid_mask(valid_hw, *x.shape[-2:])[:, None]
-            count = valid_hw.prod(1, keepdim=True).to(compute_dtype)
+            hw = torch.stack([valid_hw[:, 0].clamp(0, x.shape[2]), valid_hw[:, 1].clamp(0, x.shape[3])], 1)
+            count = hw.prod(1, keepdim=True).clamp_min(1).to(compute_dtype)
         return y.sum((2, 3)) / count
     return y

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._launch import call_op, launch
-from ._utils import FLOAT_DTYPES, check_tensor, interpreting, next_pow2
+from ._utils import FLOAT_DTYPES, check_tensor, dot_fp32, interpreting, next_pow2
 
 OP = "squeeze_excite_gate"
 
@@ -123,7 +123,7 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
         wr_ptr=w_reduce.reshape(R, C).contiguous(), br_ptr=b_reduce.contiguous(),
         we_ptr=w_expand.reshape(C, R).contiguous(), be_ptr=b_expand.contiguous(), gate_ptr=gate,
         N=N, C=C, R=R, T=T, inv_count=1.0 / max(hw, 1), gate_groups=groups,
-    ), dict(HAS_COUNT=count is not None, DOT_FP32=interpreting() or lowp is None, BLOCK_N=block_n,
+    ), dict(HAS_COUNT=count is not None, DOT_FP32=lowp is None or dot_fp32(lowp), BLOCK_N=block_n,
             BLOCK_C=block_c, BLOCK_R=block_r, BLOCK_G=block_g, num_warps=4), on=partials)
     return gate
 

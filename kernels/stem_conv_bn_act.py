@@ -28,6 +28,7 @@ from ._utils import (
     check_tensor,
     check_valid_sizes,
     conv2d_ref,
+    dot_fp32,
     interpreting,
     needs_int64,
     next_pow2,
@@ -169,7 +170,7 @@ def stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, va
     ), dict(
         C_IN=C_in, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
         MATH=silu_math(out_dtype, x.device), RAGGED=ragged,
-        INT64=needs_int64(x, out), DOT_FP32=interpreting() or out_dtype == torch.float32,
+        INT64=needs_int64(x, out), DOT_FP32=dot_fp32(out_dtype),
         TILE_H=tile_h, TILE_W=tile_w, BLOCK_K=block_k, BLOCK_CO=max(16, next_pow2(C_out)), num_warps=4,
     ), on=x)
     return out

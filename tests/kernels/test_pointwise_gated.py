@@ -117,6 +117,19 @@ def test_ragged_pool_averages_only_valid_pixels():
     torch.testing.assert_close(means[1], alone[0], atol=1e-5, rtol=1e-5)
 
 
+def test_ragged_pool_clamps_sizes_it_cannot_check(monkeypatch):
+    """CUDA sizes are not checked (that would sync): out of the map they are clamped into it,
+    and an image with no valid pixel averages to 0, never inf."""
+    monkeypatch.setattr(module, "check_valid_sizes", lambda *args: None)
+    x, w, bias, _, _ = make(3, 24, 40, 5, 4)
+    valid = torch.tensor([[9, 4], [0, 3], [2, -1]], dtype=torch.int32, device=DEVICE)
+    means = check(x, w, bias, act="silu", pool_only=True, valid_hw=valid)
+    clamped = pointwise_gated(x, w, bias, act="silu", pool_only=True, impl="triton",
+                              valid_hw=torch.tensor([[5, 4], [1, 1], [1, 1]], dtype=torch.int32, device=DEVICE))
+    torch.testing.assert_close(means[0], clamped[0])
+    assert means[1:].abs().max() == 0
+
+
 def test_pool_is_bitwise_repeatable(small_tiles):
     """No atomics: each tile writes its own slots, added up in a fixed order."""
     x, w, bias, _, _ = make(6, 24, 40, 5, 3)
@@ -165,12 +178,48 @@ def test_empty_batch():
     assert out.shape == (0, 40, 5, 5) and pooled.shape == (0, 40) and sum(launches.values()) == 0
 
 
+def test_fp16_products_take_the_tensor_core_dot_here_as_on_a_gpu(monkeypatch):
+    """``dot_fp32``: the interpreter's fp16 dot multiplies exactly and sums in fp32 as tensor
+    cores do, so fp16 runs the GPU's branch in every CPU test; only bf16 (held as raw integers
+    by the interpreter) falls back to fp32 products here, and never on a GPU."""
+    from fastmbconv.kernels._launch import record_launches
+    from fastmbconv.kernels._utils import dot_fp32
+
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    with record_launches() as planned:
+        for dtype in dtypes:
+            x, w, bias, _, _ = make(1, 16, 16, 2, 2, dtype)
+            pointwise_gated(x, w, bias, impl="triton")
+    assert [r.constexprs["DOT_FP32"] for r in planned] == [True, False, True]
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert [dot_fp32(d) for d in dtypes] == [True, False, False]
+
+
+GPU_TILES = sorted(set(module._GPU_CONFIGS + module._FP32_SMALL_GATED_CONFIGS + module._NARROW_CONFIGS))
+
+
+@pytest.mark.parametrize("tile", GPU_TILES, ids=lambda t: "x".join(map(str, t)))
+def test_tensor_core_branch_with_every_gpu_tile(monkeypatch, tile):
+    """Every tile the autotuner may pick on a GPU, on fp16's tensor-core branch (see
+    ``dot_fp32``): the interpreter otherwise runs its own few large tiles."""
+    block_m, block_n, block_k, warps, stages = tile
+    monkeypatch.setattr(module, "_heuristic", lambda *args, **kwargs: {
+        "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages})
+    for N, K, O, H, W in [(3, 40, 24, 7, 5), (2, 96, 136, 5, 9)]:
+        x, w, bias, gate, res = make(N, K, O, H, W, torch.float16)
+        check(x, w, bias, act="silu")
+        check(x, w, bias, gate=gate, residual=res, act="silu")
+        check(x, w, bias, gate=gate, act="silu", pool_only=True)
+
+
 @pytest.mark.parametrize("case,exc,words", [
     ("weight dtype", TypeError, "weight dtype"),
     ("weight width", ValueError, "channels"),
     ("fp16 bias", TypeError, "bias"),
     ("gate shape", ValueError, "gate"),
     ("residual shape", ValueError, "residual"),
+    ("fp16 residual of fp32 x", TypeError, "residual"),
+    ("valid size past the map", ValueError, "valid_hw must lie in"),
     ("bad act", ValueError, "swish"),
     ("valid without pool", ValueError, "pool_only"),
     ("bad impl", ValueError, "impl"),
@@ -188,6 +237,10 @@ def test_bad_input(case, exc, words):
         kw["gate"] = gate[:1]
     elif case == "residual shape":
         kw["residual"] = res[:, :3]
+    elif case == "fp16 residual of fp32 x":
+        kw["residual"] = res.half()
+    elif case == "valid size past the map":
+        kw.update(pool_only=True, valid_hw=torch.tensor([[5, 5], [6, 1]], dtype=torch.int32, device=DEVICE))
     elif case == "bad act":
         kw["act"] = "swish"
     elif case == "valid without pool":
