@@ -3,7 +3,6 @@
 one) and builds the optional ``fastmbconv._C`` extension."""
 import glob
 import os
-import shutil
 import sys
 
 from setuptools import find_packages, setup
@@ -41,7 +40,7 @@ def extensions():
     with_cuda = (
         bool(torch.version.cuda)
         and nvcc is not None
-        and (os.path.exists(nvcc) or shutil.which("nvcc") is not None)
+        and os.path.exists(nvcc)  # torch builds with CUDA_HOME's nvcc, not one found elsewhere on PATH
         and bool(cu)
         and os.environ.get("FASTMBCONV_NO_CUDA", "0") in ("", "0")
     )

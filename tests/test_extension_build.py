@@ -132,12 +132,13 @@ def test_setup_builds_cpu_extension_without_cuda(monkeypatch):
     assert "build_ext" in cmdclass
 
 
-def test_setup_adds_cuda_sources_when_torch_has_cuda(monkeypatch):
+def test_setup_adds_cuda_sources_when_torch_has_cuda(monkeypatch, tmp_path):
     import torch.utils.cpp_extension as cpp_ext
 
     monkeypatch.setattr(torch.version, "cuda", "12.8")
-    monkeypatch.setattr(cpp_ext, "CUDA_HOME", "/nonexistent/cuda")
-    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: "/usr/bin/" + name)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvcc").touch()
+    monkeypatch.setattr(cpp_ext, "CUDA_HOME", str(tmp_path))
     monkeypatch.setenv("FASTMBCONV_NO_CUDA", "0")
     # CUDAExtension probes the toolkit's library folder; record the call instead.
     made = {}
@@ -158,6 +159,13 @@ def test_setup_adds_cuda_sources_when_torch_has_cuda(monkeypatch):
     made.clear()
     _load_extensions_function()()
     assert not made  # forced CPU-only build
+
+    # torch compiles with CUDA_HOME's nvcc: one elsewhere on PATH would not build, so CPU only
+    monkeypatch.setenv("FASTMBCONV_NO_CUDA", "0")
+    monkeypatch.setattr(cpp_ext, "CUDA_HOME", str(tmp_path / "nonexistent"))
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: "/usr/bin/" + name)
+    _load_extensions_function()()
+    assert not made
 
 
 def test_torch_is_not_a_build_requirement():

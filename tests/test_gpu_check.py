@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -282,6 +283,11 @@ def test_first_stage_is_correctness_then_headline_speed_within_its_budget(tmp_pa
     own = ["tests-quick", "warm", "bench-headline", "merge-bench"]
     assert list(steps) == ["preflight", "restore-cache", "install", "env", *own]
     assert steps["tests-quick"].env["FASTMBCONV_AUTOTUNE"] == "0" and "gpu" in steps["tests-quick"].cmd
+    # several hundred kernel compiles do not fit the cap on one process: pytest-xdist (on the GPU
+    # image) spreads them, a file per worker; a hung test dumps its stack
+    cmd = " ".join(steps["tests-quick"].cmd)
+    assert "faulthandler_timeout=120" in cmd and ("--dist loadfile" in cmd) == bool(find_spec("xdist"))
+    assert "-n " not in " ".join(steps["tests-quick"].dry)  # dry runs stay one sampled process
     assert "not compile_max_autotune" in " ".join(steps["bench-headline"].cmd)
     assert {n: steps[n].cap_s for n in own[:3]} == stages.FIRST_CAPS
     # on time every step gets its whole cap: the caps plus the setup allowance fit the budget less its reserve
@@ -289,6 +295,19 @@ def test_first_stage_is_correctness_then_headline_speed_within_its_budget(tmp_pa
     assert all(steps[n].cap_s >= steps[n].min_s for n in own) and steps["merge-bench"].essential
     assert outfiles.stage_files("first") == outfiles.stage_files("speed")
     assert len(outfiles.stage_files("first")) == outfiles.MAX_FILES
+
+
+def test_install_retries_without_the_cuda_kernels(tmp_path):
+    """A CUDA extension that fails to build on the loaned machine must not take the Triton
+    kernels' tests with it: the install runs once more with FASTMBCONV_NO_CUDA=1."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "$FASTMBCONV_NO_CUDA $*" >> "$(dirname "$0")/calls"\n'
+                    '[ "$FASTMBCONV_NO_CUDA" = 1 ]\n')
+    fake.chmod(0o755)
+    run = subprocess.run(setup_steps.install_cmd(str(fake)), capture_output=True, text=True, env={**os.environ, "FASTMBCONV_NO_CUDA": ""})
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert run.returncode == 0 and "retrying without the CUDA kernels" in run.stderr
+    assert [c.split(" ", 1)[0] for c in calls] == ["", "1"] and calls[1].endswith("--no-deps -e .")
 
 
 def test_other_stages_keep_their_caps_and_all_is_verify_speed_profile(tmp_path):

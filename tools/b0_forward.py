@@ -84,8 +84,8 @@ def warm(a) -> int:
                "ok": good}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps({"rows": rows, "max_rel_err": a.max_rel_err}, indent=2))
+        if a.json:  # after each batch: a step stopped at its cap keeps the batches it finished
+            Path(a.json).write_text(json.dumps({"rows": rows, "max_rel_err": a.max_rel_err}, indent=2))
     return 0 if ok else 1
 
 

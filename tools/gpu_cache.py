@@ -88,7 +88,7 @@ def autotune_picks(root: Path) -> list[dict]:
 
 def _pack_once(root: Path, archive: Path, manifest: dict, keep) -> int:
     tmp = archive.with_name(archive.name + ".tmp")
-    with tarfile.open(tmp, "w:gz") as tf:
+    with tarfile.open(tmp, "w:gz", compresslevel=6) as tf:  # 3x gzip -9's speed, 5% larger
         data = json.dumps(manifest, indent=2, default=str).encode()
         info = tarfile.TarInfo(MANIFEST)
         info.size, info.mtime = len(data), int(time.time())

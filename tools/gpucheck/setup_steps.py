@@ -8,6 +8,7 @@ import importlib.metadata as md
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -211,12 +212,23 @@ def probe_env_main(path: str) -> int:
     return 0
 
 
+def install_cmd(py: str) -> list[str]:
+    """The offline editable install, and if it fails (the CUDA extension has never been built
+    with this machine's toolkit) once more without the extension's CUDA kernels: every later
+    step needs ``fastmbconv.kernels``, which only the install maps, and the Triton kernels do not
+    need the extension (the env step records whether its CUDA kernels were built)."""
+    pip = " ".join(shlex.quote(a) for a in [py, "-m", "pip", "install", "--no-index", "--no-build-isolation",
+                                             "--no-deps", "-e", "."])
+    return ["sh", "-c", f"{pip} || {{ echo 'install: retrying without the CUDA kernels' >&2; FASTMBCONV_NO_CUDA=1 {pip}; }}"]
+
+
 def setup_steps(c: Check) -> list[Step]:
-    install = Step("install", [c.py, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "-e", "."],
+    install = Step("install", install_cmd(c.py),
                    dry_install, cap_s=300, min_s=10, needs=("preflight",),
                    dry_note="fastmbconv is installed and its extension is up to date (a foreign install is in the notes)",
                    env=c.install_env,
-                   what="offline editable install; builds fastmbconv._C (with its CUDA kernels when nvcc is present)")
+                   what="offline editable install; builds fastmbconv._C (with its CUDA kernels when nvcc is present, "
+                        "else, or if that build fails, without them)")
     return [Step("preflight", fn=preflight, needs=(), essential=True),
             Step("restore-cache", fn=restore_cache, needs=("preflight",), essential=True), install,
             Step("env", fn=probe_env, needs=("preflight",), essential=True)]

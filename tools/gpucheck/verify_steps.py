@@ -3,6 +3,7 @@ B0 warm-up (which the first, speed and profile stages also run), and compute-san
 memcheck over the tests. Each has a dry variant: a sample of interpreter tests on a CPU."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -28,8 +29,18 @@ def dry_sample(n: int, seconds: float) -> list[str]:
     return ["--gc-sample", str(n), "--gc-seconds", DRY_SECONDS or str(seconds)]
 
 
+def parallel_args() -> list[str]:
+    """Where pytest-xdist is installed, one worker per two cores (at most 8), a test file per
+    worker: the CUDA tests' time goes mostly to compiling kernels on the CPU, about 2 s each for
+    several hundred specialisations. A hung test dumps its stack after 120 s."""
+    hang = ["-o", "faulthandler_timeout=120"]
+    if importlib.util.find_spec("xdist") is None:
+        return hang
+    return ["-n", str(max(1, min(8, (os.cpu_count() or 2) // 2))), "--dist", "loadfile", *hang]
+
+
 def test_step(c: Check, name: str, autotune: bool, cap: float) -> Step:
-    gpu, junit = pytest_cmd(c, name, GPU_MARK)
+    gpu, junit = pytest_cmd(c, name, GPU_MARK, extra=parallel_args())
     # dry: the interpreter never autotunes, so the second run only proves the plumbing again
     dry, _ = pytest_cmd(c, name, DRY_MARK, extra=dry_sample(2, 5) if autotune else dry_sample(DRY_SAMPLE, 15))
     return Step(name, gpu, dry, cap_s=cap, min_s=30, junit=junit, env={"FASTMBCONV_AUTOTUNE": "1" if autotune else "0"},
