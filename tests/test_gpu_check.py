@@ -288,6 +288,8 @@ def test_first_stage_is_correctness_then_headline_speed_within_its_budget(tmp_pa
     cmd = " ".join(steps["tests-quick"].cmd)
     assert "faulthandler_timeout=120" in cmd and ("--dist loadfile" in cmd) == bool(find_spec("xdist"))
     assert "-n " not in " ".join(steps["tests-quick"].dry)  # dry runs stay one sampled process
+    autotuned = " ".join(_planned("verify", tmp_path)["tests-autotuned"].cmd)
+    assert "faulthandler_timeout" in autotuned and "-n " not in autotuned  # tuning times kernels alone
     assert "not compile_max_autotune" in " ".join(steps["bench-headline"].cmd)
     assert {n: steps[n].cap_s for n in own[:3]} == stages.FIRST_CAPS
     # on time every step gets its whole cap: the caps plus the setup allowance fit the budget less its reserve

@@ -31,8 +31,8 @@ def dry_sample(n: int, seconds: float) -> list[str]:
 
 def parallel_args() -> list[str]:
     """Where pytest-xdist is installed, one worker per two cores (at most 8), a test file per
-    worker: the CUDA tests' time goes mostly to compiling kernels on the CPU, about 2 s each for
-    several hundred specialisations. A hung test dumps its stack after 120 s."""
+    worker: with autotuning off the CUDA tests' time goes mostly to compiling kernels on the
+    CPU, about 2 s each for several hundred specialisations. A hung test dumps its stack."""
     hang = ["-o", "faulthandler_timeout=120"]
     if importlib.util.find_spec("xdist") is None:
         return hang
@@ -40,7 +40,8 @@ def parallel_args() -> list[str]:
 
 
 def test_step(c: Check, name: str, autotune: bool, cap: float) -> Step:
-    gpu, junit = pytest_cmd(c, name, GPU_MARK, extra=parallel_args())
+    # autotuning times configs on the GPU: alone, so that contention does not pick (and cache) them
+    gpu, junit = pytest_cmd(c, name, GPU_MARK, extra=["-o", "faulthandler_timeout=120"] if autotune else parallel_args())
     # dry: the interpreter never autotunes, so the second run only proves the plumbing again
     dry, _ = pytest_cmd(c, name, DRY_MARK, extra=dry_sample(2, 5) if autotune else dry_sample(DRY_SAMPLE, 15))
     return Step(name, gpu, dry, cap_s=cap, min_s=30, junit=junit, env={"FASTMBCONV_AUTOTUNE": "1" if autotune else "0"},
