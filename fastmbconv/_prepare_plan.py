@@ -239,6 +239,8 @@ def make_plan(images, size, mode, dtype, mean, std, align, device, interpolation
     if len(sizes) * 3 * out_h * out_w >= 2**63:
         raise ValueError(f"output of {len(sizes)} x 3 x {out_h} x {out_w} elements overflows int64 indexing")
     dev = torch.device(device) if device is not None else first.device
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())  # CUDA images then match it: no packing copy
     return Plan(items, batch, channels, sizes, list(scaled), list(corners), resized, out_h, out_w,
                 _FILTERS[(interpolation, antialias)] if mode != "pad" else 0, interpolation, dtype,
                 mean_l, std_l, dev)

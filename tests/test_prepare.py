@@ -298,6 +298,18 @@ def test_list_is_read_in_place():
     assert "aten::cat" not in names and "aten::copy_" not in names, names
 
 
+def test_cuda_without_an_index_is_the_current_gpu(monkeypatch):
+    """device="cuda" means the current GPU: the plan names it, so CUDA images already there
+    compare equal to it and are read in place (``cuda`` != ``cuda:0`` as torch devices)."""
+    from fastmbconv._prepare_plan import make_plan
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    plan = make_plan(_images(), 32, "letterbox", torch.float32, IMAGENET_MEAN, IMAGENET_STD, 8, "cuda", "bilinear",
+                     True, None)
+    assert plan.device == torch.device("cuda", 1)
+
+
 @pytest.mark.subprocess
 def test_missing_extension_error_names_build_command():
     import subprocess
@@ -350,6 +362,16 @@ def test_cuda_from_cpu_list_is_one_launch():
     assert out.is_cuda
     kernels = [e.name for e in prof.events() if "prepare_images_kernel" in e.name]
     assert len(kernels) == 1, kernels
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_list_on_the_gpu_is_read_in_place():
+    images = [im.cuda() for im in _images()]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out, _ = prepare_images(images, 64, mode="letterbox", dtype=torch.float16, device="cuda")
+    names = [e.name for e in prof.events()]
+    assert out.is_cuda and "aten::cat" not in names, names
 
 
 @needs_cuda
