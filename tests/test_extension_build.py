@@ -41,12 +41,19 @@ def test_cuda_kernel_compiles_with_bare_nvcc(tmp_path):
     assert sources, "csrc/ has no .cu file"
     for src in sources:
         out = tmp_path / (src.stem + ".o")
-        cmd = [nvcc, "-c", str(src), "-o", str(out), "-arch=sm_90", "-O2", "--fmad=false",
-               "-std=c++17", *COMMON_NVCC_FLAGS]
+        flags = ["-arch=sm_90", "-O2", "--fmad=false", "-std=c++17", *COMMON_NVCC_FLAGS]
+        cmd = [nvcc, "-c", str(src), "-o", str(out), *flags]
         assert not any(f.startswith("-I") for f in cmd)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
         assert out.stat().st_size > 0
+        # the CPU op's fp32 arithmetic, step for step: nvcc would contract a * b + c into fma
+        # (one rounding instead of two) without --fmad=false, which setup.py passes
+        ptx = tmp_path / (src.stem + ".ptx")
+        r = subprocess.run([nvcc, "-ptx", str(src), "-o", str(ptx), *flags], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert "fma.rn.f32" not in ptx.read_text() and "div.rn.f32" in ptx.read_text()
 
 
 @pytest.mark.subprocess
@@ -153,6 +160,7 @@ def test_setup_adds_cuda_sources_when_torch_has_cuda(monkeypatch, tmp_path):
     assert any(s.endswith(".cu") for s in made["sources"])
     assert any(s.endswith("_cuda.cpp") for s in made["sources"])
     assert ("FASTMBCONV_WITH_CUDA", "1") in made["define_macros"]
+    assert "--fmad=false" in made["extra_compile_args"]["nvcc"]  # see test_cuda_kernel_compiles_with_bare_nvcc
     assert "-g0" in made["extra_compile_args"]["cxx"]
 
     monkeypatch.setenv("FASTMBCONV_NO_CUDA", "1")
