@@ -57,3 +57,23 @@ def test_pool_key_holds_the_row_block(monkeypatch):
         pointwise.pointwise_gated_launch(torch.randn(n, 8, 2, 2), w, b, act="silu", pool_only=True)
     assert pointwise.batch_bucket(2) == pointwise.batch_bucket(8)
     assert keys[0] != keys[1]
+
+
+@pytest.mark.gpu
+def test_cuda_capture_of_a_shape_never_run_before():
+    """Inside a capture a shape never tuned takes the heuristic config, whose kernel may never
+    have been compiled either: Triton then compiles and loads it during the capture. Whether
+    the driver allows that in torch's default (global) capture mode is what this checks; if it
+    does not, select_kernel must refuse with a clear error instead."""
+    x = torch.randn(3, 44, 9, 7, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(28, 44, 1, 1, device="cuda", dtype=torch.float16) / 8, torch.randn(28, device="cuda")  # a shape no other test runs
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = pointwise.pointwise_gated(x, w, b, act="silu", impl="triton")
+    graph.replay()
+    torch.cuda.synchronize()
+    ref = pointwise.pointwise_gated_ref(x, w, b, act="silu", compute_dtype=torch.float64)
+    from fastmbconv.kernels.testing import assert_close_to_ref
+
+    assert_close_to_ref(out, ref, pointwise.pointwise_gated_ref(x, w, b, act="silu", compute_dtype=torch.float16))
