@@ -65,8 +65,9 @@ def test_cuda_capture_of_a_shape_never_run_before():
     have been compiled either: Triton then compiles and loads it during the capture. Whether
     the driver allows that in torch's default (global) capture mode is what this checks; if it
     does not, select_kernel must refuse with a clear error instead."""
+    # a shape no other test runs
     x = torch.randn(3, 44, 9, 7, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
-    w, b = torch.randn(28, 44, 1, 1, device="cuda", dtype=torch.float16) / 8, torch.randn(28, device="cuda")  # a shape no other test runs
+    w, b = torch.randn(28, 44, 1, 1, device="cuda", dtype=torch.float16) / 8, torch.randn(28, device="cuda")
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
