@@ -210,7 +210,7 @@ def _expand_dwconv_kernel(
                     wv = _tap_weights(w_tap0, w_ok, t, WD_STRIDE, WD_EVEN)
                 xv = group[t - t0]
                 if MMA:
-                    if DOT_FP32:  # fp32, or bf16 under the interpreter (see dot_fp32)
+                    if DOT_FP32:  # bf16 under the interpreter, whose bf16 dot is not the GPU's (see dot_fp32)
                         dacc = tl.dot(xv.to(tl.float32), wv.to(tl.float32), dacc, input_precision="ieee")
                     else:
                         dacc = tl.dot(xv, wv, dacc)
