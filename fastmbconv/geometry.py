@@ -170,7 +170,9 @@ _views_lock = threading.Lock()
 
 
 def _capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    from .kernels._utils import cuda_capturing
+
+    return device.type == "cuda" and cuda_capturing()
 
 
 def device_view(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:

@@ -144,11 +144,11 @@ def select_kernel(tuned, plain, key: tuple, heuristic: dict):
     benchmarking inside a capture fails (it synchronises and allocates); ``key`` must therefore
     hold everything the autotuner keys on, tensor dtypes included. Warm every shape up once
     before capturing to capture the tuned configs."""
-    from ._utils import use_autotune
+    from ._utils import cuda_capturing, use_autotune
 
     if not use_autotune():
         return plain, heuristic
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing() and key not in _tuned_keys:
+    if cuda_capturing() and key not in _tuned_keys:
         return plain, heuristic
     if getattr(_state, "recorder", None) is None:  # a recorded launch (record_launches) tunes nothing
         _tuned_keys.add(key)

@@ -17,6 +17,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def cuda_capturing() -> bool:
+    """Whether the current CUDA stream is being captured into a CUDA graph (False without CUDA)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def dot_fp32(dtype: torch.dtype) -> bool:
     """The kernels' ``DOT_FP32``: products as fp32 FMAs (``input_precision="ieee"``, no TF32) for
     fp32 operands, and for bf16 under the interpreter, which holds bf16 as raw integers (its bf16
