@@ -283,15 +283,14 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
         rows = N * tiles_per_image if pool_only else triton.cdiv(M, meta["BLOCK_M"])
         return (rows, triton.cdiv(O, meta["BLOCK_N"]))
 
-    zeros = (0, 0, 0, 0)
     launch(OP, kernel, grid, dict(
         x_ptr=x, w_ptr=weight.reshape(O, K).contiguous(), bias_ptr=bias.contiguous(),
         gate_ptr=gate.contiguous() if gate is not None else bias, res_ptr=residual if residual is not None else bias,
         out_ptr=bias if pool_only else out, part_ptr=partials, valid_ptr=valid_hw.contiguous() if ragged else bias,
         M=M, HW=H * W, W=W, K=K, O=O, tiles_per_image=tiles_per_image,
         **dict(zip(("sxn", "sxc", "sxh", "sxw"), x.stride())),
-        **dict(zip(("son", "soc", "soh", "sow"), zeros if pool_only else out.stride())),
-        **dict(zip(("srn", "src", "srh", "srw"), zeros if residual is None else residual.stride())),
+        **dict(zip(("son", "soc", "soh", "sow"), (0,) * 4 if pool_only else out.stride())),
+        **dict(zip(("srn", "src", "srh", "srw"), (0,) * 4 if residual is None else residual.stride())),
         batch_bucket=batch_bucket(N),
     ), dict(
         HAS_GATE=gate is not None, HAS_RES=residual is not None, ACT=ACT_CODES[act],
