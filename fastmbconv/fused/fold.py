@@ -7,6 +7,11 @@ fold is cached per compute dtype and redone whenever a parameter, buffer or subm
 replaced or modified in place. Under ``torch.compile`` the fold is traced into the graph instead
 (dynamo cannot trace the cache check): the compiled model then always reads the live weights,
 and with ``torch._inductor.config.freezing = True`` inductor constant-folds it away.
+
+A CUDA graph holds the addresses of the folded tensors its capture read, so those are never
+freed: a later refold writes its values into them (replays then see the new weights). A fold
+needed inside a capture is recorded into the graph and not cached, since its values exist only
+once a replay has run. Fold tensors never alias a parameter, so writing into them is safe.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from ..kernels import _utils
 from ..kernels.dwconv_bn_act import taps_diag, taps_major
 from ..kernels._expand_dw_tiles import pad_taps
 from ..layers import ConvBN
@@ -80,10 +86,10 @@ def fold_block(block, dtype: Optional[torch.dtype] = None) -> FoldedBlock:
         kernel=k, stride=p.stride, has_skip=p.has_skip, w_expand=w_expand, b_expand=b_expand,
         w_dw=w_dw, w_dw_mma=w_dw_mma, w_dw_fused=pad_taps(w_dw if w_dw_mma is None else w_dw_mma),
         dw_scale=dw_scale.contiguous(), dw_shift=dw_shift.contiguous(),
-        se_w_reduce=p.se.conv_reduce.weight.reshape(R, C).to(dtype).contiguous(),
-        se_b_reduce=p.se.conv_reduce.bias.float().contiguous(),
-        se_w_expand=p.se.conv_expand.weight.reshape(C, R).to(dtype).contiguous(),
-        se_b_expand=p.se.conv_expand.bias.float().contiguous(),
+        se_w_reduce=p.se.conv_reduce.weight.reshape(R, C).to(dtype, copy=True).contiguous(),
+        se_b_reduce=p.se.conv_reduce.bias.to(torch.float32, copy=True),
+        se_w_expand=p.se.conv_expand.weight.reshape(C, R).to(dtype, copy=True).contiguous(),
+        se_b_expand=p.se.conv_expand.bias.to(torch.float32, copy=True),
         w_project=w_project, b_project=b_project,
     )
 
@@ -106,6 +112,29 @@ def fold_model(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
         )
 
 
+def fold_tensors(fold: FoldedModel) -> list[Optional[torch.Tensor]]:
+    """Every tensor of a fold, in a fixed order (``None`` for an absent part)."""
+    out = [fold.stem_weight, fold.stem_bias, fold.head_weight, fold.head_bias]
+    for block in (b for stage in fold.stages for b in stage):
+        out += [v for v in vars(block).values() if not isinstance(v, (int, bool))]
+    return out
+
+
+def refill(captured: FoldedModel, fresh: FoldedModel) -> bool:
+    """Write ``fresh``'s values into ``captured``'s tensors; False (nothing written) where a
+    tensor's shape, dtype or device differs (e.g. after ``reset_classifier``)."""
+    old, new = fold_tensors(captured), fold_tensors(fresh)
+    same = [(a is None) == (b is None) and (a is None or (a.shape, a.dtype, a.device) == (b.shape, b.dtype, b.device))
+            for a, b in zip(old, new)]
+    if len(old) != len(new) or not all(same):
+        return False
+    with torch.inference_mode():  # the captured tensors may be inference tensors
+        for a, b in zip(old, new):
+            if a is not None:
+                a.copy_(b)
+    return True
+
+
 class FoldCache:
     """Folded weights per compute dtype, valid while the model's weights are unchanged.
 
@@ -115,12 +144,25 @@ class FoldCache:
     replaced parameter/submodule (new identity) makes the snapshot differ and forces a refold.
     Checking costs ~0.15 ms of host time on B0; CUDA-graph replays skip it entirely.
     Inference tensors have no version counter, so a model built under ``inference_mode`` is
-    refolded on every call (correct, slower)."""
+    refolded on every call (correct, slower).
 
-    def __init__(self, model):
+    ``captured``: the dtypes whose fold a CUDA-graph capture read. A refold writes into those
+    (see :func:`refill`), or, where it cannot, keeps them alive in ``kept``."""
+
+    def __init__(self, model, previous: Optional["FoldCache"] = None):
         self.modules = list(model.modules())
         self.snapshot = self.take_snapshot()
         self.by_dtype: dict[torch.dtype, FoldedModel] = {}
+        self.captured: set[torch.dtype] = set()
+        self.kept: list[FoldedModel] = list(previous.kept) if previous is not None else []
+        for dtype in sorted(previous.captured, key=str) if previous is not None else ():
+            fresh = fold_model(model, dtype)
+            if refill(previous.by_dtype[dtype], fresh):
+                self.by_dtype[dtype] = previous.by_dtype[dtype]
+                self.captured.add(dtype)
+            else:
+                self.kept.append(previous.by_dtype[dtype])
+                self.by_dtype[dtype] = fresh
 
     def take_snapshot(self) -> Optional[tuple]:
         members = [v for m in self.modules for d in (m._modules, m._parameters, m._buffers) for v in d.values()]
@@ -137,15 +179,23 @@ class FoldCache:
 
 def folded(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
     """The model's folded weights for compute ``dtype`` (default: the model's), from the cache
-    on the model when its weights are unchanged."""
+    on the model when its weights are unchanged. After changing the weights of a model whose
+    fold a CUDA graph captured, call this (or run a forward outside the graph) before replaying."""
     dtype = dtype or model.conv_stem.weight.dtype
     if torch.compiler.is_compiling():
         return fold_model(model, dtype)
+    capturing = _utils.cuda_capturing()
     cache = getattr(model, "_fused_fold_cache", None)
     if cache is None or not cache.still_valid():
-        cache = FoldCache(model)
+        if capturing:
+            return fold_model(model, dtype)
+        cache = FoldCache(model, previous=cache)
         # Bypass nn.Module.__setattr__: the cache is neither a parameter nor a submodule.
         object.__setattr__(model, "_fused_fold_cache", cache)
     if dtype not in cache.by_dtype:
+        if capturing:
+            return fold_model(model, dtype)
         cache.by_dtype[dtype] = fold_model(model, dtype)
+    if capturing:
+        cache.captured.add(dtype)
     return cache.by_dtype[dtype]

@@ -1,0 +1,125 @@
+"""The fold cache and CUDA graphs, on a CPU ("a capture is under way" is patched in).
+
+A graph holds the addresses of the folded tensors its capture read: a later refold must write
+into them rather than free them (the allocator would hand their memory to other tensors that
+replays then read), and a fold made inside a capture has no values until a replay runs, so it
+must not be cached for eager forwards."""
+import pytest
+import torch
+
+import fastmbconv as fm
+from fastmbconv import fused
+from fastmbconv.fused.fold import fold_tensors
+from fastmbconv.kernels import _utils
+
+from ..helpers import randomize_bn
+
+
+@pytest.fixture
+def capture(monkeypatch):
+    state = {"on": False}
+    monkeypatch.setattr(_utils, "cuda_capturing", lambda: state["on"])
+    return state
+
+
+def model_b0(**kw):
+    torch.manual_seed(0)
+    return randomize_bn(fm.efficientnet_b0(num_classes=10, **kw)).eval()
+
+
+def assert_same_values(fold, model, dtype):
+    for a, b in zip(fold_tensors(fold), fold_tensors(fused.fold_model(model, dtype))):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_a_refold_writes_into_the_fold_a_capture_read(capture, dtype):
+    model = model_b0()
+    fused.folded(model, dtype)  # the warm-up
+    capture["on"] = True
+    seen = fused.folded(model, dtype)
+    addresses = [t.data_ptr() for t in fold_tensors(seen) if t is not None]
+    capture["on"] = False
+    with torch.no_grad():
+        model.blocks[1][0].bn3.weight.mul_(2.0)
+        model.blocks[3][1].se.conv_reduce.weight.add_(0.5)
+    again = fused.folded(model, dtype)
+    assert again is seen and [t.data_ptr() for t in fold_tensors(again) if t is not None] == addresses
+    assert_same_values(again, model, dtype)
+    # a dtype no capture read is folded anew
+    other = torch.bfloat16 if dtype == torch.float16 else torch.float16
+    first = fused.folded(model, other)
+    with torch.no_grad():
+        model.bn1.bias.add_(1.0)
+    assert fused.folded(model, other) is not first
+
+
+def test_a_refold_that_cannot_reuse_the_captured_tensors_keeps_them(capture):
+    model = model_b0()
+    fused.folded(model)
+    capture["on"] = True
+    seen = fused.folded(model)
+    capture["on"] = False
+    model.to("meta")  # another device: the captured tensors cannot take the new values
+    now = fused.folded(model)
+    assert now is not seen and now.stem_weight.device.type == "meta"
+    assert any(kept is seen for kept in model._fused_fold_cache.kept)
+    model.to(torch.float16)  # a later refold keeps it too
+    fused.folded(model)
+    assert any(kept is seen for kept in model._fused_fold_cache.kept)
+
+
+def test_a_fold_needed_inside_a_capture_is_not_cached(capture):
+    model = model_b0()
+    warm = fused.folded(model)
+    capture["on"] = True
+    inside = fused.folded(model, torch.float16)  # a dtype the warm-up never folded
+    assert torch.float16 not in model._fused_fold_cache.by_dtype
+    with torch.no_grad():
+        model.blocks[2][0].bn2.weight.mul_(3.0)  # weights changed since the warm-up
+    changed = fused.folded(model)
+    assert changed is not warm and model._fused_fold_cache.by_dtype[torch.float32] is warm
+    assert_same_values(changed, model, torch.float32)
+    capture["on"] = False
+    assert fused.folded(model, torch.float16) is not inside
+    assert_same_values(fused.folded(model), model, torch.float32)
+
+
+def test_fold_tensors_never_alias_a_parameter():
+    """Refilling writes into fold tensors; none may be a parameter's storage."""
+    for dtype in (torch.float32, torch.float16):
+        model = model_b0().to(dtype)
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        params |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+        shared = [i for i, t in enumerate(fold_tensors(fused.folded(model))) if t is not None
+                  and t.untyped_storage().data_ptr() in params]
+        assert not shared, shared
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_see_weights_changed_after_the_capture():
+    """Change the weights after capturing, refold with one eager forward, replay: the graph
+    reads the refolded values, not freed memory."""
+    model = model_b0().to("cuda", torch.float16)
+    x = torch.randn(2, 3, 64, 64, device="cuda", dtype=torch.float16)
+    with torch.inference_mode(), fm.use_backend("fused"):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            before = model(x)  # the warm-up
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = model(x)
+    with torch.no_grad():
+        model.blocks[1][0].bn3.weight.mul_(2.0)
+        model.bn2.bias.add_(0.5)
+    with torch.inference_mode(), fm.use_backend("fused"):
+        eager = model(x)  # refolds into the tensors the graph reads
+        torch.empty(64 << 20, device="cuda").fill_(float("nan"))  # would reuse freed fold memory
+        graph.replay()
+        torch.cuda.synchronize()
+    assert (eager.float() - before.float()).abs().max() > 1e-2
+    torch.testing.assert_close(out, eager, atol=2e-2, rtol=2e-2)
