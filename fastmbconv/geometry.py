@@ -80,7 +80,8 @@ class RaggedSizes:
 
     @classmethod
     def from_user(cls, valid_sizes, batch_shape: Sequence[int]) -> "RaggedSizes":
-        """Validate user-given ``valid_sizes`` (a list, CPU or CUDA tensor of (N, 2) integers)
+        """Validate user-given ``valid_sizes`` (a list, CPU or CUDA tensor of (N, 2) integers; not
+        a CUDA tensor inside a CUDA-graph capture, where its values cannot be read)
         against a batch of shape (N, C, H, W). Under ``torch.export`` give a list: the sizes are
         then constants of the exported program (they choose per-image padding on the host)."""
         if isinstance(valid_sizes, (list, tuple)):
@@ -97,6 +98,11 @@ class RaggedSizes:
                 raise ValueError(
                     "under torch.export, pass valid_sizes as a Python list of (height, width): the sizes "
                     "choose each image's padding on the host, so they are constants of the exported program")
+            if valid_sizes.device.type != "cpu" and _capturing(valid_sizes.device):
+                raise RuntimeError(
+                    "inside a CUDA-graph capture, pass valid_sizes as a list or a CPU tensor (e.g. "
+                    "valid.tolist() before capturing): reading a GPU tensor's values on the host "
+                    "synchronises, which CUDA forbids during a capture")
             shape = tuple(valid_sizes.shape)
             rows = valid_sizes.tolist()
         if len(shape) != 2 or shape[1] != 2:

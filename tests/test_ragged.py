@@ -173,6 +173,17 @@ def test_capture_of_sizes_never_uploaded_names_the_fix(monkeypatch, fresh_views)
         geometry.RaggedSizes([(5, 3), (2, 2)]).on("meta", "padding", 3, 2, "same")
 
 
+def test_gpu_valid_sizes_inside_a_capture_name_the_fix(monkeypatch, fresh_views):
+    """prepare_images returns the sizes on the GPU; reading them (.tolist()) inside a capture
+    would synchronise. A meta tensor stands in for the CUDA one (it cannot be read either)."""
+    geometry = fresh_views
+    monkeypatch.setattr(geometry, "_capturing", lambda device: True)
+    with pytest.raises(RuntimeError, match="list or a CPU tensor"):
+        geometry.RaggedSizes.from_user(torch.ones(2, 2, dtype=torch.int32, device="meta"), (2, 3, 4, 4))
+    sizes = geometry.RaggedSizes.from_user(torch.tensor([[4, 4], [3, 2]]), (2, 3, 4, 4))  # CPU: read as before
+    assert sizes.sizes.tolist() == [[4, 4], [3, 2]]
+
+
 def test_device_views_read_in_a_capture_are_never_evicted(monkeypatch, fresh_views):
     geometry = fresh_views
     monkeypatch.setattr(geometry, "DEVICE_VIEWS_MAX", 4)
