@@ -163,10 +163,37 @@ def persistent_programs(device: torch.device, tiles: int, c_blocks: int) -> int:
     return max(1, min(tiles, 2 * sms // c_blocks))
 
 
-# shared memory a fused program may have: two programs per SM (what persistent_programs
-# launches) share 228 KiB, less the 1 KiB each the driver reserves, less 8 KiB that the estimate
-# in taps_group leaves out (the expand's operand staging: up to 7 KiB in B0-B7)
-SHARED_BUDGET = 228 * 1024 // 2 - 1024 - 8 * 1024
+# An H100's shared memory (per SM, and what one program may opt in to); the budget for the
+# kernel report (meta) and the interpreter
+H100_SHARED = (228 * 1024, 227 * 1024)
+# shared memory that the estimate in taps_group leaves out: the expand's operand staging (up to
+# 7 KiB in B0-B7); and the 1 KiB the driver reserves per program
+STAGING, RESERVED = 8 * 1024, 1024
+
+
+def shared_limits(device: torch.device) -> tuple[int, int]:
+    """(bytes per SM, bytes one program may have) of ``device``'s shared memory: an H100's on
+    ``meta`` and under the interpreter."""
+    if device.type != "cuda" or interpreting():
+        return H100_SHARED
+    return _cuda_shared_limits(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_shared_limits(index: int) -> tuple[int, int]:
+    props = torch.cuda.get_device_properties(index)
+    return (getattr(props, "shared_memory_per_multiprocessor", H100_SHARED[0]),
+            getattr(props, "shared_memory_per_block_optin", H100_SHARED[1]))
+
+
+def shared_budget(device: torch.device) -> int:
+    """Shared memory a fused program may keep so that two share an SM (what
+    :func:`persistent_programs` launches): 107,520 B on an H100."""
+    per_sm, per_program = shared_limits(device)
+    return min(per_sm // 2 - RESERVED, per_program) - STAGING
+
+
+SHARED_BUDGET = shared_budget(torch.device("meta"))
 TAPS_GROUP_MAX = 9
 
 
@@ -178,19 +205,41 @@ def taps_split(pixels: int, block_c: int, mma: bool) -> int:
     return 4 // groups if mma and TAPS_WARPS_ON_BATCH and groups < 4 and pixels // (4 // groups) >= 16 else 1
 
 
-def taps_group(pixels: int, block_c: int, block_k: int, C_in: int, kernel: int, mma: bool) -> int:
+def kept_shared(block_c: int, block_k: int, C_in: int, kernel: int, pixels: int) -> int:
+    """Bytes of shared memory a tensor-core program keeps: the taps' diagonal blocks (one per
+    batch, :func:`taps_split`) and the expand's B tiles (twice: the halo's main and tail
+    products lay them out differently)."""
+    batches = block_c // 16 * taps_split(pixels, block_c, True)
+    return (kernel * kernel * batches * 256 + 2 * -(-C_in // block_k) * block_k * block_c) * 2
+
+
+def taps_group(pixels: int, block_c: int, block_k: int, C_in: int, kernel: int, mma: bool,
+               budget: int = SHARED_BUDGET) -> int:
     """Depthwise windows an item loads before their products (they share barriers): up to 9.
     With tensor cores each window of a group passes through shared memory on its way to the
-    dot at the same time (``pixels`` x ``block_c`` halves), beside what a program keeps there:
-    the taps' diagonal blocks (one per batch, :func:`taps_split`) and the expand's B tiles
-    (twice: the halo's main and tail products lay them out differently). The group stops where
-    that would exceed :data:`SHARED_BUDGET` (B0's 2.1 and 6.0: 4 windows; 9 took 138 KiB, one
-    program per SM). FMA taps (fp32) keep their windows in registers."""
+    dot at the same time (``pixels`` x ``block_c`` halves), beside what a program keeps there
+    (:func:`kept_shared`). The group stops where that would exceed ``budget`` (see
+    :func:`shared_budget`; B0's 2.1 and 6.0 on an H100: 4 windows; 9 took 138 KiB, one program
+    per SM). FMA taps (fp32) keep their windows in registers."""
     if not mma:
         return TAPS_GROUP_MAX
-    batches = block_c // 16 * taps_split(pixels, block_c, mma)
-    kept = (kernel * kernel * batches * 256 + 2 * -(-C_in // block_k) * block_k * block_c) * 2
-    return max(1, min(TAPS_GROUP_MAX, (SHARED_BUDGET - kept) // (pixels * block_c * 2)))
+    kept = kept_shared(block_c, block_k, C_in, kernel, pixels)
+    return max(1, min(TAPS_GROUP_MAX, (budget - kept) // (pixels * block_c * 2)))
+
+
+def fits_one_program(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int, dtype: torch.dtype,
+                     device: torch.device) -> bool:
+    """Whether a program of the fused kernel, with one window per group, fits the shared memory
+    one program may have on ``device``: B0-B7's all on an H100, and at 99 KiB per program
+    (sm_86, sm_89; smaller groups there) all but some of B7's; 3 of B0's at 64 KiB (sm_75). A
+    model of the compiler's allocation, above sm_90's measured one in every B0 and B3 block.
+    fp32's FMA taps keep little there, and the interpreter has no shared memory."""
+    if dtype == torch.float32 or interpreting():
+        return True
+    tile_h, tile_w, block_c, block_k = blocks_for(H_out, W_out, C_in, C, kernel, stride, dtype)
+    pixels = pixel_slots(tile_h, tile_w)
+    need = kept_shared(block_c, block_k, C_in, kernel, pixels) + pixels * block_c * 2 + STAGING
+    return need <= shared_limits(device)[1]
 
 
 TAPS_ALIGN = 64  # pad_taps: channels per taps row, a multiple of every channel block

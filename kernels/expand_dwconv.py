@@ -58,6 +58,7 @@ from ._expand_dw_tiles import (
     halo_pitch,
     persistent_programs,
     pixel_slots,
+    shared_budget,
     taps_group,
     taps_split,
 )
@@ -320,7 +321,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, MMA=mma,
         ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, BIAS_COLS=bias_columns(C_in, block_k, x.dtype),
         SPLIT=taps_split(pixels, block_c, mma), WEIGHTS_ONCE=x.dtype != torch.float32,
-        TAPS_GROUP=taps_group(pixels, block_c, block_k, C_in, k, mma),
+        TAPS_GROUP=taps_group(pixels, block_c, block_k, C_in, k, mma, shared_budget(x.device)),
         num_warps=4,
     ), on=x)
     return out, partials

@@ -89,7 +89,7 @@ def run(model, x: torch.Tensor, plan: ForwardPlan):
             continue
         with layer_scope(layer.name):
             x = block_forward(weights.stages[layer.stage][layer.index], x, layer.padding, plan.pad_mode, sizes,
-                              fuse_expand=expand_dw_choice(layer, plan.dtype) == "fused")
+                              fuse_expand=expand_dw_choice(layer, plan.dtype, x.device) == "fused")
         if sizes is not None:
             sizes = sizes.after(layer.kernel, layer.stride)
         if layer.index == len(weights.stages[layer.stage]) - 1 and layer.stage in plan.stages:

@@ -7,6 +7,8 @@ The choice comes, in order, from ``FASTMBCONV_EXPAND_DW`` (``fused``, ``separate
 (``python -m fastmbconv.kernel_report --plan-table``, committed as ``expand_dw_plan.json``
 beside this file: each layer geometry's modelled time both ways, and measured times where a
 GPU run added them, which then decide), then from :func:`_rule` where the table has no entry.
+A block whose fused program would not fit the GPU's shared memory is always separate (none on
+an H100; some of B7's on GPUs of 99 KiB per program).
 
 Modelled times are kept per Triton release (``"modelled"``, keyed by major.minor): the same
 source compiles to different machine code (B0's fused blocks model up to 5% slower with 3.6,
@@ -25,6 +27,7 @@ from typing import Optional
 
 import torch
 
+from ..kernels._expand_dw_tiles import fits_one_program
 from ..shapes import LayerShape
 
 ENV_VAR = "FASTMBCONV_EXPAND_DW"
@@ -133,11 +136,15 @@ def _env_choice() -> str:
     return os.environ.get(ENV_VAR, "auto").strip().lower()
 
 
-def explain(layer: LayerShape, dtype: torch.dtype) -> tuple[str, str]:
-    """(choice, why): ``why`` is ``"no expand"``, ``"env"``, ``"table (measured)"``,
-    ``"table (modelled, triton 3.9)"`` (the release whose times decided) or ``"rule"``."""
+def explain(layer: LayerShape, dtype: torch.dtype, device: torch.device = torch.device("meta")) -> tuple[str, str]:
+    """(choice, why) on ``device`` (``meta``: an H100): ``why`` is ``"no expand"``,
+    ``"shared memory"``, ``"env"``, ``"table (measured)"``, ``"table (modelled, triton 3.9)"``
+    (the release whose times decided) or ``"rule"``."""
     if not layer.has_expand:
         return "separate", "no expand"
+    if not fits_one_program(layer.out_height, layer.out_width, layer.in_channels, layer.mid_channels, layer.kernel,
+                            layer.stride, dtype, device):
+        return "separate", "shared memory"
     forced = _env_choice()
     if forced in CHOICES:
         return forced, "env"
@@ -152,18 +159,20 @@ def explain(layer: LayerShape, dtype: torch.dtype) -> tuple[str, str]:
     return _rule(layer, dtype), "rule"
 
 
-def expand_dw_choice(layer: LayerShape, dtype: torch.dtype) -> str:
-    """``"fused"`` or ``"separate"`` for one MBConv block (blocks without expansion: separate)."""
-    return explain(layer, dtype)[0]
+def expand_dw_choice(layer: LayerShape, dtype: torch.dtype, device: torch.device = torch.device("meta")) -> str:
+    """``"fused"`` or ``"separate"`` for one MBConv block on ``device`` (blocks without
+    expansion: separate)."""
+    return explain(layer, dtype, device)[0]
 
 
-def plan_rows(model, height: int, width: int, dtype: torch.dtype) -> list[dict]:
-    """Every block's choice for one input size, for reports and benchmarks."""
+def plan_rows(model, height: int, width: int, dtype: torch.dtype,
+              device: torch.device = torch.device("meta")) -> list[dict]:
+    """Every block's choice for one input size on ``device``, for reports and benchmarks."""
     from ..shapes import walk
 
     rows = []
     for layer in walk(model, height, width):
         if layer.kind == "block":
-            choice, why = explain(layer, dtype)
+            choice, why = explain(layer, dtype, device)
             rows.append({"layer": layer.name, "key": layer_key(layer, dtype), "expand_dw": choice, "why": why})
     return rows

@@ -241,3 +241,89 @@ def test_whole_b0_with_fused_blocks_compiles_as_one_graph(monkeypatch):
     torch._dynamo.reset()
     assert launches["expand_dwconv"] == 15 and launches["dwconv_bn_act"] == 1
     assert_close_to_ref(out, eager, what="compiled B0 with fused expand + depthwise")
+
+
+GPUS = {"h100": (228 * 1024, 227 * 1024), "sm_86": (100 * 1024, 99 * 1024), "t4": (64 * 1024, 64 * 1024)}
+
+
+@pytest.fixture
+def gpu_shared(monkeypatch):
+    """A CUDA device of the given shared memory (per SM, per program), as the launchers see it."""
+    from types import SimpleNamespace
+
+    from fastmbconv.kernels import _expand_dw_tiles as tiles
+
+    def use(name):
+        per_sm, per_program = GPUS[name]
+        props = SimpleNamespace(shared_memory_per_multiprocessor=per_sm, shared_memory_per_block_optin=per_program)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+        monkeypatch.setattr(tiles, "interpreting", lambda: False)
+        tiles._cuda_shared_limits.cache_clear()
+        return torch.device("cuda", 0)
+    yield use
+    tiles._cuda_shared_limits.cache_clear()
+
+
+def test_shared_budget_comes_from_the_device(gpu_shared):
+    from fastmbconv.kernels import _expand_dw_tiles as tiles
+
+    assert tiles.shared_budget(torch.device("meta")) == tiles.SHARED_BUDGET == 107520  # an H100's
+    assert tiles.shared_budget(gpu_shared("h100")) == 107520
+    assert tiles.shared_budget(gpu_shared("sm_86")) == 100 * 1024 // 2 - 1024 - 8192
+    # B0's 2.1 (25 taps of 64 channels): 4 windows a group on an H100, 1 where half an SM is 50 KiB
+    assert tiles.taps_group(64, 64, 32, 40, 5, True, tiles.shared_budget(gpu_shared("sm_86"))) == 1
+
+
+def test_blocks_whose_fused_program_cannot_fit_the_gpu_run_separate(table, gpu_shared):
+    """On a GPU of 64 KiB per program, B0's 2.x and 6.0 (25 taps of 64 channels, 192 input
+    channels) cannot keep even one window beside their weights; on an H100 every block fits."""
+    table({})
+    with torch.device("meta"):
+        model = fm.efficientnet_b0()
+    layers = [l for l in walk(model, 224, 224) if l.has_expand]
+    for name, separate in (("h100", set()), ("sm_86", set()), ("t4", {"blocks.2.0", "blocks.2.1", "blocks.6.0"})):
+        device = gpu_shared(name)
+        why = {l.name: layer_plan.explain(l, torch.float16, device) for l in layers}
+        assert {n for n, w in why.items() if w == ("separate", "shared memory")} == separate, name
+        assert {l.name for l in layers if layer_plan.expand_dw_choice(l, torch.float16, device) == "separate"} >= separate
+    assert all(layer_plan.explain(l, torch.float32, gpu_shared("t4"))[1] != "shared memory" for l in layers)
+    rows = layer_plan.plan_rows(model, 224, 224, torch.float16, gpu_shared("t4"))
+    assert {r["layer"] for r in rows if r["why"] == "shared memory"} == {"blocks.2.0", "blocks.2.1", "blocks.6.0"}
+
+
+def test_the_launcher_sizes_its_groups_for_the_device(monkeypatch):
+    """expand_dwconv's TAPS_GROUP comes from the budget of x's device (recorded on meta, with
+    the GPU's tiles)."""
+    from fastmbconv.kernels import _expand_dw_tiles as tiles
+    from fastmbconv.kernels import expand_dwconv as op
+    from fastmbconv.kernels.dwconv_bn_act import taps_diag
+
+    monkeypatch.setattr(tiles, "interpreting", lambda: False)
+    C_in, C, k = 40, 240, 5
+    x = torch.empty(2, C_in, 28, 28, device="meta", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    w_dw = tiles.pad_taps(taps_diag(torch.empty(k * k, C, device="meta"), torch.float16))
+    v = torch.empty(C, device="meta")
+    th, tw, bc, bk = tiles.blocks_for(28, 28, C_in, C, k, 1, torch.float16)
+    groups = {}
+    for budget in (tiles.SHARED_BUDGET, 40 * 1024):
+        monkeypatch.setattr(op, "shared_budget", lambda device: budget)
+        with record_launches() as launches:
+            op.expand_dwconv(x, torch.empty(C, C_in, device="meta", dtype=torch.float16), v, w_dw, v, v, (2, 2, 2, 2), 1)
+        groups[budget] = launches[0].constexprs["TAPS_GROUP"]
+        assert groups[budget] == tiles.taps_group(tiles.pixel_slots(th, tw), bc, bk, C_in, k, True, budget)
+    assert groups[tiles.SHARED_BUDGET] > groups[40 * 1024]
+
+
+def test_the_fused_forward_asks_whether_each_block_fits_its_device(monkeypatch):
+    asked = []
+
+    def fits(*args):
+        asked.append(args[-1])
+        return False
+
+    monkeypatch.setattr(layer_plan, "fits_one_program", fits)
+    model = fm.efficientnet_b0(num_classes=10).eval().to(torch.float16)
+    with torch.no_grad(), fm.use_backend("fused"), record_launches() as launches:  # recorded: nothing runs
+        model(torch.zeros(2, 3, 64, 64, dtype=torch.float16))
+    assert len(asked) == 15 and {d.type for d in asked} == {"cpu"}  # every block with an expand, on x's device
+    assert not [r for r in launches if r.op == "expand_dwconv"]
