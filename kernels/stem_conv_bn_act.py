@@ -115,6 +115,9 @@ def _check_args(x, weight, bias, padding, stride, act, in_channels, valid_hw, pa
     if not ok or not weight.is_floating_point():
         raise ValueError(f"{OP}: weight must be ({C_out}, {C_in}, k, k) or (k*k*{C_in}, {C_out}) floating point "
                          f"for {C_in} input and {C_out} output channels (the bias's), got {tuple(weight.shape)}")
+    if weight.ndim == 2 and weight.dtype != torch.float32:
+        raise TypeError(f"{OP}: a (k*k*C_in, C_out) weight is the kernel's own fp32 layout (taps_major), got "
+                        f"{weight.dtype}")
     if C_in > 16:
         raise ValueError(f"{OP}: meant for the few channels of an image (at most 16), got {C_in}")
     if k not in (1, 3, 5, 7):
