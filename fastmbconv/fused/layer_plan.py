@@ -162,6 +162,18 @@ def explain(layer: LayerShape, dtype: torch.dtype, device: torch.device = torch.
 def expand_dw_choice(layer: LayerShape, dtype: torch.dtype, device: torch.device = torch.device("meta")) -> str:
     """``"fused"`` or ``"separate"`` for one MBConv block on ``device`` (blocks without
     expansion: separate)."""
+    return _choice(layer.in_channels, layer.mid_channels, layer.kernel, layer.stride, layer.height, layer.width,
+                   layer.has_expand, dtype, device)
+
+
+@torch.compiler.assume_constant_result
+def _choice(in_channels: int, mid_channels: int, kernel: int, stride: int, height: int, width: int,
+            has_expand: bool, dtype: torch.dtype, device: torch.device) -> str:
+    """:func:`explain`'s choice from the geometry it depends on: a constant under
+    ``torch.compile``, which can neither read the table's file nor afford to trace the tile
+    search."""
+    layer = LayerShape("", "block", in_channels, 0, kernel, stride, height, width, mid_channels=mid_channels,
+                       has_expand=has_expand)
     return explain(layer, dtype, device)[0]
 
 
