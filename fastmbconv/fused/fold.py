@@ -15,6 +15,7 @@ once a replay has run. Fold tensors never alias a parameter, so writing into the
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -147,7 +148,8 @@ class FoldCache:
     refolded on every call (correct, slower).
 
     ``captured``: the dtypes whose fold a CUDA-graph capture read. A refold writes into those
-    (see :func:`refill`), or, where it cannot, keeps them alive in ``kept``."""
+    (see :func:`refill`), or, where it cannot, warns and keeps them alive in ``kept`` for the
+    model's lifetime (a graph may still read them)."""
 
     def __init__(self, model, previous: Optional["FoldCache"] = None):
         self.modules = list(model.modules())
@@ -161,6 +163,9 @@ class FoldCache:
                 self.by_dtype[dtype] = previous.by_dtype[dtype]
                 self.captured.add(dtype)
             else:
+                warnings.warn(f"the weights folded for {dtype} that a CUDA graph captured cannot take the new "
+                              f"fold (its device or shapes changed): that graph keeps replaying the old "
+                              f"weights; capture it again", stacklevel=3)
                 self.kept.append(previous.by_dtype[dtype])
                 self.by_dtype[dtype] = fresh
 
