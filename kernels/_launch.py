@@ -7,7 +7,7 @@ It does three things, so no launcher repeats them:
 - makes the input's GPU current (Triton launches on the *current* device and its stream, so a
   tensor on cuda:1 launched while cuda:0 is current would fault);
 - names the fix when a kernel is first launched inside a CUDA-graph capture: Triton loads a
-  kernel's module on its first launch, which CUDA forbids while a stream is captured;
+  kernel's module on its first launch, which CUDA may refuse while a stream is captured;
 - while a :func:`record_launches` block is open, records the launch instead of running it.
   The static kernel report runs a whole forward on ``meta`` tensors this way and then compiles
   exactly the specialisations that would have run.
@@ -145,7 +145,7 @@ def select_kernel(tuned, plain, key: tuple, heuristic: dict):
     capture a shape that was never tuned outside capture takes the heuristic config, because
     benchmarking inside a capture fails (it synchronises and allocates); ``key`` must therefore
     hold everything the autotuner keys on, tensor dtypes included. That heuristic kernel must
-    itself have run outside the capture, or :func:`launch` raises: warm every shape up once
+    itself have run outside the capture, or :func:`launch` may raise: warm every shape up once
     before capturing, which also captures the tuned configs."""
     from ._utils import cuda_capturing, use_autotune
 
@@ -177,7 +177,7 @@ def launch(op: str, kernel, grid, args: dict, constexprs: dict, on: torch.Tensor
                 raise
             raise RuntimeError(
                 f"{op}: this kernel was first launched inside a CUDA-graph capture, and Triton "
-                f"must load a kernel's module on its first launch, which CUDA forbids during a "
+                f"must load a kernel's module on its first launch, which CUDA refused during the "
                 f"capture (the capture is now invalid). Run the forward once outside the capture "
                 f"with the same shapes, dtypes, memory format and valid_sizes, then capture"
             ) from error
