@@ -138,13 +138,20 @@ def _env_choice() -> str:
 
 def explain(layer: LayerShape, dtype: torch.dtype, device: torch.device = torch.device("meta")) -> tuple[str, str]:
     """(choice, why) on ``device`` (``meta``: an H100): ``why`` is ``"no expand"``,
-    ``"shared memory"``, ``"env"``, ``"table (measured)"``, ``"table (modelled, triton 3.9)"``
-    (the release whose times decided) or ``"rule"``."""
+    ``"shared memory"`` (a fused program would not fit the device), ``"env"``,
+    ``"table (measured)"``, ``"table (modelled, triton 3.9)"`` (the release whose times
+    decided) or ``"rule"``."""
+    choice, why = _preference(layer, dtype)
+    if choice == "fused" and not fits_one_program(layer.out_height, layer.out_width, layer.in_channels,
+                                                  layer.mid_channels, layer.kernel, layer.stride, dtype, device):
+        return "separate", "shared memory"
+    return choice, why
+
+
+def _preference(layer: LayerShape, dtype: torch.dtype) -> tuple[str, str]:
+    """:func:`explain`'s (choice, why) before the device's shared memory has its say."""
     if not layer.has_expand:
         return "separate", "no expand"
-    if not fits_one_program(layer.out_height, layer.out_width, layer.in_channels, layer.mid_channels, layer.kernel,
-                            layer.stride, dtype, device):
-        return "separate", "shared memory"
     forced = _env_choice()
     if forced in CHOICES:
         return forced, "env"
