@@ -14,6 +14,8 @@ from typing import Literal, Sequence
 
 import torch
 
+from .streams import StreamShared
+
 PadMode = Literal["symmetric", "same"]
 PAD_MODES: tuple[str, ...] = ("symmetric", "same")
 
@@ -170,7 +172,7 @@ class RaggedSizes:
 
 
 DEVICE_VIEWS_MAX = 1024  # distinct (values, dtype, device) uploads kept; each is a few hundred bytes
-_device_views: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_device_views: "OrderedDict[tuple, tuple[torch.Tensor, StreamShared]]" = OrderedDict()
 _captured_views: set = set()  # keys read during a CUDA-graph capture: a graph replays their addresses
 _views_lock = threading.Lock()
 
@@ -186,7 +188,8 @@ def device_view(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     every forward with the same values: each ragged forward builds its :class:`RaggedSizes` anew,
     and a CUDA graph cannot capture a host-to-device copy, so the upload happens once, outside
     capture, and a captured forward reads the cached tensor. A tensor read during a capture is
-    never evicted (its graph may replay it); others go least recently used first."""
+    never evicted (its graph may replay it); others go least recently used first. A forward on
+    another stream than the upload's waits for the upload once (:class:`.streams.StreamShared`)."""
     device = torch.device(device)
     if torch.compiler.is_compiling():  # traced as a constant of the graph; no shared state there
         return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
@@ -195,12 +198,15 @@ def device_view(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     key = (values, dtype, device)
     capturing = _capturing(device)
     with _views_lock:
-        view = _device_views.get(key)
-        if view is not None:
+        cached = _device_views.get(key)
+        if cached is not None:
             _device_views.move_to_end(key)
             if capturing:
                 _captured_views.add(key)
-            return view
+    if cached is not None:
+        view, shared = cached
+        shared.use()
+        return view
     if capturing:
         raise RuntimeError(
             "a ragged batch's sizes must reach the GPU before CUDA-graph capture: run the forward "
@@ -208,7 +214,7 @@ def device_view(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     # non_blocking: uploading host sizes must not wait for the kernels already queued
     view = torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
     with _views_lock:
-        _device_views[key] = view
+        _device_views[key] = (view, StreamShared([view]))
         evictable = (k for k in list(_device_views) if k not in _captured_views)
         for _, k in zip(range(len(_device_views) - DEVICE_VIEWS_MAX), evictable):
             del _device_views[k]

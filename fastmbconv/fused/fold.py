@@ -12,6 +12,7 @@ A CUDA graph holds the addresses of the folded tensors its capture read, so thos
 freed: a later refold writes its values into them (replays then see the new weights). A fold
 needed inside a capture is recorded into the graph and not cached, since its values exist only
 once a replay has run. Fold tensors never alias a parameter, so writing into them is safe.
+A forward on another stream than the fold's waits for the fold once (:class:`..streams.StreamShared`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from ..kernels import _utils
 from ..kernels.dwconv_bn_act import taps_diag, taps_major
 from ..kernels._expand_dw_tiles import pad_taps
 from ..layers import ConvBN
+from ..streams import StreamShared
 
 
 @dataclass
@@ -155,6 +157,7 @@ class FoldCache:
         self.modules = list(model.modules())
         self.snapshot = self.take_snapshot()
         self.by_dtype: dict[torch.dtype, FoldedModel] = {}
+        self.shared: dict[torch.dtype, StreamShared] = {}  # by_dtype's streams that may read it
         self.captured: set[torch.dtype] = set()
         self.kept: list[FoldedModel] = list(previous.kept) if previous is not None else []
         for dtype in sorted(previous.captured, key=str) if previous is not None else ():
@@ -168,6 +171,7 @@ class FoldCache:
                               f"weights; capture it again", stacklevel=3)
                 self.kept.append(previous.by_dtype[dtype])
                 self.by_dtype[dtype] = fresh
+            self.shared[dtype] = StreamShared(fold_tensors(self.by_dtype[dtype]))
 
     def take_snapshot(self) -> Optional[tuple]:
         members = [v for m in self.modules for d in (m._modules, m._parameters, m._buffers) for v in d.values()]
@@ -201,6 +205,9 @@ def folded(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
         if capturing:
             return fold_model(model, dtype)
         cache.by_dtype[dtype] = fold_model(model, dtype)
+        cache.shared[dtype] = StreamShared(fold_tensors(cache.by_dtype[dtype]))
     if capturing:
         cache.captured.add(dtype)
+    else:
+        cache.shared[dtype].use()
     return cache.by_dtype[dtype]
