@@ -30,6 +30,14 @@ def dot_fp32(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreting())
 
 
+def round_bf16(dtype: torch.dtype) -> bool:
+    """The kernels' ``ROUND_BF16``: under the interpreter, an fp32 value that a GPU casts to bf16
+    for a tensor-core dot (or for the scratch that feeds one) is rounded first, by
+    ``_math.round_to_bf16``. bf16 products are exact in fp32, so the interpreter's fp32 dot of
+    rounded operands (``DOT_FP32``) computes what the tensor cores do."""
+    return dtype == torch.bfloat16 and interpreting()
+
+
 def silu_math(dtype: torch.dtype, device: torch.device) -> int:
     """The kernels' ``MATH`` code (see :mod:`._math`): SiLU in the tanh form for fp16/bf16
     activations (``FASTMBCONV_SILU=sigmoid`` forces the sigmoid form there too, to rule the

@@ -5,7 +5,8 @@ write the whole expanded activation (the biggest tensors in EfficientNet). Here 
 expand conv's output, already activated) is read once, BN is a per-channel fp32
 ``scale``/``shift``, and each program writes the sums of its output tile per channel, so SE
 never re-reads the activation. Those per-tile partial sums are reduced by the SE gate kernel in
-a fixed order: no atomics, no zero-filled buffer, bitwise repeatable.
+a fixed order: no atomics, no zero-filled buffer, bitwise repeatable for a given config (the
+autotuned block sizes and warps set the order of the in-tile sums).
 
 Each program computes a 2-D tile of output pixels (``TILE_H`` x ``TILE_W``, chosen per map by
 :func:`._utils.spatial_tile`) for ``BLOCK_C`` channels of one image. The input's pixel stride is

@@ -75,8 +75,8 @@ from ._utils import (
     check_valid_sizes,
     dot_fp32,
     empty_like_format,
-    interpreting,
     needs_int64,
+    round_bf16,
     silu_math,
 )
 from .dwconv_bn_act import dwconv_bn_act_ref
@@ -319,7 +319,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         HALO=halo_h * pitch,
         CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,
         WD_STRIDE=w_dw.shape[1], WD_EVEN=w_dw.shape[1] >= -(-C // block_c) * block_c, MMA=mma,
-        ROUND_BF16=interpreting() and mma and x.dtype == torch.bfloat16, BIAS_COLS=bias_columns(C_in, block_k, x.dtype),
+        ROUND_BF16=mma and round_bf16(x.dtype), BIAS_COLS=bias_columns(C_in, block_k, x.dtype),
         SPLIT=taps_split(pixels, block_c, mma), WEIGHTS_ONCE=x.dtype != torch.float32,
         TAPS_GROUP=taps_group(pixels, block_c, block_k, C_in, k, mma, shared_budget(x.device)),
         num_warps=4,

@@ -28,22 +28,10 @@ import triton
 import triton.language as tl
 
 from ._launch import call_op, launch, record_launch, recording, select_kernel
-from ._math import bias_activation
+from ._math import bias_activation, round_to_bf16
 from ._utils import (
-    ACT_CODES,
-    activation_ref,
-    batch_bucket,
-    check_1x1_weight,
-    check_activation,
-    check_tensor,
-    check_valid_sizes,
-    dot_fp32,
-    empty_like_format,
-    interpreting,
-    needs_int64,
-    next_pow2,
-    silu_math,
-    valid_mask,
+    ACT_CODES, activation_ref, batch_bucket, check_1x1_weight, check_activation, check_tensor, check_valid_sizes,
+    dot_fp32, empty_like_format, interpreting, needs_int64, next_pow2, round_bf16, silu_math, valid_mask,
 )
 
 OP = "pointwise_gated"
@@ -69,7 +57,8 @@ def _pointwise_gated_kernel(
     M, HW, W, K, O, tiles_per_image,
     sxn, sxc, sxh, sxw, son, soc, soh, sow, srn, src, srh, srw, batch_bucket,
     HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, MATH: tl.constexpr, POOL_ONLY: tl.constexpr,
-    RAGGED: tl.constexpr, DOT_FP32: tl.constexpr, DENSE_ROWS: tl.constexpr, INT64: tl.constexpr,
+    RAGGED: tl.constexpr, DOT_FP32: tl.constexpr, ROUND_BF16: tl.constexpr, DENSE_ROWS: tl.constexpr,
+    INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -102,8 +91,9 @@ def _pointwise_gated_kernel(
         elif HAS_GATE:  # each row's own image's gate (L1 hits: a tile spans few images)
             g = tl.load(gate_ptr + image[:, None] * K + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             a = a.to(tl.float32) * g
-        if DOT_FP32:
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        if DOT_FP32:  # the gated rows are fp32, cast to bf16 on a GPU
+            a = round_to_bf16(a.to(tl.float32)) if ROUND_BF16 else a.to(tl.float32)
+            acc = tl.dot(a, b.to(tl.float32), acc, input_precision="ieee")
         else:
             acc = tl.dot(a.to(w_ptr.dtype.element_ty), b, acc)
 
@@ -295,7 +285,7 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
     ), dict(
         HAS_GATE=gate is not None, HAS_RES=residual is not None, ACT=ACT_CODES[act],
         MATH=silu_math(x.dtype, x.device), POOL_ONLY=pool_only, RAGGED=ragged,
-        DOT_FP32=dot_fp32(x.dtype), DENSE_ROWS=dense, INT64=int64, **config,
+        DOT_FP32=dot_fp32(x.dtype), ROUND_BF16=round_bf16(x.dtype), DENSE_ROWS=dense, INT64=int64, **config,
     ), on=x)
     if pool_only:
         block_o = min(1024, max(16, next_pow2(O)))

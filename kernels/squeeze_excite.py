@@ -1,8 +1,8 @@
 """Squeeze-excite gate from the depthwise kernel's per-tile sums, for the whole batch in one launch.
 
 The depthwise epilogue already wrote each image's output summed per tile and channel, so SE
-never re-reads the activation: this kernel adds the tiles up in a fixed order (bitwise
-repeatable, no atomics), takes the mean, and computes the (N, C) fp32 gate
+never re-reads the activation: this kernel adds the tiles up in a fixed order (no atomics:
+bitwise repeatable for the given sums), takes the mean, and computes the (N, C) fp32 gate
 ``sigmoid(W_e @ silu(W_r @ mean + b_r) + b_e)`` that the project conv applies in its prologue.
 
 Each program takes 16 images, so each weight tile it loads serves them all, and both FCs are
@@ -20,15 +20,19 @@ import triton
 import triton.language as tl
 
 from ._launch import call_op, launch
-from ._utils import FLOAT_DTYPES, check_tensor, dot_fp32, interpreting, next_pow2
+from ._math import round_to_bf16
+from ._utils import FLOAT_DTYPES, check_tensor, dot_fp32, interpreting, next_pow2, round_bf16
 
 OP = "squeeze_excite_gate"
 
 
 @triton.jit
-def _dot(a, b, DOT_FP32: tl.constexpr):
+def _dot(a, b, DOT_FP32: tl.constexpr, ROUND_BF16: tl.constexpr):
     if DOT_FP32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        a = a.to(tl.float32)
+        if ROUND_BF16:  # fp32 means and hidden vector, cast to bf16 on a GPU
+            a = round_to_bf16(a)
+        return tl.dot(a, b.to(tl.float32), input_precision="ieee")
     return tl.dot(a.to(b.dtype), b)
 
 
@@ -36,7 +40,7 @@ def _dot(a, b, DOT_FP32: tl.constexpr):
 def _se_gate_kernel(
     part_ptr, count_ptr, wr_ptr, br_ptr, we_ptr, be_ptr, gate_ptr,
     N, C, R, T, inv_count, gate_groups,
-    HAS_COUNT: tl.constexpr, DOT_FP32: tl.constexpr,
+    HAS_COUNT: tl.constexpr, DOT_FP32: tl.constexpr, ROUND_BF16: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -59,7 +63,7 @@ def _se_gate_kernel(
         for t in tl.range(0, T, num_stages=1, loop_unroll_factor=1):  # the depthwise kernel's tiles, in a fixed order
             sums += tl.load(part_ptr + (rows + t)[:, None] * C + offs_c[None, :], mask=ok, other=0.0)
         w_r = tl.load(wr_ptr + offs_r[None, :] * C + offs_c[:, None], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
-        hidden += _dot(sums * (inv[:, None] if HAS_COUNT else inv_count), w_r, DOT_FP32)
+        hidden += _dot(sums * (inv[:, None] if HAS_COUNT else inv_count), w_r, DOT_FP32, ROUND_BF16)
     hidden += tl.load(br_ptr + offs_r, mask=r_ok, other=0.0).to(tl.float32)[None, :]
     hidden = tl.where(r_ok[None, :], hidden * tl.sigmoid(hidden), 0.0)
 
@@ -68,7 +72,7 @@ def _se_gate_kernel(
         offs_g = g0 + tl.arange(0, BLOCK_G)
         g_ok = offs_g < C
         w_e = tl.load(we_ptr + offs_g[None, :] * R + offs_r[:, None], mask=r_ok[:, None] & g_ok[None, :], other=0.0)
-        g = _dot(hidden, w_e, DOT_FP32) + tl.load(be_ptr + offs_g, mask=g_ok, other=0.0).to(tl.float32)[None, :]
+        g = _dot(hidden, w_e, DOT_FP32, ROUND_BF16) + tl.load(be_ptr + offs_g, mask=g_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(gate_ptr + offs_n.to(tl.int64)[:, None] * C + offs_g[None, :], tl.sigmoid(g),
                  mask=n_ok[:, None] & g_ok[None, :])
 
@@ -123,7 +127,8 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
         wr_ptr=w_reduce.reshape(R, C).contiguous(), br_ptr=b_reduce.contiguous(),
         we_ptr=w_expand.reshape(C, R).contiguous(), be_ptr=b_expand.contiguous(), gate_ptr=gate,
         N=N, C=C, R=R, T=T, inv_count=1.0 / max(hw, 1), gate_groups=groups,
-    ), dict(HAS_COUNT=count is not None, DOT_FP32=lowp is None or dot_fp32(lowp), BLOCK_N=block_n,
+    ), dict(HAS_COUNT=count is not None, DOT_FP32=lowp is None or dot_fp32(lowp),
+            ROUND_BF16=lowp is not None and round_bf16(lowp), BLOCK_N=block_n,
             BLOCK_C=block_c, BLOCK_R=block_r, BLOCK_G=block_g, num_warps=4), on=partials)
     return gate
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ._launch import call_op, launch
-from ._math import bias_activation, image_extent
+from ._math import bias_activation, image_extent, round_to_bf16
 from ._utils import (
     ACT_CODES,
     FLOAT_DTYPES,
@@ -32,6 +32,7 @@ from ._utils import (
     interpreting,
     needs_int64,
     next_pow2,
+    round_bf16,
     silu_math,
     spatial_tile,
     zero_invalid_ref,
@@ -46,7 +47,7 @@ def _stem_conv_kernel(
     C_out, H, W, H_out, W_out, tiles_w, tiles_per_image,
     sxn, sxc, sxh, sxw, son, soc, soh, sow, pad_top, pad_left,
     C_IN: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, MATH: tl.constexpr,
-    RAGGED: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr,
+    RAGGED: tl.constexpr, INT64: tl.constexpr, DOT_FP32: tl.constexpr, ROUND_BF16: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_CO: tl.constexpr,
 ):
     pid = tl.program_id(0)  # image * tiles_per_image + tile
@@ -83,7 +84,10 @@ def _stem_conv_kernel(
     patches = tl.load(x_ptr + n.to(tl.int64) * sxn + offsets, mask=ok, other=0.0)
     w = tl.load(w_ptr + kk[:, None] * C_out + offs_co[None, :], mask=k_ok[:, None] & co_ok[None, :], other=0.0)
     if DOT_FP32:
-        acc = tl.dot(patches.to(tl.float32), w, input_precision="ieee")
+        patches = patches.to(tl.float32)
+        if ROUND_BF16:  # an fp32 image and the fp32 weights, cast to bf16 on a GPU
+            patches, w = round_to_bf16(patches), round_to_bf16(w)
+        acc = tl.dot(patches, w, input_precision="ieee")
     else:
         acc = tl.dot(patches.to(out_ptr.dtype.element_ty), w.to(out_ptr.dtype.element_ty))
 
@@ -173,7 +177,7 @@ def stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, va
     ), dict(
         C_IN=C_in, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
         MATH=silu_math(out_dtype, x.device), RAGGED=ragged,
-        INT64=needs_int64(x, out), DOT_FP32=dot_fp32(out_dtype),
+        INT64=needs_int64(x, out), DOT_FP32=dot_fp32(out_dtype), ROUND_BF16=round_bf16(out_dtype),
         TILE_H=tile_h, TILE_W=tile_w, BLOCK_K=block_k, BLOCK_CO=max(16, next_pow2(C_out)), num_warps=4,
     ), on=x)
     return out
