@@ -146,10 +146,10 @@ def test_a_forward_on_a_second_stream_waits_for_the_first_streams_fold():
     that held NaN just before. (Dense only: a ragged forward's pageable upload may wait for the
     sleep on its own, which would hide the race.)"""
     x = torch.randn(2, 3, 64, 64, device="cuda", dtype=torch.float16)
+    first, model = b0_fp16(), b0_fp16()  # not in inference mode: an inference tensor's fold is never cached
     with torch.inference_mode(), fm.use_backend("fused"):
-        first = b0_fp16()
         expected = first(x)  # compiles and tunes every kernel: nothing synchronises in the race
-        model = b0_fp16()
+        assert fused.folded(first) is fused.folded(first)
         a, b = torch.cuda.Stream(), torch.cuda.Stream()
         torch.cuda.synchronize()
         with torch.cuda.stream(a):
