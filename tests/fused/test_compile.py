@@ -111,6 +111,33 @@ def test_custom_op_registration_opcheck(case):
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
+@pytest.mark.parametrize("case", ["dw_ragged_s2", "pw_pool", "stem_ragged", "expand_dw", "expand_dw_ragged_s2"])
+def test_fake_implementations_take_symbolic_sizes_with_the_gpus_geometry(case, monkeypatch):
+    """Dynamic shapes hand the fake implementations symbolic sizes. On a GPU (not interpreting)
+    they reach the tile searches, which are cached by value: traced symbolically here, with the
+    GPU's choices, as opcheck's dynamic AOT check and ``torch.compile(dynamic=True)`` do."""
+    import importlib
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    for name in ("_utils", "_expand_dw_tiles", "expand_dwconv", "dwconv_bn_act", "pointwise_gated",
+                 "stem_conv_bn_act"):
+        module = importlib.import_module(f"fastmbconv.kernels.{name}")
+        if hasattr(module, "interpreting"):
+            monkeypatch.setattr(module, "interpreting", lambda: False)
+    op, args = _opcheck_cases()[case]
+    where = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+
+    def call(*tensors):
+        full = list(args)
+        for i, t in zip(where, tensors):
+            full[i] = t
+        return op(*full)
+
+    graph = make_fx(call, tracing_mode="symbolic")(*(args[i] for i in where))
+    assert any(node.target is op for node in graph.graph.nodes)
+
+
 def test_whole_b0_compiles_as_one_graph_and_sees_bn_edits():
     """torch.compile(fullgraph=True) of the whole fused B0: no graph break anywhere (so none
     inside a block), one compile for all 16 blocks, output equal to eager; an in-place BN edit
