@@ -66,8 +66,9 @@ plan-table:
 #   make gpu-check STAGE=first|verify|speed|profile|all OUT=<dir> [DRY=1]
 #                  [CACHE_FROM=<gpu-cache.tar.gz>] [BUDGET_S=540] [COMMIT=<sha>] [STUDY=1]
 # DRY=1 runs the same pipeline on a CPU (Triton interpreter, tiny shapes, ncu/compute-sanitizer
-# printed instead of run). Never touches the network. Interpreter: python, else python3.
-GPU_CHECK_PYTHON ?= $(shell command -v python >/dev/null 2>&1 && echo python || echo python3)
+# printed instead of run). Never touches the network. Interpreter: python3 (the GPU image's
+# torch is there), else python.
+GPU_CHECK_PYTHON ?= $(shell command -v python3 >/dev/null 2>&1 && echo python3 || echo python)
 .PHONY: gpu-check
 gpu-check:
 	@test -n "$(STAGE)" && test -n "$(OUT)" || { echo "usage: make gpu-check STAGE=first|verify|speed|profile|all OUT=<dir> [DRY=1] [CACHE_FROM=<archive>] [BUDGET_S=540]" >&2; exit 2; }

@@ -6,14 +6,15 @@
     python3 tools/gpu_check.py --check-out <dir> --stage first       # the file set and limits of an OUT
 
 Every stage starts with an offline install (the interpreter running this script, which ``make``
-picks as ``python`` or else ``python3``; ``pip install --no-index --no-build-isolation
+picks as ``python3`` or else ``python``; ``pip install --no-index --no-build-isolation
 --no-deps -e .``, which also builds the CUDA extension; a missing package fails with its name,
 nothing is ever downloaded), restores the kernel cache when ``--cache-from`` names an archive,
 and records versions to ``OUT/env.json``. Then:
 
 * ``first``: the one command of a 15-minute loan (device time, the machine's start included):
-  the CUDA tests with ``FASTMBCONV_AUTOTUNE=0`` (170 s), the warm-up (120 s), the headline
-  benchmarks without max-autotune (150 s) and their merge, so one 540 s call brings back
+  the CUDA tests but the slow ones (``-m "gpu and not slow"``, those written for a GPU first)
+  with ``FASTMBCONV_AUTOTUNE=0`` (170 s), the warm-up (120 s), the headline benchmarks without
+  max-autotune (150 s; the compiled providers last) and their merge, so one 540 s call brings back
   correctness and the headline speed ratios. Same files as ``speed``.
 * ``verify``: the CUDA tests (``-m gpu``) with ``FASTMBCONV_AUTOTUNE=0`` first, so a kernel
   bug shows in a minute or two; a warm-up of the fused B0 at 224 px (compiles and autotunes every

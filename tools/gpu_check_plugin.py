@@ -10,6 +10,12 @@ seconds, whatever the files are called. The rest are reported as deselected.
 ``--gc-seconds S`` skips every test that would start more than S seconds after collection
 (reason "gpu-check: dry time budget spent"), so a dry run stays short whichever tests the sample
 picked; a skip, unlike stopping the session, keeps the exit status 0.
+
+``--gc-gpu-first`` runs the tests written for a GPU (marked ``gpu`` themselves, not only
+interpreter tests that count as GPU tests there) before the rest, so a step cut short by its
+cap has run the checks only a GPU can make. ``--gc-last SUBSTR`` runs the tests whose id holds
+SUBSTR last (the benchmarks' ``compile`` providers: their cold compiles must not crowd out the
+eager and fused rows). Both keep the order otherwise.
 """
 from __future__ import annotations
 
@@ -25,6 +31,21 @@ def pytest_addoption(parser):
                      help="gpu-check: keep at most N selected tests, round-robin across modules (0: all)")
     parser.addoption("--gc-seconds", type=float, default=0.0, metavar="S",
                      help="gpu-check: skip tests that would start more than S seconds into the session (0: never)")
+    parser.addoption("--gc-gpu-first", action="store_true",
+                     help="gpu-check: run the tests marked gpu by themselves before the others")
+    parser.addoption("--gc-last", default="", metavar="SUBSTR",
+                     help="gpu-check: run the tests whose id contains SUBSTR last")
+
+
+def written_for_gpu(item) -> bool:
+    """Marked ``gpu`` by its function, class or module, not only for being an interpreter test."""
+    if "interpreter" not in item.keywords:
+        return "gpu" in item.keywords
+    for owner in (getattr(item, "function", None), getattr(item, "cls", None), getattr(item, "module", None)):
+        marks = getattr(owner, "pytestmark", [])  # a list, or one mark (a module's ``pytestmark = ...``)
+        if any(m.name == "gpu" for m in (marks if isinstance(marks, list) else [marks])):
+            return True
+    return False
 
 
 def pytest_collection_finish(session):  # the clock starts at the first test, not at collection
@@ -41,6 +62,11 @@ def pytest_runtest_setup(item):
 
 @pytest.hookimpl(trylast=True)  # after -m / -k have deselected
 def pytest_collection_modifyitems(config, items):
+    if config.getoption("gc_gpu_first"):
+        items.sort(key=lambda it: not written_for_gpu(it))  # stable
+    last = config.getoption("gc_last")
+    if last:
+        items.sort(key=lambda it: last in it.nodeid)
     n = config.getoption("gc_sample")
     if not n or len(items) <= n:
         return

@@ -6,7 +6,7 @@ from .check import Check, Step
 from .profile_steps import profile_steps
 from .setup_steps import setup_steps
 from .speed_steps import bench_step, merge_step, speed_steps
-from .verify_steps import test_step, verify_steps, warm_step
+from .verify_steps import FIRST_MARK, test_step, verify_steps, warm_step
 
 # A loan is 15 minutes of device time including the machine's start, so one command of about
 # 540 s must bring back correctness and the headline speed ratios. SETUP_S is an allowance for
@@ -18,7 +18,7 @@ FIRST_CAPS = {"tests-quick": 170.0, "warm": 120.0, "bench-headline": 150.0}
 
 
 def first_steps(c: Check) -> list[Step]:
-    return [test_step(c, "tests-quick", autotune=False, cap=FIRST_CAPS["tests-quick"]),
+    return [test_step(c, "tests-quick", autotune=False, cap=FIRST_CAPS["tests-quick"], mark=FIRST_MARK),
             warm_step(c, cap=FIRST_CAPS["warm"]),
             bench_step(c, "bench-headline", FIRST_CAPS["bench-headline"]), merge_step(c)]
 

@@ -11,6 +11,7 @@ from . import TOOLS
 from .check import Check, Step
 
 GPU_MARK = os.environ.get("GPU_CHECK_MARK", "gpu")
+FIRST_MARK = os.environ.get("GPU_CHECK_FIRST_MARK", "gpu and not slow")  # the first stage's share of the time
 MEMCHECK_MARK = os.environ.get("GPU_CHECK_MEMCHECK_MARK", "gpu and not slow and not subprocess")
 DRY_MARK = os.environ.get("GPU_CHECK_DRY_MARK", "interpreter and not slow")
 DRY_SAMPLE = int(os.environ.get("GPU_CHECK_DRY_SAMPLE", "6"))
@@ -30,22 +31,24 @@ def dry_sample(n: int, seconds: float) -> list[str]:
 
 
 def parallel_args() -> list[str]:
-    """Where pytest-xdist is installed, one worker per two cores (at most 8), a test file per
-    worker: with autotuning off the CUDA tests' time goes mostly to compiling kernels on the
-    CPU, about 2 s each for several hundred specialisations. A hung test dumps its stack."""
-    hang = ["-o", "faulthandler_timeout=120"]
+    """Where pytest-xdist is installed, one worker per core (at most 16), tests handed out one by
+    one: with autotuning off the CUDA tests' time goes mostly to compiling kernels on the CPU,
+    about 1-2 s each for several hundred specialisations, and the largest test files hold about
+    a hundred each (a file per worker would take minutes). The tests written for a GPU start
+    first. A hung test dumps its stack."""
+    hang = ["-o", "faulthandler_timeout=120", "--gc-gpu-first"]
     if importlib.util.find_spec("xdist") is None:
         return hang
-    return ["-n", str(max(1, min(8, (os.cpu_count() or 2) // 2))), "--dist", "loadfile", *hang]
+    return ["-n", str(max(1, min(16, os.cpu_count() or 2))), "--dist", "load", *hang]
 
 
-def test_step(c: Check, name: str, autotune: bool, cap: float) -> Step:
+def test_step(c: Check, name: str, autotune: bool, cap: float, mark: str = GPU_MARK) -> Step:
     # autotuning times configs on the GPU: alone, so that contention does not pick (and cache) them
-    gpu, junit = pytest_cmd(c, name, GPU_MARK, extra=["-o", "faulthandler_timeout=120"] if autotune else parallel_args())
+    gpu, junit = pytest_cmd(c, name, mark, extra=["-o", "faulthandler_timeout=120"] if autotune else parallel_args())
     # dry: the interpreter never autotunes, so the second run only proves the plumbing again
     dry, _ = pytest_cmd(c, name, DRY_MARK, extra=dry_sample(2, 5) if autotune else dry_sample(DRY_SAMPLE, 15))
     return Step(name, gpu, dry, cap_s=cap, min_s=30, junit=junit, env={"FASTMBCONV_AUTOTUNE": "1" if autotune else "0"},
-                what=f"the CUDA tests (-m '{GPU_MARK}'), autotuning {'on' if autotune else 'off'}")
+                what=f"the CUDA tests (-m '{mark}'), autotuning {'on' if autotune else 'off'}")
 
 
 def memcheck_step(c: Check) -> Step:

@@ -1,0 +1,48 @@
+"""The pytest plugin of the GPU check stages (``tools/gpu_check_plugin.py``): the order it
+gives a step's tests, on a CPU."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "tools" / "gpu_check.py").is_file())
+
+
+@pytest.mark.subprocess
+def test_plugin_runs_gpu_tests_first_and_named_ones_last(tmp_path):
+    (tmp_path / "test_a.py").write_text(textwrap.dedent("""\
+        import pytest
+        pytestmark = pytest.mark.interpreter
+
+        def test_plain(): pass
+
+        @pytest.mark.gpu
+        def test_big_cuda(): pass
+
+        def test_compile_me(): pass
+        """))
+    (tmp_path / "test_b.py").write_text(textwrap.dedent("""\
+        import pytest
+        pytestmark = [pytest.mark.gpu]
+
+        def test_whole_module_on_cuda(): pass
+        """))
+    (tmp_path / "test_c.py").write_text("def test_cpu(): pass\n")
+    argv = [sys.executable, "-m", "pytest", str(tmp_path), "-p", "gpu_check_plugin", "-p", "no:cacheprovider",
+            "--rootdir", str(tmp_path), "-c", os.devnull, "--collect-only", "-q", "-W", "ignore::pytest.PytestUnknownMarkWarning"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tools")}
+
+    def order(*extra):
+        out = subprocess.run(argv + list(extra), capture_output=True, text=True, env=env, timeout=120).stdout
+        return [line.split("::")[1] for line in out.splitlines() if "::" in line]
+
+    plain = ["test_plain", "test_big_cuda", "test_compile_me", "test_whole_module_on_cuda", "test_cpu"]
+    assert order() == plain
+    assert order("--gc-gpu-first") == ["test_big_cuda", "test_whole_module_on_cuda", "test_plain", "test_compile_me",
+                                       "test_cpu"]
+    assert order("--gc-last", "compile") == [n for n in plain if n != "test_compile_me"] + ["test_compile_me"]
