@@ -14,6 +14,7 @@ from typing import Literal, Sequence
 
 import torch
 
+from . import streams
 from .streams import StreamShared
 
 PadMode = Literal["symmetric", "same"]
@@ -100,7 +101,7 @@ class RaggedSizes:
                 raise ValueError(
                     "under torch.export, pass valid_sizes as a Python list of (height, width): the sizes "
                     "choose each image's padding on the host, so they are constants of the exported program")
-            if valid_sizes.device.type != "cpu" and _capturing(valid_sizes.device):
+            if valid_sizes.device.type != "cpu" and streams.capturing(valid_sizes.device):
                 raise RuntimeError(
                     "inside a CUDA-graph capture, pass valid_sizes as a list or a CPU tensor (e.g. "
                     "valid.tolist() before capturing): reading a GPU tensor's values on the host "
@@ -177,12 +178,6 @@ _captured_views: set = set()  # keys read during a CUDA-graph capture: a graph r
 _views_lock = threading.Lock()
 
 
-def _capturing(device: torch.device) -> bool:
-    from .kernels._utils import cuda_capturing
-
-    return device.type == "cuda" and cuda_capturing()
-
-
 def device_view(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     """``values`` (host ints, flat or rows) as a read-only ``dtype`` tensor on ``device``, shared by
     every forward with the same values: each ragged forward builds its :class:`RaggedSizes` anew,
@@ -196,7 +191,7 @@ def device_view(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     key = (values, dtype, device)
-    capturing = _capturing(device)
+    capturing = streams.capturing(device)
     with _views_lock:
         cached = _device_views.get(key)
         if cached is not None:

@@ -20,8 +20,12 @@ from typing import Iterable, Optional
 import torch
 
 
-def _capturing() -> bool:
-    from .kernels._utils import cuda_capturing  # not at import: fastmbconv imports without triton
+def capturing(device: torch.device) -> bool:
+    """Whether a CUDA-graph capture is under way on ``device``'s current stream (never for a
+    device other than CUDA, which then imports no kernels: fastmbconv imports without triton)."""
+    if device.type != "cuda":
+        return False
+    from .kernels._utils import cuda_capturing
 
     return cuda_capturing()
 
@@ -53,7 +57,7 @@ class StreamShared:
         self.event = None
         self.streams: set = set()
         self._lock = threading.Lock()
-        if self.tensors and not _capturing():
+        if self.tensors and not capturing(self.tensors[0].device):
             stream = _current_stream(self.tensors[0].device)
             self.event = _new_event()
             self.event.record(stream)
@@ -61,7 +65,7 @@ class StreamShared:
 
     def use(self) -> None:
         """Order the current stream after the tensors' writes, the first time it reads them."""
-        if self.event is None or _capturing():
+        if self.event is None or capturing(self.tensors[0].device):
             return
         stream = _current_stream(self.tensors[0].device)
         if stream in self.streams:
@@ -73,3 +77,13 @@ class StreamShared:
             for t in self.tensors:
                 _record_stream(t, stream)
             self.streams.add(stream)
+
+    def wait_for_readers(self) -> None:
+        """Order the current stream after the work queued so far on every stream that read the
+        tensors, before it writes into them (a refold into a fold that a CUDA graph captured)."""
+        if self.event is None:
+            return
+        current = _current_stream(self.tensors[0].device)
+        for stream in list(self.streams):
+            if stream != current:
+                current.wait_stream(stream)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import fastmbconv as fm
+from fastmbconv import streams
 
 from .helpers import randomize_bn
 
@@ -168,7 +169,7 @@ def test_a_repeated_ragged_forward_uploads_nothing(monkeypatch, fresh_views, bac
 
 def test_capture_of_sizes_never_uploaded_names_the_fix(monkeypatch, fresh_views):
     geometry = fresh_views
-    monkeypatch.setattr(geometry, "_capturing", lambda device: True)
+    monkeypatch.setattr(streams, "capturing", lambda device: True)
     with pytest.raises(RuntimeError, match="once with the same valid_sizes.*outside capture"):
         geometry.RaggedSizes([(5, 3), (2, 2)]).on("meta", "padding", 3, 2, "same")
 
@@ -177,7 +178,7 @@ def test_gpu_valid_sizes_inside_a_capture_name_the_fix(monkeypatch, fresh_views)
     """prepare_images returns the sizes on the GPU; reading them (.tolist()) inside a capture
     would synchronise. A meta tensor stands in for the CUDA one (it cannot be read either)."""
     geometry = fresh_views
-    monkeypatch.setattr(geometry, "_capturing", lambda device: True)
+    monkeypatch.setattr(streams, "capturing", lambda device: True)
     with pytest.raises(RuntimeError, match="list or a CPU tensor"):
         geometry.RaggedSizes.from_user(torch.ones(2, 2, dtype=torch.int32, device="meta"), (2, 3, 4, 4))
     sizes = geometry.RaggedSizes.from_user(torch.tensor([[4, 4], [3, 2]]), (2, 3, 4, 4))  # CPU: read as before
@@ -188,9 +189,9 @@ def test_device_views_read_in_a_capture_are_never_evicted(monkeypatch, fresh_vie
     geometry = fresh_views
     monkeypatch.setattr(geometry, "DEVICE_VIEWS_MAX", 4)
     captured = geometry.device_view(((1, 2),), torch.int32, "meta")
-    monkeypatch.setattr(geometry, "_capturing", lambda device: True)
+    monkeypatch.setattr(streams, "capturing", lambda device: True)
     assert geometry.device_view(((1, 2),), torch.int32, "meta") is captured
-    monkeypatch.setattr(geometry, "_capturing", lambda device: False)
+    monkeypatch.setattr(streams, "capturing", lambda device: False)
     others = [geometry.device_view((i,), torch.float32, "meta") for i in range(10)]
     assert geometry.device_view(((1, 2),), torch.int32, "meta") is captured  # kept past the limit
     assert len(geometry._device_views) == 4

@@ -22,10 +22,13 @@ class FakeEvent:
 
 class FakeStream:
     def __init__(self, name):
-        self.name, self.waited = name, []
+        self.name, self.waited, self.waited_streams = name, [], []
 
     def wait_event(self, event):
         self.waited.append(event)
+
+    def wait_stream(self, stream):
+        self.waited_streams.append(stream)
 
     def __repr__(self):
         return f"FakeStream({self.name})"
@@ -45,7 +48,7 @@ def cuda(monkeypatch):
     monkeypatch.setattr(streams, "_current_stream", lambda device: state.current)
     monkeypatch.setattr(streams, "_new_event", FakeEvent)
     monkeypatch.setattr(streams, "_record_stream", lambda t, s: state.recorded.append((t, s)))
-    monkeypatch.setattr(streams, "_capturing", lambda: state.capturing)
+    monkeypatch.setattr(streams, "capturing", lambda device: state.capturing)
     return state
 
 
@@ -113,7 +116,7 @@ def test_a_fold_is_waited_for_by_other_streams_and_again_after_a_refold(cuda):
     assert len(cuda.a.waited) == 1 and cuda.a.waited[0].recorded_on is cuda.b
 
 
-def test_a_refill_of_a_captured_fold_is_waited_for_again(cuda, monkeypatch):
+def test_a_refill_of_a_captured_fold_waits_for_its_readers_and_is_waited_for_again(cuda, monkeypatch):
     from fastmbconv.kernels import _utils
 
     monkeypatch.setattr(_utils, "cuda_capturing", lambda: cuda.capturing)
@@ -128,7 +131,8 @@ def test_a_refill_of_a_captured_fold_is_waited_for_again(cuda, monkeypatch):
     with torch.no_grad():
         model.bn1.bias.add_(1.0)
     cuda.current = cuda.a
-    assert fused.folded(model) is seen  # refilled on stream a
+    assert fused.folded(model) is seen  # refilled on stream a, once b's queued forwards have read it
+    assert cuda.a.waited_streams == [cuda.b]
     cuda.current = cuda.b
     assert fused.folded(model) is seen
     assert len(cuda.b.waited) == 2 and cuda.b.waited[1].recorded_on is cuda.a

@@ -16,6 +16,7 @@ A forward on another stream than the fold's waits for the fold once (:class:`..s
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -158,10 +159,12 @@ class FoldCache:
         self.snapshot = self.take_snapshot()
         self.by_dtype: dict[torch.dtype, FoldedModel] = {}
         self.shared: dict[torch.dtype, StreamShared] = {}  # by_dtype's streams that may read it
+        self.lock = threading.Lock()
         self.captured: set[torch.dtype] = set()
         self.kept: list[FoldedModel] = list(previous.kept) if previous is not None else []
         for dtype in sorted(previous.captured, key=str) if previous is not None else ():
             fresh = fold_model(model, dtype)
+            previous.shared[dtype].wait_for_readers()  # forwards still queued on other streams read them
             if refill(previous.by_dtype[dtype], fresh):
                 self.by_dtype[dtype] = previous.by_dtype[dtype]
                 self.captured.add(dtype)
@@ -172,6 +175,12 @@ class FoldCache:
                 self.kept.append(previous.by_dtype[dtype])
                 self.by_dtype[dtype] = fresh
             self.shared[dtype] = StreamShared(fold_tensors(self.by_dtype[dtype]))
+
+    def __deepcopy__(self, memo) -> None:
+        return None  # a copy of the model (deepcopy, pickle) folds its own weights when first run
+
+    def __reduce__(self):
+        return _no_fold_cache, ()
 
     def take_snapshot(self) -> Optional[tuple]:
         members = [v for m in self.modules for d in (m._modules, m._parameters, m._buffers) for v in d.values()]
@@ -184,6 +193,10 @@ class FoldCache:
 
     def still_valid(self) -> bool:
         return self.snapshot is not None and self.take_snapshot() == self.snapshot
+
+
+def _no_fold_cache() -> None:
+    return None
 
 
 def folded(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
@@ -204,8 +217,11 @@ def folded(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
     if dtype not in cache.by_dtype:
         if capturing:
             return fold_model(model, dtype)
-        cache.by_dtype[dtype] = fold_model(model, dtype)
-        cache.shared[dtype] = StreamShared(fold_tensors(cache.by_dtype[dtype]))
+        with cache.lock:  # threads that find no fold: one folds, and its event comes with it
+            if dtype not in cache.by_dtype:
+                fold = fold_model(model, dtype)
+                cache.shared[dtype] = StreamShared(fold_tensors(fold))
+                cache.by_dtype[dtype] = fold
     if capturing:
         cache.captured.add(dtype)
     else:

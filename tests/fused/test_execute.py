@@ -181,6 +181,25 @@ def test_load_state_dict_refolds():
     assert_close_to_ref(out, ref, what="logits after load_state_dict")
 
 
+def test_a_model_with_a_fold_still_copies_pickles_and_counts_flops():
+    """The fold cache (events, a lock) is not copied: a deepcopy or an unpickled model folds its
+    own weights when first run."""
+    import copy
+    import io
+
+    model = build(num_classes=10)
+    first = fused.folded(model)
+    saved = io.BytesIO()
+    torch.save(model, saved)  # a whole model (trusted here: our own bytes)
+    saved.seek(0)
+    for twin in (copy.deepcopy(model), torch.load(saved, weights_only=False)):
+        assert getattr(twin, "_fused_fold_cache", None) is None
+        again = fused.folded(twin)
+        assert again is not first and torch.equal(again.stages[1][0].w_project, first.stages[1][0].w_project)
+    assert fm.count_flops(model, 224) == fm.count_flops(build(num_classes=10), 224)
+    assert fused.folded(model) is first
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_b1", "efficientnet_b2", "efficientnet_b4", "efficientnet_b7"])
 def test_b1_to_b7_structure(name):
