@@ -268,8 +268,9 @@ def _check_args(x, w_expand, b_expand, w_dw, scale, shift, padding, stride, act,
 def geometry(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int, batch: int, dtype: torch.dtype):
     """The launch geometry: (tile_h, tile_w, block_c, block_k, halo_h, halo_w, tiles, items).
     Sizes may be symbolic (the fake implementation under dynamic shapes); the tile search needs
-    their values, so the op specialises on the map's size, as its kernel does."""
-    H_out, W_out, C_in, C, kernel, stride, batch = (int(v) for v in (H_out, W_out, C_in, C, kernel, stride, batch))
+    the map's and channels' values, so the op specialises on them, as its kernel does (not on
+    the batch)."""
+    H_out, W_out, C_in, C, kernel, stride = (int(v) for v in (H_out, W_out, C_in, C, kernel, stride))
     tile_h, tile_w, block_c, block_k = blocks_for(H_out, W_out, C_in, C, kernel, stride, dtype)
     halo_h, halo_w = (tile_h - 1) * stride + kernel, (tile_w - 1) * stride + kernel
     tiles = -(-H_out // tile_h) * -(-W_out // tile_w)

@@ -91,7 +91,7 @@ def _pointwise_gated_kernel(
         elif HAS_GATE:  # each row's own image's gate (L1 hits: a tile spans few images)
             g = tl.load(gate_ptr + image[:, None] * K + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             a = a.to(tl.float32) * g
-        if DOT_FP32:  # the gated rows are fp32, cast to bf16 on a GPU
+        if DOT_FP32:  # bf16: the gated rows are fp32, which a GPU casts to bf16
             a = round_to_bf16(a.to(tl.float32)) if ROUND_BF16 else a.to(tl.float32)
             acc = tl.dot(a, b.to(tl.float32), acc, input_precision="ieee")
         else:
