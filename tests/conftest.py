@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if HAS_CUDA and "interpreter" in item.keywords:
-            item.add_marker(pytest.mark.gpu)
+            item.add_marker(pytest.mark.gpu(interpreter=True))  # tools/gpu_check_plugin.py tells them apart
         elif not HAS_CUDA and "gpu" in item.keywords:
             item.add_marker(skip_gpu)
 

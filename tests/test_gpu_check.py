@@ -286,9 +286,9 @@ def test_first_stage_is_correctness_then_headline_speed_within_its_budget(tmp_pa
     # several hundred kernel compiles do not fit the cap on one process: pytest-xdist (on the GPU
     # image) spreads them test by test, the tests written for a GPU first; a hung test dumps its stack
     cmd = " ".join(steps["tests-quick"].cmd)
-    assert "faulthandler_timeout=120" in cmd and "--gc-gpu-first" in cmd
-    assert ("--dist load " in cmd) == bool(find_spec("xdist"))
-    assert _planned("verify", tmp_path)["tests-quick"].cmd[5] == "gpu"  # verify runs the slow ones too
+    assert "faulthandler_timeout=120" in cmd and "--gc-gpu-first" in cmd and ("--dist load " in cmd) == bool(
+        find_spec("xdist"))
+    assert " -m gpu -p " in " ".join(_planned("verify", tmp_path)["tests-quick"].cmd)  # verify: the slow ones too
     assert steps["bench-headline"].cmd[-2:] == ["--gc-last", "compile"]  # cold compiles after the eager rows
     assert "-n " not in " ".join(steps["tests-quick"].dry)  # dry runs stay one sampled process
     autotuned = " ".join(_planned("verify", tmp_path)["tests-autotuned"].cmd)

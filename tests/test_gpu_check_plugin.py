@@ -15,6 +15,16 @@ REPO = next(p for p in Path(__file__).resolve().parents if (p / "tools" / "gpu_c
 
 @pytest.mark.subprocess
 def test_plugin_runs_gpu_tests_first_and_named_ones_last(tmp_path):
+    """As on a GPU machine: a conftest marks every interpreter test ``gpu(interpreter=True)``, as
+    tests/conftest.py does there; those stay in place, the tests marked ``gpu`` themselves go first."""
+    (tmp_path / "conftest.py").write_text(textwrap.dedent("""\
+        import pytest
+
+        def pytest_collection_modifyitems(config, items):
+            for item in items:
+                if "interpreter" in item.keywords:
+                    item.add_marker(pytest.mark.gpu(interpreter=True))
+        """))
     (tmp_path / "test_a.py").write_text(textwrap.dedent("""\
         import pytest
         pytestmark = pytest.mark.interpreter
@@ -25,6 +35,9 @@ def test_plugin_runs_gpu_tests_first_and_named_ones_last(tmp_path):
         def test_big_cuda(): pass
 
         def test_compile_me(): pass
+
+        @pytest.mark.parametrize("n", [1, pytest.param(2, marks=pytest.mark.gpu)])
+        def test_param(n): pass
         """))
     (tmp_path / "test_b.py").write_text(textwrap.dedent("""\
         import pytest
@@ -34,15 +47,17 @@ def test_plugin_runs_gpu_tests_first_and_named_ones_last(tmp_path):
         """))
     (tmp_path / "test_c.py").write_text("def test_cpu(): pass\n")
     argv = [sys.executable, "-m", "pytest", str(tmp_path), "-p", "gpu_check_plugin", "-p", "no:cacheprovider",
-            "--rootdir", str(tmp_path), "-c", os.devnull, "--collect-only", "-q", "-W", "ignore::pytest.PytestUnknownMarkWarning"]
+            "--rootdir", str(tmp_path), "-c", os.devnull, "--collect-only", "-q",
+            "-W", "ignore::pytest.PytestUnknownMarkWarning"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "tools")}
 
     def order(*extra):
         out = subprocess.run(argv + list(extra), capture_output=True, text=True, env=env, timeout=120).stdout
         return [line.split("::")[1] for line in out.splitlines() if "::" in line]
 
-    plain = ["test_plain", "test_big_cuda", "test_compile_me", "test_whole_module_on_cuda", "test_cpu"]
+    plain = ["test_plain", "test_big_cuda", "test_compile_me", "test_param[1]", "test_param[2]",
+             "test_whole_module_on_cuda", "test_cpu"]
     assert order() == plain
-    assert order("--gc-gpu-first") == ["test_big_cuda", "test_whole_module_on_cuda", "test_plain", "test_compile_me",
-                                       "test_cpu"]
+    assert order("--gc-gpu-first") == ["test_big_cuda", "test_param[2]", "test_whole_module_on_cuda", "test_plain",
+                                       "test_compile_me", "test_param[1]", "test_cpu"]
     assert order("--gc-last", "compile") == [n for n in plain if n != "test_compile_me"] + ["test_compile_me"]

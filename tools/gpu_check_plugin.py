@@ -12,7 +12,7 @@ seconds, whatever the files are called. The rest are reported as deselected.
 picked; a skip, unlike stopping the session, keeps the exit status 0.
 
 ``--gc-gpu-first`` runs the tests written for a GPU (marked ``gpu`` themselves, not only
-interpreter tests that count as GPU tests there) before the rest, so a step cut short by its
+the interpreter tests that tests/conftest.py marks ``gpu`` there) before the rest, so a step cut short by its
 cap has run the checks only a GPU can make. ``--gc-last SUBSTR`` runs the tests whose id holds
 SUBSTR last (the benchmarks' ``compile`` providers: their cold compiles must not crowd out the
 eager and fused rows). Both keep the order otherwise.
@@ -38,14 +38,9 @@ def pytest_addoption(parser):
 
 
 def written_for_gpu(item) -> bool:
-    """Marked ``gpu`` by its function, class or module, not only for being an interpreter test."""
-    if "interpreter" not in item.keywords:
-        return "gpu" in item.keywords
-    for owner in (getattr(item, "function", None), getattr(item, "cls", None), getattr(item, "module", None)):
-        marks = getattr(owner, "pytestmark", [])  # a list, or one mark (a module's ``pytestmark = ...``)
-        if any(m.name == "gpu" for m in (marks if isinstance(marks, list) else [marks])):
-            return True
-    return False
+    """Marked ``gpu`` by the test itself, not only by tests/conftest.py for being an interpreter
+    test (which marks those ``gpu(interpreter=True)`` on a GPU machine)."""
+    return any(not mark.kwargs.get("interpreter") for mark in item.iter_markers("gpu"))
 
 
 def pytest_collection_finish(session):  # the clock starts at the first test, not at collection

@@ -31,8 +31,8 @@ def dry_sample(n: int, seconds: float) -> list[str]:
 
 
 def parallel_args() -> list[str]:
-    """Where pytest-xdist is installed, one worker per core (at most 16), tests handed out one by
-    one: with autotuning off the CUDA tests' time goes mostly to compiling kernels on the CPU,
+    """Where pytest-xdist is installed, one worker per core (at most 16), tests handed out in
+    small chunks (``--dist load``): with autotuning off the CUDA tests' time goes mostly to compiling kernels on the CPU,
     about 1-2 s each for several hundred specialisations, and the largest test files hold about
     a hundred each (a file per worker would take minutes). The tests written for a GPU start
     first. A hung test dumps its stack."""
