@@ -15,7 +15,6 @@ from typing import Literal, Sequence
 import torch
 
 from . import streams
-from .streams import StreamShared
 
 PadMode = Literal["symmetric", "same"]
 PAD_MODES: tuple[str, ...] = ("symmetric", "same")
@@ -173,7 +172,7 @@ class RaggedSizes:
 
 
 DEVICE_VIEWS_MAX = 1024  # distinct (values, dtype, device) uploads kept; each is a few hundred bytes
-_device_views: "OrderedDict[tuple, tuple[torch.Tensor, StreamShared]]" = OrderedDict()
+_device_views: "OrderedDict[tuple, tuple[torch.Tensor, streams.StreamShared]]" = OrderedDict()
 _captured_views: set = set()  # keys read during a CUDA-graph capture: a graph replays their addresses
 _views_lock = threading.Lock()
 
@@ -209,7 +208,7 @@ def device_view(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     # non_blocking: uploading host sizes must not wait for the kernels already queued
     view = torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
     with _views_lock:
-        _device_views[key] = (view, StreamShared([view]))
+        _device_views[key] = (view, streams.StreamShared([view]))
         evictable = (k for k in list(_device_views) if k not in _captured_views)
         for _, k in zip(range(len(_device_views) - DEVICE_VIEWS_MAX), evictable):
             del _device_views[k]

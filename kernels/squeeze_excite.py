@@ -72,7 +72,8 @@ def _se_gate_kernel(
         offs_g = g0 + tl.arange(0, BLOCK_G)
         g_ok = offs_g < C
         w_e = tl.load(we_ptr + offs_g[None, :] * R + offs_r[:, None], mask=r_ok[:, None] & g_ok[None, :], other=0.0)
-        g = _dot(hidden, w_e, DOT_FP32, ROUND_BF16) + tl.load(be_ptr + offs_g, mask=g_ok, other=0.0).to(tl.float32)[None, :]
+        g = _dot(hidden, w_e, DOT_FP32, ROUND_BF16)
+        g += tl.load(be_ptr + offs_g, mask=g_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(gate_ptr + offs_n.to(tl.int64)[:, None] * C + offs_g[None, :], tl.sigmoid(g),
                  mask=n_ok[:, None] & g_ok[None, :])
 

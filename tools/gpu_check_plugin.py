@@ -11,9 +11,9 @@ seconds, whatever the files are called. The rest are reported as deselected.
 (reason "gpu-check: dry time budget spent"), so a dry run stays short whichever tests the sample
 picked; a skip, unlike stopping the session, keeps the exit status 0.
 
-``--gc-gpu-first`` runs the tests written for a GPU (marked ``gpu`` themselves, not only
-the interpreter tests that tests/conftest.py marks ``gpu`` there) before the rest, so a step cut short by its
-cap has run the checks only a GPU can make. ``--gc-last SUBSTR`` runs the tests whose id holds
+``--gc-gpu-first`` runs the tests written for a GPU (marked ``gpu`` themselves, not only the
+interpreter tests that tests/conftest.py marks ``gpu`` there) before the rest, so a step cut
+short by its cap has run the checks only a GPU can make. ``--gc-last SUBSTR`` runs the tests whose id holds
 SUBSTR last (the benchmarks' ``compile`` providers: their cold compiles must not crowd out the
 eager and fused rows). Both keep the order otherwise.
 """

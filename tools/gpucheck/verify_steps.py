@@ -32,14 +32,14 @@ def dry_sample(n: int, seconds: float) -> list[str]:
 
 def parallel_args() -> list[str]:
     """Where pytest-xdist is installed, one worker per core (at most 16), tests handed out in
-    small chunks (``--dist load``): with autotuning off the CUDA tests' time goes mostly to compiling kernels on the CPU,
-    about 1-2 s each for several hundred specialisations, and the largest test files hold about
-    a hundred each (a file per worker would take minutes). The tests written for a GPU start
-    first. A hung test dumps its stack."""
-    hang = ["-o", "faulthandler_timeout=120", "--gc-gpu-first"]
+    small chunks (``--dist load``): with autotuning off the CUDA tests' time goes mostly to
+    compiling kernels on the CPU, about 1-2 s each for several hundred specialisations, and the
+    largest test files hold about a hundred each (a file per worker would take minutes). The
+    tests written for a GPU start first. A hung test dumps its stack."""
+    common = ["-o", "faulthandler_timeout=120", "--gc-gpu-first"]
     if importlib.util.find_spec("xdist") is None:
-        return hang
-    return ["-n", str(max(1, min(16, os.cpu_count() or 2))), "--dist", "load", *hang]
+        return common
+    return ["-n", str(max(1, min(16, os.cpu_count() or 2))), "--dist", "load", *common]
 
 
 def test_step(c: Check, name: str, autotune: bool, cap: float, mark: str = GPU_MARK) -> Step:
