@@ -21,32 +21,6 @@ constexpr int kBlockX = 64;
 constexpr int kBlockY = 4;
 constexpr int64_t kMaxGridYZ = 65535;
 
-// Pixel (y, x) of one image's window, y < rh and x < rw: its three normalised channels.
-__device__ __forceinline__ void window_pixel(const int64_t* m, const int32_t* coefs, int filter,
-                                             int64_t y, int64_t x, const Norm& nm, float v[3]) {
-  const uint8_t* img = table_image(m);
-  const int64_t h = m[kHeight], w = m[kWidth], c = m[kChannels];
-  const int64_t sh = m[kScaledH], sw = m[kScaledW];
-  const int64_t sy = m[kTop] + y, sx = m[kLeft] + x;
-  if (h == sh && w == sw) {  // no resize: as the CPU loop, the exact three-step normalisation
-    const uint8_t* p = img + (sy * w + sx) * c;
-#pragma unroll
-    for (int k = 0; k < 3; ++k) v[k] = normalise_exact(p[c == 1 ? 0 : k], nm, k);
-    return;
-  }
-  if (filter == kTorchBilinear) {
-    interpolate_pixel(img, w, c, source_tap(sy, h, sh), source_tap(sx, w, sw), nm, v);
-    return;
-  }
-  const int64_t yk = m[kYTaps], xk = m[kXTaps];
-  const int32_t* ye = yk ? coefs + m[kYCoef] + y * (yk + 2) : nullptr;
-  const int32_t* xe = xk ? coefs + m[kXCoef] + x * (xk + 2) : nullptr;
-  int32_t u[3];
-  pil_pixel(img, w, c, ye, sy, xe, sx, m[kVerticalFirst] != 0, u);
-#pragma unroll
-  for (int k = 0; k < 3; ++k) v[k] = normalise_exact(u[k], nm, k);
-}
-
 // blockIdx.z walks images, blockIdx.y * kBlockY + threadIdx.y walks rows, x walks columns;
 // every level is a grid-stride loop, so any n / out_h / out_w is covered with int64 indices.
 template <typename T>

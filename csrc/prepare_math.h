@@ -125,7 +125,6 @@ FMB_HD void interpolate_pixel(const uint8_t* img, int64_t w, int64_t channels, c
   const int64_t row1 = ty.i1 * w * channels;
   const int64_t col0 = tx.i0 * channels;
   const int64_t col1 = tx.i1 * channels;
-#pragma unroll
   for (int c = 0; c < 3; ++c) {
     const int64_t cc = channels == 1 ? 0 : c;
     const float p00 = static_cast<float>(img[row0 + col0 + cc]);
@@ -202,6 +201,32 @@ FMB_HD void pil_pixel(const uint8_t* img, int64_t w, int64_t channels, const int
     }
   }
   if (channels == 1) out[1] = out[2] = out[0];
+}
+
+// Pixel (y, x) of one image's window, y < rh and x < rw: its three normalised channels, from
+// its table row m. The CUDA kernel's whole per-pixel path (the CPU loop reuses rows instead);
+// tests/csrc runs it on the host against the CPU op.
+FMB_HD void window_pixel(const int64_t* m, const int32_t* coefs, int filter, int64_t y, int64_t x,
+                         const Norm& nm, float v[3]) {
+  const uint8_t* img = table_image(m);
+  const int64_t h = m[kHeight], w = m[kWidth], c = m[kChannels];
+  const int64_t sh = m[kScaledH], sw = m[kScaledW];
+  const int64_t sy = m[kTop] + y, sx = m[kLeft] + x;
+  if (h == sh && w == sw) {  // no resize: as the CPU loop, the exact three-step normalisation
+    const uint8_t* p = img + (sy * w + sx) * c;
+    for (int k = 0; k < 3; ++k) v[k] = normalise_exact(p[c == 1 ? 0 : k], nm, k);
+    return;
+  }
+  if (filter == kTorchBilinear) {
+    interpolate_pixel(img, w, c, source_tap(sy, h, sh), source_tap(sx, w, sw), nm, v);
+    return;
+  }
+  const int64_t yk = m[kYTaps], xk = m[kXTaps];
+  const int32_t* ye = yk ? coefs + m[kYCoef] + y * (yk + 2) : nullptr;
+  const int32_t* xe = xk ? coefs + m[kXCoef] + x * (xk + 2) : nullptr;
+  int32_t u[3];
+  pil_pixel(img, w, c, ye, sy, xe, sx, m[kVerticalFirst] != 0, u);
+  for (int k = 0; k < 3; ++k) v[k] = normalise_exact(u[k], nm, k);
 }
 
 // Host only: Pillow's filters and coefficients (precompute_coeffs + normalize_coeffs_8bpc),

@@ -26,6 +26,7 @@ import torch
 Backend = Literal["auto", "fused", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "fused", "reference")
 ENV_VAR = "FASTMBCONV_BACKEND"
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the fused kernels take
 
 _global_backend: str | None = None
 _thread_state = threading.local()  # .backend: the innermost use_backend() of this thread
@@ -72,10 +73,18 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _weights(model: torch.nn.Module) -> Iterator[torch.Tensor]:
+    """The model's parameters. A ``DataParallel`` replica has none: it holds its broadcast
+    copies of them as plain tensor attributes of each submodule."""
+    if not getattr(model, "_is_replica", False):
+        return model.parameters()
+    return (t for m in model.modules() for t in vars(m).values() if isinstance(t, torch.Tensor))
+
+
 def _needs_autograd(model: torch.nn.Module, x: torch.Tensor) -> bool:
     if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
         return False
-    return x.requires_grad or any(p.requires_grad for p in model.parameters())
+    return x.requires_grad or any(t.requires_grad for t in _weights(model))
 
 
 def fused_unavailable_reason(model: torch.nn.Module, x: torch.Tensor) -> str | None:
@@ -87,6 +96,10 @@ def fused_unavailable_reason(model: torch.nn.Module, x: torch.Tensor) -> str | N
             "autograd is recording and the input or parameters require grad; "
             "run under torch.inference_mode() or torch.no_grad()"
         )
+    weight_dtype = model.conv_stem.weight.dtype
+    if x.dtype not in KERNEL_DTYPES or weight_dtype not in KERNEL_DTYPES:
+        return (f"the kernels compute in float32, float16 or bfloat16, not {x.dtype} (input) / "
+                f"{weight_dtype} (weights)")
     if x.device.type in ("cuda", "meta"):  # meta: shapes only (fake kernels, or recorded launches)
         return None
     if x.device.type == "cpu" and interpreter_enabled():

@@ -206,7 +206,8 @@ def device_view(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:
             "a ragged batch's sizes must reach the GPU before CUDA-graph capture: run the forward "
             "once with the same valid_sizes (and input size) outside capture, then capture it")
     # non_blocking: uploading host sizes must not wait for the kernels already queued
-    view = torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    with torch.inference_mode(False):  # a normal tensor: a later forward under autograd may save it
+        view = torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
     with _views_lock:
         _device_views[key] = (view, streams.StreamShared([view]))
         evictable = (k for k in list(_device_views) if k not in _captured_views)

@@ -3,12 +3,10 @@ one executor, :mod:`fastmbconv.reference` (the modules) or :mod:`fastmbconv.fuse
 Builders by name and scale live in :mod:`fastmbconv.builders`."""
 from __future__ import annotations
 
-import functools
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from . import reference
 from .config import B0_HEAD_CHANNELS, B0_STAGES, B0_STEM_CHANNELS, BN_EPS, StageConfig
@@ -250,15 +248,7 @@ class EfficientNet(nn.Module):
         (``torch.utils.checkpoint``, non-reentrant) while autograd records: gradients are
         unchanged and activation memory drops to about one block's. As in timm, BatchNorm's
         running statistics see each training batch twice (forward and recomputation)."""
-        self.grad_checkpointing = bool(enable)
-        for stage in self.blocks:
-            for block in stage:
-                if enable:
-                    # An instance attribute shadows the class's forward: the state dict, module
-                    # names and every block's type stay as they are.
-                    block.forward = functools.partial(_checkpointed_block_forward, block)
-                else:
-                    block.__dict__.pop("forward", None)
+        self.grad_checkpointing = bool(enable)  # read by the layer walk, reference.stages
 
     # ------------------------------------------------------------------ weights
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -293,9 +283,3 @@ def _checked_pool(global_pool: str, num_classes: int) -> str:
         raise ValueError("global_pool='' (no pooling) returns the head map: it needs num_classes=0")
     return global_pool
 
-
-def _checkpointed_block_forward(block: nn.Module, x: torch.Tensor, sizes=None) -> torch.Tensor:
-    forward = type(block).forward
-    if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in block.parameters())):
-        return forward(block, x, sizes)
-    return checkpoint(forward, block, x, sizes, use_reentrant=False)

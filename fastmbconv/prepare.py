@@ -24,7 +24,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from . import _ext
+from . import _ext, streams
 from ._prepare_plan import (  # noqa: F401  (re-exported)
     ALIGNS,
     DEFAULT_CROP_PCT,
@@ -147,6 +147,12 @@ def prepare_images(
     plan = make_plan(images, size, mode, dtype, mean, std, align, device, interpolation, antialias, crop_pct)
     op = _op()
     if plan.device.type == "cuda":
+        if streams.capturing(plan.device):
+            # The op builds its table of image addresses on the host and uploads it: a replay
+            # would read the capture's images through a host buffer freed since.
+            raise RuntimeError(
+                "prepare_images cannot be captured in a CUDA graph; run it outside the capture and "
+                "copy its batch into the graph's static input (batch_in.copy_(batch))")
         if not _ext.has_cuda_kernels():
             raise RuntimeError(
                 "fastmbconv._C was built without its CUDA kernels (CPU-only torch or no nvcc at "

@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from . import ragged
 from .geometry import RaggedSizes
@@ -27,7 +28,11 @@ def stages(model, x: torch.Tensor, sizes: Optional[RaggedSizes], last: int = 1 <
         if i > last:
             return
         for block in stage:
-            x = block(x, sizes)
+            if model.grad_checkpointing and torch.is_grad_enabled():
+                # Activations recomputed in the backward pass (EfficientNet.set_grad_checkpointing).
+                x = checkpoint(block, x, sizes, use_reentrant=False)
+            else:
+                x = block(x, sizes)
             if sizes is not None:
                 sizes = sizes.after(block.kernel, block.stride)
         yield i, x, sizes

@@ -326,7 +326,9 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         ROUND_BF16=mma and round_bf16(x.dtype), BIAS_COLS=bias_columns(C_in, block_k, x.dtype),
         SPLIT=taps_split(pixels, block_c, mma), WEIGHTS_ONCE=x.dtype != torch.float32,
         TAPS_GROUP=taps_group(pixels, block_c, block_k, C_in, k, mma, shared_budget(x.device)),
-        num_warps=4,
+        # one stage: the item loop must never be software-pipelined (a prefetch of the next
+        # item's scratch slot would run ahead of the barrier that orders its stores)
+        num_warps=4, num_stages=1,
     ), on=x)
     return out, partials
 

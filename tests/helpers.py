@@ -53,3 +53,25 @@ def compile_fullgraph(model: nn.Module, x: torch.Tensor):
         with count_launches() as launches:
             out = compiled(x)
     return eager, compiled, out, launches
+
+
+def data_parallel_replica(model: nn.Module, device: str = "meta") -> nn.Module:
+    """A replica as ``torch.nn.parallel.replicate`` builds one for ``DataParallel``, without
+    CUDA: each module copied with ``_replicate_for_data_parallel`` (a shallow copy of its
+    ``__dict__``), its parameters set as plain, non-leaf tensor attributes and its buffers
+    replaced, all on ``device`` (default ``meta``: "another GPU" that any leftover tensor of the
+    original, on the CPU, cannot be mistaken for)."""
+    copies = {m: m._replicate_for_data_parallel() for m in model.modules()}
+    for module, replica in copies.items():
+        for name, child in module._modules.items():
+            replica._modules[name] = None if child is None else copies[child]
+        for name, param in module._parameters.items():
+            if param is None:
+                replica._parameters[name] = None
+            else:
+                copy = param.detach().to(device).requires_grad_(param.requires_grad)
+                setattr(replica, name, copy * 1 if param.requires_grad else copy)  # not a leaf
+        for name, buf in module._buffers.items():
+            if buf is not None:
+                replica._buffers[name] = buf.to(device)
+    return copies[model]

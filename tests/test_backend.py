@@ -5,6 +5,8 @@ import torch
 import fastmbconv as fm
 from fastmbconv import backend
 
+from .helpers import data_parallel_replica
+
 
 @pytest.fixture
 def model():
@@ -25,11 +27,12 @@ def test_auto_keeps_cpu_tensors_on_reference(model):
 
 
 class _CudaTensorStandIn:
-    """select_path reads only .device and .requires_grad, so a GPU-less machine can check the
+    """select_path reads only .device, .requires_grad and .dtype, so a GPU-less machine can check the
     CUDA decision without a CUDA tensor."""
 
     device = torch.device("cuda", 0)
     requires_grad = False
+    dtype = torch.float32
 
 
 def test_auto_picks_fused_for_cuda_inference(model):
@@ -42,6 +45,27 @@ def test_auto_picks_fused_for_cuda_inference(model):
     model.eval()
     with torch.enable_grad():
         assert backend.select_path(model, x) == "reference"  # parameters require grad
+
+
+def test_a_data_parallel_replica_under_autograd_stays_on_reference(model):
+    """A DataParallel replica holds its weights as plain tensors, not parameters: they still
+    keep the inference-only fused path away while autograd records."""
+    replica, x = data_parallel_replica(model), _CudaTensorStandIn()
+    assert list(replica.parameters()) == []
+    with torch.enable_grad():
+        assert backend.select_path(replica, x) == "reference"
+    with torch.no_grad():
+        assert backend.select_path(replica, x) == "fused"
+
+
+def test_dtypes_the_kernels_lack_stay_on_reference(model):
+    x = _CudaTensorStandIn()
+    x.dtype = torch.float64
+    with torch.no_grad():
+        assert backend.select_path(model, x) == "reference"
+        assert backend.select_path(model.double(), _CudaTensorStandIn()) == "reference"
+        with fm.use_backend("fused"), pytest.raises(RuntimeError, match="float64"):
+            backend.select_path(model, x)
 
 
 def test_precedence_context_over_global_over_env(model, monkeypatch):

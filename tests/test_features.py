@@ -8,11 +8,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.checkpoint import checkpoint
 
 import fastmbconv as fm
+from fastmbconv import reference
 from fastmbconv.features import take_indices
 
-from .helpers import import_or_skip, randomize_bn
+from .helpers import data_parallel_replica, import_or_skip, randomize_bn
 
 X = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(0))
 
@@ -158,7 +160,7 @@ def test_grad_checkpointing_same_gradients_less_memory():
     plain = fm.efficientnet(0.25, 0.5, num_classes=10, drop_path_rate=0.2).train()
     checked = copy.deepcopy(plain)
     checked.set_grad_checkpointing()
-    assert checked.grad_checkpointing and all("forward" in b.__dict__ for s in checked.blocks for b in s)
+    assert checked.grad_checkpointing
     x = torch.randn(4, 3, 96, 96)  # activations well above the weights' gradients
     _train_step(plain, x), _train_step(checked, x)  # warm-up: one-time allocations
     grads, peak = _train_step(plain, x)
@@ -168,8 +170,33 @@ def test_grad_checkpointing_same_gradients_less_memory():
         torch.testing.assert_close(grads_ck[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
     assert peak_ck < 0.75 * peak, (peak_ck, peak)  # measured: 0.66
     checked.set_grad_checkpointing(False)
-    assert not any("forward" in b.__dict__ for s in checked.blocks for b in s)
     assert set(checked.state_dict()) == set(plain.state_dict())
+
+
+def test_grad_checkpointing_runs_each_block_of_a_data_parallel_replica_with_its_weights(monkeypatch):
+    """Checkpointing is the layer walk's, read from the model a forward runs: a DataParallel
+    replica (on "meta" here, as if another GPU) checkpoints its own blocks, with its own weights,
+    only while autograd records."""
+    calls = []
+
+    def counted(block, *args, **kwargs):
+        calls.append(block)
+        return checkpoint(block, *args, **kwargs)
+
+    monkeypatch.setattr(reference, "checkpoint", counted)
+    model = fm.efficientnet(0.25, 0.5, num_classes=10)
+    model.set_grad_checkpointing()
+    replica = data_parallel_replica(model)
+    blocks = [b for stage in replica.blocks for b in stage]
+    x = torch.empty(2, 3, 32, 32, device="meta")
+    assert replica(x).device.type == "meta"
+    assert calls == blocks
+    with torch.no_grad():
+        replica(x)
+    assert len(calls) == len(blocks)
+    model.set_grad_checkpointing(False)
+    data_parallel_replica(model)(x)
+    assert len(calls) == len(blocks)
 
 
 # ---------------------------------------------------------------- classifier and pooling

@@ -310,6 +310,17 @@ def test_cuda_without_an_index_is_the_current_gpu(monkeypatch):
     assert plan.device == torch.device("cuda", 1)
 
 
+def test_a_cuda_graph_capture_is_refused_with_the_fix(monkeypatch):
+    """The op's table (image addresses, built on the host) cannot be replayed: inside a capture
+    the call must say so before any upload. A capture is patched in; no GPU is touched."""
+    from fastmbconv import streams
+
+    monkeypatch.setattr(streams, "capturing", lambda device: device.type == "cuda")
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph.*outside the capture"):
+        prepare_images(_images(), 32, device="cuda")
+    prepare_images(_images(), 32)  # the CPU is never capturing
+
+
 @pytest.mark.subprocess
 def test_missing_extension_error_names_build_command():
     import subprocess

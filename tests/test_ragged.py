@@ -167,6 +167,21 @@ def test_a_repeated_ragged_forward_uploads_nothing(monkeypatch, fresh_views, bac
     assert (3, 2) in uploads and (3,) in uploads
 
 
+def test_sizes_first_uploaded_under_inference_mode_serve_a_later_autograd_forward(fresh_views):
+    """A warm-up under inference_mode caches the sizes' device views; a later forward that
+    autograd records (an input gradient, Grad-CAM) saves them for backward, which an inference
+    tensor cannot be."""
+    model = fm.efficientnet(0.25, 0.5, num_classes=10).eval()
+    batch, _, valid = _ragged_batch(SIZES[:3])
+    batch = batch.nan_to_num(0.0)
+    with torch.inference_mode():
+        model(batch, valid)
+    assert not any(view.is_inference() for view, _ in fresh_views._device_views.values())
+    batch.requires_grad_()
+    model(batch, valid).square().sum().backward()
+    assert torch.isfinite(batch.grad).all() and batch.grad.abs().sum() > 0
+
+
 def test_capture_of_sizes_never_uploaded_names_the_fix(monkeypatch, fresh_views):
     geometry = fresh_views
     monkeypatch.setattr(streams, "capturing", lambda device: True)

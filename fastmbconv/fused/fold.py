@@ -204,10 +204,14 @@ def folded(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
     on the model when its weights are unchanged. After changing the weights of a model whose
     fold a CUDA graph captured, call this (or run a forward outside the graph) before replaying."""
     dtype = dtype or model.conv_stem.weight.dtype
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or getattr(model, "_is_replica", False):
+        # A DataParallel replica lives for one forward, holds its weights as plain attributes
+        # (which a snapshot does not see) and starts with a copy of the original's __dict__.
         return fold_model(model, dtype)
     capturing = _utils.cuda_capturing()
     cache = getattr(model, "_fused_fold_cache", None)
+    if cache is not None and cache.modules[0] is not model:
+        cache = None  # another module's, reached through a shallow copy of its __dict__
     if cache is None or not cache.still_valid():
         if capturing:
             return fold_model(model, dtype)

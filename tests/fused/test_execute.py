@@ -14,7 +14,7 @@ from fastmbconv import fused
 from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.testing import assert_close_to_ref
 
-from ..helpers import DEVICE, randomize_bn
+from ..helpers import DEVICE, data_parallel_replica, randomize_bn
 
 # launch counts below assume every 1x1 conv takes the Triton kernel
 # (the fused expand + depthwise op: test_expand_dw_plan.py)
@@ -198,6 +198,28 @@ def test_a_model_with_a_fold_still_copies_pickles_and_counts_flops():
         assert again is not first and torch.equal(again.stages[1][0].w_project, first.stages[1][0].w_project)
     assert fm.count_flops(model, 224) == fm.count_flops(build(num_classes=10), 224)
     assert fused.folded(model) is first
+
+
+def test_a_data_parallel_replica_or_shallow_copy_folds_its_own_weights():
+    """A DataParallel replica (and copy.copy) starts with a copy of the model's __dict__, the
+    fold cache included: it must fold its own weights (a replica's are plain attributes, on its
+    GPU; "meta" here) and leave the model's cache alone."""
+    import copy
+
+    model = build(num_classes=10)
+    first = fused.folded(model)
+    replica = data_parallel_replica(model)
+    assert fused.folded(replica).stem_weight.device.type == "meta"
+    assert fused.folded(model) is first
+    shallow = copy.copy(model)
+    again = fused.folded(shallow)
+    assert again is not first and torch.equal(again.stages[1][0].w_project, first.stages[1][0].w_project)
+    assert fused.folded(model) is first and fused.folded(shallow) is again
+    on_cpu = data_parallel_replica(model, DEVICE)
+    x = torch.randn(1, 3, 17, 19, device=DEVICE)
+    out, ref, launches = run_both(on_cpu, on_cpu, x)
+    assert dict(launches) == expected_launches(on_cpu)
+    assert_close_to_ref(out, ref, what="a replica's logits")
 
 
 @pytest.mark.slow

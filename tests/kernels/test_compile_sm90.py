@@ -80,6 +80,7 @@ SCRIPT = textwrap.dedent(
     fused = {}
     for rec, v in todo.values():
         if rec.op == "expand_dwconv":
+            assert rec.constexprs.get("num_stages") == 1, "expand_dwconv's launch must ask for no pipelining"
             fused.setdefault(rec.constexprs["MMA"], v)
     assert set(fused) == {True, False}, "both taps variants of expand_dwconv should have been recorded"
     for v in fused.values():
