@@ -74,10 +74,13 @@ def PROVIDER_INAPPLICABLE(reason: str) -> bool:  # noqa: N802 - a predicate on s
     return "batch-1 (launch-overhead) provider" in reason or "ResNet-50 runs eager and compiled only" in reason
 
 
+DEPTHWISE_TARGET_BATCH = 256  # study.targets' depthwise target reads B0's depthwise cases at this batch
+
+
 def kernel_cases():
     """(op, model, batch, dtype, shape, extra) for bench_kernels.py, from the model structure."""
     models = ("efficientnet_b0", "efficientnet_b4")
-    batches = (1, 32, 256) if FULL else (32,)
+    batches = (1, 32, 256) if FULL else (32, DEPTHWISE_TARGET_BATCH)
     dtypes = ("fp16", "bf16") if FULL else ("fp16",)
     params = []
     for model in models:
@@ -94,6 +97,8 @@ def kernel_cases():
                     if s.has_expand:
                         items.append(("pointwise_expand", (s.in_channels, s.mid_channels, s.height, s.width, False)))
                     for op, shape in items:
+                        if batch not in (1, 32) and not FULL and (op, model) != ("dwconv_bn_act", "efficientnet_b0"):
+                            continue  # the default set's batch 256: B0's depthwise cases alone
                         impls = ("auto", "triton", "torch") if op.startswith("pointwise") else ("triton",)
                         for impl in impls:
                             key = (op, shape, impl)

@@ -2,6 +2,11 @@
 gated pointwise 1x1 (expand and project), at every distinct shape B0 and B4 run at their native
 resolutions. The shapes come from the layer walk (``fastmbconv.shapes.block_shapes``).
 
+Inputs rotate through enough copies that each pass reads several L2 caches' worth, so a case
+reads HBM as the forward does. B0's depthwise cases also run at batch 256, the depthwise target's
+(>= 70% of a device-to-device copy's bytes/s at stages 2 and 3; long enough per launch that
+launch overhead does not decide it).
+
 Pointwise cases run three ways: ``auto`` (the per-shape chooser, whose pick is recorded in
 ``extra_info["chosen_impl"]``), ``triton`` and ``torch`` (cuBLAS), so the summary can show
 whether the chooser picked the faster one. Each round is several back-to-back launches followed
@@ -32,8 +37,27 @@ def _import(module: str):
         pytest.skip(f"fastmbconv.kernels.{module} does not import: {type(exc).__name__}: {exc}")
 
 
+def _rotating(make_inputs, set_bytes: int, device):
+    """``make_inputs()`` called enough times that one pass over the sets reads at least four L2
+    caches' worth (at most 64 sets), and a function returning the next set on each call: back-to-
+    back launches then read their inputs from HBM, as in a forward, not from L2 (50 MB on an H100,
+    more than a B0 stage-3 depthwise conv's input at batch 32)."""
+    l2 = 50 << 20
+    if torch.device(device).type == "cuda":
+        l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", l2) or l2
+    sets = [make_inputs() for _ in range(max(1, min(64, -(-4 * l2 // max(1, set_bytes)))))]
+    state = [0]
+
+    def next_set():
+        state[0] = (state[0] + 1) % len(sets)
+        return sets[state[0]]
+
+    return next_set, len(sets)
+
+
 def _make(op, batch, dtype, shape, impl, device):
-    """(call, flops, bytes, extra) for one kernel case, with random inputs."""
+    """(call, flops, bytes, extra) for one kernel case, with random inputs, called as the fused
+    forward calls the kernel (the weights in the layout the fold gives them)."""
     n, dt = batch, DTYPES[dtype]
     b = torch.empty((), dtype=dt).element_size()
     g = torch.Generator(device=device).manual_seed(0)
@@ -41,19 +65,21 @@ def _make(op, batch, dtype, shape, impl, device):
     cl = torch.channels_last
     if op == "dwconv_bn_act":
         mod = _import("dwconv_bn_act")
-        c, h, w, k, s, has_expand = shape
-        x = rnd(n, c, h, w, dtype=dt).contiguous(memory_format=cl)
-        weight, scale, shift = rnd(c, k, k) * 0.2, rnd(c).abs() + 0.5, rnd(c) * 0.1
+        c, h, w, k, s, _ = shape
+        taps = mod.taps_major(rnd(c, k, k) * 0.2)
+        weight = mod.taps_diag(taps, dt) if dt in (torch.float16, torch.bfloat16) else taps
+        scale, shift = rnd(c).abs() + 0.5, rnd(c) * 0.1
         padding = conv_padding(h, w, k, s, "symmetric")
         ho, wo = out_size(h, s), out_size(w, s)
-        act_in = "silu" if has_expand else "identity"
+        next_x, sets = _rotating(lambda: rnd(n, c, h, w, dtype=dt).contiguous(memory_format=cl),
+                                 n * c * (h * w + ho * wo) * b, device)
 
         def call():
-            return mod.dwconv_bn_act(x, weight, scale, shift, padding, s, act="silu", input_act=act_in, with_pool=True)
+            return mod.dwconv_bn_act(next_x(), weight, scale, shift, padding, s, act="silu", with_pool=True)
 
         flops = 2 * n * c * k * k * ho * wo
         nbytes = n * c * (h * w + ho * wo) * b + (c * k * k + 2 * c) * 4 + n * c * 4
-        return call, flops, nbytes, {"C": c, "H": h, "W": w, "kernel": k, "stride": s}
+        return call, flops, nbytes, {"C": c, "H": h, "W": w, "kernel": k, "stride": s, "input_sets": sets}
     if op == "squeeze_excite":
         mod = _import("squeeze_excite")
         c, r, hw = shape
@@ -70,22 +96,29 @@ def _make(op, batch, dtype, shape, impl, device):
     mod = _import("pointwise_gated")
     k_in, o, h, w, skip = shape
     project = op == "pointwise_project"
-    x = rnd(n, k_in, h, w, dtype=dt).contiguous(memory_format=cl)
     weight = (rnd(o, k_in) / math.sqrt(k_in)).to(dt)
     bias = rnd(o) * 0.1
-    gate = torch.rand(n, k_in, generator=g, device=device) if project else None
-    residual = rnd(n, o, h, w, dtype=dt).contiguous(memory_format=cl) if project and skip else None
+
+    def inputs():
+        x = rnd(n, k_in, h, w, dtype=dt).contiguous(memory_format=cl)
+        gate = torch.rand(n, k_in, generator=g, device=device) if project else None
+        residual = rnd(n, o, h, w, dtype=dt).contiguous(memory_format=cl) if project and skip else None
+        return x, gate, residual
+
+    has_residual = project and skip
+    nbytes = (n * h * w * (k_in + o + (o if has_residual else 0)) + o * k_in) * b + o * 4 + (
+        n * k_in * 4 if project else 0)
+    next_inputs, sets = _rotating(inputs, nbytes, device)
     chosen = mod.choose_pointwise_impl(n * h * w, k_in, o, dt, device)
     force = None if impl == "auto" else impl
 
     def call():
+        x, gate, residual = next_inputs()
         return mod.pointwise_gated(x, weight, bias, gate=gate, residual=residual, impl=force)
 
     flops = 2 * n * h * w * k_in * o
-    nbytes = (n * h * w * (k_in + o + (o if residual is not None else 0)) + o * k_in) * b + o * 4 + (
-        n * k_in * 4 if gate is not None else 0)
     return call, flops, nbytes, {"M": n * h * w, "K": k_in, "N": o, "H": h, "W": w, "gate": project,
-                                 "residual": residual is not None, "chosen_impl": chosen}
+                                 "residual": has_residual, "chosen_impl": chosen, "input_sets": sets}
 
 
 @pytest.mark.parametrize("case", kernel_cases())
@@ -117,9 +150,11 @@ def test_kernel(case, benchmark, bandwidth, kernel_results):
         info.update(tflops=flops / median / 1e12, gb_s=nbytes / median / 1e9,
                     floor_fraction=study.floor_fraction(median, nbytes, bw))
     benchmark.extra_info.update(info)
+    row = {"op": op, "model": model, "batch": batch, "dtype": dtype, "impl": impl, "median_s": median}
     if op.startswith("pointwise"):
         role = op.split("_")[1]
         key = (f"{study.short_name(model)} bs{batch} {dtype} {role} {extra['K']}x{extra['N']} "
                f"{extra['H']}x{extra['W']}{' +res' if extra['residual'] else ''}")
-        kernel_results.append({"shape_key": key, "impl": impl, "chosen_impl": extra["chosen_impl"],
-                               "median_s": median})
+        kernel_results.append({**row, "shape_key": key, "chosen_impl": extra["chosen_impl"]})
+    elif op == "dwconv_bn_act":  # the depthwise target (fastmbconv.study.targets) reads these
+        kernel_results.append({**row, "shape": list(shape[:5]), "floor_fraction": info.get("floor_fraction")})

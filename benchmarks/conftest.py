@@ -2,6 +2,7 @@
 
 * ``bandwidth``: the device's copy bandwidth, measured once per session (device-to-device copy
   on a GPU, host memcpy on the CPU), the denominator of every "fraction of the memory floor".
+* ``timing_settings`` (autouse): the study's backend flags, cuDNN benchmark mode and no TF32.
 * ``bench_results``: the rows the model benchmarks record; at the end of the session
   :func:`pytest_terminal_summary` prints them with the project's speed targets (each ratio and
   whether it is met) and writes ``summary.json`` and ``summary.md`` to ``$FASTMBCONV_BENCH_OUT``
@@ -28,12 +29,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 _RESULTS = pytest.StashKey[list]()
 _KERNELS = pytest.StashKey[list]()
 _BANDWIDTH = pytest.StashKey[dict]()
+_SETTINGS = pytest.StashKey[dict]()
 
 
 def pytest_configure(config):
     config.stash[_RESULTS] = []
     config.stash[_KERNELS] = []
     config.stash[_BANDWIDTH] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def timing_settings(pytestconfig):
+    """The study's backend flags (cudnn.benchmark on, no TF32) for every benchmark, recorded in
+    summary.json."""
+    with study.timing_settings() as flags:
+        pytestconfig.stash[_SETTINGS] = flags
+        yield flags
 
 
 @pytest.fixture(scope="session")
@@ -95,14 +106,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         lines += [f"- {r['case']}: {len(r['expand_dw_fused_layers'])} blocks "
                   f"({', '.join(r['expand_dw_fused_layers']) or 'none'}; from {', '.join(r['expand_dw_why'])})"
                   for r in planned]
-    targets = study.evaluate_targets(rows)
+    targets = study.evaluate_targets(rows, kernels)
     lines += ["", "Targets (each ratio from cases measured side by side in this session):", "",
               study.format_targets(targets)]
-    if kernels:
+    pointwise = [k for k in kernels if k["op"].startswith("pointwise")]
+    if pointwise:
         lines += ["", "Pointwise 1x1: the per-shape chooser's pick vs the measured faster implementation:", "",
                   "| shape (model bs dtype role KxN HxW) | chosen | triton us | torch us | faster |", "|---|---|---:|---:|---|"]
         by_shape: dict = {}
-        for k in kernels:
+        for k in pointwise:
             by_shape.setdefault(k["shape_key"], {})[k["impl"]] = k
         for key, impls in by_shape.items():
             chosen = next(iter(impls.values()))["chosen_impl"]
@@ -116,7 +128,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     try:
         out.mkdir(parents=True, exist_ok=True)
         payload = {"bandwidth": {k: bw.as_dict() for k, bw in bws.items()}, "results": rows,
-                   "targets": targets, "kernels": kernels}
+                   "targets": targets, "kernels": kernels, "settings": config.stash.get(_SETTINGS, None)}
         (out / "summary.json").write_text(json.dumps(payload, indent=2, default=str))
         (out / "summary.md").write_text("# fastmbconv benchmark summary\n\n" + "\n".join(lines) + "\n")
         tr.write_line(f"wrote {out / 'summary.json'} and {out / 'summary.md'}")

@@ -62,7 +62,7 @@ def result_from_folder(folder: Path) -> dict:
                  "plan": "pytest-benchmark sessions of a gpu-check stage (benchmarks/): "
                          f"{', '.join(s['step'] for s in bench.get('gpu_check_sessions', [])) or 'one session'}",
                  "bandwidth": bw, "skipped": []},
-        "rows": rows, "targets": study.evaluate_targets(rows), "breakdown": [],
+        "rows": rows, "targets": study.evaluate_targets(rows, summary.get("kernels") or ()), "breakdown": [],
     }
 
 

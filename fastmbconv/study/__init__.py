@@ -18,7 +18,8 @@ plan (every model at a tiny resolution), so the command finishes in seconds.
 
 Timing: every call is synchronised (CUDA events on a GPU, ``perf_counter`` on the CPU), compile
 and autotuning happen in warm-up calls that are not timed, and the median and interquartile
-range of the timed calls are reported.
+range of the timed calls are reported. cuDNN runs in benchmark mode and fp32 without TF32, in the
+study and the benchmarks alike (:func:`.timing.timing_settings`).
 
 The package is also the provider library of ``benchmarks/``; matplotlib and tqdm are imported
 only by the modules that draw (:mod:`.plots`) and report progress (:mod:`.plan`).
@@ -38,7 +39,7 @@ from .providers import (ALL_MODELS, DTYPES, EFFICIENTNETS, HUGE_ENV, HUGE_PIXELS
                         skip_reason)
 from .report import CSV_FIELDS, fmt, format_markdown, roofline_table, write_outputs
 from .targets import TARGETS, Target, evaluate_targets, format_targets
-from .timing import Timing, summarize, sync, time_runner
+from .timing import Timing, summarize, sync, time_runner, timing_settings
 
 __all__ = [
     "ALL_MODELS", "Bandwidth", "CATEGORIES", "CSV_FIELDS", "DTYPES", "EFFICIENTNETS", "HUGE_ENV", "HUGE_PIXELS",
@@ -46,5 +47,5 @@ __all__ = [
     "evaluate_targets", "floor_fraction", "floor_seconds", "flops_for", "fmt", "format_markdown", "format_targets",
     "full_model_name", "main", "make_plan", "make_runner", "measure_copy_bandwidth", "metrics", "native_resolution",
     "parse_args", "profile_breakdown", "roof_for", "roofline_table", "run_plan", "short_name", "skip_reason",
-    "summarize", "sync", "time_runner", "write_outputs",
+    "summarize", "sync", "time_runner", "timing_settings", "write_outputs",
 ]

@@ -15,7 +15,7 @@ from .profile import profile_breakdown
 from .providers import (ALL_MODELS, EFFICIENTNETS, PROVIDERS, RESNET, build_model, full_model_name, make_runner,
                         native_resolution, short_name, skip_reason)
 from .targets import evaluate_targets
-from .timing import time_runner
+from .timing import time_runner, timing_settings
 
 
 @dataclass
@@ -97,12 +97,13 @@ def run_plan(plan: Plan, progress: bool = True, log=print) -> dict:
     if plan.device.type == "cpu" and plan.cpu_threads:
         torch.set_num_threads(plan.cpu_threads)
     try:
-        return _run_plan(plan, progress, log)
+        with timing_settings() as settings:
+            return _run_plan(plan, progress, log, settings)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_plan(plan: Plan, progress: bool, log) -> dict:
+def _run_plan(plan: Plan, progress: bool, log, settings: dict) -> dict:
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is an optional extra
@@ -150,7 +151,7 @@ def _run_plan(plan: Plan, progress: bool, log) -> dict:
         "meta": {
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": device_name(plan.device), "device_type": plan.device.type,
-            "torch": torch.__version__, "plan": plan.description, "bandwidth": bw.as_dict(),
+            "torch": torch.__version__, "plan": plan.description, "bandwidth": bw.as_dict(), "settings": settings,
             "skipped": [{"case": list(c), "reason": why} for c, why in plan.skipped],
         },
         "rows": rows,

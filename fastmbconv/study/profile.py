@@ -73,6 +73,7 @@ def profile_breakdown(runner: Runner, iters: int = 3) -> dict:
     convs, BN); fused-path ops by their kernel op names. "launches/other" is the measured wall
     time of the profiled calls minus all attributed op time: launch gaps, Python and framework
     overhead (profiler overhead included, so it is an upper bound)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     device = runner.device
@@ -94,6 +95,10 @@ def profile_breakdown(runner: Runner, iters: int = 3) -> dict:
     totals = {c: 0.0 for c in CATEGORIES}
     for ev in prof.events():
         if cuda:
+            # A kernel is listed twice: as its own device event and in the self device time of
+            # the CPU op that launched it. Only the CPU ops are counted (they carry the labels).
+            if ev.device_type != DeviceType.CPU:
+                continue
             self_us = getattr(ev, "self_device_time_total", None)
             if self_us is None:
                 self_us = getattr(ev, "self_cuda_time_total", 0.0)
@@ -102,8 +107,9 @@ def profile_breakdown(runner: Runner, iters: int = 3) -> dict:
         if not self_us or ev.name.startswith("ProfilerStep"):
             continue
         if ev.name.startswith(_LABEL):
-            if not cuda:  # CPU time spent in the module itself, outside aten ops: overhead
-                totals["launches/other"] += self_us
+            # on the GPU, kernels the labelled module launched outside any op; on the CPU, its
+            # own time outside aten ops (overhead)
+            totals[ev.name[len(_LABEL):] if cuda else "launches/other"] += self_us
             continue
         label, parent = None, ev.cpu_parent
         while parent is not None:

@@ -1,12 +1,30 @@
 """Synchronised timing: median and interquartile range of repeated calls."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
+
+
+@contextlib.contextmanager
+def timing_settings() -> Iterator[dict]:
+    """The backend flags of every timed run, the study's and the benchmarks' alike (restored on
+    exit): cuDNN times its conv algorithms and keeps the fastest (``cudnn.benchmark``, as timm's
+    benchmark script runs eager), and fp32 stays IEEE fp32 on cuDNN and cuBLAS (no TF32), as the
+    fused kernels compute it. Yields the flags, for the results' metadata."""
+    flags = {"cudnn_benchmark": True, "cudnn_allow_tf32": False, "matmul_allow_tf32": False}
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.benchmark = flags["cudnn_benchmark"]
+    torch.backends.cudnn.allow_tf32 = flags["cudnn_allow_tf32"]
+    torch.backends.cuda.matmul.allow_tf32 = flags["matmul_allow_tf32"]
+    try:
+        yield flags
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def sync(device) -> None:

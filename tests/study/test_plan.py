@@ -32,6 +32,7 @@ def test_quick_cpu_run_writes_every_output(quick_run):
     assert "Where the time goes" in md and "FLOP/byte" in md
     data = json.loads((out / "results.json").read_text())
     assert data["meta"]["bandwidth"]["kind"].startswith("host memcpy")
+    assert data["meta"]["settings"] == {"cudnn_benchmark": True, "cudnn_allow_tf32": False, "matmul_allow_tf32": False}
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {(r["model"], r["batch"]) for r in rows} == {
         (m, b) for m in ("efficientnet_b0", "efficientnet_b2", "resnet50") for b in ("1", "4")}

@@ -24,3 +24,27 @@ def test_targets_from_rows():
     assert all(t["met"] is None and "not measured" in t["status"] for t in study.evaluate_targets([]))
 
 
+
+
+def _dw(shape, fraction, batch=256, model="efficientnet_b0", dtype="fp16"):
+    return {"op": "dwconv_bn_act", "model": model, "batch": batch, "dtype": dtype, "impl": "triton",
+            "shape": list(shape), "median_s": 1e-4, "floor_fraction": fraction}
+
+
+def test_depthwise_target_is_the_worst_shape_of_its_stages_and_needs_them_all():
+    from fastmbconv.study.targets import depthwise_target_shapes
+
+    shapes = sorted(depthwise_target_shapes())
+    assert (144, 56, 56, 5, 2) in shapes and (480, 14, 14, 3, 1) in shapes and len(shapes) == 4
+    kernels = [_dw(s, 0.9 - 0.1 * i) for i, s in enumerate(shapes)]
+    noise = [_dw(shapes[0], 0.1, batch=32), _dw(shapes[0], 0.1, dtype="bf16"), _dw((32, 112, 112, 3, 1), 0.1),
+             {"op": "pointwise_expand", "model": "efficientnet_b0", "batch": 256, "dtype": "fp16", "median_s": 1.0}]
+
+    def target(rows):
+        return next(t for t in study.evaluate_targets([], rows) if t["target"] == "depthwise_vs_copy")
+
+    got = target(kernels + noise)
+    assert got["value"] == pytest.approx(0.6) and got["met"] is False
+    assert target([_dw(s, 0.75) for s in shapes])["met"] is True
+    missing = target(kernels[1:] + noise)  # one shape unmeasured: never a verdict from the rest
+    assert missing["value"] is None and missing["met"] is None and "not measured" in missing["status"]

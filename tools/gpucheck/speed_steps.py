@@ -60,7 +60,7 @@ def merge_bench_main(work: str) -> int:
     try:
         from fastmbconv import study
 
-        targets = study.evaluate_targets(rows)
+        targets = study.evaluate_targets(rows, kernels)
         targets_md = study.format_targets(targets)
     except Exception as exc:  # the merge must not fail on the study package's changes
         targets, targets_md = None, f"(targets not evaluated: {type(exc).__name__}: {exc})"

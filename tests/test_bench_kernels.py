@@ -1,0 +1,63 @@
+"""The kernel benchmarks' cases (benchmarks/bench_kernels.py) run only on a GPU; here each op's
+case is built and called at a tiny shape on the CPU (the kernels interpreted), so a stale call
+or a weight layout other than the fused forward's fails before a GPU loan is spent on it."""
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastmbconv.kernels._launch import count_launches, record_launches
+
+pytestmark = pytest.mark.interpreter
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench_kernels():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("bench_kernels")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+CASES = [  # (op, shape, impl): shapes as benchmarks/_providers.kernel_cases gives them
+    ("dwconv_bn_act", (24, 9, 7, 3, 2, True), "triton"),
+    ("dwconv_bn_act", (16, 6, 5, 5, 1, False), "triton"),
+    ("squeeze_excite", (24, 4, 20), "triton"),
+    ("pointwise_expand", (16, 48, 5, 3, False), "auto"),
+    ("pointwise_project", (48, 16, 5, 3, True), "triton"),
+    ("pointwise_project", (48, 24, 5, 3, False), "torch"),
+]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("op,shape,impl", CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
+def test_every_kernel_case_builds_and_runs(bench_kernels, op, shape, impl, dtype):
+    call, flops, nbytes, extra = bench_kernels._make(op, 2, dtype, shape, impl, torch.device("cpu"))
+    assert flops > 0 and nbytes > 0
+    with count_launches() as launches:
+        outs = [call(), call()]
+    expected = {"dwconv_bn_act": "dwconv_bn_act", "squeeze_excite": "squeeze_excite_gate"}.get(op, "pointwise_gated")
+    assert launches[expected] == (0 if impl == "torch" else 2), launches
+    for out in outs:
+        for t in out if isinstance(out, tuple) else (out,):
+            assert torch.isfinite(t.float()).all()
+    if "input_sets" in extra:  # consecutive calls read different inputs (no L2 reuse on a GPU)
+        assert extra["input_sets"] > 1 and not torch.equal(outs[0][0] if isinstance(outs[0], tuple) else outs[0],
+                                                           outs[1][0] if isinstance(outs[1], tuple) else outs[1])
+    if op == "dwconv_bn_act":  # the fused forward's depthwise: tensor-core taps in fp16
+        with record_launches() as recs:
+            call()
+        assert recs[0].constexprs["MMA"] == (dtype == "fp16")
+
+
+def test_rotation_reads_four_l2_caches_per_pass(bench_kernels):
+    made = []
+    next_set, sets = bench_kernels._rotating(lambda: made.append(1) or len(made), 30 << 20, "cpu")
+    assert sets == len(made) == 7  # ceil(4 x 50 MiB / 30 MiB)
+    assert [next_set() for _ in range(8)] == [2, 3, 4, 5, 6, 7, 1, 2]
+    assert bench_kernels._rotating(lambda: 0, 1 << 40, "cpu")[1] == 1
+    assert bench_kernels._rotating(lambda: 0, 1, "cpu")[1] == 64
