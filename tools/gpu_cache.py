@@ -121,8 +121,13 @@ def pack(root: Path, archive: Path, cap_bytes: int, manifest: dict | None = None
     if inv["inductor_bytes"] > 8 * cap_bytes:  # hopeless to compress under the cap: don't try
         tiers = tiers[1:]
     notes = []
-    size, tier = 0, tiers[-1][0]
+    size, tier, tried = 0, tiers[-1][0], []
+    files = [p.relative_to(root) for p in _files(root)]
     for tier, keep in tiers:
+        kept = [rel for rel in files if keep(rel)]
+        if kept in tried:  # the same files as a tier already over the cap (no inductor cache, say)
+            continue
+        tried.append(kept)
         size = _pack_once(root, archive, {**manifest, "contents": tier}, keep)
         if size < cap_bytes:
             break

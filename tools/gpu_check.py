@@ -112,6 +112,10 @@ def main(argv=None) -> int:
         if c.current is not None:
             stop(c.current)
     finally:
+        # A stop signal now would abort the final write half way (a .tmp left in OUT, a report
+        # still saying RUNNING): the write is short and bounded, so it finishes first.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             c.write_files(final=True)
         finally:

@@ -93,16 +93,17 @@ def read_launches(text: str) -> list[dict]:
             if len(r) < len(header) or not r[col["ID"]]:
                 continue
             launch(r)["metrics"][r[col["Metric Name"]]] = _number(r[col["Metric Value"]], r[col["Metric Unit"]])
-    else:  # raw page: one record per launch, a units record first
-        first_metric = (col["CC"] + 1) if "CC" in col else len(header)
+    else:  # raw page: one record per launch, a units record first; metric columns by their names
+        metric_cols = [i for i, name in enumerate(header) if name in NCU_METRICS]
         units = [""] * len(header)
         for r in rows:
             if not r[col["ID"]]:
                 units = (r + [""] * len(header))[:len(header)]
                 continue
             entry = launch(r)
-            for i in range(first_metric, min(len(header), len(r))):
-                entry["metrics"][header[i]] = _number(r[i], units[i])
+            for i in metric_cols:
+                if i < len(r):
+                    entry["metrics"][header[i]] = _number(r[i], units[i])
     return list(launches.values())
 
 

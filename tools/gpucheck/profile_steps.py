@@ -21,11 +21,18 @@ def ncu_tables(c: Check):
         t = ncu_table.table(src.read_text(errors="replace"), bw, f"B0 {provider}, one forward")
         ncu_table.write_csv(t["rows"], c.logs / "profile" / f"ncu-kernels-{provider}.csv")
         (c.logs / "profile" / f"ncu-kernels-{provider}.md").write_text(t["markdown"])
-        data["providers"][provider] = {"total": t["total"], "kernels": t["kernels"][:40], "markdown": t["markdown"]}
+        timed = sum(1 for r in t["rows"] if r.get("time_us") is not None)
+        data["providers"][provider] = {"total": t["total"], "kernels": t["kernels"][:40], "markdown": t["markdown"],
+                                       "launches": len(t["rows"]), "timed_launches": timed}
     c.profile_data = data
     got = [p for p, v in data["providers"].items() if "total" in v]
     if not got:
         return ("ok" if c.dry else "failed"), {"note": "no ncu CSV to read"}
+    # a CSV of no launches (the NVTX range matched nothing) or of no times is no profile
+    empty = [p for p in got if not data["providers"][p]["timed_launches"]]
+    if empty and not c.dry:
+        return "failed", {"providers": got, "error": f"ncu profiled no timed kernel launch for {', '.join(empty)}: "
+                                                     "see the ncu step's log and its CSV"}
     return "ok", {"providers": got}
 
 

@@ -23,11 +23,14 @@ class OutFiles:
         for name in ALL_FILE_NAMES:  # files of another stage from an earlier run into this OUT
             if name not in stage_files(self.stage) and (self.out / name).is_file():
                 (self.out / name).unlink()
+        for stale in self.out.glob("*.tmp"):  # a write an earlier run was stopped in (.name.tmp too)
+            stale.unlink()
         self.env_info["finished"] = now_iso() if final else None
         dump_json(self.out / "env.json", self.env_info)
         if self.stage in BENCH_STAGES:
             self.write_bench_files()
         if final:
+            self.write_report()  # the final status first: the pack below is the slowest write
             self.pack_cache()
         elif not (self.out / "gpu-cache.tar.gz").exists():
             gpu_cache.pack(self.work / "empty-cache", self.out / "gpu-cache.tar.gz", SAFE_BYTES,
@@ -37,6 +40,9 @@ class OutFiles:
         for name in stage_files(self.stage):
             if name not in ("report.md", "report.json"):
                 self.fit(self.out / name)
+        self.write_report()
+
+    def write_report(self) -> None:
         report = self.report()
         dump_json(self.out / "report.json", report)
         write_atomic(self.out / "report.md", format_report(report))
@@ -86,7 +92,11 @@ class OutFiles:
                     "commit": (self.env_info.get("git") or {}).get("commit")}
         t0 = time.monotonic()
         try:
-            info = gpu_cache.pack(self.cache_root, self.out / "gpu-cache.tar.gz", SAFE_BYTES, manifest)
+            # packed outside OUT, then copied over the placeholder: OUT never holds a ninth name
+            packed = self.work / "gpu-cache.tar.gz"
+            info = gpu_cache.pack(self.cache_root, packed, SAFE_BYTES, manifest)
+            shutil.copyfile(packed, self.out / "gpu-cache.tar.gz")
+            info["archive"] = str(self.out / "gpu-cache.tar.gz")
             info["picks"] = gpu_cache.autotune_picks(self.cache_root)[:200]
         except Exception as exc:  # never lose the other files over the cache
             self.notes.append(f"packing the kernel cache failed: {type(exc).__name__}: {exc}")

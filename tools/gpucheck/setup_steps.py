@@ -97,7 +97,8 @@ def preflight(c: Check):
         for t in ("nvcc", "ncu", "compute-sanitizer"):
             c.env_info[f"{t}_version"] = last_line(quiet([t, "--version"]) or "") or None
         if not tools["nvcc"]:
-            c.notes.append("nvcc not found: the extension builds without its CUDA kernels (prepare_images GPU tests skip)")
+            c.notes.append("nvcc not found: the extension builds without its CUDA kernels (the prepare_images "
+                           "GPU tests fail, naming the missing kernels)")
     if missing:
         return "failed", {**d, "error": f"missing Python package(s): {', '.join(missing)} (setuptools must be >= 64). "
                                        "This check never downloads anything: install them on the machine beforehand "

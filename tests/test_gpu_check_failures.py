@@ -1,0 +1,141 @@
+"""The GPU check when things go wrong on the GPU machine: a stop during the final write, a
+sanitizer that breaks CUDA, a step that leaves processes behind, an ncu run that profiled nothing,
+a kernel cache too big for its cap. Each is simulated here; dry mode never reaches these paths."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "tools" / "gpu_check.py").is_file())
+sys.path.insert(0, str(REPO / "tools"))
+
+import gpu_cache  # noqa: E402
+import gpu_check  # noqa: E402
+import ncu_table  # noqa: E402
+from gpucheck import check, outfiles, profile_steps  # noqa: E402
+
+
+@pytest.fixture
+def make_check(tmp_path):
+    made = []
+
+    def make(stage="verify", dry=False):
+        c = check.Check(gpu_check.parse_args(["--stage", stage, "--out", str(tmp_path / f"out-{stage}")]
+                                             + (["--dry"] if dry else [])))
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        shutil.rmtree(c.work, ignore_errors=True)
+
+
+def test_a_kill_during_the_cache_pack_leaves_the_final_report_and_no_extra_file(make_check, monkeypatch):
+    c = make_check("first", dry=True)
+    c.steps = []
+    c.write_files(final=False)
+    (c.out / "gpu-cache.tar.gz.tmp").write_bytes(b"x")  # an earlier run killed in a write
+    (c.out / ".report.md.tmp").write_text("x")
+
+    def killed_while_packing(root, archive, cap, manifest=None):
+        Path(str(archive) + ".tmp").write_bytes(b"half an archive")
+        raise KeyboardInterrupt("signal 15")
+
+    monkeypatch.setattr(gpu_cache, "pack", killed_while_packing)
+    with pytest.raises(KeyboardInterrupt):
+        c.write_files(final=True)
+    assert outfiles.check_out(c.out, "first") == []  # no .tmp, 8 files at most
+    assert not list(c.out.glob("*.tmp"))
+    report = outfiles.load_json(c.out / "report.json")
+    assert not report["status"].startswith("RUNNING"), report["status"]
+
+
+def test_cache_tiers_holding_the_same_files_are_packed_once(tmp_path):
+    kdir = tmp_path / "cache" / "triton" / "ABC"
+    kdir.mkdir(parents=True)
+    (kdir / "k.cubin").write_bytes(os.urandom(50_000))  # no inductor cache, no IR text
+    info = gpu_cache.pack(tmp_path / "cache", tmp_path / "a.tar.gz", 20_000, {})
+    tried = [n.split(":")[0] for n in info["notes"]]
+    assert tried == ["everything"], info["notes"]  # the next two tiers would hold the same files
+    assert info["contents"] in ("autotune picks only", "manifest only")
+
+
+def _memcheck(c, tmp_path, passed: int, errors: int):
+    junit = tmp_path / "junit.xml"
+    cases = "".join(f'<testcase classname="t" name="ok{i}"/>' for i in range(passed)) + "".join(
+        f'<testcase classname="t" name="bad{i}"><error message="CUDA error 999"/></testcase>' for i in range(errors))
+    junit.write_text(f'<testsuite tests="{passed + errors}" errors="{errors}" failures="0" skipped="0">{cases}</testsuite>')
+    res = check.Result("memcheck", "not run")
+    c.results.append(res)
+    script = "print('========= ERROR SUMMARY: 0 errors'); raise SystemExit(1)"
+    c.execute(check.Step("memcheck", junit=junit), res, [sys.executable, "-c", script], timeout=60)
+    return res
+
+
+def test_memcheck_is_ok_with_zero_errors_only_if_tests_ran_under_it(make_check, tmp_path):
+    c = make_check()
+    assert _memcheck(c, tmp_path, passed=0, errors=3).status == "failed"  # the sanitizer broke CUDA
+    assert _memcheck(c, tmp_path, passed=5, errors=1).status == "ok"
+
+
+def _alive(pid: int, wait_s: float = 2.0) -> bool:
+    """Whether ``pid`` still runs ``wait_s`` after a kill (a SIGKILL lands asynchronously)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            running = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            running = False
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_a_step_leaves_no_process_behind(make_check, tmp_path):
+    c = make_check()
+    pidfile = tmp_path / "pid"
+    stubborn = f"(trap '' INT TERM; exec sleep 300) & echo $! > {pidfile}"
+    res = check.Result("leaves", "not run")
+    c.results.append(res)
+    c.execute(check.Step("leaves"), res, ["sh", "-c", stubborn + "; exit 0"], timeout=60)
+    assert res.status == "ok" and not _alive(int(pidfile.read_text()))
+    # stopped at its cap: the leader exits on SIGINT, a member ignoring it is killed anyway
+    pidfile.unlink()
+    proc = subprocess.Popen(["sh", "-c", stubborn + "; exec sleep 300"], **check.OWN_GROUP)
+    assert os.getsid(proc.pid) == os.getsid(0)  # its own group, not a new session (see check.OWN_GROUP)
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.05)
+    check.stop(proc)
+    assert proc.returncode is not None and not _alive(int(pidfile.read_text()))
+
+
+NO_KERNELS = "==PROF== Connected to process 7 (python3)\n==WARNING== No kernels were profiled.\n"
+NO_CC = textwrap.dedent('''\
+    "ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","gpu__time_duration.sum","dram__bytes_read.sum"
+    "","","","","","","","","","","nsecond","byte"
+    "0","7","python3","h","_dwconv_bn_act_kernel","1","7","(128, 1, 1)","(10, 1, 1)","0","2,000","3,000,000"
+    ''')
+
+
+def test_ncu_metrics_are_read_by_name_and_an_empty_profile_fails(make_check):
+    (launch,) = ncu_table.read_launches(NO_CC)  # no "CC" column before the metrics
+    assert launch["metrics"]["gpu__time_duration.sum"] == pytest.approx(2e-6)
+    assert launch["metrics"]["dram__bytes_read.sum"] == pytest.approx(3e6)
+    c = make_check("profile")
+    prof = c.logs / "profile"
+    prof.mkdir(exist_ok=True)
+    (prof / "ncu-fused.csv").write_text(NO_CC)
+    assert profile_steps.ncu_tables(c)[0] == "ok"
+    (prof / "ncu-eager.csv").write_text(NO_KERNELS)
+    status, details = profile_steps.ncu_tables(c)
+    assert status == "failed" and "eager" in details["error"]
