@@ -23,6 +23,7 @@ import torch
 from fastmbconv import study
 from fastmbconv.builders import model_structure
 from fastmbconv.shapes import block_shapes
+from fastmbconv.study.targets import DEPTHWISE_BATCH
 
 FULL = os.environ.get("FASTMBCONV_BENCH_FULL") == "1"
 HAS_CUDA = torch.cuda.is_available()
@@ -74,13 +75,11 @@ def PROVIDER_INAPPLICABLE(reason: str) -> bool:  # noqa: N802 - a predicate on s
     return "batch-1 (launch-overhead) provider" in reason or "ResNet-50 runs eager and compiled only" in reason
 
 
-DEPTHWISE_TARGET_BATCH = 256  # study.targets' depthwise target reads B0's depthwise cases at this batch
-
-
 def kernel_cases():
     """(op, model, batch, dtype, shape, extra) for bench_kernels.py, from the model structure."""
     models = ("efficientnet_b0", "efficientnet_b4")
-    batches = (1, 32, 256) if FULL else (32, DEPTHWISE_TARGET_BATCH)
+    # the depthwise target's cases first: a step cut at its cap keeps them
+    batches = (1, 32, 256) if FULL else (DEPTHWISE_BATCH, 32)
     dtypes = ("fp16", "bf16") if FULL else ("fp16",)
     params = []
     for model in models:
@@ -97,7 +96,7 @@ def kernel_cases():
                     if s.has_expand:
                         items.append(("pointwise_expand", (s.in_channels, s.mid_channels, s.height, s.width, False)))
                     for op, shape in items:
-                        if batch not in (1, 32) and not FULL and (op, model) != ("dwconv_bn_act", "efficientnet_b0"):
+                        if batch == DEPTHWISE_BATCH and not FULL and (op, model) != ("dwconv_bn_act", "efficientnet_b0"):
                             continue  # the default set's batch 256: B0's depthwise cases alone
                         impls = ("auto", "triton", "torch") if op.startswith("pointwise") else ("triton",)
                         for impl in impls:

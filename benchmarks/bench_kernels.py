@@ -37,15 +37,15 @@ def _import(module: str):
         pytest.skip(f"fastmbconv.kernels.{module} does not import: {type(exc).__name__}: {exc}")
 
 
-def _rotating(make_inputs, set_bytes: int, device):
-    """``make_inputs()`` called enough times that one pass over the sets reads at least four L2
-    caches' worth (at most 64 sets), and a function returning the next set on each call: back-to-
-    back launches then read their inputs from HBM, as in a forward, not from L2 (50 MB on an H100,
-    more than a B0 stage-3 depthwise conv's input at batch 32)."""
+def _rotating(make_inputs, input_bytes: int, device):
+    """``make_inputs()`` (one call's activations, ``input_bytes`` of them) called enough times
+    that the sets add up to four L2 caches (at most 64 sets), and a function returning the next
+    set on each call: back-to-back launches then read their inputs from HBM, as in a forward,
+    not from L2 (50 MB on an H100, more than a B0 stage-3 depthwise conv's input at batch 32)."""
     l2 = 50 << 20
     if torch.device(device).type == "cuda":
         l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", l2) or l2
-    sets = [make_inputs() for _ in range(max(1, min(64, -(-4 * l2 // max(1, set_bytes)))))]
+    sets = [make_inputs() for _ in range(max(1, min(64, -(-4 * l2 // max(1, input_bytes)))))]
     state = [0]
 
     def next_set():
@@ -71,8 +71,8 @@ def _make(op, batch, dtype, shape, impl, device):
         scale, shift = rnd(c).abs() + 0.5, rnd(c) * 0.1
         padding = conv_padding(h, w, k, s, "symmetric")
         ho, wo = out_size(h, s), out_size(w, s)
-        next_x, sets = _rotating(lambda: rnd(n, c, h, w, dtype=dt).contiguous(memory_format=cl),
-                                 n * c * (h * w + ho * wo) * b, device)
+        next_x, sets = _rotating(lambda: rnd(n, c, h, w, dtype=dt).contiguous(memory_format=cl), n * c * h * w * b,
+                                 device)
 
         def call():
             return mod.dwconv_bn_act(next_x(), weight, scale, shift, padding, s, act="silu", with_pool=True)
@@ -108,7 +108,7 @@ def _make(op, batch, dtype, shape, impl, device):
     has_residual = project and skip
     nbytes = (n * h * w * (k_in + o + (o if has_residual else 0)) + o * k_in) * b + o * 4 + (
         n * k_in * 4 if project else 0)
-    next_inputs, sets = _rotating(inputs, nbytes, device)
+    next_inputs, sets = _rotating(inputs, n * h * w * (k_in + (o if has_residual else 0)) * b, device)
     chosen = mod.choose_pointwise_impl(n * h * w, k_in, o, dt, device)
     force = None if impl == "auto" else impl
 

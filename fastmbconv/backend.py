@@ -81,7 +81,9 @@ def _weights(model: torch.nn.Module) -> Iterator[torch.Tensor]:
     return (t for m in model.modules() for t in vars(m).values() if isinstance(t, torch.Tensor))
 
 
-def _needs_autograd(model: torch.nn.Module, x: torch.Tensor) -> bool:
+def needs_autograd(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether autograd records a call of ``model`` on ``x`` (grad mode, and ``x`` or a weight
+    requires grad)."""
     if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
         return False
     return x.requires_grad or any(t.requires_grad for t in _weights(model))
@@ -91,7 +93,7 @@ def fused_unavailable_reason(model: torch.nn.Module, x: torch.Tensor) -> str | N
     """Why the fused path cannot run this call, or ``None`` if it can."""
     if model.training:
         return "the model is in training mode (the fused kernels are inference-only); call model.eval()"
-    if _needs_autograd(model, x):
+    if needs_autograd(model, x):
         return (
             "autograd is recording and the input or parameters require grad; "
             "run under torch.inference_mode() or torch.no_grad()"

@@ -247,7 +247,8 @@ class EfficientNet(nn.Module):
         """Recompute each block's activations in the backward pass instead of keeping them
         (``torch.utils.checkpoint``, non-reentrant) while autograd records: gradients are
         unchanged and activation memory drops to about one block's. As in timm, BatchNorm's
-        running statistics see each training batch twice (forward and recomputation)."""
+        running statistics see each training batch twice (forward and recomputation), and a
+        block's forward pre-hooks run again in the recomputation (its forward hooks do not)."""
         self.grad_checkpointing = bool(enable)  # read by the layer walk, reference.stages
 
     # ------------------------------------------------------------------ weights

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import ragged
+from .backend import needs_autograd
 from .geometry import RaggedSizes
 from .plan import STEM, ForwardPlan
 
@@ -28,7 +29,7 @@ def stages(model, x: torch.Tensor, sizes: Optional[RaggedSizes], last: int = 1 <
         if i > last:
             return
         for block in stage:
-            if model.grad_checkpointing and torch.is_grad_enabled():
+            if model.grad_checkpointing and needs_autograd(block, x):
                 # Activations recomputed in the backward pass (EfficientNet.set_grad_checkpointing).
                 x = checkpoint(block, x, sizes, use_reentrant=False)
             else:

@@ -194,7 +194,10 @@ def test_grad_checkpointing_runs_each_block_of_a_data_parallel_replica_with_its_
     with torch.no_grad():
         replica(x)
     assert len(calls) == len(blocks)
-    model.set_grad_checkpointing(False)
+    model.requires_grad_(False)  # frozen: nothing to record, nothing to recompute
+    data_parallel_replica(model)(x)
+    assert len(calls) == len(blocks)
+    model.requires_grad_(True).set_grad_checkpointing(False)
     data_parallel_replica(model)(x)
     assert len(calls) == len(blocks)
 

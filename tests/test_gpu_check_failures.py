@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "tools"))
 import gpu_cache  # noqa: E402
 import gpu_check  # noqa: E402
 import ncu_table  # noqa: E402
-from gpucheck import check, outfiles, profile_steps  # noqa: E402
+from gpucheck import check, outfiles, profile_steps, setup_steps  # noqa: E402
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_a_kill_during_the_cache_pack_leaves_the_final_report_and_no_extra_file(
     (c.out / "gpu-cache.tar.gz.tmp").write_bytes(b"x")  # an earlier run killed in a write
     (c.out / ".report.md.tmp").write_text("x")
 
-    def killed_while_packing(root, archive, cap, manifest=None):
+    def killed_while_packing(root, archive, cap, manifest=None, **kw):
         Path(str(archive) + ".tmp").write_bytes(b"half an archive")
         raise KeyboardInterrupt("signal 15")
 
@@ -79,6 +79,7 @@ def _memcheck(c, tmp_path, passed: int, errors: int):
     return res
 
 
+@pytest.mark.subprocess
 def test_memcheck_is_ok_with_zero_errors_only_if_tests_ran_under_it(make_check, tmp_path):
     c = make_check()
     assert _memcheck(c, tmp_path, passed=0, errors=3).status == "failed"  # the sanitizer broke CUDA
@@ -139,3 +140,44 @@ def test_ncu_metrics_are_read_by_name_and_an_empty_profile_fails(make_check):
     (prof / "ncu-eager.csv").write_text(NO_KERNELS)
     status, details = profile_steps.ncu_tables(c)
     assert status == "failed" and "eager" in details["error"]
+
+
+def test_a_pack_past_its_deadline_tries_only_the_smallest_tier(tmp_path):
+    kdir = tmp_path / "cache" / "triton" / "ABC"
+    kdir.mkdir(parents=True)
+    (kdir / "k.cubin").write_bytes(os.urandom(50_000))
+    (kdir / "k.ptx").write_bytes(os.urandom(50_000))
+    (kdir / "_k.autotune.json").write_text("{}")
+    (tmp_path / "cache" / "inductor").mkdir()
+    (tmp_path / "cache" / "inductor" / "entry").write_bytes(os.urandom(50_000))
+    info = gpu_cache.pack(tmp_path / "cache", tmp_path / "a.tar.gz", 60_000, {}, deadline_s=0)
+    assert [n.split(":")[0] for n in info["notes"]] == [
+        "everything", "without the inductor cache", "without inductor and IR text (cubins + metadata + autotune picks)"]
+    assert "not tried" in info["notes"][1] and "not tried" in info["notes"][2]
+    assert info["contents"] == "autotune picks only"
+
+
+def test_an_archive_cut_short_is_a_failed_restore_not_a_crash(make_check, tmp_path):
+    kdir = tmp_path / "cache" / "triton"
+    kdir.mkdir(parents=True)
+    (kdir / "k.cubin").write_bytes(os.urandom(100_000))
+    gpu_cache.pack(tmp_path / "cache", tmp_path / "whole.tar.gz", 10 << 20, {})
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes((tmp_path / "whole.tar.gz").read_bytes()[:30_000])  # a copy killed half way
+    c = make_check()
+    c.cache_from = cut
+    status, details = setup_steps.restore_cache(c)
+    assert status == "failed" and "could not be read" in details["error"]
+
+
+def test_the_merged_summary_keeps_each_sessions_timing_settings(tmp_path):
+    from gpucheck import speed_steps
+
+    flags = {"cudnn_benchmark": True, "cudnn_allow_tf32": False, "matmul_allow_tf32": False}
+    for name in ("bench-headline", "bench-kernels"):
+        outfiles.dump_json(tmp_path / "bench" / f"{name}.json", {"benchmarks": [], "datetime": "now"})
+        outfiles.dump_json(tmp_path / "bench" / name / "summary.json",
+                           {"results": [], "kernels": [], "bandwidth": {}, "settings": flags})
+    assert speed_steps.merge_bench_main(str(tmp_path)) == 0
+    merged = outfiles.load_json(tmp_path / "merged" / "summary.json")
+    assert merged["settings"] == {"bench-headline": flags, "bench-kernels": flags}

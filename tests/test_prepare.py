@@ -298,29 +298,6 @@ def test_list_is_read_in_place():
     assert "aten::cat" not in names and "aten::copy_" not in names, names
 
 
-def test_cuda_without_an_index_is_the_current_gpu(monkeypatch):
-    """device="cuda" means the current GPU: the plan names it, so CUDA images already there
-    compare equal to it and are read in place (``cuda`` != ``cuda:0`` as torch devices)."""
-    from fastmbconv._prepare_plan import make_plan
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    plan = make_plan(_images(), 32, "letterbox", torch.float32, IMAGENET_MEAN, IMAGENET_STD, 8, "cuda", "bilinear",
-                     True, None)
-    assert plan.device == torch.device("cuda", 1)
-
-
-def test_a_cuda_graph_capture_is_refused_with_the_fix(monkeypatch):
-    """The op's table (image addresses, built on the host) cannot be replayed: inside a capture
-    the call must say so before any upload. A capture is patched in; no GPU is touched."""
-    from fastmbconv import streams
-
-    monkeypatch.setattr(streams, "capturing", lambda device: device.type == "cuda")
-    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph.*outside the capture"):
-        prepare_images(_images(), 32, device="cuda")
-    prepare_images(_images(), 32)  # the CPU is never capturing
-
-
 @pytest.mark.subprocess
 def test_missing_extension_error_names_build_command():
     import subprocess

@@ -101,10 +101,12 @@ def _pack_once(root: Path, archive: Path, manifest: dict, keep) -> int:
     return archive.stat().st_size
 
 
-def pack(root: Path, archive: Path, cap_bytes: int, manifest: dict | None = None) -> dict:
+def pack(root: Path, archive: Path, cap_bytes: int, manifest: dict | None = None,
+         deadline_s: float | None = None) -> dict:
     """Write ``archive`` from ``root`` under ``cap_bytes``, dropping the least useful parts first:
     everything; without inductor; without IR text (cubins, metadata and picks stay, which is all
-    a cache hit needs); the autotune picks alone. Returns what went in and what was left out."""
+    a cache hit needs); the autotune picks alone. Past ``deadline_s`` seconds only that last tier
+    is still tried. Returns what went in and what was left out."""
     root, archive = Path(root), Path(archive)
     archive.parent.mkdir(parents=True, exist_ok=True)
     inv = inventory(root)
@@ -123,7 +125,11 @@ def pack(root: Path, archive: Path, cap_bytes: int, manifest: dict | None = None
     notes = []
     size, tier, tried = 0, tiers[-1][0], []
     files = [p.relative_to(root) for p in _files(root)]
-    for tier, keep in tiers:
+    t0 = time.monotonic()
+    for i, (tier, keep) in enumerate(tiers):
+        if 0 < i < len(tiers) - 1 and deadline_s is not None and time.monotonic() - t0 > deadline_s:
+            notes.append(f"{tier}: not tried, past the pack's {deadline_s:g} s")
+            continue
         kept = [rel for rel in files if keep(rel)]
         if kept in tried:  # the same files as a tier already over the cap (no inductor cache, say)
             continue

@@ -113,12 +113,14 @@ def main(argv=None) -> int:
             stop(c.current)
     finally:
         # A stop signal now would abort the final write half way (a .tmp left in OUT, a report
-        # still saying RUNNING): the write is short and bounded, so it finishes first.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # still saying RUNNING): the write is bounded (the cache pack by PACK_DEADLINE_S), so it
+        # finishes first.
+        previous = [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)]
         try:
             c.write_files(final=True)
         finally:
+            for s, handler in zip((signal.SIGTERM, signal.SIGINT), previous):
+                signal.signal(s, handler)
             if not c.keep_work:
                 shutil.rmtree(c.work, ignore_errors=True)
     report = load_json(c.out / "report.json") or {}

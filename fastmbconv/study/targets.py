@@ -25,6 +25,7 @@ TARGETS: tuple[Target, ...] = (
                                      "the kernel's bytes/s >= 70% of a device-to-device copy's (the worst shape)"),
 )
 DEPTHWISE_STAGES = (2, 3)  # model.blocks indices of the depthwise target
+DEPTHWISE_BATCH = 256
 
 
 def depthwise_target_shapes() -> set[tuple[int, int, int, int, int]]:
@@ -41,7 +42,7 @@ def _depthwise_vs_copy(kernels: Iterable[dict]):
     unless every one of them was measured."""
     got = {tuple(k["shape"]): k.get("floor_fraction") for k in kernels
            if k.get("op") == "dwconv_bn_act" and full_model_name(k["model"]) == "efficientnet_b0"
-           and int(k["batch"]) == 256 and k["dtype"] == "fp16" and k.get("median_s")}
+           and int(k["batch"]) == DEPTHWISE_BATCH and k["dtype"] == "fp16" and k.get("median_s")}
     fractions = [got.get(shape) for shape in depthwise_target_shapes()]
     return min(fractions) if fractions and all(f is not None for f in fractions) else None
 

@@ -84,6 +84,7 @@ SCRIPT = textwrap.dedent(
             fused.setdefault(rec.constexprs["MMA"], v)
     assert set(fused) == {True, False}, "both taps variants of expand_dwconv should have been recorded"
     for v in fused.values():
+        assert v.num_stages == 1, "the kernel report compiles expand_dwconv with other options than its launch"
         k = triton.compile(ASTSource(v.jit, v.signature, v.constexprs, v.attrs), target=target(),
                            options=v.options.__dict__)
         assert "async_copy_global_to_local" not in k.asm["ttgir"], "expand_dwconv's item loop was pipelined"

@@ -24,8 +24,6 @@ def test_targets_from_rows():
     assert all(t["met"] is None and "not measured" in t["status"] for t in study.evaluate_targets([]))
 
 
-
-
 def _dw(shape, fraction, batch=256, model="efficientnet_b0", dtype="fp16"):
     return {"op": "dwconv_bn_act", "model": model, "batch": batch, "dtype": dtype, "impl": "triton",
             "shape": list(shape), "median_s": 1e-4, "floor_fraction": fraction}

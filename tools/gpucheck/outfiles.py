@@ -11,6 +11,9 @@ from pathlib import Path
 MAX_FILES = 8
 MAX_BYTES = 16 * 2**20  # each file must stay under this
 SAFE_BYTES = MAX_BYTES - 512 * 2**10  # what we aim for
+# The final write packs the kernel cache with stop signals ignored: after this many seconds it
+# tries no further size tier but the smallest (the autotune picks alone).
+PACK_DEADLINE_S = 30
 LOG_KEEP_HEAD, LOG_KEEP_TAIL = 256 * 2**10, 3 * 2**20  # a longer log is cut in the middle
 COMMON_FILES = ("env.json", "report.md", "report.json", "logs.tar.gz", "gpu-cache.tar.gz")
 BENCH_FILES = ("pytest-benchmark.json", "summary.json", "summary.md")

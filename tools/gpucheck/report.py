@@ -3,6 +3,7 @@ state that ``Check.__init__`` sets up) refreshes the whole file set after every 
 each file under the cap, and builds ``report.json``; ``format_report`` renders ``report.md``."""
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -10,8 +11,8 @@ from pathlib import Path
 import gpu_cache
 import ncu_table
 
-from .outfiles import (ALL_FILE_NAMES, BENCH_FILES, BENCH_STAGES, RESERVE_S, SAFE_BYTES, dump_json, load_json, now_iso,
-                       pack_dir, stage_files, write_atomic)
+from .outfiles import (ALL_FILE_NAMES, BENCH_FILES, BENCH_STAGES, PACK_DEADLINE_S, RESERVE_S, SAFE_BYTES, dump_json,
+                       load_json, now_iso, pack_dir, stage_files, write_atomic)
 
 
 class OutFiles:
@@ -91,17 +92,19 @@ class OutFiles:
                     "torch": self.env_info.get("torch"), "triton": self.env_info.get("triton"),
                     "commit": (self.env_info.get("git") or {}).get("commit")}
         t0 = time.monotonic()
+        packed = self.work / "gpu-cache.tar.gz"  # packed outside OUT: OUT never holds a ninth name
         try:
-            # packed outside OUT, then copied over the placeholder: OUT never holds a ninth name
-            packed = self.work / "gpu-cache.tar.gz"
-            info = gpu_cache.pack(self.cache_root, packed, SAFE_BYTES, manifest)
-            shutil.copyfile(packed, self.out / "gpu-cache.tar.gz")
-            info["archive"] = str(self.out / "gpu-cache.tar.gz")
+            info = gpu_cache.pack(self.cache_root, packed, SAFE_BYTES, manifest, deadline_s=PACK_DEADLINE_S)
             info["picks"] = gpu_cache.autotune_picks(self.cache_root)[:200]
         except Exception as exc:  # never lose the other files over the cache
             self.notes.append(f"packing the kernel cache failed: {type(exc).__name__}: {exc}")
-            info = gpu_cache.pack(self.work / "empty-cache", self.out / "gpu-cache.tar.gz", SAFE_BYTES,
+            info = gpu_cache.pack(self.work / "empty-cache", packed, SAFE_BYTES,
                                   {**manifest, "note": "packing failed; see report.md"})
+        try:
+            os.replace(packed, self.out / "gpu-cache.tar.gz")  # atomic where both share a filesystem
+        except OSError:
+            shutil.copyfile(packed, self.out / "gpu-cache.tar.gz")
+        info["archive"] = str(self.out / "gpu-cache.tar.gz")
         info["seconds"] = round(time.monotonic() - t0, 1)
         self.cache["packed"] = info
 

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import urllib.parse
 from pathlib import Path
 
@@ -113,7 +114,12 @@ def restore_cache(c: Check):
     if not c.cache_from.is_file():
         c.cache["restored"] = {"error": f"{c.cache_from} does not exist"}
         return "failed", c.cache["restored"]
-    info = gpu_cache.restore(c.cache_from, c.cache_root, gpu_name=c.env_info.get("nvidia_smi_name"))
+    try:
+        info = gpu_cache.restore(c.cache_from, c.cache_root, gpu_name=c.env_info.get("nvidia_smi_name"))
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:  # e.g. cut short by a kill
+        c.cache["restored"] = {"error": f"{c.cache_from} could not be read ({type(exc).__name__}: {exc}); "
+                                        "the stage compiles and tunes from scratch"}
+        return "failed", c.cache["restored"]
     c.cache["restored"] = info
     return "ok", info
 
