@@ -106,9 +106,9 @@ def _make(op, batch, dtype, shape, impl, device):
         return x, gate, residual
 
     has_residual = project and skip
-    nbytes = (n * h * w * (k_in + o + (o if has_residual else 0)) + o * k_in) * b + o * 4 + (
-        n * k_in * 4 if project else 0)
-    next_inputs, sets = _rotating(inputs, n * h * w * (k_in + (o if has_residual else 0)) * b, device)
+    activations_read = n * h * w * (k_in + (o if has_residual else 0)) * b  # x and the residual
+    nbytes = activations_read + (n * h * w * o + o * k_in) * b + o * 4 + (n * k_in * 4 if project else 0)
+    next_inputs, sets = _rotating(inputs, activations_read, device)
     chosen = mod.choose_pointwise_impl(n * h * w, k_in, o, dt, device)
     force = None if impl == "auto" else impl
 

@@ -34,8 +34,8 @@ class OutFiles:
             self.write_report()  # the final status first: the pack below is the slowest write
             self.pack_cache()
         elif not (self.out / "gpu-cache.tar.gz").exists():
-            gpu_cache.pack(self.work / "empty-cache", self.out / "gpu-cache.tar.gz", SAFE_BYTES,
-                           {"stage": self.stage, "note": "placeholder: the stage has not finished"})
+            self.place_archive(self.work / "empty-cache", {"stage": self.stage,
+                                                           "note": "placeholder: the stage has not finished"})
         self.file_notes = [n for n in self.file_notes if not n.startswith("logs.tar.gz")]
         self.file_notes += pack_dir(self.logs, self.out / "logs.tar.gz")
         for name in stage_files(self.stage):
@@ -67,8 +67,7 @@ class OutFiles:
             dump_json(path, {"truncated": True, "original_bytes": size,
                              "note": "over the 16 MiB cap of a returned file; the full file was not kept"})
         elif path.name.endswith(".tar.gz"):
-            path.unlink()
-            gpu_cache.pack(self.work / "empty-cache", path, SAFE_BYTES, {"note": f"{size:,} B archive over the cap"})
+            self.place_archive(self.work / "empty-cache", {"note": f"{size:,} B archive over the cap"}, name=path.name)
         else:
             data = path.read_bytes()
             write_atomic(path, data[: SAFE_BYTES - 4096] + b"\n\n[gpu-check: cut here to stay under 16 MiB]\n")
@@ -92,21 +91,26 @@ class OutFiles:
                     "torch": self.env_info.get("torch"), "triton": self.env_info.get("triton"),
                     "commit": (self.env_info.get("git") or {}).get("commit")}
         t0 = time.monotonic()
-        packed = self.work / "gpu-cache.tar.gz"  # packed outside OUT: OUT never holds a ninth name
         try:
-            info = gpu_cache.pack(self.cache_root, packed, SAFE_BYTES, manifest, deadline_s=PACK_DEADLINE_S)
+            info = self.place_archive(self.cache_root, manifest, deadline_s=PACK_DEADLINE_S)
             info["picks"] = gpu_cache.autotune_picks(self.cache_root)[:200]
         except Exception as exc:  # never lose the other files over the cache
             self.notes.append(f"packing the kernel cache failed: {type(exc).__name__}: {exc}")
-            info = gpu_cache.pack(self.work / "empty-cache", packed, SAFE_BYTES,
-                                  {**manifest, "note": "packing failed; see report.md"})
-        try:
-            os.replace(packed, self.out / "gpu-cache.tar.gz")  # atomic where both share a filesystem
-        except OSError:
-            shutil.copyfile(packed, self.out / "gpu-cache.tar.gz")
-        info["archive"] = str(self.out / "gpu-cache.tar.gz")
+            info = self.place_archive(self.work / "empty-cache", {**manifest, "note": "packing failed; see report.md"})
         info["seconds"] = round(time.monotonic() - t0, 1)
         self.cache["packed"] = info
+
+    def place_archive(self, root: Path, manifest: dict, deadline_s: float | None = None,
+                      name: str = "gpu-cache.tar.gz") -> dict:
+        """Pack ``root`` (see ``gpu_cache.pack``) in the work folder, then move the archive into
+        OUT as ``name``: OUT never holds a half-written archive or a ninth name."""
+        packed = self.work / name
+        info = gpu_cache.pack(root, packed, SAFE_BYTES, manifest, deadline_s=deadline_s)
+        try:
+            os.replace(packed, self.out / name)  # atomic where both share a filesystem
+        except OSError:
+            shutil.copyfile(packed, self.out / name)
+        return {**info, "archive": str(self.out / name)}
 
     # -------------------------------------------------------------- report
     def report(self) -> dict:
