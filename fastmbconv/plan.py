@@ -42,12 +42,17 @@ class ForwardPlan:
         return max(self.stages) if self.output == "stage_maps" else 1 << 30
 
 
+# Read once at import: dynamo (torch 2.11) cannot trace torch.amp.is_autocast_available, so a
+# compiled forward may only look the answer up.
+AUTOCAST_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda", "xpu", "mps", "hpu") if torch.amp.is_autocast_available(d))
+
+
 def compute_dtype(model, x: torch.Tensor) -> torch.dtype:
     """The autocast dtype where autocast is on for the input's device and would lower this
     model's fp32 convs, else the model's own dtype."""
     dtype = model.conv_stem.weight.dtype
     device_type = x.device.type
-    if (dtype == torch.float32 and torch.amp.is_autocast_available(device_type)
+    if (dtype == torch.float32 and device_type in AUTOCAST_DEVICE_TYPES
             and torch.is_autocast_enabled(device_type)):
         return torch.get_autocast_dtype(device_type)
     return dtype

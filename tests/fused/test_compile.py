@@ -201,3 +201,20 @@ def test_cuda_compile_whole_fused_model():
         eager = model(x)
         compiled = torch.compile(model)
         torch.testing.assert_close(compiled(x), eager, atol=2e-2, rtol=2e-2)
+
+
+def test_compute_dtype_never_asks_torch_amp_at_run_time(monkeypatch):
+    """Dynamo in torch 2.11 cannot trace ``torch.amp.is_autocast_available`` (it broke every
+    fullgraph compile of the fused model on the GPU image), so the forward must not call it:
+    the answer is read once at import. Autocast still lowers an fp32 model."""
+    from fastmbconv import plan
+
+    def untraceable(device_type):
+        raise AssertionError("torch.amp.is_autocast_available called inside the forward")
+
+    monkeypatch.setattr(torch.amp, "is_autocast_available", untraceable)
+    model = fm.efficientnet_b0(num_classes=10)
+    x = torch.randn(1, 3, 17, 17)
+    assert plan.compute_dtype(model, x) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert plan.compute_dtype(model, x) == torch.bfloat16
