@@ -2,6 +2,7 @@
 (compile, autotune, CUDA-graph capture) and called: :func:`make_runner`."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -24,6 +25,8 @@ class Provider:
     needs_cuda: bool = False
     batch1_only: bool = False
     efficientnet_only: bool = False  # needs the fused path
+    # environment set around every call: a variant of the fused path whose choice is under test
+    env: tuple[tuple[str, str], ...] = ()
 
 
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (
@@ -37,7 +40,14 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
              needs_cuda=True, batch1_only=True, efficientnet_only=True),
     Provider("compile_reduce_overhead", 'torch.compile(reference, mode="reduce-overhead")', "reference",
              compile_mode="reduce-overhead", needs_cuda=True, batch1_only=True),
+    # the fused path with one of its choices forced, timed beside it to decide that choice
+    Provider("fused_separate", "fused, expand and depthwise as two launches", "fused", needs_cuda=True,
+             efficientnet_only=True, env=(("FASTMBCONV_EXPAND_DW", "separate"),)),
+    Provider("fused_torch_1x1", "fused, 1x1 convs on the torch (cuBLAS) fallback", "fused", needs_cuda=True,
+             efficientnet_only=True, env=(("FASTMBCONV_POINTWISE_IMPL", "torch"),)),
 )}
+#: providers that only force a choice of the fused path: timed at the headline's batch 256
+VARIANT_BATCH = 256
 
 EFFICIENTNETS: tuple[str, ...] = tuple(MODEL_BUILDERS)
 RESNET = "resnet50"
@@ -85,6 +95,8 @@ def skip_reason(provider: str, model: str, batch: int, device, resolution: int |
         return f"{provider} is the fused EfficientNet path; ResNet-50 runs eager and compiled only"
     if p.batch1_only and batch != 1:
         return f"{provider} is a batch-1 (launch-overhead) provider"
+    if p.env and batch != VARIANT_BATCH:
+        return f"{provider} is a variant of the fused path, timed at batch {VARIANT_BATCH} only"
     res = resolution or native_resolution(model)
     if batch * res * res > HUGE_PIXELS and os.environ.get(HUGE_ENV) != "1":
         return (f"{short_name(model)} at {res} px batch {batch} is capped (over {HUGE_PIXELS:,} input pixels per "
@@ -96,6 +108,22 @@ def skip_reason(provider: str, model: str, batch: int, device, resolution: int |
     if device.type == "cuda" and not torch.cuda.is_available():
         return "no CUDA GPU on this machine"
     return None
+
+
+@contextlib.contextmanager
+def environment(pairs: tuple[tuple[str, str], ...]):
+    """Set ``pairs`` in ``os.environ`` for the block (the fused path reads its choices per call),
+    then restore what was there."""
+    saved = {k: os.environ.get(k) for k, _ in pairs}
+    os.environ.update(dict(pairs))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def build_model(model: str) -> tuple[torch.nn.Module, str]:
@@ -162,7 +190,7 @@ def make_runner(provider: str, model: str, batch: int, dtype: str = "fp16", devi
     x = x.contiguous(memory_format=torch.channels_last)
 
     def forward(module):
-        with torch.no_grad(), use_backend(p.backend):
+        with torch.no_grad(), use_backend(p.backend), environment(p.env):
             return module(x)
 
     fn = net

@@ -19,3 +19,25 @@ def test_provider_rules():
         study.make_runner("fused", "b0", 1, "fp32", "cpu", 32)
 
 
+
+
+def test_fused_variants_force_one_choice_at_batch_256_only(monkeypatch):
+    """Each variant sets the environment the fused path reads per call, only around the call,
+    and runs only at the headline's batch 256 (where its choice is decided)."""
+    from fastmbconv.fused import layer_plan
+    from fastmbconv.kernels.pointwise_gated import choose_pointwise_impl
+
+    gpu = torch.device("cuda")
+    for name in ("fused_separate", "fused_torch_1x1"):
+        assert "variant" in study.skip_reason(name, "b0", 1, gpu)
+        assert study.skip_reason(name, "b0", 256, gpu) in (None, "no CUDA GPU on this machine")
+    monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", "triton")
+    monkeypatch.delenv("FASTMBCONV_EXPAND_DW", raising=False)
+    with study.providers.environment(study.PROVIDERS["fused_torch_1x1"].env):
+        assert choose_pointwise_impl(256 * 49, 1152, 320, torch.float16, "cuda") == "torch"
+    assert choose_pointwise_impl(256 * 49, 1152, 320, torch.float16, "cuda") == "triton"
+    with study.providers.environment(study.PROVIDERS["fused_separate"].env):
+        assert layer_plan._env_choice() == "separate"
+    assert layer_plan._env_choice() == "auto"
+    import os
+    assert "FASTMBCONV_EXPAND_DW" not in os.environ and os.environ["FASTMBCONV_POINTWISE_IMPL"] == "triton"
