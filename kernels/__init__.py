@@ -7,6 +7,8 @@ op module is first used (names below resolve lazily), so importing it stays chea
 - :mod:`.stem_conv_bn_act`: the stem conv + folded BN + activation, from the image as it comes;
 - :mod:`.dwconv_bn_act`: depthwise kxk + folded BN + activation, SE partial sums, ragged batches
   (taps on the tensor cores in fp16/bf16);
+- :mod:`.affine_act_pool`: BN + activation + SE pool sums in place, the epilogue of the depthwise
+  conv on cuDNN (``dwconv_bn_act(..., impl="torch")``, chosen by ``choose_depthwise_impl``);
 - :mod:`.expand_dwconv`: the expand 1x1 and the depthwise conv as one kernel (no expanded tensor),
   with its tiles per layer in :mod:`._expand_dw_tiles`;
 - :mod:`.squeeze_excite`: the SE gate from those partial sums, one launch per batch;
@@ -24,6 +26,9 @@ _EXPORTS = {
     "stem_conv_bn_act_ref": "stem_conv_bn_act",
     "dwconv_bn_act": "dwconv_bn_act",
     "dwconv_bn_act_ref": "dwconv_bn_act",
+    "choose_depthwise_impl": "dwconv_bn_act",
+    "affine_act_pool": "affine_act_pool",
+    "affine_act_pool_ref": "affine_act_pool",
     "squeeze_excite_gate": "squeeze_excite",
     "squeeze_excite_gate_ref": "squeeze_excite",
     "pointwise_gated": "pointwise_gated",

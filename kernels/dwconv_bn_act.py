@@ -31,6 +31,7 @@ size and (top, left) padding.
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -331,8 +332,23 @@ def _(x, weight, scale, shift, padding, stride, act, with_pool, valid_hw, pad_tl
     return out, x.new_empty((N, tiles, C) if with_pool else (0,), dtype=torch.float32)
 
 
+# ---------------------------------------------------------------------- implementation choice
+IMPL_ENV_VAR = "FASTMBCONV_DEPTHWISE_IMPL"
+
+
+def choose_depthwise_impl(ragged: bool = False) -> str:
+    """``"triton"`` unless ``FASTMBCONV_DEPTHWISE_IMPL=torch`` forces the cuDNN conv with the
+    :mod:`.affine_act_pool` epilogue (any device; a ragged batch always takes Triton, whose
+    per-image padding the conv lacks). The default stays Triton until a GPU run times both in
+    the same session (the ``fused_cudnn_dw`` benchmark provider)."""
+    forced = os.environ.get(IMPL_ENV_VAR, "").strip().lower()
+    if forced not in ("", "auto", "triton", "torch"):
+        raise ValueError(f"{IMPL_ENV_VAR} must be 'auto', 'triton' or 'torch', got {forced!r}")
+    return "torch" if forced == "torch" and not ragged else "triton"
+
+
 def dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", with_pool=False, valid_hw=None,
-                  pad_tl=None):
+                  pad_tl=None, impl: str | None = None):
     """``act(conv_dw(x) * scale + shift)``; returns ``out`` or ``(out, partial_sums)``.
 
     ``weight`` is (C, 1, k, k), (C, k, k), or (k*k, C) fp32 as :func:`taps_major` makes it (the
@@ -341,8 +357,20 @@ def dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", with_p
     ``valid_hw``/``pad_tl`` (N, 2) int32 make a ragged batch: image n reads only its valid
     (h, w) corner with its own (top, left) padding; its outputs beyond (ceil(h/stride),
     ceil(w/stride)) are written as 0 and left out of the sums. ``partial_sums`` is (N, T, C)
-    fp32: per image, the output summed over each of its T tiles.
+    fp32: per image, the output summed over each of its T tiles. ``impl`` forces ``"triton"`` or
+    ``"torch"`` (cuDNN + one epilogue pass; dense batches only); by default
+    :func:`choose_depthwise_impl` decides.
     """
+    impl = impl or choose_depthwise_impl(ragged=valid_hw is not None)
+    if impl == "torch":
+        if valid_hw is not None:
+            raise ValueError(f"{OP}: the torch implementation takes dense batches only (no valid_hw)")
+        from .affine_act_pool import cudnn_dwconv_bn_act
+
+        out, partials = cudnn_dwconv_bn_act(x, weight, scale, shift, padding, stride, act, with_pool)
+        return (out, partials) if with_pool else out
+    if impl != "triton":
+        raise ValueError(f"{OP}: impl must be 'triton', 'torch' or None, got {impl!r}")
     out, partials = call_op(
         torch.ops.fastmbconv.dwconv_bn_act, dwconv_bn_act_launch,
         x, weight, scale, shift, [int(p) for p in padding], int(stride), act, bool(with_pool), valid_hw, pad_tl,
