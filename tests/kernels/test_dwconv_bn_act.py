@@ -58,8 +58,9 @@ def check(x, w, scale, shift, padding, stride, **kw):
     ref = dwconv_bn_act_ref(x, w, scale, shift, padding, stride, compute_dtype=torch.float64, **kw)
     lowp = None
     if x.dtype != torch.float32:
+        cpu_kw = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
         lowp = dwconv_bn_act_ref(x.cpu(), w.cpu().to(x.dtype), scale.cpu(), shift.cpu(), padding, stride,
-                                 compute_dtype=x.dtype, **kw)
+                                 compute_dtype=x.dtype, **cpu_kw)
     if kw.get("with_pool"):
         (out, partials), (ref, ref_pool) = got, ref
         tile_h, tile_w, _ = module.blocks_for(*out.shape[-2:], x.shape[1], is_mma(w))
@@ -180,6 +181,28 @@ def test_ragged(small_tiles, k, stride, pad_mode, layout):
     ho, wo = alone.shape[-2:]
     torch.testing.assert_close(out[1, :, :ho, :wo], alone[0], atol=1e-5, rtol=1e-5)
     assert (out[1, :, ho:] == 0).all() and (out[1, :, :, wo:] == 0).all()
+
+
+def test_low_precision_reference_gets_only_cpu_copies(small_tiles, monkeypatch):
+    """``check`` runs the low-precision reference on CPU copies of every tensor of the kernel's
+    call: on a GPU a CUDA ``valid_hw`` reaching it fails on mixed devices. Here ``.cpu()``
+    returns the tensor itself, so it is made to copy, and no tensor of the call may get through."""
+    real_cpu, real_ref = torch.Tensor.cpu, dwconv_bn_act_ref
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: real_cpu(self, *a, **k).clone())
+    x, w, scale, shift = make(3, 24, 10, 9, 3, torch.float16, layout="mma")
+    valid_hw = torch.tensor([(10, 9), (7, 5), (1, 1)], dtype=torch.int32, device=DEVICE)
+    pad_tl = torch.ones(3, 2, dtype=torch.int32, device=DEVICE)
+    handed = []
+
+    def ref(*args, compute_dtype=torch.float32, **kw):
+        if compute_dtype != torch.float64:  # the low-precision reference
+            handed.extend(t for t in (*args, *kw.values()) if isinstance(t, torch.Tensor))
+        return real_ref(*args, compute_dtype=compute_dtype, **kw)
+
+    monkeypatch.setitem(globals(), "dwconv_bn_act_ref", ref)
+    check(x, w, scale, shift, (1, 1, 1, 1), 1, with_pool=True, valid_hw=valid_hw, pad_tl=pad_tl)
+    call_storage = {t.untyped_storage().data_ptr() for t in (x, w, scale, shift, valid_hw, pad_tl)}
+    assert len(handed) == 6 and not {t.untyped_storage().data_ptr() for t in handed} & call_storage
 
 
 def test_empty_batch_launches_nothing():
