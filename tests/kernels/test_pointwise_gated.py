@@ -219,7 +219,6 @@ def test_tensor_core_branch_with_every_gpu_tile(monkeypatch, tile):
     ("gate shape", ValueError, "gate"),
     ("residual shape", ValueError, "residual"),
     ("fp16 residual of fp32 x", TypeError, "residual"),
-    ("valid size past the map", ValueError, "valid_hw must lie in"),
     ("bad act", ValueError, "swish"),
     ("valid without pool", ValueError, "pool_only"),
     ("bad impl", ValueError, "impl"),
@@ -239,8 +238,6 @@ def test_bad_input(case, exc, words):
         kw["residual"] = res[:, :3]
     elif case == "fp16 residual of fp32 x":
         kw["residual"] = res.half()
-    elif case == "valid size past the map":
-        kw.update(pool_only=True, valid_hw=torch.tensor([[5, 5], [6, 1]], dtype=torch.int32, device=DEVICE))
     elif case == "bad act":
         kw["act"] = "swish"
     elif case == "valid without pool":
@@ -250,6 +247,26 @@ def test_bad_input(case, exc, words):
     with count_launches() as launches, pytest.raises(exc, match=words):
         pointwise_gated(x, w, bias, **kw)
     assert sum(launches.values()) == 0
+
+
+@pytest.mark.parametrize("sizes_on", ["input's device", "meta"])
+def test_valid_size_past_the_map(monkeypatch, sizes_on):
+    """The host checks the sizes of CPU tensors only (for CUDA ones it would sync every call):
+    a size past the map is then a clear error before any launch, else it is clamped into the
+    map. ``meta``: the check sees the sizes on a device other than the CPU, as on a GPU."""
+    x, w, bias, _, _ = make(2, 24, 40, 5, 5)
+    too_big, clamped = (torch.tensor(v, dtype=torch.int32, device=DEVICE) for v in ([[5, 5], [6, 1]], [[5, 5], [5, 1]]))
+    if sizes_on == "meta":
+        real = module.check_valid_sizes
+        monkeypatch.setattr(module, "check_valid_sizes", lambda op, v, H, W: real(op, v.to("meta"), H, W))
+    if DEVICE == "cpu" and sizes_on != "meta":
+        with count_launches() as launches, pytest.raises(ValueError, match="valid_hw must lie in"):
+            pointwise_gated(x, w, bias, pool_only=True, valid_hw=too_big, impl="triton")
+        assert sum(launches.values()) == 0
+    else:
+        got, want = (pointwise_gated(x, w, bias, act="silu", pool_only=True, valid_hw=v, impl="triton")
+                     for v in (too_big, clamped))
+        assert torch.equal(got, want)
 
 
 @pytest.mark.gpu
