@@ -178,21 +178,25 @@ def test_empty_batch():
     assert out.shape == (0, 40, 5, 5) and pooled.shape == (0, 40) and sum(launches.values()) == 0
 
 
-def test_fp16_products_take_the_tensor_core_dot_here_as_on_a_gpu(monkeypatch):
+@pytest.mark.parametrize("interpret", ["1", "0"], ids=["interpreted", "compiled"])
+def test_fp16_products_take_the_tensor_core_dot_here_as_on_a_gpu(monkeypatch, interpret):
     """``dot_fp32``: the interpreter's fp16 dot multiplies exactly and sums in fp32 as tensor
     cores do, so fp16 runs the GPU's branch in every CPU test; only bf16 (held as raw integers
-    by the interpreter) falls back to fp32 products here, and never on a GPU."""
+    by the interpreter) falls back to fp32 products there, and never on a GPU. Both machines'
+    choices are planned on either: recording launches nothing, so TRITON_INTERPRET only
+    decides what the launcher picks."""
     from fastmbconv.kernels._launch import record_launches
     from fastmbconv.kernels._utils import dot_fp32
 
+    monkeypatch.setenv("TRITON_INTERPRET", interpret)
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
     with record_launches() as planned:
         for dtype in dtypes:
             x, w, bias, _, _ = make(1, 16, 16, 2, 2, dtype)
             pointwise_gated(x, w, bias, impl="triton")
-    assert [r.constexprs["DOT_FP32"] for r in planned] == [True, False, True]
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert [dot_fp32(d) for d in dtypes] == [True, False, False]
+    expected = [True, False, interpret == "1"]
+    assert [r.constexprs["DOT_FP32"] for r in planned] == expected
+    assert [dot_fp32(d) for d in dtypes] == expected
 
 
 GPU_TILES = sorted(set(module._GPU_CONFIGS + module._FP32_SMALL_GATED_CONFIGS + module._NARROW_CONFIGS))
