@@ -1,6 +1,6 @@
 """The kernel benchmarks' cases (benchmarks/bench_kernels.py) run only on a GPU; here each op's
-case is built and called at a tiny shape on the CPU (the kernels interpreted), so a stale call
-or a weight layout other than the fused forward's fails before a GPU loan is spent on it."""
+case is built and called at a tiny shape where the kernels run (a CPU: interpreted), so a stale
+call or a weight layout other than the fused forward's fails before a GPU loan is spent on it."""
 import importlib
 import sys
 from pathlib import Path
@@ -35,8 +35,8 @@ CASES = [  # (op, shape, impl): shapes as benchmarks/_providers.kernel_cases giv
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 @pytest.mark.parametrize("op,shape,impl", CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
-def test_every_kernel_case_builds_and_runs(bench_kernels, op, shape, impl, dtype):
-    call, flops, nbytes, extra = bench_kernels._make(op, 2, dtype, shape, impl, torch.device("cpu"))
+def test_every_kernel_case_builds_and_runs(bench_kernels, device, pointwise_on_triton, op, shape, impl, dtype):
+    call, flops, nbytes, extra = bench_kernels._make(op, 2, dtype, shape, impl, torch.device(device))
     assert flops > 0 and nbytes > 0
     with count_launches() as launches:
         outs = [call(), call()]
