@@ -334,6 +334,7 @@ def pointwise_gated_torch(x, weight, bias, gate=None, residual=None, act="identi
                           valid_hw=None):
     """The cuBLAS fallback at the input's precision: x * gate, then matmul + bias (+ residual)."""
     _check_args(x, weight, bias, gate, residual, act, pool_only, valid_hw)
+    check_valid_sizes(OP, valid_hw, x.shape[2], x.shape[3])
     O, K = weight.shape[0], weight.shape[1]
     record_launch(OP + "[torch]")
     xh = x.permute(0, 2, 3, 1)  # (N, H, W, K): a free view for channels_last input
@@ -346,7 +347,9 @@ def pointwise_gated_torch(x, weight, bias, gate=None, residual=None, act="identi
         count = x.shape[2] * x.shape[3]
         if valid_hw is not None:
             y = y * valid_mask(valid_hw, *x.shape[-2:])[..., None]
-            count = valid_hw.prod(1, keepdim=True)
+            # as the kernel: sizes clamped into the map, an empty image's mean 0
+            hw = torch.stack([valid_hw[:, 0].clamp(0, x.shape[2]), valid_hw[:, 1].clamp(0, x.shape[3])], 1)
+            count = hw.prod(1, keepdim=True).clamp_min(1)
         return (y.float().sum((1, 2)) / count).to(x.dtype)
     return y.permute(0, 3, 1, 2)
 

@@ -152,6 +152,24 @@ def test_torch_fallback_matches(dtype):
             torch.testing.assert_close(got, ref.to(dtype), atol=5e-2, rtol=2e-2)
 
 
+def test_torch_fallback_pool_clamps_sizes_as_the_kernel(monkeypatch):
+    """Sizes the host check does not see (CUDA ones; here the check is switched off to act as
+    one): 0 gives a mean of 0, not a division by zero, and a size past the map the clamped
+    size's mean, as the kernel computes. On the CPU such sizes are refused by name first."""
+    from fastmbconv.kernels import pointwise_gated as module
+
+    x, w, bias, _, _ = make(2, 24, 16, 5, 7, torch.float32)
+    with pytest.raises(ValueError, match="valid_hw must lie in"):
+        pointwise_gated(x, w, bias, act="silu", pool_only=True, impl="torch",
+                        valid_hw=torch.tensor([[6, 7], [5, 7]], dtype=torch.int32))
+    monkeypatch.setattr(module, "check_valid_sizes", lambda *args: None)
+    sizes = torch.tensor([[0, 3], [9, 7]], dtype=torch.int32, device=DEVICE)
+    got = pointwise_gated(x, w, bias, act="silu", pool_only=True, valid_hw=sizes, impl="torch")
+    ref = pointwise_gated_ref(x, w, bias, act="silu", pool_only=True, valid_hw=sizes, compute_dtype=torch.float64)
+    assert torch.isfinite(got).all() and (got[0] == 0).all()
+    torch.testing.assert_close(got.double(), ref, atol=1e-4, rtol=1e-4)
+
+
 def test_choice_is_triton_unless_forced(monkeypatch):
     monkeypatch.delenv("FASTMBCONV_POINTWISE_IMPL", raising=False)
     assert choose_pointwise_impl(10**6, 96, 24, torch.float16, "cpu") == "triton"
