@@ -45,6 +45,9 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
              efficientnet_only=True, env=(("FASTMBCONV_EXPAND_DW", "separate"),)),
     Provider("fused_torch_1x1", "fused, 1x1 convs on the torch (cuBLAS) fallback", "fused", needs_cuda=True,
              efficientnet_only=True, env=(("FASTMBCONV_POINTWISE_IMPL", "torch"),)),
+    Provider("fused_cudnn_dw", "fused, depthwise convs on cuDNN + one Triton BN/SiLU/SE-sum pass", "fused",
+             needs_cuda=True, efficientnet_only=True,
+             env=(("FASTMBCONV_EXPAND_DW", "separate"), ("FASTMBCONV_DEPTHWISE_IMPL", "torch"))),
 )}
 #: providers that only force a choice of the fused path: timed at the headline's batch 256
 VARIANT_BATCH = 256

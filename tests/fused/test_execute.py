@@ -265,6 +265,26 @@ def test_cuda_ragged_b3_parity():
     torch.testing.assert_close(out.float(), ref.float(), atol=5e-2, rtol=5e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_b0_with_the_depthwise_on_cudnn_matches_reference(dtype, monkeypatch):
+    """FASTMBCONV_DEPTHWISE_IMPL=torch (the fused_cudnn_dw benchmark provider): every depthwise
+    conv on F.conv2d and its BN, SiLU and SE sums in one affine_act_pool launch, TF padding included."""
+    monkeypatch.setenv("FASTMBCONV_DEPTHWISE_IMPL", "torch")
+    model = build(pad_mode="same").to(dtype)
+    x = torch.randn(2, 3, 33, 47, device=DEVICE, dtype=dtype)
+    out, ref, launches = run_both(model, model, x)
+    blocks = sum(len(stage) for stage in model.blocks)
+    expected = expected_launches(model)
+    expected.pop("dwconv_bn_act")
+    assert dict(launches) == {**expected, "dwconv_bn_act[torch]": blocks, "affine_act_pool": blocks}
+    if dtype == torch.float32:
+        assert_close_to_ref(out, ref, what="logits, depthwise on cuDNN")
+    else:
+        with torch.inference_mode():
+            ref64 = build(pad_mode="same").double()(x.double())
+        assert_close_to_ref(out, ref64, ref, what=f"{dtype} logits, depthwise on cuDNN")
+
+
 def test_empty_batch_and_one_pixel_input():
     model = build(num_classes=7)
     with torch.inference_mode(), fm.use_backend("fused"):

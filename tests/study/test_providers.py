@@ -25,10 +25,11 @@ def test_fused_variants_force_one_choice_at_batch_256_only(monkeypatch):
     """Each variant sets the environment the fused path reads per call, only around the call,
     and runs only at the headline's batch 256 (where its choice is decided)."""
     from fastmbconv.fused import layer_plan
+    from fastmbconv.kernels.dwconv_bn_act import choose_depthwise_impl
     from fastmbconv.kernels.pointwise_gated import choose_pointwise_impl
 
     gpu = torch.device("cuda")
-    for name in ("fused_separate", "fused_torch_1x1"):
+    for name in ("fused_separate", "fused_torch_1x1", "fused_cudnn_dw"):
         assert "variant" in study.skip_reason(name, "b0", 1, gpu)
         assert study.skip_reason(name, "b0", 256, gpu) in (None, "no CUDA GPU on this machine")
     monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", "triton")
@@ -39,5 +40,9 @@ def test_fused_variants_force_one_choice_at_batch_256_only(monkeypatch):
     with study.providers.environment(study.PROVIDERS["fused_separate"].env):
         assert layer_plan._env_choice() == "separate"
     assert layer_plan._env_choice() == "auto"
+    monkeypatch.delenv("FASTMBCONV_DEPTHWISE_IMPL", raising=False)
+    with study.providers.environment(study.PROVIDERS["fused_cudnn_dw"].env):
+        assert layer_plan._env_choice() == "separate" and choose_depthwise_impl() == "torch"
+    assert choose_depthwise_impl() == "triton"
     import os
     assert "FASTMBCONV_EXPAND_DW" not in os.environ and os.environ["FASTMBCONV_POINTWISE_IMPL"] == "triton"
