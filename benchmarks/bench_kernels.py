@@ -75,7 +75,8 @@ def _make(op, batch, dtype, shape, impl, device):
                                  device)
 
         def call():
-            return mod.dwconv_bn_act(next_x(), weight, scale, shift, padding, s, act="silu", with_pool=True)
+            return mod.dwconv_bn_act(next_x(), weight, scale, shift, padding, s, act="silu", with_pool=True,
+                                     impl=impl)
 
         flops = 2 * n * c * k * k * ho * wo
         nbytes = n * c * (h * w + ho * wo) * b + (c * k * k + 2 * c) * 4 + n * c * 4

@@ -23,7 +23,7 @@ class Provider:
     compile_mode: str | None = None  # torch.compile mode, None = eager
     cuda_graph: bool = False  # captured with torch.cuda.CUDAGraph
     needs_cuda: bool = False
-    batch1_only: bool = False
+    batches: tuple[int, ...] = ()  # the only batch sizes it runs at (launch-overhead providers); () = any
     efficientnet_only: bool = False  # needs the fused path
     # environment set around every call: a variant of the fused path whose choice is under test
     env: tuple[tuple[str, str], ...] = ()
@@ -36,10 +36,11 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
              compile_mode="max-autotune", needs_cuda=True),
     Provider("compile_fused", "torch.compile(fused)", "fused", compile_mode="default", needs_cuda=True,
              efficientnet_only=True),
+    # at batch 256 too: the fused forward's time with its launch overhead taken away
     Provider("cudagraph_fused", "fused, CUDA graph (torch.cuda.CUDAGraph)", "fused", cuda_graph=True,
-             needs_cuda=True, batch1_only=True, efficientnet_only=True),
+             needs_cuda=True, batches=(1, 256), efficientnet_only=True),
     Provider("compile_reduce_overhead", 'torch.compile(reference, mode="reduce-overhead")', "reference",
-             compile_mode="reduce-overhead", needs_cuda=True, batch1_only=True),
+             compile_mode="reduce-overhead", needs_cuda=True, batches=(1,)),
     # the fused path with one of its choices forced, timed beside it to decide that choice
     Provider("fused_separate", "fused, expand and depthwise as two launches", "fused", needs_cuda=True,
              efficientnet_only=True, env=(("FASTMBCONV_EXPAND_DW", "separate"),)),
@@ -96,8 +97,8 @@ def skip_reason(provider: str, model: str, batch: int, device, resolution: int |
     model = full_model_name(model)
     if p.efficientnet_only and model == RESNET:
         return f"{provider} is the fused EfficientNet path; ResNet-50 runs eager and compiled only"
-    if p.batch1_only and batch != 1:
-        return f"{provider} is a batch-1 (launch-overhead) provider"
+    if p.batches and batch not in p.batches:
+        return f"{provider} is a launch-overhead provider, run at batch {' and '.join(map(str, p.batches))} only"
     if p.env and batch != VARIANT_BATCH:
         return f"{provider} is a variant of the fused path, timed at batch {VARIANT_BATCH} only"
     res = resolution or native_resolution(model)

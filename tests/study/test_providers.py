@@ -9,7 +9,9 @@ def test_provider_rules():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert study.skip_reason("eager", "b0", 2, cpu, 64) is None
     assert "CUDA" in study.skip_reason("fused", "b0", 2, cpu, 64)
-    assert "batch-1" in study.skip_reason("cudagraph_fused", "b0", 32, gpu)
+    assert "launch-overhead" in study.skip_reason("cudagraph_fused", "b0", 32, gpu)
+    assert "launch-overhead" in study.skip_reason("compile_reduce_overhead", "b0", 256, gpu)
+    assert study.skip_reason("cudagraph_fused", "b0", 256, gpu) in (None, "no CUDA GPU on this machine")
     assert "ResNet-50" in study.skip_reason("fused", "resnet50", 1, gpu)
     assert "capped" in study.skip_reason("eager", "b7", 256, gpu)
     assert study.skip_reason("eager", "b5", 256, gpu) in (None, "no CUDA GPU on this machine")

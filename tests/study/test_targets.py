@@ -36,6 +36,7 @@ def test_depthwise_target_is_the_worst_shape_of_its_stages_and_needs_them_all():
     assert (144, 56, 56, 5, 2) in shapes and (480, 14, 14, 3, 1) in shapes and len(shapes) == 4
     kernels = [_dw(s, 0.9 - 0.1 * i) for i, s in enumerate(shapes)]
     noise = [_dw(shapes[0], 0.1, batch=32), _dw(shapes[0], 0.1, dtype="bf16"), _dw((32, 112, 112, 3, 1), 0.1),
+             {**_dw(shapes[0], 0.05), "impl": "torch"},  # cuDNN's depthwise: not the kernel under test
              {"op": "pointwise_expand", "model": "efficientnet_b0", "batch": 256, "dtype": "fp16", "median_s": 1.0}]
 
     def target(rows):

@@ -79,7 +79,7 @@ def merge_bench_main(work: str) -> int:
 
 def speed_steps(c: Check) -> list[Step]:
     inductor = c.cache_root / "inductor"
-    steps = [warm_step(c), bench_step(c, "bench-headline", 240), bench_step(c, "bench-kernels", 120),
+    steps = [warm_step(c), bench_step(c, "bench-headline", 240), bench_step(c, "bench-kernels", 180),
              bench_step(c, "bench-max-autotune", 300, min_s=60, env={"TRITON_CACHE_DIR": str(inductor / "triton")}),
              bench_step(c, "bench-models-bs32", 240)]
     if c.study:
