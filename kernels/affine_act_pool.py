@@ -141,7 +141,10 @@ def cudnn_dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", 
     k, (top, bottom, left, right), _, _, _ = check_dw_args(x, weight, scale, shift, padding, stride, act, None, None)
     C = x.shape[1]
     record_launch(DW_OP + "[torch]")
-    w = _taps_of(weight).t().reshape(C, 1, k, k).to(x.dtype)
+    if weight.ndim == 4 and weight.dtype == x.dtype:  # (C, 1, k, k) as the fold keeps it for this route
+        w = weight
+    else:
+        w = _taps_of(weight).t().reshape(C, 1, k, k).to(x.dtype)
     channels_last = is_channels_last(x)
     if top != bottom or left != right:  # TF "SAME": F.conv2d pads symmetrically only
         x, conv_pad = F.pad(x, (left, right, top, bottom)), (0, 0)

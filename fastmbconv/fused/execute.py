@@ -25,7 +25,7 @@ import torch
 from .. import ragged, reference
 from ..geometry import PadMode, RaggedSizes
 from ..kernels._launch import layer_scope
-from ..kernels.dwconv_bn_act import dwconv_bn_act
+from ..kernels.dwconv_bn_act import choose_depthwise_impl, dwconv_bn_act
 from ..kernels.expand_dwconv import expand_dwconv
 from ..kernels.pointwise_gated import choose_pointwise_impl, pointwise_gated
 from ..kernels.squeeze_excite import squeeze_excite_gate
@@ -57,9 +57,10 @@ def block_forward(block: FoldedBlock, x: torch.Tensor, padding: tuple[int, int, 
                                     block.dw_shift, padding, s, act="silu", valid_hw=valid_hw, pad_tl=pad_tl)
     else:
         h = x if block.w_expand is None else pointwise_gated(x, block.w_expand, block.b_expand, act="silu")
-        w_dw = block.w_dw if block.w_dw_mma is None else block.w_dw_mma
+        impl = choose_depthwise_impl(ragged=valid_hw is not None)
+        w_dw = block.w_dw_conv if impl == "torch" else block.w_dw if block.w_dw_mma is None else block.w_dw_mma
         d, partials = dwconv_bn_act(h, w_dw, block.dw_scale, block.dw_shift, padding, s, act="silu",
-                                    with_pool=True, valid_hw=valid_hw, pad_tl=pad_tl)
+                                    with_pool=True, valid_hw=valid_hw, pad_tl=pad_tl, impl=impl)
     count = None if sizes is None else sizes.after(k, s).on(x.device, "counts")
     gate = squeeze_excite_gate(partials, block.se_w_reduce, block.se_b_reduce, block.se_w_expand, block.se_b_expand,
                                count=count, hw=d.shape[-2] * d.shape[-1])

@@ -42,6 +42,7 @@ class FoldedBlock:
     w_dw: torch.Tensor  # (k*k, mid) fp32, taps-major
     w_dw_fused: torch.Tensor  # expand_dwconv's taps: w_dw_mma, else w_dw, rows padded to whole channel blocks
     w_dw_mma: Optional[torch.Tensor]  # (k*k, mid, 16) fp16/bf16 diagonal blocks (tensor cores); None for fp32
+    w_dw_conv: torch.Tensor  # (mid, 1, k, k), compute dtype: the depthwise conv on cuDNN (FASTMBCONV_DEPTHWISE_IMPL)
     dw_scale: torch.Tensor  # (mid,) fp32
     dw_shift: torch.Tensor  # (mid,) fp32
     se_w_reduce: torch.Tensor  # (R, mid), compute dtype
@@ -89,6 +90,7 @@ def fold_block(block, dtype: Optional[torch.dtype] = None) -> FoldedBlock:
     return FoldedBlock(
         kernel=k, stride=p.stride, has_skip=p.has_skip, w_expand=w_expand, b_expand=b_expand,
         w_dw=w_dw, w_dw_mma=w_dw_mma, w_dw_fused=pad_taps(w_dw if w_dw_mma is None else w_dw_mma),
+        w_dw_conv=p.depthwise.conv.weight.to(dtype, copy=True).contiguous(),
         dw_scale=dw_scale.contiguous(), dw_shift=dw_shift.contiguous(),
         se_w_reduce=p.se.conv_reduce.weight.reshape(R, C).to(dtype, copy=True).contiguous(),
         se_b_reduce=p.se.conv_reduce.bias.to(torch.float32, copy=True),
