@@ -15,11 +15,10 @@ are in a fixed order (no atomics). Offsets inside an image are 32-bit unless an 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import call_op, launch, record_launch
+from ._launch import call_op, launch
 from ._math import affine_activation
 from ._utils import (
     ACT_CODES,
@@ -27,7 +26,6 @@ from ._utils import (
     check_activation,
     check_tensor,
     interpreting,
-    is_channels_last,
     needs_int64,
     next_pow2,
     silu_math,
@@ -130,29 +128,3 @@ def affine_act_pool_ref(y, scale, shift, act="silu", with_pool=False, compute_dt
     out = activation_ref(y.to(compute_dtype) * scale.to(compute_dtype).view(1, C, 1, 1)
                          + shift.to(compute_dtype).view(1, C, 1, 1), act)
     return (out, out.sum((2, 3))) if with_pool else out
-
-
-def cudnn_dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", with_pool=False):
-    """The depthwise conv on cuDNN (``F.conv2d``, in x's dtype and memory format), then BN,
-    activation and the SE pool sums in one in-place pass (:func:`affine_act_pool`).
-    Returns (out, partial_sums) as :func:`.dwconv_bn_act.dwconv_bn_act_launch` does."""
-    from .dwconv_bn_act import OP as DW_OP, _check_args as check_dw_args, _taps_of
-
-    k, (top, bottom, left, right), _, _, _ = check_dw_args(x, weight, scale, shift, padding, stride, act, None, None)
-    C = x.shape[1]
-    record_launch(DW_OP + "[torch]")
-    if weight.ndim == 4 and weight.dtype == x.dtype:  # (C, 1, k, k) as the fold keeps it for this route
-        w = weight
-    else:
-        w = _taps_of(weight).t().reshape(C, 1, k, k).to(x.dtype)
-    channels_last = is_channels_last(x)
-    if top != bottom or left != right:  # TF "SAME": F.conv2d pads symmetrically only
-        x, conv_pad = F.pad(x, (left, right, top, bottom)), (0, 0)
-    else:
-        conv_pad = (top, left)
-    y = F.conv2d(x, w, None, stride, conv_pad, groups=C)
-    if channels_last and not is_channels_last(y) and y.shape[-2:] != (1, 1):
-        y = y.contiguous(memory_format=torch.channels_last)
-    y, partials = affine_act_pool(y, scale, shift, act, with_pool=True) if with_pool else (
-        affine_act_pool(y, scale, shift, act), y.new_empty((0,), dtype=torch.float32))
-    return y, partials

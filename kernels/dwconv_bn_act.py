@@ -35,10 +35,13 @@ import os
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import call_op, launch, select_kernel
+from ._depthwise_taps import taps_diag, taps_major, taps_of
+from ._launch import call_op, launch, record_launch, select_kernel
+from .affine_act_pool import affine_act_pool
 from ._math import affine_activation, group_channels, image_extent
 from ._utils import (
     ACT_CODES,
@@ -52,6 +55,7 @@ from ._utils import (
     dot_fp32,
     empty_like_format,
     interpreting,
+    is_channels_last,
     needs_int64,
     next_pow2,
     silu_math,
@@ -176,31 +180,6 @@ _dwconv_bn_act_autotuned = triton.autotune(
     key=["c_units", "C_UNIT", "H_out", "W_out", "STRIDE", "KSIZE", "RAGGED", "TILE_H", "TILE_W", "batch_bucket"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_dwconv_bn_act_kernel)
-
-
-def taps_major(weight: torch.Tensor) -> torch.Tensor:
-    """Depthwise weights (C, 1, k, k) or (C, k, k) in the kernel's (k*k, C) layout, fp32."""
-    C, k = weight.shape[0], weight.shape[-1]
-    return weight.reshape(C, k * k).t().float().contiguous()
-
-
-def taps_diag(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Depthwise weights (C, 1, k, k), (C, k, k) or (k*k, C) as the tensor-core layout (k*k, C, 16)
-    in ``dtype`` (fp16 or bf16, the activations'): row c of tap t holds the weight at column
-    c % 16 and zeros elsewhere, so each 16-channel group of a tap is one diagonal (16, 16) block."""
-    taps = weight if weight.ndim == 2 else taps_major(weight)
-    kk, C = taps.shape
-    diag = torch.zeros((kk, C, 16), dtype=dtype, device=weight.device)
-    diag.scatter_(2, (torch.arange(C, device=weight.device) % 16).expand(kk, C)[..., None], taps.to(dtype)[..., None])
-    return diag
-
-
-def _taps_of(weight: torch.Tensor) -> torch.Tensor:
-    """(k*k, C) taps of any accepted layout, in the weight's dtype."""
-    if weight.ndim == 3 and weight.shape[-1] == 16:
-        return weight.gather(2, (torch.arange(weight.shape[1], device=weight.device) % 16)
-                             .expand(weight.shape[:2])[..., None])[..., 0]
-    return weight if weight.ndim == 2 else weight.reshape(weight.shape[0], -1).t()
 
 
 def _check_args(x, weight, scale, shift, padding, stride, act, valid_hw, pad_tl):
@@ -347,6 +326,30 @@ def choose_depthwise_impl(ragged: bool = False) -> str:
     return "torch" if forced == "torch" and not ragged else "triton"
 
 
+def cudnn_dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", with_pool=False):
+    """The depthwise conv on cuDNN (``F.conv2d``, in x's dtype and memory format), then BN,
+    activation and the SE pool sums in one in-place pass (:func:`.affine_act_pool.affine_act_pool`).
+    Returns (out, partial_sums) as :func:`dwconv_bn_act_launch` does."""
+    k, (top, bottom, left, right), _, _, _ = _check_args(x, weight, scale, shift, padding, stride, act, None, None)
+    C = x.shape[1]
+    record_launch(OP + "[torch]")
+    if weight.ndim == 4 and weight.dtype == x.dtype:  # (C, 1, k, k) as the fold keeps it for this route
+        w = weight
+    else:
+        w = taps_of(weight).t().reshape(C, 1, k, k).to(x.dtype)
+    channels_last = is_channels_last(x)
+    if top != bottom or left != right:  # TF "SAME": F.conv2d pads symmetrically only
+        x, conv_pad = F.pad(x, (left, right, top, bottom)), (0, 0)
+    else:
+        conv_pad = (top, left)
+    y = F.conv2d(x, w, None, stride, conv_pad, groups=C)
+    if channels_last and not is_channels_last(y) and y.shape[-2:] != (1, 1):
+        y = y.contiguous(memory_format=torch.channels_last)
+    y, partials = affine_act_pool(y, scale, shift, act, with_pool=True) if with_pool else (
+        affine_act_pool(y, scale, shift, act), y.new_empty((0,), dtype=torch.float32))
+    return y, partials
+
+
 def dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", with_pool=False, valid_hw=None,
                   pad_tl=None, impl: str | None = None):
     """``act(conv_dw(x) * scale + shift)``; returns ``out`` or ``(out, partial_sums)``.
@@ -365,8 +368,6 @@ def dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", with_p
     if impl == "torch":
         if valid_hw is not None:
             raise ValueError(f"{OP}: the torch implementation takes dense batches only (no valid_hw)")
-        from .affine_act_pool import cudnn_dwconv_bn_act
-
         out, partials = cudnn_dwconv_bn_act(x, weight, scale, shift, padding, stride, act, with_pool)
         return (out, partials) if with_pool else out
     if impl != "triton":
@@ -383,7 +384,7 @@ def dwconv_bn_act_ref(x, weight, scale, shift, padding, stride=1, act="silu", wi
     """Pure-torch twin (F.pad + grouped F.conv2d), computed in ``compute_dtype``; with
     ``with_pool`` it returns (out, per-image sums (N, C)) (one 'tile' per image)."""
     C = x.shape[1]
-    taps = _taps_of(weight)
+    taps = taps_of(weight)
     k = round(taps.shape[0] ** 0.5)
     w = taps.t().reshape(C, 1, k, k).to(compute_dtype)
     y = conv2d_ref(x.to(compute_dtype), w, None, padding, stride, groups=C, valid_hw=valid_hw, pad_tl=pad_tl)
