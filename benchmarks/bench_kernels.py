@@ -66,8 +66,12 @@ def _make(op, batch, dtype, shape, impl, device):
     if op == "dwconv_bn_act":
         mod = _import("dwconv_bn_act")
         c, h, w, k, s, _ = shape
-        taps = mod.taps_major(rnd(c, k, k) * 0.2)
-        weight = mod.taps_diag(taps, dt) if dt in (torch.float16, torch.bfloat16) else taps
+        conv_weight = rnd(c, 1, k, k) * 0.2
+        taps = mod.taps_major(conv_weight)
+        if impl == "torch":  # cuDNN's (C, 1, k, k) in the activations' dtype, as the fold keeps it
+            weight = conv_weight.to(dt)
+        else:
+            weight = mod.taps_diag(taps, dt) if dt in (torch.float16, torch.bfloat16) else taps
         scale, shift = rnd(c).abs() + 0.5, rnd(c) * 0.1
         padding = conv_padding(h, w, k, s, "symmetric")
         ho, wo = out_size(h, s), out_size(w, s)

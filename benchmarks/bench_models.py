@@ -72,7 +72,8 @@ def test_model(case, benchmark, bandwidth, bench_results):
     if study.PROVIDERS[provider].backend == "fused" and hasattr(runner.net, "blocks"):
         from fastmbconv.fused.layer_plan import plan_rows
 
-        rows = plan_rows(runner.net, res, res, runner.x.dtype, runner.x.device)  # which blocks ran expand_dwconv, and why
+        with study.providers.environment(study.PROVIDERS[provider].env):  # a variant's forced plan
+            rows = plan_rows(runner.net, res, res, runner.x.dtype, runner.x.device)  # which blocks ran expand_dwconv
         info["expand_dw_fused_layers"] = [r["layer"] for r in rows if r["expand_dw"] == "fused"]
         info["expand_dw_why"] = sorted({r["why"] for r in rows if r["why"] != "no expand"})
     benchmark.extra_info.update(info)

@@ -118,8 +118,10 @@ def call_op(op, launcher, *args):
     nothing: while recording (a custom op on ``meta`` tensors would run its fake implementation
     and record nothing), and for a plain eager call without autograd, where the dispatch cost
     about 20 µs a launch on a CPU host, most of a small kernel's time. ``torch.compile``, fake
-    tensors, dispatch modes, functorch transforms and autograd keep the op (its fake
-    implementation, or its clear error where a gradient is asked for) and so do ``meta`` tensors."""
+    tensors, dispatch modes, functorch transforms, autograd, ``torch.jit.trace`` and the profiler
+    keep the op (its fake implementation, its clear error where a gradient is asked for, its
+    record in the trace or the profile), and so do ``meta`` tensors. A launcher that writes an
+    input in place bumps its version itself, as the op would."""
     if recording() or _plain_eager(args[0]):
         return launcher(*args)
     return op(*args)
@@ -128,7 +130,9 @@ def call_op(op, launcher, *args):
 def _plain_eager(x) -> bool:
     return (type(x) is torch.Tensor and not x.is_meta and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
-            and not torch._C._are_functorch_transforms_active())
+            and not torch._C._are_functorch_transforms_active()
+            and not torch._C._get_tracing_state()  # torch.jit.trace records the op, not raw writes
+            and not torch.autograd._profiler_enabled())  # the profiler names kernels by their op's event
 
 
 def _check_launchable(op: str, t: torch.Tensor) -> None:

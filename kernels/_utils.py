@@ -1,6 +1,7 @@
 """Helpers shared by the kernel launchers (torch only; triton is imported by the op modules)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -58,6 +59,14 @@ def has_tanh_approx(device_index: int) -> bool:
     """Whether CUDA device ``device_index`` has ``tanh.approx`` (sm_75 and up); asked once per
     device, as every launch needs it."""
     return torch.cuda.get_device_capability(device_index) >= (7, 5)
+
+
+def autocast_off(device: torch.device):
+    """A context with autocast off on ``device``: the kernels' torch stand-ins compute in their
+    inputs' dtype, as the kernels they stand in for do."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def use_autotune() -> bool:

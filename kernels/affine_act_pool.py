@@ -81,6 +81,8 @@ def affine_act_pool_launch(y, scale, shift, act="silu", with_pool=False):
     """Check and launch on ``y`` in place. Returns (partial_sums,): (N, T, C) fp32, each image's
     output summed over each of its T tiles, or an empty tensor without ``with_pool``."""
     _check_args(y, scale, shift, act)
+    if not y.is_inference():  # y is written in place: autograd must see it changed
+        torch.autograd.graph.increment_version(y)
     N, C, H, W = y.shape
     block_p, block_c = blocks_for(H * W, C)
     tiles = triton.cdiv(H * W, block_p)

@@ -46,6 +46,7 @@ from ._math import affine_activation, group_channels, image_extent
 from ._utils import (
     ACT_CODES,
     activation_ref,
+    autocast_off,
     batch_bucket,
     check_conv_geometry,
     check_ragged_args,
@@ -318,7 +319,8 @@ IMPL_ENV_VAR = "FASTMBCONV_DEPTHWISE_IMPL"
 def choose_depthwise_impl(ragged: bool = False) -> str:
     """``"triton"`` unless ``FASTMBCONV_DEPTHWISE_IMPL=torch`` forces the cuDNN conv with the
     :mod:`.affine_act_pool` epilogue (any device; a ragged batch always takes Triton, whose
-    per-image padding the conv lacks). The default stays Triton until a GPU run times both in
+    per-image padding the conv lacks). It applies where the depthwise conv is its own launch:
+    blocks whose expand runs in ``expand_dwconv`` keep it. The default stays Triton until a GPU run times both in
     the same session (the ``fused_cudnn_dw`` benchmark provider)."""
     forced = os.environ.get(IMPL_ENV_VAR, "").strip().lower()
     if forced not in ("", "auto", "triton", "torch"):
@@ -331,6 +333,9 @@ def cudnn_dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", 
     activation and the SE pool sums in one in-place pass (:func:`.affine_act_pool.affine_act_pool`).
     Returns (out, partial_sums) as :func:`dwconv_bn_act_launch` does."""
     k, (top, bottom, left, right), _, _, _ = _check_args(x, weight, scale, shift, padding, stride, act, None, None)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, scale, shift)):
+        raise RuntimeError(f"{OP}: the cuDNN route is inference-only (its BN and activation pass has no "
+                           f"gradient); call it under torch.no_grad(), or use the reference model to train")
     C = x.shape[1]
     record_launch(OP + "[torch]")
     if weight.ndim == 4 and weight.dtype == x.dtype:  # (C, 1, k, k) as the fold keeps it for this route
@@ -338,11 +343,12 @@ def cudnn_dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", 
     else:
         w = taps_of(weight).t().reshape(C, 1, k, k).to(x.dtype)
     channels_last = is_channels_last(x)
-    if top != bottom or left != right:  # TF "SAME": F.conv2d pads symmetrically only
-        x, conv_pad = F.pad(x, (left, right, top, bottom)), (0, 0)
-    else:
-        conv_pad = (top, left)
-    y = F.conv2d(x, w, None, stride, conv_pad, groups=C)
+    with autocast_off(x.device):
+        if top != bottom or left != right:  # TF "SAME": F.conv2d pads symmetrically only
+            x, conv_pad = F.pad(x, (left, right, top, bottom)), (0, 0)
+        else:
+            conv_pad = (top, left)
+        y = F.conv2d(x, w, None, stride, conv_pad, groups=C)
     if channels_last and not is_channels_last(y) and y.shape[-2:] != (1, 1):
         y = y.contiguous(memory_format=torch.channels_last)
     y, partials = affine_act_pool(y, scale, shift, act, with_pool=True) if with_pool else (

@@ -30,8 +30,8 @@ import triton.language as tl
 from ._launch import call_op, launch, record_launch, recording, select_kernel
 from ._math import bias_activation, round_to_bf16
 from ._utils import (
-    ACT_CODES, activation_ref, batch_bucket, check_1x1_weight, check_activation, check_tensor, check_valid_sizes,
-    dot_fp32, empty_like_format, interpreting, needs_int64, next_pow2, round_bf16, silu_math, valid_mask,
+    ACT_CODES, activation_ref, autocast_off, batch_bucket, check_1x1_weight, check_activation, check_tensor,
+    check_valid_sizes, dot_fp32, empty_like_format, interpreting, needs_int64, next_pow2, round_bf16, silu_math, valid_mask,
 )
 
 OP = "pointwise_gated"
@@ -338,11 +338,12 @@ def pointwise_gated_torch(x, weight, bias, gate=None, residual=None, act="identi
     O, K = weight.shape[0], weight.shape[1]
     record_launch(OP + "[torch]")
     xh = x.permute(0, 2, 3, 1)  # (N, H, W, K): a free view for channels_last input
-    if gate is not None:
-        xh = xh * gate.to(x.dtype)[:, None, None, :]
-    y = activation_ref(F.linear(xh, weight.reshape(O, K), bias.to(x.dtype)), act)
-    if residual is not None:
-        y = y + residual.permute(0, 2, 3, 1)
+    with autocast_off(x.device):
+        if gate is not None:
+            xh = xh * gate.to(x.dtype)[:, None, None, :]
+        y = activation_ref(F.linear(xh, weight.reshape(O, K), bias.to(x.dtype)), act)
+        if residual is not None:
+            y = y + residual.permute(0, 2, 3, 1)
     if pool_only:
         count = x.shape[2] * x.shape[3]
         if valid_hw is not None:

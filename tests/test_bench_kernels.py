@@ -26,6 +26,7 @@ def bench_kernels():
 CASES = [  # (op, shape, impl): shapes as benchmarks/_providers.kernel_cases gives them
     ("dwconv_bn_act", (24, 9, 7, 3, 2, True), "triton"),
     ("dwconv_bn_act", (16, 6, 5, 5, 1, False), "triton"),
+    ("dwconv_bn_act", (24, 9, 7, 3, 2, True), "torch"),
     ("squeeze_excite", (24, 4, 20), "triton"),
     ("pointwise_expand", (16, 48, 5, 3, False), "auto"),
     ("pointwise_project", (48, 16, 5, 3, True), "triton"),
@@ -35,20 +36,32 @@ CASES = [  # (op, shape, impl): shapes as benchmarks/_providers.kernel_cases giv
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 @pytest.mark.parametrize("op,shape,impl", CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
-def test_every_kernel_case_builds_and_runs(bench_kernels, device, pointwise_on_triton, op, shape, impl, dtype):
+def test_every_kernel_case_builds_and_runs(bench_kernels, device, pointwise_on_triton, monkeypatch, op, shape, impl,
+                                           dtype):
     call, flops, nbytes, extra = bench_kernels._make(op, 2, dtype, shape, impl, torch.device(device))
     assert flops > 0 and nbytes > 0
     with count_launches() as launches:
         outs = [call(), call()]
     expected = {"dwconv_bn_act": "dwconv_bn_act", "squeeze_excite": "squeeze_excite_gate"}.get(op, "pointwise_gated")
     assert launches[expected] == (0 if impl == "torch" else 2), launches
+    if impl == "torch":  # the stand-in ran
+        assert launches[expected + "[torch]"] == 2, launches
+    if op == "dwconv_bn_act" and impl == "torch":  # cuDNN's weights come in its layout: no conversion is timed
+        from fastmbconv.kernels import dwconv_bn_act as dw
+
+        def converted(*args):
+            raise AssertionError("the benchmark's weights were converted inside the timed call")
+
+        monkeypatch.setattr(dw, "taps_of", converted)
+        call()
+        assert launches["affine_act_pool"] == 2
     for out in outs:
         for t in out if isinstance(out, tuple) else (out,):
             assert torch.isfinite(t.float()).all()
     if "input_sets" in extra:  # consecutive calls read different inputs (no L2 reuse on a GPU)
         assert extra["input_sets"] > 1 and not torch.equal(outs[0][0] if isinstance(outs[0], tuple) else outs[0],
                                                            outs[1][0] if isinstance(outs[1], tuple) else outs[1])
-    if op == "dwconv_bn_act":  # the fused forward's depthwise: tensor-core taps in fp16
+    if op == "dwconv_bn_act" and impl == "triton":  # the fused forward's depthwise: tensor-core taps in fp16
         with record_launches() as recs:
             call()
         assert recs[0].constexprs["MMA"] == (dtype == "fp16")

@@ -50,7 +50,7 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
              needs_cuda=True, efficientnet_only=True,
              env=(("FASTMBCONV_EXPAND_DW", "separate"), ("FASTMBCONV_DEPTHWISE_IMPL", "torch"))),
 )}
-#: providers that only force a choice of the fused path: timed at the headline's batch 256
+#: providers that only force a choice of the fused path: timed for B0 at the headline's batch 256
 VARIANT_BATCH = 256
 
 EFFICIENTNETS: tuple[str, ...] = tuple(MODEL_BUILDERS)
@@ -99,8 +99,8 @@ def skip_reason(provider: str, model: str, batch: int, device, resolution: int |
         return f"{provider} is the fused EfficientNet path; ResNet-50 runs eager and compiled only"
     if p.batches and batch not in p.batches:
         return f"{provider} is a launch-overhead provider, run at batch {' and '.join(map(str, p.batches))} only"
-    if p.env and batch != VARIANT_BATCH:
-        return f"{provider} is a variant of the fused path, timed at batch {VARIANT_BATCH} only"
+    if p.env and (batch != VARIANT_BATCH or model != "efficientnet_b0"):
+        return f"{provider} is a variant of the fused path, timed for B0 at batch {VARIANT_BATCH} only"
     res = resolution or native_resolution(model)
     if batch * res * res > HUGE_PIXELS and os.environ.get(HUGE_ENV) != "1":
         return (f"{short_name(model)} at {res} px batch {batch} is capped (over {HUGE_PIXELS:,} input pixels per "

@@ -104,3 +104,19 @@ def test_depthwise_choice(monkeypatch):
     monkeypatch.setenv("FASTMBCONV_DEPTHWISE_IMPL", "cudnn")
     with pytest.raises(ValueError, match="FASTMBCONV_DEPTHWISE_IMPL must be"):
         choose_depthwise_impl()
+
+
+def test_cudnn_route_is_inference_only_and_ignores_autocast():
+    """A gradient through it would skip BN and the activation: refused by name. Under autocast
+    it computes in its inputs' dtype, as the Triton kernel does."""
+    x, scale, shift = make(2, 16, 6, 5, torch.float32)
+    w = torch.randn(16, 1, 3, 3, device=DEVICE) * 0.3
+    with pytest.raises(RuntimeError, match="inference-only"):
+        dwconv_bn_act(x.clone().requires_grad_(), w, scale, shift, (1, 1, 1, 1), impl="torch")
+    with torch.no_grad():
+        plain = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), impl="torch")
+        device_type = torch.device(DEVICE).type
+        with torch.autocast(device_type, dtype=torch.float16 if device_type == "cuda" else torch.bfloat16):
+            under = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), impl="torch")
+    assert under.dtype == torch.float32
+    torch.testing.assert_close(under, plain)

@@ -3,6 +3,7 @@ dispatch cost ~20 µs a launch on a CPU host), the custom op everywhere its sema
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastmbconv.kernels._launch import call_op, count_launches
 from fastmbconv.kernels.pointwise_gated import pointwise_gated
@@ -24,6 +25,7 @@ def test_plain_eager_without_autograd_calls_the_launcher():
         assert call_op(op, launcher, x) == "launcher"
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.trace.*:DeprecationWarning")
 def test_autograd_fake_tensors_and_functorch_keep_the_custom_op():
     x = torch.ones(2)
     assert call_op(op, launcher, x) == "op"  # grad mode on: the op raises clearly where a gradient is asked for
@@ -34,6 +36,32 @@ def test_autograd_fake_tensors_and_functorch_keep_the_custom_op():
         seen = []
         torch.func.vmap(lambda t: seen.append(call_op(op, launcher, t)) or t)(torch.ones(3, 2))
         assert seen == ["op"]
+
+        class Watch(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                return func(*args, **(kwargs or {}))
+
+        with Watch():  # a user's dispatch mode on plain tensors sees the op
+            assert call_op(op, launcher, x) == "op"
+        with torch.profiler.profile():  # the profiler names each kernel by its op's event
+            assert call_op(op, launcher, x) == "op"
+        traced = []
+        torch.jit.trace(lambda t: traced.append(call_op(op, launcher, t)) or t * 1, (x,), check_trace=False)
+        assert traced == ["op"]  # the trace records the op, never raw writes it cannot see
+
+
+@pytest.mark.interpreter
+def test_a_direct_in_place_launch_bumps_the_version_as_the_op_does():
+    """affine_act_pool writes y in place: autograd must see y changed whichever way it ran."""
+    from fastmbconv.kernels.affine_act_pool import affine_act_pool
+
+    y = torch.randn(1, 16, 2, 2)
+    scale, shift = torch.ones(16), torch.zeros(16)
+    for grad in (False, True):
+        before = y._version
+        with torch.set_grad_enabled(grad):
+            affine_act_pool(y, scale, shift)
+        assert y._version > before
 
 
 @pytest.mark.interpreter

@@ -34,6 +34,7 @@ def test_fused_variants_force_one_choice_at_batch_256_only(monkeypatch):
     for name in ("fused_separate", "fused_torch_1x1", "fused_cudnn_dw"):
         assert "variant" in study.skip_reason(name, "b0", 1, gpu)
         assert study.skip_reason(name, "b0", 256, gpu) in (None, "no CUDA GPU on this machine")
+        assert "variant" in study.skip_reason(name, "b3", 256, gpu)
     monkeypatch.setenv("FASTMBCONV_POINTWISE_IMPL", "triton")
     monkeypatch.delenv("FASTMBCONV_EXPAND_DW", raising=False)
     with study.providers.environment(study.PROVIDERS["fused_torch_1x1"].env):
@@ -48,3 +49,8 @@ def test_fused_variants_force_one_choice_at_batch_256_only(monkeypatch):
     assert choose_depthwise_impl() == "triton"
     import os
     assert "FASTMBCONV_EXPAND_DW" not in os.environ and os.environ["FASTMBCONV_POINTWISE_IMPL"] == "triton"
+    from fastmbconv import efficientnet_b0
+
+    with study.providers.environment(study.PROVIDERS["fused_separate"].env):  # as bench_models reports it
+        rows = layer_plan.plan_rows(efficientnet_b0(), 224, 224, torch.float16, "meta")
+    assert {r["expand_dw"] for r in rows} == {"separate"}
