@@ -95,8 +95,9 @@ def merge_into(path: Path, table: dict) -> dict:
         prev = entries.get(key) or {}
         releases = {**(prev.get("modelled") or {}), **entry["modelled"]}
         merged = {"modelled": {r: releases[r] for r in sorted(releases, key=lp.release_order)}}
-        if prev.get("measured_us"):
-            merged["measured_us"] = prev["measured_us"]
+        for kept in ("measured_us", "measured_source"):  # GPU measurements outlive a re-model
+            if prev.get(kept):
+                merged[kept] = prev[kept]
         merged["layers"] = sorted(set(prev.get("layers", [])) | set(entry["layers"]))
         entries[key] = merged
     out = {

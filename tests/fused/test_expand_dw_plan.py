@@ -216,14 +216,15 @@ def test_plan_table_merge_keeps_measured_times_and_other_models(tmp_path):
 
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"entries": {
-        "a": {**modelled(1, 2), "measured_us": {"fused": 3, "separate": 1}, "layers": ["efficientnet_b1.blocks.1.0"]},
+        "a": {**modelled(1, 2), "measured_us": {"fused": 3, "separate": 1}, "measured_source": "H200, ncu",
+              "layers": ["efficientnet_b1.blocks.1.0"]},
         "b": {**modelled(1, 2, "3.6"), "layers": ["efficientnet_b1.blocks.2.0"]}}}))
     new = {"entries": {"a": {**modelled(5, 4, choice="separate"), "layers": ["efficientnet_b0.blocks.1.0"]},
                        "b": {**modelled(7, 8, choice="fused"), "layers": ["efficientnet_b1.blocks.2.0"]}},
            "totals": {"efficientnet_b0 batch 256": {}}}
     out = merge_into(path, new)
     a, b = out["entries"]["a"], out["entries"]["b"]
-    assert a["measured_us"] == {"fused": 3, "separate": 1}
+    assert a["measured_us"] == {"fused": 3, "separate": 1} and a["measured_source"] == "H200, ncu"
     assert a["modelled"] == {"3.9": {"modelled_us": {"fused": 5, "separate": 4}, "choice": "separate"}}
     assert a["layers"] == ["efficientnet_b0.blocks.1.0", "efficientnet_b1.blocks.1.0"]
     assert list(b["modelled"]) == ["3.6", "3.9"]  # another release's times stay beside the new ones
