@@ -36,8 +36,8 @@ def ncu_tables(c: Check):
     return "ok", {"providers": got}
 
 
-# ncu replays each launch for its metrics: about 0.6 s a launch on an H200, and the eager forward
-# makes about 400 launches to the fused one's 52 (at 200 s the eager profile stopped in stage 5)
+# ncu replays each launch for its metrics: 0.4-0.6 s a launch on an H200, and the eager forward
+# makes about 375 launches to the fused one's 52 (given 135 s, the eager profile stopped after 361)
 CAPS_S = {"fused": 120, "eager": 330}
 
 
