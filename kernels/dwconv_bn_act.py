@@ -39,9 +39,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._depthwise_taps import taps_diag, taps_major, taps_of
+from ._depthwise_taps import taps_diag, taps_major, taps_of  # noqa: F401 - the fold takes taps_diag from here
 from ._launch import call_op, launch, record_launch, select_kernel
-from .affine_act_pool import affine_act_pool
 from ._math import affine_activation, group_channels, image_extent
 from ._utils import (
     ACT_CODES,
@@ -63,6 +62,7 @@ from ._utils import (
     spatial_tile,
     zero_invalid_ref,
 )
+from .affine_act_pool import affine_act_pool
 
 OP = "dwconv_bn_act"
 
@@ -320,8 +320,8 @@ def choose_depthwise_impl(ragged: bool = False) -> str:
     """``"triton"`` unless ``FASTMBCONV_DEPTHWISE_IMPL=torch`` forces the cuDNN conv with the
     :mod:`.affine_act_pool` epilogue (any device; a ragged batch always takes Triton, whose
     per-image padding the conv lacks). It applies where the depthwise conv is its own launch:
-    blocks whose expand runs in ``expand_dwconv`` keep it. The default stays Triton until a GPU run times both in
-    the same session (the ``fused_cudnn_dw`` benchmark provider)."""
+    blocks whose expand runs in ``expand_dwconv`` keep that kernel. The default stays Triton
+    until a GPU run times both in one session (the ``fused_cudnn_dw`` benchmark provider)."""
     forced = os.environ.get(IMPL_ENV_VAR, "").strip().lower()
     if forced not in ("", "auto", "triton", "torch"):
         raise ValueError(f"{IMPL_ENV_VAR} must be 'auto', 'triton' or 'torch', got {forced!r}")
