@@ -14,6 +14,7 @@ op module is first used (names below resolve lazily), so importing it stays chea
 - :mod:`.squeeze_excite`: the SE gate from those partial sums, one launch per batch;
 - :mod:`.pointwise_gated`: 1x1 conv GEMM with SE-gate prologue and bias/act/residual/pool epilogue;
 - :mod:`.testing`: the tolerance rule and the memory fences the tests use;
+- :mod:`._autotune`: ``triton.autotune`` with its picks kept on disk (a new process reuses them);
 - :mod:`._launch`: every launch goes through it: counting (``count_launches``, which tests use to
   prove kernels ran) and recording without launching (``record_launches``, for the kernel report).
 """

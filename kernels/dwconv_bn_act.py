@@ -39,6 +39,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ._autotune import autotune
 from ._depthwise_taps import taps_diag, taps_major, taps_of  # noqa: F401 - the fold takes taps_diag from here
 from ._launch import call_op, launch, record_launch, select_kernel
 from ._math import affine_activation, group_channels, image_extent
@@ -176,7 +177,7 @@ def _prune_configs(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-_dwconv_bn_act_autotuned = triton.autotune(
+_dwconv_bn_act_autotuned = autotune(
     configs=[triton.Config({"BLOCK_C": c}, num_warps=w) for c, w in _GPU_CONFIGS],
     key=["c_units", "C_UNIT", "H_out", "W_out", "STRIDE", "KSIZE", "RAGGED", "TILE_H", "TILE_W", "batch_bucket"],
     prune_configs_by={"early_config_prune": _prune_configs},

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ._autotune import autotune
 from ._launch import call_op, launch, record_launch, recording, select_kernel
 from ._math import bias_activation, round_to_bf16
 from ._utils import (
@@ -182,13 +183,13 @@ def _prune_configs(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-_pointwise_gated_autotuned = triton.autotune(
+_pointwise_gated_autotuned = autotune(
     configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
              for m, n, k, w, st in _GPU_CONFIGS + _FP32_SMALL_GATED_CONFIGS + _NARROW_CONFIGS],
     key=_KEY,
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_pointwise_gated_kernel)
-_pointwise_pool_autotuned = triton.autotune(
+_pointwise_pool_autotuned = autotune(
     configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
              for n, k, w, st in sorted({c[1:] for c in _GPU_CONFIGS})],
     key=_KEY + ["BLOCK_M"],

@@ -135,3 +135,23 @@ def test_cuda_capture_without_warm_up():
     assert run.returncode == 0, run.stderr[-3000:]
     errors = json.loads(run.stdout.strip().splitlines()[-1])
     assert not errors or any(FIRST_LAUNCH_IN_CAPTURE in e for e in errors), errors
+
+
+def test_every_autotuner_keeps_its_picks_on_disk(monkeypatch):
+    """A new process reuses the picks an earlier one measured (where Triton can keep them,
+    3.4 and later): every autotuned kernel is built through ``_autotune.autotune``."""
+    import triton
+
+    from fastmbconv.kernels import _autotune
+    from fastmbconv.kernels import dwconv_bn_act as dw
+
+    seen = []
+    monkeypatch.setattr(triton, "autotune", lambda **kw: seen.append(kw) or (lambda fn: fn))
+    _autotune.autotune(configs=[], key=["n"])
+    assert seen == [{"configs": [], "key": ["n"], **({"cache_results": True} if _autotune.CACHES_RESULTS else {})}]
+    # every autotuner in the kernels is built through the helper (the interpreter turns the
+    # cache off, so the flag itself is only visible on a GPU)
+    import inspect
+
+    for module in (pointwise, dw):
+        assert "triton.autotune(" not in inspect.getsource(module)
