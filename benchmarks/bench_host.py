@@ -8,7 +8,7 @@ Each op at a tiny shape, two ways: through its custom op (``torch.ops.fastmbconv
 calls and one synchronise, so the per-call time is the host's:
 
 * on a GPU every call launches its kernel (whose own time, a few µs here, hides behind the host);
-* on a CPU the Triton launch itself is stubbed (counted, not run: the interpreter would time
+* on a CPU the Triton launch itself is stubbed (taken, not run: the interpreter would time
   Python kernels), so the figure is the project's own Python per call, Triton's excluded.
 
 ``extra_info`` holds the op, the way, the device and µs per call.
@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from fastmbconv import study
+from fastmbconv.kernels._launch import count_launches
 
 from _providers import median_seconds, pedantic
 
@@ -51,26 +52,27 @@ def _case(name: str, device: torch.device):
     if name == "squeeze_excite_gate":
         args = (fp32(2, 4, 32), fp32(8, 32).to(h), fp32(8), fp32(32, 8).to(h), fp32(32), None, 64)
         return se, torch.ops.fastmbconv.squeeze_excite_gate, se.squeeze_excite_gate_launch, args
-    args = (x, fp32(32).abs(), fp32(32), "silu", True)
+    # scale below 1: the call rewrites x in place thousands of times and must not overflow it
+    args = (x, torch.rand(32, generator=g).to(device) * 0.5 + 0.25, fp32(32) * 0.1, "silu", True)
     return aap, torch.ops.fastmbconv.affine_act_pool, aap.affine_act_pool_launch, args
 
 
 @contextlib.contextmanager
 def _stubbed_launch(module, on_cpu: bool):
-    """On a CPU: the module's Triton launches counted but not run."""
+    """On a CPU: the module's Triton launches counted but not run. Yields the list of the ops
+    the stub took (empty on a GPU, where every launch is real)."""
+    taken: list = []
     if not on_cpu:
-        yield
+        yield taken
         return
-    from fastmbconv.kernels import _launch
-
     real = module.launch
 
     def stub(op, kernel, grid, args, constexprs, on):
-        _launch.record_launch(op)
+        taken.append(op)
 
     module.launch = stub
     try:
-        yield
+        yield taken
     finally:
         module.launch = real
 
@@ -82,7 +84,10 @@ def test_host_time_per_call(benchmark, name, way):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module, op, launcher, args = _case(name, device)
     call = op if way == "op" else launcher
-    with _stubbed_launch(module, device.type == "cpu"), torch.no_grad():
+    with _stubbed_launch(module, device.type == "cpu") as stubbed, torch.no_grad():
+        with count_launches() as launches:  # one launch a call: real on a GPU, stubbed on a CPU
+            call(*args)
+        assert (len(stubbed), sum(launches.values())) == ((1, 0) if device.type == "cpu" else (0, 1)), launches
         if device.type == "cuda":
             for _ in range(3):  # compile and load the kernel, untimed
                 call(*args)

@@ -154,8 +154,8 @@ _FP32_SMALL_GATED_CONFIGS = [(64, 32, 16, 4, 3), (32, 32, 32, 4, 3)]
 # try only 16-wide tiles: a wider one computes and stages mostly padding (B0's blocks.0.0:
 # 64 x 64 models 125 us, issue-bound; 64 x 16 105 us, at its memory time).
 # On the H200 the 64 x 16 tile moved 405 GB/s at batch 256 (one small load-compute-store per
-# program): taller tiles give each program more rows in flight (fp16/bf16 only; fp32's
-# 256- and 512-row tiles spill or overflow shared memory).
+# program): taller tiles give each program more rows in flight (fp16/bf16 with K a multiple of
+# 16 only: fp32's, and K = 24's, spill or overflow shared memory).
 _NARROW_CONFIGS = [(64, 16, 32, 4, 3), (128, 16, 32, 4, 3), (256, 16, 32, 4, 3), (512, 16, 32, 8, 3)]
 _NARROW_FP32_CONFIGS = _NARROW_CONFIGS[:2]
 _KEY = ["K", "O", "HW", "W", "HAS_GATE", "HAS_RES", "ACT", "RAGGED", "DENSE_ROWS", "batch_bucket"]
@@ -173,7 +173,7 @@ def _prune_configs(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     small_gated = _small_gated(args["K"], args["HAS_GATE"])
     if args["O"] <= 16:
-        keep = _NARROW_FP32_CONFIGS if args["DOT_FP32"] else _NARROW_CONFIGS
+        keep = _NARROW_FP32_CONFIGS if args["DOT_FP32"] or args["K"] % 16 else _NARROW_CONFIGS
     elif args["DOT_FP32"]:
         keep = _FP32_SMALL_GATED_CONFIGS if small_gated else _FP32_CONFIGS
     else:

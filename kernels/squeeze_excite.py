@@ -126,9 +126,10 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
     else:  # fp32 dots run as FMAs: past 128 reduced channels, 64-wide tiles spill (B6's, B7's 6.x)
         block_c, block_g = 16, 32
     block_g = block_g or block_c
-    # tiles summed per step: up to 8192 partial sums in registers (64 a thread) where the reduced
-    # width leaves room (at most 64; wider, the weight tiles fill the registers: B7's spilled)
-    block_t = min(next_pow2(T), max(1, 8192 // (block_n * block_c)), 8) if block_r <= 64 else 1
+    # tiles summed per step: up to 4096 partial sums in registers (32 a thread) where the reduced
+    # width leaves room (at most 64; wider, the weight tiles fill the registers: B7's spilled, and
+    # with triton 3.6 twice that spilled on B2-B7's 1152-1248-channel blocks)
+    block_t = min(next_pow2(T), max(1, 4096 // (block_n * block_c)), 8) if block_r <= 64 else 1
     image_blocks, gate_blocks = triton.cdiv(N, block_n), triton.cdiv(C, block_g)
     # enough programs to spread over the GPU; each recomputes its images' hidden vector
     groups = max(1, min(gate_blocks, triton.cdiv(128, image_blocks)))

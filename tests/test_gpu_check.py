@@ -289,7 +289,8 @@ def test_first_stage_is_correctness_then_headline_speed_within_its_budget(tmp_pa
     assert "faulthandler_timeout=120" in cmd and "--gc-gpu-first" in cmd and ("--dist load " in cmd) == bool(
         find_spec("xdist"))
     assert " -m gpu -p " in " ".join(_planned("verify", tmp_path)["tests-quick"].cmd)  # verify: the slow ones too
-    assert steps["bench-headline"].cmd[-2:] == ["--gc-last", "compile"]  # cold compiles after the eager rows
+    # the host-time cases, then the cold compiles, after the eager and fused rows
+    assert steps["bench-headline"].cmd[-2:] == ["--gc-last", "bench_host,compile"]
     assert "-n " not in " ".join(steps["tests-quick"].dry)  # dry runs stay one sampled process
     autotuned = " ".join(_planned("verify", tmp_path)["tests-autotuned"].cmd)
     assert "faulthandler_timeout" in autotuned and "-n " not in autotuned  # tuning times kernels alone

@@ -61,3 +61,6 @@ def test_plugin_runs_gpu_tests_first_and_named_ones_last(tmp_path):
     assert order("--gc-gpu-first") == ["test_big_cuda", "test_param[2]", "test_whole_module_on_cuda", "test_plain",
                                        "test_compile_me", "test_param[1]", "test_cpu"]
     assert order("--gc-last", "compile") == [n for n in plain if n != "test_compile_me"] + ["test_compile_me"]
+    # several: each after the one before it, in the order given
+    assert order("--gc-last", "compile,plain") == ([n for n in plain if n not in ("test_compile_me", "test_plain")]
+                                                   + ["test_compile_me", "test_plain"])

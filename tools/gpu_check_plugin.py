@@ -13,9 +13,10 @@ picked; a skip, unlike stopping the session, keeps the exit status 0.
 
 ``--gc-gpu-first`` runs the tests written for a GPU (marked ``gpu`` themselves, not only the
 interpreter tests that tests/conftest.py marks ``gpu`` there) before the rest, so a step cut
-short by its cap has run the checks only a GPU can make. ``--gc-last SUBSTR`` runs the tests whose id holds
-SUBSTR last (the benchmarks' ``compile`` providers: their cold compiles must not crowd out the
-eager and fused rows). Both keep the order otherwise.
+short by its cap has run the checks only a GPU can make. ``--gc-last A,B`` runs the tests whose id
+holds A after the others, and those holding B after those (the benchmarks' host-time cases,
+then the ``compile`` providers: their cold compiles must not crowd out the eager and fused
+rows). Both keep the order otherwise.
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ def pytest_addoption(parser):
                      help="gpu-check: skip tests that would start more than S seconds into the session (0: never)")
     parser.addoption("--gc-gpu-first", action="store_true",
                      help="gpu-check: run the tests marked gpu by themselves before the others")
-    parser.addoption("--gc-last", default="", metavar="SUBSTR",
-                     help="gpu-check: run the tests whose id contains SUBSTR last")
+    parser.addoption("--gc-last", default="", metavar="A,B",
+                     help="gpu-check: run the tests whose id contains A after the others, then those with B")
 
 
 def written_for_gpu(item) -> bool:
@@ -59,9 +60,9 @@ def pytest_runtest_setup(item):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("gc_gpu_first"):
         items.sort(key=lambda it: not written_for_gpu(it))  # stable
-    last = config.getoption("gc_last")
+    last = [p for p in config.getoption("gc_last").split(",") if p]
     if last:
-        items.sort(key=lambda it: last in it.nodeid)
+        items.sort(key=lambda it: next((i + 1 for i, p in enumerate(last) if p in it.nodeid), 0))
     n = config.getoption("gc_sample")
     if not n or len(items) <= n:
         return

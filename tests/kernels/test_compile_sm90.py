@@ -187,13 +187,16 @@ SE_SCRIPT = textwrap.dedent(
     from fastmbconv.kernel_report.specialize import variants
 
     todo = []
+    # the widest blocks (one tile a step), and blocks that sum two tiles a step
     for C, R, dtype in [(3840, 160, torch.float32), (3456, 144, torch.float32), (2304, 96, torch.float32),
-                        (3840, 160, torch.float16)]:
+                        (3840, 160, torch.float16), (1152, 48, torch.float16), (1248, 52, torch.bfloat16),
+                        (40, 10, torch.float32)]:
         part = torch.empty(2, 3, C, device="meta")  # several tiles per image, as on 19x19 maps
         w = lambda *s: torch.empty(*s, device="meta", dtype=dtype)
         with record_launches() as launches:
             squeeze_excite_gate(part, w(R, C), w(R), w(C, R), w(C), hw=100)
         rec = launches[0]
+        assert rec.constexprs["BLOCK_T"] == (1 if R > 64 else 2), (C, R, rec.constexprs)
         todo.append(((C, R, str(dtype), rec.constexprs["BLOCK_C"], rec.constexprs["BLOCK_G"]),
                      variants(rec.kernel, rec.args, rec.constexprs)[0][0]))
     results = analyse([v for _, v in todo])
@@ -208,7 +211,8 @@ SE_SCRIPT = textwrap.dedent(
 
 def test_se_gate_of_the_widest_blocks_fits_its_registers():
     """B6's and B7's last blocks reduce 3456-3840 channels to 144-160: in fp32 the FCs' dots
-    run as FMAs, whose 64-wide tiles spilled (72 B with triton 3.9, 1312 B with 3.6)."""
+    run as FMAs, whose 64-wide tiles spilled (72 B with triton 3.9, 1312 B with 3.6). Blocks of at
+    most 64 reduced channels sum two tiles a step (four spilled 8 B with triton 3.6)."""
     result = run_compiled(SE_SCRIPT)
     assert result.stdout.strip().endswith("fits"), result.stdout
 

@@ -381,6 +381,7 @@ def test_autotune_tries_only_tiles_that_fit_their_registers():
     # without the tall ones (they spill or overflow shared memory there)
     assert tiles(K=32, O=16, HAS_GATE=True, DOT_FP32=False) == set(module._NARROW_CONFIGS)
     assert tiles(K=32, O=16, HAS_GATE=True, DOT_FP32=True) == {(64, 16, 32, 4, 3), (128, 16, 32, 4, 3)}
+    assert tiles(K=24, O=16, HAS_GATE=True, DOT_FP32=False) == {(64, 16, 32, 4, 3), (128, 16, 32, 4, 3)}
     assert all(n == 16 for _, n, *_ in module._NARROW_CONFIGS) and (512, 16, 32, 8, 3) in module._NARROW_CONFIGS
 
 

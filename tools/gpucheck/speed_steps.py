@@ -26,7 +26,7 @@ def bench_step(c: Check, name: str, cap: float, min_s: float = 30, env: dict | N
     out.mkdir(parents=True, exist_ok=True)
     argv = lambda k: [c.py, "-m", "pytest", "benchmarks", "-k", k, "-p", "gpu_check_plugin", "-p",  # noqa: E731
                       "no:cacheprovider", "-q", "-rfE", f"--benchmark-json={c.work / 'bench' / (name + '.json')}",
-                      f"--junitxml={c.logs / ('junit-' + name + '.xml')}", "--gc-last", "compile"]
+                      f"--junitxml={c.logs / ('junit-' + name + '.xml')}", "--gc-last", "bench_host,compile"]
     dry = argv(DRY_BENCH_K) if name == "bench-headline" else None
     return Step(name, argv(BENCH_K[name]), dry, cap_s=cap, min_s=min_s, junit=c.logs / f"junit-{name}.xml",
                 env={"FASTMBCONV_BENCH_OUT": str(out), **(env or {})}, what=f"pytest benchmarks -k '{BENCH_K[name]}'")
