@@ -44,7 +44,8 @@ class ForwardPlan:
 
 # Read once at import: dynamo (torch 2.11) cannot trace torch.amp.is_autocast_available, so a
 # compiled forward may only look the answer up.
-AUTOCAST_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda", "xpu", "mps", "hpu") if torch.amp.is_autocast_available(d))
+AUTOCAST_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda", "xpu", "mps", "hpu")
+                                   if torch.amp.is_autocast_available(d))
 
 
 def compute_dtype(model, x: torch.Tensor) -> torch.dtype:

@@ -195,6 +195,13 @@ def empty_like_format(x: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
 
 
+def valid_pixel_counts(valid_hw: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, 1) pixels of each image's valid region of a ragged batch, sizes clamped into the map
+    and an empty image counted as 1 (its mean is then 0), as the pool kernels count them."""
+    hw = torch.stack([valid_hw[:, 0].clamp(0, height), valid_hw[:, 1].clamp(0, width)], 1)
+    return hw.prod(1, keepdim=True).clamp_min(1)
+
+
 def valid_mask(valid_hw: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Boolean (N, H, W) mask of each image's valid top-left (h, w) region of a ragged batch."""
     rows = torch.arange(height, device=valid_hw.device)[None, :, None] < valid_hw[:, 0, None, None]

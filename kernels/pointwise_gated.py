@@ -32,7 +32,8 @@ from ._launch import call_op, launch, record_launch, recording, select_kernel
 from ._math import bias_activation, round_to_bf16
 from ._utils import (
     ACT_CODES, activation_ref, autocast_off, batch_bucket, check_1x1_weight, check_activation, check_tensor,
-    check_valid_sizes, dot_fp32, empty_like_format, interpreting, needs_int64, next_pow2, round_bf16, silu_math, valid_mask,
+    check_valid_sizes, dot_fp32, empty_like_format, interpreting, needs_int64, next_pow2, round_bf16, silu_math,
+    valid_mask, valid_pixel_counts,
 )
 
 OP = "pointwise_gated"
@@ -353,9 +354,7 @@ def pointwise_gated_torch(x, weight, bias, gate=None, residual=None, act="identi
         count = x.shape[2] * x.shape[3]
         if valid_hw is not None:
             y = y * valid_mask(valid_hw, *x.shape[-2:])[..., None]
-            # as the kernel: sizes clamped into the map, an empty image's mean 0
-            hw = torch.stack([valid_hw[:, 0].clamp(0, x.shape[2]), valid_hw[:, 1].clamp(0, x.shape[3])], 1)
-            count = hw.prod(1, keepdim=True).clamp_min(1)
+            count = valid_pixel_counts(valid_hw, *x.shape[-2:])
         return (y.float().sum((1, 2)) / count).to(x.dtype)
     return y.permute(0, 3, 1, 2)
 
@@ -393,7 +392,6 @@ def pointwise_gated_ref(x, weight, bias, gate=None, residual=None, act="identity
         count = x.shape[2] * x.shape[3]
         if valid_hw is not None:
             y = y * valid_mask(valid_hw, *x.shape[-2:])[:, None]
-            hw = torch.stack([valid_hw[:, 0].clamp(0, x.shape[2]), valid_hw[:, 1].clamp(0, x.shape[3])], 1)
-            count = hw.prod(1, keepdim=True).clamp_min(1).to(compute_dtype)
+            count = valid_pixel_counts(valid_hw, *x.shape[-2:]).to(compute_dtype)
         return y.sum((2, 3)) / count
     return y

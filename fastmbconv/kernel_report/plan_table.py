@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from .record import _env
+from .._environ import environment
 
 
 def layer_times(report: dict) -> dict:
@@ -51,7 +51,7 @@ def build_plan_table(model: str, batch: int, dtype: str, resolution: Optional[in
 
     reports = {}
     for choice in lp.CHOICES:
-        with _env(lp.ENV_VAR, choice):
+        with environment([(lp.ENV_VAR, choice)]):
             reports[choice] = build_report(model, batch, dtype, resolution, **report_kwargs)
     times = {c: layer_times(r) for c, r in reports.items()}
     spills = {c: layer_spills(r) for c, r in reports.items()}

@@ -21,14 +21,14 @@ the fused path caches across calls.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from .._environ import environment
 
 NO_KERNEL = {
     "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "lift_fresh",
@@ -155,22 +155,6 @@ def build_model(model_name: str, dtype: str):
     return name, model.to(DTYPES[dtype])
 
 
-@contextlib.contextmanager
-def _env(name: str, value: Optional[str]):
-    old = os.environ.get(name)
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
 def record_forward(model_name: str, batch: int, dtype: str, resolution: Optional[int] = None,
                    autotune: bool = True) -> Recording:
     """Record the second of two fused forwards on meta. ``autotune=False`` records what the
@@ -182,7 +166,7 @@ def record_forward(model_name: str, batch: int, dtype: str, resolution: Optional
     res = int(resolution or getattr(model, "default_resolution", 224))
     x = torch.empty(batch, 3, res, res, device="meta", dtype=DTYPES[dtype])
     x = x.contiguous(memory_format=torch.channels_last)
-    with _env("FASTMBCONV_AUTOTUNE", None if autotune else "0"), torch.no_grad(), fm.use_backend("fused"):
+    with environment([("FASTMBCONV_AUTOTUNE", None if autotune else "0")]), torch.no_grad(), fm.use_backend("fused"):
         with record_launches():
             model(x)  # folds BN once (cached by the fused path)
         with record_launches() as launches:

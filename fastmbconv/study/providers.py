@@ -2,13 +2,13 @@
 (compile, autotune, CUDA-graph capture) and called: :func:`make_runner`."""
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .._environ import environment
 from ..backend import use_backend
 from ..builders import MODEL_BUILDERS, resolve_model_name
 from ..config import VARIANTS
@@ -112,22 +112,6 @@ def skip_reason(provider: str, model: str, batch: int, device, resolution: int |
     if device.type == "cuda" and not torch.cuda.is_available():
         return "no CUDA GPU on this machine"
     return None
-
-
-@contextlib.contextmanager
-def environment(pairs: tuple[tuple[str, str], ...]):
-    """Set ``pairs`` in ``os.environ`` for the block (the fused path reads its choices per call),
-    then restore what was there."""
-    saved = {k: os.environ.get(k) for k, _ in pairs}
-    os.environ.update(dict(pairs))
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def build_model(model: str) -> tuple[torch.nn.Module, str]:
