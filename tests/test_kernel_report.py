@@ -28,6 +28,7 @@ REQUIRED_TOTALS = ("launches", "modelled_ms", "layer_fused_floor_ms", "floor_rat
                    "launches_below_full_rate_warps")
 
 
+
 def _run(cmd, timeout=900, **kw):
     try:
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
@@ -100,7 +101,8 @@ BLOATED_VS_LEAN = textwrap.dedent("""
     import dataclasses, json
     import torch
     import triton
-        from fastmbconv.kernels._launch import LaunchRecord
+    import triton.language as tl
+    from fastmbconv.kernels._launch import LaunchRecord
     from fastmbconv.kernel_report import ops
     from fastmbconv.kernel_report.build import triton_rows
 
@@ -213,7 +215,8 @@ AUTOTUNED_PROBE = textwrap.dedent("""
     import json
     import torch
     import triton
-        from fastmbconv.kernels._launch import LaunchRecord
+    import triton.language as tl
+    from fastmbconv.kernels._launch import LaunchRecord
     from fastmbconv.kernel_report import ops
     from fastmbconv.kernel_report.build import triton_rows
 
