@@ -1,6 +1,6 @@
 """Every Triton launch of the package goes through :func:`launch`.
 
-It does three things, so no launcher repeats them:
+It does these things, so no launcher repeats them:
 
 - counts the launch (process-wide and in every open :func:`count_launches` block): tests prove
   that a kernel really ran by counting its launches, never by inferring it from the result;
@@ -8,6 +8,10 @@ It does three things, so no launcher repeats them:
   tensor on cuda:1 launched while cuda:0 is current would fault);
 - names the fix when a kernel is first launched inside a CUDA-graph capture: Triton loads a
   kernel's module on its first launch, which CUDA may refuse while a stream is captured;
+- holds one lock around autotuned launches: a Triton autotuner keeps the call's arguments on
+  itself while it benchmarks and clears them when any call ends, so two threads (DataParallel's
+  replicas, a server's request threads) tuning or launching the same autotuner at once would
+  break each other's tuning;
 - while a :func:`record_launches` block is open, records the launch instead of running it.
   The static kernel report runs a whole forward on ``meta`` tensors this way and then compiles
   exactly the specialisations that would have run.
@@ -27,6 +31,7 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 _lock = threading.Lock()
+_autotuner_lock = threading.RLock()  # see the module docstring; launches are asynchronous, so it is held briefly
 _totals: Counter = Counter()
 _active: list[Counter] = []
 _state = threading.local()  # .recorder: list of LaunchRecord or None; .layer: str or None
@@ -181,10 +186,13 @@ def launch(op: str, kernel, grid, args: dict, constexprs: dict, on: torch.Tensor
         recorder.append(LaunchRecord(op, getattr(_state, "layer", None), kernel, grid, dict(args),
                                      dict(constexprs)))
         return
+    from triton.runtime.autotuner import Autotuner  # here: importing this module stays free of triton
+
     _check_launchable(op, on)
     record_launch(op)
     device = torch.cuda.device(on.device) if on.is_cuda else contextlib.nullcontext()
-    with device:
+    autotuner = _autotuner_lock if isinstance(kernel, Autotuner) else contextlib.nullcontext()
+    with device, autotuner:
         try:
             kernel[grid](**args, **constexprs)
         except RuntimeError as error:
