@@ -148,6 +148,7 @@ class FoldCache:
     child module, parameter and buffer, and each tensor's ``data_ptr`` and ``_version``. Any
     in-place edit (bumps ``_version``), ``.data`` swap or ``.to()`` (moves ``data_ptr``) or
     replaced parameter/submodule (new identity) makes the snapshot differ and forces a refold.
+    An in-place edit through ``.data`` moves nothing the snapshot holds: see :func:`refold`.
     Checking costs ~0.15 ms of host time on B0; CUDA-graph replays skip it entirely.
     Inference tensors have no version counter, so a model built under ``inference_mode`` is
     refolded on every call (correct, slower).
@@ -199,6 +200,17 @@ class FoldCache:
 
 def _no_fold_cache() -> None:
     return None
+
+
+def refold(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
+    """Fold the model's weights again, now, for edits the cache cannot see: in-place changes
+    through ``.data`` (``p.data.mul_(2)``: ``.data`` has a version counter of its own, so the
+    parameter's does not move; autograd cannot see such edits either). Folds a CUDA graph
+    captured are refilled in place, as after any other edit."""
+    cache = getattr(model, "_fused_fold_cache", None)
+    if cache is not None and cache.modules[0] is model:
+        cache.snapshot = None  # never valid again: the next look folds anew (see folded)
+    return folded(model, dtype)
 
 
 def folded(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:

@@ -155,6 +155,25 @@ def test_fold_cache_sees_replaced_modules_and_swapped_data():
     assert_close_to_ref(out, ref, what="logits after a .data swap")
 
 
+def test_refold_after_an_edit_through_data():
+    """``p.data.mul_()`` bumps no version counter the fold cache can see (the cache keeps its
+    fold); refold() folds the edited weights."""
+    model = build(num_classes=10)
+    x = torch.randn(1, 3, 17, 17, device=DEVICE)
+    with torch.inference_mode(), fm.use_backend("fused"):
+        before = model(x)
+    first = fused.folded(model)
+    model.blocks[3][0].bn3.weight.data.mul_(1.5)
+    model.conv_stem.weight.data.mul_(0.5)
+    assert fused.folded(model) is first  # unseen
+    again = fused.refold(model)
+    assert again is not first and fused.folded(model) is again
+    out, ref, _ = run_both(model, model, x)
+    assert (out - before).abs().max() > 1e-3
+    assert_close_to_ref(out, ref, what="logits after .data edits and refold()")
+    assert fused.refold(build(num_classes=10)) is not None  # a model never folded: folds
+
+
 def test_autocast_runs_the_fused_path_at_the_autocast_dtype():
     """Under autocast an fp32 model's fused forward computes in the autocast dtype, as the
     reference convs do: same output dtype, bf16 tolerance against the fp64 model."""

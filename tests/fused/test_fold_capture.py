@@ -56,6 +56,18 @@ def test_a_refold_writes_into_the_fold_a_capture_read(capture, dtype):
     assert fused.folded(model, other) is not first
 
 
+def test_refold_writes_into_the_fold_a_capture_read(capture):
+    model = model_b0()
+    fused.folded(model)
+    capture["on"] = True
+    seen = fused.folded(model)
+    addresses = [t.data_ptr() for t in fold_tensors(seen) if t is not None]
+    capture["on"] = False
+    model.blocks[2][0].bn2.bias.data.add_(0.25)  # unseen by the cache
+    assert fused.refold(model) is seen and [t.data_ptr() for t in fold_tensors(seen) if t is not None] == addresses
+    assert_same_values(seen, model, torch.float32)
+
+
 def test_a_refold_that_cannot_reuse_the_captured_tensors_keeps_them(capture):
     model = model_b0()
     fused.folded(model)
