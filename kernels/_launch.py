@@ -104,6 +104,20 @@ def record_launches() -> Iterator[list]:
 
 
 @contextlib.contextmanager
+def forced_config(tuned, config) -> Iterator[None]:
+    """Inside the block, launches that would choose between ``tuned``'s configs (a
+    ``triton.autotune`` wrapper) take ``config`` (one of its ``triton.Config``), autotuning on or
+    off: the tests launch every entry of a config list explicitly this way, on a GPU and under
+    the interpreter alike."""
+    previous = getattr(_state, "forced", None)
+    _state.forced = (tuned, {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages})
+    try:
+        yield
+    finally:
+        _state.forced = previous
+
+
+@contextlib.contextmanager
 def layer_scope(name: str) -> Iterator[None]:
     """Attribute the launches inside the block to the model layer ``name`` (for the report).
     A no-op under ``torch.compile``."""
@@ -166,9 +180,13 @@ def select_kernel(tuned, plain, key: tuple, heuristic: dict):
     benchmarking inside a capture fails (it synchronises and allocates); ``key`` must therefore
     hold everything the autotuner keys on, tensor dtypes included. That heuristic kernel must
     itself have run outside the capture, or :func:`launch` may raise: warm every shape up once
-    before capturing, which also captures the tuned configs."""
+    before capturing, which also captures the tuned configs. Inside :func:`forced_config`, that
+    config."""
     from ._utils import cuda_capturing, use_autotune
 
+    forced = getattr(_state, "forced", None)
+    if forced is not None and forced[0] is tuned:
+        return plain, dict(forced[1])
     if not use_autotune():
         return plain, heuristic
     if cuda_capturing() and key not in _tuned_keys:
