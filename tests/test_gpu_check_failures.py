@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 from pathlib import Path
@@ -19,7 +20,9 @@ sys.path.insert(0, str(REPO / "tools"))
 import gpu_cache  # noqa: E402
 import gpu_check  # noqa: E402
 import ncu_table  # noqa: E402
-from gpucheck import check, outfiles, profile_steps, setup_steps  # noqa: E402
+from gpucheck import check, outfiles, profile_steps, setup_steps, stages, verify_steps  # noqa: E402
+
+from .test_gpu_check import _fake_cache  # noqa: E402
 
 
 @pytest.fixture
@@ -181,3 +184,74 @@ def test_the_merged_summary_keeps_each_sessions_timing_settings(tmp_path):
     assert speed_steps.merge_bench_main(str(tmp_path)) == 0
     merged = outfiles.load_json(tmp_path / "merged" / "summary.json")
     assert merged["settings"] == {"bench-headline": flags, "bench-kernels": flags}
+
+
+def test_cache_pack_does_not_compress_what_cannot_fit(tmp_path):
+    """A tier past RAW_OVER_CAP times the cap before compression is not tried (each try cost
+    seconds of device time); ``picks_only`` tries the picks alone."""
+    _fake_cache(tmp_path / "a")
+    cap = 300_000 // gpu_cache.RAW_OVER_CAP  # the inductor entry alone is past it
+    info = gpu_cache.pack(tmp_path / "a", tmp_path / "x.tar.gz", cap, {})
+    assert info["contents"] != "everything" and info["bytes"] < cap
+    assert any(n.startswith("everything: not tried") and "before compression" in n for n in info["notes"])
+    picks = gpu_cache.pack(tmp_path / "a", tmp_path / "y.tar.gz", 10 * 2**20, {}, picks_only=True)
+    assert picks["contents"] == "autotune picks only" and not picks["notes"]
+    with tarfile.open(tmp_path / "y.tar.gz") as tf:
+        assert [n for n in tf.getnames() if n != gpu_cache.MANIFEST] == ["triton/DEF/_pointwise_gated_kernel.autotune.json"]
+
+
+def _plan(c) -> dict:
+    return {s.name: s for s in stages.stage_steps(c)}
+
+
+def test_verify_runs_the_sanitizers_after_correctness_and_stops_them_in_time(make_check):
+    """memcheck and racecheck come straight after tests-quick (the autotuned run, which rarely
+    finishes, comes last); they run the kernel and extension tests round-robin, never the
+    compile or CUDA-graph ones, and start no test in their last 45 s, so the sanitizer's summary
+    prints before the step's timeout."""
+    steps = _plan(make_check("verify"))
+    assert list(steps)[4:] == ["tests-quick", "memcheck", "racecheck", "warm", "tests-autotuned"]
+    for name, tool in (("memcheck", "memcheck"), ("racecheck", "racecheck")):
+        step = steps[name]
+        assert step.tool[:3] == ["compute-sanitizer", "--tool", tool] and step.needs_tool == "compute-sanitizer"
+        assert step.soft_stop_s == verify_steps.SANITIZER_STOP_S and "tests" not in step.cmd
+        k = step.cmd[step.cmd.index("-k") + 1]
+        assert "not compile" in k and "not capture" in k
+    assert steps["memcheck"].cmd[3:5] == ["tests/kernels", "tests/csrc"] and "--gc-interleave" in steps["memcheck"].cmd
+    assert steps["racecheck"].cmd[steps["racecheck"].cmd.index("--gc-sample") + 1] == str(verify_steps.RACECHECK_SAMPLE)
+    assert steps["tests-autotuned"].soft_stop_s and "--gc-interleave" in steps["tests-autotuned"].cmd
+
+
+def test_a_step_gets_its_stop_time_and_an_overridden_cap(make_check, monkeypatch):
+    c = make_check("verify")
+    script = "import sys; print('ARGV', sys.argv[1:])"
+    step = check.Step("memcheck", [sys.executable, "-c", script], cap_s=100, min_s=1, needs=(), soft_stop_s=45)
+    monkeypatch.setenv("GPU_CHECK_CAP_MEMCHECK", "300")
+    assert c.cap(step) == 300 and c.cap(check.Step("bench-models-bs32", cap_s=240)) == 240
+    monkeypatch.setenv("GPU_CHECK_CAP_BENCH_MODELS_BS32", "500")
+    assert c.cap(check.Step("bench-models-bs32", cap_s=240)) == 500
+    before = time.time()
+    res = c.run(step)
+    log = (c.logs / res.log).read_text()
+    stop_at = float(log.split("'--gc-stop-at', '")[1].split("'")[0])
+    timeout = min(300, c.left())
+    assert before + timeout - 45 - 2 <= stop_at <= time.time() + timeout - 45 + 1
+
+
+def _racecheck(c, tmp_path, summary: str, rc: int):
+    junit = tmp_path / "junit-race.xml"
+    junit.write_text('<testsuite tests="2" errors="0" failures="0" skipped="0"><testcase classname="t" name="a"/>'
+                     '<testcase classname="t" name="b"/></testsuite>')
+    res = check.Result("racecheck", "not run")
+    c.results.append(res)
+    script = f"print({summary!r}); raise SystemExit({rc})"
+    c.execute(check.Step("racecheck", junit=junit), res, [sys.executable, "-c", script], timeout=60)
+    return res
+
+
+def test_racecheck_hazards_fail_the_step(make_check, tmp_path):
+    c = make_check()
+    bad = _racecheck(c, tmp_path, "========= RACECHECK SUMMARY: 3 hazards displayed (2 errors, 1 warnings)", 86)
+    assert bad.status == "failed" and bad.details["racecheck_errors"] == 2 and "2 racecheck error(s)" in bad.note
+    good = _racecheck(c, tmp_path, "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)", 0)
+    assert good.status == "ok" and good.details["racecheck_errors"] == 0

@@ -64,3 +64,31 @@ def test_plugin_runs_gpu_tests_first_and_named_ones_last(tmp_path):
     # several: each after the one before it, in the order given
     assert order("--gc-last", "compile,plain") == ([n for n in plain if n not in ("test_compile_me", "test_plain")]
                                                    + ["test_compile_me", "test_plain"])
+    # round-robin across modules, the largest first
+    assert order("--gc-interleave") == ["test_plain", "test_whole_module_on_cuda", "test_cpu", "test_big_cuda",
+                                        "test_compile_me", "test_param[1]", "test_param[2]"]
+    assert order("--gc-sample", "4") == ["test_plain", "test_big_cuda", "test_whole_module_on_cuda", "test_cpu"]
+
+
+@pytest.mark.subprocess
+def test_plugin_starts_no_test_after_the_stop_time(tmp_path):
+    """``--gc-stop-at``: a test that would start after the wall-clock time is skipped (the run
+    still exits 0, so a sanitizer around pytest prints its summary)."""
+    (tmp_path / "test_a.py").write_text(textwrap.dedent("""\
+        import time
+
+        def test_1(request):  # runs past the stop time
+            time.sleep(max(0.0, request.config.getoption("gc_stop_at") - time.time()) + 0.1)
+
+        def test_2(): pass
+        """))
+    argv = [sys.executable, "-m", "pytest", str(tmp_path / "test_a.py"), "-p", "gpu_check_plugin", "-p",
+            "no:cacheprovider", "--rootdir", str(tmp_path), "-c", os.devnull, "-q", "-rs"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tools")}
+    import time
+
+    run = subprocess.run(argv + ["--gc-stop-at", f"{time.time() + 4:.3f}"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert run.returncode == 0 and "1 passed, 1 skipped" in run.stdout and "the step's time is up" in run.stdout, run.stdout
+    run = subprocess.run(argv + ["--gc-stop-at", "0"], capture_output=True, text=True, env=env, timeout=120)
+    assert "2 passed" in run.stdout, run.stdout

@@ -101,12 +101,19 @@ def _pack_once(root: Path, archive: Path, manifest: dict, keep) -> int:
     return archive.stat().st_size
 
 
+# A tier whose files add up to more than this many times the cap is not compressed at all: the
+# H200's caches packed about 6.6:1 (420 MB of Triton files into 64 MiB), so it could not fit, and
+# each try cost seconds of device time (three tiers: 35 s) with stop signals ignored.
+RAW_OVER_CAP = 8
+
+
 def pack(root: Path, archive: Path, cap_bytes: int, manifest: dict | None = None,
-         deadline_s: float | None = None) -> dict:
+         deadline_s: float | None = None, picks_only: bool = False) -> dict:
     """Write ``archive`` from ``root`` under ``cap_bytes``, dropping the least useful parts first:
     everything; without inductor; without IR text (cubins, metadata and picks stay, which is all
-    a cache hit needs); the autotune picks alone. Past ``deadline_s`` seconds only that last tier
-    is still tried. Returns what went in and what was left out."""
+    a cache hit needs); the autotune picks alone. Past ``deadline_s`` seconds, or with
+    ``picks_only``, only that last tier is tried; nor is any tier whose raw size is past
+    ``RAW_OVER_CAP`` times the cap. Returns what went in and what was left out."""
     root, archive = Path(root), Path(archive)
     archive.parent.mkdir(parents=True, exist_ok=True)
     inv = inventory(root)
@@ -120,18 +127,23 @@ def pack(root: Path, archive: Path, cap_bytes: int, manifest: dict | None = None
          lambda rel: not is_inductor(rel) and rel.suffix not in IR_SUFFIXES),
         ("autotune picks only", lambda rel: rel.name.endswith(AUTOTUNE_SUFFIX) and not is_inductor(rel)),
     ]
-    if inv["inductor_bytes"] > 8 * cap_bytes:  # hopeless to compress under the cap: don't try
-        tiers = tiers[1:]
+    if picks_only:
+        tiers = tiers[-1:]
     notes = []
     size, tier, tried = 0, tiers[-1][0], []
     files = [p.relative_to(root) for p in _files(root)]
     t0 = time.monotonic()
     for i, (tier, keep) in enumerate(tiers):
-        if 0 < i < len(tiers) - 1 and deadline_s is not None and time.monotonic() - t0 > deadline_s:
+        last = i == len(tiers) - 1
+        if 0 < i and not last and deadline_s is not None and time.monotonic() - t0 > deadline_s:
             notes.append(f"{tier}: not tried, past the pack's {deadline_s:g} s")
             continue
         kept = [rel for rel in files if keep(rel)]
         if kept in tried:  # the same files as a tier already over the cap (no inductor cache, say)
+            continue
+        raw = sum((root / rel).stat().st_size for rel in kept)
+        if not last and raw > RAW_OVER_CAP * cap_bytes:
+            notes.append(f"{tier}: not tried, {raw / 2**20:.1f} MiB before compression")
             continue
         tried.append(kept)
         size = _pack_once(root, archive, {**manifest, "contents": tier}, keep)

@@ -17,13 +17,14 @@ and records versions to ``OUT/env.json``. Then:
   max-autotune (150 s; the compiled providers last) and their merge, so one 540 s call brings back
   correctness and the headline speed ratios. Same files as ``speed``.
 * ``verify``: the CUDA tests (``-m gpu``) with ``FASTMBCONV_AUTOTUNE=0`` first, so a kernel
-  bug shows in a minute or two; a warm-up of the fused B0 at 224 px (compiles and autotunes every
-  B0 layer shape into the cache, checks the output against the reference); the autotuned run;
-  ``compute-sanitizer --tool memcheck`` over the CUDA tests (``-m "gpu and not slow and not
-  subprocess"``). JUnit XML per run.
+  bug shows in a minute or two (every entry of each autotune config list is launched
+  explicitly there); ``compute-sanitizer --tool memcheck`` over the kernel and extension tests,
+  round-robin across their modules until its time is up, and ``--tool racecheck`` over a few;
+  a warm-up of the fused B0 at 224 px (compiles and autotunes every B0 layer shape into the
+  cache, checks the output against the reference); the autotuned run. JUnit XML per run.
 * ``speed``: the warm-up; the headline benchmarks (B0 224 fp16 channels_last, batch 256 and 1,
   every provider, ResNet-50); kernel-level cases at B0 shapes; ``torch.compile(max-autotune)``
-  in a step of its own; B0-B7 at batch 32 if time is left (the README plot's points). Writes the
+  of B0 at batch 256 in a step of its own; B0-B7 at batch 32 if time is left (the README plot's points). Writes the
   merged pytest-benchmark JSON and the benchmark ``summary.json`` / ``summary.md``.
 * ``profile``: the warm-up; the copy bandwidth; ``ncu`` over one fused and one eager B0 forward
   (batch 256, fp16), each limited to an NVTX range; a per-kernel table (time, DRAM GB/s,

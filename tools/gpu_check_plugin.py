@@ -11,6 +11,14 @@ seconds, whatever the files are called. The rest are reported as deselected.
 (reason "gpu-check: dry time budget spent"), so a dry run stays short whichever tests the sample
 picked; a skip, unlike stopping the session, keeps the exit status 0.
 
+``--gc-stop-at T`` skips every test that would start after the wall-clock time T (seconds
+since the epoch, set by the stage from the step's timeout), so pytest ends by itself before the
+step is interrupted, and compute-sanitizer around it still prints its summary.
+
+``--gc-interleave`` runs the tests round-robin across modules (largest first, as the sample
+takes them), so a step stopped by its time has run some of every module rather than all of the
+first few.
+
 ``--gc-gpu-first`` runs the tests written for a GPU (marked ``gpu`` themselves, not only the
 interpreter tests that tests/conftest.py marks ``gpu`` there) before the rest, so a step cut
 short by its cap has run the checks only a GPU can make. ``--gc-last A,B`` runs the tests whose id
@@ -32,6 +40,10 @@ def pytest_addoption(parser):
                      help="gpu-check: keep at most N selected tests, round-robin across modules (0: all)")
     parser.addoption("--gc-seconds", type=float, default=0.0, metavar="S",
                      help="gpu-check: skip tests that would start more than S seconds into the session (0: never)")
+    parser.addoption("--gc-stop-at", type=float, default=0.0, metavar="T",
+                     help="gpu-check: skip tests that would start after wall-clock time T (epoch seconds; 0: never)")
+    parser.addoption("--gc-interleave", action="store_true",
+                     help="gpu-check: run the tests round-robin across modules, largest first")
     parser.addoption("--gc-gpu-first", action="store_true",
                      help="gpu-check: run the tests marked gpu by themselves before the others")
     parser.addoption("--gc-last", default="", metavar="A,B",
@@ -54,6 +66,9 @@ def pytest_runtest_setup(item):
     limit = item.config.getoption("gc_seconds")
     if limit and time.monotonic() - _START > limit:
         pytest.skip(f"gpu-check: dry time budget spent ({limit:.0f} s)")
+    stop_at = item.config.getoption("gc_stop_at")
+    if stop_at and time.time() > stop_at:
+        pytest.skip("gpu-check: the step's time is up")
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k have deselected
@@ -64,17 +79,21 @@ def pytest_collection_modifyitems(config, items):
     if last:
         items.sort(key=lambda it: next((i + 1 for i, p in enumerate(last) if p in it.nodeid), 0))
     n = config.getoption("gc_sample")
+    if config.getoption("gc_interleave"):
+        items[:] = round_robin(items)
     if not n or len(items) <= n:
         return
-    queues: dict[str, list] = {}
-    for item in items:
-        queues.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
-    keep: set[int] = set()
-    ordered = sorted(queues.values(), key=len, reverse=True)  # stable: ties keep collection order
-    while len(keep) < n:
-        for queue in ordered:
-            if queue and len(keep) < n:
-                keep.add(id(queue.pop(0)))
+    keep = {id(it) for it in round_robin(items)[:n]}
     deselected = [it for it in items if id(it) not in keep]
     items[:] = [it for it in items if id(it) in keep]
     config.hook.pytest_deselected(items=deselected)
+
+
+def round_robin(items: list) -> list:
+    """The first test of each module, then the second, ...; modules with the most tests first
+    (stable: ties keep collection order)."""
+    queues: dict[str, list] = {}
+    for item in items:
+        queues.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    ordered = sorted(queues.values(), key=len, reverse=True)
+    return [queue[i] for i in range(max(map(len, ordered), default=0)) for queue in ordered if i < len(queue)]

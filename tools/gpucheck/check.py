@@ -25,6 +25,8 @@ from .outfiles import DEFAULT_BUDGET_S, RESERVE_S, now_iso
 from .report import OutFiles
 
 MEMCHECK_ERRORS = re.compile(r"ERROR SUMMARY:\s*([\d,]+)\s+error")
+RACECHECK_ERRORS = re.compile(r"RACECHECK SUMMARY:.*?\(([\d,]+)\s+error")
+SANITIZER_STEPS = ("memcheck", "racecheck")
 
 
 def junit_summary(path: Path) -> dict | None:
@@ -67,6 +69,9 @@ class Step:
     needs: tuple = ("preflight", "install")
     needs_tool: str | None = None
     essential: bool = False  # runs whatever the budget and --only/--skip say (quick bookkeeping)
+    # pytest steps: start no test later than this many seconds before the timeout (--gc-stop-at),
+    # so pytest ends by itself and what wraps it (compute-sanitizer's summary) still prints
+    soft_stop_s: float | None = None
     dry_note: str = "nothing to run on a CPU; the command is recorded"
     what: str = ""
 
@@ -121,6 +126,12 @@ class Check(OutFiles):
     def left(self) -> float:
         return self.budget_s - self.elapsed() - RESERVE_S
 
+    @staticmethod
+    def cap(step: Step) -> float:
+        """The step's cap, or ``GPU_CHECK_CAP_<NAME>`` (``bench-models-bs32``: ``..._BENCH_MODELS_BS32``)
+        where set: a command that runs one long step alone can give it the whole budget."""
+        return float(os.environ.get("GPU_CHECK_CAP_" + step.name.upper().replace("-", "_"), step.cap_s))
+
     # -------------------------------------------------------------- environment of every step
     def step_env(self, extra: dict | None = None) -> dict:
         env = dict(os.environ)
@@ -165,7 +176,8 @@ class Check(OutFiles):
         if not step.essential and ((self.only and step.name not in self.only) or step.name in self.skip):
             res.status = "skipped (not selected: --only/--skip)"
             return
-        left = step.cap_s if step.essential else self.left()
+        cap = self.cap(step)
+        left = cap if step.essential else self.left()
         if left < step.min_s:
             res.status = "skipped (budget)"
             res.note = f"{max(left, 0):.0f} s left of the budget, the step needs at least {step.min_s:.0f} s"
@@ -196,7 +208,10 @@ class Check(OutFiles):
             res.command = shlex.join(argv)
         else:
             argv = gpu_cmd
-        self.execute(step, res, argv, timeout=min(step.cap_s, left))
+        timeout = min(cap, left)
+        if step.soft_stop_s is not None:
+            argv = [*argv, "--gc-stop-at", f"{time.time() + max(timeout - step.soft_stop_s, 0.0):.0f}"]
+        self.execute(step, res, argv, timeout=timeout)
 
     def execute(self, step: Step, res: Result, argv: list[str], timeout: float) -> None:
         log_name = f"{len(self.results):02d}-{step.name}.log"
@@ -244,17 +259,19 @@ class Check(OutFiles):
         else:
             res.status = "failed"
             res.note = f"exit code {res.rc}; last line: {last_line(text)}"
-        if step.name == "memcheck":
-            counts = [int(m.replace(",", "")) for m in MEMCHECK_ERRORS.findall(text)]
-            res.details["memcheck_errors"] = sum(counts) if counts else None
+        if step.name in SANITIZER_STEPS:
+            pattern = RACECHECK_ERRORS if step.name == "racecheck" else MEMCHECK_ERRORS
+            body = "\n".join(ln for ln in text.splitlines() if not ln.startswith("# "))  # not the command line
+            counts = [int(m.replace(",", "")) for m in pattern.findall(body)]
+            res.details[f"{step.name}_errors"] = sum(counts) if counts else None
             passed = (res.details.get("tests") or {}).get("passed", 0)
             if not self.dry and res.status == "failed" and counts and sum(counts) == 0 and res.rc in (1,):
                 if passed > 0:
-                    res.status, res.note = "ok", "0 memcheck errors; some tests failed under the sanitizer (see the log)"
+                    res.status, res.note = "ok", f"0 {step.name} errors; some tests failed under the sanitizer (see the log)"
                 else:  # e.g. CUDA itself failing under the sanitizer: 0 errors in nothing that ran
-                    res.note = "0 memcheck errors, but no test passed under the sanitizer (see the log)"
+                    res.note = f"0 {step.name} errors, but no test passed under the sanitizer (see the log)"
             elif counts and sum(counts) > 0:
-                res.status, res.note = "failed", f"{sum(counts)} memcheck error(s)"
+                res.status, res.note = "failed", f"{sum(counts)} {step.name} error(s)"
 
 
 def last_line(text: str) -> str:

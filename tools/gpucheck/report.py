@@ -92,7 +92,8 @@ class OutFiles:
                     "commit": (self.env_info.get("git") or {}).get("commit")}
         t0 = time.monotonic()
         try:
-            info = self.place_archive(self.cache_root, manifest, deadline_s=PACK_DEADLINE_S)
+            info = self.place_archive(self.cache_root, manifest, deadline_s=PACK_DEADLINE_S,
+                                      picks_only=os.environ.get("GPU_CHECK_PACK") == "picks")
             info["picks"] = gpu_cache.autotune_picks(self.cache_root)[:200]
         except Exception as exc:  # never lose the other files over the cache
             self.notes.append(f"packing the kernel cache failed: {type(exc).__name__}: {exc}")
@@ -101,11 +102,11 @@ class OutFiles:
         self.cache["packed"] = info
 
     def place_archive(self, root: Path, manifest: dict, deadline_s: float | None = None,
-                      name: str = "gpu-cache.tar.gz") -> dict:
+                      name: str = "gpu-cache.tar.gz", picks_only: bool = False) -> dict:
         """Pack ``root`` (see ``gpu_cache.pack``) in the work folder, then move the archive into
         OUT as ``name``: OUT never holds a half-written archive or a ninth name."""
         packed = self.work / name
-        info = gpu_cache.pack(root, packed, SAFE_BYTES, manifest, deadline_s=deadline_s)
+        info = gpu_cache.pack(root, packed, SAFE_BYTES, manifest, deadline_s=deadline_s, picks_only=picks_only)
         try:
             os.replace(packed, self.out / name)  # atomic where both share a filesystem
         except OSError:
@@ -153,8 +154,9 @@ def format_report(r: dict) -> str:
         for key, label in (("cache_new_kernels", "kernels compiled"), ("cache_new_autotune_results", "shapes autotuned")):
             if s["details"].get(key):
                 det.append(f"+{s['details'][key]} {label}")
-        if s["details"].get("memcheck_errors") is not None:
-            det.append(f"{s['details']['memcheck_errors']} memcheck errors")
+        for tool in ("memcheck", "racecheck"):
+            if s["details"].get(f"{tool}_errors") is not None:
+                det.append(f"{s['details'][f'{tool}_errors']} {tool} errors")
         if s["note"]:
             det.append(s["note"])
         out.append(f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {'; '.join(det)} |")
