@@ -220,5 +220,8 @@ def launch(op: str, kernel, grid, args: dict, constexprs: dict, on: torch.Tensor
                 f"{op}: this kernel was first launched inside a CUDA-graph capture, and Triton "
                 f"must load a kernel's module on its first launch, which CUDA refused during the "
                 f"capture (the capture is now invalid). Run the forward once outside the capture "
-                f"with the same shapes, dtypes, memory format and valid_sizes, then capture"
+                f"with the same shapes, dtypes, memory format and valid_sizes, then capture. (If "
+                f"this thread was not capturing, another thread was, in torch.cuda.graph's default "
+                f"'global' mode, which forbids a first launch in every thread: warm up before any "
+                f"capture, or capture with capture_error_mode='thread_local'.)"
             ) from error

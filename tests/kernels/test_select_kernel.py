@@ -83,6 +83,7 @@ def test_a_first_launch_inside_a_capture_names_the_fix(monkeypatch):
     with pytest.raises(RuntimeError, match=FIRST_LAUNCH_IN_CAPTURE) as caught:
         _launch.launch("op", _Kernel(raw), (1,), {}, {}, on=torch.zeros(1))
     assert "same shapes, dtypes, memory format and valid_sizes" in str(caught.value)
+    assert "capture_error_mode='thread_local'" in str(caught.value)  # another thread's capture
     assert caught.value.__cause__ is raw
 
 
