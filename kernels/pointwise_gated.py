@@ -64,6 +64,8 @@ def _pointwise_gated_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
+    if INT64:  # rows (pixels over all images) can pass 2^31 themselves: narrow layers, huge batches
+        pid_m = pid_m.to(tl.int64)
     offs_o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     o_ok = offs_o < O
     if POOL_ONLY:  # a tile within one image (tiles_per_image of them), its rows past the image masked

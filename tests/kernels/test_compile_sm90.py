@@ -5,8 +5,8 @@ not unify, bad dot shapes, shared memory over budget). Triton can compile for a 
 of time with its bundled ptxas. The forwards below are recorded on ``meta`` tensors (nothing
 runs) and each distinct specialisation is compiled with its fixed (``FASTMBCONV_AUTOTUNE=0``)
 config (fp32 with a ragged batch, bf16 returning feature maps, then both with every block's
-expand and depthwise convs as one kernel, and that kernel's 64-bit specialisation); the kernel
-report's test compiles the fp16 ones. This must run with the
+expand and depthwise convs as one kernel, and that kernel's and the 1x1 kernel's 64-bit
+specialisations); the kernel report's test compiles the fp16 ones. This must run with the
 interpreter off, so it runs in a subprocess.
 """
 import os
@@ -51,8 +51,19 @@ SCRIPT = textwrap.dedent(
         assert launches[0].constexprs["INT64"] and launches[0].constexprs["MMA"]
         return launches
 
+    def record_int64_pointwise():
+        # the 1x1 kernel's INT64 specialisation where the rows themselves pass 2^31 (map and pool)
+        from fastmbconv.kernels.pointwise_gated import pointwise_gated
+        x = torch.empty(32769, 8, 256, 256, device="meta", dtype=torch.float16, memory_format=torch.channels_last)
+        w, b = torch.empty(8, 8, device="meta", dtype=torch.float16), torch.empty(8, device="meta")
+        with record_launches() as launches:
+            pointwise_gated(x, w, b, gate=torch.empty(32769, 8, device="meta"), impl="triton")
+            pointwise_gated(x, w, b, act="silu", pool_only=True, impl="triton")
+        assert [r.constexprs["INT64"] for r in launches if "INT64" in r.constexprs] == [True, True]
+        return launches
+
     todo = {}
-    recorded = [record(torch.float32, False, True), record(torch.bfloat16, True, False)]
+    recorded = [record(torch.float32, False, True), record(torch.bfloat16, True, False), record_int64_pointwise()]
     os.environ["FASTMBCONV_EXPAND_DW"] = "fused"  # every block's expand_dwconv: FMA (fp32) and tensor-core taps
     recorded += [record(torch.float32, False, False), record(torch.bfloat16, False, True), record_int64_expand_dw()]
     for launches in recorded:
