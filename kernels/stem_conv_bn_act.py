@@ -39,6 +39,9 @@ from ._utils import (
 )
 
 OP = "stem_conv_bn_act"
+# Patch columns per step: the whole patch of a 7x7 kernel over 16 channels (1024 columns) needed
+# 256-512 KiB of shared memory on sm_90, past its 227 KiB; 3x3x3 (27) is one step of 32.
+MAX_BLOCK_K = 64
 
 
 @triton.jit
@@ -56,40 +59,45 @@ def _stem_conv_kernel(
     offs_p = tl.arange(0, TILE_H * TILE_W)
     oh = (tile // tiles_w) * TILE_H + offs_p // TILE_W
     ow = (tile % tiles_w) * TILE_W + offs_p % TILE_W
-    # the im2col column index: (tap row, tap column, input channel)
-    kk = tl.arange(0, BLOCK_K)
-    ki = kk // (KSIZE * C_IN)
-    kj = (kk // C_IN) % KSIZE
-    ci = kk % C_IN
-    k_ok = kk < KSIZE * KSIZE * C_IN
     offs_co = tl.arange(0, BLOCK_CO)
     co_ok = offs_co < C_out
     h_img, w_img, top, left = image_extent(valid_ptr, padtl_ptr, n, H, W, pad_top, pad_left, RAGGED)
     if INT64:
         oh = oh.to(tl.int64)
         ow = ow.to(tl.int64)
-        ki = ki.to(tl.int64)
-        kj = kj.to(tl.int64)
-        ci = ci.to(tl.int64)
         offs_co = offs_co.to(tl.int64)
 
-    # one (pixels x taps*channels) patch matrix times the (taps*channels x C_out) weights
-    # (pixel part + column part): one add per patch element
+    # the (pixels x taps*channels) patch matrix times the (taps*channels x C_out) weights, in
+    # steps of BLOCK_K columns (one step for EfficientNet's 3x3x3); each offset is a pixel part
+    # plus a column part: one add per patch element
     ih0 = oh * STRIDE - top
     iw0 = ow * STRIDE - left
-    ih = ih0[:, None] + ki[None, :]
-    iw = iw0[:, None] + kj[None, :]
-    ok = (ih.to(tl.uint32) < h_img.to(tl.uint32)) & (iw.to(tl.uint32) < w_img.to(tl.uint32)) & k_ok[None, :]
-    offsets = (ih0 * sxh + iw0 * sxw)[:, None] + (ki * sxh + kj * sxw + ci * sxc)[None, :]
-    patches = tl.load(x_ptr + n.to(tl.int64) * sxn + offsets, mask=ok, other=0.0)
-    w = tl.load(w_ptr + kk[:, None] * C_out + offs_co[None, :], mask=k_ok[:, None] & co_ok[None, :], other=0.0)
-    if DOT_FP32:
-        patches = patches.to(tl.float32)
-        if ROUND_BF16:  # an fp32 image and the fp32 weights, cast to bf16 on a GPU
-            patches, w = round_to_bf16(patches), round_to_bf16(w)
-        acc = tl.dot(patches, w, input_precision="ieee")
-    else:
-        acc = tl.dot(patches.to(out_ptr.dtype.element_ty), w.to(out_ptr.dtype.element_ty))
+    x_image = x_ptr + n.to(tl.int64) * sxn
+    acc = tl.zeros((TILE_H * TILE_W, BLOCK_CO), dtype=tl.float32)
+    for k0 in range(0, KSIZE * KSIZE * C_IN, BLOCK_K):
+        # the im2col column index: (tap row, tap column, input channel)
+        kk = k0 + tl.arange(0, BLOCK_K)
+        ki = kk // (KSIZE * C_IN)
+        kj = (kk // C_IN) % KSIZE
+        ci = kk % C_IN
+        k_ok = kk < KSIZE * KSIZE * C_IN
+        if INT64:
+            ki = ki.to(tl.int64)
+            kj = kj.to(tl.int64)
+            ci = ci.to(tl.int64)
+        ih = ih0[:, None] + ki[None, :]
+        iw = iw0[:, None] + kj[None, :]
+        ok = (ih.to(tl.uint32) < h_img.to(tl.uint32)) & (iw.to(tl.uint32) < w_img.to(tl.uint32)) & k_ok[None, :]
+        offsets = (ih0 * sxh + iw0 * sxw)[:, None] + (ki * sxh + kj * sxw + ci * sxc)[None, :]
+        patches = tl.load(x_image + offsets, mask=ok, other=0.0)
+        w = tl.load(w_ptr + kk[:, None] * C_out + offs_co[None, :], mask=k_ok[:, None] & co_ok[None, :], other=0.0)
+        if DOT_FP32:
+            patches = patches.to(tl.float32)
+            if ROUND_BF16:  # an fp32 image and the fp32 weights, cast to bf16 on a GPU
+                patches, w = round_to_bf16(patches), round_to_bf16(w)
+            acc = tl.dot(patches, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(patches.to(out_ptr.dtype.element_ty), w.to(out_ptr.dtype.element_ty), acc)
 
     y = bias_activation(acc, tl.load(bias_ptr + offs_co, mask=co_ok, other=0.0), ACT, MATH)
     if RAGGED:
@@ -162,7 +170,7 @@ def stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, va
     if N == 0:
         return out
     check_valid_sizes(OP, valid_hw, H, W)
-    block_k = max(16, next_pow2(k * k * C_in))
+    block_k = max(16, min(next_pow2(k * k * C_in), MAX_BLOCK_K))
     tile_h, tile_w = tile_for(H_out, W_out, max(block_k, next_pow2(C_out)))
     tiles_w = -(-W_out // tile_w)
     tiles = -(-H_out // tile_h) * tiles_w

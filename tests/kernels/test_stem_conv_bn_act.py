@@ -6,7 +6,7 @@ import torch
 
 from fastmbconv.geometry import conv_padding
 from fastmbconv.kernels import stem_conv_bn_act as module
-from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.stem_conv_bn_act import stem_conv_bn_act, stem_conv_bn_act_ref, taps_major
 from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced
 
@@ -15,12 +15,12 @@ from ..helpers import DEVICE
 pytestmark = pytest.mark.interpreter
 
 
-def make(N, H, W, C_out=32, C_in=3, dtype=torch.float32, channels_last=False, seed=0):
+def make(N, H, W, C_out=32, C_in=3, dtype=torch.float32, channels_last=False, seed=0, k=3):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(N, C_in, H, W, generator=g).to(DEVICE, dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    w = (torch.randn(C_out, C_in, 3, 3, generator=g) * 0.3).to(DEVICE)
+    w = (torch.randn(C_out, C_in, k, k, generator=g) * 0.3 * (27 / (k * k * C_in)) ** 0.5).to(DEVICE)
     bias = (torch.randn(C_out, generator=g) * 0.1).to(DEVICE)
     return x, w, bias
 
@@ -47,6 +47,19 @@ def check(x, w, bias, padding, out_dtype=None, fenced=False, **kw):
 def test_matches_ref(hw, pad_mode, out_dtype):
     x, w, bias = make(2, *hw)
     check(x, w, bias, conv_padding(*hw, 3, 2, pad_mode), out_dtype)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k,C_in", [(7, 3), (5, 16), (7, 16), (1, 5)])
+def test_patches_wider_than_a_step(k, C_in, out_dtype):
+    """Patches of more than MAX_BLOCK_K columns (7x7x3: 147 in three steps, 7x7x16: 784 in
+    thirteen) are summed over steps, each with its own column masks; whole patches that wide
+    did not fit an sm_90 program's shared memory."""
+    x, w, bias = make(2, 13, 11, C_out=24, C_in=C_in, k=k, seed=1)
+    with record_launches() as planned:
+        stem_conv_bn_act(x, w, bias, conv_padding(13, 11, k, 2, "same"), 2, out_dtype=out_dtype)
+    assert planned[0].constexprs["BLOCK_K"] == max(16, min(module.next_pow2(k * k * C_in), module.MAX_BLOCK_K))
+    check(x, w, bias, conv_padding(13, 11, k, 2, "same"), out_dtype)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
