@@ -24,6 +24,9 @@ from ._math import round_to_bf16
 from ._utils import FLOAT_DTYPES, check_tensor, dot_fp32, interpreting, next_pow2, round_bf16
 
 OP = "squeeze_excite_gate"
+# The reduced vector is held whole (one block of next_pow2(R)): on sm_90 R = 512 takes 148-164
+# KiB of shared memory, 1024 about 300 KiB, past the 227 KiB a program may have.
+MAX_REDUCED = 512
 
 
 @triton.jit
@@ -106,8 +109,9 @@ def _check_args(partials, w_reduce, b_reduce, w_expand, b_expand, count, hw):
             raise ValueError(f"{OP}: count must have {N} entries (one per sample), got {count.shape[0]}")
     elif hw < 1:
         raise ValueError(f"{OP}: hw (pixels per sample) must be >= 1 when no per-sample count is given, got {hw}")
-    if R > 4096:
-        raise ValueError(f"{OP}: reduced width {R} is larger than this kernel supports (4096)")
+    if R > MAX_REDUCED:
+        raise ValueError(f"{OP}: reduced width {R} is larger than this kernel supports ({MAX_REDUCED}; "
+                         f"EfficientNet's widest is 160)")
     return N, T, C, R
 
 

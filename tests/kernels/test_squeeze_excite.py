@@ -73,6 +73,7 @@ def test_empty_batch():
     ("short bias", ValueError, "b_expand"),
     ("count length", ValueError, "count"),
     ("zero hw", ValueError, "hw"),
+    ("reduced width past the limit", ValueError, "reduced width 513 is larger than this kernel supports"),
 ])
 def test_bad_input(case, exc, words):
     sums, w_r, b_r, w_e, b_e = make(2, 40, 10)
@@ -89,6 +90,8 @@ def test_bad_input(case, exc, words):
         kw["count"] = torch.ones(5, device=DEVICE)
     elif case == "zero hw":
         kw["hw"] = 0
+    elif case == "reduced width past the limit":  # its block would not fit a GPU program's shared memory
+        w_r, b_r, w_e = w_r.new_zeros(513, 40), b_r.new_zeros(513), w_e.new_zeros(40, 513)
     with pytest.raises(exc, match=words):
         squeeze_excite_gate(sums, w_r, b_r, w_e, b_e, **kw)
 
