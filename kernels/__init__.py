@@ -16,7 +16,9 @@ op module is first used (names below resolve lazily), so importing it stays chea
 - :mod:`.testing`: the tolerance rule and the memory fences the tests use;
 - :mod:`._autotune`: ``triton.autotune`` with its picks kept on disk (a new process reuses them);
 - :mod:`._launch`: every launch goes through it: counting (``count_launches``, which tests use to
-  prove kernels ran) and recording without launching (``record_launches``, for the kernel report).
+  prove kernels ran), recording without launching (``record_launches``, for the kernel report),
+  one autotune config forced (``forced_config``, for the tests of every config), one lock
+  around autotuned launches (an autotuner is not thread-safe).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ _EXPORTS = {
     "record_launch": "_launch",
     "record_launches": "_launch",
     "layer_scope": "_launch",
+    "forced_config": "_launch",
 }
 
 __all__ = sorted(_EXPORTS)
