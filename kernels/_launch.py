@@ -8,10 +8,10 @@ It does these things, so no launcher repeats them:
   tensor on cuda:1 launched while cuda:0 is current would fault);
 - names the fix when a kernel is first launched inside a CUDA-graph capture: Triton loads a
   kernel's module on its first launch, which CUDA may refuse while a stream is captured;
-- holds one lock around autotuned launches: a Triton autotuner keeps the call's arguments on
-  itself while it benchmarks and clears them when any call ends, so two threads (DataParallel's
-  replicas, a server's request threads) tuning or launching the same autotuner at once would
-  break each other's tuning;
+- holds a lock per autotuner around its launches: a Triton autotuner keeps the call's arguments
+  on itself while it benchmarks and clears them when any call ends, so two threads
+  (DataParallel's replicas, a server's request threads) tuning or launching the same autotuner
+  at once would break each other's tuning;
 - while a :func:`record_launches` block is open, records the launch instead of running it.
   The static kernel report runs a whole forward on ``meta`` tensors this way and then compiles
   exactly the specialisations that would have run.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
@@ -31,7 +32,7 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 _lock = threading.Lock()
-_autotuner_lock = threading.RLock()  # see the module docstring; launches are asynchronous, so it is held briefly
+_autotuner_locks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # autotuner -> RLock (module docstring)
 _totals: Counter = Counter()
 _active: list[Counter] = []
 _state = threading.local()  # .recorder: list of LaunchRecord or None; .layer: str or None
@@ -196,6 +197,15 @@ def select_kernel(tuned, plain, key: tuple, heuristic: dict):
     return tuned, {}
 
 
+def _autotuner_lock(autotuner) -> threading.RLock:
+    """The lock of one autotuner: a thread tuning one kernel (seconds) holds up no other's."""
+    with _lock:
+        lock = _autotuner_locks.get(autotuner)
+        if lock is None:
+            lock = _autotuner_locks[autotuner] = threading.RLock()
+        return lock
+
+
 def launch(op: str, kernel, grid, args: dict, constexprs: dict, on: torch.Tensor) -> None:
     """Launch ``kernel[grid](**args, **constexprs)`` on ``on``'s device, counted as ``op``; or
     record it inside :func:`record_launches`."""
@@ -209,8 +219,7 @@ def launch(op: str, kernel, grid, args: dict, constexprs: dict, on: torch.Tensor
     _check_launchable(op, on)
     record_launch(op)
     device = torch.cuda.device(on.device) if on.is_cuda else contextlib.nullcontext()
-    autotuner = _autotuner_lock if isinstance(kernel, Autotuner) else contextlib.nullcontext()
-    with device, autotuner:
+    with device, (_autotuner_lock(kernel) if isinstance(kernel, Autotuner) else contextlib.nullcontext()):
         try:
             kernel[grid](**args, **constexprs)
         except RuntimeError as error:

@@ -217,7 +217,10 @@ def test_verify_runs_the_sanitizers_after_correctness_and_stops_them_in_time(mak
         assert step.soft_stop_s == verify_steps.SANITIZER_STOP_S and "tests" not in step.cmd
         k = step.cmd[step.cmd.index("-k") + 1]
         assert "not compile" in k and "not capture" in k
-    assert steps["memcheck"].cmd[3:5] == ["tests/kernels", "tests/csrc"] and "--gc-interleave" in steps["memcheck"].cmd
+    assert steps["memcheck"].cmd[3:6] == verify_steps.SANITIZED_PATHS and "--gc-interleave" in steps["memcheck"].cmd
+    # the extension's CUDA tests are among them; nothing past 2^31 elements (tens of GiB, every access checked)
+    assert "tests/test_prepare.py" in verify_steps.SANITIZED_PATHS and "not 2_31" in verify_steps.SANITIZED_K
+    assert all(s.min_s > s.soft_stop_s for s in steps.values() if s.soft_stop_s)  # never started with no time
     assert steps["racecheck"].cmd[steps["racecheck"].cmd.index("--gc-sample") + 1] == str(verify_steps.RACECHECK_SAMPLE)
     assert steps["tests-autotuned"].soft_stop_s and "--gc-interleave" in steps["tests-autotuned"].cmd
 
@@ -255,3 +258,32 @@ def test_racecheck_hazards_fail_the_step(make_check, tmp_path):
     assert bad.status == "failed" and bad.details["racecheck_errors"] == 2 and "2 racecheck error(s)" in bad.note
     good = _racecheck(c, tmp_path, "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)", 0)
     assert good.status == "ok" and good.details["racecheck_errors"] == 0
+
+
+def _pytest_step(c, tmp_path, name: str, junit_cases: str, out: str, rc: int = 0):
+    junit = tmp_path / f"junit-{name}.xml"
+    junit.write_text(f'<testsuite tests="3" errors="0" failures="0" skipped="{junit_cases.count("<skipped")}">'
+                     f"{junit_cases}</testsuite>")
+    res = check.Result(name, "not run")
+    c.results.append(res)
+    script = f"print({out!r}); raise SystemExit({rc})"
+    c.execute(check.Step(name, junit=junit, soft_stop_s=20), res, [sys.executable, "-c", script], timeout=60)
+    return res
+
+
+def test_a_step_its_stop_time_cut_short_is_incomplete_not_ok(make_check, tmp_path):
+    """pytest exits 0 after --gc-stop-at skipped the rest: the step is "stopped (time)" and the
+    stage INCOMPLETE; a sanitizer under which no test passed is a failure, not 0 errors."""
+    c = make_check()
+    time_up = '<testcase classname="t" name="c"><skipped message="gpu-check: the step&apos;s time is up"/></testcase>'
+    ran = '<testcase classname="t" name="a"/><testcase classname="t" name="b"/>'
+    res = _pytest_step(c, tmp_path, "tests-quick", ran + time_up, "2 passed, 1 skipped")
+    assert res.status == "stopped (time)" and "1 test(s) not started" in res.note
+    other_skip = '<testcase classname="t" name="c"><skipped message="needs a CUDA GPU"/></testcase>'
+    assert _pytest_step(c, tmp_path, "tests-autotuned", ran + other_skip, "2 passed").status == "ok"
+    c.env_info["finished"] = True
+    c.out.mkdir(parents=True, exist_ok=True)
+    assert c.report()["status"] == "INCOMPLETE"
+    nothing = time_up.replace('"c"', '"a"') + time_up.replace('"c"', '"b"') + time_up
+    mem = _pytest_step(c, tmp_path, "memcheck", nothing, "========= ERROR SUMMARY: 0 errors")
+    assert mem.status == "failed" and "no test passed" in mem.note

@@ -73,7 +73,15 @@ def test_plugin_runs_gpu_tests_first_and_named_ones_last(tmp_path):
 @pytest.mark.subprocess
 def test_plugin_starts_no_test_after_the_stop_time(tmp_path):
     """``--gc-stop-at``: a test that would start after the wall-clock time is skipped (the run
-    still exits 0, so a sanitizer around pytest prints its summary)."""
+    still exits 0, so a sanitizer around pytest prints its summary). The conftest sets the stop
+    time once the tests are collected, so a slow start of the child cannot skip the first test."""
+    (tmp_path / "conftest.py").write_text(textwrap.dedent("""\
+        import time
+
+        def pytest_collection_finish(session):
+            if session.config.option.gc_stop_at:
+                session.config.option.gc_stop_at = time.time() + 0.5
+        """))
     (tmp_path / "test_a.py").write_text(textwrap.dedent("""\
         import time
 
@@ -82,13 +90,10 @@ def test_plugin_starts_no_test_after_the_stop_time(tmp_path):
 
         def test_2(): pass
         """))
-    argv = [sys.executable, "-m", "pytest", str(tmp_path / "test_a.py"), "-p", "gpu_check_plugin", "-p",
-            "no:cacheprovider", "--rootdir", str(tmp_path), "-c", os.devnull, "-q", "-rs"]
+    argv = [sys.executable, "-m", "pytest", str(tmp_path), "-p", "gpu_check_plugin", "-p", "no:cacheprovider",
+            "--rootdir", str(tmp_path), "-c", os.devnull, "-q", "-rs"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "tools")}
-    import time
-
-    run = subprocess.run(argv + ["--gc-stop-at", f"{time.time() + 4:.3f}"], capture_output=True, text=True, env=env,
-                         timeout=120)
+    run = subprocess.run(argv + ["--gc-stop-at", "1"], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0 and "1 passed, 1 skipped" in run.stdout and "the step's time is up" in run.stdout, run.stdout
     run = subprocess.run(argv + ["--gc-stop-at", "0"], capture_output=True, text=True, env=env, timeout=120)
     assert "2 passed" in run.stdout, run.stdout

@@ -8,6 +8,7 @@ from fastmbconv.kernels.pointwise_gated import pointwise_gated, pointwise_gated_
 
 
 @pytest.mark.gpu
+@pytest.mark.slow  # 66 GiB: not in the first stage's quick share, which runs 16 tests at once
 def test_rows_past_2_31_cuda():
     N, K, O, H, W = 32769, 8, 8, 256, 256  # N * H * W = 2^31 + 65536 rows
     assert N * H * W > 2**31

@@ -21,12 +21,13 @@ from xml.etree import ElementTree
 import gpu_cache
 
 from . import REPO, TOOLS
-from .outfiles import DEFAULT_BUDGET_S, RESERVE_S, now_iso
+from .outfiles import CUT_SHORT, DEFAULT_BUDGET_S, RESERVE_S, now_iso
 from .report import OutFiles
 
 MEMCHECK_ERRORS = re.compile(r"ERROR SUMMARY:\s*([\d,]+)\s+error")
 RACECHECK_ERRORS = re.compile(r"RACECHECK SUMMARY:.*?\(([\d,]+)\s+error")
 SANITIZER_STEPS = ("memcheck", "racecheck")
+TIME_UP = "the step's time is up"  # tools/gpu_check_plugin.py's skip reason under --gc-stop-at
 
 
 def junit_summary(path: Path) -> dict | None:
@@ -46,6 +47,8 @@ def junit_summary(path: Path) -> dict | None:
                 name = f"{case.get('classname', '')}::{case.get('name', '')}"
                 failed.append({"test": name, "kind": tag, "message": (bad.get("message") or "")[:300]})
     total["passed"] = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
+    # tests the plugin's --gc-stop-at left unstarted: the step ran out of time, cleanly
+    total["not_started"] = sum(TIME_UP in (bad.get("message") or "") for bad in root.iter("skipped"))
     total["failed"] = failed[:40]
     return total
 
@@ -79,7 +82,7 @@ class Step:
 @dataclass
 class Result:
     name: str
-    status: str  # ok | failed | timed out | empty | dry (recorded) | skipped (...)
+    status: str  # ok | failed | timed out | stopped (time) | empty | dry (recorded) | skipped (...)
     seconds: float = 0.0
     rc: int | None = None
     command: str = ""
@@ -248,9 +251,13 @@ class Check(OutFiles):
         if step.junit is not None:
             res.details["tests"] = junit_summary(step.junit)
         text = (self.logs / log_name).read_text(errors="replace")
+        not_started = ((res.details.get("tests") or {}).get("not_started") or 0) if step.soft_stop_s else 0
         if timed_out:
             res.status = "timed out"
             res.note = f"stopped after {timeout:.0f} s (its share of the budget); what it wrote is kept"
+        elif res.rc == 0 and not_started:
+            res.status = "stopped (time)"
+            res.note = f"{not_started} test(s) not started: the step's {timeout:.0f} s were up"
         elif res.rc == 0:
             res.status = "ok"
         elif res.rc == 5 and step.junit is not None:
@@ -265,6 +272,8 @@ class Check(OutFiles):
             counts = [int(m.replace(",", "")) for m in pattern.findall(body)]
             res.details[f"{step.name}_errors"] = sum(counts) if counts else None
             passed = (res.details.get("tests") or {}).get("passed", 0)
+            if not self.dry and res.status in ("ok", *CUT_SHORT) and counts and sum(counts) == 0 and passed == 0:
+                res.status, res.note = "failed", f"0 {step.name} errors, but no test passed under the sanitizer"
             if not self.dry and res.status == "failed" and counts and sum(counts) == 0 and res.rc in (1,):
                 if passed > 0:
                     res.status, res.note = "ok", f"0 {step.name} errors; some tests failed under the sanitizer (see the log)"

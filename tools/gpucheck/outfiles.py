@@ -26,6 +26,8 @@ def stage_files(stage: str) -> tuple[str, ...]:
     return COMMON_FILES + (BENCH_FILES if stage in BENCH_STAGES else ())
 
 
+# statuses of a step that did not do all it was asked: the stage is INCOMPLETE
+CUT_SHORT = ("timed out", "stopped (time)")
 DEFAULT_BUDGET_S = 540.0
 RESERVE_S = 40.0  # kept back for interrupting a step (up to 25 s) and writing the files
 

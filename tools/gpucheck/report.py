@@ -11,8 +11,8 @@ from pathlib import Path
 import gpu_cache
 import ncu_table
 
-from .outfiles import (ALL_FILE_NAMES, BENCH_FILES, BENCH_STAGES, PACK_DEADLINE_S, RESERVE_S, SAFE_BYTES, dump_json,
-                       load_json, now_iso, pack_dir, stage_files, write_atomic)
+from .outfiles import (ALL_FILE_NAMES, BENCH_FILES, BENCH_STAGES, CUT_SHORT, PACK_DEADLINE_S, RESERVE_S, SAFE_BYTES,
+                       dump_json, load_json, now_iso, pack_dir, stage_files, write_atomic)
 
 
 class OutFiles:
@@ -116,7 +116,7 @@ class OutFiles:
     # -------------------------------------------------------------- report
     def report(self) -> dict:
         bad = [r for r in self.results if r.status in ("failed",)]
-        incomplete = [r for r in self.results if r.status.startswith("skipped (budget") or r.status == "timed out"]
+        incomplete = [r for r in self.results if r.status.startswith("skipped (budget") or r.status in CUT_SHORT]
         status = "FAILED" if bad or self.crashed else ("INCOMPLETE" if incomplete else "OK")
         finished = bool(self.env_info.get("finished"))
         planned = [s.name for s in self.steps]
@@ -162,7 +162,7 @@ def format_report(r: dict) -> str:
         out.append(f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {'; '.join(det)} |")
     if r["not_reached"]:
         out += ["", "Not reached (the run stopped before them): " + ", ".join(r["not_reached"])]
-    skipped = [s for s in r["steps"] if s["status"].startswith("skipped") or s["status"] == "timed out"]
+    skipped = [s for s in r["steps"] if s["status"].startswith("skipped") or s["status"] in CUT_SHORT]
     if skipped:
         out += ["", "## Skipped or cut short", ""] + [f"- {s['name']}: {s['status']}{' - ' + s['note'] if s['note'] else ''}"
                                                       for s in skipped]

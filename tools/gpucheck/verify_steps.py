@@ -16,9 +16,10 @@ FIRST_MARK = os.environ.get("GPU_CHECK_FIRST_MARK", "gpu and not slow")  # the f
 MEMCHECK_MARK = os.environ.get("GPU_CHECK_MEMCHECK_MARK", "gpu and not slow and not subprocess")
 # The sanitizers run the kernel and extension tests (the whole-model tests take 20-35 s each
 # without one), not the compile or CUDA-graph ones (capture needs the caching allocator, which
-# memcheck turns off), round-robin across modules until the step's time is up.
-SANITIZED_PATHS = ["tests/kernels", "tests/csrc"]
-SANITIZED_K = "not compile and not capture"
+# memcheck turns off) nor those past 2^31 elements (tens of GiB each, every access checked),
+# round-robin across modules until the step's time is up.
+SANITIZED_PATHS = ["tests/kernels", "tests/test_prepare.py", "tests/test_prepare_eval.py"]
+SANITIZED_K = "not compile and not capture and not 2_31"
 # racecheck (shared memory hazards) is far slower: a few fp16/bf16 tests (tensor-core operands go
 # through shared memory) of the depthwise taps, the 1x1 tiles, the expand + depthwise halo and
 # the SE sums, two of each
@@ -74,7 +75,8 @@ def memcheck_step(c: Check) -> Step:
     dry, _ = pytest_cmd(c, "memcheck", f"({DRY_MARK}) and not subprocess", SANITIZED_PATHS,
                         extra=["-k", SANITIZED_K, *dry_sample(1, 5)])
     tool = ["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "86", "--print-limit", "50"]
-    return Step("memcheck", gpu, dry, tool=tool, cap_s=180, min_s=60, junit=junit, needs_tool="compute-sanitizer",
+    return Step("memcheck", gpu, dry, tool=tool, cap_s=180, min_s=SANITIZER_STOP_S + 30, junit=junit,
+                needs_tool="compute-sanitizer",
                 env={"FASTMBCONV_AUTOTUNE": "0", "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}, soft_stop_s=SANITIZER_STOP_S,
                 what="compute-sanitizer memcheck over the kernel and extension tests, round-robin across their "
                      "modules (caching allocator off: exact allocations)")
@@ -86,7 +88,8 @@ def racecheck_step(c: Check) -> Step:
     dry, _ = pytest_cmd(c, "racecheck", f"({DRY_MARK}) and not subprocess", "tests/kernels",
                         extra=["-k", RACECHECK_K, *dry_sample(1, 5)])
     tool = ["compute-sanitizer", "--tool", "racecheck", "--error-exitcode", "86", "--print-limit", "50"]
-    return Step("racecheck", gpu, dry, tool=tool, cap_s=90, min_s=40, junit=junit, needs_tool="compute-sanitizer",
+    return Step("racecheck", gpu, dry, tool=tool, cap_s=120, min_s=SANITIZER_STOP_S + 30, junit=junit,
+                needs_tool="compute-sanitizer",
                 env={"FASTMBCONV_AUTOTUNE": "0"}, soft_stop_s=SANITIZER_STOP_S,
                 what=f"compute-sanitizer racecheck over {RACECHECK_SAMPLE} kernel tests (shared memory hazards)")
 
