@@ -15,6 +15,7 @@ import torch
 import fastmbconv as fm
 from fastmbconv import roofline as rl
 from fastmbconv import study
+from fastmbconv._environ import environment
 
 from _providers import median_seconds, model_cases, pedantic, rounds_for
 
@@ -72,7 +73,7 @@ def test_model(case, benchmark, bandwidth, bench_results):
     if study.PROVIDERS[provider].backend == "fused" and hasattr(runner.net, "blocks"):
         from fastmbconv.fused.layer_plan import plan_rows
 
-        with study.providers.environment(study.PROVIDERS[provider].env):  # a variant's forced plan
+        with environment(study.PROVIDERS[provider].env):  # a variant's forced plan
             rows = plan_rows(runner.net, res, res, runner.x.dtype, runner.x.device)  # which blocks ran expand_dwconv
         info["expand_dw_fused_layers"] = [r["layer"] for r in rows if r["expand_dw"] == "fused"]
         info["expand_dw_why"] = sorted({r["why"] for r in rows if r["why"] != "no expand"})

@@ -42,7 +42,8 @@ def _depthwise_vs_copy(kernels: Iterable[dict]):
     unless every one of them was measured."""
     got = {tuple(k["shape"]): k.get("floor_fraction") for k in kernels
            if k.get("op") == "dwconv_bn_act" and k.get("impl", "triton") == "triton"
-           and full_model_name(k["model"]) == "efficientnet_b0" and int(k["batch"]) == DEPTHWISE_BATCH and k["dtype"] == "fp16" and k.get("median_s")}
+           and full_model_name(k["model"]) == "efficientnet_b0" and int(k["batch"]) == DEPTHWISE_BATCH
+           and k["dtype"] == "fp16" and k.get("median_s")}
     fractions = [got.get(shape) for shape in depthwise_target_shapes()]
     return min(fractions) if fractions and all(f is not None for f in fractions) else None
 
