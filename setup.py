@@ -47,7 +47,9 @@ def extensions():
     # -g0: no debug info (halves the build); -O2. torch chooses -std (its headers need C++20).
     # at::parallel_for is inline `#pragma omp parallel` (torch's OpenMP backend): without
     # -fopenmp it silently runs on one thread. torch already links libgomp on Linux.
-    cxx = ["-O2", "-g0"]
+    # -ffp-contract=off: the CPU loop rounds every operation as the CUDA kernel does (--fmad=false)
+    # on hosts whose compilers would fuse multiply-adds (aarch64, -march=native).
+    cxx = ["-O2", "-g0", "-ffp-contract=off"]
     link = []
     if sys.platform.startswith("linux"):
         cxx.append("-fopenmp")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import shutil
+import re
 import subprocess
 import sys
 import types
@@ -48,12 +49,18 @@ def test_cuda_kernel_compiles_with_bare_nvcc(tmp_path):
         assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
         assert out.stat().st_size > 0
         # the CPU op's fp32 arithmetic, step for step: nvcc would contract a * b + c into fma
-        # (one rounding instead of two) without --fmad=false, which setup.py passes
+        # (one rounding instead of two) without --fmad=false, which setup.py passes. The one fma
+        # is the source coordinate's explicit fmaf(scale, dst + 0.5, -0.5) (prepare_math.h).
         ptx = tmp_path / (src.stem + ".ptx")
         r = subprocess.run([nvcc, "-ptx", str(src), "-o", str(ptx), *flags], capture_output=True, text=True,
                            timeout=300)
         assert r.returncode == 0, r.stderr
-        assert "fma.rn.f32" not in ptx.read_text() and "div.rn.f32" in ptx.read_text()
+        text = ptx.read_text()
+        assert "div.rn.f32" in text
+        minus_half = set(re.findall(r"mov\.f32\s+(%f\d+), 0fBF000000;", text))
+        addends = re.findall(r"fma\.rn\.f32\s+%f\d+, [^,]+, [^,]+, ([^;]+);", text)
+        assert addends, "the source coordinate's fmaf is missing"
+        assert all(a.strip() in minus_half or a.strip() == "0fBF000000" for a in addends), addends
 
 
 @pytest.mark.subprocess

@@ -63,6 +63,19 @@ def test_op_matches_reference(mode, dtype):
     assert torch.equal(valid, valid_ref)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.gpu])])
+@pytest.mark.parametrize("mode", ["resize", "letterbox"])
+def test_bilinear_matches_f_interpolate_at_model_sizes(mode, device):
+    """Photo-sized images to 224 and 380: the source coordinate rounds once, as F.interpolate's
+    does (two roundings put 320 -> 224 off by 6e-5, six times the fp32 allowance)."""
+    images = _images([(430, 320), (320, 430), (375, 500)], seed=3)
+    for size in (224, 380):
+        kw = dict(size=size if mode == "letterbox" else (size, size), mode=mode, align=16)
+        out, _ = prepare_images([im.to(device) for im in images], **kw)
+        ref, _ = prepare_images_ref(images, **kw)
+        assert_within_one_ulp(out.cpu(), ref)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_valid_hw_and_zero_padding(mode):
     images = _images()
