@@ -403,3 +403,31 @@ def test_dry_install_never_repoints_another_checkout(monkeypatch, tmp_path):
         assert "does not re-point it" in c.notes[0]
     finally:
         shutil.rmtree(c.work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- source identity
+def test_commit_and_fingerprint_name_the_sources_not_the_results(tmp_path, monkeypatch):
+    """A results file or pytest-benchmark's cache beside the sources changes neither the
+    fingerprint nor ``dirty``; an untracked test or benchmark (the device copy carries it and
+    pytest collects it) makes the checkout dirty and changes the fingerprint."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "benchmarks" / "bench_a.py").write_text("x = 1\n")
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "sources")
+    monkeypatch.setattr(setup_steps, "REPO", repo)
+    clean = (setup_steps.git_info(None), setup_steps.tree_fingerprint())
+    assert clean[0]["dirty"] is False and clean[0]["source"] == "git"
+    (repo / "benchmarks" / "results" / "h200").mkdir()
+    (repo / "benchmarks" / "results" / "h200" / "summary.json").write_text("{}")
+    (repo / "benchmarks" / ".benchmarks").mkdir()
+    (repo / "benchmarks" / ".benchmarks" / "run.json").write_text("{}")
+    assert (setup_steps.git_info(None), setup_steps.tree_fingerprint()) == clean
+    (repo / "benchmarks" / "bench_new.py").write_text("y = 2\n")
+    info = setup_steps.git_info(None)
+    assert info["dirty"] is True and info["changed"] == ["benchmarks/bench_new.py"]
+    assert setup_steps.tree_fingerprint() != clean[1]

@@ -50,16 +50,26 @@ def git_info(commit_arg: str | None) -> dict:
     """Commit of the checkout (a device copy may have no .git: then --commit / COMMIT)."""
     head = quiet(["git", "-C", str(REPO), "rev-parse", "HEAD"])
     if head:
-        dirty = quiet(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
-        return {"commit": head, "dirty": bool(dirty), "source": "git"}
+        # untracked files count (the device copy carries them and pytest collects them); results do not
+        listed = [quiet(["git", "-C", str(REPO), *cmd]) for cmd in (
+            ["diff", "--name-only", "HEAD"], ["ls-files", "--others", "--exclude-standard"])]
+        changed = sorted({f for out in listed for f in (out or "").splitlines() if f and not is_result(f)})
+        return {"commit": head, "dirty": bool(changed), "changed": changed[:20], "source": "git"}
     if commit_arg:
         return {"commit": commit_arg, "dirty": None, "source": "--commit / COMMIT"}
     return {"commit": None, "dirty": None,
             "source": "unknown: no .git in this copy; pass COMMIT=<sha> (the tree fingerprint identifies the sources)"}
 
 
+def is_result(path: str) -> bool:
+    """Written by runs, not sources: benchmark results and pytest's caches (.benchmarks, .pytest_cache)."""
+    parts = Path(path).parts
+    return parts[:2] == ("benchmarks", "results") or bool({".benchmarks", ".pytest_cache"} & set(parts))
+
+
 def tree_fingerprint() -> str:
-    """sha256 over the project's source files, so results trace to sources without git."""
+    """sha256 over the project's source files, so results trace to sources without git; the
+    same sources give the same fingerprint whatever results lie beside them."""
     h = hashlib.sha256()
     roots = ["fastmbconv", "kernels", "csrc", "tests", "benchmarks", "tools", "setup.py", "pyproject.toml",
              "Makefile", "conftest.py"]
@@ -67,8 +77,9 @@ def tree_fingerprint() -> str:
         base = REPO / root
         paths = [base] if base.is_file() else sorted(base.rglob("*")) if base.is_dir() else []
         for p in paths:
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".so", ".pyc"):
-                h.update(p.relative_to(REPO).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+            rel = p.relative_to(REPO).as_posix()
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".so", ".pyc") and not is_result(rel):
+                h.update(rel.encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
