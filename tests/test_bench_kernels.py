@@ -73,4 +73,20 @@ def test_rotation_reads_four_l2_caches_per_pass(bench_kernels):
     assert sets == len(made) == 7  # ceil(4 x 50 MiB / 30 MiB)
     assert [next_set() for _ in range(8)] == [2, 3, 4, 5, 6, 7, 1, 2]
     assert bench_kernels._rotating(lambda: 0, 1 << 40, "cpu")[1] == 1
-    assert bench_kernels._rotating(lambda: 0, 1, "cpu")[1] == 64
+    assert bench_kernels._rotating(lambda: 0, 1, "cpu")[1] == bench_kernels.MAX_INPUT_SETS
+    # B0's smallest expand input (192 x 7 x 7 fp16 at batch 32) still adds up to four L2 caches
+    assert bench_kernels._rotating(lambda: 0, 192 * 49 * 32 * 2, "cpu")[1] * 192 * 49 * 32 * 2 >= 4 * (50 << 20)
+
+
+def test_timed_calls_run_as_the_forward_does(bench_kernels):
+    """Warm-up, sizing and the timed rounds all run under no_grad, where the launchers run
+    directly: with autograd on, each call would time the custom op's dispatch as well."""
+    grad_on = []
+
+    class Benchmark:
+        def pedantic(self, target, rounds, iterations, warmup_rounds):
+            for _ in range((rounds + warmup_rounds) * iterations):
+                target()
+
+    bench_kernels.time_call(Benchmark(), lambda: grad_on.append(torch.is_grad_enabled()), torch.device("cpu"))
+    assert len(grad_on) > 13 and not any(grad_on)

@@ -14,6 +14,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = next(p for p in Path(__file__).resolve().parents if (p / "tools" / "gpu_check.py").is_file())
 sys.path.insert(0, str(REPO / "tools"))
@@ -431,3 +432,16 @@ def test_commit_and_fingerprint_name_the_sources_not_the_results(tmp_path, monke
     info = setup_steps.git_info(None)
     assert info["dirty"] is True and info["changed"] == ["benchmarks/bench_new.py"]
     assert setup_steps.tree_fingerprint() != clean[1]
+
+
+def test_b0_forward_runs_under_the_timed_rows_flags(monkeypatch):
+    """The profiled forwards (ncu) run cuDNN's benchmark mode without TF32, as every timed row
+    does (fastmbconv.study.timing_settings): else the eager profile shows other conv algorithms."""
+    import b0_forward
+
+    seen = []
+    monkeypatch.setattr(b0_forward, "profile", lambda a: seen.append(
+        (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)) or 0)
+    before = torch.backends.cudnn.benchmark
+    assert b0_forward.main(["profile", "--provider", "eager", "--device", "cpu"]) == 0
+    assert seen == [(True, False, False)] and torch.backends.cudnn.benchmark == before

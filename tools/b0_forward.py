@@ -15,7 +15,8 @@
   forward's kernels and nothing else. ``eager`` is the reference modules (cuDNN on a GPU).
 * ``bandwidth``: :func:`fastmbconv.measure_copy_bandwidth` on the device, as JSON.
 
-Eval mode, channels_last, random weights and inputs (seeded). On a CPU (the dry mode) the fused
+Eval mode, channels_last, random weights and inputs (seeded), under the benchmarks' backend flags
+(``fastmbconv.study.timing_settings``: cuDNN benchmark mode, no TF32). On a CPU (the dry mode) the fused
 path runs through Triton's interpreter when ``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 import fastmbconv
+from fastmbconv.study import timing_settings
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 BACKENDS = {"fused": "fused", "eager": "reference"}
@@ -141,7 +143,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    return {"warm": warm, "profile": profile, "bandwidth": bandwidth}[a.command](a)
+    # the timed rows' cuDNN and TF32 flags: a profiled eager forward runs the algorithms they timed
+    with timing_settings():
+        return {"warm": warm, "profile": profile, "bandwidth": bandwidth}[a.command](a)
 
 
 if __name__ == "__main__":
