@@ -8,6 +8,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastmbconv.kernels._launch import call_op, count_launches
 from fastmbconv.kernels.pointwise_gated import pointwise_gated
 
+from ..helpers import DEVICE
+
 
 def op(x):
     return "op"
@@ -55,8 +57,8 @@ def test_a_direct_in_place_launch_bumps_the_version_as_the_op_does():
     """affine_act_pool writes y in place: autograd must see y changed whichever way it ran."""
     from fastmbconv.kernels.affine_act_pool import affine_act_pool
 
-    y = torch.randn(1, 16, 2, 2)
-    scale, shift = torch.ones(16), torch.zeros(16)
+    y = torch.randn(1, 16, 2, 2, device=DEVICE)
+    scale, shift = torch.ones(16, device=DEVICE), torch.zeros(16, device=DEVICE)
     for grad in (False, True):
         before = y._version
         with torch.set_grad_enabled(grad):
