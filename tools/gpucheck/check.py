@@ -27,6 +27,9 @@ from .report import OutFiles
 MEMCHECK_ERRORS = re.compile(r"ERROR SUMMARY:\s*([\d,]+)\s+error")
 RACECHECK_ERRORS = re.compile(r"RACECHECK SUMMARY:.*?\(([\d,]+)\s+error")
 SANITIZER_STEPS = ("memcheck", "racecheck")
+# Under gVisor (kernel 4.4.0) compute-sanitizer refuses the device and ncu cannot load its
+# profiler (device/KINDS.md): their steps would only spend the loan failing.
+COUNTER_TOOLS = ("compute-sanitizer", "ncu")
 TIME_UP = "the step's time is up"  # tools/gpu_check_plugin.py's skip reason under --gc-stop-at
 
 
@@ -191,6 +194,9 @@ class Check(OutFiles):
             return
         if step.needs_tool and not self.dry and not shutil.which(step.needs_tool):
             res.status = f"skipped ({step.needs_tool} not found on PATH)"
+            return
+        if step.needs_tool in COUNTER_TOOLS and not self.dry and self.env_info.get("runtime") == "gVisor":
+            res.status = f"skipped ({step.needs_tool} cannot reach the GPU under gVisor)"
             return
         if step.fn is not None:
             res.status, res.details = step.fn(self)

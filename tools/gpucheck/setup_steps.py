@@ -101,6 +101,11 @@ def preflight(c: Check):
         name, driver, cap, mem = [s.strip() for s in smi.splitlines()[0].split(",")][:4]
         c.env_info.update(gpu_name=name, nvidia_smi_name=name, driver_version=driver, compute_capability=cap,
                           gpu_memory=mem)
+        release = os.uname().release
+        c.env_info.update(kernel_release=release, runtime="gVisor" if release.startswith("4.4.0") else None)
+        if c.env_info["runtime"]:
+            c.notes.append("gVisor (kernel 4.4.0): compute-sanitizer and ncu cannot reach the GPU here, so "
+                           "memcheck, racecheck and the profile are skipped")
         if cap and "TORCH_CUDA_ARCH_LIST" not in os.environ:
             c.install_env["TORCH_CUDA_ARCH_LIST"] = cap  # build the extension for this GPU only
         full = quiet(["nvidia-smi", "-q"])
