@@ -43,8 +43,8 @@ def _rotating(make_inputs, input_bytes: int, device):
     that the sets add up to four L2 caches, and a function returning the next set on each call:
     back-to-back launches then read their inputs from HBM, as in a forward, not from L2 (50 MB
     on an H100, more than a B0 stage-3 depthwise conv's input at batch 32). At most
-    ``MAX_INPUT_SETS``: only inputs under a quarter MiB (the SE gate's sums) stay in L2, at B0's
-    smallest maps (192 x 7 x 7 at batch 32: 0.6 MiB) the sets still add up to the four caches."""
+    ``MAX_INPUT_SETS``, so inputs under 4 L2 / MAX_INPUT_SETS (200-240 KiB) add up to less than
+    four caches; B0's smallest maps (192 x 7 x 7 at batch 32: 0.6 MiB) still reach them."""
     l2 = 50 << 20
     if torch.device(device).type == "cuda":
         l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", l2) or l2

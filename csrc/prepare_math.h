@@ -104,8 +104,8 @@ FMB_HD Tap source_tap(int64_t dst, int64_t in_size, int64_t out_size) {
     return t;
   }
   const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
-  // One rounding, as ATen's own builds compute it (their CPU kernels with FMA enabled, nvcc's
-  // default contraction): two roundings move lambda by up to ~1e-5 at 320 -> 224.
+  // One rounding, as ATen's FMA builds compute it (x86 AVX2/AVX-512 kernels, nvcc's default
+  // contraction); its DEFAULT CPU kernels round twice. Two roundings move lambda by up to ~1e-5.
   float real = fmaf(scale, static_cast<float>(dst) + 0.5f, -0.5f);
   if (!(real > 0.0f)) real = 0.0f;  // also maps a NaN (impossible here) to 0
   int64_t i0 = static_cast<int64_t>(real);  // real >= 0: truncation is floor

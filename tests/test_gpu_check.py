@@ -425,6 +425,7 @@ def test_commit_and_fingerprint_name_the_sources_not_the_results(tmp_path, monke
     assert clean[0]["dirty"] is False and clean[0]["source"] == "git"
     (repo / "benchmarks" / "results" / "h200").mkdir()
     (repo / "benchmarks" / "results" / "h200" / "summary.json").write_text("{}")
+    (repo / "benchmarks" / "results" / "h200" / "résumé.md").write_text("")  # git quotes such names without -z
     (repo / "benchmarks" / ".benchmarks").mkdir()
     (repo / "benchmarks" / ".benchmarks" / "run.json").write_text("{}")
     assert (setup_steps.git_info(None), setup_steps.tree_fingerprint()) == clean
@@ -432,6 +433,12 @@ def test_commit_and_fingerprint_name_the_sources_not_the_results(tmp_path, monke
     info = setup_steps.git_info(None)
     assert info["dirty"] is True and info["changed"] == ["benchmarks/bench_new.py"]
     assert setup_steps.tree_fingerprint() != clean[1]
+    real_quiet = setup_steps.quiet
+    monkeypatch.setattr(setup_steps, "quiet", lambda cmd, timeout=20.0: None if "ls-files" in cmd else real_quiet(cmd))
+    assert setup_steps.git_info(None)["dirty"] is None  # could not tell: not "clean"
+    monkeypatch.setattr(setup_steps, "quiet", real_quiet)
+    monkeypatch.setattr(setup_steps, "REPO", repo / "benchmarks")  # a copy without .git inside another repository
+    assert setup_steps.git_info("abc")["source"] == "--commit / COMMIT"
 
 
 def test_b0_forward_runs_under_the_timed_rows_flags(monkeypatch):

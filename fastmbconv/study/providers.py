@@ -44,8 +44,9 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
     # the fused path with one of its choices forced, timed beside it to decide that choice
     Provider("fused_separate", "fused, expand and depthwise as two launches", "fused", needs_cuda=True,
              efficientnet_only=True, env=(("FASTMBCONV_EXPAND_DW", "separate"),)),
-    Provider("fused_torch_1x1", "fused, 1x1 convs not in the expand + depthwise kernel on cuBLAS", "fused",
-             needs_cuda=True, efficientnet_only=True, env=(("FASTMBCONV_POINTWISE_IMPL", "torch"),)),
+    Provider("fused_torch_1x1", "fused, 1x1 convs on cuBLAS (not the head's pooled one or expands fused "
+             "with their depthwise)", "fused", needs_cuda=True, efficientnet_only=True,
+             env=(("FASTMBCONV_POINTWISE_IMPL", "torch"),)),
     Provider("fused_cudnn_dw", "fused, depthwise convs on cuDNN + one Triton BN/SiLU/SE-sum pass", "fused",
              needs_cuda=True, efficientnet_only=True,
              env=(("FASTMBCONV_EXPAND_DW", "separate"), ("FASTMBCONV_DEPTHWISE_IMPL", "torch"))),

@@ -27,8 +27,9 @@ from .report import OutFiles
 MEMCHECK_ERRORS = re.compile(r"ERROR SUMMARY:\s*([\d,]+)\s+error")
 RACECHECK_ERRORS = re.compile(r"RACECHECK SUMMARY:.*?\(([\d,]+)\s+error")
 SANITIZER_STEPS = ("memcheck", "racecheck")
-# Under gVisor (kernel 4.4.0) compute-sanitizer refuses the device and ncu cannot load its
-# profiler (device/KINDS.md): their steps would only spend the loan failing.
+# Under gVisor (kernel 4.4.0) compute-sanitizer refuses the device ("Device not supported", then
+# CUDA error 999) and ncu cannot load its profiler ("LibraryNotLoaded"), as seen on the lent
+# H200s of that runtime: their steps would only spend the loan failing.
 COUNTER_TOOLS = ("compute-sanitizer", "ncu")
 TIME_UP = "the step's time is up"  # tools/gpu_check_plugin.py's skip reason under --gc-stop-at
 

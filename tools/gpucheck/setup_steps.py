@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -50,11 +51,15 @@ def git_info(commit_arg: str | None) -> dict:
     """Commit of the checkout (a device copy may have no .git: then --commit / COMMIT)."""
     head = quiet(["git", "-C", str(REPO), "rev-parse", "HEAD"])
     if head:
-        # untracked files count (the device copy carries them and pytest collects them); results do not
-        listed = [quiet(["git", "-C", str(REPO), *cmd]) for cmd in (
-            ["diff", "--name-only", "HEAD"], ["ls-files", "--others", "--exclude-standard"])]
-        changed = sorted({f for out in listed for f in (out or "").splitlines() if f and not is_result(f)})
-        return {"commit": head, "dirty": bool(changed), "changed": changed[:20], "source": "git"}
+        top = quiet(["git", "-C", str(REPO), "rev-parse", "--show-toplevel"])
+        if top and Path(top).resolve() == REPO.resolve():  # not a parent repository's HEAD
+            # untracked files count (the device copy carries them and pytest collects them); results do not
+            listed = [quiet(["git", "-C", str(REPO), *cmd, "-z"]) for cmd in (
+                ["diff", "--name-only", "HEAD"], ["ls-files", "--others", "--exclude-standard"])]
+            if None in listed:
+                return {"commit": head, "dirty": None, "source": "git (could not list changes)"}
+            changed = sorted({f for out in listed for f in out.split("\0") if f and not is_result(f)})
+            return {"commit": head, "dirty": bool(changed), "changed": changed[:20], "source": "git"}
     if commit_arg:
         return {"commit": commit_arg, "dirty": None, "source": "--commit / COMMIT"}
     return {"commit": None, "dirty": None,
@@ -101,8 +106,8 @@ def preflight(c: Check):
         name, driver, cap, mem = [s.strip() for s in smi.splitlines()[0].split(",")][:4]
         c.env_info.update(gpu_name=name, nvidia_smi_name=name, driver_version=driver, compute_capability=cap,
                           gpu_memory=mem)
-        release = os.uname().release
-        c.env_info.update(kernel_release=release, runtime="gVisor" if release.startswith("4.4.0") else None)
+        release = platform.release()  # gVisor reports exactly 4.4.0 (Ubuntu's 4.4 kernels add "-NNN-generic")
+        c.env_info.update(kernel_release=release, runtime="gVisor" if release == "4.4.0" else None)
         if c.env_info["runtime"]:
             c.notes.append("gVisor (kernel 4.4.0): compute-sanitizer and ncu cannot reach the GPU here, so "
                            "memcheck, racecheck and the profile are skipped")
