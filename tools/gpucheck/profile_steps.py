@@ -53,6 +53,7 @@ def profile_steps(c: Check) -> list[Step]:
     steps = [warm_step(c), Step("bandwidth", bw + ["--device", "cuda"], bw + ["--device", "cpu"], cap_s=60, min_s=10)]
     for provider in ("fused", "eager"):
         inner = [py, str(TOOLS / "b0_forward.py"), "profile", "--provider", provider, "--nvtx", f"b0_{provider}"]
+        # caches flushed before each kernel (ncu's default): consistent per-kernel bytes, cold-L2 times
         tool = ["ncu", "--target-processes", "all", "--nvtx", "--nvtx-include", f"b0_{provider}/",
                 "--clock-control", "none", "--metrics", ",".join(ncu_table.NCU_METRICS),
                 "--csv", "--page", "raw", "--print-units", "base", "--log-file", str(prof / f"ncu-{provider}.csv")]
