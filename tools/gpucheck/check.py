@@ -139,6 +139,16 @@ class Check(OutFiles):
         where set: a command that runs one long step alone can give it the whole budget."""
         return float(os.environ.get("GPU_CHECK_CAP_" + step.name.upper().replace("-", "_"), step.cap_s))
 
+    def tool_unusable(self, tool: str) -> str | None:
+        """Why ``tool`` cannot run here (None where it can, and always in dry mode)."""
+        if self.dry:
+            return None
+        if not shutil.which(tool):
+            return f"{tool} not found on PATH"
+        if tool in COUNTER_TOOLS and self.env_info.get("runtime") == "gVisor":
+            return f"{tool} cannot reach the GPU under gVisor"
+        return None
+
     # -------------------------------------------------------------- environment of every step
     def step_env(self, extra: dict | None = None) -> dict:
         env = dict(os.environ)
@@ -193,11 +203,9 @@ class Check(OutFiles):
         if blocker:
             res.status = f"skipped ({blocker} did not succeed)"
             return
-        if step.needs_tool and not self.dry and not shutil.which(step.needs_tool):
-            res.status = f"skipped ({step.needs_tool} not found on PATH)"
-            return
-        if step.needs_tool in COUNTER_TOOLS and not self.dry and self.env_info.get("runtime") == "gVisor":
-            res.status = f"skipped ({step.needs_tool} cannot reach the GPU under gVisor)"
+        unusable = step.needs_tool and self.tool_unusable(step.needs_tool)
+        if unusable:
+            res.status = f"skipped ({unusable})"
             return
         if step.fn is not None:
             res.status, res.details = step.fn(self)

@@ -27,10 +27,9 @@ def ncu_tables(c: Check):
     c.profile_data = data
     got = [p for p, v in data["providers"].items() if "total" in v]
     if not got:
-        unusable = [r.status for r in (c.result("ncu-fused"), c.result("ncu-eager"))
-                    if r is not None and r.status.startswith("skipped (ncu ")]
-        if unusable and not c.dry:  # no ncu here (not on PATH, or gVisor): nothing failed, nothing profiled
-            return f"skipped (no ncu profile: {unusable[0][len('skipped ('):-1]})", {"note": "no ncu CSV to read"}
+        unusable = c.tool_unusable("ncu")
+        if unusable:  # nothing failed, nothing profiled
+            return f"skipped (no ncu profile: {unusable})", {"note": "no ncu CSV to read"}
         return ("ok" if c.dry else "failed"), {"note": "no ncu CSV to read"}
     # a CSV of no launches (the NVTX range matched nothing) or of no times is no profile
     empty = [p for p in got if not data["providers"][p]["timed_launches"]]
