@@ -39,6 +39,19 @@ def import_or_skip(name: str):
         pytest.skip(f"{name} does not import here: {type(exc).__name__}: {exc}"[:300])
 
 
+def reference_forward(fn, *args):
+    """``fn(*args)`` on the reference backend, checked to have launched no kernel: the side a
+    fused output is compared with. Never leave it to ``auto``: on a GPU, ``auto`` runs an eval
+    model under ``no_grad`` on the fused path, and the comparison would be fused against fused."""
+    import fastmbconv as fm
+    from fastmbconv.kernels._launch import count_launches
+
+    with fm.use_backend("reference"), count_launches() as launches:
+        out = fn(*args)
+    assert not launches, f"the reference forward launched kernels: {dict(launches)}"
+    return out
+
+
 def compile_fullgraph(model: nn.Module, x: torch.Tensor):
     """On the fused backend: the eager output, then ``torch.compile(model, fullgraph=True)``
     (aot_eager: no graph break allowed, no inductor codegen) called once with its launches

@@ -14,7 +14,7 @@ from fastmbconv import fused
 from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.testing import assert_close_to_ref
 
-from ..helpers import DEVICE, data_parallel_replica, randomize_bn
+from ..helpers import DEVICE, data_parallel_replica, randomize_bn, reference_forward
 
 # launch counts below assume every 1x1 conv takes the Triton kernel
 # (the fused expand + depthwise op: test_expand_dw_plan.py)
@@ -44,10 +44,22 @@ def expected_launches(model, output="logits"):
 
 def run_both(model, fn, *args):
     with torch.inference_mode():
-        ref = fn(*args)
+        ref = reference_forward(fn, *args)
         with fm.use_backend("fused"), count_launches() as launches:
             out = fn(*args)
     return out, ref, launches
+
+
+def test_the_reference_side_of_a_comparison_launches_no_kernel():
+    """On a GPU, ``auto`` runs these eval calls under ``inference_mode`` on the fused path; the
+    side they are compared with must still be the reference modules. A forced ``fused`` stands
+    in for a GPU's ``auto`` here."""
+    model = build(num_classes=10)
+    x = torch.randn(1, 3, 17, 17, device=DEVICE)
+    with fm.use_backend("fused"):
+        out, ref, launches = run_both(model, model, x)
+    assert dict(launches) == expected_launches(model)
+    assert_close_to_ref(out, ref, what="logits")
 
 
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
@@ -92,7 +104,7 @@ def test_b0_low_precision(dtype):
     model = build()
     x = torch.randn(2, 3, 25, 31, device=DEVICE)
     with torch.inference_mode():
-        ref64 = build().double()(x.double())
+        ref64 = reference_forward(build().double(), x.double())
     model = model.to(dtype)
     out, ref_lowp, launches = run_both(model, model, x.to(dtype))
     assert launches["dwconv_bn_act"] == 16
@@ -122,7 +134,7 @@ def test_bn_edit_in_place_is_seen_and_fold_is_cached():
         model.blocks[3][1].bn2.weight.mul_(1.7)
         model.blocks[5][0].bn3.running_var.add_(0.3)
     with torch.inference_mode():
-        ref = model(x)
+        ref = reference_forward(model, x)
         with fm.use_backend("fused"):
             after = model(x)
             assert fused.folded(model) is not folded_once
@@ -180,7 +192,7 @@ def test_autocast_runs_the_fused_path_at_the_autocast_dtype():
     model = build(num_classes=10)
     x = torch.randn(2, 3, 21, 19, device=DEVICE)
     with torch.inference_mode():
-        ref64 = build(num_classes=10).double()(x.double())
+        ref64 = reference_forward(build(num_classes=10).double(), x.double())
     autocast_dtype = torch.float16 if DEVICE == "cuda" else torch.bfloat16
     with torch.autocast(torch.device(DEVICE).type, dtype=autocast_dtype):
         out, ref_lowp, launches = run_both(model, model, x)
@@ -264,7 +276,7 @@ def test_cuda_b0_224_parity(dtype, impl, monkeypatch):
     model = build(pad_mode="same")
     x = torch.randn(8, 3, 224, 224, device="cuda")
     with torch.inference_mode():
-        ref64 = build(pad_mode="same").double()(x.double())
+        ref64 = reference_forward(build(pad_mode="same").double(), x.double())
     model = model.to(dtype)
     out, ref, launches = run_both(model, model, x.to(dtype))
     assert launches["dwconv_bn_act"] == 16
@@ -300,7 +312,7 @@ def test_b0_with_the_depthwise_on_cudnn_matches_reference(dtype, monkeypatch):
         assert_close_to_ref(out, ref, what="logits, depthwise on cuDNN")
     else:
         with torch.inference_mode():
-            ref64 = build(pad_mode="same").double()(x.double())
+            ref64 = reference_forward(build(pad_mode="same").double(), x.double())
         assert_close_to_ref(out, ref64, ref, what=f"{dtype} logits, depthwise on cuDNN")
 
 
