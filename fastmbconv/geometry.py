@@ -91,7 +91,7 @@ class RaggedSizes:
             if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for r in rows for v in r):
                 raise TypeError(f"valid_sizes must hold integers, got {valid_sizes!r}"[:200])
             widths = {len(r) for r in rows}
-            shape = (len(rows), widths.pop()) if len(widths) == 1 else (len(rows),)
+            shape = (len(rows), widths.pop()) if len(widths) == 1 else (0, 2) if not rows else (len(rows),)
         else:
             valid_sizes = torch.as_tensor(valid_sizes)
             if valid_sizes.is_floating_point() or valid_sizes.is_complex() or valid_sizes.dtype == torch.bool:
@@ -144,6 +144,9 @@ class RaggedSizes:
     def on(self, device, what: str = "sizes", kernel: int = 0, stride: int = 1, pad_mode: PadMode = "same") -> torch.Tensor:
         """A device copy (see :func:`device_view`): ``"sizes"`` int32 (N, 2), ``"padding"`` int32
         (N, 2) (top, left) for the given conv, or ``"counts"`` float32 (N,) valid pixels per image."""
+        if not self.host and what in ("sizes", "padding", "counts"):  # an empty tuple has no row shape
+            shape, dtype = ((0,), torch.float32) if what == "counts" else ((0, 2), torch.int32)
+            return torch.empty(shape, dtype=dtype, device=device)
         if what == "sizes":
             return device_view(self.host, torch.int32, device)
         if what == "padding":

@@ -38,13 +38,17 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     x = mask_invalid(x, sizes)
     offsets = sizes.padding(k, s, pad_mode)
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    out = x.new_empty((x.shape[0], weight.shape[0], H_out, W_out)).contiguous(
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    out = None
     for top, left in sorted(set(offsets)):
         idx = device_view(tuple(i for i, o in enumerate(offsets) if o == (top, left)), torch.int64, x.device)
         bottom = max(0, (H_out - 1) * s + k - top - H)
         right = max(0, (W_out - 1) * s + k - left - W)
         xi = F.pad(x.index_select(0, idx), (left, right, top, bottom))
         yi = F.conv2d(xi, weight, bias, stride=s, groups=groups)
+        if out is None:  # in the conv's dtype, which autocast lowers from x's
+            out = yi.new_empty((x.shape[0], weight.shape[0], H_out, W_out)).contiguous(
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         out.index_copy_(0, idx, yi[..., :H_out, :W_out])
+    if out is None:  # an empty batch
+        out = F.conv2d(x, weight, bias, stride=s, padding=k // 2, groups=groups)
     return mask_invalid(out, sizes.after(k, s))

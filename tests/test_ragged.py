@@ -34,6 +34,18 @@ def test_ragged_matches_each_image_alone(pad_mode):
     torch.testing.assert_close(out, alone, rtol=0, atol=1e-4)
 
 
+def test_ragged_under_autocast_matches_each_image_alone():
+    """Autocast lowers the convs' dtype below the input's: each image as if run alone, at the
+    autocast dtype (bf16 allows for rounding differences between batch and single image)."""
+    model = randomize_bn(fm.efficientnet_b0(pad_mode="same", num_classes=10)).eval()
+    batch, images, valid = _ragged_batch(SIZES)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch, valid)
+        alone = torch.cat([model(img[None]) for img in images])
+    assert out.dtype == alone.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), alone.float(), rtol=0.05, atol=0.05)
+
+
 def test_ragged_channels_last_and_features():
     model = randomize_bn(fm.efficientnet_b0(pad_mode="same")).eval().to(memory_format=torch.channels_last)
     batch, images, valid = _ragged_batch(SIZES[:3])
@@ -72,6 +84,7 @@ def test_full_size_valid_equals_plain_batch():
         ([[64, 48], [-3, 10]], ValueError, "positive"),
         ([[65, 48], [10, 10]], ValueError, "exceed"),
         ([[64, 48]], ValueError, "rows"),
+        ([], ValueError, "0 rows"),
         ([[64, 48, 1], [1, 1, 1]], ValueError, r"\(N, 2\)"),
         (torch.tensor([[64.0, 48.0], [1.0, 1.0]]), TypeError, "integer"),
     ],
@@ -80,6 +93,19 @@ def test_bad_valid_sizes(valid, err, match):
     model = fm.efficientnet_b0().eval()
     with pytest.raises(err, match=match):
         model(torch.zeros(2, 3, 64, 48), valid)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_an_empty_ragged_batch(backend):
+    """No images, sizes as an empty list or a (0, 2) tensor: empty outputs of the usual shapes."""
+    model = fm.efficientnet_b0(num_classes=7, pad_mode="same").eval()
+    features = fm.efficientnet_b0(features_only=True).eval()
+    x = torch.zeros(0, 3, 32, 32)
+    with torch.no_grad(), fm.use_backend(backend):
+        assert model(x, []).shape == (0, 7)
+        assert model.forward_features(x, torch.zeros(0, 2, dtype=torch.int64)).shape == (0, 1280, 1, 1)
+        assert [m.shape[1:] for m in features(x, [])] == [(16, 16, 16), (24, 8, 8), (40, 4, 4), (112, 2, 2), (320, 1, 1)]
 
 
 def test_ragged_refused_in_training():
