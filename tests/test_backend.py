@@ -47,6 +47,32 @@ def test_auto_picks_fused_for_cuda_inference(model):
         assert backend.select_path(model, x) == "reference"  # parameters require grad
 
 
+@pytest.mark.parametrize("where", ["block", "conv", "pre", "global"])
+def test_forward_hooks_below_the_model_keep_it_on_reference(model, where):
+    """The fused path calls no submodule, so their hooks (observers, pruning masks, feature
+    taps) would silently not fire: auto takes the reference path, a forced fused path says why.
+    A hook on the model itself fires on either path."""
+    from torch.nn.modules import module as nn_module
+
+    x, hook = _CudaTensorStandIn(), lambda *args: None
+    register = {"block": lambda: model.blocks[2][0].register_forward_hook(hook),
+                "conv": lambda: model.conv_head.register_forward_hook(hook),
+                "pre": lambda: model.blocks[0][0].conv_dw.register_forward_pre_hook(hook),
+                "global": lambda: nn_module.register_module_forward_hook(hook)}[where]
+    on_model = model.register_forward_hook(hook)
+    with torch.no_grad():
+        assert backend.select_path(model, x) == "fused"
+        handle = register()
+        try:
+            assert backend.select_path(model, x) == "reference"
+            with fm.use_backend("fused"), pytest.raises(RuntimeError, match="hooks"):
+                backend.select_path(model, x)
+        finally:
+            handle.remove()
+        assert backend.select_path(model, x) == "fused"
+    on_model.remove()
+
+
 def test_a_data_parallel_replica_under_autograd_stays_on_reference(model):
     """A DataParallel replica holds its weights as plain tensors, not parameters: they still
     keep the inference-only fused path away while autograd records."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -141,14 +142,39 @@ def refill(captured: FoldedModel, fresh: FoldedModel) -> bool:
     return True
 
 
+_optimizer_steps = 0  # in this process, counted by _count_optimizer_step once a model is folded
+_counting_steps = False
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+def _count_optimizer_steps() -> None:
+    """Count every ``torch.optim`` step from now on. Fused optimizers (``AdamW(fused=True)``)
+    write the parameters in kernels that bump no version counter, so a snapshot of versions
+    alone would keep a stale fold; any step since the snapshot forces a refold instead."""
+    global _counting_steps
+    if not _counting_steps:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        register_optimizer_step_post_hook(_count_optimizer_step)
+        _counting_steps = True
+
+
 class FoldCache:
     """Folded weights per compute dtype, valid while the model's weights are unchanged.
 
-    A snapshot records, for every submodule (the list is taken once), the identity of each
-    child module, parameter and buffer, and each tensor's ``data_ptr`` and ``_version``. Any
-    in-place edit (bumps ``_version``), ``.data`` swap or ``.to()`` (moves ``data_ptr``) or
-    replaced parameter/submodule (new identity) makes the snapshot differ and forces a refold.
-    An in-place edit through ``.data`` moves nothing the snapshot holds: see :func:`refold`.
+    A snapshot records, for the model and every submodule (the list is taken once), the
+    identity of each child module, parameter and buffer, each tensor's ``data_ptr`` and
+    ``_version``, and the process's count of optimizer steps. Any in-place edit (bumps
+    ``_version``), ``.data`` swap or ``.to()`` (moves ``data_ptr``), replaced parameter or
+    submodule (new identity) or ``torch.optim`` step makes the snapshot differ and forces a
+    refold. Writes that touch none of these need :func:`refold`: in-place edits through ``.data``
+    and collectives that write parameters (``torch.distributed.broadcast``).
+    The cache holds its model weakly (it lives on the model: a strong reference would keep a
+    deleted model's GPU memory until the cycle collector runs).
     Checking costs ~0.15 ms of host time on B0; CUDA-graph replays skip it entirely.
     Inference tensors have no version counter, so a model built under ``inference_mode`` is
     refolded on every call (correct, slower).
@@ -158,7 +184,9 @@ class FoldCache:
     model's lifetime (a graph may still read them)."""
 
     def __init__(self, model, previous: Optional["FoldCache"] = None):
-        self.modules = list(model.modules())
+        _count_optimizer_steps()
+        self.owner = weakref.ref(model)
+        self.submodules = list(model.modules())[1:]
         self.snapshot = self.take_snapshot()
         self.by_dtype: dict[torch.dtype, FoldedModel] = {}
         self.shared: dict[torch.dtype, StreamShared] = {}  # by_dtype's streams that may read it
@@ -186,13 +214,17 @@ class FoldCache:
         return _no_fold_cache, ()
 
     def take_snapshot(self) -> Optional[tuple]:
-        members = [v for m in self.modules for d in (m._modules, m._parameters, m._buffers) for v in d.values()]
+        model = self.owner()
+        if model is None:
+            return None
+        members = [v for m in (model, *self.submodules) for d in (m._modules, m._parameters, m._buffers)
+                   for v in d.values()]
         tensors = [t for t in members if isinstance(t, torch.Tensor)]
         try:
             versions = [t._version for t in tensors]
         except RuntimeError:  # an inference tensor: untrackable
             return None
-        return tuple(map(id, members)), tuple(t.data_ptr() for t in tensors), tuple(versions)
+        return tuple(map(id, members)), tuple(t.data_ptr() for t in tensors), tuple(versions), _optimizer_steps
 
     def still_valid(self) -> bool:
         return self.snapshot is not None and self.take_snapshot() == self.snapshot
@@ -205,10 +237,11 @@ def _no_fold_cache() -> None:
 def refold(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
     """Fold the model's weights again, now, for edits the cache cannot see: in-place changes
     through ``.data`` (``p.data.mul_(2)``: ``.data`` has a version counter of its own, so the
-    parameter's does not move; autograd cannot see such edits either). Folds a CUDA graph
+    parameter's does not move; autograd cannot see such edits either), and parameters written
+    by a collective (``torch.distributed.broadcast``, ``all_reduce``). Folds a CUDA graph
     captured are refilled in place, as after any other edit."""
     cache = getattr(model, "_fused_fold_cache", None)
-    if cache is not None and cache.modules[0] is model:
+    if cache is not None and cache.owner() is model:
         cache.snapshot = None  # never valid again: the next look folds anew (see folded)
     return folded(model, dtype)
 
@@ -224,7 +257,7 @@ def folded(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
         return fold_model(model, dtype)
     capturing = _utils.cuda_capturing()
     cache = getattr(model, "_fused_fold_cache", None)
-    if cache is not None and cache.modules[0] is not model:
+    if cache is not None and cache.owner() is not model:
         cache = None  # another module's, reached through a shallow copy of its __dict__
     if cache is None or not cache.still_valid():
         if capturing:
