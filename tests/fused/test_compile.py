@@ -14,7 +14,7 @@ from fastmbconv.kernels._launch import count_launches
 from fastmbconv.kernels.testing import assert_close_to_ref
 from fastmbconv.layers import DepthwiseSeparable, MBConv
 
-from ..helpers import DEVICE, compile_fullgraph, randomize_bn
+from ..helpers import DEVICE, compile_fullgraph, randomize_bn, reference_forward
 
 # launch counts below assume every 1x1 conv takes the Triton kernel
 pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_triton", "expand_dw_separate")]
@@ -60,7 +60,8 @@ def test_block_compiles_fullgraph_without_breaks(kind):
 
 
 def _opcheck_cases():
-    from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act  # noqa: F401  (registers the ops)
+    from fastmbconv.kernels.affine_act_pool import affine_act_pool  # noqa: F401  (registers the ops)
+    from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, taps_diag  # noqa: F401
     from fastmbconv.kernels.expand_dwconv import expand_dwconv  # noqa: F401
     from fastmbconv.kernels.pointwise_gated import pointwise_gated  # noqa: F401
     from fastmbconv.kernels.squeeze_excite import squeeze_excite_gate  # noqa: F401
@@ -83,7 +84,12 @@ def _opcheck_cases():
     fused_dw = (rnd(40, 24), rnd(40), rnd(9, 40), rnd(40).abs() + 0.5, rnd(40))
     res = rnd(2, 40, 9, 11).contiguous(memory_format=torch.channels_last)
     image = rnd(2, 3, 17, 13)
+    aap = torch.ops.fastmbconv.affine_act_pool.default
     return {
+        "dw_fp16_mma": (dw, (x.half(), taps_diag(w, torch.float16), scale, shift, [1, 1, 1, 1], 1, "silu", True,
+                             None, None)),
+        "affine_pool": (aap, (x.clone(), scale, shift, "silu", True)),
+        "affine_nchw": (aap, (x.contiguous(), scale, shift, "relu6", False)),
         "dw_pool": (dw, (x, w, scale, shift, [1, 1, 1, 1], 1, "silu", True, None, None)),
         "dw_ragged_s2": (dw, (x, w.reshape(24, 9).t().contiguous(), scale, shift, [0, 1, 0, 1], 2, "silu", True,
                               valid, pad_tl)),
@@ -101,7 +107,8 @@ def _opcheck_cases():
     }
 
 
-@pytest.mark.parametrize("case", ["dw_pool", "dw_ragged_s2", "dw_nchw", "se_hw", "se_count", "pw_gate_res", "pw_pool",
+@pytest.mark.parametrize("case", ["dw_pool", "dw_ragged_s2", "dw_nchw", "dw_fp16_mma", "affine_pool", "affine_nchw",
+                                  "se_hw", "se_count", "pw_gate_res", "pw_pool",
                                   "stem", "stem_ragged", "expand_dw", "expand_dw_ragged_s2"])
 def test_custom_op_registration_opcheck(case):
     """Schema, fake (meta) implementation, and AOT dispatch with dynamic shapes agree with the
@@ -164,6 +171,29 @@ def test_whole_b0_compiles_as_one_graph_and_sees_bn_edits():
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("static", ["dynamic=False", "mark_static"])
+def test_compiled_model_takes_new_image_sizes_with_static_sizes(static):
+    """The fused path picks each layer's kernels from its size, which dynamo cannot do on
+    symbolic sizes (a second image size makes them symbolic by default): with the image's
+    height and width static, as the README says, every size compiles its own full graph and
+    matches the reference; ``mark_static`` keeps the batch dynamic."""
+    model = randomize_bn(fm.efficientnet(0.25, 0.25, num_classes=10, pad_mode="same")).eval().to(DEVICE)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True,
+                             **({"dynamic": False} if static == "dynamic=False" else {}))
+    for shape in [(2, 3, 32, 32), (2, 3, 40, 36), (3, 3, 47, 45)]:
+        x = torch.randn(*shape, device=DEVICE)
+        if static == "mark_static":
+            torch._dynamo.mark_static(x, 2)
+            torch._dynamo.mark_static(x, 3)
+        with torch.no_grad(), fm.use_backend("fused"), count_launches() as launches:
+            out = compiled(x)
+        assert launches["dwconv_bn_act"] == sum(len(stage) for stage in model.blocks)
+        with torch.no_grad():
+            assert_close_to_ref(out, reference_forward(model, x), what=f"compiled logits at {shape[2:]}")
+    torch._dynamo.reset()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("ragged", [False, True], ids=["dense", "ragged"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -195,12 +225,23 @@ def test_cuda_graph_capture_of_whole_model(dtype, ragged):
 
 @pytest.mark.gpu
 def test_cuda_compile_whole_fused_model():
+    """Inductor (which the CPU tests never run: its layout and stride checks of the custom ops'
+    outputs), one full graph per image size, the batch dynamic after a second size: the
+    kernels' launches, and the eager fused output."""
     model = randomize_bn(fm.efficientnet_b0()).eval().to("cuda", torch.float16)
-    x = torch.randn(4, 3, 224, 224, device="cuda", dtype=torch.float16)
-    with torch.inference_mode(), fm.use_backend("fused"):
-        eager = model(x)
-        compiled = torch.compile(model)
-        torch.testing.assert_close(compiled(x), eager, atol=2e-2, rtol=2e-2)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    for shape in [(4, 3, 224, 224), (2, 3, 192, 160)]:
+        x = torch.randn(*shape, device="cuda", dtype=torch.float16)
+        torch._dynamo.mark_static(x, 2)
+        torch._dynamo.mark_static(x, 3)
+        with torch.inference_mode(), fm.use_backend("fused"):
+            eager = model(x)
+            with count_launches() as launches:
+                out = compiled(x)
+        assert launches["squeeze_excite_gate"] == 16
+        torch.testing.assert_close(out, eager, atol=2e-2, rtol=2e-2)
+    torch._dynamo.reset()
 
 
 def test_compute_dtype_never_asks_torch_amp_at_run_time(monkeypatch):
