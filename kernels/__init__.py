@@ -2,7 +2,9 @@
 
 One op per module: the ``@triton.jit`` kernel, its launcher, the torch-facing custom op and a
 pure-torch ``*_ref`` twin. This package imports only torch and triton, and triton only when an
-op module is first used (names below resolve lazily), so importing it stays cheap.
+op module is first used (names below resolve lazily), so importing it stays cheap. An op's name
+is its module (``fastmbconv.kernels.dwconv_bn_act.dwconv_bn_act`` is the function); the
+``*_ref`` twins, ``squeeze_excite_gate`` and the launch tools are also exported by name.
 
 - :mod:`.stem_conv_bn_act`: the stem conv + folded BN + activation, from the image as it comes;
 - :mod:`.dwconv_bn_act`: depthwise kxk + folded BN + activation, SE partial sums, ragged batches
@@ -24,17 +26,21 @@ from __future__ import annotations
 
 import importlib
 
+#: The op modules. ``fastmbconv.kernels.dwconv_bn_act`` is always the module (an op's function
+#: is ``fastmbconv.kernels.dwconv_bn_act.dwconv_bn_act``): importing a submodule makes its name
+#: an attribute of the package, so a function exported under the same name would turn into the
+#: module once anything imported it.
+OP_MODULES = ("stem_conv_bn_act", "dwconv_bn_act", "affine_act_pool", "expand_dwconv", "squeeze_excite",
+              "pointwise_gated", "testing")
+
+#: Functions exported by name, each from its module.
 _EXPORTS = {
-    "stem_conv_bn_act": "stem_conv_bn_act",
     "stem_conv_bn_act_ref": "stem_conv_bn_act",
-    "dwconv_bn_act": "dwconv_bn_act",
     "dwconv_bn_act_ref": "dwconv_bn_act",
     "choose_depthwise_impl": "dwconv_bn_act",
-    "affine_act_pool": "affine_act_pool",
     "affine_act_pool_ref": "affine_act_pool",
     "squeeze_excite_gate": "squeeze_excite",
     "squeeze_excite_gate_ref": "squeeze_excite",
-    "pointwise_gated": "pointwise_gated",
     "pointwise_gated_ref": "pointwise_gated",
     "choose_pointwise_impl": "pointwise_gated",
     "count_launches": "_launch",
@@ -45,10 +51,12 @@ _EXPORTS = {
     "forced_config": "_launch",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted((*OP_MODULES, *_EXPORTS))
 
 
 def __getattr__(name: str):
+    if name in OP_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -61,6 +61,28 @@ def test_kernels_ship_inside_the_package(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.subprocess
+def test_kernel_names_mean_the_same_thing_in_any_import_order():
+    """An op's name on ``fastmbconv.kernels`` is its module before and after the module is
+    imported; every other exported name is a function, the same one on every look."""
+    code = textwrap.dedent(
+        """
+        import types
+        import fastmbconv.kernels as k
+        first = {name: getattr(k, name) for name in k.__all__}
+        import fastmbconv.fused  # imports every op module
+        for name in k.__all__:
+            now = getattr(k, name)
+            assert now is first[name], (name, first[name], now)
+            assert isinstance(now, types.ModuleType) == (name in k.OP_MODULES), (name, now)
+        assert callable(k.dwconv_bn_act.dwconv_bn_act) and callable(k.squeeze_excite_gate)
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def _package_import_graph() -> dict[str, set[str]]:
     """Module -> the package modules it imports (at the top or inside functions), read from the
     source with ast; ``kernels/`` is ``fastmbconv.kernels``."""
