@@ -90,11 +90,58 @@ def reach(t: torch.Tensor, first_dim: int = 0) -> int:
     return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[first_dim:], t.stride()[first_dim:]) if size > 0)
 
 
-def needs_int64(*tensors: torch.Tensor, per_sample: bool = True) -> bool:
+def needs_int64(*tensors: torch.Tensor, per_sample: bool = True, window: int = 0) -> bool:
     """Whether an offset into any of these (N, ...) tensors can pass 2^31 - 1, so the kernel
     must do its address arithmetic in 64 bits. ``per_sample``: offsets inside one image only
-    (kernels that add the image's base offset in 64 bits on their own)."""
-    return any(reach(t, 1 if per_sample else 0) >= 2**31 - 1 for t in tensors)
+    (kernels that add the image's base offset in 64 bits on their own). ``window``: the rows and
+    columns (k - 1 for a k x k conv) by which a conv's offsets reach past each edge of the map:
+    the kernels form a tile's first-tap or halo offset there in 32 bits and step back into the
+    image from it, so those partial offsets must not wrap either. It is added to every tensor's
+    reach (more than an output needs, which costs nothing but an earlier switch to 64 bits)."""
+    first = 1 if per_sample else 0
+    return any(reach(t, first) + window * sum(abs(s) for s in t.stride()[-2:]) >= 2**31 - 1 for t in tensors)
+
+
+# CUDA's limit on a launch grid's programs along each axis (x, y, z); past it the driver only
+# says "invalid argument"
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def check_grid(op: str, grid, axes, kernel=None, config: dict | None = None, upper=None) -> None:
+    """Refuse, naming what sets its size (``axes``: per axis, e.g. "2000000 channels"), a launch
+    grid past :data:`GRID_LIMITS`. ``grid``: a tuple, or a function of the config, checked at
+    ``config``, or where ``kernel`` is an autotuner that picks the rest of the config, at each of
+    its configs merged with ``config`` (the largest grid any of them could launch). ``upper``:
+    per axis, a count no grid can pass (blocks of one); within the limits, nothing more is
+    computed (this runs on every launch)."""
+    if upper is not None and all(u <= limit for u, limit in zip(upper, GRID_LIMITS)):
+        return
+    if callable(grid):
+        tuned = getattr(kernel, "configs", None)  # a triton.autotune wrapper: its choices
+        metas = [{**c.kwargs, **(config or {})} for c in tuned] if tuned else [config or {}]
+        sizes = [grid(meta) for meta in metas]
+        grid = tuple(max(size[axis] for size in sizes) for axis in range(len(sizes[0])))
+    for axis, (programs, limit, what) in enumerate(zip(grid, GRID_LIMITS, axes)):
+        if programs > limit:
+            raise ValueError(f"{op}: {what} would take {programs} programs along launch-grid axis {axis}, past "
+                             f"CUDA's limit of {limit}")
+
+
+def refuse_grad(op: str, what: str, why: str, *tensors) -> None:
+    """Refuse, by name, a call that autograd would differentiate wrongly (``what`` has no
+    gradient of its own, ``why``), where grad mode is on and any of ``tensors`` requires grad."""
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+        raise RuntimeError(f"{op}: {what} is inference-only ({why}); call it under torch.no_grad(), or use the "
+                           f"reference model to train")
+
+
+def check_no_overlap(op: str, name: str, t: torch.Tensor) -> None:
+    """Refuse to write in place into a tensor whose elements share memory (an ``expand``ed one):
+    each program would apply the op to what another already wrote. As torch's in-place ops,
+    only a certain overlap is refused (1: yes; 2: too hard to tell, as for most strided views)."""
+    if torch._debug_has_internal_overlap(t) == 1:
+        raise ValueError(f"{op}: {name} is written in place, but more than one of its elements refers to the "
+                         f"same memory location (an expanded tensor?); pass {name}.clone() or a contiguous tensor")
 
 
 def spatial_tile(height: int, width: int, max_pixels: int = 64) -> tuple[int, int]:
@@ -183,6 +230,17 @@ def check_valid_sizes(op: str, valid_hw, H: int, W: int) -> None:
     if valid_hw is not None and valid_hw.device.type == "cpu":
         if (valid_hw < 1).any() or (valid_hw[:, 0] > H).any() or (valid_hw[:, 1] > W).any():
             raise ValueError(f"{op}: valid_hw must lie in [1, {H}] x [1, {W}], got {valid_hw.tolist()}")
+
+
+def dense_rows(*tensors: torch.Tensor) -> bool:
+    """Whether every (N, C, H, W) tensor's pixels are evenly spaced (one stride steps from pixel
+    to pixel, across rows and images): then a row's offset is m * stride, with no division."""
+    for t in tensors:
+        n, _, h, w = t.shape
+        sn, _, sh, sw = t.stride()
+        if (h > 1 and sh != w * sw) or (n > 1 and sn != h * w * sw):
+            return False
+    return True
 
 
 def is_channels_last(x: torch.Tensor) -> bool:

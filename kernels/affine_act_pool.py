@@ -24,10 +24,13 @@ from ._utils import (
     ACT_CODES,
     activation_ref,
     check_activation,
+    check_grid,
+    check_no_overlap,
     check_tensor,
     interpreting,
     needs_int64,
     next_pow2,
+    refuse_grad,
     silu_math,
 )
 
@@ -61,6 +64,7 @@ def _affine_act_pool_kernel(
 
 def _check_args(y, scale, shift, act):
     check_tensor(OP, "y", y, ndim=4)
+    check_no_overlap(OP, "y", y)
     C = y.shape[1]
     for name, t in (("scale", scale), ("shift", shift)):
         check_tensor(OP, name, t, ndim=1, dtypes=(torch.float32,), device=y.device)
@@ -91,7 +95,9 @@ def affine_act_pool_launch(y, scale, shift, act="silu", with_pool=False):
         if with_pool:
             partials.zero_()
         return partials
-    launch(OP, _affine_act_pool_kernel, (N * tiles, triton.cdiv(C, block_c)), dict(
+    grid = (N * tiles, triton.cdiv(C, block_c))
+    check_grid(OP, grid, (f"{N} images of {tiles} tiles", f"{C} channels"))
+    launch(OP, _affine_act_pool_kernel, grid, dict(
         y_ptr=y, scale_ptr=scale.contiguous(), shift_ptr=shift.contiguous(),
         part_ptr=partials if with_pool else scale, C=C, HW=H * W, W=W, tiles_per_image=tiles,
         **dict(zip(("syn", "syc", "syh", "syw"), y.stride())),
@@ -117,7 +123,8 @@ def _(y, scale, shift, act, with_pool):
 def affine_act_pool(y, scale, shift, act="silu", with_pool=False):
     """``y = act(y * scale + shift)`` in place, per channel; returns ``y`` or, with ``with_pool``,
     ``(y, partial_sums)`` with ``partial_sums`` (N, T, C) fp32 (per image, the output summed over
-    each of its T tiles; ``partial_sums.sum(1)`` are the per-image sums)."""
+    each of its T tiles; ``partial_sums.sum(1)`` are the per-image sums). Inference only."""
+    refuse_grad(OP, "this in-place pass", "autograd would see neither its affine nor its activation", y, scale, shift)
     partials = call_op(torch.ops.fastmbconv.affine_act_pool, affine_act_pool_launch, y, scale, shift, act,
                        bool(with_pool))
     return (y, partials) if with_pool else y

@@ -23,10 +23,10 @@ weight layout:
   replaces the two instructions per element and tap (an fp16 -> fp32 convert and an FMA) that
   leave the FMA variant issue-bound. Products are exact and sums fp32, as in cuDNN.
 
-Offsets inside an image are 32-bit unless an image spans 2^31 elements (``INT64``); the image's
-base offset is always 64-bit. Padding is (top, bottom, left, right), applied by masking, which
-covers symmetric and TF "SAME" padding; optional ragged arguments give each image its own valid
-size and (top, left) padding.
+Offsets inside an image are 32-bit unless an image, with the window's reach past its edges,
+spans 2^31 elements (``INT64``); the image's base offset is always 64-bit. Padding is (top,
+bottom, left, right), applied by masking, which covers symmetric and TF "SAME" padding; optional
+ragged arguments give each image its own valid size and (top, left) padding.
 """
 from __future__ import annotations
 
@@ -44,24 +44,9 @@ from ._depthwise_taps import taps_diag, taps_major, taps_of  # noqa: F401 - the 
 from ._launch import call_op, launch, record_launch, select_kernel
 from ._math import affine_activation, group_channels, image_extent
 from ._utils import (
-    ACT_CODES,
-    activation_ref,
-    autocast_off,
-    batch_bucket,
-    check_conv_geometry,
-    check_ragged_args,
-    check_tensor,
-    check_valid_sizes,
-    conv2d_ref,
-    dot_fp32,
-    empty_like_format,
-    interpreting,
-    is_channels_last,
-    needs_int64,
-    next_pow2,
-    silu_math,
-    spatial_tile,
-    zero_invalid_ref,
+    ACT_CODES, activation_ref, autocast_off, batch_bucket, check_conv_geometry, check_grid, check_ragged_args,
+    check_tensor, check_valid_sizes, conv2d_ref, dot_fp32, empty_like_format, interpreting, is_channels_last,
+    needs_int64, next_pow2, refuse_grad, silu_math, spatial_tile, zero_invalid_ref,
 )
 from .affine_act_pool import affine_act_pool
 
@@ -276,6 +261,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
     def grid(meta):
         return (N * tiles, triton.cdiv(C, meta["BLOCK_C"]))
 
+    check_grid(OP, grid, (f"{N} images of {tiles} tiles", f"{C} channels"), kernel, config, upper=(N * tiles, C))
     launch(OP, kernel, grid, dict(
         x_ptr=x, w_ptr=w_taps.contiguous(), scale_ptr=scale.contiguous(), shift_ptr=shift.contiguous(), out_ptr=out,
         part_ptr=partials if with_pool else scale, valid_ptr=valid_hw.contiguous() if ragged else scale,
@@ -287,7 +273,8 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
     ), dict(
         C_UNIT=c_unit, SXW=x.stride(3), SOW_UNIT=sow_unit, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
         MATH=silu_math(x.dtype, x.device),
-        WITH_POOL=with_pool, RAGGED=ragged, INT64=needs_int64(x, out), MMA=mma, DOT_FP32=dot_fp32(x.dtype),
+        WITH_POOL=with_pool, RAGGED=ragged, INT64=needs_int64(x, out, window=k - 1), MMA=mma,
+        DOT_FP32=dot_fp32(x.dtype),
         EVEN_C=mma and C % block_c == 0,  # the autotuned FMA variant's BLOCK_C varies: never claimed there
         TILE_H=tile_h, TILE_W=tile_w, **config,
     ), on=x)
@@ -334,9 +321,7 @@ def cudnn_dwconv_bn_act(x, weight, scale, shift, padding, stride=1, act="silu", 
     activation and the SE pool sums in one in-place pass (:func:`.affine_act_pool.affine_act_pool`).
     Returns (out, partial_sums) as :func:`dwconv_bn_act_launch` does."""
     k, (top, bottom, left, right), _, _, _ = _check_args(x, weight, scale, shift, padding, stride, act, None, None)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, scale, shift)):
-        raise RuntimeError(f"{OP}: the cuDNN route is inference-only (its BN and activation pass has no "
-                           f"gradient); call it under torch.no_grad(), or use the reference model to train")
+    refuse_grad(OP, "the cuDNN route", "its BN and activation pass has no gradient", x, weight, scale, shift)
     C = x.shape[1]
     record_launch(OP + "[torch]")
     if weight.ndim == 4 and weight.dtype == x.dtype:  # (C, 1, k, k) as the fold keeps it for this route

@@ -41,7 +41,7 @@ architecture and cannot run under the interpreter, so such an op would have no C
 
 Supported: both padding conventions, strides 1 and 2, kernels 3 and 5, ragged batches (each
 image's valid size and (top, left) padding), fp32/fp16/bf16 inputs with fp32 accumulation, and
-64-bit offsets when an image spans 2^31 elements.
+64-bit offsets when an image, with the window's reach past its edges, spans 2^31 elements.
 """
 from __future__ import annotations
 
@@ -318,7 +318,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
         C_BLOCKS=c_blocks, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
         MATH=silu_math(x.dtype, x.device),
         RAGGED=ragged,
-        INT64=needs_int64(x, out), DOT_FP32=dot_fp32(x.dtype),
+        INT64=needs_int64(x, out, window=k - 1), DOT_FP32=dot_fp32(x.dtype),
         TILE_H=tile_h, TILE_W=tile_w, PIXELS=pixels, HALO_W=halo_w, HALO_PITCH=pitch,
         HALO=halo_h * pitch,
         CHUNK=chunk, MAIN_CHUNKS=main_chunks, TAIL_A=tail_a, TAIL_B=tail_b, BLOCK_C=block_c, BLOCK_K=block_k,

@@ -31,9 +31,9 @@ from ._autotune import autotune
 from ._launch import call_op, launch, record_launch, recording, select_kernel
 from ._math import bias_activation, round_to_bf16
 from ._utils import (
-    ACT_CODES, activation_ref, autocast_off, batch_bucket, check_1x1_weight, check_activation, check_tensor,
-    check_valid_sizes, dot_fp32, empty_like_format, interpreting, needs_int64, next_pow2, round_bf16, silu_math,
-    valid_mask, valid_pixel_counts,
+    ACT_CODES, activation_ref, autocast_off, batch_bucket, check_1x1_weight, check_activation, check_grid,
+    check_tensor, check_valid_sizes, dense_rows, dot_fp32, empty_like_format, interpreting, needs_int64, next_pow2,
+    round_bf16, silu_math, valid_mask, valid_pixel_counts,
 )
 
 OP = "pointwise_gated"
@@ -225,17 +225,6 @@ def _check_args(x, weight, bias, gate, residual, act, pool_only, valid_hw):
     return N, K, H, W, O
 
 
-def _dense_rows(*tensors) -> bool:
-    """Whether every tensor's pixels are evenly spaced (one stride steps from pixel to pixel,
-    across rows and images): then a row's offset is m * stride, with no division."""
-    for t in tensors:
-        n, _, h, w = t.shape
-        sn, _, sh, sw = t.stride()
-        if (h > 1 and sh != w * sw) or (n > 1 and sn != h * w * sw):
-            return False
-    return True
-
-
 def _heuristic(M: int, K: int, O: int, pool_only: bool, fp32: bool = False, small_gated: bool = False) -> dict:
     if interpreting():  # ~30 ms per program: few, large blocks
         block_n = max(16, min(next_pow2(O), 2048))
@@ -263,7 +252,10 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
         return out, pooled
     heuristic = _heuristic(M, K, O, pool_only, x.dtype == torch.float32, _small_gated(K, gate is not None))
     tensors = [t for t in (x, residual, None if pool_only else out) if t is not None]
-    dense, int64 = _dense_rows(*tensors), needs_int64(*tensors, per_sample=False)
+    dense = dense_rows(*tensors)
+    # the row numbers (image * HW + pixel) and gate offsets (image * K + channel) can pass 2^31 where
+    # no tensor's reach does: pool_only writes no map, and a batch-broadcast x spans one image
+    int64 = needs_int64(*tensors, per_sample=False) or max(M, N * K if gate is not None else 0) >= 2**31 - 1
     ragged = valid_hw is not None
     key = (OP, K, O, H * W, W, gate is not None, residual is not None, act, ragged, dense, batch_bucket(N), x.dtype,
            pool_only)
@@ -281,6 +273,8 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
         rows = N * tiles_per_image if pool_only else triton.cdiv(M, meta["BLOCK_M"])
         return (rows, triton.cdiv(O, meta["BLOCK_N"]))
 
+    check_grid(OP, grid, (f"{N} images of {tiles_per_image} tiles" if pool_only else f"{M} rows (pixels)",
+                          f"{O} output channels"), kernel, config, upper=(N * tiles_per_image if pool_only else M, O))
     launch(OP, kernel, grid, dict(
         x_ptr=x, w_ptr=weight.reshape(O, K).contiguous(), bias_ptr=bias.contiguous(),
         gate_ptr=gate.contiguous() if gate is not None else bias, res_ptr=residual if residual is not None else bias,

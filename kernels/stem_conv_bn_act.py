@@ -185,7 +185,7 @@ def stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, va
     ), dict(
         C_IN=C_in, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
         MATH=silu_math(out_dtype, x.device), RAGGED=ragged,
-        INT64=needs_int64(x, out), DOT_FP32=dot_fp32(out_dtype), ROUND_BF16=round_bf16(out_dtype),
+        INT64=needs_int64(x, out, window=k - 1), DOT_FP32=dot_fp32(out_dtype), ROUND_BF16=round_bf16(out_dtype),
         TILE_H=tile_h, TILE_W=tile_w, BLOCK_K=block_k, BLOCK_CO=max(16, next_pow2(C_out)), num_warps=4,
     ), on=x)
     return out

@@ -120,3 +120,30 @@ def test_cudnn_route_is_inference_only_and_ignores_autocast():
             under = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), impl="torch")
     assert under.dtype == torch.float32
     torch.testing.assert_close(under, plain)
+
+
+def test_overlapping_y_is_refused():
+    """y is written in place: where its elements share memory (an expanded batch), programs would
+    apply the affine to what others already wrote (a scale of 2 gave 4x). Refused by name, as
+    torch's in-place ops refuse it; a strided view whose elements do not overlap still works."""
+    y, scale, shift = make(1, 8, 3, 3, torch.float32, channels_last=False)
+    with pytest.raises(ValueError, match="y is written in place, but more than one of its elements"):
+        affine_act_pool(y.expand(3, 8, 3, 3), scale, shift, "identity")
+    base = make(2, 8, 6, 5, torch.float32)[0]
+    view = base[:, :, ::2]  # torch cannot tell that it does not overlap ("too hard"): not refused
+    ref = affine_act_pool_ref(view, scale, shift, "silu", compute_dtype=torch.float64)
+    assert_close_to_ref(affine_act_pool(view, scale, shift, "silu"), ref, what="strided view")
+
+
+def test_gradients_are_refused():
+    """The pass rewrites y in place with no gradient of its own, so a backward would skip the
+    affine and the activation (the gradient reaching y's input came out 1 for a scale of 2):
+    refused by name while grad mode is on and y, scale or shift requires grad."""
+    y, scale, shift = make(1, 16, 4, 4, torch.float32)
+    grad = [t.clone().requires_grad_() for t in (y, scale, shift)]
+    for args in ((grad[0] * 1, scale, shift), (y.clone(), grad[1], shift), (y.clone(), scale, grad[2])):
+        with pytest.raises(RuntimeError, match="affine_act_pool: this in-place pass is inference-only"):
+            affine_act_pool(*args, "identity", with_pool=True)
+    with torch.no_grad():  # without grad mode the same call runs
+        out = affine_act_pool(y.clone(), grad[1], shift, "identity")
+    assert_close_to_ref(out, affine_act_pool_ref(y, scale, shift, "identity", compute_dtype=torch.float64))

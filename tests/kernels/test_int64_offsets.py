@@ -32,10 +32,10 @@ SCRIPT = textwrap.dedent(
     G = torch.Generator().manual_seed(0)
     FAR = 2**30 + 17  # fits in int32; 2 * FAR does not
 
-    def sparse_view(shape, strides):
+    def sparse_view(shape, strides, past=2**31):
         # a (N, C, H, W) view whose elements lie far apart in one huge, mostly unmapped storage
         extent = 1 + sum((n - 1) * s for n, s in zip(shape, strides))
-        assert extent > 2**31
+        assert extent > past
         try:
             storage = torch.empty(extent, dtype=torch.float16)
         except RuntimeError as e:  # strict overcommit (vm.overcommit_memory=2) refuses it
@@ -107,6 +107,40 @@ SCRIPT = textwrap.dedent(
         out = stem_conv_bn_act(image, image_w, image_b, (1, 1, 1, 1), 2, out_dtype=torch.float32)
         ref = stem_conv_bn_act_ref(dense[:, :3], image_w, image_b, (1, 1, 1, 1), 2, compute_dtype=torch.float64)
         assert_close_to_ref(out, ref, what=f"stem, {name}")
+        print("ok", name, flush=True)
+
+    # maps of two rows (columns) 2^30 apart: every pixel's offset fits in 32 bits, but a 5x5
+    # window's first tap two rows (columns) above (left of) the map does not, nor does the fused
+    # kernel's offset of a halo row (column) below (right of) a 3x3 window's top (left) padding
+    edges = {
+        "rows near 2^31": ((1, 24, 2, 9), (2 * FAR, 1, FAR, 24)),
+        "columns near 2^31": ((1, 24, 9, 2), (2 * FAR, 1, 24, FAR)),
+    }
+    for name, (shape, strides) in edges.items():
+        x = sparse_view(shape, strides, past=2**30)
+        dense = x.contiguous()
+        c = shape[1]
+        wd = torch.randn(c, 1, 5, 5, generator=G) * 0.3
+        scale, shift = torch.rand(c, generator=G) + 0.5, torch.randn(c, generator=G) * 0.1
+        for weight in (wd, taps_diag(wd, torch.float16)):
+            out = dwconv_bn_act(x, weight, scale, shift, (2, 2, 2, 2), 1)
+            ref = dwconv_bn_act_ref(dense, weight, scale, shift, (2, 2, 2, 2), 1, compute_dtype=torch.float64)
+            lowp = dwconv_bn_act_ref(dense, weight.half(), scale, shift, (2, 2, 2, 2), 1, compute_dtype=torch.float16)
+            assert_close_to_ref(out, ref, lowp, what=f"dwconv 5x5 ({weight.ndim}-D taps), {name}")
+        fused = ((torch.randn(16, c, generator=G) / c**0.5).half(), torch.randn(16, generator=G) * 0.1,
+                 torch.randn(9, 16, generator=G) * 0.3, torch.rand(16, generator=G) + 0.5,
+                 torch.randn(16, generator=G) * 0.1)
+        for taps, rounded in ((fused[2], None), (taps_diag(fused[2], torch.float16), torch.float16)):
+            args = (*fused[:2], taps, *fused[3:])
+            out = expand_dwconv(x, *args, (1, 1, 1, 1), 1)[0]
+            ref = expand_dwconv_ref(dense, *args, (1, 1, 1, 1), 1, compute_dtype=torch.float64,
+                                    expanded_dtype=rounded)[0]
+            lowp = expand_dwconv_ref(dense, *args, (1, 1, 1, 1), 1, compute_dtype=torch.float16)[0]
+            assert_close_to_ref(out, ref, lowp, what=f"expand_dwconv ({taps.ndim}-D taps), {name}")
+        image_w, image_b = torch.randn(8, 3, 7, 7, generator=G) * 0.1, torch.randn(8, generator=G) * 0.1
+        out = stem_conv_bn_act(x[:, :3], image_w, image_b, (3, 3, 3, 3), 1, out_dtype=torch.float32)
+        ref = stem_conv_bn_act_ref(dense[:, :3], image_w, image_b, (3, 3, 3, 3), 1, compute_dtype=torch.float64)
+        assert_close_to_ref(out, ref, what=f"stem 7x7, {name}")
         print("ok", name, flush=True)
 
     # an expand_dwconv output whose channel planes lie 2^30 apart (NCHW): the kernel allocates
