@@ -223,13 +223,18 @@ def check_ragged_args(op: str, N: int, valid_hw, pad_tl, device) -> None:
                 raise ValueError(f"{op}: {name} must have shape ({N}, 2), got {tuple(t.shape)}")
 
 
-def check_valid_sizes(op: str, valid_hw, H: int, W: int) -> None:
-    """Each image's valid (h, w) in [1, H] x [1, W]. Checked here for CPU tensors only (on CUDA the
-    check would sync every call); the kernels clamp sizes into [0, H] x [0, W] either way, so a
-    bad size never reads outside the input."""
+def check_valid_sizes(op: str, valid_hw, H: int, W: int, pad_tl=None, kernel: int = 0) -> None:
+    """Each image's valid (h, w) in [1, H] x [1, W], and its (top, left) padding for a ``kernel``
+    x ``kernel`` conv in [0, kernel - 1] (the most either convention pads). Checked here for CPU
+    tensors only (on CUDA the check would sync every call); the kernels clamp sizes into [0, H] x
+    [0, W] and mask every load by its row and column either way, so a bad value never reads
+    outside the input."""
     if valid_hw is not None and valid_hw.device.type == "cpu":
         if (valid_hw < 1).any() or (valid_hw[:, 0] > H).any() or (valid_hw[:, 1] > W).any():
             raise ValueError(f"{op}: valid_hw must lie in [1, {H}] x [1, {W}], got {valid_hw.tolist()}")
+    if pad_tl is not None and pad_tl.device.type == "cpu" and ((pad_tl < 0).any() or (pad_tl >= kernel).any()):
+        raise ValueError(f"{op}: pad_tl (each image's top and left padding) must lie in [0, {kernel - 1}] for a "
+                         f"{kernel}x{kernel} conv, got {pad_tl.tolist()}")
 
 
 def dense_rows(*tensors: torch.Tensor) -> bool:

@@ -238,7 +238,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
     partials = torch.empty((N, tiles, C) if with_pool else (0,), dtype=torch.float32, device=x.device)
     if N == 0 or C == 0:
         return out, partials
-    check_valid_sizes(OP, valid_hw, H, W)
+    check_valid_sizes(OP, valid_hw, H, W, pad_tl, k)
     ragged = valid_hw is not None
     # C and the output's pixel stride as units x UNIT, UNIT the largest power of two below 16
     # that divides them (1 where 16 does): triton infers at most "a multiple of 16" from a

@@ -294,7 +294,7 @@ def expand_dwconv_launch(x, w_expand, b_expand, w_dw, scale, shift, padding, str
     partials = torch.empty((N, tiles, C), dtype=torch.float32, device=x.device)
     if N == 0 or C == 0:
         return out, partials
-    check_valid_sizes(OP, valid_hw, H, W)
+    check_valid_sizes(OP, valid_hw, H, W, pad_tl, k)
     c_blocks = -(-C // block_c)
     programs = c_blocks * persistent_programs(x.device, N * tiles, c_blocks)
     pitch = halo_pitch(halo_w)

@@ -169,7 +169,7 @@ def stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, va
     out = _empty_out(x, C_out, H_out, W_out, out_dtype)
     if N == 0:
         return out
-    check_valid_sizes(OP, valid_hw, H, W)
+    check_valid_sizes(OP, valid_hw, H, W, pad_tl, k)
     block_k = max(16, min(next_pow2(k * k * C_in), MAX_BLOCK_K))
     tile_h, tile_w = tile_for(H_out, W_out, max(block_k, next_pow2(C_out)))
     tiles_w = -(-W_out // tile_w)

@@ -288,6 +288,19 @@ def test_out_of_range_valid_sizes():
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_out_of_range_ragged_padding(bad):
+    """A ragged image's (top, left) padding lies in [0, k - 1]: outside it, a clear error on the
+    CPU (the stem and the fused expand + depthwise share the check)."""
+    if DEVICE != "cpu":
+        pytest.skip("the check reads the values: CPU tensors only (on CUDA it would sync every call)")
+    x, w, scale, shift = make(2, 24, 9, 9, 3)
+    valid = torch.full((2, 2), 9, dtype=torch.int32)
+    pad_tl = torch.tensor([[1, 1], [1, bad]], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"pad_tl .* must lie in \[0, 2\] for a 3x3 conv"):
+        dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1, valid_hw=valid, pad_tl=pad_tl)
+
+
 def test_partial_sums_are_bitwise_repeatable(small_tiles):
     """No atomics: every tile writes its own sums, so repeated runs agree to the bit."""
     x, w, scale, shift = make(2, 24, 13, 7, 5)
