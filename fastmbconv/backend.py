@@ -92,20 +92,29 @@ def needs_autograd(model: torch.nn.Module, x: torch.Tensor) -> bool:
 
 def _hooked_submodule(model: torch.nn.Module) -> str | None:
     """What has forward hooks below the model itself (its own run on either path), or None:
-    observers, pruning masks and feature taps expect to see their module run."""
+    observers, pruning masks and feature taps expect to see their module run. The stage
+    containers (``model.blocks`` and each ``model.blocks[i]``) are left out: no path calls them,
+    the reference runs their blocks one by one."""
     from torch.nn.modules import module as nn_module
 
     if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
         return "global module forward hooks are registered"
-    if _has_hooks_below(model):  # a plain walk: named_modules() costs ~0.1 ms a call on B0
-        name = next(n for n, m in model.named_modules() if n and (m._forward_hooks or m._forward_pre_hooks))
+    blocks = getattr(model, "blocks", None)
+    uncalled = frozenset(map(id, (blocks, *blocks))) if blocks is not None else frozenset()
+    if _has_hooks_below(model, uncalled):  # a plain walk: named_modules() costs ~0.1 ms a call on B0
+        name = next(n for n, m in model.named_modules()
+                    if n and id(m) not in uncalled and (m._forward_hooks or m._forward_pre_hooks))
         return f"submodule {name!r} has forward hooks"
     return None
 
 
-def _has_hooks_below(module: torch.nn.Module) -> bool:
+def _has_hooks_below(module: torch.nn.Module, uncalled: frozenset) -> bool:
     for child in module._modules.values():
-        if child is not None and (child._forward_hooks or child._forward_pre_hooks or _has_hooks_below(child)):
+        if child is None:
+            continue
+        if (child._forward_hooks or child._forward_pre_hooks) and id(child) not in uncalled:
+            return True
+        if _has_hooks_below(child, uncalled):
             return True
     return False
 
@@ -119,21 +128,20 @@ def fused_unavailable_reason(model: torch.nn.Module, x: torch.Tensor) -> str | N
             "autograd is recording and the input or parameters require grad; "
             "run under torch.inference_mode() or torch.no_grad()"
         )
-    hooked = _hooked_submodule(model)
-    if hooked is not None:
-        return f"{hooked}, which the fused path would skip (it calls no submodule); remove them to run it"
     weight_dtype = model.conv_stem.weight.dtype
     if x.dtype not in KERNEL_DTYPES or weight_dtype not in KERNEL_DTYPES:
         return (f"the kernels compute in float32, float16 or bfloat16, not {x.dtype} (input) / "
                 f"{weight_dtype} (weights)")
-    if x.device.type in ("cuda", "meta"):  # meta: shapes only (fake kernels, or recorded launches)
-        return None
-    if x.device.type == "cpu" and interpreter_enabled():
-        return None
-    return (
-        f"the input is on {x.device}; the fused Triton kernels need a CUDA tensor, or "
-        "TRITON_INTERPRET=1 (set before triton is imported) for CPU tensors"
-    )
+    runnable = x.device.type in ("cuda", "meta") or (x.device.type == "cpu" and interpreter_enabled())
+    if not runnable:  # meta: shapes only (fake kernels, or recorded launches)
+        return (
+            f"the input is on {x.device}; the fused Triton kernels need a CUDA tensor, or "
+            "TRITON_INTERPRET=1 (set before triton is imported) for CPU tensors"
+        )
+    hooked = _hooked_submodule(model)  # last: the walk costs tens of µs
+    if hooked is not None:
+        return f"{hooked}, which the fused path would skip (it calls no submodule); remove them to run it"
+    return None
 
 
 def select_path(model: torch.nn.Module, x: torch.Tensor) -> str:

@@ -4,7 +4,8 @@ One op per module: the ``@triton.jit`` kernel, its launcher, the torch-facing cu
 pure-torch ``*_ref`` twin. This package imports only torch and triton, and triton only when an
 op module is first used (names below resolve lazily), so importing it stays cheap. An op's name
 is its module (``fastmbconv.kernels.dwconv_bn_act.dwconv_bn_act`` is the function); the
-``*_ref`` twins, ``squeeze_excite_gate`` and the launch tools are also exported by name.
+``*_ref`` twins, ``squeeze_excite_gate``, the ``choose_*_impl`` functions and the launch tools
+are also exported by name.
 
 - :mod:`.stem_conv_bn_act`: the stem conv + folded BN + activation, from the image as it comes;
 - :mod:`.dwconv_bn_act`: depthwise kxk + folded BN + activation, SE partial sums, ragged batches
@@ -26,11 +27,11 @@ from __future__ import annotations
 
 import importlib
 
-#: The op modules. ``fastmbconv.kernels.dwconv_bn_act`` is always the module (an op's function
-#: is ``fastmbconv.kernels.dwconv_bn_act.dwconv_bn_act``): importing a submodule makes its name
-#: an attribute of the package, so a function exported under the same name would turn into the
-#: module once anything imported it.
-OP_MODULES = ("stem_conv_bn_act", "dwconv_bn_act", "affine_act_pool", "expand_dwconv", "squeeze_excite",
+#: The public submodules: the ops and ``testing``. ``fastmbconv.kernels.dwconv_bn_act`` is always
+#: the module (the op's function is ``fastmbconv.kernels.dwconv_bn_act.dwconv_bn_act``): importing
+#: a submodule makes its name an attribute of the package, so a function exported under the same
+#: name would turn into the module once anything imported it.
+SUBMODULES = ("stem_conv_bn_act", "dwconv_bn_act", "affine_act_pool", "expand_dwconv", "squeeze_excite",
               "pointwise_gated", "testing")
 
 #: Functions exported by name, each from its module.
@@ -51,11 +52,11 @@ _EXPORTS = {
     "forced_config": "_launch",
 }
 
-__all__ = sorted((*OP_MODULES, *_EXPORTS))
+__all__ = sorted((*SUBMODULES, *_EXPORTS))
 
 
 def __getattr__(name: str):
-    if name in OP_MODULES:
+    if name in SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -52,6 +52,42 @@ def reference_forward(fn, *args):
     return out
 
 
+def build(name="efficientnet_b0", seed=0, **kw):
+    """An eval-mode model of MODEL_BUILDERS[name] with non-trivial BN statistics, on DEVICE."""
+    import fastmbconv as fm
+
+    torch.manual_seed(seed)
+    return randomize_bn(fm.MODEL_BUILDERS[name](**kw), seed).eval().to(DEVICE)
+
+
+def expected_launches(model, output="logits"):
+    """Per forward: the stem, four launches per MBConv block (three without expansion), and for
+    logits the head's GEMM and its pool-finishing launch (feature maps: the head GEMM alone)."""
+    blocks = [b for stage in model.blocks for b in stage]
+    n_ds = sum(1 for b in blocks if b.parts().expand is None)
+    launches = {
+        "stem_conv_bn_act": 1,
+        "dwconv_bn_act": len(blocks),
+        "squeeze_excite_gate": len(blocks),
+        "pointwise_gated": 2 * len(blocks) - n_ds + (output != "stage_maps"),
+    }
+    if output == "logits":
+        launches["pointwise_gated[pool]"] = 1
+    return launches
+
+
+def run_both(model, fn, *args):
+    """(fused output, reference output, the fused call's launches) of ``fn(*args)``."""
+    import fastmbconv as fm
+    from fastmbconv.kernels._launch import count_launches
+
+    with torch.inference_mode():
+        ref = reference_forward(fn, *args)
+        with fm.use_backend("fused"), count_launches() as launches:
+            out = fn(*args)
+    return out, ref, launches
+
+
 def compile_fullgraph(model: nn.Module, x: torch.Tensor):
     """On the fused backend: the eager output, then ``torch.compile(model, fullgraph=True)``
     (aot_eager: no graph break allowed, no inductor codegen) called once with its launches

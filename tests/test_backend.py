@@ -51,7 +51,7 @@ def test_auto_picks_fused_for_cuda_inference(model):
 def test_forward_hooks_below_the_model_keep_it_on_reference(model, where):
     """The fused path calls no submodule, so their hooks (observers, pruning masks, feature
     taps) would silently not fire: auto takes the reference path, a forced fused path says why.
-    A hook on the model itself fires on either path."""
+    A hook on the model itself fires on either path; hooks on the stage containers on neither."""
     from torch.nn.modules import module as nn_module
 
     x, hook = _CudaTensorStandIn(), lambda *args: None
@@ -60,8 +60,9 @@ def test_forward_hooks_below_the_model_keep_it_on_reference(model, where):
                 "pre": lambda: model.blocks[0][0].conv_dw.register_forward_pre_hook(hook),
                 "global": lambda: nn_module.register_module_forward_hook(hook)}[where]
     on_model = model.register_forward_hook(hook)
+    on_stages = [model.blocks.register_forward_hook(hook), model.blocks[1].register_forward_pre_hook(hook)]
     with torch.no_grad():
-        assert backend.select_path(model, x) == "fused"
+        assert backend.select_path(model, x) == "fused"  # no path calls the stage containers
         handle = register()
         try:
             assert backend.select_path(model, x) == "reference"
@@ -70,7 +71,8 @@ def test_forward_hooks_below_the_model_keep_it_on_reference(model, where):
         finally:
             handle.remove()
         assert backend.select_path(model, x) == "fused"
-    on_model.remove()
+    for h in (on_model, *on_stages):
+        h.remove()
 
 
 def test_a_data_parallel_replica_under_autograd_stays_on_reference(model):

@@ -74,7 +74,7 @@ def test_kernel_names_mean_the_same_thing_in_any_import_order():
         for name in k.__all__:
             now = getattr(k, name)
             assert now is first[name], (name, first[name], now)
-            assert isinstance(now, types.ModuleType) == (name in k.OP_MODULES), (name, now)
+            assert isinstance(now, types.ModuleType) == (name in k.SUBMODULES), (name, now)
         assert callable(k.dwconv_bn_act.dwconv_bn_act) and callable(k.squeeze_excite_gate)
         print("ok")
         """

@@ -142,37 +142,43 @@ def refill(captured: FoldedModel, fresh: FoldedModel) -> bool:
     return True
 
 
-_optimizer_steps = 0  # in this process, counted by _count_optimizer_step once a model is folded
-_counting_steps = False
+_live_caches: "weakref.WeakSet[FoldCache]" = weakref.WeakSet()  # every model's cache, while it lives
+_watching_steps = False
 
 
-def _count_optimizer_step(optimizer, args, kwargs) -> None:
-    global _optimizer_steps
-    _optimizer_steps += 1
+def _note_optimizer_step(optimizer, args, kwargs) -> None:
+    """Mark stale the fold of every model whose parameters this step wrote. Fused optimizers
+    (``AdamW(fused=True)``) and compiled steps write them in kernels that bump no version
+    counter, so a snapshot of versions alone would keep the old fold. Models the step did not
+    touch (a frozen teacher beside its student) keep theirs."""
+    if not _live_caches:
+        return
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for cache in list(_live_caches):
+        if not stepped.isdisjoint(cache.parameter_ids):
+            cache.stepped = True
 
 
-def _count_optimizer_steps() -> None:
-    """Count every ``torch.optim`` step from now on. Fused optimizers (``AdamW(fused=True)``)
-    write the parameters in kernels that bump no version counter, so a snapshot of versions
-    alone would keep a stale fold; any step since the snapshot forces a refold instead."""
-    global _counting_steps
-    if not _counting_steps:
+def _start_watching_optimizer_steps() -> None:
+    global _watching_steps
+    if not _watching_steps:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
-        register_optimizer_step_post_hook(_count_optimizer_step)
-        _counting_steps = True
+        register_optimizer_step_post_hook(_note_optimizer_step)
+        _watching_steps = True
 
 
 class FoldCache:
     """Folded weights per compute dtype, valid while the model's weights are unchanged.
 
     A snapshot records, for the model and every submodule (the list is taken once), the
-    identity of each child module, parameter and buffer, each tensor's ``data_ptr`` and
-    ``_version``, and the process's count of optimizer steps. Any in-place edit (bumps
-    ``_version``), ``.data`` swap or ``.to()`` (moves ``data_ptr``), replaced parameter or
-    submodule (new identity) or ``torch.optim`` step makes the snapshot differ and forces a
-    refold. Writes that touch none of these need :func:`refold`: in-place edits through ``.data``
-    and collectives that write parameters (``torch.distributed.broadcast``).
+    identity of each child module, parameter and buffer, and each tensor's ``data_ptr`` and
+    ``_version``. Any in-place edit (bumps ``_version``), ``.data`` swap or ``.to()`` (moves
+    ``data_ptr``) or replaced parameter or submodule (new identity) makes the snapshot differ
+    and forces a refold, as does a ``torch.optim`` step over any of the model's parameters
+    (``stepped``). Writes that touch none of these need :func:`refold`: in-place edits through
+    ``.data``, collectives that write parameters (``torch.distributed.broadcast``) and optimizer
+    steps replayed from a CUDA graph (which run no hook).
     The cache holds its model weakly (it lives on the model: a strong reference would keep a
     deleted model's GPU memory until the cycle collector runs).
     Checking costs ~0.15 ms of host time on B0; CUDA-graph replays skip it entirely.
@@ -184,10 +190,13 @@ class FoldCache:
     model's lifetime (a graph may still read them)."""
 
     def __init__(self, model, previous: Optional["FoldCache"] = None):
-        _count_optimizer_steps()
+        _start_watching_optimizer_steps()
         self.owner = weakref.ref(model)
         self.submodules = list(model.modules())[1:]
+        self.parameter_ids = frozenset(id(p) for p in model.parameters())
+        self.stepped = False
         self.snapshot = self.take_snapshot()
+        _live_caches.add(self)
         self.by_dtype: dict[torch.dtype, FoldedModel] = {}
         self.shared: dict[torch.dtype, StreamShared] = {}  # by_dtype's streams that may read it
         self.lock = threading.Lock()
@@ -224,10 +233,10 @@ class FoldCache:
             versions = [t._version for t in tensors]
         except RuntimeError:  # an inference tensor: untrackable
             return None
-        return tuple(map(id, members)), tuple(t.data_ptr() for t in tensors), tuple(versions), _optimizer_steps
+        return tuple(map(id, members)), tuple(t.data_ptr() for t in tensors), tuple(versions)
 
     def still_valid(self) -> bool:
-        return self.snapshot is not None and self.take_snapshot() == self.snapshot
+        return not self.stepped and self.snapshot is not None and self.take_snapshot() == self.snapshot
 
 
 def _no_fold_cache() -> None:

@@ -14,40 +14,11 @@ from fastmbconv import fused
 from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.testing import assert_close_to_ref
 
-from ..helpers import DEVICE, data_parallel_replica, randomize_bn, reference_forward
+from ..helpers import DEVICE, build, expected_launches, reference_forward, run_both
 
 # launch counts below assume every 1x1 conv takes the Triton kernel
 # (the fused expand + depthwise op: test_expand_dw_plan.py)
 pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_triton", "expand_dw_separate")]
-
-
-def build(name="efficientnet_b0", seed=0, **kw):
-    torch.manual_seed(seed)
-    return randomize_bn(fm.MODEL_BUILDERS[name](**kw), seed).eval().to(DEVICE)
-
-
-def expected_launches(model, output="logits"):
-    """Per forward: the stem, four launches per MBConv block (three without expansion), and for
-    logits the head's GEMM and its pool-finishing launch (feature maps: the head GEMM alone)."""
-    blocks = [b for stage in model.blocks for b in stage]
-    n_ds = sum(1 for b in blocks if b.parts().expand is None)
-    launches = {
-        "stem_conv_bn_act": 1,
-        "dwconv_bn_act": len(blocks),
-        "squeeze_excite_gate": len(blocks),
-        "pointwise_gated": 2 * len(blocks) - n_ds + (output != "stage_maps"),
-    }
-    if output == "logits":
-        launches["pointwise_gated[pool]"] = 1
-    return launches
-
-
-def run_both(model, fn, *args):
-    with torch.inference_mode():
-        ref = reference_forward(fn, *args)
-        with fm.use_backend("fused"), count_launches() as launches:
-            out = fn(*args)
-    return out, ref, launches
 
 
 def test_the_reference_side_of_a_comparison_launches_no_kernel():

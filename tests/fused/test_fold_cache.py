@@ -12,8 +12,7 @@ import fastmbconv as fm
 from fastmbconv import fused
 from fastmbconv.kernels.testing import assert_close_to_ref
 
-from ..helpers import DEVICE, data_parallel_replica, reference_forward
-from .test_execute import build, expected_launches, run_both
+from ..helpers import DEVICE, build, data_parallel_replica, expected_launches, reference_forward, run_both
 
 pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_triton", "expand_dw_separate")]
 
@@ -131,19 +130,22 @@ def test_a_data_parallel_replica_or_shallow_copy_folds_its_own_weights():
     assert dict(launches) == expected_launches(on_cpu)
     assert_close_to_ref(out, ref, what="a replica's logits")
 
+
 @pytest.mark.parametrize("fused_step", [True, False], ids=["fused", "foreach"])
 def test_an_optimizer_step_refolds(fused_step):
     """A fused optimizer writes the parameters without bumping their version counters; its step
-    still forces a refold (the model stays in eval mode, as when fine-tuning with frozen BN)."""
-    model = build(num_classes=10)
+    still forces a refold (the model stays in eval mode, as when fine-tuning with frozen BN).
+    A model whose parameters the step did not hold (a frozen teacher) keeps its fold."""
+    model, teacher = build(num_classes=10), build(num_classes=10, seed=1)
     x = torch.randn(1, 3, 17, 17, device=DEVICE)
     with torch.inference_mode(), fm.use_backend("fused"):
         before = model(x)
-    first = fused.folded(model)
+    first, teachers = fused.folded(model), fused.folded(teacher)
     step = torch.optim.SGD(model.parameters(), lr=0.5, **({"fused": True} if fused_step else {"foreach": True}))
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     step.step()
+    assert fused.folded(teacher) is teachers
     out, ref, _ = run_both(model, model, x)
     assert fused.folded(model) is not first
     assert (out - before).abs().max() > 1e-3

@@ -124,8 +124,9 @@ def test_cudnn_route_is_inference_only_and_ignores_autocast():
 
 def test_overlapping_y_is_refused():
     """y is written in place: where its elements share memory (an expanded batch), programs would
-    apply the affine to what others already wrote (a scale of 2 gave 4x). Refused by name, as
-    torch's in-place ops refuse it; a strided view whose elements do not overlap still works."""
+    apply the affine to what others already wrote, and on a GPU race each other. Refused by
+    name, as torch's in-place ops refuse it; a strided view whose elements do not overlap still
+    works."""
     y, scale, shift = make(1, 8, 3, 3, torch.float32, channels_last=False)
     with pytest.raises(ValueError, match="y is written in place, but more than one of its elements"):
         affine_act_pool(y.expand(3, 8, 3, 3), scale, shift, "identity")
@@ -136,9 +137,9 @@ def test_overlapping_y_is_refused():
 
 
 def test_gradients_are_refused():
-    """The pass rewrites y in place with no gradient of its own, so a backward would skip the
-    affine and the activation (the gradient reaching y's input came out 1 for a scale of 2):
-    refused by name while grad mode is on and y, scale or shift requires grad."""
+    """The pass rewrites y in place with no gradient of its own, so a backward would pass the
+    gradient through as if neither the affine nor the activation had run: refused by name while
+    grad mode is on and y, scale or shift requires grad."""
     y, scale, shift = make(1, 16, 4, 4, torch.float32)
     grad = [t.clone().requires_grad_() for t in (y, scale, shift)]
     for args in ((grad[0] * 1, scale, shift), (y.clone(), grad[1], shift), (y.clone(), scale, grad[2])):
