@@ -165,8 +165,9 @@ def create_model(
     ``pip install 'fastmbconv[pretrained]'``; the Hub's cache and ``HF_HUB_OFFLINE`` apply,
     ``cache_dir`` overrides the cache); ``checkpoint_path`` loads a local safetensors or torch
     file in timm's or torchvision's key format (after the pretrained weights, if both are
-    given). A ``num_classes`` other than the weights' leaves the classifier freshly initialised;
-    ``in_chans`` other than 3 adapts the stem conv, as timm does.
+    given). A ``num_classes`` given and other than the weights' leaves the classifier freshly
+    initialised; weights of another number of classes without ``num_classes`` are refused, by
+    name. ``in_chans`` other than 3 adapts the stem conv's RGB weights, as timm does.
 
     Defaults follow timm: ``num_classes`` from the configuration (1000, or 11821 for
     ``efficientnet_b5.sw_in12k``), ``drop_rate`` and ``drop_path_rate`` 0 (the efficientnet_bN
@@ -181,6 +182,7 @@ def create_model(
     cfg = dict(pretrained_cfg) if isinstance(pretrained_cfg, dict) else lookup_cfg(arch, tag)
     cfg.update(pretrained_cfg_overlay or {})
     variant, pad_mode = ARCHITECTURES[arch]
+    new_classifier = num_classes is not None  # the caller chose it: a classifier of another size starts fresh
     if num_classes is None:
         num_classes = int(cfg.get("num_classes", 1000))
     spec = VARIANTS[variant]
@@ -191,9 +193,11 @@ def create_model(
     model.variant = arch
     model.pretrained_cfg = for_features(cfg) if features_only else cfg
     if pretrained:
-        weights.load_weights(model, weights.hub_state_dict(cfg, cache_dir), f"weights {cfg.get('hf_hub_id')!r}")
+        weights.load_weights(model, weights.hub_state_dict(cfg, cache_dir), f"weights {cfg.get('hf_hub_id')!r}",
+                             new_classifier)
     if checkpoint_path is not None:
-        weights.load_weights(model, weights.read_checkpoint(checkpoint_path), f"checkpoint {str(checkpoint_path)!r}")
+        weights.load_weights(model, weights.read_checkpoint(checkpoint_path), f"checkpoint {str(checkpoint_path)!r}",
+                             new_classifier)
     return model
 
 
@@ -204,7 +208,7 @@ def _variant_builder(variant: str):
         *,
         pretrained: bool = False,
         checkpoint_path: Optional[PathLike] = None,
-        num_classes: int = 1000,
+        num_classes: Optional[int] = None,
         in_chans: int = 3,
         pad_mode: PadMode = "symmetric",
         bn_eps: Optional[float] = None,
@@ -229,7 +233,8 @@ resolution {spec.resolution}, classifier dropout {spec.dropout} (the paper's; ``
     Args:
         pretrained: load timm's published weights (see :func:`fastmbconv.create_model`).
         checkpoint_path: a local safetensors or torch file, timm's or torchvision's keys.
-        num_classes: classifier outputs; 0 returns the pooled features.
+        num_classes: classifier outputs (default: the weights' configuration's, 1000); 0 returns the pooled
+            features; given, and other than a checkpoint's, a fresh classifier.
         in_chans: input channels.
         pad_mode: "symmetric" (timm ``efficientnet_{variant}``, torchvision) or "same" (TF
             "SAME", timm ``tf_efficientnet_{variant}``, BN eps 1e-3).

@@ -7,7 +7,8 @@
   (its cache, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` apply), looking for
   ``model.safetensors`` then ``pytorch_model.bin`` as timm does;
 - :func:`load_weights`: adapts a state dict to the model as timm does (a classifier of another
-  size is left out, the stem conv is adapted to other input channels) and loads it strictly.
+  size is left out where the caller chose the number of classes, RGB stem weights are adapted to
+  other input channels), checks its values and loads it strictly.
 
 ``huggingface_hub`` and ``safetensors`` are optional (``pip install 'fastmbconv[pretrained]'``)
 and imported only here, when weights are loaded.
@@ -18,6 +19,8 @@ import importlib
 import importlib.util
 import math
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
@@ -55,13 +58,33 @@ def _unwrap(checkpoint, path) -> dict:
             break
     out = {}
     for key, value in checkpoint.items():
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: a key is a {type(key).__name__} ({key!r}), not a parameter name")
+        while key.startswith(_PREFIXES):  # DDP around a compiled model: "module._orig_mod."
+            key = key[len(next(p for p in _PREFIXES if key.startswith(p))):]
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
         out[key] = value
     return out
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors' layout, whatever the file's name: an 8-byte little-endian header length, then
+    the header's JSON, inside the file."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") + 8 <= path.stat().st_size
+
+
+def _refused_pickle(path: Path, exc: Exception) -> str:
+    """What ``weights_only`` refused to unpickle, without torch's advice to unpickle it anyway."""
+    text = str(exc)
+    names = list(dict.fromkeys(re.findall(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)))
+    if names:
+        return (f"{str(path)!r} holds Python objects other than tensors ({', '.join(names)}), which are never "
+                f"unpickled here; save the weights alone, with torch.save(model.state_dict(), path) or safetensors")
+    detail = "; ".join(dict.fromkeys(re.findall(r"unsupported operand \S+", text, re.IGNORECASE)))
+    return f"could not read checkpoint {str(path)!r}: not a torch checkpoint of tensors ({detail or text[:200]})"
 
 
 def is_torchvision_format(state_dict: Mapping[str, torch.Tensor]) -> bool:
@@ -70,22 +93,30 @@ def is_torchvision_format(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 def read_checkpoint(path: Union[str, os.PathLike]) -> dict:
     """The state dict in a local checkpoint file, in timm's key names (torchvision's are
-    renamed). ``.safetensors`` files are read with safetensors, anything else with
-    ``torch.load(weights_only=True)``; ``state_dict_ema``/``model_ema``/``state_dict``/``model``
+    renamed). safetensors files (by name or by content) are read with safetensors, anything else
+    with ``torch.load(weights_only=True)``; ``state_dict_ema``/``model_ema``/``state_dict``/``model``
     wrappers and ``module.``/``_orig_mod.`` prefixes are removed."""
     from .convert import torchvision_to_timm_keys
 
-    path = Path(path)
-    if not path.is_file():
+    path = Path(os.fsdecode(path))
+    if not path.exists():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a regular file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint file {str(path)!r} is empty")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors" or _is_safetensors(path):
             st = _optional("safetensors.torch", f"reading {path.name}")
             checkpoint = st.load_file(str(path), device="cpu")
         else:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):  # not a refusal: bytes that are no pickle
+            raise CheckpointError(f"could not read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}"[:600]) from exc
+        raise CheckpointError(_refused_pickle(path, exc)) from None
     except Exception as exc:
         raise CheckpointError(f"could not read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}"[:600]) from exc
     state_dict = _unwrap(checkpoint, path)
@@ -139,22 +170,55 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return w.to(weight.dtype)
 
 
-def load_weights(model, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load timm-keyed weights into ``model`` as timm's ``load_pretrained`` does: a classifier
-    whose size differs from the model's is left at its fresh init, a features-only model takes
-    no head, the stem conv is adapted to the model's input channels; everything else must fit
-    exactly (:class:`~fastmbconv.StateDictMismatchError` lists what does not)."""
+def _check_values(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse, by key, what ``load_state_dict`` would silently cast or copy into a model that
+    then computes NaN or zeros: tensors that are not dense real floats (``num_batches_tracked``:
+    integers), non-finite values, negative BN variances."""
+    for key, value in state_dict.items():
+        kind = "meta" if value.is_meta else "quantized" if value.is_quantized else str(value.layout)
+        if kind != "torch.strided":
+            raise StateDictMismatchError(f"{source}: {key} is a {kind} tensor, not dense values")
+        if key.endswith("num_batches_tracked"):
+            if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+                raise StateDictMismatchError(f"{source}: {key} must hold an integer, got {value.dtype}")
+            continue
+        if not value.is_floating_point():
+            raise StateDictMismatchError(f"{source}: {key} is {value.dtype}; weights must be floating point")
+        finite = torch.isfinite(value if value.element_size() > 1 else value.float())  # none for fp8
+        if not finite.all():
+            bad = int((~finite).sum())
+            raise StateDictMismatchError(f"{source}: {key} holds {bad} NaN or infinite values")
+        if key.endswith("running_var") and (value < 0).any():
+            raise StateDictMismatchError(f"{source}: {key} holds negative variances")
+
+
+def load_weights(model, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                 new_classifier: bool = False) -> None:
+    """Load timm-keyed weights into ``model`` as timm's ``load_pretrained`` does: a features-only
+    model takes no head; with ``new_classifier`` (the caller chose the number of classes) a
+    classifier of another size is left at its fresh init; 3-channel stem weights are adapted to
+    the model's input channels; everything else must fit exactly, in dense, finite floating-point
+    values (:class:`~fastmbconv.StateDictMismatchError` says what does not)."""
     state_dict = dict(state_dict)
+    _check_values(state_dict, source)
     head = ("conv_head.", "bn2.", "classifier.")
+    file_classifier = state_dict.get("classifier.weight")
     if model.features_only:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head)}
-    elif not isinstance(model.classifier, torch.nn.Linear) or (
-            "classifier.weight" in state_dict
-            and tuple(state_dict["classifier.weight"].shape) != tuple(model.classifier.weight.shape)):
+    elif not isinstance(model.classifier, torch.nn.Linear):
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
+    elif (file_classifier is not None and file_classifier.ndim == 2
+          and file_classifier.shape[1] == model.classifier.in_features
+          and file_classifier.shape[0] != model.classifier.out_features):
+        if not new_classifier:
+            raise StateDictMismatchError(
+                f"{source} has a classifier of {file_classifier.shape[0]} classes, this model one of "
+                f"{model.classifier.out_features}: pass num_classes={file_classifier.shape[0]} to load it, or the "
+                f"number of classes you want to start a fresh classifier")
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
         state_dict.update({f"classifier.{k}": v for k, v in model.classifier.state_dict().items()})
     stem = state_dict.get("conv_stem.weight")
-    if stem is not None and stem.ndim == 4 and stem.shape[1] != model.in_chans:
+    if stem is not None and stem.ndim == 4 and stem.shape[1] == 3 != model.in_chans:  # timm adapts RGB weights only
         state_dict["conv_stem.weight"] = adapt_input_conv(stem, model.in_chans)
     try:
         model.load_state_dict(state_dict, strict=True)

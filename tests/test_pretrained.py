@@ -151,8 +151,62 @@ def test_corrupt_and_mismatched_files_give_clear_errors(source, tmp_path):
         fm.create_model("efficientnet_b0", checkpoint_path=b1)
     pickled = tmp_path / "pickled.pth"
     torch.save({"state_dict": {"a": object()}}, pickled)  # weights_only refuses arbitrary objects
-    with pytest.raises(fm.CheckpointError, match="could not read"):
+    with pytest.raises(fm.CheckpointError, match=r"objects other than tensors \(object\)"):
         fm.create_model("efficientnet_b0", checkpoint_path=pickled)
+
+
+class _Payload:
+    """Unpickling this would run ``Path.touch`` on the marker: a stand-in for any code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return Path.touch, (Path(self.marker),)
+
+
+def test_untrusted_contents_are_refused_by_name(source, tmp_path):
+    """Code in a pickle never runs; values a model would silently cast or compute NaN from,
+    a classifier of another size nobody asked for, non-RGB stem weights and keys that are not
+    names are refused, each naming what is wrong; the format is read from the content."""
+    marker, evil = tmp_path / "ran", tmp_path / "evil.pth"
+    torch.save({"state_dict": {"conv_stem.weight": _Payload(marker)}}, evil)
+    with pytest.raises(fm.CheckpointError, match="never unpickled"):
+        fm.create_model("efficientnet_b0", checkpoint_path=evil)
+    assert not marker.exists()
+    good = source.state_dict()
+
+    def refused(sd, match, error=fm.StateDictMismatchError, **kw):
+        path = tmp_path / "edited.pth"
+        torch.save(sd, path)
+        with pytest.raises(error, match=match):
+            fm.create_model("tf_efficientnet_b0", checkpoint_path=path, **kw)
+
+    refused({**good, "blocks.1.0.conv_pw.weight": good["blocks.1.0.conv_pw.weight"] * float("nan")},
+            r"blocks.1.0.conv_pw.weight holds 1536 NaN or infinite values")
+    refused({**good, "conv_stem.weight": good["conv_stem.weight"].int()}, r"conv_stem.weight is torch.int32")
+    refused({**good, "bn1.running_var": -good["bn1.running_var"]}, r"bn1.running_var holds negative variances")
+    refused({**good, "bn1.num_batches_tracked": torch.tensor(1.0)}, r"num_batches_tracked must hold an integer")
+    refused({**good, "classifier.weight": good["classifier.weight"][:10], "classifier.bias": good["classifier.bias"][:10]},
+            r"a classifier of 10 classes, this model one of 1000: pass num_classes=10")
+    refused({**good, "conv_stem.weight": good["conv_stem.weight"].repeat(1, 2, 1, 1)[:, :4]},
+            r"conv_stem.weight: checkpoint \(32, 4, 3, 3\) vs model \(32, 3, 3, 3\)")
+    refused({1: good["bn1.bias"]}, "a key is a int", fm.CheckpointError)
+    with pytest.raises(fm.CheckpointError, match="is not a regular file"):
+        fm.create_model("efficientnet_b0", checkpoint_path=tmp_path)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(fm.CheckpointError, match="is empty"):
+        fm.create_model("efficientnet_b0", checkpoint_path=tmp_path / "empty.pth")
+    prefixed = tmp_path / "ddp_compiled.pth"
+    torch.save({f"module._orig_mod.{k}": v for k, v in good.items()}, prefixed)
+    assert fm.create_model("tf_efficientnet_b0", checkpoint_path=prefixed) is not None
+    st = import_or_skip("safetensors.torch")
+    named_pth = tmp_path / "really_safetensors.pth"
+    st.save_file({k: v.contiguous() for k, v in good.items()}, str(named_pth))
+    model = fm.create_model("tf_efficientnet_b0", checkpoint_path=named_pth)
+    torch.testing.assert_close(_logits(model), _logits(source), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- the Hub, through its cache
