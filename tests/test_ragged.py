@@ -5,7 +5,7 @@ import torch
 import fastmbconv as fm
 from fastmbconv import streams
 
-from .helpers import randomize_bn
+from .helpers import DEVICE, randomize_bn
 
 SIZES = [(64, 48), (80, 80), (33, 57), (7, 1)]
 
@@ -99,9 +99,9 @@ def test_bad_valid_sizes(valid, err, match):
 @pytest.mark.parametrize("backend", ["reference", "fused"])
 def test_an_empty_ragged_batch(backend):
     """No images, sizes as an empty list or a (0, 2) tensor: empty outputs of the usual shapes."""
-    model = fm.efficientnet_b0(num_classes=7, pad_mode="same").eval()
-    features = fm.efficientnet_b0(features_only=True).eval()
-    x = torch.zeros(0, 3, 32, 32)
+    model = fm.efficientnet_b0(num_classes=7, pad_mode="same").eval().to(DEVICE)
+    features = fm.efficientnet_b0(features_only=True).eval().to(DEVICE)
+    x = torch.zeros(0, 3, 32, 32, device=DEVICE)
     with torch.no_grad(), fm.use_backend(backend):
         assert model(x, []).shape == (0, 7)
         assert model.forward_features(x, torch.zeros(0, 2, dtype=torch.int64)).shape == (0, 1280, 1, 1)

@@ -143,7 +143,7 @@ def test_cuda_graph_replays_see_weights_changed_after_the_capture():
     with torch.inference_mode(), fm.use_backend("fused"):
         eager = model(x)  # refolds into the tensors the graph reads
         # blocks of the fold's sizes: what a freed fold's memory would be handed to
-        poison = [torch.full_like(t, float("nan")) for t in fold_tensors(fused.fold_model(model)) if t is not None]
+        poison = [torch.full_like(t, float("nan")) for t in fold_tensors(fused.folded(model)) if t is not None]
         graph.replay()
         torch.cuda.synchronize()
     del poison

@@ -151,11 +151,17 @@ def test_bad_input(case, exc, words):
 @pytest.mark.parametrize("bad", [(0, 5), (-1, 5), (9, 99)], ids=["zero", "negative", "too_big"])
 def test_out_of_range_valid_sizes_are_a_clear_error(bad):
     """As the depthwise kernels: sizes outside [1, H] x [1, W] are rejected on the host for CPU
-    tensors (CUDA skips the check and the kernel clamps them into [0, H] x [0, W])."""
-    if DEVICE != "cpu":
-        pytest.skip("CUDA inputs skip the host check (it would sync every call)")
+    tensors (CUDA skips the check, which would sync every call, and the kernel clamps them into
+    [0, H] x [0, W]: the result is the clamped sizes')."""
     x, w, bias = make(2, 9, 8)
     valid_hw = torch.tensor([[9, 8], list(bad)], dtype=torch.int32, device=DEVICE)
     pad_tl = torch.zeros(2, 2, dtype=torch.int32, device=DEVICE)
-    with pytest.raises(ValueError, match="valid_hw must lie in"):
-        stem_conv_bn_act(x, w, bias, (0, 1, 0, 1), 2, valid_hw=valid_hw, pad_tl=pad_tl)
+    if DEVICE == "cpu":
+        with pytest.raises(ValueError, match="valid_hw must lie in"):
+            stem_conv_bn_act(x, w, bias, (0, 1, 0, 1), 2, valid_hw=valid_hw, pad_tl=pad_tl)
+        return
+    clamped = valid_hw.clone()
+    clamped[:, 0].clamp_(0, 9)
+    clamped[:, 1].clamp_(0, 8)
+    torch.testing.assert_close(stem_conv_bn_act(x, w, bias, (0, 1, 0, 1), 2, valid_hw=valid_hw, pad_tl=pad_tl),
+                               stem_conv_bn_act(x, w, bias, (0, 1, 0, 1), 2, valid_hw=clamped, pad_tl=pad_tl))
