@@ -68,7 +68,7 @@ def test_from_state_dict_torchvision_keys(name):
 
 def test_custom_scale_state_dict_converts():
     src = fm.efficientnet(phi=1.5, num_classes=17).eval()
-    out = fm.from_state_dict(src.state_dict())
+    out = fm.from_state_dict(src.state_dict(), pad_mode="symmetric")
     assert out.stages == src.stages and out.num_classes == 17
 
 
@@ -105,7 +105,7 @@ def test_not_an_efficientnet():
     with pytest.raises(TypeError, match="torchvision EfficientNet"):
         fm.from_torchvision(torch.nn.Linear(2, 2))
     with pytest.raises(fm.StateDictMismatchError, match="conv_stem"):
-        fm.from_state_dict({"a": torch.zeros(1)})
+        fm.from_state_dict({"a": torch.zeros(1)}, pad_mode="symmetric")
 
 
 # ---------------------------------------------------------------- the real peer libraries
