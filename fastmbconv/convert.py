@@ -21,6 +21,7 @@ from .geometry import PadMode
 from .layers import DepthwiseSeparable, MBConv
 from .model import GLOBAL_POOLS, EfficientNet, StateDictMismatchError
 from .pretrained import generic_cfg
+from .state_dict_checks import check_state_dict
 
 # Limits on an architecture read from a state dict, which may come from an untrusted file: up to
 # 2.5x B7's width and 2x its depth (timm's tf_efficientnet_l2 has width 4.3, depth 5.3).
@@ -213,23 +214,6 @@ def _match_variant(arch: dict) -> str | None:
     return None
 
 
-def _check_entries(state_dict: Mapping) -> None:
-    """String keys and dense tensors: the model built from the dict then needs no more memory
-    than the dict holds (an expanded view can claim any shape on one stored element)."""
-    for key, value in state_dict.items():
-        if not isinstance(key, str):
-            raise StateDictMismatchError(f"state dict key {key!r} is a {type(key).__name__}, not a string")
-        if not isinstance(value, torch.Tensor):
-            raise StateDictMismatchError(f"{key!r} is a {type(value).__name__}, not a tensor")
-        if value.is_meta or value.layout != torch.strided:
-            raise StateDictMismatchError(f"{key!r} holds no dense data (device {value.device.type}, layout "
-                                         f"{value.layout}); a state dict holds dense tensors")
-        stored = value.untyped_storage().nbytes() // value.element_size() - value.storage_offset()
-        if value.numel() > stored:
-            raise StateDictMismatchError(f"{key!r} claims shape {tuple(value.shape)} on {stored} stored elements (an "
-                                         "expanded view); a state dict holds dense tensors")
-
-
 def from_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     *,
@@ -254,9 +238,10 @@ def from_state_dict(
     if key_format not in ("timm", "torchvision"):
         raise ValueError(f"key_format must be 'timm' or 'torchvision', got {key_format!r}")
     if pad_mode is None and key_format == "timm":
-        raise TypeError("from_state_dict needs pad_mode for timm weights: 'symmetric' for efficientnet_*, 'same' "
-                        "for tf_efficientnet_* (the weights do not say which, and the wrong one changes every output)")
-    _check_entries(state_dict)
+        raise TypeError("from_state_dict needs pad_mode for timm-keyed weights: 'symmetric' for efficientnet_* and "
+                        "for torchvision's (read_checkpoint gives them timm's keys), 'same' for tf_efficientnet_* (the "
+                        "weights do not say which, and the wrong one changes every output)")
+    check_state_dict(state_dict)
     if key_format == "torchvision":
         state_dict = torchvision_to_timm_keys(state_dict)
         pad_mode = pad_mode or "symmetric"
@@ -311,7 +296,7 @@ def _prob(module) -> float:
 def _timm_pool(model: nn.Module) -> str:
     """The global pool of a timm model (a SelectAdaptivePool2d's ``pool_type``) as ours."""
     pool = getattr(model, "global_pool", "avg")
-    pool_type = str(getattr(pool, "pool_type", pool))
+    pool_type = str(getattr(pool, "pool_type", pool)).lower()  # timm lowercases it to choose
     name = (pool_type[4:] or "avg") if pool_type.startswith("fast") else pool_type  # "fast*": same maths
     if name not in GLOBAL_POOLS:
         raise ValueError(f"from_timm supports global_pool 'avg', 'max' or ''; this model pools with {pool_type!r}")

@@ -256,7 +256,8 @@ class EfficientNet(nn.Module):
         """Like ``nn.Module.load_state_dict``, but a mismatch raises
         :class:`StateDictMismatchError` listing every missing, unexpected and mis-shaped key."""
         own = self.state_dict()
-        missing = sorted(set(own) - set(state_dict))
+        # BatchNorm fills in a missing count itself, as torch and timm load older checkpoints
+        missing = sorted(k for k in set(own) - set(state_dict) if not k.endswith("num_batches_tracked"))
         unexpected = sorted(set(state_dict) - set(own))
         shapes = sorted(
             f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"

@@ -27,6 +27,7 @@ from typing import Mapping, Optional, Union
 import torch
 
 from .model import StateDictMismatchError
+from .state_dict_checks import check_state_dict
 
 #: The files timm publishes per Hub repository, in the order they are tried.
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -58,13 +59,9 @@ def _unwrap(checkpoint, path) -> dict:
             break
     out = {}
     for key, value in checkpoint.items():
-        if not isinstance(key, str):
-            raise CheckpointError(f"{path}: a key is a {type(key).__name__} ({key!r}), not a parameter name")
-        while key.startswith(_PREFIXES):  # DDP around a compiled model: "module._orig_mod."
+        while isinstance(key, str) and key.startswith(_PREFIXES):  # DDP around compile: "module._orig_mod."
             key = key[len(next(p for p in _PREFIXES if key.startswith(p))):]
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        out[key] = value
+        out[key] = value  # keys and values are checked where they are loaded (check_state_dict)
     return out
 
 
@@ -82,13 +79,16 @@ def _refused_pickle(path: Path, exc: Exception) -> str:
     names = list(dict.fromkeys(re.findall(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)))
     if names:
         return (f"{str(path)!r} holds Python objects other than tensors ({', '.join(names)}), which are never "
-                f"unpickled here; save the weights alone, with torch.save(model.state_dict(), path) or safetensors")
+                f"unpickled here; save the weights alone, with torch.save(model.state_dict(), path) or safetensors "
+                f"(a training checkpoint whose extra objects are known to be harmless, e.g. argparse.Namespace, "
+                f"loads inside torch.serialization.safe_globals([...those types]))")
     detail = "; ".join(dict.fromkeys(re.findall(r"unsupported operand \S+", text, re.IGNORECASE)))
     return f"could not read checkpoint {str(path)!r}: not a torch checkpoint of tensors ({detail or text[:200]})"
 
 
 def is_torchvision_format(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    return any(k.startswith("features.") for k in state_dict) and "conv_stem.weight" not in state_dict
+    return ("conv_stem.weight" not in state_dict
+            and any(isinstance(k, str) and k.startswith("features.") for k in state_dict))
 
 
 def read_checkpoint(path: Union[str, os.PathLike]) -> dict:
@@ -115,7 +115,8 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> dict:
         raise
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):  # not a refusal: bytes that are no pickle
-            raise CheckpointError(f"could not read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}"[:600]) from exc
+            raise CheckpointError(
+                f"could not read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}"[:600]) from exc
         raise CheckpointError(_refused_pickle(path, exc)) from None
     except Exception as exc:
         raise CheckpointError(f"could not read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}"[:600]) from exc
@@ -170,28 +171,6 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return w.to(weight.dtype)
 
 
-def _check_values(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Refuse, by key, what ``load_state_dict`` would silently cast or copy into a model that
-    then computes NaN or zeros: tensors that are not dense real floats (``num_batches_tracked``:
-    integers), non-finite values, negative BN variances."""
-    for key, value in state_dict.items():
-        kind = "meta" if value.is_meta else "quantized" if value.is_quantized else str(value.layout)
-        if kind != "torch.strided":
-            raise StateDictMismatchError(f"{source}: {key} is a {kind} tensor, not dense values")
-        if key.endswith("num_batches_tracked"):
-            if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-                raise StateDictMismatchError(f"{source}: {key} must hold an integer, got {value.dtype}")
-            continue
-        if not value.is_floating_point():
-            raise StateDictMismatchError(f"{source}: {key} is {value.dtype}; weights must be floating point")
-        finite = torch.isfinite(value if value.element_size() > 1 else value.float())  # none for fp8
-        if not finite.all():
-            bad = int((~finite).sum())
-            raise StateDictMismatchError(f"{source}: {key} holds {bad} NaN or infinite values")
-        if key.endswith("running_var") and (value < 0).any():
-            raise StateDictMismatchError(f"{source}: {key} holds negative variances")
-
-
 def load_weights(model, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
                  new_classifier: bool = False) -> None:
     """Load timm-keyed weights into ``model`` as timm's ``load_pretrained`` does: a features-only
@@ -200,7 +179,7 @@ def load_weights(model, state_dict: Mapping[str, torch.Tensor], source: str = "c
     the model's input channels; everything else must fit exactly, in dense, finite floating-point
     values (:class:`~fastmbconv.StateDictMismatchError` says what does not)."""
     state_dict = dict(state_dict)
-    _check_values(state_dict, source)
+    check_state_dict(state_dict, source)
     head = ("conv_head.", "bn2.", "classifier.")
     file_classifier = state_dict.get("classifier.weight")
     if model.features_only:

@@ -39,6 +39,36 @@ def import_or_skip(name: str):
         pytest.skip(f"{name} does not import here: {type(exc).__name__}: {exc}"[:300])
 
 
+def torchvision_style_state_dict(model) -> dict:
+    """Write a fastmbconv model's weights under torchvision's key names, by hand, following
+    torchvision's module layout (features.0 stem, features.1-7 stages, features.8 head,
+    classifier.1), so the conversion is tested without torchvision installed."""
+    sd, src = {}, model.state_dict()
+
+    def put(tv_prefix, timm_prefix):
+        for k, v in src.items():
+            if k.startswith(timm_prefix + "."):
+                sd[tv_prefix + k[len(timm_prefix):]] = v
+
+    put("features.0.0", "conv_stem")
+    put("features.0.1", "bn1")
+    for i, stage in enumerate(model.blocks):
+        for j, block in enumerate(stage):
+            tv, tm = f"features.{i + 1}.{j}.block", f"blocks.{i}.{j}"
+            if hasattr(block, "conv_pwl"):
+                names = [("0.0", "conv_pw"), ("0.1", "bn1"), ("1.0", "conv_dw"), ("1.1", "bn2"),
+                         ("2.fc1", "se.conv_reduce"), ("2.fc2", "se.conv_expand"), ("3.0", "conv_pwl"), ("3.1", "bn3")]
+            else:
+                names = [("0.0", "conv_dw"), ("0.1", "bn1"), ("1.fc1", "se.conv_reduce"),
+                         ("1.fc2", "se.conv_expand"), ("2.0", "conv_pw"), ("2.1", "bn2")]
+            for tv_sub, tm_sub in names:
+                put(f"{tv}.{tv_sub}", f"{tm}.{tm_sub}")
+    put("features.8.0", "conv_head")
+    put("features.8.1", "bn2")
+    put("classifier.1", "classifier")
+    return sd
+
+
 def reference_forward(fn, *args):
     """``fn(*args)`` on the reference backend, checked to have launched no kernel: the side a
     fused output is compared with. Never leave it to ``auto``: on a GPU, ``auto`` runs an eval

@@ -5,42 +5,12 @@ import torch
 import fastmbconv as fm
 from fastmbconv.convert import torchvision_to_timm_keys
 
-from .helpers import import_or_skip, randomize_bn
+from .helpers import import_or_skip, randomize_bn, torchvision_style_state_dict
 
 VARIANTS = sorted(fm.VARIANTS)
 # Odd sizes at batch 1: every stride-2 layer sees odd and even extents, and TF SAME pads
 # asymmetrically; 1x1 is the degenerate case. Small, so B7 stays cheap on 2 CPU cores.
 ODD_SIZES = [(33, 47), (57, 7), (1, 1)]
-
-
-def _torchvision_style_state_dict(model: fm.EfficientNet) -> dict:
-    """Write a fastmbconv model's weights under torchvision's key names, by hand, following
-    torchvision's module layout (features.0 stem, features.1-7 stages, features.8 head,
-    classifier.1), so the conversion is tested without torchvision installed."""
-    sd, src = {}, model.state_dict()
-
-    def put(tv_prefix, timm_prefix):
-        for k, v in src.items():
-            if k.startswith(timm_prefix + "."):
-                sd[tv_prefix + k[len(timm_prefix):]] = v
-
-    put("features.0.0", "conv_stem")
-    put("features.0.1", "bn1")
-    for i, stage in enumerate(model.blocks):
-        for j, block in enumerate(stage):
-            tv, tm = f"features.{i + 1}.{j}.block", f"blocks.{i}.{j}"
-            if hasattr(block, "conv_pwl"):
-                names = [("0.0", "conv_pw"), ("0.1", "bn1"), ("1.0", "conv_dw"), ("1.1", "bn2"),
-                         ("2.fc1", "se.conv_reduce"), ("2.fc2", "se.conv_expand"), ("3.0", "conv_pwl"), ("3.1", "bn3")]
-            else:
-                names = [("0.0", "conv_dw"), ("0.1", "bn1"), ("1.fc1", "se.conv_reduce"),
-                         ("1.fc2", "se.conv_expand"), ("2.0", "conv_pw"), ("2.1", "bn2")]
-            for tv_sub, tm_sub in names:
-                put(f"{tv}.{tv_sub}", f"{tm}.{tm_sub}")
-    put("features.8.0", "conv_head")
-    put("features.8.1", "bn2")
-    put("classifier.1", "classifier")
-    return sd
 
 
 @pytest.mark.parametrize("name", ["b0", "b3"])
@@ -57,7 +27,7 @@ def test_from_state_dict_timm_keys_roundtrip(name, pad_mode):
 @pytest.mark.parametrize("name", ["b0", "b2"])
 def test_from_state_dict_torchvision_keys(name):
     src = randomize_bn(getattr(fm, f"efficientnet_{name}")()).eval()
-    tv_sd = _torchvision_style_state_dict(src)
+    tv_sd = torchvision_style_state_dict(src)
     assert "features.1.0.block.0.0.weight" in tv_sd and "classifier.1.weight" in tv_sd
     assert set(torchvision_to_timm_keys(tv_sd)) == set(src.state_dict())
     out = fm.from_state_dict(tv_sd, key_format="torchvision").eval()
@@ -93,7 +63,7 @@ def test_non_strict_load_still_rejects_shape_mismatch():
 
 
 def test_torchvision_keys_with_unknown_entries_rejected():
-    sd = _torchvision_style_state_dict(fm.efficientnet_b0())
+    sd = torchvision_style_state_dict(fm.efficientnet_b0())
     sd["features.3.0.block.7.0.weight"] = torch.zeros(1)
     with pytest.raises(fm.StateDictMismatchError, match="block.7.0"):
         fm.from_state_dict(sd, key_format="torchvision")
@@ -171,7 +141,7 @@ class _TorchvisionShaped(torch.nn.Module):
 
     def __init__(self, src, rate, dropout):
         super().__init__()
-        self._sd = _torchvision_style_state_dict(src)
+        self._sd = torchvision_style_state_dict(src)
         n = sum(len(s) for s in src.blocks)
         ids = iter(range(n))
         self.features = torch.nn.Sequential(

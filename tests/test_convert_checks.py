@@ -11,7 +11,7 @@ import fastmbconv as fm
 from fastmbconv import convert
 from fastmbconv.convert import infer_architecture, torchvision_to_timm_keys
 
-from .test_convert import _torchvision_style_state_dict
+from .helpers import torchvision_style_state_dict
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,7 +71,8 @@ BAD_STATE_DICTS = {
     "SE wider than the block input": (lambda: _with(blocks__1__0__se__conv_reduce__weight=Z(17, 96, 1, 1)),
                                       r"'blocks\.1\.0\.se\.conv_reduce\.weight'"),
     # missing keys a block's kind needs
-    "missing SE": (lambda: _with(blocks__0__0__se__conv_reduce__weight=None), r"'blocks\.0\.0\.se\.conv_reduce\.weight'"),
+    "missing SE": (lambda: _with(blocks__0__0__se__conv_reduce__weight=None),
+                   r"'blocks\.0\.0\.se\.conv_reduce\.weight'"),
     "missing depthwise": (lambda: _with(blocks__2__0__conv_dw__weight=None), r"'blocks\.2\.0\.conv_dw\.weight'"),
     "missing expand": (lambda: _with(blocks__2__0__conv_pw__weight=None), r"'blocks\.2\.0\.conv_pw\.weight'"),
     "missing project": (lambda: _with(blocks__2__0__conv_pwl__weight=None), r"'blocks\.2\.0\.conv_pwl\.weight'"),
@@ -88,6 +89,11 @@ BAD_STATE_DICTS = {
     "non-string key": (lambda: {**_b0_state_dict(), 7: Z(1)}, r"key 7 is a int"),
     "meta tensor": (lambda: _with(conv_stem__weight=torch.empty(32, 3, 3, 3, device="meta")), r"'conv_stem\.weight'"),
     "sparse tensor": (lambda: _with(classifier__bias=Z(1000).to_sparse()), r"'classifier\.bias'"),
+    # values a model would silently cast or compute NaN from (the check load_weights shares)
+    "NaN weight": (lambda: _with(conv_head__weight=torch.full((1280, 320, 1, 1), float("nan"))),
+                   r"'conv_head\.weight' holds 409600 NaN"),
+    "integer weight": (lambda: _with(conv_stem__weight=Z(32, 3, 3, 3, dtype=torch.int32)),
+                       r"'conv_stem\.weight' is torch\.int32"),
 }
 
 
@@ -127,7 +133,7 @@ def test_shape_mismatch_is_found_on_meta_before_allocating(monkeypatch):
 # ---------------------------------------------------------------- torchvision key names
 @functools.lru_cache(maxsize=None)
 def _tv_b0() -> dict:
-    return _torchvision_style_state_dict(fm.efficientnet_b0())
+    return torchvision_style_state_dict(fm.efficientnet_b0())
 
 
 @pytest.mark.parametrize("key", ["features.x.weight", "features.", "features.0.0.extra.weight",

@@ -105,11 +105,11 @@ def test_checkpoint_path_torch_file_wrapped_and_prefixed(source, tmp_path):
 
 
 def test_checkpoint_path_torchvision_keys(source, tmp_path):
-    from .test_convert import _torchvision_style_state_dict
+    from .helpers import torchvision_style_state_dict
 
     src = randomize_bn(fm.efficientnet_b0(), seed=1).eval()
     path = tmp_path / "tv.pth"
-    torch.save(_torchvision_style_state_dict(src), path)
+    torch.save(torchvision_style_state_dict(src), path)
     model = fm.create_model("efficientnet_b0", checkpoint_path=str(path))
     torch.testing.assert_close(_logits(model), _logits(src), rtol=0, atol=0)
 
@@ -185,20 +185,27 @@ def test_untrusted_contents_are_refused_by_name(source, tmp_path):
             fm.create_model("tf_efficientnet_b0", checkpoint_path=path, **kw)
 
     refused({**good, "blocks.1.0.conv_pw.weight": good["blocks.1.0.conv_pw.weight"] * float("nan")},
-            r"blocks.1.0.conv_pw.weight holds 1536 NaN or infinite values")
-    refused({**good, "conv_stem.weight": good["conv_stem.weight"].int()}, r"conv_stem.weight is torch.int32")
-    refused({**good, "bn1.running_var": -good["bn1.running_var"]}, r"bn1.running_var holds negative variances")
-    refused({**good, "bn1.num_batches_tracked": torch.tensor(1.0)}, r"num_batches_tracked must hold an integer")
-    refused({**good, "classifier.weight": good["classifier.weight"][:10], "classifier.bias": good["classifier.bias"][:10]},
+            r"'blocks.1.0.conv_pw.weight' holds 1536 NaN or infinite values")
+    refused({**good, "conv_stem.weight": good["conv_stem.weight"].int()}, r"'conv_stem.weight' is torch.int32")
+    refused({**good, "bn1.running_var": -good["bn1.running_var"]}, r"'bn1.running_var' holds negative variances")
+    refused({**good, "bn1.num_batches_tracked": torch.tensor(float("nan"))}, r"tracked' is not a finite count")
+    refused({**good, "classifier.weight": good["classifier.weight"][:10],
+             "classifier.bias": good["classifier.bias"][:10]},
             r"a classifier of 10 classes, this model one of 1000: pass num_classes=10")
     refused({**good, "conv_stem.weight": good["conv_stem.weight"].repeat(1, 2, 1, 1)[:, :4]},
             r"conv_stem.weight: checkpoint \(32, 4, 3, 3\) vs model \(32, 3, 3, 3\)")
-    refused({1: good["bn1.bias"]}, "a key is a int", fm.CheckpointError)
+    refused({1: good["bn1.bias"]}, "key 1 is a int")
     with pytest.raises(fm.CheckpointError, match="is not a regular file"):
         fm.create_model("efficientnet_b0", checkpoint_path=tmp_path)
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(fm.CheckpointError, match="is empty"):
         fm.create_model("efficientnet_b0", checkpoint_path=tmp_path / "empty.pth")
+    for accepted in ({k: v.half() for k, v in good.items()},  # num_batches_tracked cast with the weights
+                     {k: v for k, v in good.items() if not k.endswith("num_batches_tracked")},  # older files
+                     {k: v.to(torch.float8_e4m3fn) if k.endswith("running_var") else v for k, v in good.items()}):
+        path = tmp_path / "accepted.pth"
+        torch.save(accepted, path)
+        assert fm.create_model("tf_efficientnet_b0", checkpoint_path=path) is not None
     prefixed = tmp_path / "ddp_compiled.pth"
     torch.save({f"module._orig_mod.{k}": v for k, v in good.items()}, prefixed)
     assert fm.create_model("tf_efficientnet_b0", checkpoint_path=prefixed) is not None

@@ -163,5 +163,7 @@ def test_out_of_range_valid_sizes_are_a_clear_error(bad):
     clamped = valid_hw.clone()
     clamped[:, 0].clamp_(0, 9)
     clamped[:, 1].clamp_(0, 8)
-    torch.testing.assert_close(stem_conv_bn_act(x, w, bias, (0, 1, 0, 1), 2, valid_hw=valid_hw, pad_tl=pad_tl),
-                               stem_conv_bn_act(x, w, bias, (0, 1, 0, 1), 2, valid_hw=clamped, pad_tl=pad_tl))
+    ref = stem_conv_bn_act_ref(x, w, bias, (0, 1, 0, 1), 2, valid_hw=clamped, pad_tl=pad_tl,
+                               compute_dtype=torch.float64)
+    assert_close_to_ref(stem_conv_bn_act(x, w, bias, (0, 1, 0, 1), 2, valid_hw=valid_hw, pad_tl=pad_tl), ref,
+                        what=f"stem with valid sizes {list(bad)} clamped")
