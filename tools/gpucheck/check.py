@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 import gpu_cache
 
 from . import REPO, TOOLS
-from .outfiles import CUT_SHORT, DEFAULT_BUDGET_S, RESERVE_S, now_iso
+from .outfiles import DEFAULT_BUDGET_S, RESERVE_S, now_iso
 from .report import OutFiles
 
 MEMCHECK_ERRORS = re.compile(r"ERROR SUMMARY:\s*([\d,]+)\s+error")
