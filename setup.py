@@ -7,6 +7,10 @@ import sys
 
 from setuptools import find_packages, setup
 
+# CUDA targets when no GPU is visible at build time and TORCH_CUDA_ARCH_LIST is unset; every
+# CUDA toolkit from 11.8 to 13 knows them.
+DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+
 
 def extensions():
     """The compiled extension ``fastmbconv._C``, when csrc/ has sources; empty otherwise.
@@ -44,6 +48,12 @@ def extensions():
         and bool(cu)
         and os.environ.get("FASTMBCONV_NO_CUDA", "0") in ("", "0")
     )
+    # torch takes CUDA_HOME from the first nvcc on PATH; a wrapper script outside a toolkit
+    # (/usr/local/bin/nvcc) yields a CUDA_HOME without headers, whose build cannot succeed.
+    if with_cuda and not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")):
+        print(f"fastmbconv: CUDA_HOME={CUDA_HOME!r} has no include/cuda_runtime.h; building without "
+              "the CUDA kernels (set CUDA_HOME to the toolkit's folder to build them)", file=sys.stderr)
+        with_cuda = False
     # -g0: no debug info (halves the build); -O2. torch chooses -std (its headers need C++20).
     # at::parallel_for is inline `#pragma omp parallel` (torch's OpenMP backend): without
     # -fopenmp it silently runs on one thread. torch already links libgomp on Linux.
@@ -54,6 +64,12 @@ def extensions():
     if sys.platform.startswith("linux"):
         cxx.append("-fopenmp")
         link.append("-fopenmp")
+    if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.device_count() == 0:
+        # With no GPU visible (a container build, say), torch has no device to take the targets
+        # from and fails with an IndexError; build for Ampere through Hopper, with PTX for later.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+        print(f"fastmbconv: no GPU visible, building the CUDA kernels for TORCH_CUDA_ARCH_LIST="
+              f"{DEFAULT_CUDA_ARCHS!r} (set it to choose)", file=sys.stderr)
     if with_cuda:
         ext = CUDAExtension(
             "fastmbconv._C",

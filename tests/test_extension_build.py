@@ -123,6 +123,7 @@ def _load_extensions_function():
     """setup.py's extensions(), without running setup()."""
     tree = ast.parse((ROOT / "setup.py").read_text())
     keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+            or (isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant))
             or (isinstance(n, ast.FunctionDef) and n.name == "extensions")]
     ns = {"__file__": str(ROOT / "setup.py")}
     exec(compile(ast.Module(body=keep, type_ignores=[]), "setup.py", "exec"), ns)
@@ -149,12 +150,17 @@ def test_setup_builds_cpu_extension_without_cuda(monkeypatch):
     assert "build_ext" in cmdclass
 
 
+def _fake_toolkit(home):
+    for rel in ("bin/nvcc", "include/cuda_runtime.h"):
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).touch()
+
+
 def test_setup_adds_cuda_sources_when_torch_has_cuda(monkeypatch, tmp_path):
     import torch.utils.cpp_extension as cpp_ext
 
     monkeypatch.setattr(torch.version, "cuda", "12.8")
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "nvcc").touch()
+    _fake_toolkit(tmp_path)
     monkeypatch.setattr(cpp_ext, "CUDA_HOME", str(tmp_path))
     monkeypatch.setenv("FASTMBCONV_NO_CUDA", "0")
     # CUDAExtension probes the toolkit's library folder; record the call instead.
@@ -173,10 +179,23 @@ def test_setup_adds_cuda_sources_when_torch_has_cuda(monkeypatch, tmp_path):
     assert "--fmad=false" in made["extra_compile_args"]["nvcc"]  # see test_cuda_kernel_compiles_with_bare_nvcc
     assert "-g0" in made["extra_compile_args"]["cxx"]
 
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")  # recorded, so teardown restores what was set
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
+    made.clear()
+    _load_extensions_function()()
+    assert made and "TORCH_CUDA_ARCH_LIST" not in os.environ  # torch takes the targets from the GPU
+
     monkeypatch.setenv("FASTMBCONV_NO_CUDA", "1")
     made.clear()
     _load_extensions_function()()
     assert not made  # forced CPU-only build
+
+    # a CUDA_HOME without the toolkit's headers (torch's guess from a wrapper nvcc): CPU only
+    (tmp_path / "include" / "cuda_runtime.h").unlink()
+    _load_extensions_function()()
+    assert not made
+    (tmp_path / "include" / "cuda_runtime.h").touch()
 
     # torch compiles with CUDA_HOME's nvcc: one elsewhere on PATH would not build, so CPU only
     monkeypatch.setenv("FASTMBCONV_NO_CUDA", "0")
@@ -191,3 +210,30 @@ def test_torch_is_not_a_build_requirement():
     build = text.split("[build-system]", 1)[1].split("\n[", 1)[0]
     requires = build.split("requires", 1)[1].split("]", 1)[0]
     assert "torch" not in requires
+
+
+def test_setup_names_cuda_targets_when_no_gpu_is_visible(monkeypatch, tmp_path):
+    """A CUDA torch and a toolkit with no GPU visible (a container build): torch has no device to
+    take the targets from and its build fails with an IndexError, so setup.py names them, and
+    leaves a list the user set alone."""
+    import torch.utils.cpp_extension as cpp_ext
+
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    _fake_toolkit(tmp_path)
+    monkeypatch.setattr(cpp_ext, "CUDA_HOME", str(tmp_path))
+    monkeypatch.setattr(cpp_ext, "CUDAExtension", lambda name, sources, **kw: types.SimpleNamespace(name=name))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setenv("FASTMBCONV_NO_CUDA", "0")
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")  # recorded, so teardown restores what was set
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
+    _load_extensions_function()()
+    archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+    assert "9.0" in archs.split(";") or "9.0+PTX" in archs.split(";"), archs
+    # the list torch reads: it must parse without a device (the failure this guards against)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (_ for _ in ()).throw(AssertionError))
+    flags = cpp_ext._get_cuda_arch_flags()
+    assert "-gencode=arch=compute_90,code=sm_90" in flags, flags
+
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    _load_extensions_function()()
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0"
