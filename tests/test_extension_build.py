@@ -192,6 +192,7 @@ def test_setup_adds_cuda_sources_when_torch_has_cuda(monkeypatch, tmp_path):
     assert not made  # forced CPU-only build
 
     # a CUDA_HOME without the toolkit's headers (torch's guess from a wrapper nvcc): CPU only
+    monkeypatch.setenv("FASTMBCONV_NO_CUDA", "0")
     (tmp_path / "include" / "cuda_runtime.h").unlink()
     _load_extensions_function()()
     assert not made
