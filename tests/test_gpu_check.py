@@ -390,6 +390,22 @@ def test_step_over_its_time_is_interrupted_and_pytest_still_writes_junit(tmp_pat
         shutil.rmtree(c.work, ignore_errors=True)
 
 
+def test_steps_do_not_inherit_an_xdist_workers_variables(monkeypatch, tmp_path):
+    # pytest-benchmark 5.3 turns timing off when PYTEST_XDIST_WORKER is set, so a stage started
+    # from a test under `pytest -n` ran its benchmarks untimed and wrote no JSON.
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "x.py::t (call)")
+    monkeypatch.setenv("GPU_CHECK_SOME_SETTING", "kept")
+    c = check.Check(gpu_check.parse_args(["--stage", "verify", "--out", str(tmp_path / "out"), "--dry"]))
+    try:
+        env = c.step_env({"EXTRA": "1"})
+        assert not any(k.startswith("PYTEST_XDIST_") or k == "PYTEST_CURRENT_TEST" for k in env), sorted(env)
+        assert env["GPU_CHECK_SOME_SETTING"] == "kept" and env["EXTRA"] == "1"
+    finally:
+        shutil.rmtree(c.work, ignore_errors=True)
+
+
 def test_dry_install_never_repoints_another_checkout(monkeypatch, tmp_path):
     c = check.Check(gpu_check.parse_args(["--stage", "verify", "--out", str(tmp_path / "out"), "--dry"]))
     try:

@@ -151,7 +151,9 @@ class Check(OutFiles):
 
     # -------------------------------------------------------------- environment of every step
     def step_env(self, extra: dict | None = None) -> dict:
-        env = dict(os.environ)
+        # Each step's pytest is a session of its own: an xdist worker's variables, inherited when
+        # this runs under `pytest -n`, make pytest-benchmark (5.3) turn timing off and write no JSON.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_") and k != "PYTEST_CURRENT_TEST"}
         env.update(PYTHONUNBUFFERED="1", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
                    HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg")
         # this checkout first (as `python -m pytest` has it), then the tools (the pytest plugin)
