@@ -16,8 +16,11 @@ endif
 
 .PHONY: install run test test-fast bench bench-gpu
 GPU ?= $(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '_' | tr -cd 'A-Za-z0-9_.-')
+# A torch older than pyproject's floor is replaced here, from TORCH_SPEC, so that pip's upgrade
+# of it below never pulls PyPI's CUDA build onto a machine without a GPU.
+TORCH_FLOOR ?= (2, 9)
 install:
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
+	$(PYTHON) -c "import sys, torch; sys.exit(tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2]) < $(TORCH_FLOOR))" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
 	$(PYTHON) -m pip install "setuptools>=64" wheel
 	$(PYTHON) -m pip install -e ".[test,study]" --no-build-isolation
 
