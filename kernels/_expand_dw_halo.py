@@ -52,11 +52,13 @@ def _expand_step(acc, rows, in_img, b, k0, KW: tl.constexpr, WITH_BIAS: tl.const
     else:
         k_off = ks * SXC
     a = tl.load(rows[:, None] + k_off[None, :], mask=in_img[:, None] & (ks < C_IN)[None, :], other=0.0)
+    if DOT_FP32:
+        a = a.to(tl.float32)
     if WITH_BIAS:
         is_bias = (ks >= C_IN) & (ks < C_IN + NB)
         a = tl.where(in_img[:, None] & is_bias[None, :], 1.0, a).to(a.dtype)
     if DOT_FP32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a, b.to(tl.float32), acc, input_precision="ieee")
     return tl.dot(a, b, acc)
 
 
