@@ -1,7 +1,7 @@
 # The two set-up commands of the README: `make run` and `make test`.
 PYTHON ?= python
-# pip arguments for torch, used only when torch is missing (an existing torch, CUDA or not, is
-# never replaced). Without a GPU (no `nvidia-smi -L`): the CPU-only wheel from PyTorch's CPU
+# pip arguments for torch, used only when torch is missing or older than TORCH_FLOOR (an existing
+# torch at or past it, CUDA or not, is never replaced). Without a GPU (no `nvidia-smi -L`): the CPU-only wheel from PyTorch's CPU
 # index, so a CPU machine never pulls a multi-GB CUDA build; with one: PyPI's Linux wheel,
 # which is built with CUDA. Choose another build with e.g.
 #   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu130"
@@ -16,11 +16,14 @@ endif
 
 .PHONY: install run test test-fast bench bench-gpu
 GPU ?= $(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '_' | tr -cd 'A-Za-z0-9_.-')
-# A torch older than pyproject's floor is replaced here, from TORCH_SPEC, so that pip's upgrade
-# of it below never pulls PyPI's CUDA build onto a machine without a GPU.
-TORCH_FLOOR ?= (2, 9)
+# pyproject's torch floor. An older torch is replaced here, from TORCH_SPEC, so that pip's
+# upgrade of it below never pulls PyPI's CUDA build onto a machine without a GPU. TorchVersion
+# compares as PEP 440 does: 2.9.0.dev or 2.9.0rc1 is older than 2.9, 2.9.0+cpu is not.
+TORCH_FLOOR ?= 2.9
+TORCH_AT_FLOOR = $(PYTHON) -c "import sys, torch; sys.exit(torch.__version__ < '$(TORCH_FLOOR)')"
 install:
-	$(PYTHON) -c "import sys, torch; sys.exit(tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2]) < $(TORCH_FLOOR))" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
+	$(TORCH_AT_FLOOR) 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
+	@$(TORCH_AT_FLOOR) || { echo "make install: torch is older than $(TORCH_FLOOR) after 'pip install $(TORCH_SPEC)'; pin a newer one in TORCH_SPEC" >&2; exit 1; }
 	$(PYTHON) -m pip install "setuptools>=64" wheel
 	$(PYTHON) -m pip install -e ".[test,study]" --no-build-isolation
 

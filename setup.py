@@ -12,6 +12,15 @@ from setuptools import find_packages, setup
 DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
 
 
+def cuda_headers_found(cuda_home: str) -> bool:
+    """Whether cuda_runtime.h lies where a CUDA build's compilers look: the toolkit's include
+    folder (conda's under targets/), torch's CUDA_INC_PATH, or the compilers' CPATH."""
+    dirs = [os.path.join(cuda_home, "include"), *glob.glob(os.path.join(cuda_home, "targets", "*", "include"))]
+    for var in ("CUDA_INC_PATH", "CPATH", "CPLUS_INCLUDE_PATH"):
+        dirs += [d for d in os.environ.get(var, "").split(os.pathsep) if d]
+    return any(os.path.exists(os.path.join(d, "cuda_runtime.h")) for d in dirs)
+
+
 def extensions():
     """The compiled extension ``fastmbconv._C``, when csrc/ has sources; empty otherwise.
 
@@ -50,9 +59,10 @@ def extensions():
     )
     # torch takes CUDA_HOME from the first nvcc on PATH; a wrapper script outside a toolkit
     # (/usr/local/bin/nvcc) yields a CUDA_HOME without headers, whose build cannot succeed.
-    if with_cuda and not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")):
-        print(f"fastmbconv: CUDA_HOME={CUDA_HOME!r} has no include/cuda_runtime.h; building without "
-              "the CUDA kernels (set CUDA_HOME to the toolkit's folder to build them)", file=sys.stderr)
+    if with_cuda and not cuda_headers_found(CUDA_HOME):
+        print(f"fastmbconv: no cuda_runtime.h under CUDA_HOME={CUDA_HOME!r} (include/, targets/*/include/), "
+              "CUDA_INC_PATH, CPATH or CPLUS_INCLUDE_PATH; building without the CUDA kernels (set "
+              "CUDA_HOME to the toolkit's folder to build them)", file=sys.stderr)
         with_cuda = False
     # -g0: no debug info (halves the build); -O2. torch chooses -std (its headers need C++20).
     # at::parallel_for is inline `#pragma omp parallel` (torch's OpenMP backend): without
@@ -64,7 +74,8 @@ def extensions():
     if sys.platform.startswith("linux"):
         cxx.append("-fopenmp")
         link.append("-fopenmp")
-    if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.device_count() == 0:
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if with_cuda and archs in ("", "native") and torch.cuda.device_count() == 0:
         # With no GPU visible (a container build, say), torch has no device to take the targets
         # from and fails with an IndexError; build for Ampere through Hopper, with PTX for later.
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS

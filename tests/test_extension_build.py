@@ -124,7 +124,7 @@ def _load_extensions_function():
     tree = ast.parse((ROOT / "setup.py").read_text())
     keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
             or (isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant))
-            or (isinstance(n, ast.FunctionDef) and n.name == "extensions")]
+            or isinstance(n, ast.FunctionDef)]
     ns = {"__file__": str(ROOT / "setup.py")}
     exec(compile(ast.Module(body=keep, type_ignores=[]), "setup.py", "exec"), ns)
     return ns["extensions"]
@@ -163,6 +163,12 @@ def test_setup_adds_cuda_sources_when_torch_has_cuda(monkeypatch, tmp_path):
     _fake_toolkit(tmp_path)
     monkeypatch.setattr(cpp_ext, "CUDA_HOME", str(tmp_path))
     monkeypatch.setenv("FASTMBCONV_NO_CUDA", "0")
+    for var in ("CUDA_INC_PATH", "CPATH", "CPLUS_INCLUDE_PATH"):  # only the fake toolkit's headers
+        monkeypatch.delenv(var, raising=False)
+    # a GPU visible: setup.py leaves TORCH_CUDA_ARCH_LIST to torch
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")  # recorded, so teardown restores what was set
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
     # CUDAExtension probes the toolkit's library folder; record the call instead.
     made = {}
 
@@ -178,13 +184,7 @@ def test_setup_adds_cuda_sources_when_torch_has_cuda(monkeypatch, tmp_path):
     assert ("FASTMBCONV_WITH_CUDA", "1") in made["define_macros"]
     assert "--fmad=false" in made["extra_compile_args"]["nvcc"]  # see test_cuda_kernel_compiles_with_bare_nvcc
     assert "-g0" in made["extra_compile_args"]["cxx"]
-
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")  # recorded, so teardown restores what was set
-    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
-    made.clear()
-    _load_extensions_function()()
-    assert made and "TORCH_CUDA_ARCH_LIST" not in os.environ  # torch takes the targets from the GPU
+    assert "TORCH_CUDA_ARCH_LIST" not in os.environ  # torch takes the targets from the GPU
 
     monkeypatch.setenv("FASTMBCONV_NO_CUDA", "1")
     made.clear()
@@ -196,6 +196,24 @@ def test_setup_adds_cuda_sources_when_torch_has_cuda(monkeypatch, tmp_path):
     (tmp_path / "include" / "cuda_runtime.h").unlink()
     _load_extensions_function()()
     assert not made
+    # ... unless the headers lie where the compilers look all the same: CUDA_INC_PATH (torch adds
+    # it), a conda toolkit's targets/<arch>/include, CPATH
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "cuda_runtime.h").touch()
+    for var in ("CUDA_INC_PATH", "CPATH"):
+        monkeypatch.setenv(var, str(elsewhere))
+        _load_extensions_function()()
+        assert made, var
+        made.clear()
+        monkeypatch.delenv(var)
+    conda = tmp_path / "targets" / "x86_64-linux" / "include"
+    conda.mkdir(parents=True)
+    (conda / "cuda_runtime.h").touch()
+    _load_extensions_function()()
+    assert made
+    made.clear()
+    (conda / "cuda_runtime.h").unlink()
     (tmp_path / "include" / "cuda_runtime.h").touch()
 
     # torch compiles with CUDA_HOME's nvcc: one elsewhere on PATH would not build, so CPU only
@@ -213,6 +231,13 @@ def test_torch_is_not_a_build_requirement():
     assert "torch" not in requires
 
 
+def test_make_install_replaces_torch_below_pyprojects_floor():
+    """make install's TORCH_FLOOR is pyproject's torch>= floor: a lower one would let pip upgrade
+    an old torch from PyPI (a CUDA build) on a machine without a GPU."""
+    floor = re.search(r'"torch>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert re.search(r"^TORCH_FLOOR \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1) == floor
+
+
 def test_setup_names_cuda_targets_when_no_gpu_is_visible(monkeypatch, tmp_path):
     """A CUDA torch and a toolkit with no GPU visible (a container build): torch has no device to
     take the targets from and its build fails with an IndexError, so setup.py names them, and
@@ -225,6 +250,7 @@ def test_setup_names_cuda_targets_when_no_gpu_is_visible(monkeypatch, tmp_path):
     monkeypatch.setattr(cpp_ext, "CUDAExtension", lambda name, sources, **kw: types.SimpleNamespace(name=name))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.setenv("FASTMBCONV_NO_CUDA", "0")
+    monkeypatch.setenv("CUDA_INC_PATH", "")
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")  # recorded, so teardown restores what was set
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
     _load_extensions_function()()
@@ -238,3 +264,7 @@ def test_setup_names_cuda_targets_when_no_gpu_is_visible(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
     _load_extensions_function()()
     assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    # "native" asks torch for the visible GPU's target, of which there is none: named as if unset
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "native")
+    _load_extensions_function()()
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == archs
