@@ -70,13 +70,14 @@ def _timm_key(key, head_id: int, expanded: set) -> str | None:
         return None
     if m := _TV_LAYER_KEY.match(key):
         names = {0: ("conv_stem", "bn1"), head_id: ("conv_head", "bn2")}.get(int(m[1]))
-        return names and f"{names[int(m[2])]}.{m[3]}"
+        return None if names is None else f"{names[int(m[2])]}.{m[3]}"
     if m := _TV_CLASSIFIER_KEY.match(key):
         return f"classifier.{m[1]}"
     if (m := _TV_BLOCK_KEY.match(key)) and 0 < int(m[1]) < head_id:
         stage, block, sub, leaf = m.groups()
         table = _TV_EXPANDED if (stage, block) in expanded else _TV_DEPTHWISE
-        return sub in table and f"blocks.{int(stage) - 1}.{int(block)}.{table[sub]}.{leaf}" or None
+        if sub in table:
+            return f"blocks.{int(stage) - 1}.{int(block)}.{table[sub]}.{leaf}"
     return None
 
 

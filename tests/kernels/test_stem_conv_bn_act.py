@@ -152,7 +152,7 @@ def test_bad_input(case, exc, words):
 def test_out_of_range_valid_sizes_are_a_clear_error(bad):
     """As the depthwise kernels: sizes outside [1, H] x [1, W] are rejected on the host for CPU
     tensors (CUDA skips the check, which would sync every call, and the kernel clamps them into
-    [0, H] x [0, W]: the result is the clamped sizes')."""
+    [0, H] x [0, W]: the result is that of the clamped sizes)."""
     x, w, bias = make(2, 9, 8)
     valid_hw = torch.tensor([[9, 8], list(bad)], dtype=torch.int32, device=DEVICE)
     pad_tl = torch.zeros(2, 2, dtype=torch.int32, device=DEVICE)
