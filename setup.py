@@ -3,6 +3,8 @@
 one) and builds the optional ``fastmbconv._C`` extension."""
 import glob
 import os
+import re
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -21,13 +23,23 @@ def cuda_headers_found(cuda_home: str) -> bool:
     return any(os.path.exists(os.path.join(d, "cuda_runtime.h")) for d in dirs)
 
 
+def nvcc_release(nvcc: str):
+    """(major, minor) of the toolkit ``nvcc --version`` reports, or None where it cannot say."""
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
 def extensions():
     """The compiled extension ``fastmbconv._C``, when csrc/ has sources; empty otherwise.
 
     torch must already be installed (it is never a build requirement: build with
     ``pip install -e . --no-build-isolation``). The C++ CPU implementation is always built;
-    the CUDA kernels are added when torch has CUDA and a CUDA toolkit (CUDA_HOME / nvcc) is
-    present, unless ``FASTMBCONV_NO_CUDA=1``. Without torch, nothing is built and the package
+    the CUDA kernels are added when torch has CUDA and a CUDA toolkit (CUDA_HOME / nvcc) of
+    torch's CUDA major release is present, unless ``FASTMBCONV_NO_CUDA=1``. Without torch, nothing is built and the package
     falls back to its pure-torch paths.
     """
     here = os.path.dirname(os.path.abspath(__file__))
@@ -63,6 +75,14 @@ def extensions():
         print(f"fastmbconv: no cuda_runtime.h under CUDA_HOME={CUDA_HOME!r} (include/, targets/*/include/), "
               "CUDA_INC_PATH, CPATH or CPLUS_INCLUDE_PATH; building without the CUDA kernels (set "
               "CUDA_HOME to the toolkit's folder to build them)", file=sys.stderr)
+        with_cuda = False
+    # torch refuses to build with a toolkit of another major release than its own (a cu128 wheel
+    # beside CUDA 13, say) and the whole install fails; the CUDA kernels are optional.
+    release = nvcc_release(nvcc) if with_cuda else None
+    if release is not None and str(release[0]) != torch.version.cuda.split(".")[0]:
+        print(f"fastmbconv: {nvcc} is CUDA {release[0]}.{release[1]} but torch was built with CUDA "
+              f"{torch.version.cuda}; building without the CUDA kernels (set CUDA_HOME to a CUDA "
+              f"{torch.version.cuda.split('.')[0]}.x toolkit to build them)", file=sys.stderr)
         with_cuda = False
     # -g0: no debug info (halves the build); -O2. torch chooses -std (its headers need C++20).
     # at::parallel_for is inline `#pragma omp parallel` (torch's OpenMP backend): without

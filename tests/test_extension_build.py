@@ -224,6 +224,29 @@ def test_setup_adds_cuda_sources_when_torch_has_cuda(monkeypatch, tmp_path):
     assert not made
 
 
+def test_setup_builds_without_cuda_kernels_beside_a_toolkit_of_another_major_release(monkeypatch, tmp_path):
+    """torch refuses to compile with a toolkit of another major release than its wheel's (a cu128
+    torch beside CUDA 13): the CUDA kernels are left out, with a message, not the install failed."""
+    import torch.utils.cpp_extension as cpp_ext
+
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    _fake_toolkit(tmp_path)
+    nvcc = tmp_path / "bin" / "nvcc"
+    monkeypatch.setattr(cpp_ext, "CUDA_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("FASTMBCONV_NO_CUDA", "0")
+    made = []
+    monkeypatch.setattr(cpp_ext, "CUDAExtension", lambda name, sources, **kw: made.append(name) or name)
+    for release, builds_cuda in [("13.0, V13.0.88", False), ("12.4, V12.4.131", True), (None, True)]:
+        # None: an nvcc that prints no release; torch's own check decides then
+        said = "nvcc: NVIDIA (R) Cuda compiler driver" + (f"\nCuda compilation tools, release {release}" if release else "")
+        nvcc.write_text(f"#!/bin/sh\nprintf '%s\\n' '{said}'\n")
+        nvcc.chmod(0o755)
+        made.clear()
+        _load_extensions_function()()
+        assert bool(made) == builds_cuda, release
+
+
 def test_torch_is_not_a_build_requirement():
     text = (ROOT / "pyproject.toml").read_text()
     build = text.split("[build-system]", 1)[1].split("\n[", 1)[0]
