@@ -106,7 +106,7 @@ def expected_launches(model, output="logits"):
     return launches
 
 
-def run_both(model, fn, *args):
+def run_both(fn, *args):
     """(fused output, reference output, the fused call's launches) of ``fn(*args)``."""
     import fastmbconv as fm
     from fastmbconv.kernels._launch import count_launches

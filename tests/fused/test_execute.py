@@ -28,7 +28,7 @@ def test_the_reference_side_of_a_comparison_launches_no_kernel():
     model = build(num_classes=10)
     x = torch.randn(1, 3, 17, 17, device=DEVICE)
     with fm.use_backend("fused"):
-        out, ref, launches = run_both(model, model, x)
+        out, ref, launches = run_both(model, x)
     assert dict(launches) == expected_launches(model)
     assert_close_to_ref(out, ref, what="logits")
 
@@ -37,10 +37,10 @@ def test_the_reference_side_of_a_comparison_launches_no_kernel():
 def test_b0_logits_and_head_map_match_reference(pad_mode):
     model = build(pad_mode=pad_mode)
     x = torch.randn(2, 3, 33, 47, device=DEVICE)
-    out, ref, launches = run_both(model, model, x)
+    out, ref, launches = run_both(model, x)
     assert dict(launches) == expected_launches(model)
     assert_close_to_ref(out, ref, what="B0 logits")
-    fmap, ref_map, launches = run_both(model, model.forward_features, x)
+    fmap, ref_map, launches = run_both(model.forward_features, x)
     assert dict(launches) == expected_launches(model, "features")
     assert fmap.shape == ref_map.shape == (2, 1280, 2, 2)
     assert_close_to_ref(fmap, ref_map, what="B0 head map")
@@ -51,18 +51,18 @@ def test_b0_ragged_batch_matches_reference(pad_mode):
     model = build(pad_mode=pad_mode, num_classes=0)
     x = torch.randn(3, 3, 33, 47, device=DEVICE)
     sizes = torch.tensor([[33, 47], [20, 31], [9, 5]])
-    out, ref, launches = run_both(model, model, x, sizes)
+    out, ref, launches = run_both(model, x, sizes)
     assert dict(launches) == expected_launches(model)
     assert out.shape == (3, 1280)
     assert_close_to_ref(out, ref, what="ragged pooled features")
-    fmap, ref_map, _ = run_both(model, model.forward_features, x, sizes)
+    fmap, ref_map, _ = run_both(model.forward_features, x, sizes)
     assert_close_to_ref(fmap, ref_map, what="ragged head map")
 
 
 def test_b0_features_only():
     model = build(features_only=True, pad_mode="same")
     x = torch.randn(2, 3, 29, 40, device=DEVICE)
-    maps, ref_maps, launches = run_both(model, model, x, torch.tensor([[29, 40], [17, 9]]))
+    maps, ref_maps, launches = run_both(model, x, torch.tensor([[29, 40], [17, 9]]))
     assert dict(launches) == expected_launches(model, "stage_maps")
     assert [m.shape[1] for m in maps] == [16, 24, 40, 112, 320]
     for i, (m, r) in enumerate(zip(maps, ref_maps)):
@@ -77,7 +77,7 @@ def test_b0_low_precision(dtype):
     with torch.inference_mode():
         ref64 = reference_forward(build().double(), x.double())
     model = model.to(dtype)
-    out, ref_lowp, launches = run_both(model, model, x.to(dtype))
+    out, ref_lowp, launches = run_both(model, x.to(dtype))
     assert launches["dwconv_bn_act"] == 16
     assert out.dtype == dtype
     assert_close_to_ref(out, ref64, ref_lowp, what=f"B0 {dtype} logits")
@@ -103,7 +103,7 @@ def test_autocast_runs_the_fused_path_at_the_autocast_dtype():
         ref64 = reference_forward(build(num_classes=10).double(), x.double())
     autocast_dtype = torch.float16 if DEVICE == "cuda" else torch.bfloat16
     with torch.autocast(torch.device(DEVICE).type, dtype=autocast_dtype):
-        out, ref_lowp, launches = run_both(model, model, x)
+        out, ref_lowp, launches = run_both(model, x)
     assert dict(launches) == expected_launches(model)
     assert out.dtype == ref_lowp.dtype == autocast_dtype
     assert fused.folded(model, autocast_dtype).stages[1][0].w_project.dtype == autocast_dtype
@@ -119,7 +119,7 @@ def test_b1_to_b7_structure(name):
     pad_mode = "same" if name[-1] in "1357" else "symmetric"
     model = build(name, num_classes=10, pad_mode=pad_mode)
     x = torch.randn(1, 3, 16, 16, device=DEVICE)
-    out, ref, launches = run_both(model, model, x)
+    out, ref, launches = run_both(model, x)
     assert dict(launches) == expected_launches(model)
     assert_close_to_ref(out, ref, what=f"{name} logits")
 
@@ -137,7 +137,7 @@ def test_cuda_b0_224_parity(dtype, impl, monkeypatch):
     with torch.inference_mode():
         ref64 = reference_forward(build(pad_mode="same").double(), x.double())
     model = model.to(dtype)
-    out, ref, launches = run_both(model, model, x.to(dtype))
+    out, ref, launches = run_both(model, x.to(dtype))
     assert launches["dwconv_bn_act"] == 16
     if dtype == torch.float32:
         assert_close_to_ref(out, ref64, what="CUDA fp32 logits")
@@ -150,7 +150,7 @@ def test_cuda_ragged_b3_parity():
     model = build("efficientnet_b3", pad_mode="same").half()
     x = torch.randn(4, 3, 300, 260, device="cuda", dtype=torch.float16)
     sizes = torch.tensor([[300, 260], [299, 201], [131, 257], [64, 64]])
-    out, ref, launches = run_both(model, model, x, sizes)
+    out, ref, launches = run_both(model, x, sizes)
     assert launches["dwconv_bn_act"] == 26
     torch.testing.assert_close(out.float(), ref.float(), atol=5e-2, rtol=5e-2)
 
@@ -162,7 +162,7 @@ def test_b0_with_the_depthwise_on_cudnn_matches_reference(dtype, monkeypatch):
     monkeypatch.setenv("FASTMBCONV_DEPTHWISE_IMPL", "torch")
     model = build(pad_mode="same").to(dtype)
     x = torch.randn(2, 3, 33, 47, device=DEVICE, dtype=dtype)
-    out, ref, launches = run_both(model, model, x)
+    out, ref, launches = run_both(model, x)
     blocks = sum(len(stage) for stage in model.blocks)
     expected = expected_launches(model)
     expected.pop("dwconv_bn_act")
@@ -181,7 +181,7 @@ def test_empty_batch_and_one_pixel_input():
         with count_launches() as launches:
             empty = model(torch.randn(0, 3, 32, 32, device=DEVICE))
         assert empty.shape == (0, 7) and sum(launches.values()) == 0
-    out, ref, launches = run_both(model, model, torch.randn(2, 3, 1, 1, device=DEVICE))
+    out, ref, launches = run_both(model, torch.randn(2, 3, 1, 1, device=DEVICE))
     assert dict(launches) == expected_launches(model)
     assert_close_to_ref(out, ref, what="logits of a 1x1 input")
 

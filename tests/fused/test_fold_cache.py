@@ -50,13 +50,13 @@ def test_fold_cache_sees_replaced_modules_and_swapped_data():
     with torch.no_grad():
         new_bn.weight.data = old_bn.weight.data * 1.5  # built before being attached
     model.blocks[2][0].bn2 = new_bn
-    out, ref, _ = run_both(model, model, x)
+    out, ref, _ = run_both(model, x)
     assert fused.folded(model) is not first
     assert_close_to_ref(out, ref, what="logits after replacing a BN module")
     second = fused.folded(model)
     conv = model.blocks[4][1].conv_pwl
     conv.weight.data = conv.weight.data.flip(0).contiguous()
-    out, ref, _ = run_both(model, model, x)
+    out, ref, _ = run_both(model, x)
     assert fused.folded(model) is not second
     assert_close_to_ref(out, ref, what="logits after a .data swap")
 
@@ -74,7 +74,7 @@ def test_refold_after_an_edit_through_data():
     assert fused.folded(model) is first  # unseen
     again = fused.refold(model)
     assert again is not first and fused.folded(model) is again
-    out, ref, _ = run_both(model, model, x)
+    out, ref, _ = run_both(model, x)
     assert (out - before).abs().max() > 1e-3
     assert_close_to_ref(out, ref, what="logits after .data edits and refold()")
     assert fused.refold(build(num_classes=10)) is not None  # a model never folded: folds
@@ -86,7 +86,7 @@ def test_load_state_dict_refolds():
     with torch.inference_mode(), fm.use_backend("fused"):
         model(x)
     model.load_state_dict(other.state_dict())
-    out, ref, _ = run_both(model, model, x)
+    out, ref, _ = run_both(model, x)
     assert_close_to_ref(out, ref, what="logits after load_state_dict")
 
 
@@ -126,7 +126,7 @@ def test_a_data_parallel_replica_or_shallow_copy_folds_its_own_weights():
     assert fused.folded(model) is first and fused.folded(shallow) is again
     on_cpu = data_parallel_replica(model, DEVICE)
     x = torch.randn(1, 3, 17, 19, device=DEVICE)
-    out, ref, launches = run_both(on_cpu, on_cpu, x)
+    out, ref, launches = run_both(on_cpu, x)
     assert dict(launches) == expected_launches(on_cpu)
     assert_close_to_ref(out, ref, what="a replica's logits")
 
@@ -146,7 +146,7 @@ def test_an_optimizer_step_refolds(fused_step):
         p.grad = torch.ones_like(p)
     step.step()
     assert fused.folded(teacher) is teachers
-    out, ref, _ = run_both(model, model, x)
+    out, ref, _ = run_both(model, x)
     assert fused.folded(model) is not first
     assert (out - before).abs().max() > 1e-3
     assert_close_to_ref(out, ref, what="logits after an optimizer step")
