@@ -11,8 +11,8 @@ A block whose fused program would not fit the GPU's shared memory is always sepa
 an H100; some of B7's on GPUs of 99 KiB per program).
 
 Modelled times are kept per Triton release (``"modelled"``, keyed by major.minor): the same
-source compiles to different machine code (B0's fused blocks model up to 5% slower with 3.6,
-the GPU image's release, than with 3.9, and some blocks' choices differ), so a machine takes
+source compiles to different machine code (B0's fused blocks model within 2% of their 3.9
+times with 3.6, the GPU image's release, and some blocks' choices differ), so a machine takes
 the times its own Triton's code was modelled with, else those of the newest release the table
 has.
 """
