@@ -23,10 +23,17 @@ def cuda_headers_found(cuda_home: str) -> bool:
     return any(os.path.exists(os.path.join(d, "cuda_runtime.h")) for d in dirs)
 
 
+NVCC_TIMEOUT_S = 60
+
+
 def nvcc_release(nvcc: str):
-    """(major, minor) of the toolkit ``nvcc --version`` reports, or None where it cannot say."""
+    """(major, minor) of the toolkit ``nvcc --version`` reports, or None where it cannot say.
+    Raises ``subprocess.TimeoutExpired`` when nvcc does not answer within NVCC_TIMEOUT_S."""
     try:
-        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, errors="replace",
+                             timeout=NVCC_TIMEOUT_S).stdout
+    except subprocess.TimeoutExpired:
+        raise
     except (OSError, subprocess.SubprocessError):
         return None
     found = re.search(r"release (\d+)\.(\d+)", out)
@@ -39,8 +46,8 @@ def extensions():
     torch must already be installed (it is never a build requirement: build with
     ``pip install -e . --no-build-isolation``). The C++ CPU implementation is always built;
     the CUDA kernels are added when torch has CUDA and a CUDA toolkit (CUDA_HOME / nvcc) of
-    torch's CUDA major release is present, unless ``FASTMBCONV_NO_CUDA=1``. Without torch, nothing is built and the package
-    falls back to its pure-torch paths.
+    torch's CUDA major release is present, unless ``FASTMBCONV_NO_CUDA=1``. Without torch,
+    nothing is built and the package falls back to its pure-torch paths.
     """
     here = os.path.dirname(os.path.abspath(__file__))
     csrc = os.path.join(here, "csrc")
@@ -78,7 +85,12 @@ def extensions():
         with_cuda = False
     # torch refuses to build with a toolkit of another major release than its own (a cu128 wheel
     # beside CUDA 13, say) and the whole install fails; the CUDA kernels are optional.
-    release = nvcc_release(nvcc) if with_cuda else None
+    try:
+        release = nvcc_release(nvcc) if with_cuda else None
+    except subprocess.TimeoutExpired:  # torch would ask it again, with no time limit
+        print(f"fastmbconv: {nvcc} --version did not answer within {NVCC_TIMEOUT_S} s; building "
+              "without the CUDA kernels", file=sys.stderr)
+        release, with_cuda = None, False
     if release is not None and str(release[0]) != torch.version.cuda.split(".")[0]:
         print(f"fastmbconv: {nvcc} is CUDA {release[0]}.{release[1]} but torch was built with CUDA "
               f"{torch.version.cuda}; building without the CUDA kernels (set CUDA_HOME to a CUDA "

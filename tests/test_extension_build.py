@@ -245,6 +245,13 @@ def test_setup_builds_without_cuda_kernels_beside_a_toolkit_of_another_major_rel
         made.clear()
         _load_extensions_function()()
         assert bool(made) == builds_cuda, release
+    # an nvcc that does not answer: torch would wait on it forever, so no CUDA kernels
+    nvcc.write_text("#!/bin/sh\nexec sleep 30\n")
+    extensions = _load_extensions_function()
+    extensions.__globals__["NVCC_TIMEOUT_S"] = 1
+    made.clear()
+    extensions()
+    assert not made
 
 
 def test_torch_is_not_a_build_requirement():

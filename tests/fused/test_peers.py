@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import fastmbconv as fm
+from fastmbconv.fused import layer_plan
 from fastmbconv.kernels._launch import count_launches
 from fastmbconv.kernels.testing import assert_close_to_ref
 
@@ -28,15 +29,18 @@ def fused_and_peer(peer: torch.nn.Module, model: fm.EfficientNet, x: torch.Tenso
     return out, ref, launches
 
 
-def check_launches(launches, model, expand_dw: str) -> None:
-    """Every block ran its kernels: with ``fused``, each block with an expand conv as one
-    expand_dwconv launch in place of its expand 1x1 and depthwise launches."""
+def check_launches(launches, model, fused_blocks: int) -> None:
+    """Every block ran its kernels, ``fused_blocks`` of them as one expand_dwconv launch in place
+    of their expand 1x1 and depthwise launches."""
     expected = expected_launches(model)
-    if expand_dw == "fused":
-        n = sum(1 for stage in model.blocks for b in stage if b.parts().expand is not None)
-        expected.update(expand_dwconv=n, dwconv_bn_act=expected["dwconv_bn_act"] - n,
-                        pointwise_gated=expected["pointwise_gated"] - n)
+    if fused_blocks:
+        expected.update(expand_dwconv=fused_blocks, dwconv_bn_act=expected["dwconv_bn_act"] - fused_blocks,
+                        pointwise_gated=expected["pointwise_gated"] - fused_blocks)
     assert dict(launches) == expected
+
+
+def blocks_with_expand(model) -> int:
+    return sum(1 for stage in model.blocks for b in stage if b.parts().expand is not None)
 
 
 @pytest.mark.parametrize("prefix,dtype,expand_dw", [
@@ -64,7 +68,7 @@ def test_fused_from_timm_gives_timms_logits(prefix, dtype, expand_dw, monkeypatc
         assert out.dtype == dtype
         assert_close_to_ref(out, ref64, ref_lowp, what=f"{prefix}efficientnet_b0 {dtype} logits against timm's")
     assert model.pad_mode == ("same" if prefix else "symmetric")
-    check_launches(launches, model, expand_dw)
+    check_launches(launches, model, blocks_with_expand(model) if expand_dw == "fused" else 0)
 
 
 def test_fused_from_torchvision_gives_torchvisions_logits(monkeypatch):
@@ -75,7 +79,7 @@ def test_fused_from_torchvision_gives_torchvisions_logits(monkeypatch):
     model = fm.from_torchvision(peer)
     out, ref, launches = fused_and_peer(peer, model, torch.randn(2, 3, 35, 29, device=DEVICE))
     assert_close_to_ref(out, ref, what="efficientnet_b0 logits against torchvision's")
-    check_launches(launches, model, "separate")
+    check_launches(launches, model, 0)
 
 
 @pytest.mark.gpu
@@ -93,7 +97,8 @@ def test_cuda_fused_from_timm_gives_timms_logits_at_224(dtype, monkeypatch):
     peer = peer.to(dtype)
     model = fm.from_timm(peer)
     out, ref, launches = fused_and_peer(peer, model, x.to(dtype))
-    assert launches["dwconv_bn_act"] + launches.get("expand_dwconv", 0) == 16
+    plan = layer_plan.plan_rows(model, 224, 224, dtype, x.device)
+    check_launches(launches, model, sum(row["expand_dw"] == "fused" for row in plan))
     if dtype == torch.float32:
         assert_close_to_ref(out, ref64, what="CUDA fp32 logits against timm's (fp64)")
         assert_close_to_ref(out, ref, what="CUDA fp32 logits against timm's")
