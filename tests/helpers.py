@@ -90,17 +90,26 @@ def build(name="efficientnet_b0", seed=0, **kw):
     return randomize_bn(fm.MODEL_BUILDERS[name](**kw), seed).eval().to(DEVICE)
 
 
-def expected_launches(model, output="logits"):
+def blocks_with_expand(model) -> int:
+    """How many of the model's blocks have an expand 1x1 conv (all but the depthwise-separable)."""
+    return sum(1 for stage in model.blocks for b in stage if b.parts().expand is not None)
+
+
+def expected_launches(model, output="logits", fused_blocks: int = 0):
     """Per forward: the stem, four launches per MBConv block (three without expansion), and for
-    logits the head's GEMM and its pool-finishing launch (feature maps: the head GEMM alone)."""
-    blocks = [b for stage in model.blocks for b in stage]
-    n_ds = sum(1 for b in blocks if b.parts().expand is None)
+    logits the head's GEMM and its pool-finishing launch (feature maps: the head GEMM alone).
+    ``fused_blocks`` of the blocks run expand_dwconv, one launch in place of their expand 1x1
+    and depthwise launches."""
+    n_blocks = sum(len(stage) for stage in model.blocks)
+    n_ds = n_blocks - blocks_with_expand(model)
     launches = {
         "stem_conv_bn_act": 1,
-        "dwconv_bn_act": len(blocks),
-        "squeeze_excite_gate": len(blocks),
-        "pointwise_gated": 2 * len(blocks) - n_ds + (output != "stage_maps"),
+        "dwconv_bn_act": n_blocks - fused_blocks,
+        "squeeze_excite_gate": n_blocks,
+        "pointwise_gated": 2 * n_blocks - n_ds + (output != "stage_maps") - fused_blocks,
     }
+    if fused_blocks:
+        launches["expand_dwconv"] = fused_blocks
     if output == "logits":
         launches["pointwise_gated[pool]"] = 1
     return launches

@@ -13,7 +13,7 @@ from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.testing import assert_close_to_ref
 from fastmbconv.shapes import walk
 
-from ..helpers import DEVICE, compile_fullgraph, randomize_bn, reference_forward
+from ..helpers import DEVICE, blocks_with_expand, compile_fullgraph, randomize_bn, reference_forward
 
 pytestmark = pytest.mark.usefixtures("pointwise_on_triton")
 
@@ -21,10 +21,6 @@ pytestmark = pytest.mark.usefixtures("pointwise_on_triton")
 def b0(**kw):
     torch.manual_seed(0)
     return randomize_bn(fm.efficientnet_b0(num_classes=10, **kw)).eval().to(DEVICE)
-
-
-def blocks_with_expand(model):
-    return sum(1 for stage in model.blocks for b in stage if b.parts().expand is not None)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from fastmbconv.fused import layer_plan
 from fastmbconv.kernels._launch import count_launches
 from fastmbconv.kernels.testing import assert_close_to_ref
 
-from ..helpers import DEVICE, expected_launches, import_or_skip, randomize_bn
+from ..helpers import DEVICE, blocks_with_expand, expected_launches, import_or_skip, randomize_bn
 
 # exact launch counts below assume every 1x1 conv takes the Triton kernel
 pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_triton")]
@@ -27,20 +27,6 @@ def fused_and_peer(peer: torch.nn.Module, model: fm.EfficientNet, x: torch.Tenso
         with fm.use_backend("fused"), count_launches() as launches:
             out = model(x)
     return out, ref, launches
-
-
-def check_launches(launches, model, fused_blocks: int) -> None:
-    """Every block ran its kernels, ``fused_blocks`` of them as one expand_dwconv launch in place
-    of their expand 1x1 and depthwise launches."""
-    expected = expected_launches(model)
-    if fused_blocks:
-        expected.update(expand_dwconv=fused_blocks, dwconv_bn_act=expected["dwconv_bn_act"] - fused_blocks,
-                        pointwise_gated=expected["pointwise_gated"] - fused_blocks)
-    assert dict(launches) == expected
-
-
-def blocks_with_expand(model) -> int:
-    return sum(1 for stage in model.blocks for b in stage if b.parts().expand is not None)
 
 
 @pytest.mark.parametrize("prefix,dtype,expand_dw", [
@@ -68,7 +54,8 @@ def test_fused_from_timm_gives_timms_logits(prefix, dtype, expand_dw, monkeypatc
         assert out.dtype == dtype
         assert_close_to_ref(out, ref64, ref_lowp, what=f"{prefix}efficientnet_b0 {dtype} logits against timm's")
     assert model.pad_mode == ("same" if prefix else "symmetric")
-    check_launches(launches, model, blocks_with_expand(model) if expand_dw == "fused" else 0)
+    fused_blocks = blocks_with_expand(model) if expand_dw == "fused" else 0
+    assert dict(launches) == expected_launches(model, fused_blocks=fused_blocks)
 
 
 def test_fused_from_torchvision_gives_torchvisions_logits(monkeypatch):
@@ -79,7 +66,7 @@ def test_fused_from_torchvision_gives_torchvisions_logits(monkeypatch):
     model = fm.from_torchvision(peer)
     out, ref, launches = fused_and_peer(peer, model, torch.randn(2, 3, 35, 29, device=DEVICE))
     assert_close_to_ref(out, ref, what="efficientnet_b0 logits against torchvision's")
-    check_launches(launches, model, 0)
+    assert dict(launches) == expected_launches(model)
 
 
 @pytest.mark.gpu
@@ -98,7 +85,8 @@ def test_cuda_fused_from_timm_gives_timms_logits_at_224(dtype, monkeypatch):
     model = fm.from_timm(peer)
     out, ref, launches = fused_and_peer(peer, model, x.to(dtype))
     plan = layer_plan.plan_rows(model, 224, 224, dtype, x.device)
-    check_launches(launches, model, sum(row["expand_dw"] == "fused" for row in plan))
+    fused_blocks = sum(row["expand_dw"] == "fused" for row in plan)
+    assert dict(launches) == expected_launches(model, fused_blocks=fused_blocks)
     if dtype == torch.float32:
         assert_close_to_ref(out, ref64, what="CUDA fp32 logits against timm's (fp64)")
         assert_close_to_ref(out, ref, what="CUDA fp32 logits against timm's")
