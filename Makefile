@@ -1,9 +1,9 @@
 # The two set-up commands of the README: `make run` and `make test`.
 PYTHON ?= python
 # pip arguments for torch, used only when torch is missing or older than TORCH_FLOOR (an existing
-# torch at or past it, CUDA or not, is never replaced). Without a GPU (no `nvidia-smi -L`): the CPU-only wheel from PyTorch's CPU
-# index, so a CPU machine never pulls a multi-GB CUDA build; with one: PyPI's Linux wheel,
-# which is built with CUDA. Choose another build with e.g.
+# torch at or past it, CUDA or not, is never replaced). Without a GPU (no `nvidia-smi -L`): the
+# CPU-only wheel from PyTorch's CPU index, so a CPU machine never pulls a multi-GB CUDA build;
+# with one: PyPI's Linux wheel, which is built with CUDA. Choose another build with e.g.
 #   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu130"
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu

@@ -32,9 +32,7 @@ def nvcc_release(nvcc: str):
     try:
         out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, errors="replace",
                              timeout=NVCC_TIMEOUT_S).stdout
-    except subprocess.TimeoutExpired:
-        raise
-    except (OSError, subprocess.SubprocessError):
+    except OSError:  # not executable; without check=True nothing else but the timeout raises
         return None
     found = re.search(r"release (\d+)\.(\d+)", out)
     return (int(found.group(1)), int(found.group(2))) if found else None
@@ -91,10 +89,11 @@ def extensions():
         print(f"fastmbconv: {nvcc} --version did not answer within {NVCC_TIMEOUT_S} s; building "
               "without the CUDA kernels", file=sys.stderr)
         release, with_cuda = None, False
-    if release is not None and str(release[0]) != torch.version.cuda.split(".")[0]:
+    torch_major = torch.version.cuda.split(".")[0] if with_cuda else None
+    if release is not None and str(release[0]) != torch_major:
         print(f"fastmbconv: {nvcc} is CUDA {release[0]}.{release[1]} but torch was built with CUDA "
               f"{torch.version.cuda}; building without the CUDA kernels (set CUDA_HOME to a CUDA "
-              f"{torch.version.cuda.split('.')[0]}.x toolkit to build them)", file=sys.stderr)
+              f"{torch_major}.x toolkit to build them)", file=sys.stderr)
         with_cuda = False
     # -g0: no debug info (halves the build); -O2. torch chooses -std (its headers need C++20).
     # at::parallel_for is inline `#pragma omp parallel` (torch's OpenMP backend): without
