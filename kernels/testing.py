@@ -16,7 +16,9 @@ def assert_close_to_ref(out: torch.Tensor, ref: torch.Tensor, torch_lowp: torch.
                         what: str = "output") -> None:
     """The project's pass rule. fp32: ``max|out - ref| <= 1e-4 * max(1, max|ref|)``.
     fp16/bf16: ``|out - ref| <= 2 |torch_lowp - ref| + atol + ulp * |ref|`` elementwise, where
-    ``ref`` is computed in fp32/fp64 and ``torch_lowp`` is torch at the output's precision."""
+    ``ref`` is computed in fp32/fp64 and ``torch_lowp`` is torch at the output's precision. An fp32
+    ``ref`` from cuDNN needs ``torch.backends.cudnn.allow_tf32 = False`` on a GPU: its TF32
+    default keeps 10 mantissa bits, too few for the fp32 rule."""
     if out.shape != ref.shape:
         raise AssertionError(f"{what}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
     o, r = out.detach().cpu().double(), ref.detach().cpu().double()

@@ -69,6 +69,12 @@ def test_fused_from_torchvision_gives_torchvisions_logits(monkeypatch):
     assert dict(launches) == expected_launches(model)
 
 
+def test_fp32_references_run_without_tf32():
+    """tests/conftest.py turns TF32 off for the session: on a GPU, timm's fp32 forward on cuDNN
+    is the fp32 reference below, and cuDNN's default TF32 is too coarse for the fp32 rule."""
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_cuda_fused_from_timm_gives_timms_logits_at_224(dtype, monkeypatch):
