@@ -5,9 +5,10 @@ copy), run the conv, then SiLU (another pass over the stem's 32-channel map, Eff
 largest). Here the image is read once in whatever float dtype and layout it comes in, the
 activation is applied once, and the output is written channels_last in the compute dtype.
 
-Each program computes a 2-D tile of output pixels for every output channel as one matrix
-product on the tensor cores: the tile's (pixels x k*k*C_in) patches, gathered straight from the
-image, times the weights laid out (k*k*C_in, C_out). Padding and ragged arguments work as in :mod:`.dwconv_bn_act`.
+Each program computes a 2-D tile of output pixels for up to 64 output channels (all of
+EfficientNet's) as one matrix product on the tensor cores: the tile's (pixels x k*k*C_in)
+patches, gathered straight from the image, times the weights laid out (k*k*C_in, C_out).
+Padding and ragged arguments work as in :mod:`.dwconv_bn_act`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ._utils import (
     FLOAT_DTYPES,
     activation_ref,
     check_conv_geometry,
+    check_grid,
     check_ragged_args,
     check_tensor,
     check_valid_sizes,
@@ -42,6 +44,10 @@ OP = "stem_conv_bn_act"
 # Patch columns per step: the whole patch of a 7x7 kernel over 16 channels (1024 columns) needed
 # 256-512 KiB of shared memory on sm_90, past its 227 KiB; 3x3x3 (27) is one step of 32.
 MAX_BLOCK_K = 64
+# Output channels per program: EfficientNet's stems (32-64) in one; wider ones over a second grid
+# axis, since a patch of several steps times 512 channels' weights, pipelined three deep, needed
+# 288-328 KiB of shared memory on sm_90.
+MAX_BLOCK_CO = 64
 
 
 @triton.jit
@@ -59,7 +65,7 @@ def _stem_conv_kernel(
     offs_p = tl.arange(0, TILE_H * TILE_W)
     oh = (tile // tiles_w) * TILE_H + offs_p // TILE_W
     ow = (tile % tiles_w) * TILE_W + offs_p % TILE_W
-    offs_co = tl.arange(0, BLOCK_CO)
+    offs_co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     co_ok = offs_co < C_out
     h_img, w_img, top, left = image_extent(valid_ptr, padtl_ptr, n, H, W, pad_top, pad_left, RAGGED)
     if INT64:
@@ -171,11 +177,14 @@ def stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, va
         return out
     check_valid_sizes(OP, valid_hw, H, W, pad_tl, k)
     block_k = max(16, min(next_pow2(k * k * C_in), MAX_BLOCK_K))
-    tile_h, tile_w = tile_for(H_out, W_out, max(block_k, next_pow2(C_out)))
+    block_co = max(16, min(next_pow2(C_out), MAX_BLOCK_CO))
+    tile_h, tile_w = tile_for(H_out, W_out, max(block_k, block_co))
     tiles_w = -(-W_out // tile_w)
     tiles = -(-H_out // tile_h) * tiles_w
+    grid = (N * tiles, -(-C_out // block_co))
+    check_grid(OP, grid, (f"{N} images of {tiles} tiles", f"{C_out} output channels"))
     ragged = valid_hw is not None
-    launch(OP, _stem_conv_kernel, (N * tiles,), dict(
+    launch(OP, _stem_conv_kernel, grid, dict(
         x_ptr=x, w_ptr=(weight if weight.ndim == 2 else taps_major(weight)).contiguous(),
         bias_ptr=bias.contiguous(), out_ptr=out,
         valid_ptr=valid_hw.contiguous() if ragged else bias, padtl_ptr=pad_tl.contiguous() if ragged else bias,
@@ -186,7 +195,7 @@ def stem_conv_bn_act_launch(x, weight, bias, padding, stride, act, out_dtype, va
         C_IN=C_in, STRIDE=stride, KSIZE=k, ACT=ACT_CODES[act],
         MATH=silu_math(out_dtype, x.device), RAGGED=ragged,
         INT64=needs_int64(x, out, window=k - 1), DOT_FP32=dot_fp32(out_dtype), ROUND_BF16=round_bf16(out_dtype),
-        TILE_H=tile_h, TILE_W=tile_w, BLOCK_K=block_k, BLOCK_CO=max(16, next_pow2(C_out)), num_warps=4,
+        TILE_H=tile_h, TILE_W=tile_w, BLOCK_K=block_k, BLOCK_CO=block_co, num_warps=4,
     ), on=x)
     return out
 

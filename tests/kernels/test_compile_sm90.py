@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     import fastmbconv as fm
     from fastmbconv.kernels._launch import record_launches
     from fastmbconv.kernel_report.specialize import variants
-    from fastmbconv.kernel_report.compiled import analyse
+    from fastmbconv.kernel_report.compiled import SHARED_LIMIT_BYTES, analyse
 
     def record(dtype, features_only=False, ragged=False):
         with torch.device("meta"):
@@ -62,8 +62,19 @@ SCRIPT = textwrap.dedent(
         assert [r.constexprs["INT64"] for r in launches if "INT64" in r.constexprs] == [True, True]
         return launches
 
+    def record_wide_stem():
+        # a stem wider than one program's block of output channels, over a patch of many steps
+        from fastmbconv.kernels.stem_conv_bn_act import stem_conv_bn_act
+        with record_launches() as launches:
+            for dtype in (torch.float16, torch.float32):
+                x = torch.empty(2, 16, 64, 64, device="meta", dtype=dtype)
+                w, b = torch.empty(512, 16, 7, 7, device="meta"), torch.empty(512, device="meta")
+                stem_conv_bn_act(x, w, b, (3, 3, 3, 3), 2)
+        return launches
+
     todo = {}
-    recorded = [record(torch.float32, False, True), record(torch.bfloat16, True, False), record_int64_pointwise()]
+    recorded = [record(torch.float32, False, True), record(torch.bfloat16, True, False), record_int64_pointwise(),
+                record_wide_stem()]
     os.environ["FASTMBCONV_EXPAND_DW"] = "fused"  # every block's expand_dwconv: FMA (fp32) and tensor-core taps
     recorded += [record(torch.float32, False, False), record(torch.bfloat16, False, True), record_int64_expand_dw()]
     for launches in recorded:
@@ -74,6 +85,10 @@ SCRIPT = textwrap.dedent(
     failures = [(rec.op, rec.layer, results[key]["error"][:300]) for key, (rec, _) in todo.items()
                 if "error" in results[key]]
     assert not failures, failures
+    # a launch that needs more shared memory than an sm_90 program may have fails on the GPU only
+    over = [(rec.op, rec.layer, results[key]["shared"]) for key, (rec, _) in todo.items()
+            if results[key]["shared"] > SHARED_LIMIT_BYTES]
+    assert not over, over
     # the 1x1 convs' untuned configs (what runs with autotuning off) fit their registers, fp32's
     # FMA products included
     from fastmbconv.kernel_report.build import spill_bytes

@@ -8,7 +8,7 @@ from fastmbconv.geometry import conv_padding
 from fastmbconv.kernels import stem_conv_bn_act as module
 from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.stem_conv_bn_act import stem_conv_bn_act, stem_conv_bn_act_ref, taps_major
-from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced
+from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced, nan_fenced_dense
 
 from ..helpers import DEVICE
 
@@ -60,6 +60,21 @@ def test_patches_wider_than_a_step(k, C_in, out_dtype):
         stem_conv_bn_act(x, w, bias, conv_padding(13, 11, k, 2, "same"), 2, out_dtype=out_dtype)
     assert planned[0].constexprs["BLOCK_K"] == max(16, min(module.next_pow2(k * k * C_in), module.MAX_BLOCK_K))
     check(x, w, bias, conv_padding(13, 11, k, 2, "same"), out_dtype)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_output_channels_past_a_block(out_dtype, monkeypatch):
+    """More output channels than MAX_BLOCK_CO (150: two full blocks and a tail of 22) over a
+    patch of three steps (7x7x3): each block of channels is its own program, with its own masks
+    (reads and writes fenced); all of them at once did not fit an sm_90 program's shared memory."""
+    x, w, bias = make(2, 13, 11, C_out=150, k=7, seed=2)
+    with record_launches() as planned:
+        stem_conv_bn_act(x, w, bias, conv_padding(13, 11, 7, 2, "same"), 2, out_dtype=out_dtype)
+    assert planned[0].constexprs["BLOCK_CO"] == module.MAX_BLOCK_CO == 64 and planned[0].grid[1] == 3
+    fence = FencedOutputs()
+    monkeypatch.setattr(module, "_empty_out", lambda x, c, h, w, dtype: fence(x, (x.shape[0], c, h, w), dtype))
+    check(nan_fenced(x), nan_fenced_dense(taps_major(w)), bias, conv_padding(13, 11, 7, 2, "same"), out_dtype, fenced=True)
+    fence.assert_untouched()
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
