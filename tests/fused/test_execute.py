@@ -14,7 +14,7 @@ from fastmbconv import fused
 from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.testing import assert_close_to_ref
 
-from ..helpers import DEVICE, build, expected_launches, reference_forward, run_both
+from ..helpers import DEVICE, blocks_with_expand, build, expected_launches, reference_forward, run_both
 
 # launch counts below assume every 1x1 conv takes the Triton kernel
 # (the fused expand + depthwise op: test_expand_dw_plan.py)
@@ -31,6 +31,24 @@ def test_the_reference_side_of_a_comparison_launches_no_kernel():
         out, ref, launches = run_both(model, x)
     assert dict(launches) == expected_launches(model)
     assert_close_to_ref(out, ref, what="logits")
+
+
+@pytest.mark.parametrize("expand_dw", ["separate", "fused"])
+def test_deterministic_mode_runs_the_fused_path_and_repeats_it_bit_for_bit(deterministic, expand_dw, monkeypatch):
+    """Under ``torch.use_deterministic_algorithms(True)`` the fused forward still runs (no op in
+    it refuses that mode on a GPU) and two calls agree bit for bit: the SE and head pools sum
+    their tiles in a fixed order, not with atomics. The classifier's linear is on cuBLAS, which
+    that mode allows only with a fixed workspace (torch's rule, as for any model)."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    monkeypatch.setenv("FASTMBCONV_EXPAND_DW", expand_dw)
+    model = build(num_classes=10)
+    x = torch.randn(2, 3, 17, 17, device=DEVICE)
+    with torch.inference_mode(), fm.use_backend("fused"), count_launches() as launches:
+        first, second = model(x), model(x)
+    fused_blocks = blocks_with_expand(model) if expand_dw == "fused" else 0
+    assert dict(launches) == {op: 2 * n for op, n in expected_launches(model, fused_blocks=fused_blocks).items()}
+    assert torch.equal(first, second)
+    assert_close_to_ref(first, reference_forward(model, x), what="logits in deterministic mode")
 
 
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
