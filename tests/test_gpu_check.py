@@ -245,6 +245,16 @@ def test_dry_verify_writes_the_file_set_and_prints_the_gpu_commands(tmp_path):
     assert "junit-tests-quick.xml" in names and "junit-memcheck.xml" in names
 
 
+@pytest.mark.parametrize("flag", ["--only", "--skip"])
+def test_a_misspelt_step_name_stops_the_check_before_any_step(tmp_path, capsys, flag):
+    """A name no step has would select nothing (--only) or skip nothing (--skip) in silence."""
+    out = tmp_path / "out"
+    assert gpu_check.main(["--stage", "verify", "--out", str(out), "--dry", flag, "install,tests_quick,memchek"]) == 2
+    err = capsys.readouterr().err
+    assert "memchek, tests_quick" in err and "tests-quick" in err
+    assert not out.exists()
+
+
 @pytest.mark.subprocess
 def test_dry_profile_strips_ncu_and_records_its_command(tmp_path):
     r, steps = _dry("profile", tmp_path / "out", "--skip", "install,warm,ncu-fused")

@@ -287,6 +287,12 @@ def test_a_step_its_stop_time_cut_short_is_incomplete_not_ok(make_check, tmp_pat
     nothing = time_up.replace('"c"', '"a"') + time_up.replace('"c"', '"b"') + time_up
     mem = _pytest_step(c, tmp_path, "memcheck", nothing, "========= ERROR SUMMARY: 0 errors")
     assert mem.status == "failed" and "no test passed" in mem.note
+    # a test failed under the sanitizer (pytest exits 1) and the time ran out: 0 errors in part
+    # of the tests is not a clean memcheck
+    failed = '<testcase classname="t" name="b"><failure message="x"/></testcase>'
+    part = _pytest_step(c, tmp_path, "memcheck", ran[:ran.index("<testcase", 1)] + failed + time_up,
+                        "========= ERROR SUMMARY: 0 errors", rc=1)
+    assert part.status == "stopped (time)" and "1 test(s) not started" in part.note, (part.status, part.note)
 
 
 def test_under_gvisor_the_sanitizers_and_ncu_are_skipped_not_run(make_check, monkeypatch):

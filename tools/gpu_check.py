@@ -98,6 +98,16 @@ def main(argv=None) -> int:
               f"{len(stage_files(a.stage))} files, each under 16 MiB: OK")
         return 1 if problems else 0
     c = Check(a)
+    try:
+        names = {s.name for s in stage_steps(c)}
+    except Exception:  # noqa: BLE001 - the run below records it in OUT
+        names = None
+    unknown = sorted((c.only | c.skip) - names) if names is not None else []
+    if unknown:  # a misspelt step would skip silently and spend a GPU loan on nothing
+        shutil.rmtree(c.work, ignore_errors=True)
+        print(f"gpu_check: --only/--skip name no step of the {a.stage} stage: {', '.join(unknown)} "
+              f"(its steps: {', '.join(sorted(names))})", file=sys.stderr)
+        return 2
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")

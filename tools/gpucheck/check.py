@@ -294,8 +294,9 @@ class Check(OutFiles):
                     res.status = "failed"
                     res.note = f"0 {step.name} errors, but no test passed under the sanitizer (see the log)"
                 elif res.status == "failed" and res.rc == 1:
-                    res.status = "ok"
-                    res.note = f"0 {step.name} errors; some tests failed under the sanitizer (see the log)"
+                    res.status = "stopped (time)" if not_started else "ok"
+                    res.note = f"0 {step.name} errors; some tests failed under the sanitizer (see the log)" + (
+                        f"; {not_started} test(s) not started: the step's {timeout:.0f} s were up" if not_started else "")
             elif counts and sum(counts) > 0:
                 res.status, res.note = "failed", f"{sum(counts)} {step.name} error(s)"
 
