@@ -401,6 +401,38 @@ def test_step_over_its_time_is_interrupted_and_pytest_still_writes_junit(tmp_pat
         shutil.rmtree(c.work, ignore_errors=True)
 
 
+def test_a_benchmark_step_cut_off_keeps_its_finished_rows(tmp_path):
+    """A step's timeout interrupts a benchmark before its first round: the plugin drops that
+    case, so pytest-benchmark still writes the JSON of the finished one (without it, its finish
+    raised on the empty case, leaving a 0-byte JSON and no JUnit XML)."""
+    (tmp_path / "test_bench.py").write_text(
+        "import time\n\ndef test_quick(benchmark):\n    benchmark(sum, range(10))\n\n"
+        "def test_slow(benchmark):\n    benchmark.pedantic(time.sleep, args=(60,), rounds=1)\n")
+    c = check.Check(gpu_check.parse_args(["--stage", "speed", "--out", str(tmp_path / "out"), "--dry"]))
+    try:
+        junit, bench_json = c.logs / "junit-bench.xml", tmp_path / "bench.json"
+        res = check.Result("bench", "not run")
+        c.results.append(res)
+        argv = [sys.executable, "-m", "pytest", str(tmp_path / "test_bench.py"), "-p", "no:cacheprovider",
+                "-p", "gpu_check_plugin", "--rootdir", str(tmp_path), "-c", os.devnull, f"--junitxml={junit}",
+                f"--benchmark-json={bench_json}"]
+        c.execute(check.Step("bench", junit=junit), res, argv, timeout=15)
+        assert res.status == "timed out"
+        assert [b["name"] for b in json.loads(bench_json.read_text())["benchmarks"]] == ["test_quick"]
+        assert res.details["tests"]["passed"] == 1, res.details["tests"]
+    finally:
+        shutil.rmtree(c.work, ignore_errors=True)
+
+
+def test_benchmark_steps_stop_starting_cases_before_their_timeout(tmp_path):
+    c = check.Check(gpu_check.parse_args(["--stage", "speed", "--out", str(tmp_path / "out"), "--dry"]))
+    try:
+        steps = [s for s in stages.stage_steps(c) if s.name.startswith("bench-")]
+        assert steps and all(s.soft_stop_s for s in steps)
+    finally:
+        shutil.rmtree(c.work, ignore_errors=True)
+
+
 def test_steps_do_not_inherit_an_xdist_workers_variables(monkeypatch, tmp_path):
     # pytest-benchmark 5.3 turns timing off when PYTEST_XDIST_WORKER is set, so a stage started
     # from a test under `pytest -n` ran its benchmarks untimed and wrote no JSON.

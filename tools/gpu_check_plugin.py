@@ -25,6 +25,10 @@ short by its cap has run the checks only a GPU can make. ``--gc-last A,B`` runs 
 holds A after the others, and those holding B after those (the benchmarks' host-time cases,
 then the ``compile`` providers: their cold compiles must not crowd out the eager and fused
 rows). Both keep the order otherwise.
+
+A benchmark interrupted before its first round (a step stopped by its timeout) is dropped
+before pytest-benchmark finishes the session: its empty statistics would raise there, and the
+session's JSON and JUnit XML, finished rows included, would be lost.
 """
 from __future__ import annotations
 
@@ -69,6 +73,14 @@ def pytest_runtest_setup(item):
     stop_at = item.config.getoption("gc_stop_at")
     if stop_at and time.time() > stop_at:
         pytest.skip("gpu-check: the step's time is up")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)  # before pytest-benchmark's own wrapper finishes
+def pytest_sessionfinish(session, exitstatus):
+    bench = getattr(session.config, "_benchmarksession", None)
+    if bench is not None:
+        bench.benchmarks[:] = [b for b in bench.benchmarks if getattr(getattr(b, "stats", None), "data", None)]
+    yield
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k have deselected
