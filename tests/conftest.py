@@ -12,6 +12,8 @@ Markers (registered in pyproject.toml):
 """
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -36,6 +38,16 @@ def fp32_without_tf32():
     b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
     yield
     b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture
+def frees_cuda_memory():
+    """For tests that take many GiB on the GPU: their blocks go back to the device afterwards
+    instead of staying in this worker's cache, out of reach of the other workers' tests."""
+    yield
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 @pytest.fixture

@@ -259,6 +259,7 @@ def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("frees_cuda_memory")
 def test_more_than_2_31_elements_cuda():
     """B7-at-600px-sized activations: offsets must be 64-bit."""
     N, C, H, W = 1040, 32, 256, 256  # 2.18e9 elements

@@ -392,6 +392,7 @@ def test_out_of_range_valid_sizes():
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("frees_cuda_memory")
 def test_more_than_2_31_elements_cuda():
     """An input of more than 2^31 elements: the image offsets are 64-bit."""
     N, C_in, H, W = 4100, 16, 184, 184  # 2.2e9 elements

@@ -304,6 +304,7 @@ def test_valid_size_past_the_map(monkeypatch, sizes_on):
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("frees_cuda_memory")
 @pytest.mark.parametrize("N,K,O", [
     (1040, 32, 16),  # input 2.18e9 elements
     # the rows themselves (pixels over the batch; the other kernels index within one image) past
