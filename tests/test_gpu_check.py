@@ -234,6 +234,7 @@ def test_dry_verify_writes_the_file_set_and_prints_the_gpu_commands(tmp_path):
     assert steps["tests-quick"]["status"] in ("ok", "empty")
     assert " -m gpu " in steps["tests-quick"]["would_run"]
     assert steps["memcheck"]["would_run"].startswith("compute-sanitizer --tool memcheck")
+    assert "--report-api-errors no" in steps["memcheck"]["would_run"]  # counted: memory errors only
     assert "-m 'gpu and not slow and not subprocess'" in steps["memcheck"]["would_run"]
     assert steps["install"]["status"].startswith("skipped (not selected")
     assert steps["memcheck"]["status"] in ("ok", "empty")
