@@ -33,15 +33,15 @@ _SETTINGS = pytest.StashKey[dict]()
 
 
 def pytest_configure(config):
-    # pytest 9.2 dropped Node._nodeid, which pytest-benchmark before 5.3 reads in every benchmark
-    # fixture: without this check each benchmark errors with an AttributeError instead
+    # pytest 9.2 dropped Node._nodeid, which pytest-benchmark before 5.3.1 reads in every
+    # benchmark fixture: without this check each benchmark errors with an AttributeError instead
     import pytest_benchmark
     from torch.torch_version import TorchVersion  # PEP 440 comparison without `packaging`
 
-    if TorchVersion(pytest.__version__) >= "9.2" and TorchVersion(pytest_benchmark.__version__) < "5.3":
+    if TorchVersion(pytest.__version__) >= "9.2" and TorchVersion(pytest_benchmark.__version__) < "5.3.1":
         raise pytest.UsageError(
             f"pytest-benchmark {pytest_benchmark.__version__} does not work with pytest "
-            f"{pytest.__version__}: pip install 'pytest-benchmark>=5.3' (or 'pytest<9.2')"
+            f"{pytest.__version__}: pip install 'pytest-benchmark>=5.3.1' (or 'pytest<9.2')"
         )
     config.stash[_RESULTS] = []
     config.stash[_KERNELS] = []

@@ -13,6 +13,7 @@ Markers (registered in pyproject.toml):
 from __future__ import annotations
 
 import gc
+import sys
 
 import pytest
 import torch
@@ -46,6 +47,9 @@ def frees_cuda_memory():
     instead of staying in this worker's cache, out of reach of the other workers' tests."""
     yield
     if torch.cuda.is_available():
+        for name in ("last_type", "last_value", "last_traceback", "last_exc"):  # a failure's frames
+            if hasattr(sys, name):
+                delattr(sys, name)
         gc.collect()
         torch.cuda.empty_cache()
 

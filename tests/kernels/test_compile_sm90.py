@@ -54,12 +54,14 @@ SCRIPT = textwrap.dedent(
     def record_int64_pointwise():
         # the 1x1 kernel's INT64 specialisation where the rows themselves pass 2^31 (map and pool)
         from fastmbconv.kernels.pointwise_gated import pointwise_gated
-        x = torch.empty(32769, 1, 256, 256, device="meta", dtype=torch.float16, memory_format=torch.channels_last)
-        w, b = torch.empty(1, 1, device="meta", dtype=torch.float16), torch.empty(1, device="meta")
         with record_launches() as launches:
-            pointwise_gated(x, w, b, gate=torch.empty(32769, 1, device="meta"), impl="triton")
-            pointwise_gated(x, w, b, act="silu", pool_only=True, impl="triton")
-        assert [r.constexprs["INT64"] for r in launches if "INT64" in r.constexprs] == [True, True]
+            for K in (1, 8):  # the CUDA test's one channel, and a layer's eight
+                x = torch.empty(32769, K, 256, 256, device="meta", dtype=torch.float16,
+                                memory_format=torch.channels_last)
+                w, b = torch.empty(K, K, device="meta", dtype=torch.float16), torch.empty(K, device="meta")
+                pointwise_gated(x, w, b, gate=torch.empty(32769, K, device="meta"), impl="triton")
+                pointwise_gated(x, w, b, act="silu", pool_only=True, impl="triton")
+        assert [r.constexprs["INT64"] for r in launches if "INT64" in r.constexprs] == [True] * 4
         return launches
 
     def record_wide_stem():

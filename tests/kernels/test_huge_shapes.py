@@ -13,6 +13,7 @@ from fastmbconv.kernels._launch import record_launches
 from fastmbconv.kernels.affine_act_pool import affine_act_pool
 from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act
 from fastmbconv.kernels.pointwise_gated import pointwise_gated
+from fastmbconv.kernels.stem_conv_bn_act import stem_conv_bn_act
 
 
 def meta(*shape, dtype=torch.float32):
@@ -73,6 +74,8 @@ def test_grids_past_cuda_limits_are_refused_by_name(gpu_configs, monkeypatch):
         (pointwise, 16 * limit),  # autotuned map
         (lambda O: pointwise(O, pool_only=True), 32 * limit),  # autotuned pool variant
         (lambda C: record(affine_act_pool, meta(1, C, 2, 2), meta(C), meta(C)), 64 * limit),
+        (lambda C: record(stem_conv_bn_act, meta(1, 3, 4, 4), meta(C, 3, 3, 3), meta(C), (1, 1, 1, 1)),
+         64 * limit),  # blocks of MAX_BLOCK_CO
     ]
     for launch, most in cases:
         assert len(launch(most)) >= 1

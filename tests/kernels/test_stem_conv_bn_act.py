@@ -66,7 +66,9 @@ def test_patches_wider_than_a_step(k, C_in, out_dtype):
 def test_output_channels_past_a_block(out_dtype, monkeypatch):
     """More output channels than MAX_BLOCK_CO (150: two full blocks and a tail of 22) over a
     patch of three steps (7x7x3): each block of channels is its own program, with its own masks
-    (reads and writes fenced); all of them at once did not fit an sm_90 program's shared memory."""
+    (reads and writes fenced); all of them at once did not fit an sm_90 program's shared memory.
+    A weight read past the last channel would only reach accumulator columns that are never
+    stored: memcheck on a GPU, not this fence, would see it."""
     x, w, bias = make(2, 13, 11, C_out=150, k=7, seed=2)
     with record_launches() as planned:
         stem_conv_bn_act(x, w, bias, conv_padding(13, 11, 7, 2, "same"), 2, out_dtype=out_dtype)

@@ -74,8 +74,8 @@ def memcheck_step(c: Check) -> Step:
     gpu, junit = pytest_cmd(c, "memcheck", MEMCHECK_MARK, SANITIZED_PATHS, extra=["-k", SANITIZED_K, "--gc-interleave"])
     dry, _ = pytest_cmd(c, "memcheck", f"({DRY_MARK}) and not subprocess", SANITIZED_PATHS,
                         extra=["-k", SANITIZED_K, *dry_sample(1, 5)])
-    # API errors off: its ERROR SUMMARY would count every failed CUDA API call, which drivers'
-    # users make on purpose (probing a pointer or a symbol) and handle, as memory errors
+    # API errors off: its ERROR SUMMARY would also count the failed CUDA API calls it reports by
+    # default, which libraries may make on purpose and handle, beside the memory errors
     tool = ["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "86", "--print-limit", "50",
             "--report-api-errors", "no"]
     return Step("memcheck", gpu, dry, tool=tool, cap_s=180, min_s=SANITIZER_STOP_S + 30, junit=junit,
