@@ -269,12 +269,12 @@ class Check(OutFiles):
             res.details["tests"] = junit_summary(step.junit)
         text = (self.logs / log_name).read_text(errors="replace")
         not_started = ((res.details.get("tests") or {}).get("not_started") or 0) if step.soft_stop_s else 0
+        time_up = f"{not_started} test(s) not started: the step's {timeout:.0f} s were up"
         if timed_out:
             res.status = "timed out"
             res.note = f"stopped after {timeout:.0f} s (its share of the budget); what it wrote is kept"
         elif res.rc == 0 and not_started:
-            res.status = "stopped (time)"
-            res.note = f"{not_started} test(s) not started: the step's {timeout:.0f} s were up"
+            res.status, res.note = "stopped (time)", time_up
         elif res.rc == 0:
             res.status = "ok"
         elif res.rc == 5 and step.junit is not None:
@@ -296,7 +296,7 @@ class Check(OutFiles):
                 elif res.status == "failed" and res.rc == 1:
                     res.status = "stopped (time)" if not_started else "ok"
                     res.note = f"0 {step.name} errors; some tests failed under the sanitizer (see the log)" + (
-                        f"; {not_started} test(s) not started: the step's {timeout:.0f} s were up" if not_started else "")
+                        f"; {time_up}" if not_started else "")
             elif counts and sum(counts) > 0:
                 res.status, res.note = "failed", f"{sum(counts)} {step.name} error(s)"
 
