@@ -1,6 +1,7 @@
 """Helpers the tests share (functions, not fixtures: see conftest.py for those)."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import pytest
@@ -17,17 +18,58 @@ EXPECTED_PARAMS = {
 }
 
 
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm non-trivial statistics so BN bugs (eps, folding) cannot hide."""
+def randomize_bn(model: nn.Module, seed: int = 0, size=64) -> nn.Module:
+    """Give every BatchNorm a random affine and running statistics measured on random input.
+
+    The affine (scale 0.5-1.5, shift ~0.1), a random mean and a per-channel factor of 0.5-1.5 on
+    each variance keep BN bugs (eps, folding) from hiding. The scale of each BN's statistics is
+    measured: one eval forward of random ``size`` images (an int or (H, W): about the size the
+    test runs at) sets each BN's variance from its own input's mean power just before it runs.
+    Made-up statistics shrank the input's share of the signal about 3x a stage, so B0's logits
+    were mostly BN shifts and a 10% error in an early block moved them less than the fp32
+    tolerance. The variance is 16x that power (each BN's output at about a quarter of its
+    input's scale): at 1x, random residual streams amplify a perturbation about 1.2x a block
+    (a 10% change in B7's stem grew 10^4-fold); at 16x, a 10% change in the stem or an early
+    block still moves B0's to B7's logits by 0.2-3% of their spread. One power per layer, not
+    per channel: a near-constant channel would be amplified ~30x. Statistics measured on small
+    maps (mostly padding deep in the net) and run on much larger ones grow there layer by
+    layer (B3 measured at 64 px gave logits of ~500 at 224): hence ``size``. The input's
+    channels come from the first conv, so blocks as well as whole models (ours, timm's,
+    torchvision's) can be given."""
     g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+    def calibrate(bn, inputs):
+        power = inputs[0].detach().float().pow(2).mean().clamp_min(1e-4)
+        n = bn.num_features
+        bn.running_mean.copy_(torch.randn(n, generator=g) * 0.1 * power.sqrt())
+        bn.running_var.copy_(power * 16 * (torch.rand(n, generator=g) + 0.5))
+
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+        for m in bns:
+            n = m.num_features
+            m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if not bns or first_conv is None:
+        return model
+    param = next(model.parameters())
+    height, width = (size, size) if isinstance(size, int) else size
+    x = torch.randn(2, first_conv.in_channels, height, width, generator=g).to(param.device, param.dtype)
+    modes = {m: m.training for m in model.modules()}
+    hooks = [m.register_forward_pre_hook(calibrate) for m in bns]
+    import fastmbconv as fm
+
+    try:
+        with torch.no_grad(), fm.use_backend("reference"):
+            model.eval()(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, training in modes.items():
+            m.training = training
     return model
 
 
@@ -82,12 +124,27 @@ def reference_forward(fn, *args):
     return out
 
 
-def build(name="efficientnet_b0", seed=0, **kw):
-    """An eval-mode model of MODEL_BUILDERS[name] with non-trivial BN statistics, on DEVICE."""
+def build(name="efficientnet_b0", seed=0, size=64, **kw):
+    """An eval-mode model of MODEL_BUILDERS[name] with BN statistics measured at ``size`` (see
+    :func:`randomize_bn`), on DEVICE."""
     import fastmbconv as fm
 
     torch.manual_seed(seed)
-    return randomize_bn(fm.MODEL_BUILDERS[name](**kw), seed).eval().to(DEVICE)
+    return randomize_bn(fm.MODEL_BUILDERS[name](**kw), seed, size).eval().to(DEVICE)
+
+
+def assert_fold_is_fresh(fold, model, dtype) -> None:
+    """Every tensor of ``fold`` equals, bit for bit, a fold of ``model``'s weights made now: an
+    edit the cache missed shows here whatever its effect on the logits."""
+    from fastmbconv import fused
+    from fastmbconv.fused.fold import fold_tensors
+
+    have, fresh = fold_tensors(fold), fold_tensors(fused.fold_model(model, dtype))
+    assert len(have) == len(fresh)
+    for a, b in zip(have, fresh):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 def blocks_with_expand(model) -> int:
@@ -163,3 +220,64 @@ def data_parallel_replica(model: nn.Module, device: str = "meta") -> nn.Module:
             if buf is not None:
                 replica._buffers[name] = buf.to(device)
     return copies[model]
+
+
+@contextlib.contextmanager
+def interpreter_memcheck():
+    """Inside the block, under Triton's CPU interpreter, every element a kernel loads or stores
+    (its unmasked lanes) must lie inside one of the tensors of that launch, counted from the
+    tensor's first element to its last, not its whole storage: compute-sanitizer's memcheck for
+    the interpreter. The NaN fences (``kernels.testing``) see a stray read only where its value
+    reaches a stored output; a read whose lanes are never stored (channels past C, slots past a
+    tile) is caught here, where on a GPU it may fault past the end of an allocation. A no-op on
+    a GPU, where the kernels do not run through the interpreter."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        yield
+        return
+    import numpy as np
+    from triton.runtime import interpreter as interp
+
+    builder, executor = interp.InterpreterBuilder, interp.GridExecutor
+    hooks = [(executor, "_init_args_hst"), (builder, "create_masked_load"), (builder, "create_masked_store"),
+             (interp, "_get_np_dtype")]
+    missing = [name for owner, name in hooks if not hasattr(owner, name)]
+    if missing:  # private interpreter internals (checked with Triton 3.6 and 3.9): fail, never check nothing
+        pytest.fail(f"interpreter_memcheck: this Triton's interpreter has no {missing}; update the helper")
+    real = executor._init_args_hst, builder.create_masked_load, builder.create_masked_store
+    extents = []  # (first byte, past the last byte, argument name) of the running launch's tensors
+
+    def init_args(self, args_dev, kwargs):
+        args_hst, kwargs_hst = real[0](self, args_dev, kwargs)
+        extents[:] = [(t.data_ptr(), t.data_ptr() + (1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())))
+                       * t.element_size(), name)
+                      for name, t in [*zip(self.arg_names, args_hst), *kwargs_hst.items()]
+                      if isinstance(t, torch.Tensor) and t.numel()]
+        return args_hst, kwargs_hst
+
+    def check(what, ptrs, mask):
+        size = np.dtype(interp._get_np_dtype(ptrs.get_element_ty())).itemsize
+        addr = ptrs.data[np.broadcast_to(mask.data, ptrs.data.shape)].astype(np.uint64)
+        inside = np.zeros(addr.shape, dtype=bool)
+        for lo, hi, _ in extents:
+            inside |= (addr >= lo) & (addr + size <= hi)
+        if not inside.all():
+            first = int(addr[~inside][0])
+            lo, hi, name = min(extents, key=lambda e: min(abs(first - e[0]), abs(first - e[1])))
+            raise AssertionError(f"{what} of {int((~inside).sum())} elements outside every tensor of the launch; "
+                                 f"the first at byte {first - lo} of {name} ({hi - lo} bytes long)")
+
+    def load(self, ptrs, mask, other, *args):
+        check("a load", ptrs, mask)
+        return real[1](self, ptrs, mask, other, *args)
+
+    def store(self, ptrs, value, mask, *args):
+        check("a store", ptrs, mask)  # before it: a stray store would corrupt the process's memory
+        return real[2](self, ptrs, value, mask, *args)
+
+    executor._init_args_hst, builder.create_masked_load, builder.create_masked_store = init_args, load, store
+    try:
+        yield
+    finally:
+        executor._init_args_hst, builder.create_masked_load, builder.create_masked_store = real

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import fastmbconv as fm
+from fastmbconv.kernels._launch import count_launches
 
 from .helpers import import_or_skip, randomize_bn
 
@@ -35,9 +36,20 @@ def _export_and_compare(model, backend, device):
         dense = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
         ragged = torch.export.export(Ragged(model, SIZES), (x,))
         x3 = torch.randn(3, 3, 32, 32, device=device)
-        torch.testing.assert_close(dense.module()(x3), model(x3), rtol=1e-5, atol=1e-5)
+        with count_launches() as exported:
+            out = dense.module()(x3)
+        with count_launches() as eager:
+            want = model(x3)
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ragged.module()(x), model(x, SIZES), rtol=1e-5, atol=1e-5)
     assert not any(n.target == torch.ops.aten.item.default for n in ragged.graph.nodes)  # no data-dependent reads
+    # the exported program holds the kernels' ops and runs them (not the reference it could fall back to)
+    ops = {str(n.target).split(".")[1] for n in dense.graph.nodes if str(n.target).startswith("fastmbconv.")}
+    if backend == "fused":
+        assert ops == {"stem_conv_bn_act", "dwconv_bn_act", "squeeze_excite_gate", "pointwise_gated"}, ops
+        assert exported == eager and exported["dwconv_bn_act"] == sum(len(stage) for stage in model.blocks)
+    else:
+        assert not ops and not exported and not eager
 
 
 @pytest.mark.slow

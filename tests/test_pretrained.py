@@ -267,29 +267,39 @@ def test_missing_hub_package_error(monkeypatch):
         weights.hub_state_dict(fm.pretrained_cfg("efficientnet_b0"))
 
 
+def _tf_b3_in_hub_cache(root):
+    """A tf_efficientnet_b3 of random weights, saved where the Hub's cache under ``root`` keeps
+    timm's ns_jft_in1k weights; returns it."""
+    st = import_or_skip("safetensors.torch")
+    torch.manual_seed(0)
+    src = randomize_bn(fm.create_model("tf_efficientnet_b3"), size=300).eval()
+    sd = {k: v.contiguous() for k, v in src.state_dict().items()}
+    _hub_cache(root, "timm/tf_efficientnet_b3.ns_jft_in1k", {"model.safetensors": lambda p: st.save_file(sd, str(p))})
+    return src
+
+
 @pytest.mark.slow
 def test_timm_user_swap_tf_b3(offline_hub, tmp_path):
     """The issue's swap: create_model("tf_efficientnet_b3", pretrained=True) from a local Hub
-    cache gives the checkpoint's logits and timm's eval preprocessing; with timm importable,
-    timm's own model on the same cache gives the same logits."""
-    st = import_or_skip("safetensors.torch")
-    torch.manual_seed(0)
-    src = randomize_bn(fm.create_model("tf_efficientnet_b3")).eval()
-    sd = {k: v.contiguous() for k, v in src.state_dict().items()}
-    _hub_cache(tmp_path, "timm/tf_efficientnet_b3.ns_jft_in1k", {"model.safetensors": lambda p: st.save_file(sd, str(p))})
+    cache gives the checkpoint's logits and timm's eval preprocessing."""
+    src = _tf_b3_in_hub_cache(tmp_path)
     model = fm.create_model("tf_efficientnet_b3", pretrained=True, cache_dir=tmp_path).eval()
     x = torch.randn(1, 3, 300, 300)
     with torch.no_grad():
-        logits = model(x)
-        torch.testing.assert_close(logits, src(x), rtol=0, atol=0)
+        torch.testing.assert_close(model(x), src(x), rtol=0, atol=0)
     assert fm.eval_transform(model).size == (300, 300) and fm.eval_transform(model).crop_pct == 0.904
-    try:
-        import timm
-    except Exception:
-        return
+
+
+@pytest.mark.slow
+def test_timm_user_swap_tf_b3_gives_timms_logits(offline_hub, tmp_path):
+    """timm's own model on the same Hub cache gives our logits and our pretrained_cfg."""
+    timm = import_or_skip("timm")
+    _tf_b3_in_hub_cache(tmp_path)
+    model = fm.create_model("tf_efficientnet_b3", pretrained=True, cache_dir=tmp_path).eval()
     ref = timm.create_model("tf_efficientnet_b3", pretrained=True, cache_dir=tmp_path).eval()
+    x = torch.randn(1, 3, 300, 300)
     with torch.no_grad():
-        torch.testing.assert_close(logits, ref(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-4)
     assert ref.pretrained_cfg == model.pretrained_cfg
 
 

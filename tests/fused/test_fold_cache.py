@@ -12,7 +12,7 @@ import fastmbconv as fm
 from fastmbconv import fused
 from fastmbconv.kernels.testing import assert_close_to_ref
 
-from ..helpers import DEVICE, build, data_parallel_replica, expected_launches, reference_forward, run_both
+from ..helpers import DEVICE, assert_fold_is_fresh, build, data_parallel_replica, expected_launches, reference_forward, run_both
 
 pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_triton", "expand_dw_separate")]
 
@@ -74,6 +74,7 @@ def test_refold_after_an_edit_through_data():
     assert fused.folded(model) is first  # unseen
     again = fused.refold(model)
     assert again is not first and fused.folded(model) is again
+    assert_fold_is_fresh(again, model, torch.float32)  # both edits, the stem's included
     out, ref, _ = run_both(model, x)
     assert (out - before).abs().max() > 1e-3
     assert_close_to_ref(out, ref, what="logits after .data edits and refold()")

@@ -83,7 +83,7 @@ def test_cuda_fused_from_timm_gives_timms_logits_at_224(dtype, monkeypatch):
     timm = import_or_skip("timm")
     monkeypatch.delenv("FASTMBCONV_EXPAND_DW", raising=False)
     torch.manual_seed(0)
-    peer = randomize_bn(timm.create_model("tf_efficientnet_b0")).eval().cuda()
+    peer = randomize_bn(timm.create_model("tf_efficientnet_b0"), size=224).eval().cuda()
     x = torch.randn(8, 3, 224, 224, device="cuda")
     with torch.inference_mode():
         ref64 = peer.double()(x.double())

@@ -17,6 +17,7 @@ from fastmbconv.kernels import pointwise_gated as pw
 from fastmbconv.kernels._launch import forced_config, record_launches
 from fastmbconv.kernels._utils import dot_fp32
 
+from ..helpers import interpreter_memcheck
 from . import test_dwconv_bn_act as dw_tests
 from . import test_pointwise_gated as pw_tests
 
@@ -36,10 +37,13 @@ POINTWISE = {
 }
 POOL = (2, 48, 80, 9, 11)  # the head's 1x1 + pool: (N, K, O, H, W)
 # (N, C, H, W, k, stride): output maps of 32-pixel tiles with a partial last channel block (every
-# config kept) and of 64-pixel tiles over several tiles per image
+# config kept) and of 64-pixel tiles over several tiles per image; 96 channels, a whole number
+# of the heuristic's 32-channel blocks but not of the configs' 64 (a channel mask dropped on the
+# strength of the heuristic's block would read past the input: launched under the memcheck)
 DEPTHWISE = {
     "tile32": (2, 72, 4, 8, 3, 1),
     "tile64": (2, 40, 17, 15, 5, 2),
+    "even96": (1, 96, 4, 8, 3, 1),
 }
 
 
@@ -126,7 +130,8 @@ def test_every_depthwise_config(case, dtype, monkeypatch):
         with forced_config(dw._dwconv_bn_act_autotuned, config):
             seen = launched_config(lambda: dw.dwconv_bn_act(x, w, scale, shift, padding, stride, with_pool=True))
             assert seen["BLOCK_C"] == config.kwargs["BLOCK_C"] and seen["num_warps"] == config.num_warps
-            dw_tests.check(x, w, scale, shift, padding, stride, with_pool=True)
+            with interpreter_memcheck():
+                dw_tests.check(x, w, scale, shift, padding, stride, with_pool=True)
 
 
 def test_the_cases_cover_every_config():
@@ -144,3 +149,18 @@ def test_the_cases_cover_every_config():
     with forced_config(pw._pointwise_gated_autotuned, config):
         assert pw.select_kernel(pw._pointwise_gated_autotuned, "plain", ("k",), {})[1]["BLOCK_M"] == config.kwargs["BLOCK_M"]
         assert "BLOCK_M" not in pw.select_kernel(object(), "plain", ("k",), {"BLOCK_N": 16})[1]
+
+
+def test_depthwise_autotune_keeps_8_to_32_outputs_per_thread():
+    """The FMA variant's configs each map and width may try: 8 to 32 outputs per thread (none
+    spills on any B0-B7 layer, python -m fastmbconv.kernel_report) and channel blocks no wider
+    than the layer (at least 16), on B0's 56x56 (8x8 tiles), 28x28 (2x32) and 14x14 (2x16) maps."""
+    def blocks(C, H, W):
+        th, tw = dw.spatial_tile(H, W)
+        unit = dw._unit(C)
+        return {(c.kwargs["BLOCK_C"], c.num_warps) for c in kept(dw._dwconv_bn_act_autotuned, {
+            "c_units": C // unit, "C_UNIT": unit, "TILE_H": th, "TILE_W": tw})}
+
+    assert blocks(96, 56, 56) == blocks(144, 28, 28) == {(16, 1), (32, 2), (64, 4), (128, 8)}
+    assert blocks(40, 7, 7) == {(16, 1), (32, 2), (64, 4)}
+    assert blocks(24, 14, 14) == {(16, 1), (32, 1), (32, 2)}

@@ -6,11 +6,15 @@ SE gate's means and hidden vector) must round it first or compute something the 
 Each case is built so that rounding decides the answer: ``A`` rounds to 1 in bf16, and a weight
 row (1, -1) takes ``A - 1``, which is 0 on a GPU and 0.0023 without the rounding. On a GPU the
 same tests check that the tensor cores do round."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels._math import round_to_bf16
 from fastmbconv.kernels.pointwise_gated import pointwise_gated
 from fastmbconv.kernels.squeeze_excite import squeeze_excite_gate
 from fastmbconv.kernels.stem_conv_bn_act import stem_conv_bn_act
@@ -72,3 +76,31 @@ def test_se_gate_rounds_its_means():
     assert launches["squeeze_excite_gate"] == 1
     # a GPU: the reduce FC gives 0, silu(0) = 0, the gate sigmoid(0); unrounded 0.50029
     assert gate.dtype == torch.float32 and (gate.cpu() == 0.5).all(), gate
+
+
+@triton.jit
+def _round_to_bf16_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    ok = offs < n
+    tl.store(out_ptr + offs, round_to_bf16(tl.load(x_ptr + offs, mask=ok, other=0.0)), mask=ok)
+
+
+def test_round_to_bf16_is_torchs_cast_bit_for_bit():
+    """``_math.round_to_bf16``, the kernels' stand-in under the interpreter for a GPU's fp32 ->
+    bf16 cast, is torch's cast (round to nearest, ties to even) for every case that decides a
+    rounding: ties below an even and an odd last bit, a bit under and over half way, negative
+    values, subnormals, the largest finite values (to inf), infinities, zeros, and random bits;
+    NaN stays NaN."""
+    deciding = [0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F817FFF, 0x3F808001, 0x3F818001, 0xBF808000, 0xBF818000,
+                0xBF817FFF, 0x00008000, 0x00018000, 0x00017FFF, 0x7F7FFFFF, 0x7F7F8000, 0x7F7F7FFF, 0xFF7FFFFF,
+                0x7F800000, 0xFF800000, 0x00000000, 0x80000000, 0x7FC00000, 0xFFFFFFFF, 0x7F800001]
+    bits = torch.cat([torch.from_numpy(np.array(deciding, dtype=np.uint32).view(np.int32)),
+                      torch.randint(-2**31, 2**31, (4096,), generator=torch.Generator().manual_seed(0),
+                                    dtype=torch.int64).to(torch.int32)])
+    x = bits.view(torch.float32)
+    out = torch.empty_like(x, device=DEVICE)
+    _round_to_bf16_kernel[(1,)](x.to(DEVICE), out, x.numel(), BLOCK=triton.next_power_of_2(x.numel()))
+    want, got = x.to(bf16).float(), out.cpu()
+    nan = torch.isnan(want)
+    assert torch.equal(torch.isnan(got), nan)
+    assert torch.equal(got[~nan].view(torch.int32), want[~nan].view(torch.int32))

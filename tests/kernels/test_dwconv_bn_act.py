@@ -14,7 +14,7 @@ from fastmbconv.kernels._utils import output_size
 from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, taps_diag, taps_major
 from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced, nan_fenced_dense
 
-from ..helpers import DEVICE
+from ..helpers import DEVICE, interpreter_memcheck
 
 pytestmark = pytest.mark.interpreter
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -225,6 +225,7 @@ BAD_CASES = {
     "kernel 7": (lambda x, w, s, b: (x, torch.zeros(24, 1, 7, 7, device=x.device), s, b, (3, 3, 3, 3), 1, {}), ValueError, "3 or 5"),
     "stride 3": (lambda x, w, s, b: (x, w, s, b, (1, 1, 1, 1), 3, {}), ValueError, "stride"),
     "padding len": (lambda x, w, s, b: (x, w, s, b, (1, 1), 1, {}), ValueError, "padding"),
+    "padding of k": (lambda x, w, s, b: (x, w, s, b, (1, 1, 3, 1), 1, {}), ValueError, r"padding .* in \[0, 3\)"),
     "fp16 scale": (lambda x, w, s, b: (x, w, s.half(), b, (1, 1, 1, 1), 1, {}), TypeError, "scale"),
     "short shift": (lambda x, w, s, b: (x, w, s, b[:3], (1, 1, 1, 1), 1, {}), ValueError, "shift"),
     "fp32 x, tensor-core weights": (lambda x, w, s, b: (x, taps_diag(w, torch.float16), s, b, (1, 1, 1, 1), 1, {}),
@@ -329,3 +330,41 @@ def test_writes_stay_inside_the_output(small_tiles, k, stride, layout, monkeypat
     x, w, scale, shift = make(2, 21, 13, 11, k, torch.float16 if layout == "mma" else torch.float32, layout=layout)
     check(x, w, scale, shift, conv_padding(13, 11, k, stride, "same"), stride, with_pool=True)
     fence.assert_untouched()
+
+
+def test_unchecked_valid_sizes_are_clamped_into_the_map(monkeypatch):
+    """What CUDA's unchecked sizes do, here on the CPU with the host check off: the kernel clamps
+    them into [0, H] x [0, W], so a size past the map computes as the whole map and a negative
+    one as an empty image (its outputs 0), and nothing outside the input is read (NaN-fenced,
+    and every load checked under the interpreter)."""
+    monkeypatch.setattr(module, "check_valid_sizes", lambda *args: None)
+    x, w, scale, shift = make(2, 24, 9, 7, 3)
+    x = nan_fenced(x)
+    pad_tl = torch.ones(2, 2, dtype=torch.int32, device=DEVICE)
+
+    def run(sizes):
+        valid_hw = torch.tensor(sizes, dtype=torch.int32, device=DEVICE)
+        with interpreter_memcheck():
+            return dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1, with_pool=True, valid_hw=valid_hw, pad_tl=pad_tl)
+
+    (got, got_sums), (want, want_sums) = run([[99, 7], [9, 99]]), run([[9, 7], [9, 7]])
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_sums, want_sums)
+    out, sums = run([[-5, 7], [9, -1]])
+    assert (out == 0).all() and (sums == 0).all()
+
+
+@pytest.mark.parametrize("dtype,layout,C", [(torch.float32, "conv", 32), (torch.float16, "conv", 64),
+                                            (torch.float16, "mma", 32), (torch.float16, "mma", 24)], ids=str)
+def test_only_the_tensor_core_variant_drops_the_channel_mask(dtype, layout, C):
+    """``EVEN_C`` drops the x loads' channel mask where every channel of a block is real. The
+    tensor-core variant's BLOCK_C is fixed at launch, so it claims that where C is a multiple
+    of it; the FMA variant's is the autotuner's pick on a GPU (up to 128 where the heuristic
+    said 32), so it never may: 96 channels in blocks of 64 would read 32 past the last pixel."""
+    x, w, scale, shift = make(1, C, 5, 5, 3, dtype, layout=layout)
+    with record_launches() as planned:
+        dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1)
+    constexprs = planned[0].constexprs
+    assert constexprs["EVEN_C"] == (layout == "mma" and C % constexprs["BLOCK_C"] == 0)
+    if layout == "mma":
+        assert constexprs["EVEN_C"] == (C == 32)  # one block of 32 here, two of 16 on a GPU

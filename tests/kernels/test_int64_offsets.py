@@ -24,6 +24,7 @@ SCRIPT = textwrap.dedent(
     """
     import torch
     from fastmbconv.kernels.testing import assert_close_to_ref
+    from fastmbconv.kernels.affine_act_pool import affine_act_pool, affine_act_pool_ref
     from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, taps_diag
     from fastmbconv.kernels.expand_dwconv import expand_dwconv, expand_dwconv_ref
     from fastmbconv.kernels.pointwise_gated import pointwise_gated, pointwise_gated_ref
@@ -107,6 +108,12 @@ SCRIPT = textwrap.dedent(
         out = stem_conv_bn_act(image, image_w, image_b, (1, 1, 1, 1), 2, out_dtype=torch.float32)
         ref = stem_conv_bn_act_ref(dense[:, :3], image_w, image_b, (1, 1, 1, 1), 2, compute_dtype=torch.float64)
         assert_close_to_ref(out, ref, what=f"stem, {name}")
+        # the cuDNN route's BN + SiLU + pool pass, in place on the view (its last use here)
+        ref, ref_pool = affine_act_pool_ref(dense, scale, shift, "silu", with_pool=True, compute_dtype=torch.float64)
+        lowp = affine_act_pool_ref(dense, scale, shift, "silu", compute_dtype=torch.float16)
+        out, partials = affine_act_pool(x, scale, shift, "silu", with_pool=True)
+        assert_close_to_ref(out, ref, lowp, what=f"affine_act_pool, {name}")
+        assert_close_to_ref(partials.sum(1), ref_pool, what=f"affine_act_pool sums, {name}")
         print("ok", name, flush=True)
 
     # maps of two rows (columns) 2^30 apart: every pixel's offset fits in 32 bits, but a 5x5

@@ -3,7 +3,8 @@ depthwise kernel's per-tile sums in a fixed order."""
 import pytest
 import torch
 
-from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels import squeeze_excite as module
+from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.squeeze_excite import squeeze_excite_gate, squeeze_excite_gate_ref
 from fastmbconv.kernels.testing import assert_close_to_ref
 
@@ -57,6 +58,40 @@ def test_per_sample_count():
     assert_close_to_ref(gate, ref, what="gate")
     # and the count really is used: a different count gives a different gate
     assert not torch.allclose(gate, squeeze_excite_gate(*args, hw=49))
+
+
+def test_a_zero_count_divides_by_one():
+    """An image with no valid pixel (a count of 0, which nothing checks on CUDA) takes the
+    mean as its sums over 1, as the reference clamps it: never a division by zero."""
+    args = make(3, 40, 10)
+    count = torch.tensor([49, 0, 1], dtype=torch.int32, device=DEVICE)
+    gate = squeeze_excite_gate(*args, count=count)
+    assert torch.isfinite(gate).all()
+    assert_close_to_ref(gate, squeeze_excite_gate_ref(*args, count=count, compute_dtype=torch.float64), what="gate")
+
+
+@pytest.mark.parametrize("wdtype,N,T,C,R", [
+    (torch.float32, 3, 5, 200, 8),  # 128-channel blocks: the reduce FC over two, the gate's 4 over 4 programs
+    (torch.float16, 17, 3, 200, 48),  # two blocks of 16 images, fp16 dots
+    (torch.float32, 2, 2, 72, 160),  # fp32 past 128 reduced channels: 16-channel steps, 32-channel gate blocks
+], ids=str)
+def test_gpu_blocks(monkeypatch, wdtype, N, T, C, R):
+    """The GPU's blocks (under the interpreter one block covers every channel): the reduce FC
+    summed over several channel blocks, the gate's channel blocks shared among several programs
+    (the grid's second axis), tiles summed several a step with a partial last step."""
+    monkeypatch.setattr(module, "interpreting", lambda: False)
+    args = make(N, C, R, wdtype, tiles=T, seed=C + R)
+    with record_launches() as planned:
+        squeeze_excite_gate(*args, hw=30)
+    (launch,) = planned
+    assert launch.constexprs["BLOCK_C"] < C and launch.grid[1] > 1
+    gate = squeeze_excite_gate(*args, hw=30)
+    ref = squeeze_excite_gate_ref(*args, hw=30, compute_dtype=torch.float64)
+    if wdtype == torch.float32:
+        assert_close_to_ref(gate, ref, what="gate")
+    else:  # as test_matches_ref
+        lowp = squeeze_excite_gate_ref(*args, hw=30, compute_dtype=wdtype).float()
+        torch.testing.assert_close(gate, ref.float(), atol=3 * (lowp - ref.float()).abs().max().item() + 2e-3, rtol=0)
 
 
 def test_empty_batch():

@@ -10,7 +10,7 @@ from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.stem_conv_bn_act import stem_conv_bn_act, stem_conv_bn_act_ref, taps_major
 from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced, nan_fenced_dense
 
-from ..helpers import DEVICE
+from ..helpers import DEVICE, interpreter_memcheck
 
 pytestmark = pytest.mark.interpreter
 
@@ -68,14 +68,16 @@ def test_output_channels_past_a_block(out_dtype, monkeypatch):
     patch of three steps (7x7x3): each block of channels is its own program, with its own masks
     (reads and writes fenced); all of them at once did not fit an sm_90 program's shared memory.
     A weight read past the last channel would only reach accumulator columns that are never
-    stored: memcheck on a GPU, not this fence, would see it."""
+    stored: the fence cannot see it, the interpreter's memcheck (and compute-sanitizer's) does."""
     x, w, bias = make(2, 13, 11, C_out=150, k=7, seed=2)
     with record_launches() as planned:
         stem_conv_bn_act(x, w, bias, conv_padding(13, 11, 7, 2, "same"), 2, out_dtype=out_dtype)
     assert planned[0].constexprs["BLOCK_CO"] == module.MAX_BLOCK_CO == 64 and planned[0].grid[1] == 3
     fence = FencedOutputs()
     monkeypatch.setattr(module, "_empty_out", lambda x, c, h, w, dtype: fence(x, (x.shape[0], c, h, w), dtype))
-    check(nan_fenced(x), nan_fenced_dense(taps_major(w)), bias, conv_padding(13, 11, 7, 2, "same"), out_dtype, fenced=True)
+    with interpreter_memcheck():
+        check(nan_fenced(x), nan_fenced_dense(taps_major(w)), bias, conv_padding(13, 11, 7, 2, "same"), out_dtype,
+              fenced=True)
     fence.assert_untouched()
 
 
@@ -184,3 +186,21 @@ def test_out_of_range_valid_sizes_are_a_clear_error(bad):
                                compute_dtype=torch.float64)
     assert_close_to_ref(stem_conv_bn_act(x, w, bias, (0, 1, 0, 1), 2, valid_hw=valid_hw, pad_tl=pad_tl), ref,
                         what=f"stem with valid sizes {list(bad)} clamped")
+
+
+def test_unchecked_valid_sizes_are_clamped_into_the_map(monkeypatch):
+    """As in dwconv_bn_act: with the host check off (as for CUDA tensors), a size past the map
+    computes as the whole map and a negative one as an empty image, reading nothing outside the
+    image (NaN-fenced, every load checked under the interpreter)."""
+    monkeypatch.setattr(module, "check_valid_sizes", lambda *args: None)
+    x, w, bias = make(2, 9, 8, C_out=24)
+    x = nan_fenced(x)
+    pad_tl = torch.ones(2, 2, dtype=torch.int32, device=DEVICE)
+
+    def run(sizes):
+        with interpreter_memcheck():
+            return stem_conv_bn_act(x, w, bias, (1, 1, 1, 1), 2, pad_tl=pad_tl,
+                                    valid_hw=torch.tensor(sizes, dtype=torch.int32, device=DEVICE))
+
+    torch.testing.assert_close(run([[99, 8], [9, 99]]), run([[9, 8], [9, 8]]))
+    assert (run([[-5, 8], [9, -1]]) == 0).all()
