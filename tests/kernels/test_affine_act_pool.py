@@ -82,8 +82,11 @@ def test_cudnn_route_matches_the_depthwise_reference(small_tiles, dtype, k, stri
         lowp = None if dtype == torch.float32 else dwconv_bn_act_ref(x, w, scale, shift, padding, stride,
                                                                      compute_dtype=dtype)
         assert_close_to_ref(out, ref, lowp, what=f"cuDNN route k{k} s{stride} {pad_mode} {dtype}")
-        torch.testing.assert_close(partials.sum(1).double().cpu(), ref_sums.cpu(), atol=0.05 * out[0, 0].numel(),
-                                   rtol=2e-2)
+        if dtype == torch.float32:
+            assert_close_to_ref(partials.sum(1), ref_sums, what=f"cuDNN route's pool sums k{k} s{stride} {pad_mode}")
+        else:  # the low-precision twin returns no sums to scale a bound by: a bound per pixel summed
+            torch.testing.assert_close(partials.sum(1).double().cpu(), ref_sums.cpu(), atol=0.05 * out[0, 0].numel(),
+                                       rtol=2e-2)
 
 
 def test_depthwise_choice(monkeypatch):
