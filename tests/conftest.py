@@ -13,6 +13,7 @@ Markers (registered in pyproject.toml):
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 import pytest
@@ -39,6 +40,34 @@ def fp32_without_tf32():
     b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
     yield
     b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
+def interpreter_rounds_bf16_as_a_gpu():
+    """Triton's interpreter casts fp32 to bf16 by truncation (3.6 and 3.9: every magnitude rounds
+    down), where a GPU and torch round to nearest even. Each bf16 store of a kernel then carried
+    twice a GPU's error, with a bias, and through B0 the fused bf16 logits drifted to 4x torch's
+    bf16 error (a GPU's behaviour is below torch's). Under the interpreter the cast rounds as a
+    GPU does. ``kernels._math.round_to_bf16``, which rounds dot operands the way tensor cores
+    take them, is needed either way."""
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        yield
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    truncating = interpreter.InterpreterBuilder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            rounded = torch.from_numpy(np.array(src.data, dtype=np.float32)).to(torch.bfloat16)
+            return interpreter.TensorHandle(rounded.view(torch.int16).numpy().view(np.uint16), dst_type.scalar)
+        return truncating(self, src, dst_type)
+
+    interpreter.InterpreterBuilder.cast_impl = cast_impl
+    yield
+    interpreter.InterpreterBuilder.cast_impl = truncating
 
 
 @pytest.fixture

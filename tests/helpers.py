@@ -23,26 +23,29 @@ def randomize_bn(model: nn.Module, seed: int = 0, size=64) -> nn.Module:
 
     The affine (scale 0.5-1.5, shift ~0.1), a random mean and a per-channel factor of 0.5-1.5 on
     each variance keep BN bugs (eps, folding) from hiding. The scale of each BN's statistics is
-    measured: one eval forward of random ``size`` images (an int or (H, W): about the size the
-    test runs at) sets each BN's variance from its own input's mean power just before it runs.
-    Made-up statistics shrank the input's share of the signal about 3x a stage, so B0's logits
-    were mostly BN shifts and a 10% error in an early block moved them less than the fp32
-    tolerance. The variance is 16x that power (each BN's output at about a quarter of its
-    input's scale): at 1x, random residual streams amplify a perturbation about 1.2x a block
-    (a 10% change in B7's stem grew 10^4-fold); at 16x, a 10% change in the stem or an early
-    block still moves B0's to B7's logits by 0.2-3% of their spread. One power per layer, not
-    per channel: a near-constant channel would be amplified ~30x. Statistics measured on small
-    maps (mostly padding deep in the net) and run on much larger ones grow there layer by
-    layer (B3 measured at 64 px gave logits of ~500 at 224): hence ``size``. The input's
+    measured: one eval forward of random ``size`` images (an int or (H, W)) sets each BN's
+    variance from its own input's mean power just before it runs. Made-up statistics shrank the
+    input's share of the signal about 3x a stage, so B0's logits were mostly BN shifts and a 10%
+    error in an early block moved them less than the fp32 tolerance. The variance is 16x that
+    power (each BN's output at about a quarter of its input's scale): at 1x, random residual
+    streams amplify a perturbation about 1.2x a block; at 16x, a 5-10% change in the stem or an
+    early block moves the logits by 1-10% of their spread. One power per layer, not per channel:
+    a near-constant channel would be amplified ~30x.
+
+    Give ``size`` as the test's input size. The deep maps of a small image are mostly padding,
+    so their power depends on the size, and a mismatch compounds layer by layer: B0 measured at
+    64 px and run at 17 px hardly sees its input (a 5% stem error moved the logits 2e-4); at
+    224 px its logits reach ~40, and B7 measured at 32 px gave 1e8 at 33x47. The input's
     channels come from the first conv, so blocks as well as whole models (ours, timm's,
     torchvision's) can be given."""
     g = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
 
     def calibrate(bn, inputs):
-        power = inputs[0].detach().float().pow(2).mean().clamp_min(1e-4)
+        # a float, so the CPU generator's draws mix with it whatever the model's device
+        power = inputs[0].detach().float().pow(2).mean().clamp_min(1e-4).item()
         n = bn.num_features
-        bn.running_mean.copy_(torch.randn(n, generator=g) * 0.1 * power.sqrt())
+        bn.running_mean.copy_(torch.randn(n, generator=g) * 0.1 * power ** 0.5)
         bn.running_var.copy_(power * 16 * (torch.rand(n, generator=g) + 0.5))
 
     with torch.no_grad():

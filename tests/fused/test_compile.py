@@ -153,7 +153,7 @@ def test_whole_b0_compiles_as_one_graph_and_sees_bn_edits():
     inside a block), one compile for all 16 blocks, output equal to eager; an in-place BN edit
     after compilation takes effect without a recompile (the fold is traced into the graph, so
     the weights are graph inputs); switching the backend recompiles to the reference path."""
-    model = randomize_bn(fm.efficientnet_b0(num_classes=10)).eval().to(DEVICE)
+    model = randomize_bn(fm.efficientnet_b0(num_classes=10), size=17).eval().to(DEVICE)
     x = torch.randn(1, 3, 17, 17, device=DEVICE)
     eager, compiled, out, launches = compile_fullgraph(model, x)
     assert launches["dwconv_bn_act"] == 16

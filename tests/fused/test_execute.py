@@ -25,7 +25,7 @@ def test_the_reference_side_of_a_comparison_launches_no_kernel():
     """On a GPU, ``auto`` runs these eval calls under ``inference_mode`` on the fused path; the
     side they are compared with must still be the reference modules. A forced ``fused`` stands
     in for a GPU's ``auto`` here."""
-    model = build(num_classes=10)
+    model = build(num_classes=10, size=17)
     x = torch.randn(1, 3, 17, 17, device=DEVICE)
     with fm.use_backend("fused"):
         out, ref, launches = run_both(model, x)
@@ -41,7 +41,7 @@ def test_deterministic_mode_runs_the_fused_path_and_repeats_it_bit_for_bit(deter
     that mode allows only with a fixed workspace (torch's rule, as for any model)."""
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     monkeypatch.setenv("FASTMBCONV_EXPAND_DW", expand_dw)
-    model = build(num_classes=10)
+    model = build(num_classes=10, size=17)
     x = torch.randn(2, 3, 17, 17, device=DEVICE)
     with torch.inference_mode(), fm.use_backend("fused"), count_launches() as launches:
         first, second = model(x), model(x)
@@ -53,7 +53,7 @@ def test_deterministic_mode_runs_the_fused_path_and_repeats_it_bit_for_bit(deter
 
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 def test_b0_logits_and_head_map_match_reference(pad_mode):
-    model = build(pad_mode=pad_mode)
+    model = build(pad_mode=pad_mode, size=(33, 47))
     x = torch.randn(2, 3, 33, 47, device=DEVICE)
     out, ref, launches = run_both(model, x)
     assert dict(launches) == expected_launches(model)
@@ -66,7 +66,7 @@ def test_b0_logits_and_head_map_match_reference(pad_mode):
 
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 def test_b0_ragged_batch_matches_reference(pad_mode):
-    model = build(pad_mode=pad_mode, num_classes=0)
+    model = build(pad_mode=pad_mode, num_classes=0, size=(33, 47))
     x = torch.randn(3, 3, 33, 47, device=DEVICE)
     sizes = torch.tensor([[33, 47], [20, 31], [9, 5]])
     out, ref, launches = run_both(model, x, sizes)
@@ -78,7 +78,7 @@ def test_b0_ragged_batch_matches_reference(pad_mode):
 
 
 def test_b0_features_only():
-    model = build(features_only=True, pad_mode="same")
+    model = build(features_only=True, pad_mode="same", size=(29, 40))
     x = torch.randn(2, 3, 29, 40, device=DEVICE)
     maps, ref_maps, launches = run_both(model, x, torch.tensor([[29, 40], [17, 9]]))
     assert dict(launches) == expected_launches(model, "stage_maps")
@@ -90,10 +90,10 @@ def test_b0_features_only():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_b0_low_precision(dtype):
     """fp16/bf16 model: |fused - fp64 ref| <= 2 |torch at dtype - fp64 ref| + atol + 1 ulp."""
-    model = build()
+    model = build(size=(25, 31))
     x = torch.randn(2, 3, 25, 31, device=DEVICE)
     with torch.inference_mode():
-        ref64 = reference_forward(build().double(), x.double())
+        ref64 = reference_forward(build(size=(25, 31)).double(), x.double())
     model = model.to(dtype)
     out, ref_lowp, launches = run_both(model, x.to(dtype))
     assert launches["dwconv_bn_act"] == 16
@@ -105,7 +105,7 @@ def test_b0_low_precision(dtype):
 def test_depthwise_takes_tensor_cores_in_fp16_and_bf16(dtype):
     """Every depthwise launch of a low-precision forward runs the dot kernel variant (tensor
     cores, weights folded by taps_diag); fp32 runs the FMA variant."""
-    model = build().to(dtype)
+    model = build(size=(17, 19)).to(dtype)
     with torch.inference_mode(), fm.use_backend("fused"), record_launches() as planned:
         model(torch.randn(1, 3, 17, 19, device=DEVICE, dtype=dtype))
     dw = [r.constexprs["MMA"] for r in planned if r.op == "dwconv_bn_act"]
@@ -115,10 +115,10 @@ def test_depthwise_takes_tensor_cores_in_fp16_and_bf16(dtype):
 def test_autocast_runs_the_fused_path_at_the_autocast_dtype():
     """Under autocast an fp32 model's fused forward computes in the autocast dtype, as the
     reference convs do: same output dtype, bf16 tolerance against the fp64 model."""
-    model = build(num_classes=10)
+    model = build(num_classes=10, size=(21, 19))
     x = torch.randn(2, 3, 21, 19, device=DEVICE)
     with torch.inference_mode():
-        ref64 = reference_forward(build(num_classes=10).double(), x.double())
+        ref64 = reference_forward(build(num_classes=10, size=(21, 19)).double(), x.double())
     autocast_dtype = torch.float16 if DEVICE == "cuda" else torch.bfloat16
     with torch.autocast(torch.device(DEVICE).type, dtype=autocast_dtype):
         out, ref_lowp, launches = run_both(model, x)
@@ -135,7 +135,7 @@ def test_b1_to_b7_structure(name):
     paddings, the narrowest and widest (B3, B5 and B6 differ from these only in their
     multipliers, which tests/test_config.py checks against the published table)."""
     pad_mode = "same" if name[-1] in "1357" else "symmetric"
-    model = build(name, num_classes=10, pad_mode=pad_mode)
+    model = build(name, num_classes=10, pad_mode=pad_mode, size=16)
     x = torch.randn(1, 3, 16, 16, device=DEVICE)
     out, ref, launches = run_both(model, x)
     assert dict(launches) == expected_launches(model)
@@ -181,7 +181,7 @@ def test_b0_with_the_depthwise_on_cudnn_matches_reference(dtype, monkeypatch):
     """FASTMBCONV_DEPTHWISE_IMPL=torch (the fused_cudnn_dw benchmark provider): every depthwise
     conv on F.conv2d and its BN, SiLU and SE sums in one affine_act_pool launch, TF padding included."""
     monkeypatch.setenv("FASTMBCONV_DEPTHWISE_IMPL", "torch")
-    model = build(pad_mode="same").to(dtype)
+    model = build(pad_mode="same", size=(33, 47)).to(dtype)
     x = torch.randn(2, 3, 33, 47, device=DEVICE, dtype=dtype)
     out, ref, launches = run_both(model, x)
     blocks = sum(len(stage) for stage in model.blocks)
@@ -192,12 +192,12 @@ def test_b0_with_the_depthwise_on_cudnn_matches_reference(dtype, monkeypatch):
         assert_close_to_ref(out, ref, what="logits, depthwise on cuDNN")
     else:
         with torch.inference_mode():
-            ref64 = reference_forward(build(pad_mode="same").double(), x.double())
+            ref64 = reference_forward(build(pad_mode="same", size=(33, 47)).double(), x.double())
         assert_close_to_ref(out, ref64, ref, what=f"{dtype} logits, depthwise on cuDNN")
 
 
 def test_empty_batch_and_one_pixel_input():
-    model = build(num_classes=7)
+    model = build(num_classes=7, size=1)
     with torch.inference_mode(), fm.use_backend("fused"):
         with count_launches() as launches:
             empty = model(torch.randn(0, 3, 32, 32, device=DEVICE))
@@ -233,7 +233,7 @@ def test_intermediates_stop_early_and_keep_the_input_memory_format():
     from fastmbconv import reference
     from fastmbconv.plan import STEM, make_plan
 
-    model = build(pad_mode="same")
+    model = build(pad_mode="same", size=(35, 29))
     for x in (torch.randn(2, 3, 35, 29, device=DEVICE),
               torch.randn(2, 3, 35, 29, device=DEVICE).contiguous(memory_format=torch.channels_last)):
         with torch.inference_mode():

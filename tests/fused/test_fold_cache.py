@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("pointwise_on_tri
 
 
 def test_bn_edit_in_place_is_seen_and_fold_is_cached():
-    model = build(num_classes=10)
+    model = build(num_classes=10, size=(19, 23))
     x = torch.randn(1, 3, 19, 23, device=DEVICE)
     with torch.inference_mode(), fm.use_backend("fused"):
         before = model(x)
@@ -39,7 +39,7 @@ def test_bn_edit_in_place_is_seen_and_fold_is_cached():
 def test_fold_cache_sees_replaced_modules_and_swapped_data():
     """Edits that bump no version counter still refold: a replaced submodule, and a ``.data``
     swap (a new storage behind the same Parameter object)."""
-    model = build(num_classes=10)
+    model = build(num_classes=10, size=17)
     x = torch.randn(1, 3, 17, 17, device=DEVICE)
     with torch.inference_mode(), fm.use_backend("fused"):
         model(x)
@@ -64,7 +64,7 @@ def test_fold_cache_sees_replaced_modules_and_swapped_data():
 def test_refold_after_an_edit_through_data():
     """``p.data.mul_()`` bumps no version counter the fold cache can see (the cache keeps its
     fold); refold() folds the edited weights."""
-    model = build(num_classes=10)
+    model = build(num_classes=10, size=17)
     x = torch.randn(1, 3, 17, 17, device=DEVICE)
     with torch.inference_mode(), fm.use_backend("fused"):
         before = model(x)
@@ -78,11 +78,11 @@ def test_refold_after_an_edit_through_data():
     out, ref, _ = run_both(model, x)
     assert (out - before).abs().max() > 1e-3
     assert_close_to_ref(out, ref, what="logits after .data edits and refold()")
-    assert fused.refold(build(num_classes=10)) is not None  # a model never folded: folds
+    assert fused.refold(build(num_classes=10, size=17)) is not None  # a model never folded: folds
 
 
 def test_load_state_dict_refolds():
-    model, other = build(num_classes=10), build(num_classes=10, seed=1)
+    model, other = build(num_classes=10, size=17), build(num_classes=10, seed=1, size=17)
     x = torch.randn(1, 3, 17, 17, device=DEVICE)
     with torch.inference_mode(), fm.use_backend("fused"):
         model(x)
@@ -116,7 +116,7 @@ def test_a_data_parallel_replica_or_shallow_copy_folds_its_own_weights():
     GPU; "meta" here) and leave the model's cache alone."""
     import copy
 
-    model = build(num_classes=10)
+    model = build(num_classes=10, size=(17, 19))
     first = fused.folded(model)
     replica = data_parallel_replica(model)
     assert fused.folded(replica).stem_weight.device.type == "meta"
@@ -137,7 +137,7 @@ def test_an_optimizer_step_refolds(fused_step):
     """A fused optimizer writes the parameters without bumping their version counters; its step
     still forces a refold (the model stays in eval mode, as when fine-tuning with frozen BN).
     A model whose parameters the step did not hold (a frozen teacher) keeps its fold."""
-    model, teacher = build(num_classes=10), build(num_classes=10, seed=1)
+    model, teacher = build(num_classes=10, size=17), build(num_classes=10, seed=1, size=17)
     x = torch.randn(1, 3, 17, 17, device=DEVICE)
     with torch.inference_mode(), fm.use_backend("fused"):
         before = model(x)

@@ -39,7 +39,7 @@ def test_fused_from_timm_gives_timms_logits(prefix, dtype, expand_dw, monkeypatc
     timm = import_or_skip("timm")
     monkeypatch.setenv("FASTMBCONV_EXPAND_DW", expand_dw)
     torch.manual_seed(0)
-    peer = randomize_bn(timm.create_model(f"{prefix}efficientnet_b0")).eval().to(DEVICE)
+    peer = randomize_bn(timm.create_model(f"{prefix}efficientnet_b0"), size=(33, 47)).eval().to(DEVICE)
     x = torch.randn(2, 3, 33, 47, device=DEVICE)
     if dtype == torch.float32:
         model = fm.from_timm(peer)
@@ -62,7 +62,7 @@ def test_fused_from_torchvision_gives_torchvisions_logits(monkeypatch):
     tvm = import_or_skip("torchvision.models")
     monkeypatch.setenv("FASTMBCONV_EXPAND_DW", "separate")
     torch.manual_seed(0)
-    peer = randomize_bn(tvm.efficientnet_b0()).eval().to(DEVICE)
+    peer = randomize_bn(tvm.efficientnet_b0(), size=(35, 29)).eval().to(DEVICE)
     model = fm.from_torchvision(peer)
     out, ref, launches = fused_and_peer(peer, model, torch.randn(2, 3, 35, 29, device=DEVICE))
     assert_close_to_ref(out, ref, what="efficientnet_b0 logits against torchvision's")

@@ -104,3 +104,19 @@ def test_round_to_bf16_is_torchs_cast_bit_for_bit():
     nan = torch.isnan(want)
     assert torch.equal(torch.isnan(got), nan)
     assert torch.equal(got[~nan].view(torch.int32), want[~nan].view(torch.int32))
+
+
+@triton.jit
+def _store_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    ok = offs < n
+    tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=ok, other=0.0), mask=ok)
+
+
+def test_a_bf16_store_rounds_to_nearest_even():
+    """An fp32 value stored to bf16 rounds as torch's cast (and a GPU's) does: under the
+    interpreter, through the conftest's fix of its truncating cast."""
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(1))
+    out = torch.empty(x.shape, dtype=bf16, device=DEVICE)
+    _store_kernel[(1,)](x.to(DEVICE), out, x.numel(), BLOCK=x.numel())
+    assert torch.equal(out.cpu().view(torch.int16), x.to(bf16).view(torch.int16))
