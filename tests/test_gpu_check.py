@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -381,7 +382,18 @@ def test_render_results_rebuilds_table_from_pytest_benchmark_json(tmp_path):
 
 
 @pytest.mark.subprocess
-def test_step_over_its_time_is_interrupted_and_pytest_still_writes_junit(tmp_path):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_step_over_its_time_is_interrupted_and_pytest_still_writes_junit(tmp_path, sigint):
+    """``ignored``: the check started in the background by a non-interactive shell (``cmd &``),
+    which ignores SIGINT in it and, unless the check says otherwise, in every step it starts."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == "ignored" else signal.default_int_handler)
+    try:
+        _interrupt_a_sleepy_step(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_a_sleepy_step(tmp_path):
     (tmp_path / "test_sleepy.py").write_text(
         "import time\n\ndef test_fast():\n    pass\n\ndef test_sleepy():\n    time.sleep(60)\n")
     c = check.Check(gpu_check.parse_args(["--stage", "verify", "--out", str(tmp_path / "out"), "--dry"]))

@@ -3,6 +3,7 @@ budget, gives each step its environment and timeout, runs it and judges its outc
 run writes to OUT is ``report.OutFiles``, which ``Check`` inherits."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -247,8 +249,9 @@ class Check(OutFiles):
                           f"{res.would_run}\n")
             log.flush()
             try:
-                self.current = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, **OWN_GROUP)
+                with children_take_sigint():
+                    self.current = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL, **OWN_GROUP)
             except OSError as exc:
                 res.status, res.note = "failed", f"could not start: {exc}"
                 return
@@ -310,6 +313,22 @@ def last_line(text: str) -> str:
 # device machine ends a command's session when the command returns, so a step can never outlive
 # gpu_check.py there (a new session would: setsid processes are left running).
 OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+
+
+@contextlib.contextmanager
+def children_take_sigint():
+    """While a step starts: a process that a non-interactive shell started in the background
+    (``cmd &``) ignores SIGINT, and so would each step it starts, so :func:`stop`'s SIGINT would
+    be lost and pytest killed by the SIGTERM without writing its JUnit XML or benchmark JSON.
+    SIGINT is caught here for that moment; exec resets a caught signal to its default action."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
