@@ -13,7 +13,6 @@ Markers (registered in pyproject.toml):
 from __future__ import annotations
 
 import gc
-import os
 import sys
 
 import pytest
@@ -50,7 +49,9 @@ def interpreter_rounds_bf16_as_a_gpu():
     bf16 error (a GPU's behaviour is below torch's). Under the interpreter the cast rounds as a
     GPU does. ``kernels._math.round_to_bf16``, which rounds dot operands the way tensor cores
     take them, is needed either way."""
-    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+    from fastmbconv.kernels._utils import interpreting
+
+    if not interpreting():
         yield
         return
     import numpy as np

@@ -234,9 +234,9 @@ def interpreter_memcheck():
     reaches a stored output; a read whose lanes are never stored (channels past C, slots past a
     tile) is caught here, where on a GPU it may fault past the end of an allocation. A no-op on
     a GPU, where the kernels do not run through the interpreter."""
-    import os
+    from fastmbconv.kernels._utils import interpreting
 
-    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if not interpreting():
         yield
         return
     import numpy as np
@@ -267,7 +267,8 @@ def interpreter_memcheck():
             inside |= (addr >= lo) & (addr + size <= hi)
         if not inside.all():
             first = int(addr[~inside][0])
-            lo, hi, name = min(extents, key=lambda e: min(abs(first - e[0]), abs(first - e[1])))
+            lo, hi, name = min(extents, key=lambda e: min(abs(first - e[0]), abs(first - e[1])),
+                               default=(first, first, "no tensor"))
             raise AssertionError(f"{what} of {int((~inside).sum())} elements outside every tensor of the launch; "
                                  f"the first at byte {first - lo} of {name} ({hi - lo} bytes long)")
 
