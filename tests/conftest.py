@@ -31,17 +31,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def fp32_without_tf32():
-    """fp32 references in fp32: on a GPU, cuDNN's convs default to TF32 (10 mantissa bits), whose
-    error at B0's 224 px passes the fp32 tolerance (1e-4) against kernels that multiply in fp32."""
-    b = torch.backends
-    saved = b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32
-    b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
-    yield
-    b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = saved
-
-
-@pytest.fixture(scope="session", autouse=True)
 def interpreter_rounds_bf16_as_a_gpu():
     """Triton's interpreter casts fp32 to bf16 by truncation (3.6 and 3.9: every magnitude rounds
     down), where a GPU and torch round to nearest even. Each bf16 store of a kernel then carried

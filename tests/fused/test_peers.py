@@ -70,7 +70,7 @@ def test_fused_from_torchvision_gives_torchvisions_logits(monkeypatch):
 
 
 def test_fp32_references_run_without_tf32():
-    """tests/conftest.py turns TF32 off for the session: on a GPU, timm's fp32 forward on cuDNN
+    """The root conftest.py turns TF32 off: on a GPU, timm's fp32 forward on cuDNN
     is the fp32 reference below, and cuDNN's default TF32 is too coarse for the fp32 rule."""
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
 
