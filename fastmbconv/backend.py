@@ -69,11 +69,6 @@ def use_backend(name: Backend) -> Iterator[None]:
         _thread_state.backend = previous
 
 
-def interpreter_enabled() -> bool:
-    """True when Triton's CPU interpreter is on (it must be set before triton is imported)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _weights(model: torch.nn.Module) -> Iterator[torch.Tensor]:
     """The model's parameters. A ``DataParallel`` replica has none: it holds its broadcast
     copies of them as plain tensor attributes of each submodule."""
@@ -132,7 +127,9 @@ def fused_unavailable_reason(model: torch.nn.Module, x: torch.Tensor) -> str | N
     if x.dtype not in KERNEL_DTYPES or weight_dtype not in KERNEL_DTYPES:
         return (f"the kernels compute in float32, float16 or bfloat16, not {x.dtype} (input) / "
                 f"{weight_dtype} (weights)")
-    runnable = x.device.type in ("cuda", "meta") or (x.device.type == "cpu" and interpreter_enabled())
+    from .kernels._utils import interpreting  # here: `import fastmbconv` imports no kernels module
+
+    runnable = x.device.type in ("cuda", "meta") or (x.device.type == "cpu" and interpreting())
     if not runnable:  # meta: shapes only (fake kernels, or recorded launches)
         return (
             f"the input is on {x.device}; the fused Triton kernels need a CUDA tensor, or "

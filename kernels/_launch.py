@@ -157,11 +157,11 @@ def _plain_eager(x) -> bool:
 
 def _check_launchable(op: str, t: torch.Tensor) -> None:
     """CPU tensors run only under the interpreter; without it a launch fails with '0 active drivers'."""
-    import os
+    from ._utils import interpreting
 
     if t.device.type == "cuda":
         return
-    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if t.device.type == "cpu" and interpreting():
         return
     raise RuntimeError(
         f"{op}: the Triton kernel needs a CUDA tensor, or TRITON_INTERPRET=1 (set before triton "

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from typing import Optional
 
+from ..kernels._utils import interpreting
 from . import model as M
 from .compiled import analyse
 from .ops import hints_for
@@ -21,10 +21,6 @@ DEPTHWISE = re.compile(r"dw|depthwise", re.IGNORECASE)
 # expand + depthwise in one op: its instructions per output include the expand conv over the
 # halo, so it is reported beside the depthwise targets, not held to them
 EXPAND_DW = re.compile(r"expand_?dw", re.IGNORECASE)
-
-
-def interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _tensors(values) -> list:
@@ -261,7 +257,7 @@ def build_report(model: str = "efficientnet_b0", batch: int = 256, dtype: str = 
     launch, far fewer compiles: a smoke test, not the report the targets are judged on)."""
     if configs not in ("all", "fixed"):
         raise ValueError(f"configs must be 'all' or 'fixed', got {configs!r}")
-    if interpreter_on():
+    if interpreting():
         raise RuntimeError("the kernel report needs TRITON_INTERPRET unset (the launchers pick their GPU "
                            "configs and autotuned kernels only then); run `python -m fastmbconv.kernel_report`, "
                            "which re-runs itself without it")
