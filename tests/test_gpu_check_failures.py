@@ -321,3 +321,19 @@ def test_under_gvisor_the_sanitizers_and_ncu_are_skipped_not_run(make_check, mon
         monkeypatch.setattr(setup_steps.platform, "release", lambda: release)
         setup_steps.preflight(c)
         assert c.env_info["runtime"] is None and c.env_info["kernel_release"] == release
+
+
+def test_a_stage_whose_steps_cannot_be_built_is_recorded_as_a_crash(tmp_path, monkeypatch):
+    """The steps are built once, before the name check; an error there must still reach OUT
+    (report FAILED, the traceback in report.md) rather than escape before any file is written."""
+    def broken(c):
+        raise RuntimeError("no step list: a broken stage table")
+
+    monkeypatch.setattr(gpu_check, "stage_steps", broken)
+    out = tmp_path / "out"
+    assert gpu_check.main(["--stage", "verify", "--out", str(out), "--dry"]) == 1
+    assert outfiles.check_out(out, "verify") == []
+    report = outfiles.load_json(out / "report.json")
+    assert report["status"] == "FAILED"
+    assert "no step list: a broken stage table" in report["crash"]
+    assert "no step list" in (out / "report.md").read_text()

@@ -99,10 +99,11 @@ def main(argv=None) -> int:
         return 1 if problems else 0
     c = Check(a)
     try:
-        names = {s.name for s in stage_steps(c)}
-    except Exception:  # noqa: BLE001 - the run below records it in OUT
-        names = None
-    unknown = sorted((c.only | c.skip) - names) if names is not None else []
+        steps, build_error = stage_steps(c), None
+    except Exception as exc:  # noqa: BLE001 - the run below raises it again, to record it in OUT
+        steps, build_error = None, exc
+    names = {s.name for s in steps} if steps is not None else set()
+    unknown = sorted((c.only | c.skip) - names) if steps is not None else []
     if unknown:  # a misspelt step would skip silently and spend a GPU loan on nothing
         shutil.rmtree(c.work, ignore_errors=True)
         print(f"gpu_check: --only/--skip name no step of the {a.stage} stage: {', '.join(unknown)} "
@@ -114,7 +115,9 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        c.steps = stage_steps(c)
+        if build_error is not None:
+            raise build_error
+        c.steps = steps
         c.write_files(final=False)  # the whole file set exists from the first second on
         for step in c.steps:
             c.run(step)
