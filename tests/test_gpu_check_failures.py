@@ -22,7 +22,7 @@ import gpu_check  # noqa: E402
 import ncu_table  # noqa: E402
 from gpucheck import check, outfiles, profile_steps, setup_steps, stages, verify_steps  # noqa: E402
 
-from .test_gpu_check import _fake_cache  # noqa: E402
+from .test_gpu_check_files import _fake_cache  # noqa: E402
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Where a forward's time goes (fastmbconv.study.profile_breakdown): measured on the CPU, and its
 GPU accounting checked on profiler events made by hand (a kernel appears twice in a CUDA trace)."""
 import pytest
-import torch
 from torch.autograd import DeviceType
 from torch.autograd.profiler_util import EventList, FunctionEvent
 
