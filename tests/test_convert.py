@@ -16,7 +16,7 @@ ODD_SIZES = [(33, 47), (57, 7), (1, 1)]
 @pytest.mark.parametrize("name", ["b0", "b3"])
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 def test_from_state_dict_timm_keys_roundtrip(name, pad_mode):
-    src = randomize_bn(getattr(fm, f"efficientnet_{name}")(pad_mode=pad_mode)).eval()
+    src = randomize_bn(getattr(fm, f"efficientnet_{name}")(pad_mode=pad_mode), size=(45, 37)).eval()
     out = fm.from_state_dict(src.state_dict(), pad_mode=pad_mode, bn_eps=src.bn_eps).eval()
     assert out.stages == src.stages and out.default_resolution == src.default_resolution
     x = torch.randn(2, 3, 45, 37)
@@ -26,7 +26,7 @@ def test_from_state_dict_timm_keys_roundtrip(name, pad_mode):
 
 @pytest.mark.parametrize("name", ["b0", "b2"])
 def test_from_state_dict_torchvision_keys(name):
-    src = randomize_bn(getattr(fm, f"efficientnet_{name}")()).eval()
+    src = randomize_bn(getattr(fm, f"efficientnet_{name}")(), size=(50, 66)).eval()
     tv_sd = torchvision_style_state_dict(src)
     assert "features.1.0.block.0.0.weight" in tv_sd and "classifier.1.weight" in tv_sd
     assert set(torchvision_to_timm_keys(tv_sd)) == set(src.state_dict())
@@ -90,7 +90,7 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module, hw) -> float:
 def test_from_timm_parity(name, prefix):
     timm = import_or_skip("timm")
     torch.manual_seed(0)
-    src = randomize_bn(timm.create_model(f"{prefix}efficientnet_{name}")).eval()
+    src = randomize_bn(timm.create_model(f"{prefix}efficientnet_{name}"), size=ODD_SIZES[0]).eval()
     model = fm.from_timm(src).eval()
     assert fm.count_params(model) == fm.count_params(src)
     assert model.pad_mode == ("same" if prefix else "symmetric")
@@ -103,7 +103,7 @@ def test_from_timm_parity(name, prefix):
 def test_from_torchvision_parity(name):
     tvm = import_or_skip("torchvision.models")
     torch.manual_seed(0)
-    src = randomize_bn(getattr(tvm, f"efficientnet_{name}")()).eval()
+    src = randomize_bn(getattr(tvm, f"efficientnet_{name}")(), size=ODD_SIZES[0]).eval()
     model = fm.from_torchvision(src).eval()
     assert fm.count_params(model) == fm.count_params(src)
     assert model.bn_eps == src.features[0][1].eps  # 1e-5 for B0-B4, 1e-3 for B5-B7
@@ -155,7 +155,7 @@ class _TorchvisionShaped(torch.nn.Module):
 
 @pytest.mark.parametrize("training", [False, True])
 def test_from_torchvision_keeps_rates_and_mode(training):
-    src = randomize_bn(fm.efficientnet_b0()).eval()
+    src = randomize_bn(fm.efficientnet_b0(), size=40).eval()
     out = fm.from_torchvision(_TorchvisionShaped(src, 0.2, 0.2).train(training))
     assert out.training == training and out.drop_rate == 0.2 and out.drop_path_rate == 0.2
     assert _drop_probs(out) == [0.2 * i / 16 for i in range(16)]

@@ -14,7 +14,7 @@ SIZES = [[32, 21], [17, 32]]
 
 def tiny(pad_mode):
     torch.manual_seed(0)
-    return randomize_bn(fm.efficientnet(0.25, 0.25, num_classes=10, pad_mode=pad_mode)).eval()
+    return randomize_bn(fm.efficientnet(0.25, 0.25, num_classes=10, pad_mode=pad_mode), size=32).eval()
 
 
 class Ragged(torch.nn.Module):

@@ -22,12 +22,12 @@ X = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(0))
 @pytest.fixture(scope="module")
 def b0():
     torch.manual_seed(0)
-    return randomize_bn(fm.efficientnet_b0(pad_mode="same")).eval()
+    return randomize_bn(fm.efficientnet_b0(pad_mode="same"), size=X.shape[-2:]).eval()
 
 
-def tiny(**kw):
+def tiny(size=X.shape[-2:], **kw):
     torch.manual_seed(0)
-    return randomize_bn(fm.efficientnet(0.25, 0.25, **kw)).eval()
+    return randomize_bn(fm.efficientnet(0.25, 0.25, **kw), size=size).eval()
 
 
 def test_feature_info_has_timms_stages_and_accessors(b0):
@@ -60,7 +60,7 @@ def test_bad_out_indices():
 
 
 def test_forward_intermediates():
-    model = tiny()
+    model = tiny(size=(32, 40))
     x = X[:1, :, :32, :40]
     with torch.no_grad():
         final, maps = model.forward_intermediates(x)
@@ -88,7 +88,7 @@ def test_forward_intermediates():
 def test_forward_intermediates_match_timm(prefix):
     timm = import_or_skip("timm")
     torch.manual_seed(0)
-    src = randomize_bn(timm.create_model(f"{prefix}efficientnet_b0")).eval()
+    src = randomize_bn(timm.create_model(f"{prefix}efficientnet_b0"), size=X.shape[-2:]).eval()
     model = fm.from_timm(src).eval()
     assert model.feature_info.get_dicts(keys=["stage", "reduction", "module", "num_chs"]) == src.feature_info
     with torch.no_grad():
@@ -256,7 +256,7 @@ def test_fused_path_pools_like_the_reference(pool, num_classes, device):
 @pytest.mark.interpreter
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_both_executors_return_the_inputs_memory_format(channels_last, device):
-    model = tiny(num_classes=10).to(device)
+    model = tiny(size=32, num_classes=10).to(device)
     x = torch.randn(1, 3, 32, 32, device=device)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)

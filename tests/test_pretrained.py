@@ -88,7 +88,7 @@ def test_eval_transform_reads_the_models_cfg():
 def source():
     """A B0 with non-trivial weights and BN statistics, in timm's key names."""
     torch.manual_seed(0)
-    return randomize_bn(fm.efficientnet_b0(pad_mode="same")).eval()
+    return randomize_bn(fm.efficientnet_b0(pad_mode="same"), size=X.shape[-2:]).eval()
 
 
 def _logits(model):
@@ -107,7 +107,7 @@ def test_checkpoint_path_torch_file_wrapped_and_prefixed(source, tmp_path):
 def test_checkpoint_path_torchvision_keys(source, tmp_path):
     from .helpers import torchvision_style_state_dict
 
-    src = randomize_bn(fm.efficientnet_b0(), seed=1).eval()
+    src = randomize_bn(fm.efficientnet_b0(), seed=1, size=X.shape[-2:]).eval()
     path = tmp_path / "tv.pth"
     torch.save(torchvision_style_state_dict(src), path)
     model = fm.create_model("efficientnet_b0", checkpoint_path=str(path))

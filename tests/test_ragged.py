@@ -25,7 +25,7 @@ def _ragged_batch(sizes, channels=3, seed=0):
 
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 def test_ragged_matches_each_image_alone(pad_mode):
-    model = randomize_bn(fm.efficientnet_b0(pad_mode=pad_mode)).eval()
+    model = randomize_bn(fm.efficientnet_b0(pad_mode=pad_mode), size=80).eval()  # the batch's extent
     batch, images, valid = _ragged_batch(SIZES)
     with torch.no_grad():
         out = model(batch, valid)
@@ -37,7 +37,7 @@ def test_ragged_matches_each_image_alone(pad_mode):
 def test_ragged_under_autocast_matches_each_image_alone():
     """Autocast lowers the convs' dtype below the input's: each image as if run alone, at the
     autocast dtype (bf16 allows for rounding differences between batch and single image)."""
-    model = randomize_bn(fm.efficientnet_b0(pad_mode="same", num_classes=10)).eval()
+    model = randomize_bn(fm.efficientnet_b0(pad_mode="same", num_classes=10), size=80).eval()
     batch, images, valid = _ragged_batch(SIZES)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(batch, valid)
@@ -47,7 +47,7 @@ def test_ragged_under_autocast_matches_each_image_alone():
 
 
 def test_ragged_channels_last_and_features():
-    model = randomize_bn(fm.efficientnet_b0(pad_mode="same")).eval().to(memory_format=torch.channels_last)
+    model = randomize_bn(fm.efficientnet_b0(pad_mode="same"), size=80).eval().to(memory_format=torch.channels_last)
     batch, images, valid = _ragged_batch(SIZES[:3])
     batch = batch.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -60,7 +60,8 @@ def test_ragged_channels_last_and_features():
 
 
 def test_ragged_features_only_maps():
-    model = randomize_bn(fm.efficientnet_b0(features_only=True, out_indices=(1, 2, 4), pad_mode="same")).eval()
+    model = randomize_bn(fm.efficientnet_b0(features_only=True, out_indices=(1, 2, 4), pad_mode="same"),
+                         size=(40, 33)).eval()
     batch, images, valid = _ragged_batch([(40, 24), (17, 33)])
     with torch.no_grad():
         maps = model(batch, valid)
@@ -71,7 +72,7 @@ def test_ragged_features_only_maps():
 
 
 def test_full_size_valid_equals_plain_batch():
-    model = randomize_bn(fm.efficientnet_b0()).eval()
+    model = randomize_bn(fm.efficientnet_b0(), size=(37, 41)).eval()
     x = torch.randn(2, 3, 37, 41)
     with torch.no_grad():
         torch.testing.assert_close(model(x, torch.tensor([[37, 41], [37, 41]])), model(x), rtol=0, atol=1e-5)
@@ -243,7 +244,7 @@ def test_device_views_read_in_a_capture_are_never_evicted(monkeypatch, fresh_vie
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["reference", "fused"])
 def test_cuda_ragged_forward_makes_no_host_sync(backend):
-    model = randomize_bn(fm.efficientnet_b0(pad_mode="same")).eval().to("cuda", torch.float16)
+    model = randomize_bn(fm.efficientnet_b0(pad_mode="same"), size=(64, 48)).eval().to("cuda", torch.float16)
     batch, _, _ = _ragged_batch([(64, 48), (33, 47), (7, 1)])
     x = batch.nan_to_num(0.0).to("cuda", torch.float16)
     with torch.inference_mode(), fm.use_backend(backend):

@@ -28,7 +28,7 @@ def make_block(kind):
         block = MBConv(16, 24, 3, 2, 6, 0.25, "same", 1e-3)
     else:
         block = DepthwiseSeparable(32, 16, 3, 1, 0.25, "symmetric", 1e-5)
-    block = randomize_bn(block).eval().to(DEVICE)
+    block = randomize_bn(block, size=(9, 11)).eval().to(DEVICE)
     x = torch.randn(2, block.in_channels, 9, 11, device=DEVICE).contiguous(memory_format=torch.channels_last)
     return block, x
 
@@ -177,7 +177,7 @@ def test_compiled_model_takes_new_image_sizes_with_static_sizes(static):
     symbolic sizes (a second image size makes them symbolic by default): with the image's
     height and width static, as the README says, every size compiles its own full graph and
     matches the reference; ``mark_static`` keeps the batch dynamic."""
-    model = randomize_bn(fm.efficientnet(0.25, 0.25, num_classes=10, pad_mode="same")).eval().to(DEVICE)
+    model = randomize_bn(fm.efficientnet(0.25, 0.25, num_classes=10, pad_mode="same"), size=40).eval().to(DEVICE)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True,
                              **({"dynamic": False} if static == "dynamic=False" else {}))

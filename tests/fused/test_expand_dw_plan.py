@@ -18,9 +18,9 @@ from ..helpers import DEVICE, blocks_with_expand, compile_fullgraph, randomize_b
 pytestmark = pytest.mark.usefixtures("pointwise_on_triton")
 
 
-def b0(**kw):
+def b0(size, **kw):
     torch.manual_seed(0)
-    return randomize_bn(fm.efficientnet_b0(num_classes=10, **kw)).eval().to(DEVICE)
+    return randomize_bn(fm.efficientnet_b0(num_classes=10, **kw), size=size).eval().to(DEVICE)
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_forced_fused_b0_matches_reference(pad_mode, ragged, monkeypatch):
     """FASTMBCONV_EXPAND_DW=fused: every block with an expand conv runs expand_dwconv (15 in B0)
     instead of its expand pointwise + depthwise pair; logits match the reference."""
     monkeypatch.setenv(layer_plan.ENV_VAR, "fused")
-    model = b0(pad_mode=pad_mode)
+    model = b0((29, 23), pad_mode=pad_mode)
     x = torch.randn(2, 3, 29, 23, device=DEVICE)
     sizes = torch.tensor([[29, 23], [13, 18]]) if ragged else None
     with torch.inference_mode():
@@ -236,7 +236,7 @@ def test_whole_b0_with_fused_blocks_compiles_as_one_graph(monkeypatch, plan):
     read, so the choice is a constant of the trace): no graph break, the plan's launches,
     output equal to eager."""
     monkeypatch.setenv(layer_plan.ENV_VAR, plan)
-    model = b0()
+    model = b0(17)
     fused = sum(r["expand_dw"] == "fused" for r in layer_plan.plan_rows(model, 17, 17, torch.float32))
     eager, _, out, launches = compile_fullgraph(model, torch.randn(1, 3, 17, 17, device=DEVICE))
     torch._dynamo.reset()
