@@ -24,6 +24,18 @@ def make(N, C, R, wdtype=torch.float32, seed=0, tiles=1):
     return sums, w_r, b_r, w_e, b_e
 
 
+def assert_gate_close(gate, args, wdtype, hw):
+    """fp32 weights: the fp32 rule against float64. fp16/bf16 weights: both FCs run at the weights'
+    precision (as the reference modules compute them), so the bound is 3x the reference's own
+    error at that precision, plus 2e-3."""
+    ref = squeeze_excite_gate_ref(*args, hw=hw, compute_dtype=torch.float64)
+    if wdtype == torch.float32:
+        assert_close_to_ref(gate, ref, what="gate")
+    else:
+        lowp = squeeze_excite_gate_ref(*args, hw=hw, compute_dtype=wdtype).float()
+        torch.testing.assert_close(gate, ref.float(), atol=3 * (lowp - ref.float()).abs().max().item() + 2e-3, rtol=0)
+
+
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("N,C,R", [(1, 24, 1), (3, 40, 10), (2, 1152, 48), (5, 96, 4)])
 def test_matches_ref(N, C, R, wdtype):
@@ -32,12 +44,7 @@ def test_matches_ref(N, C, R, wdtype):
         gate = squeeze_excite_gate(*args, hw=49)
     assert launches["squeeze_excite_gate"] == 1
     assert gate.dtype == torch.float32 and gate.shape == (N, C)
-    ref = squeeze_excite_gate_ref(*args, hw=49, compute_dtype=torch.float64)
-    if wdtype == torch.float32:  # fp32 math on fp32 weights: the fp32 rule
-        assert_close_to_ref(gate, ref, what="gate")
-    else:  # both FCs at the weights' precision (as the reference modules compute them)
-        lowp = squeeze_excite_gate_ref(*args, hw=49, compute_dtype=wdtype).float()
-        torch.testing.assert_close(gate, ref.float(), atol=3 * (lowp - ref.float()).abs().max().item() + 2e-3, rtol=0)
+    assert_gate_close(gate, args, wdtype, hw=49)
 
 
 @pytest.mark.parametrize("N,T", [(1, 7), (21, 3), (40, 1)])
@@ -85,13 +92,7 @@ def test_gpu_blocks(monkeypatch, wdtype, N, T, C, R):
         squeeze_excite_gate(*args, hw=30)
     (launch,) = planned
     assert launch.constexprs["BLOCK_C"] < C and launch.grid[1] > 1
-    gate = squeeze_excite_gate(*args, hw=30)
-    ref = squeeze_excite_gate_ref(*args, hw=30, compute_dtype=torch.float64)
-    if wdtype == torch.float32:
-        assert_close_to_ref(gate, ref, what="gate")
-    else:  # as test_matches_ref
-        lowp = squeeze_excite_gate_ref(*args, hw=30, compute_dtype=wdtype).float()
-        torch.testing.assert_close(gate, ref.float(), atol=3 * (lowp - ref.float()).abs().max().item() + 2e-3, rtol=0)
+    assert_gate_close(squeeze_excite_gate(*args, hw=30), args, wdtype, hw=30)
 
 
 def test_empty_batch():
