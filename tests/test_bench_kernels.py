@@ -90,3 +90,38 @@ def test_timed_calls_run_as_the_forward_does(bench_kernels):
 
     bench_kernels.time_call(Benchmark(), lambda: grad_on.append(torch.is_grad_enabled()), torch.device("cpu"))
     assert len(grad_on) > 13 and not any(grad_on)
+
+
+@pytest.mark.parametrize("op,shape", [("dwconv_bn_act", (24, 9, 7, 3, 2, True)), ("pointwise_expand", (16, 48, 5, 3, False)),
+                                      ("pointwise_project", (48, 16, 5, 3, True)), ("squeeze_excite", (24, 4, 20))])
+def test_case_flops_and_bytes_by_hand(bench_kernels, op, shape):
+    """What a case divides by its time. From batch 1 to 3 the bytes grow by two images'
+    activations (the weights cancel), each read or written once; pool and gate vectors are fp32."""
+    def made(n):
+        _, flops, nbytes, _ = bench_kernels._make(op, n, "fp16", shape, "torch" if op != "squeeze_excite" else "triton",
+                                                  torch.device("cpu"))
+        return flops, nbytes
+
+    (f1, b1), (f3, b3) = made(1), made(3)
+    if op == "dwconv_bn_act":
+        c, h, w, k, s, _ = shape
+        ho, wo = -(-h // s), -(-w // s)
+        macs, image = c * k * k * ho * wo, c * (h * w + ho * wo) * 2 + c * 4
+    elif op == "squeeze_excite":
+        c, r, _ = shape
+        macs, image = 2 * c * r, 2 * c * 4
+    else:
+        k_in, o, h, w, skip = shape
+        project = op == "pointwise_project"
+        macs = h * w * k_in * o
+        image = h * w * (k_in + o + (o if project and skip else 0)) * 2 + (k_in * 4 if project else 0)
+    assert (f1, f3) == (2 * macs, 2 * 3 * macs)
+    assert b3 - b1 == 2 * image
+
+
+def test_the_published_time_is_the_median(bench_kernels):
+    import _providers
+
+    inner = type("Stats", (), {"median": 2e-3, "mean": 3e-3, "min": 1e-3})()
+    bench = type("Benchmark", (), {"stats": type("Metadata", (), {"stats": inner})()})()
+    assert _providers.median_seconds(bench) == inner.median
