@@ -169,7 +169,8 @@ def _block_ops(bld: _Builder, layer: LayerShape) -> None:
     flops_dw = 2 * batch * mid * layer.kernel ** 2 * out_pixels
     flops_se = 2 * batch * (mid * se + se * mid)
     flops_project = 2 * batch * mid * cout * out_pixels
-    w_expand, w_dw = cin * mid * itemsize, mid * layer.kernel ** 2 * itemsize
+    w_expand = cin * mid * itemsize if layer.has_expand else 0
+    w_dw = mid * layer.kernel ** 2 * itemsize
     w_se = (mid * se + se + se * mid + mid) * itemsize
     w_project = mid * cout * itemsize
 
@@ -237,7 +238,8 @@ def _head_ops(bld: _Builder, layer: LayerShape, classes: int) -> None:
     bld.add(_EAGER, "bn2", "elementwise", head_map, head_map, weights=4 * ch * b)
     bld.add(_EAGER, "silu_head", "elementwise", head_map, head_map)
     bld.add(_EAGER, "global_pool", "elementwise", head_map, bld.vec(ch))
-    bld.add(_FUSED_AND_BLOCK, "conv_head", "head", x, bld.vec(ch, 4), flops, weights + ch * b)
+    # the pooled vector at the activation dtype, as pointwise_gated(pool_only=True) returns it
+    bld.add(_FUSED_AND_BLOCK, "conv_head", "head", x, bld.vec(ch), flops, weights + ch * b)
     if classes:
         bld.add(_ALL, "classifier", "classifier", bld.vec(ch), bld.vec(classes), 2 * bld.n * ch * classes,
                 (ch * classes + classes) * b)

@@ -65,8 +65,8 @@ def level_bytes(resolution: int, batch: int, itemsize: int) -> dict[str, int]:
     writes its output. layer_fused: expand (+bias), depthwise (+scale, shift; writes the fp32
     SE pool), SE gate (fp32 in and out), project (reads the gate and the residual; +bias).
     expand_dw_fused: expand and depthwise one kernel. whole_block: block input and output only.
-    Stem (conv+BN+SiLU) and head (conv+BN+SiLU+pool, fp32 pooled vector) are one kernel each at
-    every fused level; the classifier reads the pooled vector at ``itemsize``."""
+    Stem (conv+BN+SiLU) and head (conv+BN+SiLU+pool, writing the pooled vector) are one kernel
+    each at every fused level; the pooled vector and the classifier's reads are at ``itemsize``."""
     n, b = batch, itemsize
 
     def a(c, side):
@@ -109,7 +109,7 @@ def level_bytes(resolution: int, batch: int, itemsize: int) -> dict[str, int]:
     last = blocks(resolution)[-1].ho
     x, hmap, w_head = a(320, last), a(HEAD, last), 320 * HEAD * b
     eager += (x + w_head + hmap) + (2 * hmap + 4 * HEAD * b) + 2 * hmap + (hmap + v(HEAD))
-    head = x + w_head + HEAD * b + v(HEAD, 4)
+    head = x + w_head + HEAD * b + v(HEAD)
     classifier = v(HEAD) + (HEAD * CLASSES + CLASSES) * b + v(CLASSES)
     return {"eager": eager + classifier, "layer_fused": lf + head + classifier,
             "expand_dw_fused": ed + head + classifier, "whole_block": wb + head + classifier}

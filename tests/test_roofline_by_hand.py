@@ -35,19 +35,14 @@ def test_flops_are_twice_the_hand_macs(resolution):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_every_level_matches_the_hand_count(dtype):
-    """Exact bytes at 224 px, batch 3. whole_block is compared by activations only (the
-    difference of two batches cancels the weights); its weights are checked below."""
-    roofs = {n: rl.roofline("b0", 224, batch=n, dtype=dtype) for n in (1, 3)}
-    want = {n: hand.level_bytes(224, n, _itemsize(dtype)) for n in (1, 3)}
-    for level in ("eager", "layer_fused", "expand_dw_fused"):
-        assert roofs[3].bytes(level) == want[3][level], level
-    assert roofs[3].bytes("whole_block") - roofs[1].bytes("whole_block") == \
-        want[3]["whole_block"] - want[1]["whole_block"]
+    """Exact bytes at 224 px, batch 3."""
+    roof, want = rl.roofline("b0", 224, batch=3, dtype=dtype), hand.level_bytes(224, 3, _itemsize(dtype))
+    for level in rl.LEVELS:
+        assert roof.bytes(level) == want[level], level
 
 
-@pytest.mark.xfail(strict=True, reason="roofline counts a 32x32 expand weight for blocks without an "
-                                       "expand conv at the whole_block level (2 KiB fp16 in B0)")
 def test_whole_block_weights_by_hand():
+    """Weights once per forward: a block without an expand conv (B0's first) has no expand weight."""
     assert rl.roofline("b0", 224, batch=1).bytes("whole_block") == hand.level_bytes(224, 1, 2)["whole_block"]
 
 
@@ -64,7 +59,7 @@ def test_roofline_table_prints_per_image_numbers():
     got = dict(zip(_cells(table, 0), _cells(table, 2)))
     want = hand.level_bytes(224, batch, 2)
     assert got["GFLOP/img"] == f"{2 * sum(hand.macs(224).values()) / 1e9:.3f}"
-    for level in ("eager", "layer_fused", "expand_dw_fused"):  # whole_block: see the xfail above
+    for level in rl.LEVELS:
         per_image = want[level] / batch
         assert got[f"MB/img {level}"] == f"{per_image / 1e6:.2f}"
         assert got[f"floor img/s {level}"] == f"{3.0e12 / per_image:,.0f}"
