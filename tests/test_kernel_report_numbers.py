@@ -44,11 +44,10 @@ def test_a_remainder_loop_runs_the_leftover_trips():
     assert mult[1] == 11 % 4 and not flags
 
 
-@pytest.mark.xfail(strict=True, reason="loop_multipliers runs an unrolled loop ceil(trips / unroll) times even "
-                                       "when a remainder loop runs the leftover trips (one body too many)")
-def test_an_unrolled_loop_and_its_remainder_run_the_trips_once():
-    mult, _ = M.loop_multipliers(_unrolled_with_remainder(4), [11])
-    assert mult[0] * 4 + mult[1] == 11
+@pytest.mark.parametrize("trips", [11, 12, 3, 0])
+def test_an_unrolled_loop_and_its_remainder_run_the_trips_once(trips):
+    mult, _ = M.loop_multipliers(_unrolled_with_remainder(4), [trips])
+    assert mult[0] * 4 + mult[1] == trips
 
 
 def test_resource_usage_fields():

@@ -73,8 +73,8 @@ def latency_factor(resident_warps: int) -> float:
 
 def loop_multipliers(sass: Sass, trips: Optional[list[int]]) -> tuple[list[float], list[str]]:
     """Passes through each SASS loop body per warp, from hinted trip counts in source order
-    (per entry of the loop). A remainder loop beside a loop ptxas unrolled takes that loop's
-    ``trips % unroll``. When the SASS has a different number of loops than the hints, or no
+    (per entry of the loop). A loop ptxas unrolled by ``u`` makes ``ceil(trips / u)`` passes, or
+    ``trips // u`` when a remainder loop beside it takes the ``trips % u`` left over. When the SASS has a different number of loops than the hints, or no
     hints exist, every loop gets the largest hinted trip count (1 without hints) and a flag."""
     flags = []
     n = len(sass.loops)
@@ -93,11 +93,15 @@ def loop_multipliers(sass: Sass, trips: Optional[list[int]]) -> tuple[list[float
     else:
         for j, t in zip(mains, trips):
             per_loop[j] = t
+    hinted = trips is not None and len(trips) == len(mains)
+    with_remainder = {lp.remainder_of for lp in sass.loops if lp.remainder_of is not None} if hinted else set()
     mult: list[float] = [0.0] * n
     for j, lp in enumerate(sass.loops):  # parents come first (they start earlier)
-        if lp.remainder_of is not None and trips is not None and len(trips) == len(mains):
+        if lp.remainder_of is not None and hinted:
             main = sass.loops[lp.remainder_of]
             own = per_loop[lp.remainder_of] % max(main.unroll, 1)
+        elif j in with_remainder:
+            own = max(per_loop[j], 0) // max(lp.unroll, 1)
         else:
             own = math.ceil(max(per_loop[j], 0) / max(lp.unroll, 1))
         mult[j] = own * (mult[lp.parent] if lp.parent is not None else 1.0)
