@@ -59,6 +59,8 @@ def test_compound_scaling_formula():
     s2 = fm.compound_scaling(2)
     assert s2.width_mult == pytest.approx(1.21) and s2.depth_mult == pytest.approx(1.44)
     assert s2.resolution % 8 == 0 and abs(s2.resolution - 224 * 1.15**2) <= 4
+    # 224 * 1.15**3 = 340.7: the nearest multiple of 8, not the one below
+    assert fm.compound_scaling(3).resolution == 344
     s_frac = fm.compound_scaling(0.5, base_resolution=100)
     assert s_frac.resolution % 8 == 0
 

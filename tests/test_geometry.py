@@ -67,6 +67,10 @@ def test_ragged_device_views_are_cached_and_typed():
         ([[64, 48]], ValueError, "rows"),
         ([[64, 48, 1], [1, 1, 1]], ValueError, r"\(N, 2\)"),
         (torch.tensor([[64.0, 48.0], [1.0, 1.0]]), TypeError, "integer"),
+        # bools and complex numbers are no sizes, though True would pass as 1
+        ([[64, True], [1, 1]], TypeError, "integers"),
+        (torch.ones(2, 2, dtype=torch.bool), TypeError, "integer tensor"),
+        (torch.ones(2, 2, dtype=torch.complex64), TypeError, "integer tensor"),
     ],
 )
 def test_ragged_sizes_from_user_rejects(valid, err, match):

@@ -1,8 +1,10 @@
+import math
+
 import pytest
 import torch
 
 import fastmbconv as fm
-from fastmbconv.layers import DepthwiseSeparable, MBConv
+from fastmbconv.layers import DepthwiseSeparable, DropPath, MBConv
 
 from .helpers import randomize_bn
 
@@ -127,3 +129,36 @@ def test_blocks_expose_their_parts():
         "conv_pw", "bn1", "conv_pwl", "bn3")
     assert mb.expand.conv is m.blocks[1][1].conv_pw and mb.depthwise.bn is m.blocks[1][1].bn2
     assert (mb.kernel, mb.stride, mb.has_skip, mb.mid_channels) == (3, 1, True, 144)
+
+
+def test_drop_path_keeps_the_expected_value_in_training():
+    """Stochastic depth drops whole samples and scales the kept ones by 1 / (1 - p), so the
+    residual branch's expected value is the same in training as in eval."""
+    drop = DropPath(0.25).train()
+    torch.manual_seed(0)
+    y = drop(torch.ones(4000, 2, 3, 3)).flatten(1)
+    kept = y[:, 0] != 0
+    assert (y == y[:, :1]).all()  # per sample
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    assert abs(kept.float().mean().item() - 0.75) < 0.03 and abs(y.mean().item() - 1.0) < 0.04
+
+
+def test_stride_2_blocks_have_no_skip_even_where_their_width_is_kept():
+    """At width 0.1 rounding gives some stride-2 blocks as many output as input channels; the
+    residual is still for stride 1 only (the maps differ in size)."""
+    m = fm.efficientnet(width_mult=0.1, num_classes=5).eval()
+    strided = [b for stage in m.blocks for b in stage if b.stride == 2]
+    assert any(b.in_channels == b.out_channels for b in strided)
+    assert not any(b.has_skip or b.parts().has_skip for b in strided)
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 33, 47)).shape == (1, 5)
+
+
+def test_fresh_conv_weights_follow_timms_fan_out_init():
+    """N(0, 2 / fan_out) with fan_out = k * k * out_channels / groups (timm's init): a
+    depthwise conv's fan-out is k * k, not k * k * channels."""
+    torch.manual_seed(0)
+    m = fm.efficientnet_b0()
+    for conv in (m.conv_stem, m.blocks[1][0].conv_pw, m.blocks[1][0].conv_dw, m.blocks[2][0].conv_dw):
+        fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+        assert abs(conv.weight.std().item() / math.sqrt(2 / fan_out) - 1) < 0.15, conv

@@ -36,9 +36,10 @@ def test_device_mismatch(model):
         model(torch.empty(1, 3, 32, 32, device="meta"))
 
 
-def test_zero_spatial_size(model):
+@pytest.mark.parametrize("hw", [(0, 32), (32, 0)])
+def test_zero_spatial_size(model, hw):
     with pytest.raises(ValueError, match="spatial"):
-        model(torch.zeros(1, 3, 0, 32))
+        model(torch.zeros(1, 3, *hw))
 
 
 def test_not_a_tensor(model):

@@ -117,9 +117,11 @@ def test_letterbox_size():
     assert letterbox_size(4, 2, 3) == (3, 2)  # 1.5 rounds up
 
 
-def test_batch_input_equals_list_input():
+@pytest.mark.parametrize("channels", [3, 1])
+def test_batch_input_equals_list_input(channels):
+    """Grayscale too: each image of a batch starts h * w * c bytes after the previous one."""
     g = torch.Generator().manual_seed(1)
-    batch = torch.randint(0, 256, (4, 37, 53, 3), generator=g, dtype=torch.uint8)
+    batch = torch.randint(0, 256, (4, 37, 53, channels), generator=g, dtype=torch.uint8)
     for mode in MODES:
         a, va = prepare_images(batch, 40, mode=mode, dtype=torch.float16, align=8)
         b, vb = prepare_images(list(batch), 40, mode=mode, dtype=torch.float16, align=8)
@@ -263,6 +265,9 @@ _GOOD = [torch.zeros(4, 5, 3, dtype=torch.uint8)]
         (dict(size=(4, 0)), ValueError, "size must be positive"),
         (dict(size=2**31), ValueError, "overflows 32-bit"),
         (dict(mode="pad", images=[torch.zeros(2**31, 1, 3, dtype=torch.uint8, device="meta")]), ValueError, "overflows 32-bit"),
+        # resized: only the per-image check sees it (pad mode's padded size would too)
+        (dict(images=[torch.zeros(2**31, 1, 3, dtype=torch.uint8, device="meta")]), ValueError, "overflows 32-bit"),
+        (dict(images=[torch.zeros(1, 2**31, 3, dtype=torch.uint8, device="meta")]), ValueError, "overflows 32-bit"),
         (dict(align=7), ValueError, "align"),
         (dict(align=64), ValueError, "align"),
         (dict(mode="crop"), ValueError, "mode"),

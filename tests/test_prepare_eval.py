@@ -131,15 +131,17 @@ def test_eval_transform_matches_pil_timm(cfg):
 def test_pillow_paths_are_bit_exact_with_pillow():
     """The op's antialiased resize is Pillow's own arithmetic: with mean 0 and std 1/255 the
     output is the resized uint8 image, identical to Image.resize, downscaling and upscaling,
-    either pass first (the last two: Pillow 13 runs the vertical pass first)."""
+    either pass first (the fifth and sixth: Pillow 13 runs the vertical pass first; the last is a
+    tie, where it runs the horizontal pass first)."""
     from fastmbconv.prepare import pillow_vertical_first
 
     assert pillow_vertical_first(120, 40, 50, 30) and pillow_vertical_first(41, 57, 30, 90)
     assert not pillow_vertical_first(333, 500, 100, 150) and not pillow_vertical_first(9, 400, 31, 7)
+    assert not pillow_vertical_first(120, 40, 60, 10)  # a tie (60 = 2 * 30): horizontal first, as Pillow
     Image = pytest.importorskip("PIL.Image", reason="PIL is the reference")
     for seed, ((h, w), (th, tw)) in enumerate([((333, 500), (100, 150)), ((37, 53), (92, 132)),
                                                ((240, 320), (240, 111)), ((9, 400), (31, 7)),
-                                               ((120, 40), (50, 30)), ((41, 57), (30, 90))]):
+                                               ((120, 40), (50, 30)), ((41, 57), (30, 90)), ((120, 40), (60, 10))]):
         arr = natural_image(h, w, seed=seed)
         for interp, resample in (("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC)):
             out, _ = prepare_images([arr], (th, tw), interpolation=interp, antialias=True,

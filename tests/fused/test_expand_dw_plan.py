@@ -198,6 +198,23 @@ def test_the_rule_never_fuses_a_geometry_whose_fused_kernel_spilled():
     assert spilled >= 10  # B0-B7 fp32 have such geometries
 
 
+@pytest.mark.parametrize("dtype, c_in, mid, k, s, side, expected", [
+    # fp16/bf16: separate from 1300 expanded channels on maps of 12 and up
+    (torch.float16, 96, 1300, 3, 1, 12, "separate"), (torch.bfloat16, 96, 1300, 3, 1, 11, "fused"),
+    (torch.float16, 96, 1299, 5, 2, 40, "fused"),
+    # fp32: 3x3 on maps of 28 and up, at most 48 input channels (40 at stride 2); 5x5 stride 2 from 56
+    (torch.float32, 48, 288, 3, 1, 28, "fused"), (torch.float32, 48, 288, 3, 1, 27, "separate"),
+    (torch.float32, 49, 294, 3, 1, 28, "separate"), (torch.float32, 40, 240, 3, 2, 28, "fused"),
+    (torch.float32, 41, 246, 3, 2, 28, "separate"), (torch.float32, 96, 576, 5, 2, 56, "fused"),
+    (torch.float32, 96, 576, 5, 2, 55, "separate"), (torch.float32, 24, 144, 5, 1, 56, "separate"),
+])
+def test_the_rule_at_its_boundaries(dtype, c_in, mid, k, s, side, expected):
+    from fastmbconv.shapes import LayerShape
+
+    layer = LayerShape("b", "block", c_in, c_in, k, s, side, side + 9, mid, has_expand=True)
+    assert layer_plan._rule(layer, dtype) == expected
+
+
 def test_unreadable_table_falls_back_to_the_rule(tmp_path):
     bad = tmp_path / "plan.json"
     bad.write_text("{not json")

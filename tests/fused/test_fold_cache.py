@@ -36,6 +36,21 @@ def test_bn_edit_in_place_is_seen_and_fold_is_cached():
     assert_close_to_ref(after, ref, what="logits after an in-place BN edit")
 
 
+def test_an_in_place_edit_of_bn_statistics_alone_refolds():
+    """Running statistics are buffers, not parameters: an in-place edit of one alone is seen too."""
+    model = build(num_classes=10, size=17)
+    first = fused.folded(model)
+    with torch.no_grad():
+        model.blocks[4][2].bn2.running_var.mul_(3.0)
+    again = fused.folded(model)
+    assert again is not first
+    assert_fold_is_fresh(again, model, torch.float32)
+    with torch.no_grad():
+        model.bn1.running_mean.add_(0.5)
+    assert fused.folded(model) is not again
+    assert_fold_is_fresh(fused.folded(model), model, torch.float32)
+
+
 def test_fold_cache_sees_replaced_modules_and_swapped_data():
     """Edits that bump no version counter still refold: a replaced submodule, and a ``.data``
     swap (a new storage behind the same Parameter object)."""

@@ -77,6 +77,27 @@ def test_a_refold_that_cannot_reuse_the_captured_tensors_keeps_them(capture):
     assert any(kept is seen for kept in model._fused_fold_cache.kept)
 
 
+def test_a_refold_of_new_shapes_keeps_the_captured_tensors(capture):
+    """A submodule replaced by one of another width (same device and dtype): the captured
+    tensors cannot take the new shapes, so none is written and they are kept."""
+    from fastmbconv.layers import SqueezeExcite
+
+    model = model_b0()
+    fused.folded(model)
+    capture["on"] = True
+    seen = fused.folded(model)
+    before = [t.clone() for t in fold_tensors(seen) if t is not None]
+    capture["on"] = False
+    block = model.blocks[1][0]
+    block.se = SqueezeExcite(block.mid_channels, 2 * block.se.conv_reduce.out_channels)
+    with pytest.warns(UserWarning, match="capture it again"):
+        now = fused.folded(model)
+    assert now is not seen and now.stages[1][0].se_w_reduce.shape[0] == 8
+    assert any(kept is seen for kept in model._fused_fold_cache.kept)
+    assert all(torch.equal(a, b) for a, b in zip(before, [t for t in fold_tensors(seen) if t is not None]))
+    assert_fold_is_fresh(now, model, torch.float32)
+
+
 def test_a_fold_needed_inside_a_capture_is_not_cached(capture):
     model = model_b0()
     warm = fused.folded(model)
