@@ -1,7 +1,7 @@
-"""Numbers the GPU check publishes from its files, on inputs the fixtures of test_gpu_check.py
-do not cover: every unit ncu may print, the kernel table's row cut, the README table's batch-1
-rows and their speedups, the quartiles of a rebuilt row, sessions merged without losing rows,
-and the test counts of report.md."""
+"""Numbers the GPU check publishes from its files, on inputs the fixtures of
+test_gpu_check_files.py do not cover: every unit ncu may print, the kernel table's row cut, the
+README table's batch-1 rows and their speedups, the quartiles of a rebuilt row, sessions merged
+without losing rows, and the test counts of report.md."""
 from __future__ import annotations
 
 import json
