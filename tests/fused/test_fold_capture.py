@@ -27,14 +27,20 @@ def model_b0(**kw):
     return randomize_bn(fm.efficientnet_b0(num_classes=10, **kw)).eval()
 
 
+def read_in_a_capture(capture, model, dtype=None):
+    """The fold a capture reads: folded once outside (the warm-up), then inside the capture."""
+    fused.folded(model, dtype)
+    capture["on"] = True
+    seen = fused.folded(model, dtype)
+    capture["on"] = False
+    return seen
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_a_refold_writes_into_the_fold_a_capture_read(capture, dtype):
     model = model_b0()
-    fused.folded(model, dtype)  # the warm-up
-    capture["on"] = True
-    seen = fused.folded(model, dtype)
+    seen = read_in_a_capture(capture, model, dtype)
     addresses = [t.data_ptr() for t in fold_tensors(seen) if t is not None]
-    capture["on"] = False
     with torch.no_grad():
         model.blocks[1][0].bn3.weight.mul_(2.0)
         model.blocks[3][1].se.conv_reduce.weight.add_(0.5)
@@ -51,11 +57,8 @@ def test_a_refold_writes_into_the_fold_a_capture_read(capture, dtype):
 
 def test_refold_writes_into_the_fold_a_capture_read(capture):
     model = model_b0()
-    fused.folded(model)
-    capture["on"] = True
-    seen = fused.folded(model)
+    seen = read_in_a_capture(capture, model)
     addresses = [t.data_ptr() for t in fold_tensors(seen) if t is not None]
-    capture["on"] = False
     model.blocks[2][0].bn2.bias.data.add_(0.25)  # unseen by the cache
     assert fused.refold(model) is seen and [t.data_ptr() for t in fold_tensors(seen) if t is not None] == addresses
     assert_fold_is_fresh(seen, model, torch.float32)
@@ -63,10 +66,7 @@ def test_refold_writes_into_the_fold_a_capture_read(capture):
 
 def test_a_refold_that_cannot_reuse_the_captured_tensors_keeps_them(capture):
     model = model_b0()
-    fused.folded(model)
-    capture["on"] = True
-    seen = fused.folded(model)
-    capture["on"] = False
+    seen = read_in_a_capture(capture, model)
     model.to("meta")  # another device: the captured tensors cannot take the new values
     with pytest.warns(UserWarning, match="keeps replaying the old weights; capture it again"):
         now = fused.folded(model)
@@ -83,11 +83,8 @@ def test_a_refold_of_new_shapes_keeps_the_captured_tensors(capture):
     from fastmbconv.layers import SqueezeExcite
 
     model = model_b0()
-    fused.folded(model)
-    capture["on"] = True
-    seen = fused.folded(model)
+    seen = read_in_a_capture(capture, model)
     before = [t.clone() for t in fold_tensors(seen) if t is not None]
-    capture["on"] = False
     block = model.blocks[1][0]
     block.se = SqueezeExcite(block.mid_channels, 2 * block.se.conv_reduce.out_channels)
     with pytest.warns(UserWarning, match="capture it again"):
