@@ -39,14 +39,11 @@ def _unrolled_with_remainder(unroll=4):
     return Sass([""] * 15, [main, rest], {}, 0, {})
 
 
-def test_a_remainder_loop_runs_the_leftover_trips():
-    mult, flags = M.loop_multipliers(_unrolled_with_remainder(4), [11])
-    assert mult[1] == 11 % 4 and not flags
-
-
 @pytest.mark.parametrize("trips", [11, 12, 3, 0])
 def test_an_unrolled_loop_and_its_remainder_run_the_trips_once(trips):
-    mult, _ = M.loop_multipliers(_unrolled_with_remainder(4), [trips])
+    """The remainder loop runs the leftover trips; the unrolled loop the rest, none twice."""
+    mult, flags = M.loop_multipliers(_unrolled_with_remainder(4), [trips])
+    assert mult[1] == trips % 4 and not flags
     assert mult[0] * 4 + mult[1] == trips
 
 

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         steps, build_error = stage_steps(c), None
     except Exception as exc:  # noqa: BLE001 - the run below raises it again, to record it in OUT
         steps, build_error = None, exc
-    names = {s.name for s in steps} if steps is not None else set()
+    names = {s.name for s in steps or []}
     unknown = sorted((c.only | c.skip) - names) if steps is not None else []
     if unknown:  # a misspelt step would skip silently and spend a GPU loan on nothing
         shutil.rmtree(c.work, ignore_errors=True)
