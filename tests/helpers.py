@@ -133,7 +133,7 @@ def build(name="efficientnet_b0", seed=0, size=64, **kw):
     import fastmbconv as fm
 
     torch.manual_seed(seed)
-    return randomize_bn(fm.MODEL_BUILDERS[name](**kw), seed, size).eval().to(DEVICE)
+    return randomize_bn(fm.MODEL_BUILDERS[name](**kw).to(DEVICE), seed, size).eval()  # calibrated where it runs
 
 
 def assert_fold_is_fresh(fold, model, dtype) -> None:
@@ -234,7 +234,7 @@ def interpreter_memcheck():
     reaches a stored output; a read whose lanes are never stored (channels past C, slots past a
     tile) is caught here, where on a GPU it may fault past the end of an allocation. A no-op on
     a GPU, where the kernels do not run through the interpreter."""
-    from fastmbconv.kernels._utils import interpreting
+    from fastmbconv.kernels._utils import interpreting, reach
 
     if not interpreting():
         yield
@@ -253,8 +253,7 @@ def interpreter_memcheck():
 
     def init_args(self, args_dev, kwargs):
         args_hst, kwargs_hst = real[0](self, args_dev, kwargs)
-        extents[:] = [(t.data_ptr(), t.data_ptr() + (1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())))
-                       * t.element_size(), name)
+        extents[:] = [(t.data_ptr(), t.data_ptr() + (1 + reach(t)) * t.element_size(), name)
                       for name, t in [*zip(self.arg_names, args_hst), *kwargs_hst.items()]
                       if isinstance(t, torch.Tensor) and t.numel()]
         return args_hst, kwargs_hst

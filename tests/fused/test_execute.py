@@ -6,6 +6,8 @@ and one pointwise per depthwise-separable block, plus one pointwise for the head
 tolerance: max |fused - reference| <= 1e-4 * max(1, max |reference|) (the rule in
 fastmbconv.kernels.testing.assert_close_to_ref).
 """
+import copy
+
 import pytest
 import torch
 
@@ -93,7 +95,7 @@ def test_b0_low_precision(dtype):
     model = build(size=(25, 31))
     x = torch.randn(2, 3, 25, 31, device=DEVICE)
     with torch.inference_mode():
-        ref64 = reference_forward(build(size=(25, 31)).double(), x.double())
+        ref64 = reference_forward(copy.deepcopy(model).double(), x.double())
     model = model.to(dtype)
     out, ref_lowp, launches = run_both(model, x.to(dtype))
     assert launches["dwconv_bn_act"] == 16
@@ -118,7 +120,7 @@ def test_autocast_runs_the_fused_path_at_the_autocast_dtype():
     model = build(num_classes=10, size=(21, 19))
     x = torch.randn(2, 3, 21, 19, device=DEVICE)
     with torch.inference_mode():
-        ref64 = reference_forward(build(num_classes=10, size=(21, 19)).double(), x.double())
+        ref64 = reference_forward(copy.deepcopy(model).double(), x.double())
     autocast_dtype = torch.float16 if DEVICE == "cuda" else torch.bfloat16
     with torch.autocast(torch.device(DEVICE).type, dtype=autocast_dtype):
         out, ref_lowp, launches = run_both(model, x)
@@ -153,7 +155,7 @@ def test_cuda_b0_224_parity(dtype, impl, monkeypatch):
     model = build(pad_mode="same", size=224)
     x = torch.randn(8, 3, 224, 224, device="cuda")
     with torch.inference_mode():
-        ref64 = reference_forward(build(pad_mode="same", size=224).double(), x.double())
+        ref64 = reference_forward(copy.deepcopy(model).double(), x.double())
     model = model.to(dtype)
     out, ref, launches = run_both(model, x.to(dtype))
     assert launches["dwconv_bn_act"] == 16
@@ -165,14 +167,15 @@ def test_cuda_b0_224_parity(dtype, impl, monkeypatch):
 
 @pytest.mark.gpu
 def test_cuda_ragged_b3_parity():
-    model = build("efficientnet_b3", pad_mode="same", size=(300, 260)).half()
+    model = build("efficientnet_b3", pad_mode="same", size=(300, 260))
+    model64 = copy.deepcopy(model).double()
+    model = model.half()
     x = torch.randn(4, 3, 300, 260, device="cuda", dtype=torch.float16)
     sizes = torch.tensor([[300, 260], [299, 201], [131, 257], [64, 64]])
     out, ref, launches = run_both(model, x, sizes)
     assert launches["dwconv_bn_act"] == 26
     with torch.inference_mode():
-        ref64 = reference_forward(build("efficientnet_b3", pad_mode="same", size=(300, 260)).double(),
-                                  x.double(), sizes)
+        ref64 = reference_forward(model64, x.double(), sizes)
     assert_close_to_ref(out, ref64, ref, what="CUDA fp16 ragged B3 logits")
 
 
@@ -181,7 +184,9 @@ def test_b0_with_the_depthwise_on_cudnn_matches_reference(dtype, monkeypatch):
     """FASTMBCONV_DEPTHWISE_IMPL=torch (the fused_cudnn_dw benchmark provider): every depthwise
     conv on F.conv2d and its BN, SiLU and SE sums in one affine_act_pool launch, TF padding included."""
     monkeypatch.setenv("FASTMBCONV_DEPTHWISE_IMPL", "torch")
-    model = build(pad_mode="same", size=(33, 47)).to(dtype)
+    model = build(pad_mode="same", size=(33, 47))
+    model64 = copy.deepcopy(model).double()
+    model = model.to(dtype)
     x = torch.randn(2, 3, 33, 47, device=DEVICE, dtype=dtype)
     out, ref, launches = run_both(model, x)
     blocks = sum(len(stage) for stage in model.blocks)
@@ -192,7 +197,7 @@ def test_b0_with_the_depthwise_on_cudnn_matches_reference(dtype, monkeypatch):
         assert_close_to_ref(out, ref, what="logits, depthwise on cuDNN")
     else:
         with torch.inference_mode():
-            ref64 = reference_forward(build(pad_mode="same", size=(33, 47)).double(), x.double())
+            ref64 = reference_forward(model64, x.double())
         assert_close_to_ref(out, ref64, ref, what=f"{dtype} logits, depthwise on cuDNN")
 
 
