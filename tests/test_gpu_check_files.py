@@ -27,7 +27,7 @@ RAW_PAGE = textwrap.dedent('''\
     "","","","","","","","","","","","byte","byte","nsecond","register/thread","%"
     "0","4242","python3","127.0.0.1","_dwconv_bn_act_kernel","1","7","(128, 1, 1)","(3136, 1, 32)","0","9.0","3,000,000","1,500,000","2,000","40","61.5"
     "1","4242","python3","127.0.0.1","_pointwise_gated_kernel","1","7","(128, 1, 1)","(98, 2, 32)","0","9.0","1,200,000","n/a","1,000","96","30.0"
-    "2","4242","python3","127.0.0.1","_dwconv_bn_act_kernel","1","7","(128, 1, 1)","(784, 1, 32)","0","9.0","1,000,000","500,000","1,000","40","58.5"
+    "2","4242","python3","127.0.0.1","_dwconv_bn_act_kernel","1","7","(128, 1, 1)","(784, 1, 32)","0","9.0","1,000,000","500,000","1,000","32","58.5"
     ==PROF== Disconnected from process 4242
     ''')
 
@@ -57,7 +57,10 @@ def test_ncu_raw_page_per_launch_and_per_kernel():
     assert [g["kernel"] for g in groups] == ["_dwconv_bn_act_kernel", "_pointwise_gated_kernel"]
     dw = groups[0]
     assert dw["launches"] == 2 and dw["time_us"] == pytest.approx(3.0) and dw["dram_gb_s"] == pytest.approx(2000.0)
-    assert dw["occupancy_pct"] == pytest.approx(60.0)
+    assert dw["registers"] == 40  # the most of its launches (40 and 32): the one that limits residency
+    assert dw["occupancy_pct"] == pytest.approx(60.5)  # weighted by time: 2 us at 61.5%, 1 us at 58.5%
+    untimed = [dict(r, time_us=None) for r in rows if r["kernel"] == "_dwconv_bn_act_kernel"]
+    assert ncu_table.by_kernel(untimed, 3000.0)[0]["occupancy_pct"] == pytest.approx(60.0)  # plain mean
     total = ncu_table.summarize(rows, 3000.0)
     assert total["launches"] == 3 and total["dram_mb"] == pytest.approx(7.2)
     assert total["dram_gb_s"] == pytest.approx(1800.0) and total["frac_copy_bw"] == pytest.approx(0.6)

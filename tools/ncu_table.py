@@ -4,7 +4,8 @@
 The profile stage of ``tools/gpu_check.py`` runs ``ncu --csv --page raw --print-units base``
 over one B0 forward per provider; this module reads what ncu wrote and answers, per kernel: how
 long it ran, how many DRAM bytes it moved, the DRAM GB/s that implies, that rate as a fraction of
-the copy bandwidth measured in the same stage, registers per thread and achieved occupancy.
+the copy bandwidth measured in the same stage, registers per thread (the most of its launches)
+and achieved occupancy (weighted by each launch's time).
 
 Both CSV layouts ncu writes are read:
 
@@ -152,8 +153,20 @@ def summarize(rows: list[dict], copy_gb_s: float | None) -> dict:
             "copy_gb_s": copy_gb_s}
 
 
+def _occupancy(rows: list[dict]) -> float | None:
+    """Achieved occupancy weighted by each launch's time, so that it describes where the time
+    went (a short launch at another shape counts little); the plain mean where no launch was timed."""
+    occ = [(r["occupancy_pct"], r["time_us"]) for r in rows if r["occupancy_pct"] is not None]
+    timed = [(o, t) for o, t in occ if t]
+    if timed:
+        return sum(o * t for o, t in timed) / sum(t for _, t in timed)
+    return sum(o for o, _ in occ) / len(occ) if occ else None
+
+
 def by_kernel(rows: list[dict], copy_gb_s: float | None) -> list[dict]:
-    """Launches grouped by kernel name, longest total time first."""
+    """Launches grouped by kernel name, longest total time first. Registers are the most any
+    launch used: one name covers several specializations (autotune configs, constexprs), and the
+    largest is the one that limits residency."""
     groups: "OrderedDict[str, list]" = OrderedDict()
     for r in rows:
         groups.setdefault(r["kernel"], []).append(r)
@@ -161,9 +174,7 @@ def by_kernel(rows: list[dict], copy_gb_s: float | None) -> list[dict]:
     for name, rs in groups.items():
         s = summarize(rs, copy_gb_s)
         regs = [r["registers"] for r in rs if r["registers"] is not None]
-        occ = [r["occupancy_pct"] for r in rs if r["occupancy_pct"] is not None]
-        out.append({"kernel": name, **s, "registers": max(regs) if regs else None,
-                    "occupancy_pct": sum(occ) / len(occ) if occ else None})
+        out.append({"kernel": name, **s, "registers": max(regs) if regs else None, "occupancy_pct": _occupancy(rs)})
     return sorted(out, key=lambda g: -(g["time_us"] or 0.0))
 
 
@@ -177,7 +188,8 @@ def markdown(groups: list[dict], total: dict, title: str, top: int = 15) -> str:
     lines = [f"**{title}**: {total['launches']} launches, {fmt(total['time_us'], ',.1f')} us of kernel time, "
              f"{fmt(total['dram_mb'], ',.1f')} MB DRAM traffic, {fmt(total['dram_gb_s'], ',.0f')} GB/s = "
              f"{fmt(total['frac_copy_bw'], '.2f')} of the copy bandwidth ({fmt(total['copy_gb_s'], ',.0f')} GB/s)", "",
-             "| kernel | launches | time us | share | DRAM MB | DRAM GB/s | frac of copy BW | regs/thread | occupancy % |",
+             "| kernel | launches | time us | share | DRAM MB | DRAM GB/s | frac of copy BW | regs/thread (max) "
+             "| occupancy % (time-weighted) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for g in groups[:top]:
         share = g["time_us"] / total["time_us"] if g["time_us"] is not None and total["time_us"] else None
