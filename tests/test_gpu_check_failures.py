@@ -218,8 +218,13 @@ def test_verify_runs_the_sanitizers_after_correctness_and_stops_them_in_time(mak
         k = step.cmd[step.cmd.index("-k") + 1]
         assert "not compile" in k and "not capture" in k
     assert steps["memcheck"].cmd[3:6] == verify_steps.SANITIZED_PATHS and "--gc-interleave" in steps["memcheck"].cmd
-    # the extension's CUDA tests are among them; nothing past 2^31 elements (tens of GiB, every access checked)
-    assert "tests/test_prepare.py" in verify_steps.SANITIZED_PATHS and "not 2_31" in verify_steps.SANITIZED_K
+    # every file with the extension's CUDA tests is among them; nothing past 2^31 elements (tens
+    # of GiB, every access checked)
+    extension_gpu = [f"tests/{f.name}" for f in (REPO / "tests").glob("test_prepare*.py")
+                     if "pytest.mark.gpu" in f.read_text()]
+    assert extension_gpu and set(extension_gpu) <= set(verify_steps.SANITIZED_PATHS)
+    assert all((REPO / path).exists() for path in verify_steps.SANITIZED_PATHS)
+    assert "not 2_31" in verify_steps.SANITIZED_K
     assert all(s.min_s > s.soft_stop_s for s in steps.values() if s.soft_stop_s)  # never started with no time
     assert steps["racecheck"].cmd[steps["racecheck"].cmd.index("--gc-sample") + 1] == str(verify_steps.RACECHECK_SAMPLE)
     assert steps["tests-autotuned"].soft_stop_s and "--gc-interleave" in steps["tests-autotuned"].cmd

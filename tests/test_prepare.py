@@ -1,8 +1,8 @@
 """fastmbconv.prepare, F.interpolate bilinear path: the compiled op against the pure-torch
 reference, over modes x dtypes x odd sizes, list and batch input, bad input, one op call per
-batch, fake (meta) implementation of the first op version, and CUDA (skipped without a GPU).
-The antialiased (Pillow) paths, centre crops, numpy input and timm's eval preprocessing are in
-test_prepare_eval.py."""
+batch, and the fake (meta) implementation of the first op version. The antialiased (Pillow)
+paths, centre crops, numpy input and timm's eval preprocessing are in test_prepare_eval.py, the
+CUDA tests in test_prepare_cuda.py."""
 from __future__ import annotations
 
 import pytest
@@ -11,37 +11,8 @@ import torch
 from fastmbconv import _ext
 from fastmbconv.prepare import IMAGENET_MEAN, IMAGENET_STD, letterbox_size, prepare_images, prepare_images_ref
 
-MODES = ("resize", "letterbox", "pad")  # by default unrounded F.interpolate bilinear: 1 ulp
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-SIZES = [(37, 53), (64, 48), (1, 1), (500, 375), (2, 71)]
-HAS_CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device on this machine: the CUDA "
-                                "kernel is only compile-checked (tests/test_extension_build.py)")
+from .prepare_inputs import DTYPES, MODES, SIZES, assert_within_one_ulp, needs_cuda, uint8_images
 
-
-def _images(sizes=SIZES, channels=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 256, (h, w, channels), generator=g, dtype=torch.uint8) for h, w in sizes]
-
-
-def assert_within_one_ulp(out: torch.Tensor, ref: torch.Tensor):
-    """|out - ref| <= 1 unit in the last place of the output dtype at ref's value, plus the fp32
-    tolerance (1e-5 absolute; the normalised values are O(1)) of the arithmetic before the cast:
-    that term matters only near zero, where x / 255 - mean cancels most significant bits and an
-    fp16 ulp is far below fp32 rounding of the operands."""
-    assert out.dtype == ref.dtype and out.shape == ref.shape
-    a, b = out.float(), ref.float()
-    diff = (a - b).abs()
-    if out.dtype == torch.float32:
-        tol = torch.full_like(b, 1e-5)
-    else:
-        fi = torch.finfo(out.dtype)
-        tol = fi.eps * torch.exp2(torch.floor(torch.log2(b.abs().clamp_min(fi.tiny)))) + 1e-5
-    bad = diff > tol
-    assert not bad.any(), (
-        f"{int(bad.sum())} of {bad.numel()} values off by more than 1 ulp; worst "
-        f"{diff.max().item()} at {tuple(int(i) for i in torch.nonzero(bad)[0])}"
-    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,7 +23,7 @@ def extension():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mode", MODES)
 def test_op_matches_reference(mode, dtype):
-    images = _images()
+    images = uint8_images()
     kw = dict(size=45, mode=mode, dtype=dtype, align=16)
     out, valid = prepare_images(images, **kw)
     ref, valid_ref = prepare_images_ref(images, **kw)
@@ -82,7 +53,7 @@ def test_bilinear_matches_f_interpolate_at_model_sizes(mode, device):
     if not _interpolate_rounds_once():
         pytest.skip("this torch's CPU F.interpolate rounds the source coordinate twice (its DEFAULT kernels, "
                     "no FMA: ATEN_CPU_CAPABILITY=default or a CPU without AVX2); the op follows its FMA builds")
-    images = _images([(430, 320), (320, 430), (375, 500)], seed=3)
+    images = uint8_images([(430, 320), (320, 430), (375, 500)], seed=3)
     for size in (224, 380):
         kw = dict(size=size if mode == "letterbox" else (size, size), mode=mode, align=16)
         out, _ = prepare_images([im.to(device) for im in images], **kw)
@@ -92,7 +63,7 @@ def test_bilinear_matches_f_interpolate_at_model_sizes(mode, device):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_valid_hw_and_zero_padding(mode):
-    images = _images()
+    images = uint8_images()
     out, valid = prepare_images(images, 64, mode=mode, align=32)
     if mode == "pad":
         assert out.shape == (5, 3, 512, 384)  # max (500, 375) rounded up to 32
@@ -141,7 +112,7 @@ def test_non_contiguous_inputs():
 
 
 def test_grayscale_is_expanded():
-    gray = _images(SIZES[:3], channels=1)
+    gray = uint8_images(SIZES[:3], channels=1)
     rgb = [g.expand(-1, -1, 3) for g in gray]
     a, _ = prepare_images(gray, 30, mode="letterbox", mean=0.5, std=0.25)
     b, _ = prepare_images(rgb, 30, mode="letterbox", mean=0.5, std=0.25)
@@ -152,12 +123,12 @@ def test_grayscale_is_expanded():
 
 def test_numpy_integer_size():
     np = pytest.importorskip("numpy")
-    out, _ = prepare_images(_images(SIZES[:2]), np.int64(20))
+    out, _ = prepare_images(uint8_images(SIZES[:2]), np.int64(20))
     assert out.shape == (2, 3, 20, 20)
 
 
 def test_identity_resize_is_exact_normalisation():
-    img = _images([(16, 16)])[0]
+    img = uint8_images([(16, 16)])[0]
     out, _ = prepare_images([img], 16, dtype=torch.float32)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -166,7 +137,7 @@ def test_identity_resize_is_exact_normalisation():
 
 
 def test_list_is_one_op_call():
-    images = _images()
+    images = uint8_images()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         prepare_images(images, 32, mode="letterbox", dtype=torch.float16)
     names = [e.name for e in prof.events()]
@@ -323,7 +294,7 @@ def test_op_checks_its_arguments(change, match):
 
 def test_list_is_read_in_place():
     """A list on the output's device reaches the op as it is: no concatenation."""
-    images = _images()
+    images = uint8_images()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         prepare_images(images, 32)
     names = [e.name for e in prof.events()]
@@ -348,66 +319,3 @@ def test_missing_extension_error_names_build_command():
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ExtensionNotBuiltError" in r.stdout
     assert "pip install -e . --no-build-isolation" in r.stdout
-
-
-# ---------------------------------------------------------------------------------- CUDA
-
-
-@needs_cuda
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("mode", MODES)
-def test_cuda_matches_reference(mode, dtype):
-    if not _ext.has_cuda_kernels():
-        pytest.fail("fastmbconv._C was built without CUDA kernels on a CUDA machine")
-    images = _images()
-    kw = dict(size=45, mode=mode, dtype=dtype, align=16)
-    out, valid = prepare_images([im.cuda() for im in images], **kw)
-    ref, valid_ref = prepare_images_ref(images, **kw)
-    assert out.is_cuda and valid.is_cuda and out.is_contiguous(memory_format=torch.channels_last)
-    assert_within_one_ulp(out.cpu(), ref)
-    assert torch.equal(valid.cpu(), valid_ref)
-    cpu, _ = prepare_images(images, **kw)  # same arithmetic (prepare_math.h, no FMA contraction)
-    assert_within_one_ulp(out.cpu(), cpu)
-
-
-@needs_cuda
-@pytest.mark.gpu
-def test_cuda_from_cpu_list_is_one_launch():
-    images = _images()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
-        out, _ = prepare_images(images, 64, mode="letterbox", dtype=torch.float16, device="cuda")
-        torch.cuda.synchronize()
-    assert out.is_cuda
-    kernels = [e.name for e in prof.events() if "prepare_images_kernel" in e.name]
-    assert len(kernels) == 1, kernels
-
-
-@needs_cuda
-@pytest.mark.gpu
-def test_cuda_list_on_the_gpu_is_read_in_place():
-    images = [im.cuda() for im in _images()]
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        out, _ = prepare_images(images, 64, mode="letterbox", dtype=torch.float16, device="cuda")
-    names = [e.name for e in prof.events()]
-    assert out.is_cuda and "aten::cat" not in names, names
-
-
-@needs_cuda
-@pytest.mark.gpu
-def test_cuda_batch_grayscale_and_opcheck():
-    if not _ext.has_cuda_kernels():
-        pytest.fail("fastmbconv._C was built without CUDA kernels on a CUDA machine")
-    g = torch.Generator().manual_seed(3)
-    batch = torch.randint(0, 256, (3, 37, 53, 1), generator=g, dtype=torch.uint8)
-    for mode in MODES:
-        out, valid = prepare_images(batch, 40, mode=mode, dtype=torch.bfloat16, device="cuda")
-        ref, valid_ref = prepare_images_ref(batch, 40, mode=mode, dtype=torch.bfloat16)
-        assert out.is_cuda
-        assert_within_one_ulp(out.cpu(), ref)
-        assert torch.equal(valid.cpu(), valid_ref)
-    images = [im.cuda() for im in _images(SIZES[:2])]
-    meta = torch.tensor([[0, 0, 37, 53, 20, 30], [1, 0, 64, 48, 32, 24]])
-    torch.library.opcheck(torch.ops.fastmbconv.prepare_images.default,
-                          (images, meta, 3, 32, 32, torch.float16, [0.5] * 3, [0.25] * 3))

@@ -2,10 +2,9 @@
 "center_crop") against a PIL implementation of timm's eval transform, the antialiased op
 against its torch twin (prepare_images_ref) and against Pillow, the centre-crop geometry,
 numpy input, mixed grayscale/RGB lists, CHW errors, the second op version (prepare_images_v2)
-and its fake implementation, and CUDA (skipped without a GPU)."""
+and its fake implementation. CUDA is in test_prepare_cuda.py."""
 from __future__ import annotations
 
-import functools
 import math
 import types
 import warnings
@@ -26,32 +25,7 @@ from fastmbconv.prepare import (
     prepare_images_ref,
 )
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-HAS_CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device on this machine: the CUDA "
-                                "kernel is only compile-checked (tests/test_extension_build.py)")
-
-
-@functools.lru_cache(maxsize=None)
-def natural_image(h: int, w: int, channels: int = 3, seed: int = 0) -> np.ndarray:
-    """A uint8 HWC (HW for channels=0) image with what photos have: smooth gradients, hard edges
-    between flat regions (some pure black and white, where bicubic overshoots and Pillow clips),
-    fine texture and sensor noise."""
-    g = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w] / max(h, w)
-    c = max(channels, 1)
-    img = np.empty((h, w, c))
-    for k in range(c):
-        a, b, phase = g.uniform(-1, 1, 3)
-        img[..., k] = 120 + 80 * (a * x + b * y) + 35 * np.sin(2 * np.pi * (2 + k) * x * y + phase)
-    for value in ([0.0] * c, [255.0] * c, g.uniform(0, 255, c), g.uniform(0, 255, c)):
-        cy, cx, r = g.uniform(0.2, 0.8), g.uniform(0.2, 0.8), g.uniform(0.08, 0.25)
-        img[(y - cy) ** 2 + (x - cx * w / max(h, w)) ** 2 < r * r] = value
-    img[: h // 3, w // 2:] += 14 * np.sin(x[: h // 3, w // 2:] * max(h, w) * 1.9)[..., None]  # stripes
-    img += g.normal(0, 3, img.shape)
-    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    img.setflags(write=False)  # cached: shared by the tests
-    return img[..., 0] if channels == 0 else img
+from .prepare_inputs import DTYPES, natural_image, v2_args
 
 
 def pil_timm_eval(arr: np.ndarray, cfg: dict) -> torch.Tensor:
@@ -324,20 +298,12 @@ def test_bad_eval_arguments(fn, kwargs, exc, match):
 
 # ------------------------------------------------------------------ the op itself
 
-def _v2_args(filter_):
-    packed = torch.randint(0, 256, (5 * 7 * 3 + 6 * 9,), dtype=torch.uint8)
-    # (source, offset, h, w, c, resized h, w, top, left, window h, w)
-    meta = torch.tensor([[0, 0, 5, 7, 3, 11, 13, 2, 3, 6, 7], [0, 105, 6, 9, 1, 4, 3, 0, 0, 4, 3],
-                         [0, 0, 5, 7, 3, 5, 7, 1, 0, 4, 7]])
-    return [packed], meta, filter_
-
-
 @pytest.mark.parametrize("filter_", [0, 1, 2])
 def test_v2_fake_impl_opcheck(filter_):
     import fastmbconv.prepare as prep
 
     op = prep._op().default
-    images, meta, f = _v2_args(filter_)
+    images, meta, f = v2_args(filter_)
     for dtype in DTYPES:
         torch.library.opcheck(op, (images, meta, f, 6, 7, dtype, [0.5, 0.4, 0.3], [0.2, 0.3, 0.25]))
     compiled = torch.compile(lambda i, m: op(i, m, f, 6, 7, torch.float32, [0.1] * 3, [0.5] * 3) * 2,
@@ -375,31 +341,3 @@ def test_v2_checks_its_arguments(row, f, match):
     with pytest.raises(RuntimeError, match=match):
         op([torch.zeros(105, dtype=torch.uint8)], torch.tensor([row]), f, 8, 8, torch.float32,
            [0.0] * 3, [1.0] * 3)
-
-
-# ------------------------------------------------------------------ CUDA
-
-@needs_cuda
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_cuda_center_crop_equals_cpu(interpolation, dtype):
-    """The Pillow paths are integer arithmetic on the same host-built coefficients: the CUDA
-    kernel must give the CPU loop's values exactly, for lists, batches and grayscale."""
-    if not _ext.has_cuda_kernels():
-        pytest.fail("fastmbconv._C was built without CUDA kernels on a CUDA machine")
-    images = [natural_image(333, 500, seed=1), natural_image(37, 53, channels=0, seed=2),
-              natural_image(853, 640, seed=3), natural_image(101, 77, channels=1, seed=4)]
-    for size in (224, (160, 208)):
-        kw = dict(size=size, mode="center_crop", dtype=dtype, interpolation=interpolation)
-        cpu, valid = prepare_images(images, **kw)
-        on_gpu, valid_gpu = prepare_images([torch.tensor(i).cuda() for i in images], **kw)
-        packed, _ = prepare_images(images, device="cuda", **kw)  # CPU list, one upload
-        assert torch.equal(on_gpu.cpu(), cpu) and torch.equal(packed.cpu(), cpu)
-        assert torch.equal(valid_gpu.cpu(), valid)
-    batch = np.stack([natural_image(45, 67, seed=s) for s in range(3)])
-    kw = dict(size=(40, 40), mode="resize", dtype=dtype, interpolation=interpolation, antialias=True)
-    assert torch.equal(prepare_images(batch, device="cuda", **kw)[0].cpu(), prepare_images(batch, **kw)[0])
-    images, meta, f = _v2_args(2)
-    torch.library.opcheck(torch.ops.fastmbconv.prepare_images_v2.default,
-                          ([images[0].cuda()], meta, f, 6, 7, dtype, [0.5] * 3, [0.25] * 3))
