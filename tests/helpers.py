@@ -284,3 +284,18 @@ def interpreter_memcheck():
         yield
     finally:
         executor._init_args_hst, builder.create_masked_load, builder.create_masked_store = real
+
+
+def assert_unchecked_sizes_clamped(run, h: int, w: int) -> None:
+    """What a kernel does with valid sizes that no host check saw (as for CUDA tensors): it clamps
+    them into [0, h] x [0, w], so sizes past the map compute as the whole map and negative ones
+    as an empty image, every output 0. ``run(sizes)`` launches the kernel on an (h, w) map, inside
+    :func:`interpreter_memcheck` and on a NaN-fenced input so that no read outside it passes,
+    and returns its output or a tuple of outputs."""
+    torch.testing.assert_close(run([[99, w], [h, 99]]), run([[h, w], [h, w]]))
+    # each negative size on the last image too: an unclamped one reads past its map, which for
+    # the first image is still inside the batch (and masked), for the last one past the input
+    for sizes in ([[-5, w], [h, -1]], [[h, -1], [-5, w]]):
+        empty = run(sizes)
+        for out in empty if isinstance(empty, tuple) else (empty,):
+            assert (out == 0).all(), sizes

@@ -65,11 +65,16 @@ def depthwise_tile(case: str) -> tuple[int, int]:
     return dw.spatial_tile(h_out, w_out)
 
 
-def depthwise_kept(case: str) -> list:
-    N, C, H, W, k, stride = DEPTHWISE[case]
-    th, tw = depthwise_tile(case)
+def depthwise_configs(C: int, h_out: int, w_out: int) -> list:
+    """The FMA variant's configs its pruning keeps for C channels on an (h_out, w_out) map."""
+    th, tw = dw.spatial_tile(h_out, w_out)
     unit = dw._unit(C)
     return kept(dw._dwconv_bn_act_autotuned, {"c_units": C // unit, "C_UNIT": unit, "TILE_H": th, "TILE_W": tw})
+
+
+def depthwise_kept(case: str) -> list:
+    N, C, H, W, k, stride = DEPTHWISE[case]
+    return depthwise_configs(C, -(-H // stride), -(-W // stride))
 
 
 def name(config) -> str:
@@ -156,10 +161,7 @@ def test_depthwise_autotune_keeps_8_to_32_outputs_per_thread():
     spills on any B0-B7 layer, python -m fastmbconv.kernel_report) and channel blocks no wider
     than the layer (at least 16), on B0's 56x56 (8x8 tiles), 28x28 (2x32) and 14x14 (2x16) maps."""
     def blocks(C, H, W):
-        th, tw = dw.spatial_tile(H, W)
-        unit = dw._unit(C)
-        return {(c.kwargs["BLOCK_C"], c.num_warps) for c in kept(dw._dwconv_bn_act_autotuned, {
-            "c_units": C // unit, "C_UNIT": unit, "TILE_H": th, "TILE_W": tw})}
+        return {(c.kwargs["BLOCK_C"], c.num_warps) for c in depthwise_configs(C, H, W)}
 
     assert blocks(96, 56, 56) == blocks(144, 28, 28) == {(16, 1), (32, 2), (64, 4), (128, 8)}
     assert blocks(40, 7, 7) == {(16, 1), (32, 2), (64, 4)}
