@@ -200,6 +200,31 @@ def test_cache_pack_does_not_compress_what_cannot_fit(tmp_path):
         assert [n for n in tf.getnames() if n != gpu_cache.MANIFEST] == ["triton/DEF/_pointwise_gated_kernel.autotune.json"]
 
 
+
+@pytest.mark.subprocess
+def test_the_sanitizers_select_no_test_that_traces_cuda_with_the_profiler():
+    """Under compute-sanitizer, torch.profiler's CUDA activity (CUPTI) is untried: a test that
+    counts kernels that way could fail there with no memory error, and hide real failures among
+    its own. The selection is collected as on a GPU machine, where interpreter tests are GPU tests."""
+    import ast
+
+    mark = verify_steps.MEMCHECK_MARK.replace("gpu", "(gpu or interpreter)", 1)
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", mark,
+                        "-k", verify_steps.SANITIZED_K, *verify_steps.SANITIZED_PATHS],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    ids = {line.split("[")[0] for line in r.stdout.splitlines() if "::" in line}
+    assert r.returncode == 0 and len(ids) > 50, r.stdout[-2000:] + r.stderr[-2000:]
+    tracing = []
+    for path in sorted({i.split("::")[0] for i in ids}):
+        source = (REPO / path).read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef) and f"{path}::{node.name}" in ids:
+                body = ast.get_source_segment(source, node)
+                if "ProfilerActivity.CUDA" in body or "profiler.profile()" in body:
+                    tracing.append(f"{path}::{node.name}")
+    assert not tracing, f"sanitized tests that trace CUDA with torch.profiler: {tracing}"
+
+
 def _plan(c) -> dict:
     return {s.name: s for s in stages.stage_steps(c)}
 
