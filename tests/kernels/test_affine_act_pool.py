@@ -10,9 +10,9 @@ from fastmbconv.kernels import affine_act_pool as module
 from fastmbconv.kernels._launch import count_launches
 from fastmbconv.kernels.affine_act_pool import affine_act_pool, affine_act_pool_ref
 from fastmbconv.kernels.dwconv_bn_act import choose_depthwise_impl, dwconv_bn_act, dwconv_bn_act_ref, taps_diag
-from fastmbconv.kernels.testing import assert_close_to_ref
+from fastmbconv.kernels.testing import assert_close_to_ref, nan_fenced_dense
 
-from ..helpers import DEVICE
+from ..helpers import DEVICE, interpreter_memcheck
 
 pytestmark = pytest.mark.interpreter
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -151,3 +151,17 @@ def test_gradients_are_refused():
     with torch.no_grad():  # without grad mode the same call runs
         out = affine_act_pool(y.clone(), grad[1], shift, "identity")
     assert_close_to_ref(out, affine_act_pool_ref(y, scale, shift, "identity", compute_dtype=torch.float64))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_every_access_stays_inside_its_tensors(small_tiles, channels_last):
+    """Every load and store checked under the interpreter's memcheck, the scale and shift in
+    NaN-filled buffers: the last tile's pixels past the map and the last block's channels past
+    C are masked (a write there would land past the last image; a sum past C past the last
+    tile's row of the partial sums; a scale past C is never stored: only the memcheck sees it)."""
+    y, scale, shift = make(2, 20, 5, 3, torch.float32, channels_last)
+    ref, ref_sums = affine_act_pool_ref(y, scale, shift, "silu", with_pool=True, compute_dtype=torch.float64)
+    with interpreter_memcheck():
+        out, partials = affine_act_pool(y, nan_fenced_dense(scale), nan_fenced_dense(shift), "silu", with_pool=True)
+    assert_close_to_ref(out, ref, what="out")
+    assert_close_to_ref(partials.sum(1), ref_sums, what="sums")

@@ -222,6 +222,10 @@ BAD_CASES = {
     "3-D input": (lambda x, w, s, b: (x[0], w, s, b, (1, 1, 1, 1), 1, {}), ValueError, "4-D"),
     "int input": (lambda x, w, s, b: (x.to(torch.int32), w, s, b, (1, 1, 1, 1), 1, {}), TypeError, "dtype"),
     "channel mismatch": (lambda x, w, s, b: (x, w[:8], s, b, (1, 1, 1, 1), 1, {}), ValueError, "channel"),
+    "taps-major channel mismatch": (lambda x, w, s, b: (x, taps_major(w)[:, :8], s, b, (1, 1, 1, 1), 1, {}),
+                                    ValueError, "channel"),
+    "tensor-core channel mismatch": (lambda x, w, s, b: (x.half(), taps_diag(w, torch.float16)[:, :8], s, b,
+                                                         (1, 1, 1, 1), 1, {}), ValueError, "channel"),
     "kernel 7": (lambda x, w, s, b: (x, torch.zeros(24, 1, 7, 7, device=x.device), s, b, (3, 3, 3, 3), 1, {}), ValueError, "3 or 5"),
     "stride 3": (lambda x, w, s, b: (x, w, s, b, (1, 1, 1, 1), 3, {}), ValueError, "stride"),
     "padding len": (lambda x, w, s, b: (x, w, s, b, (1, 1), 1, {}), ValueError, "padding"),
@@ -238,6 +242,14 @@ BAD_CASES = {
     "int64 valid_hw": (lambda x, w, s, b: (x, w, s, b, (1, 1, 1, 1), 1,
                        {"valid_hw": torch.ones(2, 2, dtype=torch.int64, device=x.device),
                         "pad_tl": torch.ones(2, 2, dtype=torch.int32, device=x.device)}), TypeError, "valid_hw"),
+    "one image's valid_hw": (lambda x, w, s, b: (x, w, s, b, (1, 1, 1, 1), 1,
+                             {"valid_hw": torch.ones(1, 2, dtype=torch.int32, device=x.device),
+                              "pad_tl": torch.ones(2, 2, dtype=torch.int32, device=x.device)}), ValueError,
+                             r"valid_hw must have shape \(2, 2\)"),
+    "one image's pad_tl": (lambda x, w, s, b: (x, w, s, b, (1, 1, 1, 1), 1,
+                           {"valid_hw": torch.ones(2, 2, dtype=torch.int32, device=x.device),
+                            "pad_tl": torch.ones(1, 2, dtype=torch.int32, device=x.device)}), ValueError,
+                           r"pad_tl must have shape \(2, 2\)"),
 }
 
 

@@ -71,3 +71,15 @@ def test_unchecked_valid_sizes_are_clamped_into_the_map(gpu_like, monkeypatch):
                                  valid_hw=torch.tensor(sizes, dtype=torch.int32, device=DEVICE))
 
     assert_unchecked_sizes_clamped(run, 7, 9)
+
+
+def test_columns_past_the_halo_width_read_nothing(monkeypatch):
+    """A 13-pixel-wide tile's halo (15 pixels) is stored in rows of 16 slots: the 16th column,
+    which no tap reads, takes a row past any image so that no bounds test passes it. Here the
+    first tile's halo starts in the top padding (row -1) and the map is taller than the halo's
+    48 slots: a smaller row mark (the halo's length, say) would pass the row test while that
+    column's load still goes to row -1, before the input (under the interpreter's memcheck)."""
+    monkeypatch.setattr(module, "blocks_for", lambda h, w, c_in, c, k, s, dtype: (1, 13, 16, 16))
+    x, params = make(1, 8, 16, 48, 15, 3)
+    with interpreter_memcheck():
+        check(x, params, (1, 1, 1, 1), 1)

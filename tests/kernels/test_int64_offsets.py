@@ -23,6 +23,8 @@ pytestmark = pytest.mark.subprocess
 SCRIPT = textwrap.dedent(
     """
     import torch
+    import fastmbconv.kernels.dwconv_bn_act as dwconv_module
+    import fastmbconv.kernels.expand_dwconv as expand_dwconv_module
     from fastmbconv.kernels.testing import assert_close_to_ref
     from fastmbconv.kernels.affine_act_pool import affine_act_pool, affine_act_pool_ref
     from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, taps_diag
@@ -150,11 +152,71 @@ SCRIPT = textwrap.dedent(
         assert_close_to_ref(out, ref, what=f"stem 7x7, {name}")
         print("ok", name, flush=True)
 
+    # expand_dwconv over tiles of one row, as a GPU tiles a huge map (the interpreter's one tile
+    # starts at row 0): the last tile's first input row lies 2 * FAR elements into the image,
+    # an offset that fits in 64 bits only
+    whole_map = expand_dwconv_module.blocks_for
+    expand_dwconv_module.blocks_for = lambda h, w, c_in, c, k, s, dtype: (1, w, 16, 16)
+    x = sparse_view((1, 24, 3, 9), (3 * FAR, 1, FAR, 24))
+    dense = x.contiguous()
+    fused = ((torch.randn(16, 24, generator=G) / 24**0.5).half(), torch.randn(16, generator=G) * 0.1,
+             torch.randn(9, 16, generator=G) * 0.3, torch.rand(16, generator=G) + 0.5,
+             torch.randn(16, generator=G) * 0.1)
+    for taps, rounded in ((fused[2], None), (taps_diag(fused[2], torch.float16), torch.float16)):
+        args = (*fused[:2], taps, *fused[3:])
+        out = expand_dwconv(x, *args, (0, 2, 1, 1), 1)[0]  # no top padding: tile 2 starts at row 2
+        ref = expand_dwconv_ref(dense, *args, (0, 2, 1, 1), 1, compute_dtype=torch.float64, expanded_dtype=rounded)[0]
+        lowp = expand_dwconv_ref(dense, *args, (0, 2, 1, 1), 1, compute_dtype=torch.float16)[0]
+        assert_close_to_ref(out, ref, lowp, what=f"expand_dwconv ({taps.ndim}-D taps), one-row tiles")
+    expand_dwconv_module.blocks_for = whole_map
+    print("ok one-row tiles", flush=True)
+
+    # rows evenly spaced over two images (the 1x1 conv's DENSE_ROWS: a row's offset is row *
+    # pixel stride), pixels 2^30 apart: each image spans under 2^31 elements, the batch does not,
+    # so rows 2 and 3 (image 1) are reached only through 64-bit row offsets
+    x = sparse_view((2, 24, 1, 2), (2 * FAR, 1, 2 * FAR, FAR))
+    dense = x.contiguous()
+    wp, bias = (torch.randn(40, 24, generator=G) / 24**0.5).half(), torch.randn(40, generator=G) * 0.1
+    pooled = pointwise_gated(x, wp, bias, act="silu", pool_only=True)
+    ref = pointwise_gated_ref(dense, wp, bias, act="silu", pool_only=True, compute_dtype=torch.float64)
+    assert_close_to_ref(pooled, ref, ref.to(torch.float16), what="pointwise pool, a batch past 2^31")
+    print("ok batch past 2^31", flush=True)
+
+    # outputs of three images 2^30 apart (a sparse view for the dense allocation): no offset inside
+    # an image passes 2^31, image 2's base does, so only its 64-bit base offset reaches it
+    def far_images(like, shape, dtype=None):
+        n, c, h, w = shape
+        storage = torch.empty((n - 1) * FAR + h * w * c, dtype=dtype or like.dtype)
+        return storage.as_strided(shape, (FAR, 1, w * c, c))
+
+    dense_alloc = dwconv_module.empty_like_format
+    dwconv_module.empty_like_format = expand_dwconv_module.empty_like_format = far_images
+    x = torch.randn(3, 24, 5, 6, generator=G).half().contiguous(memory_format=torch.channels_last)
+    wd = torch.randn(24, 1, 3, 3, generator=G) * 0.3
+    scale, shift = torch.rand(24, generator=G) + 0.5, torch.randn(24, generator=G) * 0.1
+    for weight in (wd, taps_diag(wd, torch.float16)):
+        out = dwconv_bn_act(x, weight, scale, shift, (1, 1, 1, 1), 1)
+        ref = dwconv_bn_act_ref(x, weight, scale, shift, (1, 1, 1, 1), 1, compute_dtype=torch.float64)
+        lowp = dwconv_bn_act_ref(x, weight.half(), scale, shift, (1, 1, 1, 1), 1, compute_dtype=torch.float16)
+        assert out.stride(0) == FAR
+        assert_close_to_ref(out, ref, lowp, what=f"dwconv ({weight.ndim}-D taps), output images 2^30 apart")
+    fused = ((torch.randn(16, 24, generator=G) / 24**0.5).half(), torch.randn(16, generator=G) * 0.1,
+             torch.randn(9, 16, generator=G) * 0.3, torch.rand(16, generator=G) + 0.5,
+             torch.randn(16, generator=G) * 0.1)
+    for taps, rounded in ((fused[2], None), (taps_diag(fused[2], torch.float16), torch.float16)):
+        args = (*fused[:2], taps, *fused[3:])
+        out = expand_dwconv(x, *args, (1, 1, 1, 1), 1)[0]
+        ref = expand_dwconv_ref(x, *args, (1, 1, 1, 1), 1, compute_dtype=torch.float64, expanded_dtype=rounded)[0]
+        lowp = expand_dwconv_ref(x, *args, (1, 1, 1, 1), 1, compute_dtype=torch.float16)[0]
+        assert out.stride(0) == FAR
+        assert_close_to_ref(out, ref, lowp, what=f"expand_dwconv ({taps.ndim}-D taps), output images 2^30 apart")
+    del out
+    dwconv_module.empty_like_format = expand_dwconv_module.empty_like_format = dense_alloc
+    print("ok output images 2^30 apart", flush=True)
+
     # an expand_dwconv output whose channel planes lie 2^30 apart (NCHW): the kernel allocates
     # outputs densely, so the allocation is swapped for a sparse view; the offset of channel 2
     # passes 2^31 only if c * SOC is 64-bit
-    import fastmbconv.kernels.expand_dwconv as expand_dwconv_module
-
     def sparse_output(like, shape):
         n, c, h, w = shape
         strides = (c * FAR, FAR, w, 1)

@@ -12,7 +12,7 @@ import torch
 from fastmbconv.kernels import pointwise_gated as module
 from fastmbconv.kernels._launch import count_launches
 from fastmbconv.kernels.pointwise_gated import choose_pointwise_impl, pointwise_gated, pointwise_gated_ref
-from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced
+from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced, nan_fenced_dense
 
 from ..helpers import DEVICE, interpreter_memcheck
 
@@ -294,7 +294,7 @@ def test_more_than_2_31_elements_cuda(N, K, O):
     torch.testing.assert_close(means[-2:].float(), ref_means, atol=2e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("use", ["gate_residual", "head_pool"])
+@pytest.mark.parametrize("use", ["gate_residual", "head_pool", "gated_pool"])
 def test_reads_stay_inside_the_inputs(small_tiles, use):
     """Inputs (and the residual) sit inside NaN-filled buffers: a read past an edge, e.g. the
     K tail of the last block, would put NaN in the output. A read whose lanes are never stored
@@ -304,6 +304,8 @@ def test_reads_stay_inside_the_inputs(small_tiles, use):
     with interpreter_memcheck():
         if use == "gate_residual":
             check(x, w, bias, gate=gate, residual=nan_fenced(res))
+        elif use == "gated_pool":  # the gate's K tail: past the last image's row for the last image
+            check(x, w, bias, gate=nan_fenced_dense(gate), act="silu", pool_only=True)
         else:
             check(x, w, bias, act="silu", pool_only=True)
 

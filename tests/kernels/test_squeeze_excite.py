@@ -6,9 +6,9 @@ import torch
 from fastmbconv.kernels import squeeze_excite as module
 from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.squeeze_excite import squeeze_excite_gate, squeeze_excite_gate_ref
-from fastmbconv.kernels.testing import assert_close_to_ref
+from fastmbconv.kernels.testing import assert_close_to_ref, nan_fenced_dense
 
-from ..helpers import DEVICE
+from ..helpers import DEVICE, interpreter_memcheck
 
 pytestmark = pytest.mark.interpreter
 
@@ -108,6 +108,7 @@ def test_empty_batch():
     ("wrong expand shape", ValueError, "w_expand"),
     ("short bias", ValueError, "b_expand"),
     ("count length", ValueError, "count"),
+    ("short count", ValueError, "count"),
     ("zero hw", ValueError, "hw"),
     ("reduced width past the limit", ValueError, "reduced width 513 is larger than this kernel supports"),
 ])
@@ -124,6 +125,8 @@ def test_bad_input(case, exc, words):
         b_e = b_e[:3]
     elif case == "count length":
         kw["count"] = torch.ones(5, device=DEVICE)
+    elif case == "short count":  # the kernel would read a count past its end for the last image
+        kw["count"] = torch.ones(1, device=DEVICE)
     elif case == "zero hw":
         kw["hw"] = 0
     elif case == "reduced width past the limit":  # its block would not fit a GPU program's shared memory
@@ -151,3 +154,18 @@ def test_fp16_weights_on_large_maps_stay_finite(monkeypatch, with_count):
     ref = squeeze_excite_gate_ref(partials.double(), *[a.double() for a in args], **kw, compute_dtype=torch.float64)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-2)  # means rounded to fp16 for the dot
+
+
+def test_every_access_stays_inside_its_tensors():
+    """Every input in a NaN-filled buffer and every load and store checked under the
+    interpreter's memcheck, with lanes past the N images, T tiles, C channels and R reduced
+    channels in every block. A read of a masked lane shows in no gate (a weight row past R
+    meets a hidden column set to 0, a bias past C a gate column never stored), so only the
+    memcheck sees one; on a GPU it reads past the end of a weight or bias."""
+    N, T, C, R = 3, 5, 20, 6
+    sums, w_r, b_r, w_e, b_e = make(N, C, R, tiles=T)
+    count = torch.tensor([12.0, 7.0, 30.0], device=DEVICE)
+    args = (sums, w_r, b_r, w_e, b_e, count)
+    with interpreter_memcheck():
+        gate = squeeze_excite_gate(*[nan_fenced_dense(t) for t in args])
+    assert_close_to_ref(gate, squeeze_excite_gate_ref(*args, compute_dtype=torch.float64), what="gate")
