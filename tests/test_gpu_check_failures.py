@@ -29,8 +29,8 @@ from .test_gpu_check_files import _fake_cache  # noqa: E402
 def make_check(tmp_path):
     made = []
 
-    def make(stage="verify", dry=False):
-        c = check.Check(gpu_check.parse_args(["--stage", stage, "--out", str(tmp_path / f"out-{stage}")]
+    def make(stage="verify", dry=False, *args):
+        c = check.Check(gpu_check.parse_args(["--stage", stage, "--out", str(tmp_path / f"out-{stage}"), *args]
                                              + (["--dry"] if dry else [])))
         made.append(c)
         return c

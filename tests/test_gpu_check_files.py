@@ -2,6 +2,7 @@
 hand-over between machines, and the OUT folder's file set, size limits and packed logs."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -203,3 +204,45 @@ def test_pack_dir_keeps_head_and_tail_of_long_logs_and_caps_size(tmp_path):
     with tarfile.open(tmp_path / "b.tar.gz") as tf:
         names = tf.getnames()
     assert "LEFT_OUT.txt" in names and "noise.bin" not in names and notes
+
+
+def test_check_out_catches_broken_files_a_folder_and_another_stages_report(tmp_path):
+    def out_with(name: str, broken) -> list[str]:
+        out = tmp_path / f"out-{name}-{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        for f in outfiles.stage_files("verify"):
+            if f.endswith(".tar.gz"):
+                with tarfile.open(out / f, "w:gz"):
+                    pass
+            else:
+                (out / f).write_text(json.dumps({"stage": "verify"}))
+        if callable(broken):
+            broken(out / name)
+        else:
+            (out / name).write_bytes(broken)
+        return outfiles.check_out(out, "verify")
+
+    assert out_with("env.json", b'{"stage": "verify"}') == []
+    assert out_with("env.json", b'{"cut": ') == ["env.json is not valid JSON"]
+    whole = tmp_path / "whole.tar.gz"
+    with tarfile.open(whole, "w:gz") as tf:
+        tf.add(__file__, arcname="log.txt")
+    cut = whole.read_bytes()[: whole.stat().st_size // 2]  # a copy cut short: gzip raises EOFError
+    assert [p.split(":")[0] for p in out_with("logs.tar.gz", cut)] == ["logs.tar.gz does not open"]
+    assert [p.split(":")[0] for p in out_with("gpu-cache.tar.gz", b"\x1f\x8b half")] == ["gpu-cache.tar.gz does not open"]
+    assert out_with("report.json", b'{"stage": "speed"}') == ["report.json is of stage 'speed', not 'verify'"]
+    assert out_with("env.json", lambda p: (p.unlink(), p.mkdir())) == ["env.json is not a plain file"]
+
+
+def test_cache_archive_stays_under_its_cap_and_restore_refuses_paths_out_of_its_folder(tmp_path):
+    _fake_cache(tmp_path / "a")
+    tiny = gpu_cache.pack(tmp_path / "a", tmp_path / "y.tar.gz", 1_500, {})
+    assert tiny["bytes"] < 1_500 and (tmp_path / "y.tar.gz").stat().st_size < 1_500
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tf:
+        info = tarfile.TarInfo("../outside.txt")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(ValueError, match="unsafe member"):
+        gpu_cache.restore(evil, tmp_path / "root" / "cache")
+    assert not (tmp_path / "root" / "outside.txt").exists()

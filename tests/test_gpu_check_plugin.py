@@ -97,3 +97,21 @@ def test_plugin_starts_no_test_after_the_stop_time(tmp_path):
     assert run.returncode == 0 and "1 passed, 1 skipped" in run.stdout and "the step's time is up" in run.stdout, run.stdout
     run = subprocess.run(argv + ["--gc-stop-at", "0"], capture_output=True, text=True, env=env, timeout=120)
     assert "2 passed" in run.stdout, run.stdout
+
+
+@pytest.mark.subprocess
+def test_plugin_dry_time_budget_counts_from_the_first_test(tmp_path):
+    """``--gc-seconds``: no test starts past the dry budget, counted from the end of collection
+    (a slow collection, here 1 s, spends none of it)."""
+    (tmp_path / "conftest.py").write_text(textwrap.dedent("""\
+        import time
+
+        def pytest_collection_modifyitems(items):
+            time.sleep(1.0)
+        """))
+    (tmp_path / "test_a.py").write_text("import time\n\ndef test_1():\n    time.sleep(1.0)\n\ndef test_2(): pass\n")
+    argv = [sys.executable, "-m", "pytest", str(tmp_path), "-p", "gpu_check_plugin", "-p", "no:cacheprovider",
+            "--rootdir", str(tmp_path), "-c", os.devnull, "-q", "-rs", "--gc-seconds", "0.7"]
+    run = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "tools")},
+                         timeout=120)
+    assert run.returncode == 0 and "1 passed, 1 skipped" in run.stdout and "dry time budget spent" in run.stdout, run.stdout

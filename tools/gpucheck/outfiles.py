@@ -129,7 +129,7 @@ def check_out(out: Path, stage: str) -> list[str]:
             try:
                 with tarfile.open(p) as tf:
                     tf.getmembers()
-            except (tarfile.TarError, OSError) as exc:
+            except (tarfile.TarError, OSError, EOFError) as exc:  # EOFError: a gzip cut short
                 problems.append(f"{p.name} does not open: {exc}")
     report = load_json(out / "report.json") or {}
     if report and report.get("stage") != stage:
