@@ -287,7 +287,7 @@ def test_op_checks_its_arguments(change, match):
     before any loop touches memory."""
     args = dict(images=[torch.zeros(60, dtype=torch.uint8)], meta=torch.tensor([[0, 0, 4, 5, 4, 5]]),
                 channels=3, out_h=8, out_w=8, dtype=torch.float32, mean=[0.0] * 3, std=[1.0] * 3)
-    args.update(change)
+    args.update({k: v() if callable(v) else v for k, v in change.items()})
     with pytest.raises((RuntimeError, NotImplementedError), match=match):
         torch.ops.fastmbconv.prepare_images(*args.values())
 
@@ -319,3 +319,39 @@ def test_missing_extension_error_names_build_command():
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ExtensionNotBuiltError" in r.stdout
     assert "pip install -e . --no-build-isolation" in r.stdout
+
+
+_V2_ROW = dict(src=0, off=0, h=5, w=7, c=3, sh=11, sw=13, top=0, left=0, rh=6, rw=7)  # valid for out 8 x 8
+
+
+def _v2_meta(**change):
+    return torch.tensor([list({**_V2_ROW, **change}.values())])
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(meta=_v2_meta(left=7)), "lies outside its resized size"),  # left + rw = 14 > resized w
+        (dict(meta=_v2_meta(sw=2**31)), "lies outside"),
+        (dict(meta=_v2_meta(w=0)), "empty"),
+        (dict(meta=_v2_meta(rw=0)), "does not fit"),
+        (dict(meta=_v2_meta(rw=9)), "does not fit"),  # one column past out_w
+        (dict(meta=_v2_meta(h=2**31 - 1, w=2**31 - 1, sh=8, sw=8, rh=8, rw=8)), "outside"),  # h * w * 3 overflows
+        # taller than int32; the bytes exist (allocated when the case runs, never touched)
+        (dict(meta=_v2_meta(h=2**31, w=1, c=1, sh=8, sw=1, rh=8, rw=1), images=lambda: [torch.empty(2**31, dtype=torch.uint8)]),
+         "lies outside"),
+        (dict(meta=torch.zeros(0, 11, dtype=torch.long), out_h=2**31), "output size"),
+        (dict(out_h=2**31 - 1, out_w=2**31 - 1), "overflows"),
+        (dict(std=[1.0, 1.0]), "3 values"),
+        (dict(meta=_v2_meta()[:, :10]), "meta must be"),
+        (dict(meta=_v2_meta().repeat_interleave(2, dim=1)[:, ::2]), "meta must be"),  # not contiguous
+    ],
+)
+@pytest.mark.parametrize("filter_", [0, 1, 2])
+def test_v2_op_checks_its_arguments(change, match, filter_):
+    """As above, for prepare_images_v2's windows and the arguments the v1 op always passes right."""
+    args = dict(images=[torch.zeros(105, dtype=torch.uint8)], meta=_v2_meta(), filter=filter_, out_h=8, out_w=8,
+                dtype=torch.float32, mean=[0.0] * 3, std=[1.0] * 3)
+    args.update({k: v() if callable(v) else v for k, v in change.items()})
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.fastmbconv.prepare_images_v2(*args.values())
