@@ -74,8 +74,9 @@ def latency_factor(resident_warps: int) -> float:
 def loop_multipliers(sass: Sass, trips: Optional[list[int]]) -> tuple[list[float], list[str]]:
     """Passes through each SASS loop body per warp, from hinted trip counts in source order
     (per entry of the loop). A loop ptxas unrolled by ``u`` makes ``ceil(trips / u)`` passes, or
-    ``trips // u`` when a remainder loop beside it takes the ``trips % u`` left over. When the SASS has a different number of loops than the hints, or no
-    hints exist, every loop gets the largest hinted trip count (1 without hints) and a flag."""
+    ``trips // u`` when a remainder loop beside it takes the ``trips % u`` left over. When the
+    SASS has a different number of loops than the hints, or no hints exist, every loop gets the
+    largest hinted trip count (1 without hints) and a flag."""
     flags = []
     n = len(sass.loops)
     mains = [j for j, lp in enumerate(sass.loops) if lp.remainder_of is None]

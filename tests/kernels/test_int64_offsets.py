@@ -48,6 +48,25 @@ SCRIPT = textwrap.dedent(
         view.copy_(torch.randn(shape, generator=G))
         return view
 
+    def expand_block(c_in, c_mid):
+        # an expand + depthwise block's folded parameters: expand weight, bias, 3x3 taps, scale, shift
+        return ((torch.randn(c_mid, c_in, generator=G) / c_in**0.5).half(), torch.randn(c_mid, generator=G) * 0.1,
+                torch.randn(9, c_mid, generator=G) * 0.3, torch.rand(c_mid, generator=G) + 0.5,
+                torch.randn(c_mid, generator=G) * 0.1)
+
+    def check_expand(x, block, padding, what):
+        # expand_dwconv against its float64 and fp16 references, the taps as fp32 (k*k, C) and as
+        # tensor-core (k*k, C, 16); returns the outputs, whose strides the caller checks
+        dense, outs = x.contiguous(), []
+        for taps, rounded in ((block[2], None), (taps_diag(block[2], torch.float16), torch.float16)):
+            args = (*block[:2], taps, *block[3:])
+            out = expand_dwconv(x, *args, padding, 1)[0]
+            ref = expand_dwconv_ref(dense, *args, padding, 1, compute_dtype=torch.float64, expanded_dtype=rounded)[0]
+            lowp = expand_dwconv_ref(dense, *args, padding, 1, compute_dtype=torch.float16)[0]
+            assert_close_to_ref(out, ref, lowp, what=f"expand_dwconv ({taps.ndim}-D taps), {what}")
+            outs.append(out)
+        return outs
+
     N, C, H, W = 3, 24, 7, 9
     cases = {
         "batch stride": ((N, C, H, W), (FAR, 1, W * C, C)),  # NHWC images 2^30 apart
@@ -76,9 +95,7 @@ SCRIPT = textwrap.dedent(
             assert_close_to_ref(out, ref, lowp, what=f"dwconv (tensor cores), {name}, stride {stride}")
             assert_close_to_ref(partials.sum(1), ref_pool, what=f"dwconv (tensor cores) pool, {name}, stride {stride}")
 
-        fused = ((torch.randn(40, c, generator=G) / c**0.5).half(), torch.randn(40, generator=G) * 0.1,
-                 torch.randn(9, 40, generator=G) * 0.3, torch.rand(40, generator=G) + 0.5,
-                 torch.randn(40, generator=G) * 0.1)
+        fused = expand_block(c, 40)
         # FMA taps from fp32 taps-major weights, tensor-core taps from taps_diag (the fused model's)
         for taps, rounded in ((fused[2], None), (taps_diag(fused[2], torch.float16), torch.float16)):
             args = (*fused[:2], taps, *fused[3:])
@@ -136,16 +153,7 @@ SCRIPT = textwrap.dedent(
             ref = dwconv_bn_act_ref(dense, weight, scale, shift, (2, 2, 2, 2), 1, compute_dtype=torch.float64)
             lowp = dwconv_bn_act_ref(dense, weight.half(), scale, shift, (2, 2, 2, 2), 1, compute_dtype=torch.float16)
             assert_close_to_ref(out, ref, lowp, what=f"dwconv 5x5 ({weight.ndim}-D taps), {name}")
-        fused = ((torch.randn(16, c, generator=G) / c**0.5).half(), torch.randn(16, generator=G) * 0.1,
-                 torch.randn(9, 16, generator=G) * 0.3, torch.rand(16, generator=G) + 0.5,
-                 torch.randn(16, generator=G) * 0.1)
-        for taps, rounded in ((fused[2], None), (taps_diag(fused[2], torch.float16), torch.float16)):
-            args = (*fused[:2], taps, *fused[3:])
-            out = expand_dwconv(x, *args, (1, 1, 1, 1), 1)[0]
-            ref = expand_dwconv_ref(dense, *args, (1, 1, 1, 1), 1, compute_dtype=torch.float64,
-                                    expanded_dtype=rounded)[0]
-            lowp = expand_dwconv_ref(dense, *args, (1, 1, 1, 1), 1, compute_dtype=torch.float16)[0]
-            assert_close_to_ref(out, ref, lowp, what=f"expand_dwconv ({taps.ndim}-D taps), {name}")
+        check_expand(x, expand_block(c, 16), (1, 1, 1, 1), name)
         image_w, image_b = torch.randn(8, 3, 7, 7, generator=G) * 0.1, torch.randn(8, generator=G) * 0.1
         out = stem_conv_bn_act(x[:, :3], image_w, image_b, (3, 3, 3, 3), 1, out_dtype=torch.float32)
         ref = stem_conv_bn_act_ref(dense[:, :3], image_w, image_b, (3, 3, 3, 3), 1, compute_dtype=torch.float64)
@@ -158,16 +166,8 @@ SCRIPT = textwrap.dedent(
     whole_map = expand_dwconv_module.blocks_for
     expand_dwconv_module.blocks_for = lambda h, w, c_in, c, k, s, dtype: (1, w, 16, 16)
     x = sparse_view((1, 24, 3, 9), (3 * FAR, 1, FAR, 24))
-    dense = x.contiguous()
-    fused = ((torch.randn(16, 24, generator=G) / 24**0.5).half(), torch.randn(16, generator=G) * 0.1,
-             torch.randn(9, 16, generator=G) * 0.3, torch.rand(16, generator=G) + 0.5,
-             torch.randn(16, generator=G) * 0.1)
-    for taps, rounded in ((fused[2], None), (taps_diag(fused[2], torch.float16), torch.float16)):
-        args = (*fused[:2], taps, *fused[3:])
-        out = expand_dwconv(x, *args, (0, 2, 1, 1), 1)[0]  # no top padding: tile 2 starts at row 2
-        ref = expand_dwconv_ref(dense, *args, (0, 2, 1, 1), 1, compute_dtype=torch.float64, expanded_dtype=rounded)[0]
-        lowp = expand_dwconv_ref(dense, *args, (0, 2, 1, 1), 1, compute_dtype=torch.float16)[0]
-        assert_close_to_ref(out, ref, lowp, what=f"expand_dwconv ({taps.ndim}-D taps), one-row tiles")
+    block = expand_block(24, 16)
+    check_expand(x, block, (0, 2, 1, 1), "one-row tiles")  # no top padding: tile 2 starts at row 2
     expand_dwconv_module.blocks_for = whole_map
     print("ok one-row tiles", flush=True)
 
@@ -200,17 +200,9 @@ SCRIPT = textwrap.dedent(
         lowp = dwconv_bn_act_ref(x, weight.half(), scale, shift, (1, 1, 1, 1), 1, compute_dtype=torch.float16)
         assert out.stride(0) == FAR
         assert_close_to_ref(out, ref, lowp, what=f"dwconv ({weight.ndim}-D taps), output images 2^30 apart")
-    fused = ((torch.randn(16, 24, generator=G) / 24**0.5).half(), torch.randn(16, generator=G) * 0.1,
-             torch.randn(9, 16, generator=G) * 0.3, torch.rand(16, generator=G) + 0.5,
-             torch.randn(16, generator=G) * 0.1)
-    for taps, rounded in ((fused[2], None), (taps_diag(fused[2], torch.float16), torch.float16)):
-        args = (*fused[:2], taps, *fused[3:])
-        out = expand_dwconv(x, *args, (1, 1, 1, 1), 1)[0]
-        ref = expand_dwconv_ref(x, *args, (1, 1, 1, 1), 1, compute_dtype=torch.float64, expanded_dtype=rounded)[0]
-        lowp = expand_dwconv_ref(x, *args, (1, 1, 1, 1), 1, compute_dtype=torch.float16)[0]
-        assert out.stride(0) == FAR
-        assert_close_to_ref(out, ref, lowp, what=f"expand_dwconv ({taps.ndim}-D taps), output images 2^30 apart")
-    del out
+    outs = check_expand(x, block, (1, 1, 1, 1), "output images 2^30 apart")
+    assert all(out.stride(0) == FAR for out in outs)
+    del out, outs
     dwconv_module.empty_like_format = expand_dwconv_module.empty_like_format = dense_alloc
     print("ok output images 2^30 apart", flush=True)
 
@@ -225,15 +217,8 @@ SCRIPT = textwrap.dedent(
 
     expand_dwconv_module.empty_like_format = sparse_output
     x = torch.randn(1, 8, 5, 6, generator=G).half()
-    fused = ((torch.randn(4, 8, generator=G) / 8**0.5).half(), torch.randn(4, generator=G) * 0.1,
-             torch.randn(9, 4, generator=G) * 0.3, torch.rand(4, generator=G) + 0.5, torch.randn(4, generator=G) * 0.1)
-    for taps, rounded in ((fused[2], None), (taps_diag(fused[2], torch.float16), torch.float16)):
-        args = (*fused[:2], taps, *fused[3:])
-        out, partials = expand_dwconv(x, *args, (1, 1, 1, 1), 1)
-        ref, ref_pool = expand_dwconv_ref(x, *args, (1, 1, 1, 1), 1, compute_dtype=torch.float64, expanded_dtype=rounded)
-        lowp = expand_dwconv_ref(x, *args, (1, 1, 1, 1), 1, compute_dtype=torch.float16)[0]
-        assert out.stride(1) == FAR
-        assert_close_to_ref(out, ref, lowp, what=f"expand_dwconv ({taps.ndim}-D taps), output channel stride")
+    outs = check_expand(x, expand_block(8, 4), (1, 1, 1, 1), "output channel stride")
+    assert all(out.stride(1) == FAR for out in outs)
     print("ok output channel stride", flush=True)
     print("all ok")
     """
