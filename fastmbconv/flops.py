@@ -15,7 +15,8 @@ def count_flops(model: nn.Module, resolution: int | tuple[int, int], batch: int 
     """FLOPs (2 x multiply-accumulates, as ``torch.utils.flop_counter`` counts them) of one
     forward pass at ``resolution``. Counted on the meta device, so nothing is computed and
     the model is left where it is. BN, activations and pooling are not counted (they are
-    memory traffic, not FLOPs), matching how EfficientNet's 0.39 GMACs are quoted."""
+    memory traffic, not FLOPs), matching how EfficientNet's 0.39 GMACs are quoted. Output sizes
+    are ceil(n / stride) under both paddings, so tf_ models count the same as the others."""
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
     # Imported here: torch's flop_counter imports triton, which must not happen at
     # `import fastmbconv` (TRITON_INTERPRET has to be set before triton's first import).
