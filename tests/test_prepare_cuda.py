@@ -1,6 +1,7 @@
 """prepare_images on CUDA (skipped without a GPU): the bilinear kernel against its reference
 and the CPU op, one launch for a CPU list, a list already on the GPU read in place, batches,
-grayscale, both op versions' opchecks, and the Pillow paths equal to the CPU loop exactly."""
+grayscale, both op versions' opchecks, the Pillow paths equal to the CPU loop exactly, and the
+ops' device checks."""
 from __future__ import annotations
 
 import numpy as np
