@@ -332,6 +332,7 @@ def _v2_meta(**change):
     "change, match",
     [
         (dict(meta=_v2_meta(left=7)), "lies outside its resized size"),  # left + rw = 14 > resized w
+        (dict(meta=_v2_meta(top=-1)), "lies outside its resized size"),
         (dict(meta=_v2_meta(sw=2**31)), "lies outside"),
         (dict(meta=_v2_meta(w=0)), "empty"),
         (dict(meta=_v2_meta(rw=0)), "does not fit"),
@@ -340,6 +341,8 @@ def _v2_meta(**change):
         # taller than int32; the bytes exist (allocated when the case runs, never touched)
         (dict(meta=_v2_meta(h=2**31, w=1, c=1, sh=8, sw=1, rh=8, rw=1), images=lambda: [torch.empty(2**31, dtype=torch.uint8)]),
          "lies outside"),
+        (dict(meta=_v2_meta(h=1, w=2**31, c=1, sh=8, sw=8, rh=8, rw=8), images=lambda: [torch.empty(2**31, dtype=torch.uint8)]),
+         "lies outside"),  # wider than int32
         (dict(meta=torch.zeros(0, 11, dtype=torch.long), out_h=2**31), "output size"),
         (dict(out_h=2**31 - 1, out_w=2**31 - 1), "overflows"),
         (dict(std=[1.0, 1.0]), "3 values"),
