@@ -345,8 +345,10 @@ def _v2_meta(**change):
          "lies outside"),  # wider than int32
         (dict(meta=torch.zeros(0, 11, dtype=torch.long), out_h=2**31), "output size"),
         (dict(out_h=2**31 - 1, out_w=2**31 - 1), "overflows"),
+        (dict(out_w=0), "output size"),
         (dict(std=[1.0, 1.0]), "3 values"),
         (dict(meta=_v2_meta()[:, :10]), "meta must be"),
+        (dict(meta=_v2_meta().int()), "meta must be"),
         (dict(meta=_v2_meta().repeat_interleave(2, dim=1)[:, ::2]), "meta must be"),  # not contiguous
     ],
 )
