@@ -274,7 +274,7 @@ def test_bad_input(fn, kwargs, exc, match):
         (dict(images=[torch.zeros(60)]), "uint8"),
         (dict(images=[torch.zeros(6, 20, dtype=torch.uint8)[:, ::2]]), "contiguous"),
         (dict(images=[torch.zeros(60, dtype=torch.uint8), torch.zeros(1, dtype=torch.uint8, device="meta")]), "device|meta"),
-        (dict(channels=4), "channels"),
+        (dict(channels=4), "channels must be 1 or 3"),  # the v1 op's own check, before the table's
         (dict(out_h=0), "output size"),
         (dict(out_w=2**31), "output size"),
         (dict(dtype=torch.float64), "dtype"),
@@ -360,3 +360,13 @@ def test_v2_op_checks_its_arguments(change, match, filter_):
     args.update({k: v() if callable(v) else v for k, v in change.items()})
     with pytest.raises(RuntimeError, match=match):
         torch.ops.fastmbconv.prepare_images_v2(*args.values())
+
+
+@pytest.mark.parametrize("filter_", [1, 2])
+def test_v2_op_refuses_coefficient_tables_past_int32(filter_):
+    """A 2^30-row image shrunk to one row: Pillow's filter then spans every row, 2^31 taps or more,
+    and the table's int32 offsets would wrap. The bytes exist but are never touched."""
+    meta = _v2_meta(h=2**30, w=1, c=1, sh=1, sw=1, rh=1, rw=1)
+    with pytest.raises(RuntimeError, match=r"2\^31 entries"):
+        torch.ops.fastmbconv.prepare_images_v2([torch.empty(2**30, dtype=torch.uint8)], meta, filter_, 8, 8,
+                                               torch.float32, [0.0] * 3, [1.0] * 3)
