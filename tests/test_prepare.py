@@ -5,6 +5,7 @@ paths, centre crops, numpy input and timm's eval preprocessing are in test_prepa
 CUDA tests in test_prepare_cuda.py."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,6 +60,22 @@ def test_bilinear_matches_f_interpolate_at_model_sizes(mode, device):
         out, _ = prepare_images([im.to(device) for im in images], **kw)
         ref, _ = prepare_images_ref(images, **kw)
         assert_within_one_ulp(out.cpu(), ref)
+
+
+def test_bilinear_source_coordinate_rounds_once_without_f_interpolate():
+    """The source coordinate is one fp32 rounding of scale * (dst + 0.5) - 0.5, checked against
+    float64 instead of F.interpolate, so it holds where the test above skips (torch's DEFAULT
+    kernels round twice). Alternating 0 / 255 columns make each output lambda or 1 - lambda."""
+    for w, sw in ((320, 224), (500, 380), (430, 224)):
+        img = torch.tensor([0, 255], dtype=torch.uint8).repeat(w // 2).view(1, w, 1).expand(1, w, 3).contiguous()
+        meta = torch.tensor([[0, 0, 1, w, 3, 1, sw, 0, 0, 1, sw]])
+        out = _ext.ops().prepare_images_v2([img], meta, 0, 1, sw, torch.float32, [0.0] * 3, [1.0] * 3)
+        scale = float(np.float32(w) / np.float32(sw))
+        real = np.maximum(np.float32([scale * (d + 0.5) - 0.5 for d in range(sw)]), 0).astype(np.float64)
+        lam = real - np.floor(real)
+        expect = np.where(np.floor(real) % 2 == 0, lam, 1 - lam)  # column i0 is 0 when even, 255 when odd
+        for c in range(3):
+            np.testing.assert_allclose(out[0, c, 0].double().numpy(), expect, rtol=0, atol=2e-6, err_msg=str((w, sw)))
 
 
 @pytest.mark.parametrize("mode", MODES)
