@@ -59,6 +59,31 @@ def test_bad_out_indices():
     assert take_indices(5, None) == [0, 1, 2, 3, 4] and take_indices(5, [-1, 0]) == [4, 0]
 
 
+def test_take_indices_refuses_zero_last_n_and_bools():
+    """As timm: an int n takes the last n, for 1 <= n <= count; 0 is no selection (not an empty
+    one) and a bool is neither an int nor a sequence (True is not "the last 1")."""
+    assert take_indices(5, 5) == [0, 1, 2, 3, 4] and take_indices(5, 1) == [4]
+    for bad in (0, 6, -1):
+        with pytest.raises(ValueError, match="out of range"):
+            take_indices(5, bad)
+    for bad in (True, False):
+        with pytest.raises(TypeError, match="int or a sequence"):
+            take_indices(5, bad)
+
+
+def test_feature_info_of_a_subset_answers_for_the_returned_features():
+    """With out_indices picking some features: the accessors and get_dicts answer for those, in
+    out_indices' order; len and indexing still see every feature; plan_stages is in network
+    order, each stage once."""
+    info = fm.efficientnet_b0(features_only=True, out_indices=(3, 1)).feature_info
+    assert len(info) == 5 and info[4]["num_chs"] == 320
+    assert info.channels() == [112, 24] and info.module_name() == ["blocks.4", "blocks.1"]
+    assert info.get_dicts(keys=["num_chs", "stage"]) == [{"num_chs": 112, "stage": 5}, {"num_chs": 24, "stage": 2}]
+    assert [d["index"] for d in info.get_dicts()] == [3, 1] and info.get_dicts(idx=0)["reduction"] == 2
+    assert info.plan_stages() == (1, 4)
+    assert info.from_other((4, -1, 0)).plan_stages() == (0, 6)
+
+
 def test_forward_intermediates():
     model = tiny(size=(32, 40))
     x = X[:1, :, :32, :40]

@@ -311,3 +311,26 @@ def test_configs_equal_timms():
         assert timm.create_model(arch, pretrained_cfg_overlay={}).pretrained_cfg == fm.pretrained_cfg(arch)
     assert sorted(fm.list_models(pretrained=True)) == sorted(
         timm.list_models(["efficientnet_b[0-7]", "tf_efficientnet_b[0-7]"], pretrained=True))
+
+
+def test_pool_size_rounds_up_and_generic_cfg_has_timms_defaults():
+    """timm's pool_size is ceil(size / 32): 240 -> 8, 260 -> 9 (not 7, 8). A custom scale's
+    generic configuration has timm's defaults at its own resolution."""
+    from fastmbconv.pretrained import generic_cfg
+
+    assert PRETRAINED_CFGS["tf_efficientnet_b1"]["ns_jft_in1k"]["pool_size"] == (8, 8)
+    assert PRETRAINED_CFGS["tf_efficientnet_b2"]["ns_jft_in1k"]["pool_size"] == (9, 9)
+    cfg = generic_cfg(240, num_classes=10)
+    assert (cfg["input_size"], cfg["pool_size"], cfg["num_classes"]) == ((3, 240, 240), (8, 8), 10)
+    assert (cfg["crop_pct"], cfg["crop_mode"], cfg["interpolation"]) == (0.875, "center", "bicubic")
+    assert generic_cfg(224)["pool_size"] == (7, 7)
+
+
+def test_a_backbones_cfg_drops_the_classifier_keys():
+    """As timm's features_only models: no num_classes, classifier or global_pool in the cfg."""
+    with torch.device("meta"):
+        named = fm.create_model("tf_efficientnet_b0", features_only=True)
+        custom = fm.efficientnet(0.25, 0.25, features_only=True)
+    for cfg in (named.pretrained_cfg, custom.pretrained_cfg):
+        assert not {"num_classes", "classifier", "global_pool"} & set(cfg)
+        assert cfg["first_conv"] == "conv_stem" and cfg["input_size"][0] == 3

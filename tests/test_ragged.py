@@ -255,3 +255,23 @@ def test_cuda_ragged_forward_makes_no_host_sync(backend):
             model(x, valid_sizes=META_SIZES)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ragged_conv2d_zeroes_outside_each_images_strided_extent_and_keeps_the_memory_format(channels_last):
+    """ragged.conv2d on its own: its output is zero outside each image's valid extent after the
+    stride (ceil(h / s)), exactly, and comes back in the input's memory format."""
+    from fastmbconv import ragged
+    from fastmbconv.geometry import RaggedSizes
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 9, 8, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(4, 1, 3, 3, generator=g), torch.full((4,), 0.5)
+    sizes = RaggedSizes(torch.tensor([[9, 8], [5, 3]]))
+    out = ragged.conv2d(x, weight, bias, 2, 4, "same", sizes)
+    assert out.shape == (2, 4, 5, 4)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert (out[1, :, 3:, :] == 0).all() and (out[1, :, :, 2:] == 0).all()  # ceil(5 / 2), ceil(3 / 2)
+    assert (out[1, :, :3, :2] != 0).all() and (out[0] != 0).all()

@@ -29,3 +29,14 @@ def test_walk_has_stem_blocks_and_head_with_their_sizes():
     with torch.device("meta"):
         backbone = fm.efficientnet_b0(features_only=True)
     assert walk(backbone, 64, 64)[-1].kind == "block"  # no head without one
+
+
+def test_same_padding_is_per_axis_at_a_size_whose_sides_differ_in_parity():
+    """TF "SAME" pads a stride-2 layer by the parity of each side: at 32 x 33 the stem pads
+    (top, bottom, left, right) = (0, 1, 1, 1), and so does the first stride-2 block (16 x 17)."""
+    layers = {layer.name: layer for layer in walk(model_structure("tf_efficientnet_b0"), 32, 33)}
+    assert layers["conv_stem"].padding == (0, 1, 1, 1)
+    assert (layers["blocks.1.0"].height, layers["blocks.1.0"].width) == (16, 17)
+    assert layers["blocks.1.0"].padding == (0, 1, 1, 1)
+    assert layers["blocks.0.0"].padding == (1, 1, 1, 1)  # stride 1
+    assert walk(model_structure("efficientnet_b0"), 32, 33)[0].padding == (1, 1, 1, 1)  # symmetric

@@ -167,3 +167,17 @@ def test_a_forward_on_a_second_stream_waits_for_the_first_streams_fold():
         torch.cuda.synchronize()
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, expected, atol=1e-2, rtol=1e-2)
+
+
+def test_a_write_from_another_stream_waits_for_the_making_stream_even_with_no_other_reader(cuda):
+    """wait_for_readers orders the writing stream after every stream that touched the tensors,
+    the making one included, and never after itself; an empty or CPU-only set asks nothing."""
+    shared = streams.StreamShared([torch.zeros(3)])  # made on a, read nowhere else
+    cuda.current = cuda.b
+    shared.wait_for_readers()
+    assert cuda.b.waited_streams == [cuda.a]
+    cuda.current = cuda.a
+    shared.wait_for_readers()
+    assert cuda.a.waited_streams == []
+    streams.StreamShared([None]).wait_for_readers()
+    assert cuda.a.waited_streams == [] and cuda.b.waited_streams == [cuda.a]
