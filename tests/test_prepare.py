@@ -2,7 +2,7 @@
 reference, over modes x dtypes x odd sizes, list and batch input, bad input, one op call per
 batch, and the fake (meta) implementation of the first op version. The antialiased (Pillow)
 paths, centre crops, numpy input and timm's eval preprocessing are in test_prepare_eval.py, the
-CUDA tests in test_prepare_cuda.py."""
+CUDA tests in test_prepare_cuda.py, the size decisions' edge cases in test_prepare_plan.py."""
 from __future__ import annotations
 
 import numpy as np
