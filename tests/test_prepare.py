@@ -96,15 +96,6 @@ def test_valid_hw_and_zero_padding(mode):
         assert (out[i, :, :h, :w] != 0).any()
 
 
-def test_letterbox_size():
-    assert letterbox_size(375, 500, 64) == (48, 64)
-    assert letterbox_size(500, 375, 64) == (64, 48)
-    assert letterbox_size(1, 1, 7) == (7, 7)
-    assert letterbox_size(1, 1000, 64) == (1, 64)  # the shorter side is at least 1
-    assert letterbox_size(3, 2, 3) == (3, 2)  # 2 * 3 / 3
-    assert letterbox_size(4, 2, 3) == (3, 2)  # 1.5 rounds up
-
-
 @pytest.mark.parametrize("channels", [3, 1])
 def test_batch_input_equals_list_input(channels):
     """Grayscale too: each image of a batch starts h * w * c bytes after the previous one."""

@@ -1,5 +1,5 @@
 """What prepare_images decides before any pixel is touched (fastmbconv._prepare_plan): the
-pad mode's aligned size, which 4-d batches are NHWC, the letterbox floor of 1 and the 32-bit
+pad mode's aligned size, which 4-d batches are NHWC, the letterbox sizes and the 32-bit
 size limit; each through the op and its reference where both apply."""
 from __future__ import annotations
 
@@ -31,9 +31,18 @@ def test_nhwc_batches_of_1_or_3_rows_are_not_taken_for_nchw(fn):
         assert out.shape == (2, 3, 8, 8) and valid.tolist() == [[8, 8]] * 2
 
 
-def test_letterbox_size_keeps_either_short_side_at_least_1_and_sizes_up_to_int32_max():
-    """The floor of 1 holds for a tall image's width as for a wide image's height; a target
-    size of exactly 2**31 - 1 is still a valid 32-bit size (2**31 is refused, test_bad_input)."""
-    assert letterbox_size(1000, 1, 64) == (64, 1) and letterbox_size(1, 1000, 64) == (1, 64)
+def test_letterbox_size():
+    assert letterbox_size(375, 500, 64) == (48, 64)
+    assert letterbox_size(500, 375, 64) == (64, 48)
+    assert letterbox_size(1, 1, 7) == (7, 7)
+    assert letterbox_size(1, 1000, 64) == (1, 64)  # the shorter side is at least 1,
+    assert letterbox_size(1000, 1, 64) == (64, 1)  # for a tall image's width as for a wide image's height
+    assert letterbox_size(3, 2, 3) == (3, 2)  # 2 * 3 / 3
+    assert letterbox_size(4, 2, 3) == (3, 2)  # 1.5 rounds up
+
+
+def test_sizes_up_to_int32_max():
+    """A target size of exactly 2**31 - 1 is still a valid 32-bit size (2**31 is refused,
+    test_prepare.py::test_bad_input)."""
     assert checked_size(2**31 - 1, "resize") == (2**31 - 1, 2**31 - 1)
     assert checked_size((2**31 - 1, 1), "center_crop") == (2**31 - 1, 1)
