@@ -13,12 +13,18 @@ Markers (registered in pyproject.toml):
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 import pytest
 import torch
 
 from .helpers import DEVICE, HAS_CUDA
+
+# For the ``deterministic`` fixture on a GPU: torch reads CUBLAS_WORKSPACE_CONFIG once per
+# process, at its first cuBLAS call, and then refuses cuBLAS in deterministic mode unless the
+# workspace is fixed; a test cannot set it for itself once an earlier test has used cuBLAS.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -94,7 +100,8 @@ def expand_dw_separate(monkeypatch):
 
 @pytest.fixture
 def deterministic():
-    """``torch.use_deterministic_algorithms(True)`` for one test."""
+    """``torch.use_deterministic_algorithms(True)`` for one test (cuBLAS's workspace fixed above)."""
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8"), "cuBLAS refuses deterministic mode"
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     yield

@@ -164,7 +164,7 @@ def test_dry_first_runs_its_steps_in_order_and_returns_the_bench_files(tmp_path)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["sessions"] == ["bench-headline"] and summary["results"]
     env = json.loads((tmp_path / "out" / "env.json").read_text())
-    assert env["stage"] == "first" and env["packages"]["pytest-benchmark"]
+    assert env["stage"] == "first" and env["packages"]["pytest-benchmark"] and "pillow" in env["packages"]
 
 
 # ---------------------------------------------------------------------- from committed files to the README

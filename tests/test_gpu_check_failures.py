@@ -202,10 +202,11 @@ def test_cache_pack_does_not_compress_what_cannot_fit(tmp_path):
 
 
 @pytest.mark.subprocess
-def test_the_sanitizers_select_no_test_that_traces_cuda_with_the_profiler():
-    """Under compute-sanitizer, torch.profiler's CUDA activity (CUPTI) is untried: a test that
-    counts kernels that way could fail there with no memory error, and hide real failures among
-    its own. The selection is collected as on a GPU machine, where interpreter tests are GPU tests."""
+def test_the_sanitizers_select_no_test_that_uses_the_profiler():
+    """Under compute-sanitizer, torch.profiler is untried: on a CUDA build it may start CUDA
+    tracing (CUPTI) even for CPU activity alone, so a test that uses it could fail there with no
+    memory error, and hide real failures among its own. The selection is collected as on a GPU machine, where interpreter
+    tests are GPU tests."""
     import ast
 
     mark = verify_steps.MEMCHECK_MARK.replace("gpu", "(gpu or interpreter)", 1)
@@ -220,9 +221,9 @@ def test_the_sanitizers_select_no_test_that_traces_cuda_with_the_profiler():
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.FunctionDef) and f"{path}::{node.name}" in ids:
                 body = ast.get_source_segment(source, node)
-                if "ProfilerActivity.CUDA" in body or "profiler.profile()" in body:
+                if "profiler" in body:
                     tracing.append(f"{path}::{node.name}")
-    assert not tracing, f"sanitized tests that trace CUDA with torch.profiler: {tracing}"
+    assert not tracing, f"sanitized tests that use torch.profiler: {tracing}"
 
 
 def _plan(c) -> dict:

@@ -40,8 +40,8 @@ def test_deterministic_mode_runs_the_fused_path_and_repeats_it_bit_for_bit(deter
     """Under ``torch.use_deterministic_algorithms(True)`` the fused forward still runs (no op in
     it refuses that mode on a GPU) and two calls agree bit for bit: the SE and head pools sum
     their tiles in a fixed order, not with atomics. The classifier's linear is on cuBLAS, which
-    that mode allows only with a fixed workspace (torch's rule, as for any model)."""
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    that mode allows only with a fixed workspace (torch's rule, as for any model; the
+    ``deterministic`` fixture checks that conftest fixed it before any cuBLAS call)."""
     monkeypatch.setenv("FASTMBCONV_EXPAND_DW", expand_dw)
     model = build(num_classes=10, size=17)
     x = torch.randn(2, 3, 17, 17, device=DEVICE)

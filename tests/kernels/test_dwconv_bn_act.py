@@ -273,11 +273,16 @@ def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.usefixtures("frees_cuda_memory")
-def test_more_than_2_31_elements_cuda():
-    """B7-at-600px-sized activations: offsets must be 64-bit."""
+@pytest.mark.parametrize("layout", ["conv", "mma"])
+def test_more_than_2_31_elements_cuda(layout):
+    """B7-at-600px-sized activations: offsets must be 64-bit, in the FMA taps and in the
+    tensor-core ones (what the fused model runs in fp16)."""
     N, C, H, W = 1040, 32, 256, 256  # 2.18e9 elements
     x = torch.randn(N, C, H, W, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
-    _, w, scale, shift = make(1, C, 1, 1, 3)
+    _, w, scale, shift = make(1, C, 1, 1, 3, torch.float16, layout=layout)
+    with record_launches() as planned:
+        dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1, with_pool=True)
+    assert [(r.constexprs["MMA"], r.constexprs["INT64"]) for r in planned] == [(layout == "mma", True)]
     out, partials = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1, with_pool=True)
     last = x[-2:].float()
     ref, ref_pool = dwconv_bn_act_ref(last, w, scale, shift, (1, 1, 1, 1), 1, with_pool=True)

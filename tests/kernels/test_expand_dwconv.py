@@ -13,7 +13,7 @@ import torch
 from fastmbconv.geometry import conv_padding
 from fastmbconv.kernels import _expand_dw_tiles as tiles
 from fastmbconv.kernels import expand_dwconv as module
-from fastmbconv.kernels._launch import count_launches
+from fastmbconv.kernels._launch import count_launches, record_launches
 from fastmbconv.kernels.dwconv_bn_act import taps_diag
 from fastmbconv.kernels.expand_dwconv import expand_dwconv, expand_dwconv_ref
 from fastmbconv.kernels.testing import LOWP_ULP, assert_close_to_ref
@@ -365,14 +365,19 @@ def test_out_of_range_valid_sizes():
 
 @pytest.mark.gpu
 @pytest.mark.usefixtures("frees_cuda_memory")
-def test_more_than_2_31_elements_cuda():
-    """An input of more than 2^31 elements: the image offsets are 64-bit."""
+@pytest.mark.parametrize("taps", ["major", "auto"], ids=["fma", "mma"])
+def test_more_than_2_31_elements_cuda(taps):
+    """An input of more than 2^31 elements: the image offsets are 64-bit, with the FMA taps and
+    with the tensor-core ones (what the fused model runs in fp16)."""
     N, C_in, H, W = 4100, 16, 184, 184  # 2.2e9 elements
     x = torch.randn(N, C_in, H, W, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
-    _, params = make(1, C_in, 32, 1, 1, 3)
-    params = tuple(p.cuda() for p in params)
-    params = (params[0].half(), *params[1:])
+    _, params = make(1, C_in, 32, 1, 1, 3, torch.float16, taps=taps)
+    with record_launches() as planned:
+        expand_dwconv(x, *params, (1, 1, 1, 1), 2)
+    assert [(r.constexprs["MMA"], r.constexprs["INT64"]) for r in planned] == [(taps == "auto", True)]
     out, partials = expand_dwconv(x, *params, (1, 1, 1, 1), 2)
-    ref, ref_pool = expand_dwconv_ref(x[-2:], *params, (1, 1, 1, 1), 2)
+    # the tensor-core taps read the expanded halo rounded to fp16, as check() says
+    ref, ref_pool = expand_dwconv_ref(x[-2:], *params, (1, 1, 1, 1), 2,
+                                      expanded_dtype=x.dtype if taps == "auto" else None)
     torch.testing.assert_close(out[-2:].float(), ref, atol=2e-2, rtol=1e-2)
     torch.testing.assert_close(partials[-2:].sum(1), ref_pool, atol=1.0, rtol=1e-3)
