@@ -23,8 +23,8 @@ first few.
 interpreter tests that tests/conftest.py marks ``gpu`` there) before the rest, so a step cut
 short by its cap has run the checks only a GPU can make. ``--gc-last A,B`` runs the tests whose id
 holds A after the others, and those holding B after those (the benchmarks' host-time cases,
-then the ``compile`` providers: their cold compiles must not crowd out the eager and fused
-rows). Both keep the order otherwise.
+then ``compile_fused``: its cold compiles must not crowd out the rows the speed targets read).
+Both keep the order otherwise.
 
 A benchmark interrupted before its first round (a step stopped by its timeout) is dropped
 before pytest-benchmark finishes the session: its empty statistics would raise there, and the
