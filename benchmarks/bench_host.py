@@ -11,7 +11,8 @@ calls and one synchronise, so the per-call time is the host's:
 * on a CPU the Triton launch itself is stubbed (taken, not run: the interpreter would time
   Python kernels), so the figure is the project's own Python per call, Triton's excluded.
 
-``extra_info`` holds the op, the way, the device and µs per call.
+``extra_info`` holds the op, the way, the device and µs per call; the session's summary
+tabulates them.
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def _stubbed_launch(module, on_cpu: bool):
 
 @pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("name", ["pointwise_gated", "dwconv_bn_act", "squeeze_excite_gate", "affine_act_pool"])
-def test_host_time_per_call(benchmark, name, way):
+def test_host_time_per_call(benchmark, host_results, name, way):
     pytest.importorskip("triton")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module, op, launcher, args = _case(name, device)
@@ -94,7 +95,8 @@ def test_host_time_per_call(benchmark, name, way):
         benchmark.group = f"host-{device.type}"  # before pedantic: pytest-benchmark reads it when it makes the stats
         pedantic(benchmark, lambda: call(*args), device, rounds=ROUNDS, iterations=ITERATIONS, warmup_rounds=1)
     median = median_seconds(benchmark)
-    benchmark.extra_info.update({"op": name, "way": way, "device": device.type,
-                                 "device_name": study.device_name(device),
-                                 "launch": "real" if device.type == "cuda" else "stubbed (Triton's own launch excluded)",
-                                 "us_per_call": median * 1e6 if median else None})
+    info = {"op": name, "way": way, "device": device.type, "device_name": study.device_name(device),
+            "launch": "real" if device.type == "cuda" else "stubbed (Triton's own launch excluded)",
+            "us_per_call": median * 1e6 if median else None}
+    benchmark.extra_info.update(info)
+    host_results.append(info)

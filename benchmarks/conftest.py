@@ -7,6 +7,7 @@
   :func:`pytest_terminal_summary` prints them with the project's speed targets (each ratio and
   whether it is met) and writes ``summary.json`` and ``summary.md`` to ``$FASTMBCONV_BENCH_OUT``
   (default ``.benchmarks/fastmbconv/``, which git ignores).
+* ``host_results``: each op's host time per call (``bench_host.py``), tabulated there too.
 
 Collection of ``bench_*.py`` needs ``python_files`` to include them (set in pyproject.toml, or
 ``-o python_files="test_*.py bench_*.py"``).
@@ -30,6 +31,7 @@ _RESULTS = pytest.StashKey[list]()
 _KERNELS = pytest.StashKey[list]()
 _BANDWIDTH = pytest.StashKey[dict]()
 _SETTINGS = pytest.StashKey[dict]()
+_HOST = pytest.StashKey[list]()
 
 
 def pytest_configure(config):
@@ -46,6 +48,7 @@ def pytest_configure(config):
     config.stash[_RESULTS] = []
     config.stash[_KERNELS] = []
     config.stash[_BANDWIDTH] = {}
+    config.stash[_HOST] = []
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -81,6 +84,11 @@ def kernel_results(pytestconfig):
     return pytestconfig.stash[_KERNELS]
 
 
+@pytest.fixture
+def host_results(pytestconfig):
+    return pytestconfig.stash[_HOST]
+
+
 def _out_dir() -> Path:
     return Path(os.environ.get("FASTMBCONV_BENCH_OUT", ".benchmarks/fastmbconv"))
 
@@ -88,7 +96,8 @@ def _out_dir() -> Path:
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     rows = config.stash.get(_RESULTS, [])
     kernels = config.stash.get(_KERNELS, [])
-    if not rows and not kernels:
+    host = config.stash.get(_HOST, [])
+    if not rows and not kernels and not host:
         return
     tr = terminalreporter
     tr.section("fastmbconv benchmark summary")
@@ -132,13 +141,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             faster = ("triton" if tt < to else "torch") if tt and to else "—"
             lines.append(f"| {key} | {chosen} | {study.fmt(tt and tt * 1e6, '.1f')} | "
                          f"{study.fmt(to and to * 1e6, '.1f')} | {faster}{'' if faster in ('—', chosen) else ' (chooser missed)'} |")
+    if host:
+        lines += ["", "Host time per call (µs; the op's launch: real on a GPU, stubbed on a CPU):", "",
+                  "| op | device | via the custom op | via the launcher |", "|---|---|---:|---:|"]
+        by_op: dict = {}
+        for h in host:
+            by_op.setdefault((h["op"], h["device_name"]), {})[h["way"]] = h.get("us_per_call")
+        for (op, device), ways in by_op.items():
+            lines.append(f"| {op} | {device} | {study.fmt(ways.get('op'), '.1f')} | "
+                         f"{study.fmt(ways.get('direct'), '.1f')} |")
     for line in lines:
         tr.write_line(line)
     out = _out_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)
         payload = {"bandwidth": {k: bw.as_dict() for k, bw in bws.items()}, "results": rows,
-                   "targets": targets, "kernels": kernels, "settings": config.stash.get(_SETTINGS, None)}
+                   "targets": targets, "kernels": kernels, "host": host,
+                   "settings": config.stash.get(_SETTINGS, None)}
         (out / "summary.json").write_text(json.dumps(payload, indent=2, default=str))
         (out / "summary.md").write_text("# fastmbconv benchmark summary\n\n" + "\n".join(lines) + "\n")
         tr.write_line(f"wrote {out / 'summary.json'} and {out / 'summary.md'}")

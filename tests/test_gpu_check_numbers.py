@@ -66,13 +66,15 @@ def test_merged_sessions_keep_every_row(tmp_path):
     for name, n in sessions.items():
         rows = [{"case": f"{name}-{i}", "median_s": 0.01} for i in range(n)]
         kernels = [{"op": "dwconv_bn_act", "case": f"{name}-{i}"} for i in range(n)]
+        host = [{"op": "dwconv_bn_act", "way": f"{name}-{i}"} for i in range(n)]
         bench = {"benchmarks": [{"name": f"{name}-{i}"} for i in range(n)], "datetime": "now"}
         outfiles.dump_json(tmp_path / "bench" / f"{name}.json", bench)
-        outfiles.dump_json(tmp_path / "bench" / name / "summary.json", {"results": rows, "kernels": kernels})
+        outfiles.dump_json(tmp_path / "bench" / name / "summary.json", {"results": rows, "kernels": kernels,
+                                                                         "host": host})
     assert speed_steps.merge_bench_main(str(tmp_path)) == 0
     merged = outfiles.load_json(tmp_path / "merged" / "summary.json")
     total = sum(sessions.values())
-    assert len(merged["results"]) == len(merged["kernels"]) == total
+    assert len(merged["results"]) == len(merged["kernels"]) == len(merged["host"]) == total
     bench = outfiles.load_json(tmp_path / "merged" / "pytest-benchmark.json")
     assert len(bench["benchmarks"]) == total
 

@@ -51,7 +51,7 @@ def merge_bench_main(work: str) -> int:
     names = sorted((p.stem for p in (work / "bench").glob("*.json")), key=lambda n: order.index(n) if n in order else 99)
     merged_dir = work / "merged"
     merged_dir.mkdir(parents=True, exist_ok=True)
-    bench, rows, kernels, bandwidth, settings, sections = None, [], [], {}, {}, []
+    bench, rows, kernels, host, bandwidth, settings, sections = None, [], [], [], {}, {}, []
     for name in names:
         data = load_json(work / "bench" / f"{name}.json")
         if data:
@@ -63,6 +63,7 @@ def merge_bench_main(work: str) -> int:
         summary = load_json(work / "bench" / name / "summary.json") or {}
         rows += summary.get("results", [])
         kernels += summary.get("kernels", [])
+        host += summary.get("host", [])
         bandwidth.update(summary.get("bandwidth") or {})
         if summary.get("settings"):
             settings[name] = summary["settings"]
@@ -79,12 +80,14 @@ def merge_bench_main(work: str) -> int:
         targets, targets_md = None, f"(targets not evaluated: {type(exc).__name__}: {exc})"
     dump_json(merged_dir / "pytest-benchmark.json", bench or {"benchmarks": [], "note": "no benchmark session finished"})
     dump_json(merged_dir / "summary.json", {"bandwidth": bandwidth, "results": rows, "targets": targets,
-                                            "kernels": kernels, "sessions": names, "settings": settings})
+                                            "kernels": kernels, "host": host, "sessions": names,
+                                            "settings": settings})
     head = (f"# fastmbconv benchmark summary\n\n{len(names)} pytest-benchmark session(s) of one gpu-check stage "
             f"({', '.join(names) or 'none'}), minutes apart on one machine. Targets over all of them:\n\n")
     write_atomic(merged_dir / "summary.md", head + targets_md + "\n\n" + "\n".join(sections))
     dump_json(merged_dir / "targets.json", {"targets": targets, "markdown": targets_md, "sessions": names})
-    print(f"merged {len(names)} session(s): {', '.join(names) or 'none'}; {len(rows)} model rows, {len(kernels)} kernel rows")
+    print(f"merged {len(names)} session(s): {', '.join(names) or 'none'}; {len(rows)} model rows, {len(kernels)} kernel rows, "
+          f"{len(host)} host-time rows")
     return 0
 
 
