@@ -100,8 +100,7 @@ def kernel_cases():
                         if batch == DEPTHWISE_BATCH and not FULL and (op, model) != ("dwconv_bn_act", "efficientnet_b0"):
                             continue  # the default set's batch 256: B0's depthwise cases alone
                         # pointwise: the Triton kernel vs cuBLAS; depthwise: vs cuDNN + affine_act_pool
-                        impls = (("auto", "triton", "torch") if op.startswith("pointwise")
-                                 else ("triton", "torch") if op == "dwconv_bn_act" else ("triton",))
+                        impls = ("triton", "torch") if op.startswith("pointwise") or op == "dwconv_bn_act" else ("triton",)
                         for impl in impls:
                             key = (op, shape, impl)
                             if key in seen:

@@ -7,9 +7,9 @@ reads HBM as the forward does. B0's depthwise cases also run at batch 256, the d
 (>= 70% of a device-to-device copy's bytes/s at stages 2 and 3; long enough per launch that
 launch overhead does not decide it).
 
-Pointwise cases run three ways: ``auto`` (the per-shape chooser, whose pick is recorded in
-``extra_info["chosen_impl"]``), ``triton`` and ``torch`` (cuBLAS), so the summary can show
-whether the chooser picked the faster one. Each round is several back-to-back launches followed
+Pointwise cases run two ways, ``triton`` and ``torch`` (cuBLAS), with the chooser's pick
+(``choose_pointwise_impl``) recorded in ``extra_info["chosen_impl"]``, so the summary can show
+whether it picked the faster one. Each round is several back-to-back launches followed
 by one device synchronise inside the timed region; the stats are per launch.
 """
 from __future__ import annotations
@@ -118,11 +118,10 @@ def _make(op, batch, dtype, shape, impl, device):
     nbytes = activations_read + (n * h * w * o + o * k_in) * b + o * 4 + (n * k_in * 4 if project else 0)
     next_inputs, sets = _rotating(inputs, activations_read, device)
     chosen = mod.choose_pointwise_impl(n * h * w, k_in, o, dt, device)
-    force = None if impl == "auto" else impl
 
     def call():
         x, gate, residual = next_inputs()
-        return mod.pointwise_gated(x, weight, bias, gate=gate, residual=residual, impl=force)
+        return mod.pointwise_gated(x, weight, bias, gate=gate, residual=residual, impl=impl)
 
     flops = 2 * n * h * w * k_in * o
     return call, flops, nbytes, {"M": n * h * w, "K": k_in, "N": o, "H": h, "W": w, "gate": project,
