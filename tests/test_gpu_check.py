@@ -168,8 +168,9 @@ def test_dry_first_runs_its_steps_in_order_and_returns_the_bench_files(tmp_path)
 @pytest.mark.subprocess
 def test_bench_headline_runs_every_row_a_target_reads_before_the_cold_compiles(tmp_path):
     """The headline step's cases, collected with its own -k and --gc-last (the order it runs
-    them): the rows the speed targets read (evaluate_targets) come before the host-time cases and
-    compile_fused, whose cold compiles could otherwise spend the step's time first."""
+    them): the rows the speed targets read (evaluate_targets) come before the fused path's
+    variants, the host-time cases and compile_fused, whose cold compiles and tuning could
+    otherwise spend the step's time first."""
     cmd = _planned("speed", tmp_path)["bench-headline"].cmd
     argv = [sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "-p", "gpu_check_plugin", "-p",
             "no:cacheprovider", *cmd[cmd.index("-k"):cmd.index("-k") + 2], *cmd[cmd.index("--gc-last"):][:2]]
@@ -180,8 +181,10 @@ def test_bench_headline_runs_every_row_a_target_reads_before_the_cold_compiles(t
     read = ["test_model[gpu-b0-224-bs256-fp16-fused]", "test_model[gpu-b0-224-bs256-fp16-eager]",
             "test_model[gpu-resnet50-224-bs256-fp16-eager]", "test_model[gpu-b0-224-bs1-fp16-cudagraph_fused]",
             "test_model[gpu-b0-224-bs1-fp16-compile_reduce_overhead]"]
-    later = [i for i, name in enumerate(ids) if name.startswith("test_host_time_per_call") or "compile_fused" in name]
-    assert set(read) <= set(ids) and len(later) == 10, ids
+    variants = ("fused_separate", "fused_torch_1x1", "fused_cudnn_dw", "compile_fused")
+    later = [i for i, name in enumerate(ids) if name.startswith("test_host_time_per_call")
+             or any(f"-{v}]" in name for v in variants)]
+    assert set(read) <= set(ids) and len(later) == 13, ids
     assert max(ids.index(name) for name in read) < min(later), ids
 
 

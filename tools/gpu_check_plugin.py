@@ -22,9 +22,9 @@ first few.
 ``--gc-gpu-first`` runs the tests written for a GPU (marked ``gpu`` themselves, not only the
 interpreter tests that tests/conftest.py marks ``gpu`` there) before the rest, so a step cut
 short by its cap has run the checks only a GPU can make. ``--gc-last A,B`` runs the tests whose id
-holds A after the others, and those holding B after those (the benchmarks' host-time cases,
-then ``compile_fused``: its cold compiles must not crowd out the rows the speed targets read).
-Both keep the order otherwise.
+holds A after the others, and those holding B after those (the benchmarks: the fused path's
+variants, the host-time cases, then ``compile_fused``, so that their cold compiles cannot
+crowd out the rows the speed targets read). Both keep the order otherwise.
 
 A benchmark interrupted before its first round (a step stopped by its timeout) is dropped
 before pytest-benchmark finishes the session: its empty statistics would raise there, and the
