@@ -100,7 +100,8 @@ def kernel_cases():
                         if batch == DEPTHWISE_BATCH and not FULL and (op, model) != ("dwconv_bn_act", "efficientnet_b0"):
                             continue  # the default set's batch 256: B0's depthwise cases alone
                         # pointwise: the Triton kernel vs cuBLAS; depthwise: vs cuDNN + affine_act_pool
-                        impls = ("triton", "torch") if op.startswith("pointwise") or op == "dwconv_bn_act" else ("triton",)
+                        both = op.startswith("pointwise") or op == "dwconv_bn_act"
+                        impls = ("triton", "torch") if both else ("triton",)
                         for impl in impls:
                             key = (op, shape, impl)
                             if key in seen:

@@ -205,8 +205,8 @@ def test_cache_pack_does_not_compress_what_cannot_fit(tmp_path):
 def test_the_sanitizers_select_no_test_that_uses_the_profiler():
     """Under compute-sanitizer, torch.profiler is untried: on a CUDA build it may start CUDA
     tracing (CUPTI) even for CPU activity alone, so a test that uses it could fail there with no
-    memory error, and hide real failures among its own. The selection is collected as on a GPU machine, where interpreter
-    tests are GPU tests."""
+    memory error, and hide real failures among its own. The selection is collected as on a GPU
+    machine, where interpreter tests are GPU tests."""
     import ast
 
     mark = verify_steps.MEMCHECK_MARK.replace("gpu", "(gpu or interpreter)", 1)

@@ -93,7 +93,8 @@ def preflight(c: Check):
     need = {"torch": None, "triton": None, "numpy": None, "pytest": None, "setuptools": "64", "wheel": None, "pip": None}
     if c.stage in BENCH_STAGES:
         need["pytest-benchmark"] = None
-    found = {name: version_of(name) for name in [*need, "pytest-benchmark", "timm", "torchvision", "matplotlib", "pillow"]}
+    found = {name: version_of(name)
+             for name in [*need, "pytest-benchmark", "timm", "torchvision", "matplotlib", "pillow"]}
     missing = [n for n, lo in need.items() if found[n] is None or (lo and version_tuple(found[n]) < version_tuple(lo))]
     tools = {t: shutil.which(t) for t in ("nvcc", "ncu", "compute-sanitizer", "nvidia-smi", "git", "make")}
     d = {"python": c.py, "python_version": sys.version.split()[0], "packages": found, "tools": tools}

@@ -86,8 +86,8 @@ def merge_bench_main(work: str) -> int:
             f"({', '.join(names) or 'none'}), minutes apart on one machine. Targets over all of them:\n\n")
     write_atomic(merged_dir / "summary.md", head + targets_md + "\n\n" + "\n".join(sections))
     dump_json(merged_dir / "targets.json", {"targets": targets, "markdown": targets_md, "sessions": names})
-    print(f"merged {len(names)} session(s): {', '.join(names) or 'none'}; {len(rows)} model rows, {len(kernels)} kernel rows, "
-          f"{len(host)} host-time rows")
+    print(f"merged {len(names)} session(s): {', '.join(names) or 'none'}; {len(rows)} model rows, "
+          f"{len(kernels)} kernel rows, {len(host)} host-time rows")
     return 0
 
 
