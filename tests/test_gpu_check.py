@@ -181,9 +181,9 @@ def test_bench_headline_runs_every_row_a_target_reads_before_the_cold_compiles(t
     read = ["test_model[gpu-b0-224-bs256-fp16-fused]", "test_model[gpu-b0-224-bs256-fp16-eager]",
             "test_model[gpu-resnet50-224-bs256-fp16-eager]", "test_model[gpu-b0-224-bs1-fp16-cudagraph_fused]",
             "test_model[gpu-b0-224-bs1-fp16-compile_reduce_overhead]"]
-    variants = ("fused_separate", "fused_torch_1x1", "fused_cudnn_dw", "compile_fused")
+    run_later = ("fused_separate", "fused_torch_1x1", "fused_cudnn_dw", "compile_fused")  # providers
     later = [i for i, name in enumerate(ids) if name.startswith("test_host_time_per_call")
-             or any(f"-{v}]" in name for v in variants)]
+             or any(f"-{p}]" in name for p in run_later)]
     assert set(read) <= set(ids) and len(later) == 13, ids
     assert max(ids.index(name) for name in read) < min(later), ids
 
