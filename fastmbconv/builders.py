@@ -8,15 +8,15 @@ import fnmatch
 import functools
 import os
 import re
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
 from .config import (ARCHITECTURES, B0_HEAD_CHANNELS, B0_STEM_CHANNELS, VARIANTS, compound_scaling, round_channels,
-                     scale_stages)
+                     scale_stages, torchvision_bn_eps)
 from .geometry import PadMode
 from .model import EfficientNet
-from .pretrained import PRETRAINED_CFGS, for_features, has_weights
+from .pretrained import PRETRAINED_CFGS, for_features, has_weights, whole_cfg
 from .pretrained import pretrained_cfg as lookup_cfg
 
 FEATURE_INDICES = (0, 1, 2, 3, 4)
@@ -138,7 +138,7 @@ def list_models(filter: Union[str, Sequence[str]] = "", pretrained: bool = False
 def create_model(
     model_name: str,
     pretrained: bool = False,
-    pretrained_cfg: Union[str, dict, None] = None,
+    pretrained_cfg: Union[str, Mapping, None] = None,  # or timm's PretrainedCfg
     pretrained_cfg_overlay: Optional[dict] = None,
     checkpoint_path: Optional[PathLike] = None,
     cache_dir: Optional[PathLike] = None,
@@ -158,14 +158,18 @@ def create_model(
     1e-5) or ``tf_efficientnet_b0`` ... ``tf_efficientnet_b7`` (TF "SAME" padding, eps 1e-3),
     optionally with a pretrained tag (``"tf_efficientnet_b3.ns_jft_in1k"``; without one, timm's
     default tag). ``pretrained_cfg`` may name the tag instead, or be a whole configuration
-    dict; ``pretrained_cfg_overlay`` overrides entries of it. The model carries the result as
-    ``pretrained_cfg`` (what :func:`fastmbconv.eval_transform` reads).
+    dict or timm ``PretrainedCfg`` (completed as timm does, with its defaults and the
+    architecture's name); ``pretrained_cfg_overlay`` overrides entries of it. The model
+    carries the result as ``pretrained_cfg`` (what :func:`fastmbconv.eval_transform` reads).
 
     ``pretrained=True`` loads timm's published weights from the Hugging Face Hub (needs
     ``pip install 'fastmbconv[pretrained]'``; the Hub's cache and ``HF_HUB_OFFLINE`` apply,
     ``cache_dir`` overrides the cache); ``checkpoint_path`` loads a local safetensors or torch
     file in timm's or torchvision's key format (after the pretrained weights, if both are
-    given). A ``num_classes`` given and other than the weights' leaves the classifier freshly
+    given). As in timm, a configuration's ``file`` (``pretrained_cfg_overlay=dict(file=path)``)
+    makes ``pretrained=True`` read that local file instead of the Hub. Unless ``bn_eps`` is
+    given, the BN eps follows the last file's format: torchvision's B5-B7 were trained with
+    1e-3, its B0-B4 with 1e-5. A ``num_classes`` given and other than the weights' leaves the classifier freshly
     initialised; weights of another number of classes without ``num_classes`` are refused, by
     name. ``in_chans`` other than 3 adapts the stem conv's RGB weights, as timm does.
 
@@ -179,9 +183,16 @@ def create_model(
     if isinstance(pretrained_cfg, str):
         tag = split_model_name(f"{arch}.{pretrained_cfg}")[1]
         pretrained_cfg = None
-    cfg = dict(pretrained_cfg) if isinstance(pretrained_cfg, dict) else lookup_cfg(arch, tag)
+    cfg = lookup_cfg(arch, tag) if pretrained_cfg is None else whole_cfg(arch, _cfg_dict(pretrained_cfg))
     cfg.update(pretrained_cfg_overlay or {})
     variant, pad_mode = ARCHITECTURES[arch]
+    # Files are read before anything is built or downloaded: a bad one fails first, and the
+    # weights' key format sets the BN eps they were trained with (torchvision's B5-B7: 1e-3).
+    files = [(source, weights.read_checkpoint_and_format(path)) for source, path in (
+        (f"pretrained file {str(cfg.get('file'))!r}", cfg.get("file") if pretrained else None),
+        (f"checkpoint {str(checkpoint_path)!r}", checkpoint_path)) if path is not None]
+    if bn_eps is None and files and files[-1][1][1] == "torchvision":
+        bn_eps = torchvision_bn_eps(variant)
     new_classifier = num_classes is not None  # the caller chose it: a classifier of another size starts fresh
     if num_classes is None:
         num_classes = int(cfg.get("num_classes", 1000))
@@ -192,13 +203,22 @@ def create_model(
                          global_pool=global_pool)
     model.variant = arch
     model.pretrained_cfg = for_features(cfg) if features_only else cfg
-    if pretrained:
+    if pretrained and cfg.get("file") is None:
         weights.load_weights(model, weights.hub_state_dict(cfg, cache_dir), f"weights {cfg.get('hf_hub_id')!r}",
                              new_classifier)
-    if checkpoint_path is not None:
-        weights.load_weights(model, weights.read_checkpoint(checkpoint_path), f"checkpoint {str(checkpoint_path)!r}",
-                             new_classifier)
+    for source, (state_dict, _) in files:
+        weights.load_weights(model, state_dict, source, new_classifier)
     return model
+
+
+def _cfg_dict(cfg) -> dict:
+    """A whole ``pretrained_cfg`` as a dict: a mapping, or timm's ``PretrainedCfg`` (its
+    ``to_dict()``, which leaves out unset entries)."""
+    if isinstance(cfg, Mapping):
+        return dict(cfg)
+    if callable(getattr(cfg, "to_dict", None)):
+        return dict(cfg.to_dict())
+    raise TypeError(f"pretrained_cfg must be a tag (str), a dict or timm's PretrainedCfg, got {type(cfg).__name__}")
 
 
 def _variant_builder(variant: str):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import (ARCHITECTURES, B0_HEAD_CHANNELS, B0_STAGES, B0_STEM_CHANNELS, VARIANTS, StageConfig,
-                     round_channels, scale_stages)
+                     round_channels, scale_stages, torchvision_bn_eps)
 from .geometry import PadMode
 from .layers import DepthwiseSeparable, MBConv
 from .model import GLOBAL_POOLS, EfficientNet, StateDictMismatchError
@@ -229,8 +229,10 @@ def from_state_dict(
     ``pad_mode``: ``"symmetric"`` (timm ``efficientnet_*``, torchvision) or ``"same"`` (timm
     ``tf_efficientnet_*``). The weights do not tell them apart and the wrong one changes every
     output, so timm-keyed dicts need it; torchvision's default to ``"symmetric"``, its only
-    padding. ``bn_eps`` defaults to 1e-5 for symmetric, 1e-3 for same (timm's). ``kwargs`` go to
-    :class:`EfficientNet`.
+    padding. ``bn_eps`` defaults to 1e-5 for symmetric, 1e-3 for same (timm's), and for
+    torchvision's keys to torchvision's (1e-3 for B5-B7, 1e-5 otherwise). ``kwargs`` go to
+    :class:`EfficientNet`; what the weights fix (``num_classes``, ``in_chans``, widths, depths)
+    comes from them.
 
     The dict is checked before any memory is allocated: keys, tensor ranks and sizes (up to 2.5x
     B7's width and 2x its depth), then the inferred model is fitted on the meta device. Anything
@@ -249,7 +251,14 @@ def from_state_dict(
     arch = infer_architecture(state_dict)
     if arch["head_channels"] is None:
         raise StateDictMismatchError("state dict has no 'conv_head.weight' (a features-only model?)")
+    fixed = sorted(set(kwargs) & set(arch))
+    if fixed:
+        raise TypeError(f"from_state_dict reads {', '.join(fixed)} from the weights and cannot take them as "
+                        f"arguments; to change them, convert first, then reset_classifier (num_classes), or use "
+                        f"create_model(..., checkpoint_path=..., num_classes=..., in_chans=...)")
     variant = _match_variant(arch)
+    if key_format == "torchvision" and bn_eps is None:
+        bn_eps = torchvision_bn_eps(variant)
     defaults = VARIANTS[variant] if variant else None
     kwargs.setdefault("default_resolution", defaults.resolution if defaults else 224)
     kwargs.setdefault("drop_rate", defaults.dropout if defaults else 0.2)
@@ -265,6 +274,9 @@ def from_state_dict(
 
 def _bn_eps(model: nn.Module) -> float:
     eps = {m.eps for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    if not eps:
+        raise ValueError("source model has no BatchNorm2d (frozen ones, as timm's freeze_batch_norm_2d makes, are "
+                         "not converted): convert it before freezing its BatchNorms")
     if len(eps) != 1:
         raise ValueError(f"source model mixes BatchNorm eps values {sorted(eps)}; cannot convert")
     return eps.pop()
@@ -309,8 +321,10 @@ def from_timm(model: nn.Module) -> EfficientNet:
 
     Carried over: the weights, the padding convention (timm's ``Conv2dSame`` means TF "SAME"),
     BN eps, the global pool, the classifier dropout, every block's drop-path probability,
-    ``pretrained_cfg``, dtype, device and train/eval mode.
+    ``pretrained_cfg``, dtype, device and train/eval mode. A ``torch.compile``d model converts
+    its original module.
     """
+    model = getattr(model, "_orig_mod", model)
     for attr in ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "classifier"):
         if not hasattr(model, attr):
             raise TypeError(f"from_timm expects a timm EfficientNet; {type(model).__name__} has no {attr!r}")
@@ -357,8 +371,10 @@ def from_torchvision(model: nn.Module, weights=None) -> EfficientNet:
     Carried over: the weights, BN eps, the classifier dropout, every block's stochastic-depth
     probability (torchvision's default rate is 0.2), dtype, device and train/eval mode. The
     model does not know which weights it holds: pass them as ``weights`` (a torchvision
-    ``EfficientNet_BN_Weights``) to set ``pretrained_cfg`` from their eval transforms.
+    ``EfficientNet_BN_Weights``) to set ``pretrained_cfg`` from their eval transforms. A
+    ``torch.compile``d model converts its original module.
     """
+    model = getattr(model, "_orig_mod", model)
     if not (hasattr(model, "features") and hasattr(model, "classifier")):
         raise TypeError(f"from_torchvision expects a torchvision EfficientNet, got {type(model).__name__}")
     dropout = next((m.p for m in model.classifier.modules() if isinstance(m, nn.Dropout)), 0.0)

@@ -21,8 +21,10 @@ from .pretrained import for_features, generic_cfg
 GLOBAL_POOLS = ("avg", "max", "")
 
 
-class StateDictMismatchError(ValueError):
-    """A state dict does not fit the model; the message lists every offending key."""
+class StateDictMismatchError(ValueError, RuntimeError):
+    """A state dict does not fit the model; the message lists every offending key. Also a
+    ``RuntimeError``, as ``nn.Module.load_state_dict``'s mismatches are, so code that catches
+    those catches it."""
 
 
 class EfficientNet(nn.Module):
@@ -117,12 +119,13 @@ class EfficientNet(nn.Module):
                 raise ValueError(f"out_indices {out_indices!r} invalid for the {len(all_features)} feature maps "
                                  f"(strides 2, 4, 8, 16, 32): {exc}") from None
             self.out_indices = self.feature_info.out_indices
-            self.num_features = self.head_channels = 0
+            self.num_features = self.head_channels = self.head_hidden_size = 0
             self.global_pool = ""
         else:
             self.feature_info = FeatureInfo(all_features, range(len(all_features)))
             self.out_indices = ()
-            self.num_features = self.head_channels = head_channels
+            # head_hidden_size: timm's name for the width before the classifier (no pre-logits layer here)
+            self.num_features = self.head_channels = self.head_hidden_size = head_channels
             self.conv_head = nn.Conv2d(in_ch, head_channels, 1, bias=False)
             self.bn2 = nn.BatchNorm2d(head_channels, eps=bn_eps)
             self.global_pool = _checked_pool(global_pool, num_classes)
@@ -217,10 +220,10 @@ class EfficientNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = "avg") -> None:
         """Replace the classifier for transfer learning; 0 returns pooled features.
-        ``global_pool``: "avg", "max" or "" (no pooling, with num_classes=0); None keeps the
-        current one."""
+        ``global_pool``: "avg" (timm's default here too), "max" or "" (no pooling, with
+        num_classes=0); None keeps the current one."""
         if self.features_only:
             raise RuntimeError("a features_only model has no classifier")
         if num_classes < 0:

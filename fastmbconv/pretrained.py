@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from importlib import resources
-from typing import Optional
+from typing import Mapping, Optional
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -67,6 +67,15 @@ def pretrained_cfg(arch: str, tag: Optional[str] = None) -> dict:
     """A copy of timm's ``pretrained_cfg`` for ``arch`` and ``tag`` (default: timm's default
     tag). ``arch`` and ``tag`` must be known (see :func:`fastmbconv.builders.resolve_model_name`)."""
     return copy.deepcopy(PRETRAINED_CFGS[arch][tag or default_tag(arch)])
+
+
+def whole_cfg(arch: str, given: Mapping) -> dict:
+    """A configuration the caller gave whole, as timm completes it: the architecture's name and
+    the defaults of timm's ``PretrainedCfg`` under the given entries."""
+    return {"architecture": arch, "custom_load": False, "input_size": (3, 224, 224), "fixed_input_size": False,
+            "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center", "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD, "num_classes": 1000, "pool_size": None, "first_conv": None, "classifier": None,
+            **given}
 
 
 def generic_cfg(resolution: int, num_classes: int = 1000) -> dict:

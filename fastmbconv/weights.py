@@ -96,6 +96,12 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> dict:
     renamed). safetensors files (by name or by content) are read with safetensors, anything else
     with ``torch.load(weights_only=True)``; ``state_dict_ema``/``model_ema``/``state_dict``/``model``
     wrappers and ``module.``/``_orig_mod.`` prefixes are removed."""
+    return read_checkpoint_and_format(path)[0]
+
+
+def read_checkpoint_and_format(path: Union[str, os.PathLike]) -> tuple[dict, str]:
+    """:func:`read_checkpoint`'s state dict and the key format the file had, ``"timm"`` or
+    ``"torchvision"`` (the weights' BN eps depends on it: torchvision trained B5-B7 with 1e-3)."""
     from .convert import torchvision_to_timm_keys
 
     path = Path(os.fsdecode(path))
@@ -121,7 +127,9 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> dict:
     except Exception as exc:
         raise CheckpointError(f"could not read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}"[:600]) from exc
     state_dict = _unwrap(checkpoint, path)
-    return dict(torchvision_to_timm_keys(state_dict)) if is_torchvision_format(state_dict) else state_dict
+    if is_torchvision_format(state_dict):
+        return dict(torchvision_to_timm_keys(state_dict)), "torchvision"
+    return state_dict, "timm"
 
 
 def hub_state_dict(cfg: Mapping, cache_dir: Optional[Union[str, os.PathLike]] = None) -> dict:

@@ -107,6 +107,8 @@ def test_from_torchvision_parity(name):
     model = fm.from_torchvision(src).eval()
     assert fm.count_params(model) == fm.count_params(src)
     assert model.bn_eps == src.features[0][1].eps  # 1e-5 for B0-B4, 1e-3 for B5-B7
+    # its state dict alone (no module to read eps from) gets the same eps
+    assert fm.from_state_dict(src.state_dict(), key_format="torchvision").bn_eps == model.bn_eps
     for hw in ODD_SIZES:
         assert _max_diff(src, model, hw) <= 1e-4, hw
 

@@ -181,6 +181,28 @@ def test_from_timm_keeps_global_pool(pool, num_classes):
     assert fm.from_timm(src).global_pool == pool
 
 
+def test_from_timm_of_a_compiled_model_converts_the_original():
+    src = fm.efficientnet_b0(num_classes=7)
+    out = fm.from_timm(torch.compile(src))  # the wrapper compiles nothing until it is called
+    assert out.num_classes == 7 and torch.equal(out.conv_stem.weight, src.conv_stem.weight)
+
+
+def test_from_timm_without_plain_batchnorms_says_why():
+    src = fm.efficientnet_b0()
+    for name, module in list(src.named_modules()):
+        if isinstance(module, torch.nn.BatchNorm2d):  # as timm's freeze_batch_norm_2d replaces them
+            parent, _, attr = name.rpartition(".")
+            setattr(src.get_submodule(parent), attr, torch.nn.Identity())
+    with pytest.raises(ValueError, match="no BatchNorm2d.*freez"):
+        fm.from_timm(src)
+
+
+def test_from_state_dict_refuses_what_the_weights_fix():
+    with pytest.raises(TypeError, match="reads in_chans, num_classes from the weights"):
+        fm.from_state_dict(_b0_state_dict(), pad_mode="symmetric", num_classes=10, in_chans=1)
+    assert fm.from_state_dict(_b0_state_dict(), pad_mode="symmetric", global_pool="max").global_pool == "max"
+
+
 def test_from_timm_reads_timm_pool_modules():
     """timm's global_pool is a SelectAdaptivePool2d; its "fast" pools compute the same."""
     src = fm.efficientnet_b0()

@@ -234,11 +234,14 @@ def test_reset_classifier_with_pools():
         fmap = model.forward_features(X)
         model.reset_classifier(0, "max")
         torch.testing.assert_close(model(X), fmap.amax((2, 3)), rtol=0, atol=0)
-        model.reset_classifier(7)  # keeps max
+        model.reset_classifier(7, None)  # None keeps max
         assert model.global_pool == "max" and model(X).shape == (2, 7) and not model.classifier.training
         torch.testing.assert_close(model(X), model.classifier(fmap.amax((2, 3))), rtol=0, atol=0)
         model.reset_classifier(0, "")
         torch.testing.assert_close(model(X), fmap, rtol=0, atol=0)
+        model.reset_classifier(7)  # timm's default: back to avg, also from no pooling
+        assert model.global_pool == "avg" and model(X).shape == (2, 7)
+        torch.testing.assert_close(model(X), model.classifier(fmap.mean((2, 3))), rtol=1e-6, atol=1e-6)
         model.reset_classifier(0, "avg")
         torch.testing.assert_close(model(X), fmap.mean((2, 3)), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="num_classes=0"):
@@ -246,6 +249,19 @@ def test_reset_classifier_with_pools():
     with pytest.raises(ValueError, match="global_pool"):
         model.reset_classifier(5, "catavgmax")
     assert fm.efficientnet_b0(global_pool="max").global_pool == "max"
+
+
+def test_classifier_attributes_and_reset_follow_timm():
+    timm = import_or_skip("timm")
+    src, ours = (lib.create_model("efficientnet_b0", global_pool="max").eval() for lib in (timm, fm))
+    assert (ours.num_features, ours.head_hidden_size) == (src.num_features, src.head_hidden_size)
+    x = torch.randn(1, 3, 64, 64)
+    for args in [(0, ""), (7,), (3, "max"), (0,), (5,)]:
+        src.reset_classifier(*args)
+        ours.reset_classifier(*args)
+        assert ours.global_pool == src.global_pool.pool_type, args
+        with torch.no_grad():
+            assert ours(x).shape == src(x).shape, args
 
 
 def test_ragged_max_pool_matches_images_run_alone():

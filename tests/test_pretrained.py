@@ -114,6 +114,28 @@ def test_checkpoint_path_torchvision_keys(source, tmp_path):
     torch.testing.assert_close(_logits(model), _logits(src), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("variant, eps", [("b0", 1e-5), ("b5", 1e-3)])
+def test_torchvision_file_sets_torchvisions_bn_eps(variant, eps, tmp_path):
+    """torchvision trains B5-B7 with BN eps 1e-3, B0-B4 with 1e-5: its B5 weights under timm's
+    efficientnet_b5 (eps 1e-5) would compute every BN with the wrong eps."""
+    from .helpers import torchvision_style_state_dict
+
+    src = randomize_bn(fm.create_model(f"efficientnet_{variant}", bn_eps=eps), seed=2, size=(32, 32)).eval()
+    tv, timm_keyed = tmp_path / "tv.pth", tmp_path / "timm.pth"
+    torch.save(torchvision_style_state_dict(src), tv)
+    torch.save(src.state_dict(), timm_keyed)
+    loaded = [fm.create_model(f"efficientnet_{variant}", checkpoint_path=tv),
+              getattr(fm, f"efficientnet_{variant}")(checkpoint_path=tv),
+              fm.from_state_dict(torchvision_style_state_dict(src), key_format="torchvision")]
+    for model in loaded:
+        assert model.bn_eps == eps and {m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {eps}
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded[0].eval()(x), src(x), rtol=0, atol=0)
+    assert fm.create_model(f"efficientnet_{variant}", checkpoint_path=tv, bn_eps=0.01).bn_eps == 0.01  # given: kept
+    assert fm.create_model(f"efficientnet_{variant}", checkpoint_path=timm_keyed).bn_eps == 1e-5  # timm's file
+
+
 def test_checkpoint_path_safetensors(source, tmp_path):
     st = import_or_skip("safetensors.torch")
     path = tmp_path / "model.safetensors"
@@ -257,6 +279,45 @@ def test_offline_error_says_what_was_looked_for(offline_hub, tmp_path):
     assert "pytorch_model.bin" in msg and "offline mode on" in msg and "checkpoint_path" in msg
     with pytest.raises(fm.CheckpointError, match="publishes no weights"):
         fm.create_model("efficientnet_b6", pretrained=True)
+
+
+def test_pretrained_file_in_the_configuration_is_read_instead_of_the_hub(source, tmp_path, monkeypatch):
+    """timm's way to pretrained weights on disk: ``pretrained_cfg_overlay=dict(file=path)``."""
+    monkeypatch.setattr(weights, "hub_state_dict", lambda *a, **k: pytest.fail("the Hub was asked"))
+    path = tmp_path / "local.pth"
+    torch.save(source.state_dict(), path)
+    model = fm.create_model("tf_efficientnet_b0", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    torch.testing.assert_close(_logits(model), _logits(source), rtol=0, atol=0)
+    assert model.pretrained_cfg["file"] == str(path)
+    with pytest.raises(weights.CheckpointError, match="does not exist"):
+        fm.create_model("tf_efficientnet_b0", pretrained=True, pretrained_cfg_overlay=dict(file=str(path) + "x"))
+    fresh = fm.create_model("tf_efficientnet_b0", pretrained_cfg_overlay=dict(file=str(path)))  # not pretrained
+    assert not torch.equal(fresh.conv_stem.weight, source.conv_stem.weight)
+
+
+def test_pretrained_cfg_object_is_a_whole_configuration():
+    """timm's create_model takes a ``PretrainedCfg``; anything else that is no tag or mapping is
+    refused by name, not ignored."""
+    class Cfg:  # the part of timm's PretrainedCfg that is read
+        def to_dict(self):
+            return {"input_size": (3, 256, 256), "mean": (0.5,) * 3, "std": (0.5,) * 3, "num_classes": 10}
+
+    model = fm.create_model("efficientnet_b0", pretrained_cfg=Cfg())
+    assert model.pretrained_cfg["input_size"] == (3, 256, 256) and model.num_classes == 10
+    assert model.pretrained_cfg["architecture"] == "efficientnet_b0" and model.pretrained_cfg["crop_pct"] == 0.875
+    with pytest.raises(TypeError, match="pretrained_cfg must be.*got int"):
+        fm.create_model("efficientnet_b0", pretrained_cfg=3)
+
+
+def test_timms_pretrained_cfg_object_as_timm_reads_it():
+    timm = import_or_skip("timm")
+    cfg = timm.models.PretrainedCfg(input_size=(3, 256, 256), mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=10)
+    ours, theirs = fm.create_model("efficientnet_b0", pretrained_cfg=cfg), timm.create_model("efficientnet_b0",
+                                                                                          pretrained_cfg=cfg)
+    assert ours.pretrained_cfg == theirs.pretrained_cfg and ours.num_classes == theirs.num_classes == 10
+    for given in (dict(num_classes=3), dict(architecture="mine", crop_pct=0.5)):  # a dict, completed as timm does
+        ours, theirs = (lib.create_model("efficientnet_b0", pretrained_cfg=given) for lib in (fm, timm))
+        assert ours.pretrained_cfg == theirs.pretrained_cfg, given
 
 
 def test_missing_hub_package_error(monkeypatch):

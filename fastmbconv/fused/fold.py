@@ -173,12 +173,13 @@ class FoldCache:
 
     A snapshot records, for the model and every submodule (the list is taken once), the
     identity of each child module, parameter and buffer, and each tensor's ``data_ptr`` and
-    ``_version``. Any in-place edit (bumps ``_version``), ``.data`` swap or ``.to()`` (moves
-    ``data_ptr``) or replaced parameter or submodule (new identity) makes the snapshot differ
-    and forces a refold, as does a ``torch.optim`` step over any of the model's parameters
-    (``stepped``). Writes that touch none of these need :func:`refold`: in-place edits through
-    ``.data``, collectives that write parameters (``torch.distributed.broadcast``) and optimizer
-    steps replayed from a CUDA graph (which run no hook).
+    ``_version``, and every BatchNorm's ``eps``. Any in-place edit (bumps ``_version``), ``.data``
+    swap or ``.to()`` (moves ``data_ptr``), replaced parameter or submodule (new identity) or new
+    BN eps makes the snapshot differ and forces a refold, as does a ``torch.optim`` step over
+    any of the model's parameters (``stepped``). Writes that touch none of these need
+    :func:`refold`: in-place edits through ``.data``, collectives that write parameters
+    (``torch.distributed.broadcast``) and optimizer steps replayed from a CUDA graph (which run
+    no hook).
     The cache holds its model weakly (it lives on the model: a strong reference would keep a
     deleted model's GPU memory until the cycle collector runs).
     Checking costs ~0.15 ms of host time on B0; CUDA-graph replays skip it entirely.
@@ -233,7 +234,8 @@ class FoldCache:
             versions = [t._version for t in tensors]
         except RuntimeError:  # an inference tensor: untrackable
             return None
-        return tuple(map(id, members)), tuple(t.data_ptr() for t in tensors), tuple(versions)
+        eps = tuple(m.eps for m in self.submodules if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+        return tuple(map(id, members)), tuple(t.data_ptr() for t in tensors), tuple(versions), eps
 
     def still_valid(self) -> bool:
         return not self.stepped and self.snapshot is not None and self.take_snapshot() == self.snapshot

@@ -51,6 +51,22 @@ def test_an_in_place_edit_of_bn_statistics_alone_refolds():
     assert_fold_is_fresh(fused.folded(model), model, torch.float32)
 
 
+def test_a_new_bn_eps_refolds():
+    """eps is a plain attribute, no tensor: the fold must still see it change (bn2 of a block and
+    the stem's bn1, whose eps folds into the stem kernel's weights)."""
+    model = build(num_classes=10, size=17)
+    x = torch.randn(1, 3, 17, 17, device=DEVICE)
+    with torch.inference_mode(), fm.use_backend("fused"):
+        before = model(x)
+    for bn in (model.blocks[3][0].bn2, model.bn1):
+        first = fused.folded(model)
+        bn.eps = 0.5
+        out, ref, _ = run_both(model, x)
+        assert fused.folded(model) is not first
+        assert (out - before).abs().max() > 1e-3
+        assert_close_to_ref(out, ref, what="logits after a new BN eps")
+
+
 def test_fold_cache_sees_replaced_modules_and_swapped_data():
     """Edits that bump no version counter still refold: a replaced submodule, and a ``.data``
     swap (a new storage behind the same Parameter object)."""
