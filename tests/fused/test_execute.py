@@ -66,6 +66,27 @@ def test_b0_logits_and_head_map_match_reference(pad_mode):
     assert_close_to_ref(fmap, ref_map, what="B0 head map")
 
 
+@pytest.mark.parametrize("dtype, expand_dw", [(torch.float32, "separate"), (torch.float16, "fused")], ids=str)
+def test_a_nan_image_leaves_every_other_image_of_the_batch_bit_for_bit(dtype, expand_dw, monkeypatch):
+    """Serving: one corrupt image (one NaN pixel, or all NaN) must not change another image's
+    logits. No tile, halo, GEMM row block or pool may mix images: 0 * NaN is NaN, so a read
+    masked by multiplying with zero, not by the load's mask, shows here."""
+    monkeypatch.setenv("FASTMBCONV_EXPAND_DW", expand_dw)
+    model = build(num_classes=10, size=17).to(dtype)
+    x = torch.randn(3, 3, 17, 17, device=DEVICE, dtype=dtype)
+    one_pixel, whole = x.clone(), x.clone()
+    one_pixel[1, 1, 5, 7] = float("nan")
+    whole[1] = float("nan")
+    fused_blocks = blocks_with_expand(model) if expand_dw == "fused" else 0
+    with torch.inference_mode(), fm.use_backend("fused"), count_launches() as launches:
+        clean = model(x)
+        outs = [model(one_pixel), model(whole)]
+    assert dict(launches) == {op: 3 * n for op, n in expected_launches(model, fused_blocks=fused_blocks).items()}
+    for out in outs:
+        assert out[1].isnan().all()
+        assert torch.equal(out[[0, 2]], clean[[0, 2]])
+
+
 @pytest.mark.parametrize("pad_mode", ["symmetric", "same"])
 def test_b0_ragged_batch_matches_reference(pad_mode):
     model = build(pad_mode=pad_mode, num_classes=0, size=(33, 47))
