@@ -168,8 +168,10 @@ def create_model(
     file in timm's or torchvision's key format (after the pretrained weights, if both are
     given). As in timm, a configuration's ``file`` (``pretrained_cfg_overlay=dict(file=path)``)
     makes ``pretrained=True`` read that local file instead of the Hub. Unless ``bn_eps`` is
-    given, the BN eps follows the last file's format: torchvision's B5-B7 were trained with
-    1e-3, its B0-B4 with 1e-5. A ``num_classes`` given and other than the weights' leaves the classifier freshly
+    given, a torchvision-keyed file (the last one loaded) sets the BN eps torchvision trained
+    it with, whatever the name's default: 1e-3 for B5-B7, 1e-5 for B0-B4 (a state dict does
+    not hold eps, so a timm-keyed copy of converted torchvision B5-B7 weights needs
+    ``bn_eps=1e-3``). A ``num_classes`` given and other than the weights' leaves the classifier freshly
     initialised; weights of another number of classes without ``num_classes`` are refused, by
     name. ``in_chans`` other than 3 adapts the stem conv's RGB weights, as timm does.
 
@@ -183,13 +185,15 @@ def create_model(
     if isinstance(pretrained_cfg, str):
         tag = split_model_name(f"{arch}.{pretrained_cfg}")[1]
         pretrained_cfg = None
-    cfg = lookup_cfg(arch, tag) if pretrained_cfg is None else whole_cfg(arch, _cfg_dict(pretrained_cfg))
+    given = _cfg_dict(pretrained_cfg) if pretrained_cfg is not None else {}
+    cfg = whole_cfg(arch, given) if given else lookup_cfg(arch, tag)  # empty: timm's, as timm does
     cfg.update(pretrained_cfg_overlay or {})
     variant, pad_mode = ARCHITECTURES[arch]
     # Files are read before anything is built or downloaded: a bad one fails first, and the
     # weights' key format sets the BN eps they were trained with (torchvision's B5-B7: 1e-3).
+    pretrained_file = cfg.get("file") or None  # timm reads an empty entry as none
     files = [(source, weights.read_checkpoint_and_format(path)) for source, path in (
-        (f"pretrained file {str(cfg.get('file'))!r}", cfg.get("file") if pretrained else None),
+        (f"pretrained file {str(pretrained_file)!r}", pretrained_file if pretrained else None),
         (f"checkpoint {str(checkpoint_path)!r}", checkpoint_path)) if path is not None]
     if bn_eps is None and files and files[-1][1][1] == "torchvision":
         bn_eps = torchvision_bn_eps(variant)
@@ -203,7 +207,7 @@ def create_model(
                          global_pool=global_pool)
     model.variant = arch
     model.pretrained_cfg = for_features(cfg) if features_only else cfg
-    if pretrained and cfg.get("file") is None:
+    if pretrained and pretrained_file is None:
         weights.load_weights(model, weights.hub_state_dict(cfg, cache_dir), f"weights {cfg.get('hf_hub_id')!r}",
                              new_classifier)
     for source, (state_dict, _) in files:
@@ -258,7 +262,8 @@ resolution {spec.resolution}, classifier dropout {spec.dropout} (the paper's; ``
         in_chans: input channels.
         pad_mode: "symmetric" (timm ``efficientnet_{variant}``, torchvision) or "same" (TF
             "SAME", timm ``tf_efficientnet_{variant}``, BN eps 1e-3).
-        bn_eps: BatchNorm eps (default: 1e-5 symmetric, 1e-3 same).
+        bn_eps: BatchNorm eps (default: 1e-5 symmetric, 1e-3 same; with a torchvision-keyed
+            checkpoint, torchvision's: 1e-3 for B5-B7, 1e-5 below).
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth at the last block (rising linearly from 0).
         features_only: a backbone returning the stride 2/4/8/16/32 maps.

@@ -241,9 +241,10 @@ def from_state_dict(
     if key_format not in ("timm", "torchvision"):
         raise ValueError(f"key_format must be 'timm' or 'torchvision', got {key_format!r}")
     if pad_mode is None and key_format == "timm":
-        raise TypeError("from_state_dict needs pad_mode for timm-keyed weights: 'symmetric' for efficientnet_* and "
-                        "for torchvision's (read_checkpoint gives them timm's keys), 'same' for tf_efficientnet_* (the "
-                        "weights do not say which, and the wrong one changes every output)")
+        raise TypeError("from_state_dict needs pad_mode for timm-keyed weights: 'symmetric' for efficientnet_*, "
+                        "'same' for tf_efficientnet_* (the weights do not say which, and the wrong one changes every "
+                        "output); torchvision's weights under their own keys need key_format='torchvision' instead "
+                        "(renamed to timm's, as read_checkpoint does, they also need bn_eps=1e-3 for B5-B7)")
     check_state_dict(state_dict)
     if key_format == "torchvision":
         state_dict = torchvision_to_timm_keys(state_dict)
@@ -253,9 +254,11 @@ def from_state_dict(
         raise StateDictMismatchError("state dict has no 'conv_head.weight' (a features-only model?)")
     fixed = sorted(set(kwargs) & set(arch))
     if fixed:
-        raise TypeError(f"from_state_dict reads {', '.join(fixed)} from the weights and cannot take them as "
-                        f"arguments; to change them, convert first, then reset_classifier (num_classes), or use "
-                        f"create_model(..., checkpoint_path=..., num_classes=..., in_chans=...)")
+        hint = ("; for another number of classes or input channels, load the file with create_model(name, "
+                "checkpoint_path=..., num_classes=..., in_chans=...), or reset_classifier after converting"
+                if {"num_classes", "in_chans"} & set(fixed) else "")
+        raise TypeError(f"from_state_dict reads {', '.join(fixed)} from the weights' shapes and cannot take them "
+                        f"as arguments{hint}")
     variant = _match_variant(arch)
     if key_format == "torchvision" and bn_eps is None:
         bn_eps = torchvision_bn_eps(variant)
@@ -273,10 +276,12 @@ def from_state_dict(
 
 
 def _bn_eps(model: nn.Module) -> float:
-    eps = {m.eps for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    """The source's one BN eps, frozen BatchNorms (timm's ``FrozenBatchNorm2d``: BN's buffers
+    and eps, no module of torch's) included."""
+    eps = {m.eps for m in model.modules()
+           if isinstance(m, nn.BatchNorm2d) or (hasattr(m, "running_var") and hasattr(m, "eps"))}
     if not eps:
-        raise ValueError("source model has no BatchNorm2d (frozen ones, as timm's freeze_batch_norm_2d makes, are "
-                         "not converted): convert it before freezing its BatchNorms")
+        raise ValueError("source model has no BatchNorm (nor a module with BN's running_var and eps)")
     if len(eps) != 1:
         raise ValueError(f"source model mixes BatchNorm eps values {sorted(eps)}; cannot convert")
     return eps.pop()
@@ -322,7 +327,8 @@ def from_timm(model: nn.Module) -> EfficientNet:
     Carried over: the weights, the padding convention (timm's ``Conv2dSame`` means TF "SAME"),
     BN eps, the global pool, the classifier dropout, every block's drop-path probability,
     ``pretrained_cfg``, dtype, device and train/eval mode. A ``torch.compile``d model converts
-    its original module.
+    its original module; frozen BatchNorms (``timm.layers.freeze_batch_norm_2d``) become
+    ordinary ones with their values (freeze again after converting).
     """
     model = getattr(model, "_orig_mod", model)
     for attr in ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "classifier"):

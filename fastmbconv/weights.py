@@ -138,8 +138,9 @@ def hub_state_dict(cfg: Mapping, cache_dir: Optional[Union[str, os.PathLike]] = 
     repo = cfg.get("hf_hub_id")
     name = ".".join(filter(None, (cfg.get("architecture"), cfg.get("tag")))) or "this model"
     if not repo:
-        raise CheckpointError(f"timm publishes no weights for {name}; use pretrained=False, or pass "
-                              "checkpoint_path=<file> to load your own")
+        raise CheckpointError(f"the pretrained configuration of {name} names no weights (no hf_hub_id or file): "
+                              "timm publishes none for it, or the pretrained_cfg given has none; use pretrained=False, "
+                              "or pass checkpoint_path=<file> or pretrained_cfg_overlay=dict(file=<file>)")
     hub = _optional("huggingface_hub", f"downloading {repo}")
     constants = _optional("huggingface_hub.constants", f"downloading {repo}")
     tried = []

@@ -99,6 +99,19 @@ def test_from_timm_parity(name, prefix):
         assert _max_diff(src, model, hw) <= 1e-4, hw
 
 
+@pytest.mark.parametrize("prefix", ["", "tf_"])
+def test_from_timm_of_frozen_batchnorms(prefix):
+    """timm's freeze_batch_norm_2d (detection backbones) swaps every BN for a frozen one."""
+    timm = import_or_skip("timm")
+    torch.manual_seed(0)
+    src = randomize_bn(timm.create_model(f"{prefix}efficientnet_b0"), size=ODD_SIZES[0]).eval()
+    src = timm.layers.freeze_batch_norm_2d(src)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in src.modules())
+    model = fm.from_timm(src).eval()
+    assert model.bn_eps == (1e-3 if prefix else 1e-5)
+    assert _max_diff(src, model, ODD_SIZES[0]) <= 1e-4
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_from_torchvision_parity(name):
     tvm = import_or_skip("torchvision.models")

@@ -187,19 +187,46 @@ def test_from_timm_of_a_compiled_model_converts_the_original():
     assert out.num_classes == 7 and torch.equal(out.conv_stem.weight, src.conv_stem.weight)
 
 
-def test_from_timm_without_plain_batchnorms_says_why():
-    src = fm.efficientnet_b0()
-    for name, module in list(src.named_modules()):
-        if isinstance(module, torch.nn.BatchNorm2d):  # as timm's freeze_batch_norm_2d replaces them
+class _FrozenBN(torch.nn.Module):
+    """timm's FrozenBatchNorm2d as from_timm sees it: BN's buffers and eps, no BatchNorm2d, no
+    num_batches_tracked."""
+
+    def __init__(self, bn):
+        super().__init__()
+        self.eps = bn.eps
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            self.register_buffer(name, getattr(bn, name).detach().clone())
+
+
+def _replace_bns(model, make):
+    for name, module in list(model.named_modules()):
+        if isinstance(module, torch.nn.BatchNorm2d):
             parent, _, attr = name.rpartition(".")
-            setattr(src.get_submodule(parent), attr, torch.nn.Identity())
-    with pytest.raises(ValueError, match="no BatchNorm2d.*freez"):
-        fm.from_timm(src)
+            setattr(model.get_submodule(parent), attr, make(module))
+    return model
+
+
+def test_from_timm_of_frozen_batchnorms_converts_their_values():
+    src = fm.efficientnet_b0(bn_eps=1e-3)
+    with torch.no_grad():
+        for i, bn in enumerate(m for m in src.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_var.fill_(1.0 + i)
+    expected = src.state_dict()
+    out = fm.from_timm(_replace_bns(src, _FrozenBN))
+    assert out.bn_eps == 1e-3  # read from the frozen modules
+    for key, value in out.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(value, expected[key]), key
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        fm.from_timm(_replace_bns(fm.efficientnet_b0(), lambda bn: torch.nn.Identity()))
 
 
 def test_from_state_dict_refuses_what_the_weights_fix():
-    with pytest.raises(TypeError, match="reads in_chans, num_classes from the weights"):
+    with pytest.raises(TypeError, match="reads in_chans, num_classes from the weights.*create_model"):
         fm.from_state_dict(_b0_state_dict(), pad_mode="symmetric", num_classes=10, in_chans=1)
+    with pytest.raises(TypeError, match=r"reads stem_channels from the weights' shapes and cannot take them as "
+                                        r"arguments$"):
+        fm.from_state_dict(_b0_state_dict(), pad_mode="symmetric", stem_channels=16)
     assert fm.from_state_dict(_b0_state_dict(), pad_mode="symmetric", global_pool="max").global_pool == "max"
 
 

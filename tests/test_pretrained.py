@@ -277,8 +277,10 @@ def test_offline_error_says_what_was_looked_for(offline_hub, tmp_path):
     msg = str(err.value)
     assert "timm/tf_efficientnet_b0.ns_jft_in1k" in msg and "model.safetensors" in msg
     assert "pytorch_model.bin" in msg and "offline mode on" in msg and "checkpoint_path" in msg
-    with pytest.raises(fm.CheckpointError, match="publishes no weights"):
+    with pytest.raises(fm.CheckpointError, match="efficientnet_b6.untrained names no weights.*publishes none"):
         fm.create_model("efficientnet_b6", pretrained=True)
+    with pytest.raises(fm.CheckpointError, match="efficientnet_b0 names no weights.*pretrained_cfg given has none"):
+        fm.create_model("efficientnet_b0", pretrained=True, pretrained_cfg=dict(crop_pct=0.9))
 
 
 def test_pretrained_file_in_the_configuration_is_read_instead_of_the_hub(source, tmp_path, monkeypatch):
@@ -293,6 +295,13 @@ def test_pretrained_file_in_the_configuration_is_read_instead_of_the_hub(source,
         fm.create_model("tf_efficientnet_b0", pretrained=True, pretrained_cfg_overlay=dict(file=str(path) + "x"))
     fresh = fm.create_model("tf_efficientnet_b0", pretrained_cfg_overlay=dict(file=str(path)))  # not pretrained
     assert not torch.equal(fresh.conv_stem.weight, source.conv_stem.weight)
+    later = tmp_path / "later.pth"
+    torch.save({k: v * 2 if k == "conv_stem.weight" else v for k, v in source.state_dict().items()}, later)
+    both = fm.create_model("tf_efficientnet_b0", pretrained=True, pretrained_cfg_overlay=dict(file=path),
+                           checkpoint_path=later)  # a Path; the checkpoint loads after the pretrained file
+    torch.testing.assert_close(both.conv_stem.weight, source.conv_stem.weight * 2, rtol=0, atol=0)
+    with pytest.raises(pytest.fail.Exception, match="the Hub was asked"):  # an empty entry is none, as in timm
+        fm.create_model("tf_efficientnet_b0", pretrained=True, pretrained_cfg_overlay=dict(file=""))
 
 
 def test_pretrained_cfg_object_is_a_whole_configuration():
@@ -307,6 +316,7 @@ def test_pretrained_cfg_object_is_a_whole_configuration():
     assert model.pretrained_cfg["architecture"] == "efficientnet_b0" and model.pretrained_cfg["crop_pct"] == 0.875
     with pytest.raises(TypeError, match="pretrained_cfg must be.*got int"):
         fm.create_model("efficientnet_b0", pretrained_cfg=3)
+    assert fm.create_model("efficientnet_b0", pretrained_cfg={}).pretrained_cfg == fm.pretrained_cfg("efficientnet_b0")
 
 
 def test_timms_pretrained_cfg_object_as_timm_reads_it():
