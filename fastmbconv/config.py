@@ -84,6 +84,7 @@ def torchvision_bn_eps(variant: str | None) -> float:
     ``efficientnet_b5..b7`` build their BatchNorms so), PyTorch's 1e-5 for B0-B4 and any other scale."""
     return 1e-3 if variant in ("b5", "b6", "b7") else 1e-5
 
+
 #: timm's architecture names -> (variant, padding): ``efficientnet_bN`` (symmetric padding,
 #: BN eps 1e-5) and ``tf_efficientnet_bN`` (TF "SAME" padding, BN eps 1e-3).
 ARCHITECTURES: dict[str, tuple[str, PadMode]] = {
