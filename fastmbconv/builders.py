@@ -192,10 +192,12 @@ def create_model(
     # Files are read before anything is built or downloaded: a bad one fails first, and the
     # weights' key format sets the BN eps they were trained with (torchvision's B5-B7: 1e-3).
     pretrained_file = cfg.get("file") or None  # timm reads an empty entry as none
-    files = [(source, weights.read_checkpoint_and_format(path)) for source, path in (
-        (f"pretrained file {str(pretrained_file)!r}", pretrained_file if pretrained else None),
-        (f"checkpoint {str(checkpoint_path)!r}", checkpoint_path)) if path is not None]
-    if bn_eps is None and files and files[-1][1][1] == "torchvision":
+    files = []  # (source, state dict, key format), in the order they load
+    for source, path in ((f"pretrained file {str(pretrained_file)!r}", pretrained_file if pretrained else None),
+                         (f"checkpoint {str(checkpoint_path)!r}", checkpoint_path)):
+        if path is not None:
+            files.append((source, *weights.read_checkpoint_and_format(path)))
+    if bn_eps is None and files and files[-1][2] == "torchvision":
         bn_eps = torchvision_bn_eps(variant)
     new_classifier = num_classes is not None  # the caller chose it: a classifier of another size starts fresh
     if num_classes is None:
@@ -210,7 +212,7 @@ def create_model(
     if pretrained and pretrained_file is None:
         weights.load_weights(model, weights.hub_state_dict(cfg, cache_dir), f"weights {cfg.get('hf_hub_id')!r}",
                              new_classifier)
-    for source, (state_dict, _) in files:
+    for source, state_dict, _ in files:
         weights.load_weights(model, state_dict, source, new_classifier)
     return model
 

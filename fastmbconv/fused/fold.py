@@ -194,6 +194,7 @@ class FoldCache:
         _start_watching_optimizer_steps()
         self.owner = weakref.ref(model)
         self.submodules = list(model.modules())[1:]
+        self.batchnorms = [m for m in self.submodules if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         self.parameter_ids = frozenset(id(p) for p in model.parameters())
         self.stepped = False
         self.snapshot = self.take_snapshot()
@@ -234,7 +235,7 @@ class FoldCache:
             versions = [t._version for t in tensors]
         except RuntimeError:  # an inference tensor: untrackable
             return None
-        eps = tuple(m.eps for m in self.submodules if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+        eps = tuple(m.eps for m in self.batchnorms)
         return tuple(map(id, members)), tuple(t.data_ptr() for t in tensors), tuple(versions), eps
 
     def still_valid(self) -> bool:
