@@ -1,0 +1,51 @@
+"""The source distribution: it must hold every file of the project, and nothing a build made.
+Without the extension's headers an sdist installed anywhere fails to compile, and without its
+.cu files one built on a machine without CUDA installs on a GPU machine without the kernels."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# What setuptools writes of its own into every sdist.
+GENERATED = {"PKG-INFO", "setup.cfg"}
+
+
+def project_files() -> set[str]:
+    """Files git tracks or would track (untracked but not ignored), as paths from the root."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return {p for p in out.split("\0") if p and (ROOT / p).is_file()}
+
+
+@pytest.mark.subprocess
+def test_sdist_holds_every_project_file_and_no_build_output(tmp_path):
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the sdist's contents are checked against git's file list")
+    expected = project_files()
+    # A copy of the project, so that no earlier build's egg-info (whose SOURCES.txt setuptools
+    # adds to every later sdist) hides a missing rule, plus build output that must stay out.
+    src = tmp_path / "src"
+    for rel in expected:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, src / rel)
+    built = ["fastmbconv/_C.cpython-311-x86_64-linux-gnu.so", "tests/__pycache__/test_sdist.cpython-311.pyc",
+             "csrc/__pycache__/stray.pyc", "kernels/_utils.pyc"]
+    for rel in built:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(b"")
+    # build_meta is what pip and `python -m build` call; setup.py imports torch but builds nothing.
+    code = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path)!r}))"
+    name = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True,
+                          check=True).stdout.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / name) as tar:
+        members = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()}
+    shipped = {m for m in members if m not in GENERATED and ".egg-info/" not in m}
+    assert sorted(expected - shipped) == [], "project files missing from the sdist"
+    assert sorted(shipped - expected) == [], "the sdist ships build output"
+    assert {"csrc/prepare_common.h", "csrc/prepare_kernel.cu", "csrc/prepare_cuda.cpp"} <= shipped
