@@ -1,11 +1,12 @@
-"""The source distribution: it must hold every file of the project, and nothing a build made.
-Without the extension's headers an sdist installed anywhere fails to compile, and without its
-.cu files one built on a machine without CUDA installs on a GPU machine without the kernels."""
+"""Packaging: the metadata pip reads, and the source distribution, which must hold every file of
+the project and nothing a build made (without the extension's headers an sdist fails to compile
+anywhere, and without its .cu files one built without CUDA installs with no CUDA kernels)."""
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+import re
 import tarfile
 from pathlib import Path
 
@@ -49,3 +50,17 @@ def test_sdist_holds_every_project_file_and_no_build_output(tmp_path):
     assert sorted(expected - shipped) == [], "project files missing from the sdist"
     assert sorted(shipped - expected) == [], "the sdist ships build output"
     assert {"csrc/prepare_common.h", "csrc/prepare_kernel.cu", "csrc/prepare_cuda.cpp"} <= shipped
+
+
+# The oldest CPython each torch release has wheels for (PyPI; `pip index versions torch
+# --python-version 3.9 --only-binary=:all:` lists 2.8.0 as the newest for 3.9).
+TORCH_MIN_PYTHON = {"2.9": (3, 10), "2.10": (3, 10), "2.11": (3, 10), "2.12": (3, 10), "2.13": (3, 10)}
+
+
+def test_requires_python_is_what_the_torch_floor_needs():
+    """pip names the Python version when requires-python rules it out; a lower bound than torch's
+    leaves the user with a torch resolution error instead."""
+    text = (ROOT / "pyproject.toml").read_text()
+    floor = re.search(r'"torch>=([0-9.]+)"', text).group(1)
+    bound = re.search(r'^requires-python = ">=(\d+)\.(\d+)"$', text, re.M)
+    assert (int(bound.group(1)), int(bound.group(2))) == TORCH_MIN_PYTHON[floor]
