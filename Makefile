@@ -24,7 +24,7 @@ TORCH_AT_FLOOR = $(PYTHON) -c "import sys, torch; sys.exit(torch.__version__ < '
 install:
 	$(TORCH_AT_FLOOR) 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
 	@$(TORCH_AT_FLOOR) || { echo "make install: torch is older than $(TORCH_FLOOR) after 'pip install $(TORCH_SPEC)'; pin a newer one in TORCH_SPEC" >&2; exit 1; }
-	$(PYTHON) -m pip install "setuptools>=64" wheel
+	$(PYTHON) -m pip install "setuptools>=77" wheel
 	$(PYTHON) -m pip install -e ".[test,study]" --no-build-isolation
 
 run: install

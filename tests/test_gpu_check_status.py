@@ -136,11 +136,12 @@ def test_setup_steps_fail_without_a_gpu_packages_cache_or_cuda(make_check, tmp_p
     assert status == "failed" and "nvidia-smi" in details["error"]
     d = make_check("verify", True)
     real = setup_steps.version_of
-    for old, missing in (({"wheel": None}, "wheel"), ({"setuptools": "63.2"}, "setuptools")):
+    floor = setup_steps.setuptools_floor()  # pyproject's; just below it fails, at it passes
+    for old, missing in (({"wheel": None}, "wheel"), ({"setuptools": f"{int(floor) - 1}.2"}, "setuptools")):
         monkeypatch.setattr(setup_steps, "version_of", lambda n, old=old: old[n] if n in old else real(n))
         status, details = setup_steps.preflight(d)
         assert status == "failed" and f"missing Python package(s): {missing}" in details["error"]
-    monkeypatch.setattr(setup_steps, "version_of", lambda n: "64.0" if n == "setuptools" else real(n))
+    monkeypatch.setattr(setup_steps, "version_of", lambda n: f"{floor}.0" if n == "setuptools" else real(n))
     assert setup_steps.preflight(d)[0] == "ok"
     c.cache_from = tmp_path / "misspelt.tar.gz"
     status, details = setup_steps.restore_cache(c)

@@ -39,9 +39,11 @@ def project_copy(tmp_path):
 
 
 def run_python(args: list, cwd: Path) -> str:
-    """A child Python process in cwd; its last line of output."""
+    """A child Python process in cwd; its last line of output. setuptools' deprecation warnings
+    fail it: each comes with the date after which the build stops working."""
     done = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "SetuptoolsDeprecationWarning" not in done.stderr, done.stderr[-3000:]
     return (done.stdout.strip().splitlines() or [""])[-1]
 
 
@@ -90,3 +92,10 @@ def test_requires_python_is_what_the_torch_floor_needs():
     floor = re.search(r'"torch>=([0-9.]+)"', text).group(1)
     bound = re.search(r'^requires-python = ">=(\d+)\.(\d+)"$', text, re.M)
     assert (int(bound.group(1)), int(bound.group(2))) == TORCH_MIN_PYTHON[floor]
+
+
+def test_make_install_asks_for_pyprojects_setuptools_floor():
+    """make install installs the setuptools the build needs (--no-build-isolation reads none)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    floor = re.search(r'requires = \["setuptools>=([0-9.]+)"', text).group(1)
+    assert f'pip install "setuptools>={floor}" wheel' in (ROOT / "Makefile").read_text()

@@ -88,9 +88,16 @@ def tree_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+def setuptools_floor() -> str:
+    """The setuptools release pyproject.toml's build-system asks for (its license field's form)."""
+    return re.search(r'"setuptools>=([0-9.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+
+
 def preflight(c: Check):
     """Interpreter, packages, tools and the GPU, checked without importing torch."""
-    need = {"torch": None, "triton": None, "numpy": None, "pytest": None, "setuptools": "64", "wheel": None, "pip": None}
+    floor = setuptools_floor()
+    need = {"torch": None, "triton": None, "numpy": None, "pytest": None, "setuptools": floor, "wheel": None,
+            "pip": None}
     if c.stage in BENCH_STAGES:
         need["pytest-benchmark"] = None
     found = {name: version_of(name)
@@ -123,7 +130,8 @@ def preflight(c: Check):
             c.notes.append("nvcc not found: the extension builds without its CUDA kernels (the prepare_images "
                            "GPU tests fail, naming the missing kernels)")
     if missing:
-        return "failed", {**d, "error": f"missing Python package(s): {', '.join(missing)} (setuptools must be >= 64). "
+        return "failed", {**d, "error": f"missing Python package(s): {', '.join(missing)} "
+                                       f"(setuptools must be >= {floor}). "
                                        "This check never downloads anything: install them on the machine beforehand "
                                        "(or carry wheels) and run it again."}
     return "ok", d
