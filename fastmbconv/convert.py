@@ -267,7 +267,12 @@ def from_state_dict(
     kwargs.setdefault("drop_rate", defaults.dropout if defaults else 0.2)
     with torch.device("meta"):
         probe = EfficientNet(pad_mode=pad_mode, bn_eps=bn_eps, **arch, **kwargs)
-    probe.load_state_dict({k: torch.empty(v.shape, device="meta") for k, v in state_dict.items()}, strict=True)
+    shapes = {k: torch.empty(v.shape, device="meta") for k, v in state_dict.items()}
+    # Weights without BN counts (frozen BNs): BatchNorm fills a missing one with a CPU tensor,
+    # which on the meta probe makes torch warn once per BN that the copy does nothing.
+    shapes.update({k: torch.empty((), dtype=torch.long, device="meta") for k in probe.state_dict()
+                   if k.endswith("num_batches_tracked") and k not in shapes})
+    probe.load_state_dict(shapes, strict=True)
     model = EfficientNet(pad_mode=pad_mode, bn_eps=bn_eps, **arch, **kwargs)
     if variant:
         model.variant = ("tf_" if pad_mode == "same" else "") + f"efficientnet_{variant}"
