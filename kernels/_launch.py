@@ -12,6 +12,7 @@ It does these things, so no launcher repeats them:
   on itself while it benchmarks and clears them when any call ends, so two threads
   (DataParallel's replicas, a server's request threads) tuning or launching the same autotuner
   at once would break each other's tuning;
+- asks Triton for floating-point contraction (:data:`LAUNCH_OPTIONS`);
 - while a :func:`record_launches` block is open, records the launch instead of running it.
   The static kernel report runs a whole forward on ``meta`` tensors this way and then compiles
   exactly the specialisations that would have run.
@@ -36,6 +37,11 @@ _autotuner_locks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # a
 _totals: Counter = Counter()
 _active: list[Counter] = []
 _state = threading.local()  # .recorder: list of LaunchRecord or None; .layer: str or None
+
+# Compile options of every launch. The kernels are written for fused multiply-adds (a depthwise
+# tap is one FFMA); Triton 3.9 warns when this is left to its default, and 3.10 turns the default
+# off. TRITON_FORCE_DISABLE_FP_FUSION=1 still wins.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
 
 
 @dataclass(frozen=True)
@@ -221,7 +227,7 @@ def launch(op: str, kernel, grid, args: dict, constexprs: dict, on: torch.Tensor
     device = torch.cuda.device(on.device) if on.is_cuda else contextlib.nullcontext()
     with device, (_autotuner_lock(kernel) if isinstance(kernel, Autotuner) else contextlib.nullcontext()):
         try:
-            kernel[grid](**args, **constexprs)
+            kernel[grid](**args, **constexprs, **LAUNCH_OPTIONS)
         except RuntimeError as error:
             if "stream is capturing" not in str(error):
                 raise

@@ -154,7 +154,6 @@ def test_real_triton_cache_hits_after_restore_elsewhere(tmp_path):
         print(json.dumps(hits))
     ''')
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
     (tmp_path / "compile_scale.py").write_text(script)  # @triton.jit needs its source in a file
 

@@ -157,7 +157,6 @@ def test_bloated_depthwise_shows_more_instructions_per_output(tmp_path):
     script = tmp_path / "bloated_vs_lean.py"  # triton reads a kernel's source from its file
     script.write_text(BLOATED_VS_LEAN)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     result = _run([sys.executable, str(script)], env=env)
     bloated, lean, unknown, misfit = json.loads(result.stdout.strip().splitlines()[-1])
     assert bloated["ksize"] == lean["ksize"] == 3
@@ -253,7 +252,6 @@ def test_autotuned_launch_reports_every_config(tmp_path):
     script = tmp_path / "probe.py"  # triton reads a kernel's source from its file
     script.write_text(AUTOTUNED_PROBE)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     row = json.loads(_run([sys.executable, str(script)], env=env).stdout.strip().splitlines()[-1])
     configs = row["configs"]
     assert [(c["config"]["BLOCK"], c["num_warps"], c["grid"]) for c in configs] == [(64, 1, [8, 1, 1]),

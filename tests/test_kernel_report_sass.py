@@ -141,8 +141,6 @@ def test_specialisation_matches_triton_runtime_rules(monkeypatch):
 
     from fastmbconv.kernel_report.specialize import ALLOCATOR_ALIGNMENT, modelled_address, runtime_kwargs, specialize
 
-    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset (1 is its default)
-
     buf = torch.empty(64, dtype=torch.float16, device="meta")
     assert modelled_address(buf) == ALLOCATOR_ALIGNMENT and modelled_address(buf[1:]) == ALLOCATOR_ALIGNMENT + 2
     args = dict(x_ptr=buf, y_ptr=buf[1:], n=32, m=17, one=1, big=2**33, f=0.5)

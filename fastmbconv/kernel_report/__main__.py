@@ -47,8 +47,6 @@ def main(argv=None) -> int:
         argv = sys.argv[1:] if argv is None else list(argv)
         return subprocess.call([sys.executable, "-m", "fastmbconv.kernel_report", *argv], env=env)
     args = parse_args(argv)
-    # triton 3.9 warns when this is unset; 1 is its default and the GPU machines' behaviour
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from .build import build_report
     from .report import STATIC_NOTE, top_table, totals_table, write_json, write_markdown
 

@@ -12,7 +12,8 @@ Meta tensors have no address, so each tensor argument is replaced by a stand-in 
 
 An autotuned launch is expanded into one specialisation per config of the Autotuner's list
 (config kwargs, num_warps, num_stages, ...), applied as ``Autotuner.run`` does; ``@heuristics``
-wrappers compute their values afterwards, as ``Heuristics.run`` does.
+wrappers compute their values afterwards, as ``Heuristics.run`` does. The launcher's compile
+options (floating-point contraction) are added as it adds them.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+
+from ..kernels._launch import LAUNCH_OPTIONS
 
 TARGET_ARCH = 90
 ALLOCATOR_ALIGNMENT = 512  # bytes; the CUDA caching allocator's block alignment
@@ -145,6 +148,7 @@ def specialize(jit, kwargs: dict, config_kwargs: Optional[dict] = None, heuristi
     else:  # a fixed launch: show its block sizes
         config = {k: v for k, v in kw.items() if k.startswith("BLOCK") or k in ("num_warps", "num_stages")}
     kw.update(_runtime_options(jit))
+    kw.update(LAUNCH_OPTIONS)  # as kernels._launch.launch passes them
     be = backend()
     binder = create_function_from_signature(jit.signature, jit.params, be)
     bound_args, specialization, options = binder(**kw)

@@ -124,7 +124,6 @@ SCRIPT = textwrap.dedent(
 def run_compiled(script: str) -> subprocess.CompletedProcess:
     """``script`` in a Python without the interpreter (triton compiles for sm_90 only then)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     try:
         result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
@@ -267,6 +266,23 @@ def test_silu_takes_one_tanh_in_fp16_and_bf16_and_ex2_rcp_in_fp32():
     ``FASTMBCONV_SILU=sigmoid`` the latter for fp16 too."""
     result = run_compiled(SILU_SCRIPT)
     assert result.stdout.strip().endswith("silu"), result.stdout
+
+
+FP_FUSION_SCRIPT = COMPILE_DEPTHWISE + textwrap.dedent(
+    """
+    os.environ["TRITON_DEFAULT_FP_FUSION"] = "0"  # Triton 3.10's default
+    fmas = len(re.findall(r"\\bfma\\.rn\\.f32\\b", ptx(torch.float32, 40, False)))
+    assert fmas >= 9, fmas  # one a tap at least
+    print("fma")
+    """
+)
+
+
+def test_kernels_ask_for_fused_multiply_adds_whatever_tritons_default():
+    """Every launch passes enable_fp_fusion=True (kernels._launch.LAUNCH_OPTIONS), and the report
+    compiles with it: with Triton's default off, as in 3.10, the depthwise taps stay FMAs."""
+    result = run_compiled(FP_FUSION_SCRIPT)
+    assert result.stdout.strip().endswith("fma"), result.stdout
 
 
 FUSED_SHARED_SCRIPT = textwrap.dedent(
