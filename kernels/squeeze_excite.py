@@ -127,8 +127,10 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
     elif block_r <= 128 or lowp is not None:
         # the reduce FC's (BLOCK_C, BLOCK_R) weight tile fits the registers up to 128 x 128
         block_c, block_g = (128 if block_r <= 128 else 64), 64
-    else:  # fp32 dots run as FMAs: past 128 reduced channels, 64-wide tiles spill (B6's, B7's 6.x)
-        block_c, block_g = 16, 32
+    else:  # fp32 dots run as FMAs: past 128 reduced channels, 64-wide tiles spill (B6's, B7's 6.x);
+        # 16-channel gate tiles: 32 spilled 8 B with triton 3.7 (16 compiles to 168 registers, as
+        # 32 does with 3.6 and 3.9, and models the same time)
+        block_c, block_g = 16, 16
     block_g = block_g or block_c
     # tiles summed per step: up to 4096 partial sums in registers (32 a thread) where the reduced
     # width leaves room (at most 64; wider, the weight tiles fill the registers: B7's spilled, and

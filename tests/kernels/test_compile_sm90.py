@@ -238,8 +238,9 @@ SE_SCRIPT = textwrap.dedent(
 
 def test_se_gate_of_the_widest_blocks_fits_its_registers():
     """B6's and B7's last blocks reduce 3456-3840 channels to 144-160: in fp32 the FCs' dots
-    run as FMAs, whose 64-wide tiles spilled (72 B with triton 3.9, 1312 B with 3.6). Blocks of at
-    most 64 reduced channels sum two tiles a step (four spilled 8 B with triton 3.6)."""
+    run as FMAs, whose 64-wide tiles spilled (72 B with triton 3.9, 1312 B with 3.6), and 32-wide
+    gate tiles 8 B with triton 3.7. Blocks of at most 64 reduced channels sum two tiles a step
+    (four spilled 8 B with triton 3.6)."""
     result = run_compiled(SE_SCRIPT)
     assert result.stdout.strip().endswith("fits"), result.stdout
 

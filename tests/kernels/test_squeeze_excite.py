@@ -80,7 +80,7 @@ def test_a_zero_count_divides_by_one():
 @pytest.mark.parametrize("wdtype,N,T,C,R", [
     (torch.float32, 3, 5, 200, 8),  # 128-channel blocks: the reduce FC over two, the gate's 4 over 4 programs
     (torch.float16, 17, 3, 200, 48),  # two blocks of 16 images, fp16 dots
-    (torch.float32, 2, 2, 72, 160),  # fp32 past 128 reduced channels: 16-channel steps, 32-channel gate blocks
+    (torch.float32, 2, 2, 72, 160),  # fp32 past 128 reduced channels: 16-channel steps and gate blocks
 ], ids=str)
 def test_gpu_blocks(monkeypatch, wdtype, N, T, C, R):
     """The GPU's blocks (under the interpreter one block covers every channel): the reduce FC
