@@ -3,10 +3,10 @@ the project and nothing a build made (without the extension's headers an sdist f
 anywhere, and without its .cu files one built without CUDA installs with no CUDA kernels)."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
-import re
 import tarfile
 from pathlib import Path
 
@@ -50,7 +50,7 @@ def run_python(args: list, cwd: Path) -> str:
 @pytest.mark.subprocess
 def test_sdist_holds_every_project_file_and_no_build_output(project_copy, tmp_path):
     src, expected = project_copy
-    built = ["fastmbconv/_C.cpython-311-x86_64-linux-gnu.so", "tests/__pycache__/test_sdist.cpython-311.pyc",
+    built = ["fastmbconv/_C.cpython-311-x86_64-linux-gnu.so", "tests/__pycache__/test_packaging.cpython-311.pyc",
              "csrc/__pycache__/stray.pyc", "kernels/_utils.pyc"]
     for rel in built:
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,6 @@ def test_sdist_holds_every_project_file_and_no_build_output(project_copy, tmp_pa
     assert sorted(expected - shipped) == [], "project files missing from the sdist"
     assert sorted(shipped - expected) == [], "the sdist ships build output"
     assert {"csrc/prepare_common.h", "csrc/prepare_kernel.cu", "csrc/prepare_cuda.cpp"} <= shipped
-
 
 
 @pytest.mark.subprocess
