@@ -220,14 +220,17 @@ class EfficientNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = "avg") -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the classifier for transfer learning; 0 returns pooled features.
-        ``global_pool``: "avg" (timm's default here too), "max" or "" (no pooling, with
-        num_classes=0); None keeps the current one."""
+        ``global_pool``: "avg", "max" or "" (no pooling, with num_classes=0); None (the
+        default, as in timm 1.0.31) keeps the current one."""
         if self.features_only:
             raise RuntimeError("a features_only model has no classifier")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if global_pool is None and self.global_pool == "" and num_classes > 0:
+            raise ValueError(f"reset_classifier({num_classes}) keeps the current pooling, global_pool='' (none), "
+                             f"which returns the head map: pass global_pool='avg' or 'max' for a classifier")
         self.global_pool = _checked_pool(self.global_pool if global_pool is None else global_pool, num_classes)
         self.num_classes = num_classes
         device, dtype = self.conv_head.weight.device, self.conv_head.weight.dtype

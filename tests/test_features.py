@@ -2,6 +2,7 @@
 checkpointing, reset_classifier with a pool choice, group_matcher, and the memory format of the
 returned maps on both executors."""
 import copy
+import inspect
 import weakref
 
 import pytest
@@ -237,13 +238,19 @@ def test_reset_classifier_with_pools():
         model.reset_classifier(7, None)  # None keeps max
         assert model.global_pool == "max" and model(X).shape == (2, 7) and not model.classifier.training
         torch.testing.assert_close(model(X), model.classifier(fmap.amax((2, 3))), rtol=0, atol=0)
+        model.reset_classifier(3)  # the default keeps max too (timm 1.0.31)
+        assert model.global_pool == "max" and model(X).shape == (2, 3)
         model.reset_classifier(0, "")
         torch.testing.assert_close(model(X), fmap, rtol=0, atol=0)
-        model.reset_classifier(7)  # timm's default: back to avg, also from no pooling
+        model.reset_classifier(7, "avg")
         assert model.global_pool == "avg" and model(X).shape == (2, 7)
         torch.testing.assert_close(model(X), model.classifier(fmap.mean((2, 3))), rtol=1e-6, atol=1e-6)
-        model.reset_classifier(0, "avg")
+        model.reset_classifier(0)
         torch.testing.assert_close(model(X), fmap.mean((2, 3)), rtol=1e-6, atol=1e-6)
+        model.reset_classifier(0, "")
+    with pytest.raises(ValueError, match=r"keeps the current pooling, global_pool=''.*'avg' or 'max'"):
+        model.reset_classifier(5)  # timm keeps no pooling here too, then its Linear fails on the map
+    assert model.global_pool == "" and isinstance(model.classifier, torch.nn.Identity)
     with pytest.raises(ValueError, match="num_classes=0"):
         model.reset_classifier(5, "")
     with pytest.raises(ValueError, match="global_pool"):
@@ -256,8 +263,11 @@ def test_classifier_attributes_and_reset_follow_timm():
     src, ours = (lib.create_model("efficientnet_b0", global_pool="max").eval() for lib in (timm, fm))
     assert (ours.num_features, ours.head_hidden_size) == (src.num_features, src.head_hidden_size)
     x = torch.randn(1, 3, 64, 64)
-    for args in [(0, ""), (7,), (3, "max"), (0,), (5,)]:
-        src.reset_classifier(*args)
+    # timm before 1.0.31 reset the pool to 'avg' by default; ours keeps it, as 1.0.31 does: an
+    # older timm is asked for the kept pool by name
+    timm_keeps = inspect.signature(src.reset_classifier).parameters["global_pool"].default is None
+    for args in [(0, ""), (7, "avg"), (3, "max"), (0,), (5,), (0, "avg"), (4,)]:
+        src.reset_classifier(*args if timm_keeps or len(args) == 2 else (*args, src.global_pool.pool_type))
         ours.reset_classifier(*args)
         assert ours.global_pool == src.global_pool.pool_type, args
         with torch.no_grad():
