@@ -53,10 +53,11 @@ bench-gpu: install
 # The expand + depthwise plan table (fastmbconv/fused/expand_dw_plan.json), re-modelled after a
 # kernel change (static sm_90 report, no GPU): each model and dtype it covers, compiled with the
 # installed triton and then with each release of PLAN_TRITON_ALSO (3.6.0: the GPU machines';
-# 3.7.1: what PyPI's CUDA build of torch 2.13 installs, as make install does on a GPU machine),
+# 3.7.1: what PyPI's CUDA build of torch 2.13 installs, as make install does on a GPU machine;
+# 3.8.0: torch 2.14's),
 # each from a side venv that shares this Python's packages (made once, with the network, under
 # build/). A machine whose release the table lacks takes the newest release's choices.
-PLAN_TRITON_ALSO ?= 3.6.0 3.7.1
+PLAN_TRITON_ALSO ?= 3.6.0 3.7.1 3.8.0
 PLAN_SPECS ?= b0:fp16 b0:bf16 b0:fp32 b1:fp16 b1:fp32 b2:fp16 b2:fp32 b3:fp16 b3:fp32 b4:fp16 b4:fp32 \
 	b5:fp16 b5:fp32 b6:fp16 b6:fp32 b7:fp16 b7:fp32
 .PHONY: plan-table

@@ -246,11 +246,14 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
     # look unaligned and every access scalar
     c_unit, sow_unit = _unit(C), _unit(out.stride(3))
     if mma:  # one warp's 16-row MMA tiles cover the 32 or 64 pixels (2 or 4 warps: more instructions
-        # per output). Pipelined loads cost more than they hide, except where a channel group is
-        # partly masked: there triton 3.6 spills 8 B at 1 stage (B3's 40 and 24 channels).
+        # per output). Pipelined loads cost more than they hide, except where 1 stage spills: a
+        # partly masked channel group (B3's 40 and 24 channels, 8 B with triton 3.6) and 3x3
+        # stride 2 (8-16 B with 3.6 to 3.8, e.g. B5's 384 and B7's 480 channels; memory-bound
+        # there, so the model gives 2 stages the same time)
         w_taps = weight
+        two_stages = C % 16 != 0 or (k == 3 and stride == 2)
         kernel, config = _dwconv_bn_act_kernel, {"BLOCK_C": block_c, "num_warps": 1,
-                                                 "num_stages": 1 if C % 16 == 0 else 2}
+                                                 "num_stages": 2 if two_stages else 1}
     else:
         w_taps = (weight if weight.ndim == 2 else taps_major(weight)).float()
         kernel, config = select_kernel(

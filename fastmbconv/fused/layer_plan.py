@@ -120,7 +120,8 @@ def _rule(layer: LayerShape, dtype: torch.dtype) -> str:
     none in B0. fp32 (FMA taps both ways; the expanded tensor's bytes decide): fuse 3x3 blocks
     on maps of 28 and up with at most 48 input channels (40 at stride 2: wider ones spill in
     B2-B7 or lose to the separate pair) and 5x5 stride-2 blocks on maps of 56 and up (3 of 95
-    wrong, 0.99 ms, none in B0)."""
+    wrong, 0.99 ms, none in B0). Triton 3.8's fp32 fused kernel also spills at three geometries
+    this fuses, whose neighbours do not spill; its table records keep those separate."""
     side = min(layer.height, layer.width)
     k, s = layer.kernel, layer.stride
     if dtype == torch.float32:

