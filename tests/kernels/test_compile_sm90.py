@@ -146,21 +146,30 @@ COMPILE_DEPTHWISE = textwrap.dedent(
     from triton.compiler import ASTSource
     from fastmbconv.kernels._launch import record_launches
     from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, taps_diag
+    from fastmbconv.kernel_report.build import spill_bytes
+    from fastmbconv.kernel_report.sass import disassemble, parse_sass
     from fastmbconv.kernel_report.specialize import target, variants
 
-    def compiled(dtype, C, diag, side=30, stride=1):
+    def recorded(dtype, C, diag, side=30, stride=1, k=3):
         x = torch.empty(2, C, side, side, device="meta", dtype=dtype).to(memory_format=torch.channels_last)
-        w = torch.empty(C, 1, 3, 3, device="meta")
+        w = torch.empty(C, 1, k, k, device="meta")
         v = torch.empty(C, device="meta")
         with record_launches() as launches:
-            dwconv_bn_act(x, taps_diag(w, dtype) if diag else w, v, v, (1, 1, 1, 1), stride, with_pool=True)
-        rec = launches[0]
+            dwconv_bn_act(x, taps_diag(w, dtype) if diag else w, v, v, (k // 2,) * 4, stride, with_pool=True)
+        return launches[0]
+
+    def compiled(dtype, C, diag, side=30, stride=1):
+        rec = recorded(dtype, C, diag, side, stride)
         var = variants(rec.kernel, rec.args, rec.constexprs)[0][0]
         return triton.compile(ASTSource(var.jit, var.signature, var.constexprs, var.attrs), target=target(),
                               options=var.options.__dict__)
 
     def ptx(dtype, C, diag):
         return compiled(dtype, C, diag).asm["ptx"]
+
+    def spilled(kern):
+        text, res = disassemble(kern.asm["cubin"])
+        return spill_bytes(res["stack"], parse_sass(text, getattr(kern.metadata, "name", None))), res
 
     def scalar(text, kind, bits):
         return len(re.findall(rf"\\b{kind}\\.global(?:\\.(?!v[248]\\.)[a-z0-9_:]+)*\\.b{bits}\\s", text))
@@ -180,11 +189,8 @@ VECTOR_SCRIPT = COMPILE_DEPTHWISE + textwrap.dedent(
 
     # where 16 divides C the kernel is what triton's own specialisation gives: B1's 96-channel
     # stride-2 block spilled 24 B when C reached it as 6 x 16
-    from fastmbconv.kernel_report.build import spill_bytes
-    from fastmbconv.kernel_report.sass import disassemble, parse_sass
-    k = compiled(torch.float16, 96, True, side=120, stride=2)
-    text, res = disassemble(k.asm["cubin"])
-    assert not spill_bytes(res["stack"], parse_sass(text, getattr(k.metadata, "name", None))), res
+    spill, res = spilled(compiled(torch.float16, 96, True, side=120, stride=2))
+    assert not spill, res
     print("vector")
     """
 )
@@ -203,28 +209,16 @@ def test_depthwise_accesses_are_vectors_where_channels_are_not_a_multiple_of_16(
 
 STAGES_SCRIPT = COMPILE_DEPTHWISE + textwrap.dedent(
     """
-    from fastmbconv.kernel_report.build import spill_bytes
-    from fastmbconv.kernel_report.sass import disassemble, parse_sass
-
-    def stages(dtype, C, side, stride, k=3):
-        x = torch.empty(2, C, side, side, device="meta", dtype=dtype).to(memory_format=torch.channels_last)
-        w = torch.empty(C, 1, k, k, device="meta")
-        v = torch.empty(C, device="meta")
-        with record_launches() as launches:
-            dwconv_bn_act(x, taps_diag(w, dtype), v, v, (k // 2,) * 4, stride)
-        return launches[0].constexprs["num_stages"]
-
     # the rule: 2 stages for 3x3 stride 2 and for partly masked channel groups, else 1
-    got = [stages(torch.float16, C, side, s, k) for C, side, s, k in
+    got = [recorded(torch.float16, C, True, side, s, k).constexprs["num_stages"] for C, side, s, k in
            [(96, 30, 2, 3), (96, 30, 1, 3), (96, 30, 2, 5), (40, 30, 1, 3), (480, 15, 1, 5)]]
     assert got == [2, 1, 1, 2, 1], got
     # 3x3 stride-2 layers that spill 8-16 B at 1 stage: B2's 288 and B5's 384 channels (fp16, triton
     # 3.6 and 3.7), B1's 96 and 240, B0's 96 (bf16) (3.8)
     for dtype, C, side in [(torch.float16, 288, 32), (torch.float16, 384, 56), (torch.float16, 96, 120),
                            (torch.float16, 240, 30), (torch.bfloat16, 96, 112)]:
-        kern = compiled(dtype, C, True, side=side, stride=2)
-        text, res = disassemble(kern.asm["cubin"])
-        assert not spill_bytes(res["stack"], parse_sass(text, getattr(kern.metadata, "name", None))), (dtype, C, res)
+        spill, res = spilled(compiled(dtype, C, True, side=side, stride=2))
+        assert not spill, (dtype, C, res)
     print("no spill")
     """
 )
