@@ -135,8 +135,11 @@ def _block_indices(state_dict: Mapping) -> dict[int, dict[int, str]]:
         if isinstance(key, str) and (m := pattern.match(key)):
             found.setdefault(int(m[1]), {}).setdefault(int(m[2]), key)
     if sorted(found) != list(range(len(B0_STAGES))):
+        pruned = 0 < len(found) < len(B0_STAGES) and sorted(found) == list(range(len(found)))
         raise StateDictMismatchError(f"expected {len(B0_STAGES)} stages of blocks (EfficientNet B0-B7), found "
-                                     f"stages {sorted(found)[:10]}")
+                                     f"stages {sorted(found)[:10]}" + (" (a model's whose later stages "
+                                     "prune_intermediate_layers removed? load those with load_state_dict into a "
+                                     "model pruned alike)" if pruned else ""))
     for i, limit in enumerate(_MAX_STAGES):
         indices = sorted(found[i])
         if indices[-1] != len(indices) - 1:
@@ -251,7 +254,7 @@ def from_state_dict(
         pad_mode = pad_mode or "symmetric"
     arch = infer_architecture(state_dict)
     if arch["head_channels"] is None:
-        raise StateDictMismatchError("state dict has no 'conv_head.weight' (a features-only model?)")
+        raise StateDictMismatchError("state dict has no 'conv_head.weight' (a features-only or pruned model?)")
     fixed = sorted(set(kwargs) & set(arch))
     if fixed:
         hint = ("; for another number of classes or input channels, load the file with create_model(name, "

@@ -177,23 +177,17 @@ class EfficientNet(nn.Module):
         entry (negative from the end). Maps come in network order. Returns the list if
         ``intermediates_only``, else ``(final, list)`` where ``final`` is the head map after
         conv_head + bn2 + SiLU, or, with ``stop_early`` and a last index before the final stage,
-        that stage's map (the forward stops there). ``norm`` is accepted and ignored (EfficientNet
-        has no norm on its intermediates, as in timm); ``output_fmt`` must be "NCHW".
+        that stage's map (the forward stops there). After :meth:`prune_intermediate_layers`
+        removed the head conv, ``final`` is the last kept stage's map and ``None`` takes the
+        kept maps (a removed one, asked for, is refused). ``norm`` is accepted and ignored
+        (EfficientNet has no norm on its intermediates, as in timm); ``output_fmt`` must be
+        "NCHW".
         ``valid_sizes``: as in :meth:`forward`.
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        if extra_blocks:
-            count = len(self.blocks) + 1  # the stem, then every stage
-            taken = take_indices(count, indices)
-            stages = sorted({i - 1 for i in taken})
-            last = count - 2
-        else:
-            info = self.feature_info
-            taken = take_indices(len(info), indices)
-            stages = sorted({info[i]["stage"] - 1 for i in taken})
-            last = info[-1]["stage"] - 1
-        head = not intermediates_only and (not stop_early or stages[-1] == last)
+        _, stages = self._selected_stages(indices, extra_blocks)
+        head = not intermediates_only and (not stop_early or stages[-1] == len(self.blocks) - 1)
         if head and self.features_only:
             raise RuntimeError("a features_only model has no head; use intermediates_only=True")
         if not head:
@@ -201,6 +195,26 @@ class EfficientNet(nn.Module):
             return maps if intermediates_only else (maps[-1], maps)
         final, maps = self._execute(x, valid_sizes, "intermediates", stages)
         return final, maps
+
+    def _selected_stages(self, indices: Indices, extra_blocks: bool) -> tuple[list[int], list[int]]:
+        """The indices ``forward_intermediates`` takes (as timm numbers them) and their executor
+        stages in network order (:data:`fastmbconv.plan.STEM` for the stem). Feature indices
+        count over all of ``feature_info``, as in timm, so maps of stages that
+        :meth:`prune_intermediate_layers` removed are refused by name."""
+        if extra_blocks:  # the stem, then every stage
+            taken = take_indices(len(self.blocks) + 1, indices)
+            return taken, sorted({i - 1 for i in taken})
+        info = self.feature_info
+        kept = [i for i in range(len(info)) if info[i]["stage"] <= len(self.blocks)]
+        if not kept:
+            raise ValueError("no feature map is left: prune_intermediate_layers kept the stem alone; "
+                             "use extra_blocks=True")
+        taken = take_indices(len(info), kept if indices is None else indices)
+        removed = [i for i in taken if i not in kept]
+        if removed:
+            raise ValueError(f"feature index {removed[0]} ({info[removed[0]]['module']}) was removed by "
+                             f"prune_intermediate_layers: this model keeps feature indices 0..{kept[-1]}")
+        return taken, sorted({info[i]["stage"] - 1 for i in taken})
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, valid_hw=None) -> torch.Tensor:
         """Pool (over each image's valid region when ``valid_hw`` gives the head map's valid
@@ -233,13 +247,44 @@ class EfficientNet(nn.Module):
                              f"which returns the head map: pass global_pool='avg' or 'max' for a classifier")
         self.global_pool = _checked_pool(self.global_pool if global_pool is None else global_pool, num_classes)
         self.num_classes = num_classes
-        device, dtype = self.conv_head.weight.device, self.conv_head.weight.dtype
+        device, dtype = self.conv_stem.weight.device, self.conv_stem.weight.dtype
         if num_classes > 0:
             self.classifier = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
             init_weights(self.classifier)
             self.classifier.train(self.training)
         else:
             self.classifier = nn.Identity()
+
+    def prune_intermediate_layers(self, indices: Indices = 1, prune_norm: bool = False, prune_head: bool = True,
+                                  extra_blocks: bool = False) -> list[int]:
+        """timm's (as of 1.0.31): remove what ``forward_intermediates(x, indices, extra_blocks=...)``
+        does not need. The stages after the last selected map go; with them, or with
+        ``prune_head`` or ``prune_norm``, the head conv + BN (``conv_head``, ``bn2``) and the
+        classifier go too: ``forward`` and ``forward_features`` then return the last kept
+        stage's map (``global_pool=""``), ``num_features`` is its width, and
+        :meth:`reset_classifier` can put a new classifier on it. ``feature_info`` and the feature
+        indices are unchanged, as in timm. Returns the selected indices."""
+        if self.features_only:
+            raise RuntimeError("a features_only model has no head or stages to prune beyond its out_indices; "
+                               "prune the full model, or choose out_indices")
+        taken, stages = self._selected_stages(indices, extra_blocks)
+        keep = stages[-1] + 1  # stages kept after the stem (the stem's STEM = -1 keeps none)
+        if keep < len(self.blocks):
+            self.blocks, self.stages = self.blocks[:keep], self.stages[:keep]
+        elif not (prune_head or prune_norm):
+            return taken
+        self.conv_head, self.bn2 = nn.Identity(), nn.Identity()
+        self.head_channels = 0
+        width = self.stages[-1].out_channels if keep else self.conv_stem.out_channels
+        self.num_features = self.head_hidden_size = width
+        self.reset_classifier(0, "")
+        return taken
+
+    @property
+    def has_head_conv(self) -> bool:
+        """Whether the head conv + BN + SiLU runs after the last stage: not in a features_only
+        model, nor after :meth:`prune_intermediate_layers` removed it."""
+        return isinstance(getattr(self, "conv_head", None), nn.Conv2d)
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's parameter groups (for layer-wise learning-rate decay): the stem, then one group

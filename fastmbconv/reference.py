@@ -68,7 +68,7 @@ def run(model, x: torch.Tensor, plan: ForwardPlan):
             maps.append(_masked(x, sizes))
     if plan.output == "stage_maps":
         return maps
-    features = F.silu(model.bn2(model.conv_head(x)))
+    features = F.silu(model.bn2(model.conv_head(x))) if model.has_head_conv else x
     if plan.output == "intermediates":
         return _masked(features, sizes), maps
     return _masked(features, sizes) if plan.output == "features" else head(model, features, sizes)

@@ -51,7 +51,7 @@ class LayerShape:
 
 
 def walk(model, height: int, width: int) -> list[LayerShape]:
-    """Stem, every block, and the head (unless ``features_only``) of ``model`` for an input of
+    """Stem, every block, and the head conv (where the model has one) of ``model`` for an input of
     ``height`` x ``width``."""
     stem, pad_mode = model.conv_stem, model.pad_mode
     layers = [LayerShape("conv_stem", "stem", stem.in_channels, stem.out_channels, 3, 2, height, width,
@@ -67,7 +67,7 @@ def walk(model, height: int, width: int) -> list[LayerShape]:
                 padding=conv_padding(h, w, p.kernel, p.stride, pad_mode))
             layers.append(shape)
             h, w = shape.out_height, shape.out_width
-    if not model.features_only:
+    if model.has_head_conv:
         head = model.conv_head
         layers.append(LayerShape("conv_head", "head", head.in_channels, head.out_channels, 1, 1, h, w))
     return layers

@@ -97,15 +97,20 @@ def run(model, x: torch.Tensor, plan: ForwardPlan):
             maps.append(_returned(x, sizes, plan))
     if plan.output == "stage_maps":
         return maps
-    with layer_scope("conv_head"):
-        if plan.output == "logits" and model.global_pool == "avg":  # the head map is never written
-            features = None
-            pooled = pointwise_gated(x, weights.head_weight, weights.head_bias, act="silu", pool_only=True,
-                                     valid_hw=None if sizes is None else sizes.on(x.device))
-        else:
-            features = _returned(pointwise_gated(x, weights.head_weight, weights.head_bias, act="silu"), sizes, plan)
-            if plan.output != "logits":
-                return (features, maps) if plan.output == "intermediates" else features
+    pooled = None
+    if weights.head_weight is None:  # the head conv was pruned: the last stage's map is the features
+        features = _returned(x, sizes, plan)
+    else:
+        with layer_scope("conv_head"):
+            if plan.output == "logits" and model.global_pool == "avg":  # the head map is never written
+                features, valid_hw = None, None if sizes is None else sizes.on(x.device)
+                pooled = pointwise_gated(x, weights.head_weight, weights.head_bias, act="silu", pool_only=True,
+                                         valid_hw=valid_hw)
+            else:
+                features = _returned(pointwise_gated(x, weights.head_weight, weights.head_bias, act="silu"),
+                                     sizes, plan)
+    if plan.output != "logits":
+        return (features, maps) if plan.output == "intermediates" else features
     with layer_scope("classifier"):  # max or no pooling: the reference head on the map
         return model.classifier(pooled) if features is None else reference.head(model, features, sizes)
 

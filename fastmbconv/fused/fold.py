@@ -59,7 +59,7 @@ class FoldedModel:
     stem_weight: torch.Tensor  # (3*3*in, C) fp32, taps-major
     stem_bias: torch.Tensor  # (C,) fp32
     stages: list[list[FoldedBlock]]
-    head_weight: Optional[torch.Tensor]  # (head, C), compute dtype; None for features_only
+    head_weight: Optional[torch.Tensor]  # (head, C), compute dtype; None without a head conv
     head_bias: Optional[torch.Tensor]  # (head,) fp32
 
 
@@ -109,7 +109,7 @@ def fold_model(model, dtype: Optional[torch.dtype] = None) -> FoldedModel:
         w = model.conv_stem.weight
         dtype = dtype or w.dtype
         head_weight = head_bias = None
-        if not model.features_only:
+        if model.has_head_conv:
             head_weight, head_bias = _fold_1x1(ConvBN(model.conv_head, model.bn2, "conv_head", "bn2"), dtype)
         return FoldedModel(
             stem_weight=(w.float() * scale[:, None, None, None]).permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous(),
