@@ -84,6 +84,14 @@ def import_or_skip(name: str):
         pytest.skip(f"{name} does not import here: {type(exc).__name__}: {exc}"[:300])
 
 
+def timm_model(name: str, size) -> nn.Module:
+    """timm's ``name`` in eval mode with BN statistics measured at ``size`` (seed 0), or a skip
+    where timm does not import."""
+    timm = import_or_skip("timm")
+    torch.manual_seed(0)
+    return randomize_bn(timm.create_model(name), size=size).eval()
+
+
 def torchvision_style_state_dict(model) -> dict:
     """Write a fastmbconv model's weights under torchvision's key names, by hand, following
     torchvision's module layout (features.0 stem, features.1-7 stages, features.8 head,

@@ -5,7 +5,7 @@ import torch
 import fastmbconv as fm
 from fastmbconv.convert import torchvision_to_timm_keys
 
-from .helpers import import_or_skip, randomize_bn, torchvision_style_state_dict
+from .helpers import import_or_skip, randomize_bn, timm_model, torchvision_style_state_dict
 
 VARIANTS = sorted(fm.VARIANTS)
 # Odd sizes at batch 1: every stride-2 layer sees odd and even extents, and TF SAME pads
@@ -88,9 +88,7 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module, hw) -> float:
 @pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("prefix", ["", "tf_"])
 def test_from_timm_parity(name, prefix):
-    timm = import_or_skip("timm")
-    torch.manual_seed(0)
-    src = randomize_bn(timm.create_model(f"{prefix}efficientnet_{name}"), size=ODD_SIZES[0]).eval()
+    src = timm_model(f"{prefix}efficientnet_{name}", ODD_SIZES[0])
     model = fm.from_timm(src).eval()
     assert fm.count_params(model) == fm.count_params(src)
     assert model.pad_mode == ("same" if prefix else "symmetric")
@@ -103,9 +101,7 @@ def test_from_timm_parity(name, prefix):
 def test_from_timm_of_frozen_batchnorms(prefix):
     """timm's freeze_batch_norm_2d (detection backbones) swaps every BN for a frozen one."""
     timm = import_or_skip("timm")
-    torch.manual_seed(0)
-    src = randomize_bn(timm.create_model(f"{prefix}efficientnet_b0"), size=ODD_SIZES[0]).eval()
-    src = timm.layers.freeze_batch_norm_2d(src)
+    src = timm.layers.freeze_batch_norm_2d(timm_model(f"{prefix}efficientnet_b0", ODD_SIZES[0]))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in src.modules())
     model = fm.from_timm(src).eval()
     assert model.bn_eps == (1e-3 if prefix else 1e-5)

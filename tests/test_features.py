@@ -15,7 +15,7 @@ import fastmbconv as fm
 from fastmbconv import reference
 from fastmbconv.features import take_indices
 
-from .helpers import data_parallel_replica, import_or_skip, randomize_bn, reference_forward
+from .helpers import data_parallel_replica, import_or_skip, randomize_bn, reference_forward, timm_model
 
 X = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(0))
 
@@ -113,8 +113,7 @@ def test_forward_intermediates():
 @pytest.mark.parametrize("prefix", ["", "tf_"])
 def test_forward_intermediates_match_timm(prefix):
     timm = import_or_skip("timm")
-    torch.manual_seed(0)
-    src = randomize_bn(timm.create_model(f"{prefix}efficientnet_b0"), size=X.shape[-2:]).eval()
+    src = timm_model(f"{prefix}efficientnet_b0", X.shape[-2:])
     model = fm.from_timm(src).eval()
     assert model.feature_info.get_dicts(keys=["stage", "reduction", "module", "num_chs"]) == src.feature_info
     with torch.no_grad():

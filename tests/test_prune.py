@@ -9,7 +9,7 @@ from torch import nn
 
 import fastmbconv as fm
 
-from .helpers import import_or_skip, randomize_bn, reference_forward
+from .helpers import import_or_skip, randomize_bn, reference_forward, timm_model
 
 X = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(1))
 SIZES = [[40, 56], [23, 37]]
@@ -142,8 +142,7 @@ def test_the_fused_path_runs_a_pruned_model_without_a_head_launch(device):
 @pytest.mark.parametrize("prefix", ["", "tf_"])
 def test_pruning_matches_timm(prefix):
     timm = import_or_skip("timm")
-    torch.manual_seed(0)
-    src0 = randomize_bn(timm.create_model(f"{prefix}efficientnet_b0"), size=X.shape[-2:]).eval()
+    src0 = timm_model(f"{prefix}efficientnet_b0", X.shape[-2:])
     ours0 = fm.from_timm(src0).eval()
     before_1_0_31 = tuple(map(int, re.match(r"(\d+)\.(\d+)\.(\d+)", timm.__version__).groups())) < (1, 0, 31)
     for kw in [{}, {"indices": 3}, {"indices": [0, 2]}, {"indices": [1], "prune_head": False},
