@@ -137,9 +137,8 @@ def _block_indices(state_dict: Mapping) -> dict[int, dict[int, str]]:
     if sorted(found) != list(range(len(B0_STAGES))):
         pruned = 0 < len(found) < len(B0_STAGES) and sorted(found) == list(range(len(found)))
         raise StateDictMismatchError(f"expected {len(B0_STAGES)} stages of blocks (EfficientNet B0-B7), found "
-                                     f"stages {sorted(found)[:10]}" + (" (a model's whose later stages "
-                                     "prune_intermediate_layers removed? load those with load_state_dict into a "
-                                     "model pruned alike)" if pruned else ""))
+                                     f"stages {sorted(found)[:10]}" + (" (cut by prune_intermediate_layers? it loads "
+                                     "with load_state_dict into a model pruned alike)" if pruned else ""))
     for i, limit in enumerate(_MAX_STAGES):
         indices = sorted(found[i])
         if indices[-1] != len(indices) - 1:
