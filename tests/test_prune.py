@@ -137,6 +137,11 @@ def test_the_fused_path_runs_a_pruned_model_without_a_head_launch(device):
         assert_close_to_ref(out, ref, what="pruned model's map")
         model.reset_classifier(3, "avg")
         assert_close_to_ref(model(x, SIZES), reference_forward(model, x, SIZES), what="new classifier")
+        stem = pruned(model, [0], extra_blocks=True)  # no block left: the stem's map
+        with count_launches() as launches:
+            out = stem(x, SIZES)
+        assert dict(launches) == {"stem_conv_bn_act": 1}
+        assert_close_to_ref(out, reference_forward(stem, x, SIZES), what="the stem alone")
 
 
 @pytest.mark.parametrize("prefix", ["", "tf_"])
