@@ -103,7 +103,8 @@ def run(model, x: torch.Tensor, plan: ForwardPlan):
     else:
         with layer_scope("conv_head"):
             if plan.output == "logits" and model.global_pool == "avg":  # the head map is never written
-                features, valid_hw = None, None if sizes is None else sizes.on(x.device)
+                valid_hw = None if sizes is None else sizes.on(x.device)
+                features = None
                 pooled = pointwise_gated(x, weights.head_weight, weights.head_bias, act="silu", pool_only=True,
                                          valid_hw=valid_hw)
             else:
