@@ -68,7 +68,13 @@ def run(model, x: torch.Tensor, plan: ForwardPlan):
             maps.append(_masked(x, sizes))
     if plan.output == "stage_maps":
         return maps
-    features = F.silu(model.bn2(model.conv_head(x))) if model.has_head_conv else x
+    if model.has_head_conv:
+        features = F.silu(model.bn2(model.conv_head(x)))
+    elif plan.output != "intermediates" and hasattr(model, "conv_head"):
+        # pruned to nn.Identity: timm's forward still calls them, so hooks placed on them fire
+        features = model.bn2(model.conv_head(x))
+    else:
+        features = x
     if plan.output == "intermediates":
         return _masked(features, sizes), maps
     return _masked(features, sizes) if plan.output == "features" else head(model, features, sizes)

@@ -83,6 +83,17 @@ def test_a_pruned_model_returns_the_last_kept_map():
         torch.testing.assert_close(model(X), model.classifier(maps[2].mean((2, 3))), rtol=1e-6, atol=1e-6)
 
 
+def test_hooks_on_the_pruned_head_fire_as_in_timm():
+    """timm's forward and forward_features still call the Identity conv_head and bn2 that a
+    pruned model keeps, so hooks placed on them (feature taps, observers) fire."""
+    model, seen = pruned(tiny(), [0, 2]), []
+    for name in ("conv_head", "bn2"):
+        getattr(model, name).register_forward_hook(lambda m, args, out, name=name: seen.append((name, out.shape)))
+    with torch.no_grad():
+        out, features = model(X, SIZES), model.forward_features(X)
+    assert seen == [("conv_head", out.shape), ("bn2", out.shape)] * 2 and features.shape == out.shape
+
+
 def test_pruned_models_refuse_what_they_no_longer_have():
     model = pruned(tiny(), [0, 2])
     with pytest.raises(ValueError, match=r"feature index 3 \(blocks.4\) was removed by prune_intermediate_layers"):
