@@ -70,7 +70,7 @@ def run(model, x: torch.Tensor, plan: ForwardPlan):
         return maps
     if model.has_head_conv:
         features = F.silu(model.bn2(model.conv_head(x)))
-    elif plan.output != "intermediates" and hasattr(model, "conv_head"):
+    elif plan.output != "intermediates":  # features_only never gets here (make_plan: stage_maps)
         # pruned to nn.Identity: timm's forward still calls them, so hooks placed on them fire
         features = model.bn2(model.conv_head(x))
     else:
