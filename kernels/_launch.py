@@ -76,7 +76,9 @@ def launch_counts() -> Counter:
 
 @contextlib.contextmanager
 def count_launches() -> Iterator[Counter]:
-    """Yield a Counter that receives every launch made inside the ``with`` block."""
+    """Yield a Counter that receives every launch made inside the ``with`` block (from any
+    thread). Counters may nest and overlap: each leaves by identity, since two counters that saw
+    the same launches compare equal."""
     counter: Counter = Counter()
     with _lock:
         _active.append(counter)
@@ -84,7 +86,7 @@ def count_launches() -> Iterator[Counter]:
         yield counter
     finally:
         with _lock:
-            _active.remove(counter)
+            del _active[next(i for i, c in enumerate(_active) if c is counter)]
 
 
 def current_layer() -> Optional[str]:
