@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from .helpers import DEVICE, HAS_CUDA
+from .helpers import DEVICE, HAS_CUDA, bf16_casts_round_to_nearest
 
 # For the ``deterministic`` fixture on a GPU: torch reads CUBLAS_WORKSPACE_CONFIG once per
 # process, at its first cuBLAS call, and then refuses cuBLAS in deterministic mode unless the
@@ -38,32 +38,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def interpreter_rounds_bf16_as_a_gpu():
-    """Triton's interpreter casts fp32 to bf16 by truncation (3.6 and 3.9: every magnitude rounds
-    down), where a GPU and torch round to nearest even. Each bf16 store of a kernel then carried
-    twice a GPU's error, with a bias, and through B0 the fused bf16 logits drifted to 4x torch's
-    bf16 error (a GPU's behaviour is below torch's). Under the interpreter the cast rounds as a
-    GPU does. ``kernels._math.round_to_bf16``, which rounds dot operands the way tensor cores
-    take them, is needed either way."""
-    from fastmbconv.kernels._utils import interpreting
-
-    if not interpreting():
+    """Every test: the interpreter's fp32 -> bf16 cast rounds as a GPU's does (see the helper)."""
+    with bf16_casts_round_to_nearest():
         yield
-        return
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    truncating = interpreter.InterpreterBuilder.cast_impl
-
-    def cast_impl(self, src, dst_type):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            rounded = torch.from_numpy(np.array(src.data, dtype=np.float32)).to(torch.bfloat16)
-            return interpreter.TensorHandle(rounded.view(torch.int16).numpy().view(np.uint16), dst_type.scalar)
-        return truncating(self, src, dst_type)
-
-    interpreter.InterpreterBuilder.cast_impl = cast_impl
-    yield
-    interpreter.InterpreterBuilder.cast_impl = truncating
 
 
 @pytest.fixture

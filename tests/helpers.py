@@ -234,6 +234,38 @@ def data_parallel_replica(model: nn.Module, device: str = "meta") -> nn.Module:
 
 
 @contextlib.contextmanager
+def bf16_casts_round_to_nearest():
+    """Inside the block, under Triton's interpreter, fp32 -> bf16 casts round to nearest even, as
+    a GPU's and torch's do. The interpreter truncates (3.6 and 3.9: every magnitude rounds down):
+    each bf16 store of a kernel then carried twice a GPU's error, with a bias, and through B0 the
+    fused bf16 logits drifted to 4x torch's bf16 error (a GPU's is below torch's).
+    ``kernels._math.round_to_bf16``, which rounds dot operands the way tensor cores take them, is
+    needed either way. A no-op on a GPU."""
+    from fastmbconv.kernels._utils import interpreting
+
+    if not interpreting():
+        yield
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    truncating = interpreter.InterpreterBuilder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            rounded = torch.from_numpy(np.array(src.data, dtype=np.float32)).to(torch.bfloat16)
+            return interpreter.TensorHandle(rounded.view(torch.int16).numpy().view(np.uint16), dst_type.scalar)
+        return truncating(self, src, dst_type)
+
+    interpreter.InterpreterBuilder.cast_impl = cast_impl
+    try:
+        yield
+    finally:
+        interpreter.InterpreterBuilder.cast_impl = truncating
+
+
+@contextlib.contextmanager
 def interpreter_memcheck():
     """Inside the block, under Triton's CPU interpreter, every element a kernel loads or stores
     (its unmasked lanes) must lie inside one of the tensors of that launch, counted from the
