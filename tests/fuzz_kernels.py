@@ -30,7 +30,7 @@ import torch
 if __name__ == "__main__" and not torch.cuda.is_available():  # as the root conftest.py, before triton's import
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from fastmbconv.geometry import conv_padding
+from fastmbconv.geometry import RaggedSizes, conv_padding
 from fastmbconv.kernels import _expand_dw_tiles as tiles
 from fastmbconv.kernels import dwconv_bn_act as dw
 from fastmbconv.kernels import expand_dwconv as ed
@@ -54,9 +54,8 @@ def ragged_sizes(r: random.Random, N: int, H: int, W: int, k: int, stride: int, 
     """(valid_hw, pad_tl) on DEVICE: one image at the full map, the others random sizes in it."""
     sizes = [(H, W)] + [(r.randint(1, H), r.randint(1, W)) for _ in range(N - 1)]
     r.shuffle(sizes)
-    pads = [conv_padding(h, w, k, stride, pad_mode) for h, w in sizes]
-    return (torch.tensor(sizes, dtype=torch.int32, device=DEVICE),
-            torch.tensor([[p[0], p[2]] for p in pads], dtype=torch.int32, device=DEVICE))
+    ragged = RaggedSizes(sizes)
+    return ragged.on(DEVICE), ragged.on(DEVICE, "padding", k, stride, pad_mode)
 
 
 def _ragged(r, N, H, W, k, stride, pad_mode, share=0.4) -> dict:
