@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from fastmbconv.kernels._utils import output_size
+
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"  # where kernels run (the CPU through Triton's interpreter)
 
@@ -339,3 +341,15 @@ def assert_unchecked_sizes_clamped(run, h: int, w: int) -> None:
         empty = run(sizes)
         for out in empty if isinstance(empty, tuple) else (empty,):
             assert (out == 0).all(), sizes
+
+
+def last_rows(x: torch.Tensor, padding, k: int, stride: int, rows: int):
+    """(input rows, padding) that a k x k conv maps to its last ``rows`` output rows: what the
+    CUDA tests past 2^31 elements compare, where the input's last rows are the ones whose
+    offsets pass 2^31 and a reference over the whole map would need tens of GiB more."""
+    top, bottom, left, right = padding
+    h_out, _ = output_size(x.shape[-2], x.shape[-1], k, stride, padding)
+    first = (h_out - rows) * stride - top  # the first input row the first kept output row reads
+    if rows > h_out or first < 0:
+        raise ValueError(f"{rows} output rows of {h_out} reach the top padding")
+    return x[..., first:, :], (0, bottom, left, right)

@@ -14,7 +14,7 @@ from fastmbconv.kernels._utils import output_size
 from fastmbconv.kernels.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_ref, taps_diag, taps_major
 from fastmbconv.kernels.testing import FencedOutputs, assert_close_to_ref, nan_fenced, nan_fenced_dense
 
-from ..helpers import DEVICE, assert_unchecked_sizes_clamped, interpreter_memcheck
+from ..helpers import DEVICE, assert_unchecked_sizes_clamped, interpreter_memcheck, last_rows
 
 pytestmark = pytest.mark.interpreter
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -271,23 +271,35 @@ def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
         dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1)
 
 
+#: inputs past 2^31 elements, B7-at-600-px-sized: (N, C, H, W) and whether the kernel takes
+#: 64-bit offsets. The kernel forms each image's base offset in 64 bits, so many images that
+#: each fit 32 bits keep INT64 off; one image past 2^31 turns it on
+PAST_2_31 = {"images": ((1040, 32, 256, 256), False), "one_image": ((1, 32, 8200, 8200), True)}
+
+
 @pytest.mark.gpu
 @pytest.mark.usefixtures("frees_cuda_memory")
+@pytest.mark.parametrize("case", [  # one_image: not among the first stage's quick tests
+    "images", pytest.param("one_image", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("layout", ["conv", "mma"])
-def test_more_than_2_31_elements_cuda(layout):
-    """B7-at-600px-sized activations: offsets must be 64-bit, in the FMA taps and in the
-    tensor-core ones (what the fused model runs in fp16)."""
-    N, C, H, W = 1040, 32, 256, 256  # 2.18e9 elements
-    x = torch.randn(N, C, H, W, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+def test_more_than_2_31_elements_cuda(layout, case):
+    """Offsets past 2^31, in the FMA taps and in the tensor-core ones (what the fused model runs
+    in fp16): the last two images, or the last rows of one image."""
+    (N, C, H, W), int64 = PAST_2_31[case]
+    x = torch.empty(N, C, H, W, device="cuda", dtype=torch.float16, memory_format=torch.channels_last).normal_()
     _, w, scale, shift = make(1, C, 1, 1, 3, torch.float16, layout=layout)
     with record_launches() as planned:
         dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1, with_pool=True)
-    assert [(r.constexprs["MMA"], r.constexprs["INT64"]) for r in planned] == [(layout == "mma", True)]
+    assert [(r.constexprs["MMA"], r.constexprs["INT64"]) for r in planned] == [(layout == "mma", int64)]
     out, partials = dwconv_bn_act(x, w, scale, shift, (1, 1, 1, 1), 1, with_pool=True)
-    last = x[-2:].float()
-    ref, ref_pool = dwconv_bn_act_ref(last, w, scale, shift, (1, 1, 1, 1), 1, with_pool=True)
-    torch.testing.assert_close(out[-2:].float(), ref, atol=2e-2, rtol=1e-2)
-    torch.testing.assert_close(partials[-2:].sum(1), ref_pool, atol=1.0, rtol=1e-3)
+    if case == "images":
+        ref, ref_pool = dwconv_bn_act_ref(x[-2:].float(), w, scale, shift, (1, 1, 1, 1), 1, with_pool=True)
+        torch.testing.assert_close(out[-2:].float(), ref, atol=2e-2, rtol=1e-2)
+        torch.testing.assert_close(partials[-2:].sum(1), ref_pool, atol=1.0, rtol=1e-3)
+    else:  # the last 32 rows: the last 16 lie past 2^31
+        rows, padding = last_rows(x, (1, 1, 1, 1), 3, 1, 32)
+        ref = dwconv_bn_act_ref(rows.float(), w, scale, shift, padding, 1)
+        torch.testing.assert_close(out[..., -32:, :].float(), ref, atol=2e-2, rtol=1e-2)
 
 
 def test_out_of_range_valid_sizes():

@@ -18,7 +18,7 @@ from fastmbconv.kernels.dwconv_bn_act import taps_diag
 from fastmbconv.kernels.expand_dwconv import expand_dwconv, expand_dwconv_ref
 from fastmbconv.kernels.testing import LOWP_ULP, assert_close_to_ref
 
-from ..helpers import DEVICE
+from ..helpers import DEVICE, last_rows
 
 pytestmark = pytest.mark.interpreter
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -363,21 +363,34 @@ def test_out_of_range_valid_sizes():
                                    expand_dwconv(x, *params, (1, 1, 1, 1), 1, valid_hw=full, pad_tl=pad_tl))
 
 
+#: inputs past 2^31 elements: (N, C_in, H, W) and whether the kernel takes 64-bit offsets. The
+#: kernel forms each image's base offset in 64 bits, so many images that each fit 32 bits keep
+#: INT64 off; one image past 2^31 turns it on
+PAST_2_31 = {"images": ((4100, 16, 184, 184), False), "one_image": ((1, 16, 11600, 11600), True)}
+
+
 @pytest.mark.gpu
 @pytest.mark.usefixtures("frees_cuda_memory")
+@pytest.mark.parametrize("case", [  # one_image: not among the first stage's quick tests
+    "images", pytest.param("one_image", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("taps", ["major", "auto"], ids=["fma", "mma"])
-def test_more_than_2_31_elements_cuda(taps):
-    """An input of more than 2^31 elements: the image offsets are 64-bit, with the FMA taps and
-    with the tensor-core ones (what the fused model runs in fp16)."""
-    N, C_in, H, W = 4100, 16, 184, 184  # 2.2e9 elements
-    x = torch.randn(N, C_in, H, W, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+def test_more_than_2_31_elements_cuda(taps, case):
+    """Input offsets past 2^31, with the FMA taps and with the tensor-core ones (what the fused
+    model runs in fp16): the last two images, or the last rows of one image."""
+    (N, C_in, H, W), int64 = PAST_2_31[case]
+    x = torch.empty(N, C_in, H, W, device="cuda", dtype=torch.float16, memory_format=torch.channels_last).normal_()
     _, params = make(1, C_in, 32, 1, 1, 3, torch.float16, taps=taps)
     with record_launches() as planned:
         expand_dwconv(x, *params, (1, 1, 1, 1), 2)
-    assert [(r.constexprs["MMA"], r.constexprs["INT64"]) for r in planned] == [(taps == "auto", True)]
+    assert [(r.constexprs["MMA"], r.constexprs["INT64"]) for r in planned] == [(taps == "auto", int64)]
     out, partials = expand_dwconv(x, *params, (1, 1, 1, 1), 2)
     # the tensor-core taps read the expanded halo rounded to fp16, as check() says
-    ref, ref_pool = expand_dwconv_ref(x[-2:], *params, (1, 1, 1, 1), 2,
-                                      expanded_dtype=x.dtype if taps == "auto" else None)
-    torch.testing.assert_close(out[-2:].float(), ref, atol=2e-2, rtol=1e-2)
-    torch.testing.assert_close(partials[-2:].sum(1), ref_pool, atol=1.0, rtol=1e-3)
+    expanded_dtype = x.dtype if taps == "auto" else None
+    if case == "images":
+        ref, ref_pool = expand_dwconv_ref(x[-2:], *params, (1, 1, 1, 1), 2, expanded_dtype=expanded_dtype)
+        torch.testing.assert_close(out[-2:].float(), ref, atol=2e-2, rtol=1e-2)
+        torch.testing.assert_close(partials[-2:].sum(1), ref_pool, atol=1.0, rtol=1e-3)
+    else:  # the last 32 output rows read the last 65 input rows, of which about 30 lie past 2^31
+        rows, padding = last_rows(x, (1, 1, 1, 1), 3, 2, 32)
+        ref, _ = expand_dwconv_ref(rows, *params, padding, 2, expanded_dtype=expanded_dtype)
+        torch.testing.assert_close(out[..., -32:, :].float(), ref, atol=2e-2, rtol=1e-2)
