@@ -120,8 +120,12 @@ def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: i
     block_k = min(64 if kernel == 3 and C_in % 64 == 0 else 32, max(16, next_pow2(C_in)))
     if dtype == torch.float32:
         block_k = 16
-    if interpreting():  # ~30 ms per program: few, large items
-        return H_out, W_out, max(16, min(next_pow2(C), 128)), max(16, min(next_pow2(C_in), 128))
+    if interpreting():  # ~30 ms per program: few, large items (the halo's product <= 2^17 elements)
+        halo = ((H_out - 1) * stride + kernel) * halo_pitch((W_out - 1) * stride + kernel)
+        block_c = max(16, min(next_pow2(C), 512))
+        while block_c > 128 and next_pow2(halo) * block_c > 2**17:
+            block_c //= 2
+        return H_out, W_out, block_c, max(16, min(next_pow2(C_in), 128))
     # 64 expanded channels per item halve the per-item work per output (set-up, the SE sums'
     # reduction) where few channels are masked off. Only for fp16/bf16, and 3x3 kernels of at
     # most 192 input channels or 5x5 ones of at most 64 (B0's 2.x): fp32 and wider 3x3 inputs
