@@ -31,6 +31,11 @@ def pixel_slots(tile_h: int, tile_w: int) -> int:
     return max(16, next_pow2(tile_h * tile_w))
 
 
+def halo_shape(tile_h: int, tile_w: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(rows, columns) of the input that a tile's windows read: its expanded halo."""
+    return (tile_h - 1) * stride + kernel, (tile_w - 1) * stride + kernel
+
+
 def halo_pitch(halo_w: int) -> int:
     """Slot pixels per halo row: the next power of two where that wastes at most an eighth of
     the row (a halo pixel's row and column are then a shift and a mask, where a division by an
@@ -78,8 +83,9 @@ def _tile_search(H_out: int, W_out: int, kernel: int, stride: int, wide_block: b
                 continue
             if wide_block and slots > 64:
                 continue  # 64-channel items of 128 slots spill on sm_90 (B0's 14x14 and 56x56 maps)
-            pitch = halo_pitch((tw - 1) * stride + kernel)
-            halo = ((th - 1) * stride + kernel) * pitch
+            halo_h, halo_w = halo_shape(th, tw, kernel, stride)
+            pitch = halo_pitch(halo_w)
+            halo = halo_h * pitch
             if slots > 64 and (pitch & (pitch - 1) or halo > 160):
                 continue  # 128 slots beside a division per halo pixel or a fourth product: spills (triton 3.6)
             if halo > (256 if kernel == 5 else 320):  # registers, and the slot size
@@ -121,7 +127,8 @@ def blocks_for(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: i
     if dtype == torch.float32:
         block_k = 16
     if interpreting():  # ~30 ms per program: few, large items (the halo's product <= 2^17 elements)
-        halo = ((H_out - 1) * stride + kernel) * halo_pitch((W_out - 1) * stride + kernel)
+        halo_h, halo_w = halo_shape(H_out, W_out, kernel, stride)
+        halo = halo_h * halo_pitch(halo_w)
         block_c = max(16, min(next_pow2(C), 512))
         while block_c > 128 and next_pow2(halo) * block_c > 2**17:
             block_c //= 2

@@ -56,6 +56,7 @@ from ._expand_dw_tiles import (
     blocks_for,
     halo_chunks,
     halo_pitch,
+    halo_shape,
     persistent_programs,
     pixel_slots,
     shared_budget,
@@ -272,7 +273,7 @@ def geometry(H_out: int, W_out: int, C_in: int, C: int, kernel: int, stride: int
     the batch)."""
     H_out, W_out, C_in, C, kernel, stride = (int(v) for v in (H_out, W_out, C_in, C, kernel, stride))
     tile_h, tile_w, block_c, block_k = blocks_for(H_out, W_out, C_in, C, kernel, stride, dtype)
-    halo_h, halo_w = (tile_h - 1) * stride + kernel, (tile_w - 1) * stride + kernel
+    halo_h, halo_w = halo_shape(tile_h, tile_w, kernel, stride)
     tiles = -(-H_out // tile_h) * -(-W_out // tile_w)
     return tile_h, tile_w, block_c, block_k, halo_h, halo_w, tiles, batch * tiles * -(-C // block_c)
 
