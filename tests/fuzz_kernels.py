@@ -7,8 +7,9 @@
 The test files walk fixed grids; this walks random ones: odd maps from 1x1 up, channel counts
 that are and are not multiples of the blocks, both kernel sizes and strides, both paddings, the
 three dtypes and both depthwise weight layouts, ragged batches with random valid sizes, forced
-entries of the autotune config lists, and for ``expand_dwconv`` random persistent-program counts
-and halo products. Under the interpreter the ops take the block sizes a GPU launch takes (each
+entries of the autotune config lists, for ``expand_dwconv`` random persistent-program counts
+and halo products, and for the SE gate random tile counts, reduced widths and per-image pixel
+counts (0 included). Under the interpreter the ops take the block sizes a GPU launch takes (each
 kernel module's ``interpreting`` is answered False for its block choice only), the memcheck of
 ``tests.helpers`` watches every load and store, and bf16 casts round as on a GPU. On a GPU the
 same cases run on the device as they come. Case ``i`` of seed ``s`` is the same on every run.
@@ -32,17 +33,21 @@ if __name__ == "__main__" and not torch.cuda.is_available():  # as the root conf
 
 from fastmbconv.geometry import RaggedSizes, conv_padding
 from fastmbconv.kernels import _expand_dw_tiles as tiles
+from fastmbconv.kernels import affine_act_pool as aap
 from fastmbconv.kernels import dwconv_bn_act as dw
 from fastmbconv.kernels import expand_dwconv as ed
 from fastmbconv.kernels import pointwise_gated as pw
+from fastmbconv.kernels import squeeze_excite as se
 from fastmbconv.kernels import stem_conv_bn_act as stem
 from fastmbconv.kernels._launch import count_launches, forced_config
 from fastmbconv.kernels._utils import dot_fp32, interpreting
 
 from .helpers import DEVICE, bf16_casts_round_to_nearest, interpreter_memcheck
+from .kernels import test_affine_act_pool as aap_tests
 from .kernels import test_dwconv_bn_act as dw_tests
 from .kernels import test_expand_dwconv as ed_tests
 from .kernels import test_pointwise_gated as pw_tests
+from .kernels import test_squeeze_excite as se_tests
 from .kernels import test_stem_conv_bn_act as stem_tests
 from .kernels.test_autotune_configs import kept
 
@@ -158,10 +163,48 @@ def stem_case(r: random.Random):
     return shown, run
 
 
+def affine_act_pool_case(r: random.Random):
+    N, C, H, W = r.randint(1, 3), r.choice([1, 3, 8, 16, 17, 24, 40, 72, 96, 136]), r.randint(1, 47), r.randint(1, 47)
+    dtype, act, with_pool = r.choice(DTYPES), r.choice(["silu", "relu6", "identity"]), r.random() < 0.7
+    channels_last = r.random() < 0.8
+    y, scale, shift = aap_tests.make(N, C, H, W, dtype, channels_last=channels_last, seed=r.randrange(1 << 30))
+    shown = dict(N=N, C=C, H=H, W=W, dtype=str(dtype), act=act, with_pool=with_pool, channels_last=channels_last)
+
+    def run():
+        aap_tests.check(y, scale, shift, act, with_pool)
+    return shown, run
+
+
+def squeeze_excite_case(r: random.Random):
+    N, T, C, R = r.randint(1, 40), r.randint(1, 9), r.choice([8, 17, 24, 40, 72, 96, 136, 200, 480]), r.randint(1, 160)
+    wdtype, hw = r.choice(DTYPES), r.randint(1, 400)
+    args = se_tests.make(N, C, R, wdtype, seed=r.randrange(1 << 30), tiles=T)
+    count = None
+    if r.random() < 0.4:  # ragged: each image's own count of valid pixels (0 included)
+        count = torch.tensor([r.randint(0, hw) for _ in range(N)], dtype=torch.int32, device=DEVICE)
+    # sums of as many pixels as each image has, whose means spread as SiLU outputs do (up to ~8):
+    # make's sums divided by a count of 1 gave means in the hundreds, where two correct bf16
+    # orders of rounding differ by more than the low-precision rule's 3x allows
+    pixels = (count.clamp_min(1) if count is not None else torch.full((N,), hw, device=DEVICE)).float()
+    spread = r.uniform(0.1, 8.0)
+    args = (args[0] * (pixels * spread / (30 * T**0.5)).view(N, *[1] * (args[0].ndim - 1)), *args[1:])
+    shown = dict(N=N, T=T, C=C, R=R, wdtype=str(wdtype), hw=hw, count=count.tolist() if count is not None else None,
+                 spread=round(spread, 3))
+
+    def run():
+        with count_launches() as launches:
+            gate = se.squeeze_excite_gate(*args, count=count, hw=hw)
+        assert launches["squeeze_excite_gate"] == 1, launches
+        assert gate.dtype == torch.float32 and gate.shape == (N, C)
+        se_tests.assert_gate_close(gate, args, wdtype, hw, count)
+    return shown, run
+
+
 CASES = {"dwconv_bn_act": dwconv_case, "expand_dwconv": expand_dwconv_case, "pointwise_gated": pointwise_case,
-         "stem_conv_bn_act": stem_case}
+         "stem_conv_bn_act": stem_case, "affine_act_pool": affine_act_pool_case,
+         "squeeze_excite_gate": squeeze_excite_case}
 #: the modules whose block choices ask ``interpreting()`` (each imported the name itself)
-BLOCK_CHOOSERS = (dw, pw, stem, tiles)
+BLOCK_CHOOSERS = (dw, pw, stem, tiles, aap, se)
 
 
 @contextlib.contextmanager

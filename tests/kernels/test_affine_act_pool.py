@@ -34,20 +34,28 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(module, "blocks_for", lambda hw, c: (16, 16))
 
 
+def check(y, scale, shift, act, with_pool):
+    """One in-place call against the float64 twin (and the low-precision twin for fp16/bf16): one
+    launch, y itself returned, and the pool sums' shape and values (fp32 sums before the cast)."""
+    N, C, H, W = y.shape
+    ref, ref_sums = affine_act_pool_ref(y, scale, shift, act, with_pool=True, compute_dtype=torch.float64)
+    lowp = None if y.dtype == torch.float32 else affine_act_pool_ref(y, scale, shift, act, compute_dtype=y.dtype)
+    with count_launches() as launches:
+        got = affine_act_pool(y, scale, shift, act, with_pool=with_pool)
+    assert launches["affine_act_pool"] == 1, launches
+    out, partials = got if with_pool else (got, None)
+    assert out.data_ptr() == y.data_ptr()  # in place
+    assert_close_to_ref(out, ref, lowp, what=f"{act} {y.dtype}")
+    if with_pool:
+        assert partials.shape == (N, -(-H * W // module.blocks_for(H * W, C)[0]), C)
+        torch.testing.assert_close(partials.sum(1).double().cpu(), ref_sums.cpu(), atol=1e-3 * H * W, rtol=1e-3)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,channels_last", [((2, 40, 7, 5), True), ((3, 24, 9, 11), False), ((1, 17, 1, 1), True)])
 @pytest.mark.parametrize("act", ["silu", "relu6", "identity"])
 def test_matches_reference_with_pool_sums(small_tiles, dtype, shape, channels_last, act):
-    y, scale, shift = make(*shape, dtype, channels_last)
-    ref, ref_sums = affine_act_pool_ref(y, scale, shift, act, with_pool=True, compute_dtype=torch.float64)
-    lowp = affine_act_pool_ref(y, scale, shift, act, compute_dtype=dtype)
-    with count_launches() as launches:
-        out, partials = affine_act_pool(y, scale, shift, act, with_pool=True)
-    assert launches["affine_act_pool"] == 1 and out.data_ptr() == y.data_ptr()  # in place
-    assert partials.shape == (shape[0], -(-shape[2] * shape[3] // 16), shape[1])
-    assert_close_to_ref(out, ref, None if dtype == torch.float32 else lowp, what=f"{act} {dtype}")
-    torch.testing.assert_close(partials.sum(1).double().cpu(), ref_sums.cpu(), atol=1e-3 * shape[2] * shape[3],
-                               rtol=1e-3)
+    check(*make(*shape, dtype, channels_last), act, with_pool=True)
 
 
 def test_bad_input_is_named():

@@ -24,15 +24,15 @@ def make(N, C, R, wdtype=torch.float32, seed=0, tiles=1):
     return sums, w_r, b_r, w_e, b_e
 
 
-def assert_gate_close(gate, args, wdtype, hw):
+def assert_gate_close(gate, args, wdtype, hw, count=None):
     """fp32 weights: the fp32 rule against float64. fp16/bf16 weights: both FCs run at the weights'
     precision (as the reference modules compute them), so the bound is 3x the reference's own
     error at that precision, plus 2e-3."""
-    ref = squeeze_excite_gate_ref(*args, hw=hw, compute_dtype=torch.float64)
+    ref = squeeze_excite_gate_ref(*args, count=count, hw=hw, compute_dtype=torch.float64)
     if wdtype == torch.float32:
         assert_close_to_ref(gate, ref, what="gate")
     else:
-        lowp = squeeze_excite_gate_ref(*args, hw=hw, compute_dtype=wdtype).float()
+        lowp = squeeze_excite_gate_ref(*args, count=count, hw=hw, compute_dtype=wdtype).float()
         torch.testing.assert_close(gate, ref.float(), atol=3 * (lowp - ref.float()).abs().max().item() + 2e-3, rtol=0)
 
 
