@@ -1,0 +1,104 @@
+"""The compiled prepare ops' device checks, each call in a child process: a call that crashes the
+process (a segfault) then names its case instead of taking a pytest worker down with it.
+
+    python -m tests.prepare_device_cases FILTER CASE [CASE ...]
+
+runs the named cases in order and prints ``start <case>`` before each call and ``raised <case>:
+<message>`` or ``returned <case>`` after it. :func:`run` starts the child again after the case
+that crashed, so every case gets its answer.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+V1_META = [[0, 0, 5, 7, 4, 3]]  # (source, offset, h, w, resized h, w)
+
+#: name -> (op, the images' devices, meta's device, the error it must raise). "cpu-control" is a
+#: check the CPU kernel of the same library raises (a bad filter): if it crashes too, every C++
+#: error of the built library does, not only the device checks.
+CASES = {
+    "cpu-control": ("prepare_images_v2", ["cpu"], "cpu", r"filter must be 0 \(bilinear\)"),
+    "v2-meta-on-gpu": ("prepare_images_v2", ["cuda"], "cuda", "meta must be a CPU tensor"),
+    # CPU images and a GPU table: dispatched to the CUDA kernel by meta alone
+    "v2-cpu-images-gpu-meta": ("prepare_images_v2", ["cpu"], "cuda", "meta must be a CPU tensor"),
+    "v2-gpu-then-cpu-image": ("prepare_images_v2", ["cuda", "cpu"], "cpu",
+                              r"images\[1\] is on cpu but images\[0\] is on cuda"),
+    "v2-cpu-then-gpu-image": ("prepare_images_v2", ["cpu", "cuda"], "cpu",
+                              r"images\[1\] is on cuda:\d but images\[0\] is on cpu"),
+    "v1-meta-on-gpu": ("prepare_images", ["cuda"], "cuda", "meta must be a CPU tensor"),
+}
+CUDA_CASES = [name for name, (_, devices, meta_device, _) in CASES.items() if "cuda" in (*devices, meta_device)]
+
+
+def call(name: str, filter_: int) -> str:
+    """One case's op call; the message of the RuntimeError it raised, or '' if it returned."""
+    from fastmbconv import _ext
+
+    from .prepare_inputs import v2_args
+
+    op, devices, meta_device, _ = CASES[name]
+    images, meta, f = v2_args(filter_)
+    images = [images[0].to(device) for device in devices]
+    if op == "prepare_images":
+        args = (images, torch.tensor(V1_META).to(meta_device), 3)
+    else:
+        args = (images, meta.to(meta_device), 7 if name == "cpu-control" else f)
+    try:
+        getattr(_ext.ops(), op)(*args, 6, 7, torch.float16, [0.5] * 3, [0.25] * 3)
+    except RuntimeError as error:
+        return str(error).splitlines()[0] or "(empty message)"
+    return ""
+
+
+def run(names: list[str], filter_: int, timeout: float = 300) -> dict[str, str]:
+    """Each case's outcome from child processes: 'raised: <message>', 'returned', or 'died (exit
+    status N)' for the case a child died in, with its stderr's end (a negative status is the
+    signal: -11 a segfault); the next child goes on after it."""
+    outcomes: dict[str, str] = {}
+    pending = list(names)
+    while pending:
+        r = subprocess.run([sys.executable, "-m", "tests.prepare_device_cases", str(filter_), *pending],
+                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        started = None
+        for line in r.stdout.splitlines():
+            kind, _, rest = line.partition(" ")
+            name, _, message = rest.partition(": ")
+            if kind == "start":
+                started = name
+            elif kind in ("raised", "returned"):
+                outcomes[name] = f"raised: {message}" if kind == "raised" else "returned"
+        if started is None or started in outcomes:  # died before its first case, or after its last
+            for name in pending:
+                outcomes.setdefault(name, f"not run: the child exited with {r.returncode}: {r.stderr[-600:]}")
+            break
+        outcomes[started] = f"died (exit status {r.returncode}): {r.stderr[-600:]}"
+        pending = pending[pending.index(started) + 1:]
+    return outcomes
+
+
+def failures(outcomes: dict[str, str]) -> list[str]:
+    """The cases whose outcome is not their error, each with what happened."""
+    return [f"{name}: {outcome}" for name, outcome in outcomes.items()
+            if not (outcome.startswith("raised: ") and re.search(CASES[name][3], outcome))]
+
+
+def main(argv: list[str]) -> int:
+    filter_, names = int(argv[0]), argv[1:]
+    for name in names:
+        print(f"start {name}", flush=True)
+        if name == "segfault":  # the harness's own test: a crash in a case
+            import ctypes
+            ctypes.string_at(0)
+        message = call(name, filter_)
+        print(f"raised {name}: {message}" if message else f"returned {name}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

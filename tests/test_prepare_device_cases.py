@@ -1,0 +1,32 @@
+"""tests.prepare_device_cases, the child-process runner of the compiled ops' device checks (whose
+CUDA cases run in test_prepare_cuda.py): on any machine, the CPU kernel's own check raises its
+error through it, and a case that crashes its child is reported by name while the cases after
+it still run."""
+import pytest
+
+from . import prepare_device_cases as device_cases
+
+pytestmark = pytest.mark.subprocess
+
+
+def test_a_check_of_the_cpu_kernel_raises_its_error_in_a_child():
+    outcomes = device_cases.run(["cpu-control"], 2)
+    assert list(outcomes) == ["cpu-control"] and outcomes["cpu-control"].startswith("raised: ")
+    assert device_cases.failures(outcomes) == []
+
+
+def test_a_crash_names_its_case_and_the_next_case_still_runs():
+    outcomes = device_cases.run(["segfault", "cpu-control"], 0)
+    assert outcomes["segfault"].startswith("died (exit status -11)"), outcomes
+    assert outcomes["cpu-control"].startswith("raised: "), outcomes
+
+
+def test_a_case_that_returns_or_raises_another_error_is_a_failure():
+    assert device_cases.failures({"cpu-control": "returned"}) == ["cpu-control: returned"]
+    assert device_cases.failures({"v2-meta-on-gpu": "raised: images is an empty list"}) == [
+        "v2-meta-on-gpu: raised: images is an empty list"]
+
+
+def test_the_cuda_cases_are_every_case_with_a_gpu_tensor():
+    assert device_cases.CUDA_CASES == ["v2-meta-on-gpu", "v2-cpu-images-gpu-meta", "v2-gpu-then-cpu-image",
+                                       "v2-cpu-then-gpu-image", "v1-meta-on-gpu"]
