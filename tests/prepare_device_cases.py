@@ -9,7 +9,9 @@ that crashed, so every case gets its answer.
 """
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +21,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 V1_META = [[0, 0, 5, 7, 4, 3]]  # (source, offset, h, w, resized h, w)
 
-#: name -> (op, the images' devices, meta's device, the error it must raise). "cpu-control" is a
-#: check the CPU kernel of the same library raises (a bad filter): if it crashes too, every C++
-#: error of the built library does, not only the device checks.
+#: name -> (op, the images' devices, meta's device, the error it must raise). The controls:
+#: "cpu-control" is a check the CPU kernel of the same library raises (a bad filter): if it
+#: crashes too, every C++ error of the built library does, not only the device checks;
+#: "torch-control-*" is a check of torch's own (adding tensors of two sizes): if that crashes on
+#: the GPU, C++ errors crash in that process whatever library raises them.
 CASES = {
     "cpu-control": ("prepare_images_v2", ["cpu"], "cpu", r"filter must be 0 \(bilinear\)"),
+    "torch-control-cpu": ("torch", ["cpu"], "cpu", r"size of tensor a \(2\) must match"),
+    "torch-control-cuda": ("torch", ["cuda"], "cpu", r"size of tensor a \(2\) must match"),
     "v2-meta-on-gpu": ("prepare_images_v2", ["cuda"], "cuda", "meta must be a CPU tensor"),
     # CPU images and a GPU table: dispatched to the CUDA kernel by meta alone
     "v2-cpu-images-gpu-meta": ("prepare_images_v2", ["cpu"], "cuda", "meta must be a CPU tensor"),
@@ -43,6 +49,12 @@ def call(name: str, filter_: int) -> str:
     from .prepare_inputs import v2_args
 
     op, devices, meta_device, _ = CASES[name]
+    if op == "torch":
+        try:
+            torch.ones(2, device=devices[0]) + torch.ones(3, device=devices[0])
+        except RuntimeError as error:
+            return str(error).splitlines()[0] or "(empty message)"
+        return ""
     images, meta, f = v2_args(filter_)
     images = [images[0].to(device) for device in devices]
     if op == "prepare_images":
@@ -77,9 +89,27 @@ def run(names: list[str], filter_: int, timeout: float = 300) -> dict[str, str]:
             for name in pending:
                 outcomes.setdefault(name, f"not run: the child exited with {r.returncode}: {r.stderr[-600:]}")
             break
-        outcomes[started] = f"died (exit status {r.returncode}): {r.stderr[-600:]}"
+        outcomes[started] = (f"died (exit status {r.returncode}; TORCH_SHOW_CPP_STACKTRACES="
+                             f"{os.environ.get('TORCH_SHOW_CPP_STACKTRACES')!r}): {r.stderr[-600:]}"
+                             f"{native_backtrace(started, filter_, timeout)}")
         pending = pending[pending.index(started) + 1:]
     return outcomes
+
+
+def native_backtrace(name: str, filter_: int, timeout: float) -> str:
+    """The C frames of a case that died, from the case run again alone under gdb where there is
+    one (Python's faulthandler shows only Python frames); '' where gdb is missing or fails."""
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        return ""
+    try:
+        r = subprocess.run([gdb, "-batch", "-ex", "run", "-ex", "bt 30", "--args", sys.executable, "-m",
+                            "tests.prepare_device_cases", str(filter_), name],
+                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"\n    (gdb did not run: {error})"
+    frames = [line for line in r.stdout.splitlines() if line.startswith("#")]
+    return "\n    gdb backtrace:\n      " + "\n      ".join(frames) if frames else ""
 
 
 def failures(outcomes: dict[str, str]) -> list[str]:

@@ -120,7 +120,8 @@ def test_cuda_op_checks_devices(filter_):
     on the first image's device, since the kernel reads them all through one table of addresses.
     Each call runs in a child process (tests.prepare_device_cases): on an H100 a call here
     crashed its pytest worker with a segfault, so a crash now names its case, and the CPU
-    kernel's own error beside them tells a crash of these checks from one of every C++ error."""
+    kernel's own error and one of torch's beside them tell a crash of these checks from one of every
+    C++ error (tests.prepare_device_cases.CASES)."""
     if not _ext.has_cuda_kernels():
         pytest.fail("fastmbconv._C was built without CUDA kernels on a CUDA machine")
     outcomes = device_cases.run(["cpu-control", *device_cases.CUDA_CASES], filter_)

@@ -9,15 +9,17 @@ from . import prepare_device_cases as device_cases
 pytestmark = pytest.mark.subprocess
 
 
-def test_a_check_of_the_cpu_kernel_raises_its_error_in_a_child():
-    outcomes = device_cases.run(["cpu-control"], 2)
-    assert list(outcomes) == ["cpu-control"] and outcomes["cpu-control"].startswith("raised: ")
+def test_the_controls_raise_their_errors_in_a_child():
+    """The CPU kernel's own check and one of torch's: the errors beside the CUDA cases."""
+    outcomes = device_cases.run(["cpu-control", "torch-control-cpu"], 2)
+    assert list(outcomes) == ["cpu-control", "torch-control-cpu"], outcomes
+    assert all(outcome.startswith("raised: ") for outcome in outcomes.values()), outcomes
     assert device_cases.failures(outcomes) == []
 
 
 def test_a_crash_names_its_case_and_the_next_case_still_runs():
     outcomes = device_cases.run(["segfault", "cpu-control"], 0)
-    assert outcomes["segfault"].startswith("died (exit status -11)"), outcomes
+    assert outcomes["segfault"].startswith("died (exit status -11"), outcomes
     assert outcomes["cpu-control"].startswith("raised: "), outcomes
 
 
@@ -28,5 +30,5 @@ def test_a_case_that_returns_or_raises_another_error_is_a_failure():
 
 
 def test_the_cuda_cases_are_every_case_with_a_gpu_tensor():
-    assert device_cases.CUDA_CASES == ["v2-meta-on-gpu", "v2-cpu-images-gpu-meta", "v2-gpu-then-cpu-image",
+    assert device_cases.CUDA_CASES == ["torch-control-cuda", "v2-meta-on-gpu", "v2-cpu-images-gpu-meta", "v2-gpu-then-cpu-image",
                                        "v2-cpu-then-gpu-image", "v1-meta-on-gpu"]
