@@ -1,7 +1,7 @@
 """tests.prepare_device_cases, the child-process runner of the compiled ops' device checks (whose
-CUDA cases run in test_prepare_cuda.py): on any machine, the CPU kernel's own check raises its
-error through it, and a case that crashes its child is reported by name while the cases after
-it still run."""
+CUDA cases run in test_prepare_cuda.py): on any machine, the CPU kernel's own check and one of
+torch's raise their errors through it, and a case that crashes its child is reported by name
+(with its C frames where gdb is installed) while the cases after it still run."""
 import pytest
 
 from . import prepare_device_cases as device_cases
