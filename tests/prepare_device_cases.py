@@ -91,14 +91,15 @@ def run(names: list[str], filter_: int, timeout: float = 300) -> dict[str, str]:
             break
         outcomes[started] = (f"died (exit status {r.returncode}; TORCH_SHOW_CPP_STACKTRACES="
                              f"{os.environ.get('TORCH_SHOW_CPP_STACKTRACES')!r}): {r.stderr[-600:]}"
-                             f"{native_backtrace(started, filter_, timeout)}")
+                             f"{native_backtrace(started, filter_, min(timeout, 60))}")
         pending = pending[pending.index(started) + 1:]
     return outcomes
 
 
 def native_backtrace(name: str, filter_: int, timeout: float) -> str:
     """The C frames of a case that died, from the case run again alone under gdb where there is
-    one (Python's faulthandler shows only Python frames); '' where gdb is missing or fails."""
+    one (Python's faulthandler shows only Python frames); '' where gdb is missing or fails. At
+    most a minute a case: a GPU check's step has its time counted."""
     gdb = shutil.which("gdb")
     if gdb is None:
         return ""
