@@ -113,7 +113,7 @@ def test_cuda_center_crop_equals_cpu(interpolation, dtype):
 @needs_cuda
 @pytest.mark.gpu
 @pytest.mark.subprocess
-@pytest.mark.parametrize("filter_", [0, 2])
+@pytest.mark.parametrize("filter_", [0, 1, 2])
 def test_cuda_op_checks_devices(filter_):
     """The checks only a CUDA build reaches (on a CPU-only build these inputs never get past the
     dispatcher): the table must stay on the host, where both ops read it, and every image must be

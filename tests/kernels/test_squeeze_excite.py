@@ -36,15 +36,20 @@ def assert_gate_close(gate, args, wdtype, hw, count=None):
         torch.testing.assert_close(gate, ref.float(), atol=3 * (lowp - ref.float()).abs().max().item() + 2e-3, rtol=0)
 
 
+def check(args, wdtype, hw, count=None):
+    """One launch for the batch, an fp32 (N, C) gate, close to the twin by assert_gate_close."""
+    N, C = args[0].shape[0], args[0].shape[-1]
+    with count_launches() as launches:
+        gate = squeeze_excite_gate(*args, count=count, hw=hw)
+    assert launches["squeeze_excite_gate"] == 1, launches
+    assert gate.dtype == torch.float32 and gate.shape == (N, C)
+    assert_gate_close(gate, args, wdtype, hw, count)
+
+
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("N,C,R", [(1, 24, 1), (3, 40, 10), (2, 1152, 48), (5, 96, 4)])
 def test_matches_ref(N, C, R, wdtype):
-    args = make(N, C, R, wdtype)
-    with count_launches() as launches:
-        gate = squeeze_excite_gate(*args, hw=49)
-    assert launches["squeeze_excite_gate"] == 1
-    assert gate.dtype == torch.float32 and gate.shape == (N, C)
-    assert_gate_close(gate, args, wdtype, hw=49)
+    check(make(N, C, R, wdtype), wdtype, hw=49)
 
 
 @pytest.mark.parametrize("N,T", [(1, 7), (21, 3), (40, 1)])
