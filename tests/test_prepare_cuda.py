@@ -113,16 +113,19 @@ def test_cuda_center_crop_equals_cpu(interpolation, dtype):
 @needs_cuda
 @pytest.mark.gpu
 @pytest.mark.subprocess
-@pytest.mark.parametrize("filter_", [0, 1, 2])
-def test_cuda_op_checks_devices(filter_):
+@pytest.mark.parametrize("filter_, first", [(0, ()), (1, ()), (2, ()), (0, ("triton-kernel",))],
+                         ids=["filter0", "filter1", "filter2", "filter0-after-triton"])
+def test_cuda_op_checks_devices(filter_, first):
     """The checks only a CUDA build reaches (on a CPU-only build these inputs never get past the
     dispatcher): the table must stay on the host, where both ops read it, and every image must be
     on the first image's device, since the kernel reads them all through one table of addresses.
     Each call runs in a child process (tests.prepare_device_cases): on an H100 a call here
     crashed its pytest worker with a segfault, so a crash now names its case, and the CPU
     kernel's own error and one of torch's beside them tell a crash of these checks from one of every
-    C++ error (tests.prepare_device_cases.CASES)."""
+    C++ error (tests.prepare_device_cases.CASES). The last case runs them all again in children
+    that launch a Triton kernel first, as the crashed workers had."""
     if not _ext.has_cuda_kernels():
         pytest.fail("fastmbconv._C was built without CUDA kernels on a CUDA machine")
-    outcomes = device_cases.run(["cpu-control", *device_cases.CUDA_CASES], filter_)
+    outcomes = device_cases.run(["cpu-control", "cuda-binding-control", *device_cases.CUDA_CASES], filter_,
+                                first=first)
     assert not device_cases.failures(outcomes), "\n".join(device_cases.failures(outcomes))

@@ -2,6 +2,8 @@
 CUDA cases run in test_prepare_cuda.py): on any machine, the CPU kernel's own check and one of
 torch's raise their errors through it, and a case that crashes its child is reported by name
 (with its C frames where gdb is installed) while the cases after it still run."""
+import shutil
+
 import pytest
 
 from . import prepare_device_cases as device_cases
@@ -17,13 +19,52 @@ def test_the_controls_raise_their_errors_in_a_child():
     assert device_cases.failures(outcomes) == []
 
 
+def test_the_cuda_binding_raises_its_error_without_a_gpu():
+    """The CUDA kernel's binding, reached with CPU tensors through its dispatch key: its table is
+    built and its device check raises, in a CUDA build on any machine, GPU or not."""
+    from fastmbconv import _ext
+
+    if not _ext.has_cuda_kernels():
+        pytest.skip("fastmbconv._C was built without CUDA kernels")
+    outcomes = device_cases.run(["cuda-binding-control"], 1)
+    assert device_cases.failures(outcomes) == [], outcomes
+
+
 def test_a_crash_names_its_case_and_the_next_case_still_runs():
     outcomes = device_cases.run(["segfault", "cpu-control"], 0)
     assert outcomes["segfault"].startswith("died (exit status -11"), outcomes
     assert outcomes["cpu-control"].startswith("raised: "), outcomes
 
 
+def test_only_the_first_case_that_dies_is_run_again_under_gdb():
+    if shutil.which("gdb") is None:
+        pytest.skip("gdb is not installed")
+    outcomes = device_cases.run(["segfault", "segfault-again", "cpu-control"], 0)
+    assert "gdb backtrace:" in outcomes["segfault"], outcomes
+    assert outcomes["segfault-again"].startswith("died (exit status -11") and "gdb" not in outcomes["segfault-again"]
+    assert outcomes["cpu-control"].startswith("raised: "), outcomes
+
+
+@pytest.mark.interpreter
+def test_the_first_cases_run_in_every_child():
+    """With a Triton kernel first in every child: the child after the crash runs it too (here
+    under the interpreter), before the case that follows the crash."""
+    outcomes = device_cases.run(["segfault", "cpu-control"], 0, first=("triton-kernel",))
+    assert outcomes["triton-kernel"] == "returned", outcomes
+    assert outcomes["segfault"].startswith("died (exit status -11"), outcomes
+    assert outcomes["cpu-control"].startswith("raised: ") and "filter must be 0" in outcomes["cpu-control"], outcomes
+    assert list(outcomes) == ["triton-kernel", "segfault", "cpu-control"], outcomes
+
+
+def test_a_first_case_that_dies_leaves_the_rest_not_run():
+    outcomes = device_cases.run(["cpu-control", "torch-control-cpu"], 0, first=("segfault",))
+    assert outcomes["segfault"].startswith("died (exit status -11"), outcomes
+    assert outcomes["cpu-control"] == outcomes["torch-control-cpu"] == "not run: segfault, run first, died"
+
+
 def test_a_case_that_returns_or_raises_another_error_is_a_failure():
+    assert device_cases.failures({"triton-kernel": "returned"}) == []
+    assert device_cases.failures({"triton-kernel": "raised: boom"}) == ["triton-kernel: raised: boom"]
     assert device_cases.failures({"cpu-control": "returned"}) == ["cpu-control: returned"]
     assert device_cases.failures({"v2-meta-on-gpu": "raised: images is an empty list"}) == [
         "v2-meta-on-gpu: raised: images is an empty list"]
