@@ -73,12 +73,19 @@ def test_a_misspelt_step_name_stops_the_check_before_any_step(tmp_path, capsys, 
 
 @pytest.mark.subprocess
 def test_dry_profile_strips_ncu_and_records_its_command(tmp_path):
+    """The profile stage on a CPU: ncu's commands recorded, the host profile run (interpreted)."""
     r, steps = _dry("profile", tmp_path / "out", "--skip", "install,warm,ncu-fused")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     eager = steps["ncu-eager"]
     assert eager["status"] == "ok" and eager["would_run"].startswith("ncu --target-processes all --nvtx")
     assert "--nvtx-include b0_eager/" in eager["would_run"] and "--page raw" in eager["would_run"]
     assert steps["bandwidth"]["status"] == "ok" and steps["ncu-table"]["status"] == "ok"
+    assert steps["host-profile"]["status"] == "ok", steps["host-profile"]
+    assert "--batch 1" in steps["host-profile"]["would_run"] and "--device cuda" in steps["host-profile"]["would_run"]
+    with tarfile.open(tmp_path / "out" / "logs.tar.gz") as tf:
+        host = json.load(tf.extractfile("profile/host.json"))
+    assert min(host["fused_ms"], host["fused_launches_recorded_ms"], host["eager_ms"]) > 0, host
+    assert host["launches_per_fused_forward"] > 0 and len(host["profile_by_own_time"]) == 5, host
     report = (tmp_path / "out" / "report.md").read_text()
     assert "no ncu CSV" in report and "Dry run: commands printed, not run" in report
 

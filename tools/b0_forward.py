@@ -4,6 +4,7 @@
     b0_forward.py warm      --device cuda --dtype fp16 --resolution 224 --batches 256,1 --json warm.json
     b0_forward.py profile   --provider fused|eager --device cuda --dtype fp16 --resolution 224 --batch 256
     b0_forward.py bandwidth --device cuda --json bandwidth.json
+    b0_forward.py host      --device cuda --dtype fp16 --resolution 224 --batch 1 --json host.json
 
 * ``warm``: the fused forward at each batch, timed cold (first call: Triton compiles and autotunes
   every B0 layer shape, or reads them from the cache) and warm, and compared with the reference
@@ -14,6 +15,13 @@
   ``--nvtx`` (default ``b0_<provider>``), so ``ncu --nvtx --nvtx-include b0_fused/`` profiles that
   forward's kernels and nothing else. ``eager`` is the reference modules (cuDNN on a GPU).
 * ``bandwidth``: :func:`fastmbconv.measure_copy_bandwidth` on the device, as JSON.
+* ``host``: where the fused forward's host time goes, at a batch small enough that the host
+  bounds it (at batch 1 the fused forward took 16.5 ms on an H100, 0.45 ms as a CUDA graph).
+  Milliseconds per forward, each over ``--repeat`` back-to-back forwards and one synchronise:
+  fused, fused with its Triton launches recorded instead of made (the package's own Python and
+  torch's work, Triton's launch path left out), and eager; then ``cProfile`` over as many fused
+  forwards, its ``--top`` functions by own time and by cumulative time, per forward (the
+  profiler slows Python down: read its shares, and the unprofiled times above for time).
 
 Eval mode, channels_last, random weights and inputs (seeded), under the benchmarks' backend flags
 (``fastmbconv.study.timing_settings``: cuDNN benchmark mode, no TF32). On a CPU (the dry mode) the fused
@@ -110,6 +118,60 @@ def profile(a) -> int:
     return 0
 
 
+def per_forward_ms(fn, repeat: int, device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / repeat * 1e3
+
+
+def profile_rows(stats, repeat: int, key: int, top: int) -> list:
+    """The ``top`` functions of a pstats table by column ``key`` (2 own time, 3 cumulative)."""
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][key], reverse=True)[:top]
+    return [{"function": f"{file}:{line}({name})", "calls_per_forward": calls / repeat,
+             "own_ms_per_forward": own / repeat * 1e3, "cumulative_ms_per_forward": cum / repeat * 1e3}
+            for (file, line, name), (_, calls, own, cum, _) in rows]
+
+
+def host(a) -> int:
+    import cProfile
+    import pstats
+
+    from fastmbconv.kernels._launch import count_launches, record_launches
+
+    device, dtype = torch.device(a.device), DTYPES[a.dtype]
+    model = build(device, dtype)
+    x = make_input(a.batch, a.resolution, device, dtype)
+    for _ in range(a.warmup):  # compile, autotune, fold: before anything is timed
+        forward(model, x, "fused")
+        forward(model, x, "eager")
+
+    def recorded():
+        with record_launches():
+            forward(model, x, "fused")
+
+    with count_launches() as launches:
+        forward(model, x, "fused")
+    row = {"device": str(device), "dtype": a.dtype, "resolution": a.resolution, "batch": a.batch,
+           "repeat": a.repeat, "launches_per_fused_forward": sum(launches.values()),
+           "fused_ms": per_forward_ms(lambda: forward(model, x, "fused"), a.repeat, device),
+           "fused_launches_recorded_ms": per_forward_ms(recorded, a.repeat, device),
+           "eager_ms": per_forward_ms(lambda: forward(model, x, "eager"), a.repeat, device)}
+    print(json.dumps(row), flush=True)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    per_forward_ms(lambda: forward(model, x, "fused"), a.repeat, device)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    row["profile_by_own_time"] = profile_rows(stats, a.repeat, 2, a.top)
+    row["profile_by_cumulative_time"] = profile_rows(stats, a.repeat, 3, a.top)
+    if a.json:
+        Path(a.json).write_text(json.dumps(row, indent=2))
+    return 0
+
+
 def bandwidth(a) -> int:
     bw = fastmbconv.measure_copy_bandwidth(a.device)
     d = bw.as_dict()
@@ -135,6 +197,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     pr.add_argument("--batch", type=int, default=256)
     pr.add_argument("--warmup", type=int, default=3)
     pr.add_argument("--nvtx", default=None)
+    h = sub.add_parser("host", parents=[common])
+    h.add_argument("--batch", type=int, default=1)
+    h.add_argument("--warmup", type=int, default=3)
+    h.add_argument("--repeat", type=int, default=50)
+    h.add_argument("--top", type=int, default=40)
+    h.add_argument("--json", default=None)
     b = sub.add_parser("bandwidth")
     b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     b.add_argument("--json", default=None)
@@ -145,7 +213,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     # the timed rows' cuDNN and TF32 flags: a profiled eager forward runs the algorithms they timed
     with timing_settings():
-        return {"warm": warm, "profile": profile, "bandwidth": bandwidth}[a.command](a)
+        return {"warm": warm, "profile": profile, "host": host, "bandwidth": bandwidth}[a.command](a)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ and records versions to ``OUT/env.json``. Then:
   every provider, ResNet-50); kernel-level cases at B0 shapes; ``torch.compile(max-autotune)``
   of B0 at batch 256 in a step of its own; B0-B7 at batch 32 if time is left (the README plot's points). Writes the
   merged pytest-benchmark JSON and the benchmark ``summary.json`` / ``summary.md``.
-* ``profile``: the warm-up; the copy bandwidth; ``ncu`` over one fused and one eager B0 forward
+* ``profile``: the warm-up; the fused forward's host time at batch 1, timed and under cProfile;
+  the copy bandwidth; ``ncu`` over one fused and one eager B0 forward
   (batch 256, fp16), each limited to an NVTX range; a per-kernel table (time, DRAM GB/s,
   fraction of the copy bandwidth, registers, occupancy).
 * ``all``: ``verify``, ``speed`` and ``profile`` in a row (default budget 3 x 540 s), plus the

@@ -1,5 +1,6 @@
-"""The profile stage's steps: the copy bandwidth, ncu over one fused and one eager B0 forward
-(each limited to its NVTX range), and the per-kernel tables read from ncu's CSV."""
+"""The profile stage's steps: where the fused forward's host time goes at batch 1, the copy
+bandwidth, ncu over one fused and one eager B0 forward (each limited to its NVTX range), and the
+per-kernel tables read from ncu's CSV."""
 from __future__ import annotations
 
 import ncu_table
@@ -49,7 +50,15 @@ def profile_steps(c: Check) -> list[Step]:
     prof = c.logs / "profile"
     prof.mkdir(exist_ok=True)
     bw = [py, str(TOOLS / "b0_forward.py"), "bandwidth", "--json", str(c.logs / "bandwidth.json")]
-    steps = [warm_step(c), Step("bandwidth", bw + ["--device", "cuda"], bw + ["--device", "cpu"], cap_s=60, min_s=10)]
+    host = [py, str(TOOLS / "b0_forward.py"), "host", "--json", str(prof / "host.json")]
+    steps = [warm_step(c),
+             # before ncu, which a short budget cuts first: seconds, and the cause of the fused
+             # forward's 16.5 ms at batch 1 (0.45 ms as a CUDA graph) on an H100
+             Step("host-profile", host + ["--device", "cuda", "--dtype", "fp16", "--resolution", "224", "--batch", "1"],
+                  host + ["--device", "cpu", "--dtype", "fp32", "--resolution", "16", "--batch", "1", "--warmup", "1",
+                          "--repeat", "1", "--top", "5"],
+                  cap_s=60, min_s=20, what="host time of the fused B0 forward at batch 1: timed, and under cProfile"),
+             Step("bandwidth", bw + ["--device", "cuda"], bw + ["--device", "cpu"], cap_s=60, min_s=10)]
     for provider in ("fused", "eager"):
         inner = [py, str(TOOLS / "b0_forward.py"), "profile", "--provider", provider, "--nvtx", f"b0_{provider}"]
         # caches flushed before each kernel (ncu's default): consistent per-kernel bytes, cold-L2 times
