@@ -100,16 +100,18 @@ def launch_a_triton_kernel() -> None:
         raise RuntimeError(f"triton-kernel: expected one {aap.OP} launch, counted {dict(launches)}")
 
 
-def run(names: list[str], filter_: int, timeout: float = 300, first: tuple = ()) -> dict[str, str]:
+def run(names: list[str], filter_: int, timeout: float = 300, first: tuple = (), trace: bool = True,
+        max_deaths: int = 3) -> dict[str, str]:
     """Each case's outcome from child processes: 'raised: <message>', 'returned', or 'died (exit
     status N)' for the case a child died in, with its stderr's end (a negative status is the
     signal: -11 a segfault); the next child goes on after it. Every child runs the cases
     ``first`` before its own (their outcomes are the last child's); if one of them dies, the
-    cases left are not run. Only the first case that dies is run again under gdb: a rerun costs
-    up to a minute, and on the GPU every case may die alike."""
+    cases left are not run. A GPU check's step has its time counted and on the GPU every case
+    may die alike, so only the first case that dies is run again under gdb (with ``trace``; up to
+    a minute), and after ``max_deaths`` deaths the cases left are not run."""
     outcomes: dict[str, str] = {}
     pending = list(names)
-    traced = False
+    deaths = 0
     while pending:
         r = subprocess.run([sys.executable, "-m", "tests.prepare_device_cases", str(filter_),
                             *(f"--first={name}" for name in first), *pending],
@@ -129,13 +131,17 @@ def run(names: list[str], filter_: int, timeout: float = 300, first: tuple = ())
             break
         outcomes[started] = (f"died (exit status {r.returncode}; TORCH_SHOW_CPP_STACKTRACES="
                              f"{os.environ.get('TORCH_SHOW_CPP_STACKTRACES')!r}): {r.stderr[-600:]}"
-                             f"{'' if traced else native_backtrace(started, filter_, min(timeout, 60), first)}")
-        traced = True
+                             f"{native_backtrace(started, filter_, min(timeout, 60), first) if trace and not deaths else ''}")
+        deaths += 1
         if started in first:
             for name in pending:
                 outcomes.setdefault(name, f"not run: {started}, run first, died")
             break
         pending = pending[pending.index(started) + 1:]
+        if deaths == max_deaths:
+            for name in pending:
+                outcomes[name] = f"not run: {deaths} children died already"
+            break
     return outcomes
 
 

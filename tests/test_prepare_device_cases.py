@@ -45,6 +45,12 @@ def test_only_the_first_case_that_dies_is_run_again_under_gdb():
     assert outcomes["cpu-control"].startswith("raised: "), outcomes
 
 
+def test_the_cases_after_the_last_death_allowed_are_not_run():
+    outcomes = device_cases.run(["segfault", "segfault-again", "cpu-control"], 0, trace=False, max_deaths=2)
+    assert "gdb" not in outcomes["segfault"] and outcomes["segfault-again"].startswith("died"), outcomes
+    assert outcomes["cpu-control"] == "not run: 2 children died already", outcomes
+
+
 @pytest.mark.interpreter
 def test_the_first_cases_run_in_every_child():
     """With a Triton kernel first in every child: the child after the crash runs it too (here
