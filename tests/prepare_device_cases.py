@@ -3,9 +3,9 @@ process (a segfault) then names its case instead of taking a pytest worker down 
 
     python -m tests.prepare_device_cases FILTER [--first=CASE ...] CASE [CASE ...]
 
-runs the named cases in order (the ``--first`` ones before the rest) and prints ``start <case>`` before each call and ``raised <case>:
-<message>`` or ``returned <case>`` after it. :func:`run` starts the child again after the case
-that crashed, so every case gets its answer.
+runs the named cases in order, the ``--first`` ones before the rest, and prints ``start <case>``
+before each call and ``raised <case>: <message>`` or ``returned <case>`` after it. :func:`run`
+starts the child again after the case that crashed, so every case gets its answer.
 """
 from __future__ import annotations
 
@@ -129,9 +129,9 @@ def run(names: list[str], filter_: int, timeout: float = 300, first: tuple = (),
             for name in pending:
                 outcomes.setdefault(name, f"not run: the child exited with {r.returncode}: {r.stderr[-600:]}")
             break
+        frames = native_backtrace(started, filter_, min(timeout, 60), first) if trace and not deaths else ""
         outcomes[started] = (f"died (exit status {r.returncode}; TORCH_SHOW_CPP_STACKTRACES="
-                             f"{os.environ.get('TORCH_SHOW_CPP_STACKTRACES')!r}): {r.stderr[-600:]}"
-                             f"{native_backtrace(started, filter_, min(timeout, 60), first) if trace and not deaths else ''}")
+                             f"{os.environ.get('TORCH_SHOW_CPP_STACKTRACES')!r}): {r.stderr[-600:]}{frames}")
         deaths += 1
         if started in first:
             for name in pending:

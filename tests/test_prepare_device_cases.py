@@ -55,7 +55,7 @@ def test_the_cases_after_the_last_death_allowed_are_not_run():
 def test_the_first_cases_run_in_every_child():
     """With a Triton kernel first in every child: the child after the crash runs it too (here
     under the interpreter), before the case that follows the crash."""
-    outcomes = device_cases.run(["segfault", "cpu-control"], 0, first=("triton-kernel",))
+    outcomes = device_cases.run(["segfault", "cpu-control"], 0, first=("triton-kernel",), trace=False)
     assert outcomes["triton-kernel"] == "returned", outcomes
     assert outcomes["segfault"].startswith("died (exit status -11"), outcomes
     assert outcomes["cpu-control"].startswith("raised: ") and "filter must be 0" in outcomes["cpu-control"], outcomes
@@ -63,7 +63,7 @@ def test_the_first_cases_run_in_every_child():
 
 
 def test_a_first_case_that_dies_leaves_the_rest_not_run():
-    outcomes = device_cases.run(["cpu-control", "torch-control-cpu"], 0, first=("segfault",))
+    outcomes = device_cases.run(["cpu-control", "torch-control-cpu"], 0, first=("segfault",), trace=False)
     assert outcomes["segfault"].startswith("died (exit status -11"), outcomes
     assert outcomes["cpu-control"] == outcomes["torch-control-cpu"] == "not run: segfault, run first, died"
 
