@@ -52,8 +52,8 @@ def profile_steps(c: Check) -> list[Step]:
     bw = [py, str(TOOLS / "b0_forward.py"), "bandwidth", "--json", str(c.logs / "bandwidth.json")]
     host = [py, str(TOOLS / "b0_forward.py"), "host", "--json", str(prof / "host.json")]
     steps = [warm_step(c),
-             # before ncu, which a short budget cuts first: seconds, and the cause of the fused
-             # forward's 16.5 ms at batch 1 (0.45 ms as a CUDA graph) on an H100
+             # before ncu, which a short budget cuts first: it takes seconds, and says where the
+             # fused forward's 16.5 ms at batch 1 went on an H100 (0.45 ms as a CUDA graph)
              Step("host-profile", host + ["--device", "cuda", "--dtype", "fp16", "--resolution", "224", "--batch", "1"],
                   host + ["--device", "cpu", "--dtype", "fp32", "--resolution", "16", "--batch", "1", "--warmup", "1",
                           "--repeat", "1", "--top", "5"],
