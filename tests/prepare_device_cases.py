@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -80,8 +81,9 @@ def call(name: str, filter_: int) -> str:
             return overload(*args, *rest)
     try:
         run()
-    except RuntimeError as error:
-        return str(error).splitlines()[0] or "(empty message)"
+    except Exception as error:  # any other type is reported, not a death: the child goes on
+        message = str(error).splitlines()[0] if str(error) else "(empty message)"
+        return message if isinstance(error, RuntimeError) else f"{type(error).__name__}: {message}"
     return ""
 
 
@@ -100,24 +102,50 @@ def launch_a_triton_kernel() -> None:
         raise RuntimeError(f"triton-kernel: expected one {aap.OP} launch, counted {dict(launches)}")
 
 
-def run(names: list[str], filter_: int, timeout: float = 300, first: tuple = (), trace: bool = True,
+#: A child's time limit: a hung case must end well inside its GPU check step (tests-quick's
+#: 180-300 s), or the step's stop would lose every outcome.
+CHILD_TIMEOUT_S = 60
+
+
+def child(filter_: int, cases: list[str], first: tuple, timeout: float) -> tuple:
+    """(exit status, or None where it timed out; stdout; stderr) of one child running ``cases``."""
+    argv = [sys.executable, "-X", "faulthandler", "-m", "tests.prepare_device_cases", str(filter_),
+            *(f"--first={name}" for name in first), *cases]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired as expired:  # its partial output comes as bytes
+        text = [b.decode(errors="replace") if isinstance(b, bytes) else (b or "") for b in (expired.stdout, expired.stderr)]
+        return None, *text
+    return r.returncode, r.stdout, r.stderr
+
+
+def fault_report(stderr: str) -> str:
+    """faulthandler's report in a child's stderr (the fault and the Python frames, without the
+    list of extension modules after them), or the stderr's end."""
+    at = stderr.find("Fatal Python error")
+    if at < 0:
+        return stderr[-600:]
+    return stderr[at:].split("\nExtension modules:")[0].strip()
+
+
+def run(names: list[str], filter_: int, timeout: float = CHILD_TIMEOUT_S, first: tuple = (), trace: bool = True,
         max_deaths: int = 3) -> dict[str, str]:
-    """Each case's outcome from child processes: 'raised: <message>', 'returned', or 'died (exit
-    status N)' for the case a child died in, with its stderr's end (a negative status is the
-    signal: -11 a segfault); the next child goes on after it. Every child runs the cases
-    ``first`` before its own (their outcomes are the last child's); if one of them dies, the
-    cases left are not run. A GPU check's step has its time counted and on the GPU every case
-    may die alike, so only the first case that dies is run again under gdb (with ``trace``; up to
-    a minute), and after ``max_deaths`` deaths the cases left are not run."""
+    """Each case's outcome from child processes: 'raised: <message>' (an error of another type
+    than RuntimeError names its type), 'returned', or, for the case a child died in, 'died (exit
+    status N ...)' (a negative status is the signal: -11 a segfault) or 'timed out', with the
+    fault's report and Python frames; the next child goes on after it. Every child runs the
+    cases ``first`` before its own (their outcomes are the last child's); if one of them dies,
+    the cases left are not run. A child that fails after its last case adds that to the case's
+    outcome. A GPU check's step has its time counted and on the GPU every case may die alike,
+    so only the first case that dies is run again under gdb (with ``trace``; up to a minute),
+    and after ``max_deaths`` deaths the cases left are not run."""
     outcomes: dict[str, str] = {}
     pending = list(names)
     deaths = 0
     while pending:
-        r = subprocess.run([sys.executable, "-m", "tests.prepare_device_cases", str(filter_),
-                            *(f"--first={name}" for name in first), *pending],
-                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        status, out, err = child(filter_, pending, first, timeout)
         started, finished = None, set()
-        for line in r.stdout.splitlines():
+        for line in out.splitlines():
             kind, _, rest = line.partition(" ")
             name, _, message = rest.partition(": ")
             if kind == "start":
@@ -125,13 +153,23 @@ def run(names: list[str], filter_: int, timeout: float = 300, first: tuple = (),
             elif kind in ("raised", "returned"):
                 outcomes[name] = f"raised: {message}" if kind == "raised" else "returned"
                 finished.add(name)
-        if started is None or started in finished:  # died before its first case, or after its last
-            for name in pending:
-                outcomes.setdefault(name, f"not run: the child exited with {r.returncode}: {r.stderr[-600:]}")
+        if started is None or started in finished:  # ended before its first case, or after its last
+            if status != 0:
+                ended = f"timed out (after {timeout:g} s)" if status is None else f"exited with {status}"
+                note = f"the child {ended}: {fault_report(err)}"
+                if started is None:
+                    for name in pending:
+                        outcomes.setdefault(name, f"not run: {note}")
+                else:
+                    outcomes[started] += f"; then {note}"
             break
-        frames = native_backtrace(started, filter_, min(timeout, 60), first) if trace and not deaths else ""
-        outcomes[started] = (f"died (exit status {r.returncode}; TORCH_SHOW_CPP_STACKTRACES="
-                             f"{os.environ.get('TORCH_SHOW_CPP_STACKTRACES')!r}): {r.stderr[-600:]}{frames}")
+        if status is None:
+            outcomes[started] = f"timed out (after {timeout:g} s): {fault_report(err)}"
+        else:
+            ran = [*first, *pending[:pending.index(started) + 1]] if started in pending else [*first[:first.index(started) + 1]]
+            frames = native_backtrace(ran, filter_, min(timeout, 60)) if trace and not deaths else ""
+            outcomes[started] = (f"died (exit status {status}; TORCH_SHOW_CPP_STACKTRACES="
+                                 f"{os.environ.get('TORCH_SHOW_CPP_STACKTRACES')!r}): {fault_report(err)}{frames}")
         deaths += 1
         if started in first:
             for name in pending:
@@ -145,22 +183,26 @@ def run(names: list[str], filter_: int, timeout: float = 300, first: tuple = (),
     return outcomes
 
 
-def native_backtrace(name: str, filter_: int, timeout: float, first: tuple = ()) -> str:
-    """The C frames of a case that died, from the case run again alone under gdb where there is
-    one (Python's faulthandler shows only Python frames); '' where gdb is missing or fails. At
-    most a minute a case: a GPU check's step has its time counted."""
+def native_backtrace(cases: list[str], filter_: int, timeout: float) -> str:
+    """The C frames of a child that died, from its cases (up to the one it died in) run again
+    under gdb (faulthandler shows only Python frames); otherwise what kept them away. At most a
+    minute: a GPU check's step has its time counted."""
     gdb = shutil.which("gdb")
     if gdb is None:
-        return ""
+        return "\n    (no gdb here for the C frames)"
     try:
         r = subprocess.run([gdb, "-batch", "-ex", "run", "-ex", "bt 30", "--args", sys.executable, "-m",
-                            "tests.prepare_device_cases", str(filter_), *(f"--first={n}" for n in first if n != name),
-                            name],
+                            "tests.prepare_device_cases", str(filter_), *cases],
                            capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"\n    (gdb did not run: {error})"
+    except subprocess.TimeoutExpired:
+        return f"\n    (gdb's rerun did not end within {timeout:g} s)"
+    except OSError as error:
+        return f"\n    (gdb did not start: {error})"
     frames = [line for line in r.stdout.splitlines() if line.startswith("#")]
-    return "\n    gdb backtrace:\n      " + "\n      ".join(frames) if frames else ""
+    if not frames:
+        last = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
+        return f"\n    (gdb's rerun did not crash; its last line: {last})"
+    return "\n    gdb backtrace:\n      " + "\n      ".join(frames)
 
 
 def failures(outcomes: dict[str, str]) -> list[str]:
@@ -169,10 +211,28 @@ def failures(outcomes: dict[str, str]) -> list[str]:
     def as_expected(name: str, outcome: str) -> bool:
         error = CASES[name][3]
         if error is None:
-            return outcome == "returned"
-        return outcome.startswith("raised: ") and re.search(error, outcome) is not None
+            return outcome == "returned"  # a child that failed after it added "; then ..."
+        return outcome.startswith("raised: ") and re.search(error, outcome) is not None and "; then " not in outcome
 
     return [f"{name}: {outcome}" for name, outcome in outcomes.items() if not as_expected(name, outcome)]
+
+
+def _segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def _exit_with_a_segfault() -> None:
+    import atexit
+
+    atexit.register(_segfault)
+
+
+#: Names the runner's tests use: a case that crashes its child, one that hangs, and one that
+#: returns but leaves the child to crash on its way out.
+HARNESS_TESTS = {"segfault": _segfault, "segfault-again": _segfault, "hang": lambda: time.sleep(3600),
+                 "exit-segfault": _exit_with_a_segfault}
 
 
 def main(argv: list[str]) -> int:
@@ -181,10 +241,11 @@ def main(argv: list[str]) -> int:
     names = first + [arg for arg in argv[1:] if not arg.startswith("--first=")]
     for name in names:
         print(f"start {name}", flush=True)
-        if name.startswith("segfault"):  # the harness's own tests: a crash in a case
-            import ctypes
-            ctypes.string_at(0)
-        message = call(name, filter_)
+        if name in HARNESS_TESTS:  # the harness's own tests
+            HARNESS_TESTS[name]()
+            message = ""
+        else:
+            message = call(name, filter_)
         if torch.cuda.is_initialized():  # no launch was made, and none faulted: a fault ends the child here
             torch.cuda.synchronize()
         print(f"raised {name}: {message}" if message else f"returned {name}", flush=True)

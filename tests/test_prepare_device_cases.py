@@ -36,6 +36,32 @@ def test_a_crash_names_its_case_and_the_next_case_still_runs():
     assert outcomes["cpu-control"].startswith("raised: "), outcomes
 
 
+def test_a_death_reports_the_fault_and_its_python_frames():
+    outcome = device_cases.run(["segfault"], 0, trace=False)["segfault"]
+    assert "Fatal Python error: Segmentation fault" in outcome and "in _segfault" in outcome, outcome
+    assert "Extension modules" not in outcome, outcome
+
+
+def test_a_hung_case_times_out_and_the_next_case_still_runs():
+    outcomes = device_cases.run(["hang", "cpu-control"], 0, timeout=12, trace=False)
+    assert outcomes["hang"].startswith("timed out (after 12 s)"), outcomes
+    assert outcomes["cpu-control"].startswith("raised: "), outcomes
+
+
+def test_a_child_that_crashes_after_its_last_case_fails_that_case():
+    outcomes = device_cases.run(["cpu-control", "exit-segfault"], 0, trace=False)
+    assert outcomes["cpu-control"].startswith("raised: ") and "; then" not in outcomes["cpu-control"], outcomes
+    assert outcomes["exit-segfault"].startswith("returned; then the child exited with -11"), outcomes
+
+
+def test_an_error_of_another_type_is_reported_with_its_type(monkeypatch):
+    def broken():
+        raise TypeError("an argument the op does not take")
+
+    monkeypatch.setattr(device_cases, "launch_a_triton_kernel", broken)
+    assert device_cases.call("triton-kernel", 0) == "TypeError: an argument the op does not take"
+
+
 def test_only_the_first_case_that_dies_is_run_again_under_gdb():
     if shutil.which("gdb") is None:
         pytest.skip("gdb is not installed")
@@ -70,6 +96,8 @@ def test_a_first_case_that_dies_leaves_the_rest_not_run():
 
 def test_a_case_that_returns_or_raises_another_error_is_a_failure():
     assert device_cases.failures({"triton-kernel": "returned"}) == []
+    assert device_cases.failures({"triton-kernel": "returned; then the child exited with -11: ..."}) != []
+    assert device_cases.failures({"cpu-control": "raised: filter must be 0 (bilinear); then the child exited with 1"}) != []
     assert device_cases.failures({"triton-kernel": "raised: boom"}) == ["triton-kernel: raised: boom"]
     assert device_cases.failures({"cpu-control": "returned"}) == ["cpu-control: returned"]
     assert device_cases.failures({"v2-meta-on-gpu": "raised: images is an empty list"}) == [

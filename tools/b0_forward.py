@@ -18,10 +18,11 @@
 * ``host``: where the fused forward's host time goes, at a batch small enough that the host
   bounds it (at batch 1 the fused forward took 16.5 ms on an H100, 0.45 ms as a CUDA graph).
   Milliseconds per forward, each over ``--repeat`` back-to-back forwards and one synchronise:
-  fused, fused with its Triton launches recorded instead of made (the package's own Python and
-  torch's work, Triton's launch path left out), and eager; then ``cProfile`` over as many fused
-  forwards, its ``--top`` functions by own time and by cumulative time, per forward (the
-  profiler slows Python down: read its shares, and the unprofiled times above for time).
+  fused; fused with its Triton launches recorded instead of made (the package's own Python and
+  torch's work, without Triton's launch path or the launcher's per-launch counters, locks and
+  device guard); and eager. Then ``cProfile`` over as many fused forwards: its ``--top``
+  functions by own time and by cumulative time, per forward (the profiler slows Python down:
+  read its shares, and the unprofiled times above for time).
 
 Eval mode, channels_last, random weights and inputs (seeded), under the benchmarks' backend flags
 (``fastmbconv.study.timing_settings``: cuDNN benchmark mode, no TF32). On a CPU (the dry mode) the fused
@@ -160,6 +161,8 @@ def host(a) -> int:
            "fused_launches_recorded_ms": per_forward_ms(recorded, a.repeat, device),
            "eager_ms": per_forward_ms(lambda: forward(model, x, "eager"), a.repeat, device)}
     print(json.dumps(row), flush=True)
+    if a.json:  # now and again below: a step stopped during the profile keeps the times
+        Path(a.json).write_text(json.dumps(row, indent=2))
     profiler = cProfile.Profile()
     profiler.enable()
     per_forward_ms(lambda: forward(model, x, "fused"), a.repeat, device)
