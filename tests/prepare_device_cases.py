@@ -31,7 +31,7 @@ V1_META = [[0, 0, 5, 7, 4, 3]]  # (source, offset, h, w, resized h, w)
 #: needs a CUDA build but no GPU): its table is built and its own device check raises, with no
 #: CUDA tensor in the process yet. "triton-kernel" is no check: it launches one of the package's
 #: Triton kernels (on the GPU where there is one) and must return; run first in every child
-#: (``run(..., first=["triton-kernel"])``), it tells whether the checks crash only in a process
+#: (``run(..., first=("triton-kernel",))``), it tells whether the checks crash only in a process
 #: that has launched Triton kernels, as the pytest workers that crashed had.
 CASES = {
     "cpu-control": ("prepare_images_v2", ["cpu"], "cpu", r"filter must be 0 \(bilinear\)"),
