@@ -10,7 +10,7 @@ import re
 import torch
 import triton
 
-from ._utils import interpreting, next_pow2
+from ._utils import cuda_index, interpreting, next_pow2
 
 # Relative costs per channel, in thread instructions, for choosing a tile (the kernel report
 # measures the real ones): an expanded halo element (SiLU, mask, scratch store), a depthwise tap
@@ -170,8 +170,14 @@ def persistent_programs(device: torch.device, tiles: int, c_blocks: int) -> int:
     interpreter. On ``meta`` (the kernel report) an H100's 132 SMs."""
     if interpreting():
         return tiles
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    sms = _cuda_sm_count(cuda_index(device)) if device.type == "cuda" else 132
     return max(1, min(tiles, 2 * sms // c_blocks))
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    """Asked once per device: every expand_dwconv launch needs it."""
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 # An H100's shared memory (per SM, and what one program may opt in to); the budget for the
@@ -187,7 +193,7 @@ def shared_limits(device: torch.device) -> tuple[int, int]:
     ``meta`` and under the interpreter."""
     if device.type != "cuda" or interpreting():
         return H100_SHARED
-    return _cuda_shared_limits(device.index if device.index is not None else torch.cuda.current_device())
+    return _cuda_shared_limits(cuda_index(device))
 
 
 @functools.lru_cache(maxsize=None)

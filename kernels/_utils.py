@@ -50,8 +50,13 @@ def silu_math(dtype: torch.dtype, device: torch.device) -> int:
         raise ValueError(f"FASTMBCONV_SILU must be 'auto' or 'sigmoid', got {mode!r}")
     tanh = dtype != torch.float32 and mode == "auto"
     if tanh and device.type == "cuda":
-        tanh = has_tanh_approx(device.index if device.index is not None else torch.cuda.current_device())
+        tanh = has_tanh_approx(cuda_index(device))
     return 2 * tanh + (not interpreting())
+
+
+def cuda_index(device: torch.device) -> int:
+    """The index of CUDA ``device``: the current device's for a bare ``cuda``."""
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 @functools.lru_cache(maxsize=None)

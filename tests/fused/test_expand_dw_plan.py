@@ -306,6 +306,35 @@ def test_shared_budget_comes_from_the_device(gpu_shared):
     assert tiles.taps_group(64, 64, 32, 40, 5, True, tiles.shared_budget(gpu_shared("sm_86"))) == 1
 
 
+def test_persistent_programs_read_each_gpus_sm_count_once(monkeypatch):
+    """Two programs per SM of the launch's own GPU, its properties asked once per device: every
+    expand_dwconv launch needs the count, and the host time of a batch-1 forward is all launches."""
+    from types import SimpleNamespace
+
+    from fastmbconv.kernels import _expand_dw_tiles as tiles
+
+    asked = []
+
+    def properties(index):
+        asked.append(index)
+        return SimpleNamespace(multi_processor_count={0: 132, 1: 40}[index])
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(tiles, "interpreting", lambda: False)
+    tiles._cuda_sm_count.cache_clear()
+    try:
+        for _ in range(3):
+            assert tiles.persistent_programs(torch.device("cuda", 0), 10_000, 4) == 66
+            assert tiles.persistent_programs(torch.device("cuda"), 10_000, 4) == 20  # the current GPU's
+        assert tiles.persistent_programs(torch.device("cuda", 0), 7, 4) == 7  # never more than the tiles
+        assert tiles.persistent_programs(torch.device("cuda", 1), 10_000, 200) == 1
+        assert tiles.persistent_programs(torch.device("meta"), 10_000, 4) == 66  # an H100's 132 SMs
+    finally:
+        tiles._cuda_sm_count.cache_clear()
+    assert asked == [0, 1]
+
+
 def test_blocks_whose_fused_program_cannot_fit_the_gpu_run_separate(table, gpu_shared, monkeypatch):
     """On a GPU of 64 KiB per program, B0's 2.x and 6.0 (25 taps of 64 channels, 192 input
     channels) cannot keep even one window beside their weights; on an H100 every block fits.
