@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .timing import cuda_event_seconds
+
 
 @dataclass(frozen=True)
 class Bandwidth:
@@ -51,14 +53,7 @@ def measure_copy_bandwidth(device="cuda", nbytes: int | None = None, iters: int 
         for _ in range(3):
             dst.copy_(src)
         torch.cuda.synchronize(device)
-        times = []
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            dst.copy_(src)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+        times = [cuda_event_seconds(lambda: dst.copy_(src), device) for _ in range(iters)]
         med = sorted(times)[len(times) // 2]
         del src, dst
         return Bandwidth(2 * nbytes / med, device_name(device), "device copy (HBM)", nbytes,

@@ -200,21 +200,30 @@ def make_runner(provider: str, model: str, batch: int, dtype: str = "fp16", devi
     sync(device)
 
     if p.cuda_graph:
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                call()
-        torch.cuda.current_stream(device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = call()
+        call = captured(call, device)
+    return Runner(provider, model, source, resolution, batch, dtype, device, call, net, x)
 
-        def call():  # noqa: F811 - replay the captured forward
-            graph.replay()
-            return static_out
 
+def captured(call: Callable, device: torch.device) -> Callable:
+    """``call`` captured in a CUDA graph on ``device`` (after three warm-up calls on a side
+    stream, as capture asks), as a call that replays it and returns the captured output."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
         for _ in range(3):
             call()
-        sync(device)
-    return Runner(provider, model, source, resolution, batch, dtype, device, call, net, x)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    # a capture stream of this GPU: torch.cuda.graph's default one belongs to the GPU that was
+    # current when the process first captured
+    with torch.cuda.graph(graph, stream=torch.cuda.Stream(device)):
+        static_out = call()
+
+    def replay():
+        graph.replay()
+        return static_out
+
+    for _ in range(3):
+        replay()
+    sync(device)
+    return replay

@@ -32,6 +32,19 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cuda_event_seconds(fn, device: torch.device) -> float:
+    """Seconds of ``fn()``'s GPU work, by two CUDA events on ``device``'s current stream, the one
+    its work is queued on: recorded without a stream, they would sit on the *current* GPU's
+    stream, which ``cuda:1`` does not wait for."""
+    stream = torch.cuda.current_stream(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record(stream)
+    fn()
+    end.record(stream)
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
 @dataclass
 class Timing:
     median_s: float
@@ -53,12 +66,7 @@ def time_runner(runner, reps: int = 20, min_seconds: float = 0.0, max_seconds: f
     begin = time.perf_counter()
     while True:
         if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            runner.call()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+            times.append(cuda_event_seconds(runner.call, device))
         else:
             t0 = time.perf_counter()
             runner.call()

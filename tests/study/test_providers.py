@@ -54,3 +54,41 @@ def test_fused_variants_force_one_choice_at_batch_256_only(monkeypatch):
     with study.providers.environment(study.PROVIDERS["fused_separate"].env):  # as bench_models reports it
         rows = layer_plan.plan_rows(efficientnet_b0(), 224, 224, torch.float16, "meta")
     assert {r["expand_dw"] for r in rows} == {"separate"}
+
+
+def test_a_cuda_graph_is_captured_on_the_runners_own_gpu(monkeypatch):
+    """Captured on a stream of cuda:1 while cuda:0 is current (torch.cuda.graph's default capture
+    stream is the first capture's GPU's): three warm-up calls, one captured, then replays."""
+    import contextlib
+
+    import torch
+
+    from fastmbconv.study import providers
+
+    events = []
+
+    class FakeStream:
+        def __init__(self, device=None):
+            self.device = torch.device(device or "cuda:0")
+
+        def wait_stream(self, other):
+            pass
+
+    class FakeGraph:
+        def replay(self):
+            events.append("replay")
+
+    @contextlib.contextmanager
+    def graph(g, stream=None):
+        events.append(("capture on", None if stream is None else stream.device))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream(device))
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    replay = providers.captured(lambda: events.append("call") or "out", torch.device("cuda", 1))
+    assert events == ["call"] * 3 + [("capture on", torch.device("cuda", 1)), "call"] + ["replay"] * 3
+    assert replay() == "out" and events[-1] == "replay"

@@ -30,7 +30,7 @@ class _Event:
     def __init__(self, enable_timing=True):
         self.t = None
 
-    def record(self):
+    def record(self, stream=None):
         self.t = _Event.clock[0]
         _Event.clock[0] += 2.5  # ms between consecutive records
 
@@ -43,6 +43,7 @@ class _Event:
 
 def test_cuda_event_milliseconds_become_seconds(monkeypatch):
     monkeypatch.setattr(torch.cuda, "Event", _Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
     runner = types.SimpleNamespace(device=torch.device("cuda"), call=lambda: None)
     t = study.time_runner(runner, reps=5)
     assert t.reps == 5 and t.median_s == pytest.approx(2.5e-3)
