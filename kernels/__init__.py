@@ -21,7 +21,8 @@ are also exported by name.
 - :mod:`._launch`: every launch goes through it: counting (``count_launches``, which tests use to
   prove kernels ran), recording without launching (``record_launches``, for the kernel report),
   one autotune config forced (``forced_config``, for the tests of every config), one lock
-  around autotuned launches (an autotuner is not thread-safe).
+  around autotuned launches (an autotuner is not thread-safe), the autotuner's picks kept per
+  kind of GPU.
 """
 from __future__ import annotations
 

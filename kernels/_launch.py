@@ -12,6 +12,7 @@ It does these things, so no launcher repeats them:
   on itself while it benchmarks and clears them when any call ends, so two threads
   (DataParallel's replicas, a server's request threads) tuning or launching the same autotuner
   at once would break each other's tuning;
+- gives an autotuner its picks for the launch's kind of GPU (:func:`_use_picks_for`);
 - asks Triton for floating-point contraction (:data:`LAUNCH_OPTIONS`);
 - while a :func:`record_launches` block is open, records the launch instead of running it.
   The static kernel report runs a whole forward on ``meta`` tensors this way and then compiles
@@ -34,6 +35,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 _lock = threading.Lock()
 _autotuner_locks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # autotuner -> RLock (module docstring)
+_picks_by_gpu: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # autotuner -> {capability: picks}
 _totals: Counter = Counter()
 _active: list[Counter] = []
 _state = threading.local()  # .recorder: list of LaunchRecord or None; .layer: str or None
@@ -214,6 +216,24 @@ def _autotuner_lock(autotuner) -> threading.RLock:
         return lock
 
 
+def gpu_kind(t: torch.Tensor):
+    """The compute capability of ``t``'s GPU, or None off CUDA."""
+    from ._utils import cuda_capability, cuda_index
+
+    return cuda_capability(cuda_index(t.device)) if t.is_cuda else None
+
+
+def _use_picks_for(autotuner, on: torch.Tensor) -> None:
+    """Point ``autotuner`` at its picks for ``on``'s kind of GPU (under the autotuner's lock).
+    Triton keeps one dict of picks per autotuner, keyed by the shapes and dtypes alone, so in a
+    process with two kinds of GPU a config tuned on one would be launched on the other, where it
+    may be slow or need more shared memory than it has. (Triton's picks on disk are already kept
+    per GPU target.) Off CUDA, Triton's own dict."""
+    kind = gpu_kind(on)
+    if kind is not None:
+        autotuner.cache = _picks_by_gpu.setdefault(autotuner, {}).setdefault(kind, {})
+
+
 def launch(op: str, kernel, grid, args: dict, constexprs: dict, on: torch.Tensor) -> None:
     """Launch ``kernel[grid](**args, **constexprs)`` on ``on``'s device, counted as ``op``; or
     record it inside :func:`record_launches`."""
@@ -227,7 +247,10 @@ def launch(op: str, kernel, grid, args: dict, constexprs: dict, on: torch.Tensor
     _check_launchable(op, on)
     record_launch(op)
     device = torch.cuda.device(on.device) if on.is_cuda else contextlib.nullcontext()
-    with device, (_autotuner_lock(kernel) if isinstance(kernel, Autotuner) else contextlib.nullcontext()):
+    tuned = isinstance(kernel, Autotuner)
+    with device, (_autotuner_lock(kernel) if tuned else contextlib.nullcontext()):
+        if tuned:
+            _use_picks_for(kernel, on)
         try:
             kernel[grid](**args, **constexprs, **LAUNCH_OPTIONS)
         except RuntimeError as error:

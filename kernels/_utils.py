@@ -50,7 +50,7 @@ def silu_math(dtype: torch.dtype, device: torch.device) -> int:
         raise ValueError(f"FASTMBCONV_SILU must be 'auto' or 'sigmoid', got {mode!r}")
     tanh = dtype != torch.float32 and mode == "auto"
     if tanh and device.type == "cuda":
-        tanh = has_tanh_approx(cuda_index(device))
+        tanh = cuda_capability(cuda_index(device)) >= (7, 5)
     return 2 * tanh + (not interpreting())
 
 
@@ -60,10 +60,10 @@ def cuda_index(device: torch.device) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def has_tanh_approx(device_index: int) -> bool:
-    """Whether CUDA device ``device_index`` has ``tanh.approx`` (sm_75 and up); asked once per
-    device, as every launch needs it."""
-    return torch.cuda.get_device_capability(device_index) >= (7, 5)
+def cuda_capability(device_index: int) -> tuple[int, int]:
+    """(major, minor) compute capability of CUDA device ``device_index``; asked once per device,
+    as every launch needs it (the SiLU form, the autotuner's picks)."""
+    return tuple(torch.cuda.get_device_capability(device_index))
 
 
 def autocast_off(device: torch.device):

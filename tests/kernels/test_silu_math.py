@@ -19,7 +19,7 @@ import triton.language as tl
 
 import fastmbconv as fm
 from fastmbconv.kernels._math import activation
-from fastmbconv.kernels._utils import has_tanh_approx, silu_math
+from fastmbconv.kernels._utils import cuda_capability, silu_math
 from fastmbconv.kernels.testing import assert_close_to_ref
 
 from ..helpers import DEVICE, randomize_bn
@@ -66,9 +66,9 @@ def test_each_dtype_and_gpu_gets_its_silu_form(monkeypatch):
     assert [silu_math(d, meta) for d in (torch.float32, torch.float16, torch.bfloat16)] == [1, 3, 3]
     for capability, want in (((9, 0), 3), ((7, 5), 3), ((7, 0), 1)):  # tanh.approx: sm_75 and up
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
-        has_tanh_approx.cache_clear()
+        cuda_capability.cache_clear()
         assert silu_math(torch.float16, gpu) == want, capability
-    has_tanh_approx.cache_clear()
+    cuda_capability.cache_clear()
     monkeypatch.setenv("FASTMBCONV_SILU", "sigmoid")
     assert [silu_math(d, meta) for d in (torch.float32, torch.float16, torch.bfloat16)] == [1, 1, 1]
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # no inline PTX: the exact forms
