@@ -182,7 +182,7 @@ def _check_launchable(op: str, t: torch.Tensor) -> None:
 _tuned_keys: set = set()
 
 
-def select_kernel(tuned, plain, key: tuple, heuristic: dict):
+def select_kernel(tuned, plain, key: tuple, heuristic: dict, on: torch.Tensor):
     """(kernel, config constexprs) for one launch: the autotuner (which picks its own config)
     where autotuning is on, else ``plain`` with the ``heuristic`` config.
 
@@ -191,8 +191,9 @@ def select_kernel(tuned, plain, key: tuple, heuristic: dict):
     benchmarking inside a capture fails (it synchronises and allocates); ``key`` must therefore
     hold everything the autotuner keys on, tensor dtypes included. That heuristic kernel must
     itself have run outside the capture, or :func:`launch` may raise: warm every shape up once
-    before capturing, which also captures the tuned configs. Inside :func:`forced_config`, that
-    config."""
+    before capturing, which also captures the tuned configs. A shape counts as tuned per kind of
+    GPU (``on``'s), as the picks are kept (:func:`_use_picks_for`). Inside :func:`forced_config`,
+    that config."""
     from ._utils import cuda_capturing, use_autotune
 
     forced = getattr(_state, "forced", None)
@@ -200,6 +201,7 @@ def select_kernel(tuned, plain, key: tuple, heuristic: dict):
         return plain, dict(forced[1])
     if not use_autotune():
         return plain, heuristic
+    key = key + (gpu_kind(on),)
     if cuda_capturing() and key not in _tuned_keys:
         return plain, heuristic
     if getattr(_state, "recorder", None) is None:  # a recorded launch (record_launches) tunes nothing

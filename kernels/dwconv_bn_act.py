@@ -259,7 +259,7 @@ def dwconv_bn_act_launch(x, weight, scale, shift, padding, stride=1, act="silu",
         kernel, config = select_kernel(
             _dwconv_bn_act_autotuned, _dwconv_bn_act_kernel,
             (OP, C, H_out, W_out, stride, k, ragged, tile_h, tile_w, batch_bucket(N), x.dtype, out.dtype),
-            {"BLOCK_C": block_c, "num_warps": min(8, max(1, block_c // 16))})
+            {"BLOCK_C": block_c, "num_warps": min(8, max(1, block_c // 16))}, on=x)
 
     def grid(meta):
         return (N * tiles, triton.cdiv(C, meta["BLOCK_C"]))

@@ -261,12 +261,13 @@ def pointwise_gated_launch(x, weight, bias, gate=None, residual=None, act="ident
            pool_only)
     if pool_only:
         block_m = heuristic.pop("BLOCK_M")
-        kernel, config = select_kernel(_pointwise_pool_autotuned, _pointwise_gated_kernel, key + (block_m,), heuristic)
+        kernel, config = select_kernel(_pointwise_pool_autotuned, _pointwise_gated_kernel, key + (block_m,), heuristic,
+                                       on=x)
         config = dict(config, BLOCK_M=block_m)
         tiles_per_image = triton.cdiv(H * W, block_m)
         partials = torch.empty((N * tiles_per_image, O), dtype=torch.float32, device=x.device)
     else:
-        kernel, config = select_kernel(_pointwise_gated_autotuned, _pointwise_gated_kernel, key, heuristic)
+        kernel, config = select_kernel(_pointwise_gated_autotuned, _pointwise_gated_kernel, key, heuristic, on=x)
         tiles_per_image, partials = 1, bias
 
     def grid(meta):

@@ -150,10 +150,10 @@ def test_the_cases_cover_every_config():
         assert not missing, f"no case launches {missing}"
     for case in DEPTHWISE:
         assert len({c.kwargs["BLOCK_C"] for c in depthwise_kept(case)}) > 1
-    config = pw._pointwise_gated_autotuned.configs[0]
+    config, CPU = pw._pointwise_gated_autotuned.configs[0], torch.zeros(1)
     with forced_config(pw._pointwise_gated_autotuned, config):
-        assert pw.select_kernel(pw._pointwise_gated_autotuned, "plain", ("k",), {})[1]["BLOCK_M"] == config.kwargs["BLOCK_M"]
-        assert "BLOCK_M" not in pw.select_kernel(object(), "plain", ("k",), {"BLOCK_N": 16})[1]
+        assert pw.select_kernel(pw._pointwise_gated_autotuned, "plain", ("k",), {}, on=CPU)[1]["BLOCK_M"] == config.kwargs["BLOCK_M"]
+        assert "BLOCK_M" not in pw.select_kernel(object(), "plain", ("k",), {"BLOCK_N": 16}, on=CPU)[1]
 
 
 def test_depthwise_autotune_keeps_8_to_32_outputs_per_thread():

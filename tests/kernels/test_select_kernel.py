@@ -9,6 +9,7 @@ from fastmbconv.kernels import pointwise_gated as pointwise
 from fastmbconv.kernels._launch import record_launches, select_kernel
 
 TUNED, PLAIN, HEURISTIC = "tuned", "plain", {"BLOCK_M": 16}
+CPU = torch.zeros(1)
 
 
 @pytest.fixture
@@ -24,21 +25,32 @@ def gpu(monkeypatch):
 
 def test_untuned_shape_takes_the_heuristic_inside_a_capture(gpu):
     gpu["capturing"] = True
-    assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC) == (PLAIN, HEURISTIC)
+    assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC, on=CPU) == (PLAIN, HEURISTIC)
 
 
 def test_shape_tuned_before_the_capture_keeps_the_autotuner(gpu):
-    assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC) == (TUNED, {})
+    assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC, on=CPU) == (TUNED, {})
     gpu["capturing"] = True
-    assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC) == (TUNED, {})
-    assert select_kernel(TUNED, PLAIN, ("op", 2), HEURISTIC) == (PLAIN, HEURISTIC)
+    assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC, on=CPU) == (TUNED, {})
+    assert select_kernel(TUNED, PLAIN, ("op", 2), HEURISTIC, on=CPU) == (PLAIN, HEURISTIC)
+
+
+def test_a_shape_counts_as_tuned_per_kind_of_gpu(gpu, monkeypatch):
+    """The picks are kept per kind of GPU, so a shape tuned on an H100 is untuned on an A100:
+    capturing it there must take the heuristic, not benchmark inside the capture."""
+    h100, a100 = torch.zeros(1), torch.zeros(2)
+    monkeypatch.setattr(_launch, "gpu_kind", lambda t: (9, 0) if t is h100 else (8, 0))
+    assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC, on=h100) == (TUNED, {})
+    gpu["capturing"] = True
+    assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC, on=h100) == (TUNED, {})
+    assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC, on=a100) == (PLAIN, HEURISTIC)
 
 
 def test_a_recorded_launch_tunes_nothing(gpu):
     with record_launches():  # the kernel report records launches without running them
-        assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC) == (TUNED, {})
+        assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC, on=CPU) == (TUNED, {})
     gpu["capturing"] = True
-    assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC) == (PLAIN, HEURISTIC)
+    assert select_kernel(TUNED, PLAIN, ("op", 1), HEURISTIC, on=CPU) == (PLAIN, HEURISTIC)
 
 
 def test_pool_key_holds_the_row_block(monkeypatch):
@@ -46,7 +58,7 @@ def test_pool_key_holds_the_row_block(monkeypatch):
     bucket with different row blocks must not share a 'tuned' key."""
     keys = []
 
-    def spy(tuned, plain, key, heuristic):
+    def spy(tuned, plain, key, heuristic, on):
         keys.append(key)
         return plain, heuristic
 
