@@ -59,7 +59,9 @@ def _se_gate_kernel(
     if HAS_COUNT:
         inv = 1.0 / tl.maximum(tl.load(count_ptr + offs_n, mask=n_ok, other=1.0).to(tl.float32), 1.0)
     hidden = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
+    # not pipelined: where T is 1 Triton drops the tile loop and kept 3 stages of the weight tile
+    # in shared memory, 152 KiB in fp32 at BLOCK_R 128, past sm_86's and sm_89's 99 KiB a program
+    for c0 in tl.range(0, C, BLOCK_C, num_stages=1):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         c_ok = offs_c < C
         ok = n_ok[:, None] & c_ok[None, :]
@@ -125,8 +127,10 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
     if interpreting():  # ~30 ms per program: few, large blocks (Triton's limit: 2**20 elements)
         block_n, block_c, block_g = max(16, min(next_pow2(N), 64)), max(16, min(next_pow2(C), 4096, 2**20 // block_r)), None
     elif block_r <= 128 or lowp is not None:
-        # the reduce FC's (BLOCK_C, BLOCK_R) weight tile fits the registers up to 128 x 128
-        block_c, block_g = (128 if block_r <= 128 else 64), 64
+        # the reduce FC's (BLOCK_C, BLOCK_R) weight tile fits the registers up to 128 x 128. The
+        # gate loop keeps 3 stages of its (BLOCK_R, BLOCK_G) tile in shared memory: 64 wide, at
+        # the widest reduced width they passed sm_86's and sm_89's 99 KiB a program
+        block_c, block_g = (128 if block_r <= 128 else 64), (64 if block_r <= 256 else 16)
     else:  # fp32 dots run as FMAs: past 128 reduced channels, 64-wide tiles spill (B6's, B7's 6.x);
         # 16-channel gate tiles: 32 spilled 8 B with triton 3.7 (16 compiles to 168 registers, as
         # 32 does with 3.6 and 3.9, and models the same time)
