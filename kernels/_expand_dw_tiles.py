@@ -10,7 +10,7 @@ import re
 import torch
 import triton
 
-from ._utils import cuda_index, interpreting, next_pow2
+from ._utils import cuda_capability, cuda_index, interpreting, next_pow2
 
 # Relative costs per channel, in thread instructions, for choosing a tile (the kernel report
 # measures the real ones): an expanded halo element (SiLU, mask, scratch store), a depthwise tap
@@ -248,11 +248,15 @@ def fits_one_program(H_out: int, W_out: int, C_in: int, C: int, kernel: int, str
                      device: torch.device) -> bool:
     """Whether a program of the fused kernel, with one window per group, fits the shared memory
     one program may have on ``device``: B0-B7's all on an H100, and at 99 KiB per program
-    (sm_86, sm_89; smaller groups there) all but some of B7's; 3 of B0's at 64 KiB (sm_75). A
-    model of the compiler's allocation, above sm_90's measured one in every B0 and B3 block.
-    fp32's FMA taps keep little there, and the interpreter has no shared memory."""
+    (sm_86, sm_89; smaller groups there) all but some of B7's. A model of the compiler's
+    allocation, above sm_90's measured one in every B0 and B3 block. Not before sm_80 (a T4's
+    64 KiB): for the same tiles Triton's sm_75 code keeps about twice sm_86's (82 KiB against
+    41 KiB in B0's 5.1), past the model and the GPU in 8 of B0's blocks with triton 3.9. fp32's
+    FMA taps keep little there, and the interpreter has no shared memory."""
     if dtype == torch.float32 or interpreting():
         return True
+    if device.type == "cuda" and cuda_capability(cuda_index(device)) < (8, 0):
+        return False
     tile_h, tile_w, block_c, block_k = blocks_for(H_out, W_out, C_in, C, kernel, stride, dtype)
     pixels = pixel_slots(tile_h, tile_w)
     need = kept_shared(block_c, block_k, C_in, kernel, pixels) + pixels * block_c * 2 + STAGING
