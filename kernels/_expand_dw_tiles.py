@@ -10,7 +10,7 @@ import re
 import torch
 import triton
 
-from ._utils import cuda_capability, cuda_index, interpreting, next_pow2
+from ._utils import cuda_capability, cuda_index, interpreting, next_pow2, shared_limits
 
 # Relative costs per channel, in thread instructions, for choosing a tile (the kernel report
 # measures the real ones): an expanded halo element (SiLU, mask, scratch store), a depthwise tap
@@ -180,27 +180,9 @@ def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-# An H100's shared memory (per SM, and what one program may opt in to); the budget for the
-# kernel report (meta) and the interpreter
-H100_SHARED = (228 * 1024, 227 * 1024)
 # shared memory that the estimate in taps_group leaves out: the expand's operand staging (up to
 # 7 KiB in B0-B7); and the 1 KiB the driver reserves per program
 STAGING, RESERVED = 8 * 1024, 1024
-
-
-def shared_limits(device: torch.device) -> tuple[int, int]:
-    """(bytes per SM, bytes one program may have) of ``device``'s shared memory: an H100's on
-    ``meta`` and under the interpreter."""
-    if device.type != "cuda" or interpreting():
-        return H100_SHARED
-    return _cuda_shared_limits(cuda_index(device))
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_shared_limits(index: int) -> tuple[int, int]:
-    props = torch.cuda.get_device_properties(index)
-    return (getattr(props, "shared_memory_per_multiprocessor", H100_SHARED[0]),
-            getattr(props, "shared_memory_per_block_optin", H100_SHARED[1]))
 
 
 def shared_budget(device: torch.device) -> int:

@@ -66,6 +66,26 @@ def cuda_capability(device_index: int) -> tuple[int, int]:
     return tuple(torch.cuda.get_device_capability(device_index))
 
 
+# An H100's shared memory (per SM, and what one program may opt in to): what the kernel report
+# (meta) and the interpreter size their programs for
+H100_SHARED = (228 * 1024, 227 * 1024)
+
+
+def shared_limits(device: torch.device) -> tuple[int, int]:
+    """(bytes per SM, bytes one program may have) of ``device``'s shared memory: an H100's on
+    ``meta`` and under the interpreter."""
+    if device.type != "cuda" or interpreting():
+        return H100_SHARED
+    return _cuda_shared_limits(cuda_index(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_shared_limits(index: int) -> tuple[int, int]:
+    props = torch.cuda.get_device_properties(index)
+    return (getattr(props, "shared_memory_per_multiprocessor", H100_SHARED[0]),
+            getattr(props, "shared_memory_per_block_optin", H100_SHARED[1]))
+
+
 def autocast_off(device: torch.device):
     """A context with autocast off on ``device``: the kernels' torch stand-ins compute in their
     inputs' dtype, as the kernels they stand in for do."""

@@ -21,12 +21,13 @@ import triton.language as tl
 
 from ._launch import call_op, launch
 from ._math import round_to_bf16
-from ._utils import FLOAT_DTYPES, check_tensor, dot_fp32, interpreting, next_pow2, round_bf16
+from ._utils import FLOAT_DTYPES, check_tensor, dot_fp32, interpreting, next_pow2, round_bf16, shared_limits
 
 OP = "squeeze_excite_gate"
 # The reduced vector is held whole (one block of next_pow2(R)): on sm_90 R = 512 takes 148-164
 # KiB of shared memory, 1024 about 300 KiB, past the 227 KiB a program may have.
 MAX_REDUCED = 512
+SMALL_SHARED = 96 * 1024  # a program's shared memory below sm_86's 99 KiB (sm_75: 64 KiB)
 
 
 @triton.jit
@@ -136,6 +137,9 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
         # 32 does with 3.6 and 3.9, and models the same time)
         block_c, block_g = 16, 16
     block_g = block_g or block_c
+    if shared_limits(partials.device)[1] < SMALL_SHARED:  # a T4's 64 KiB a program: half the weight tiles
+        # (fp32's 128 x 128 kept 72 KiB there, fp16's 256 x 64 80 KiB)
+        block_c, block_g = max(16, block_c // 2), max(16, block_g // 2)
     # tiles summed per step: up to 4096 partial sums in registers (32 a thread) where the reduced
     # width leaves room (at most 64; wider, the weight tiles fill the registers: B7's spilled, and
     # with triton 3.6 twice that spilled on B2-B7's 1152-1248-channel blocks)

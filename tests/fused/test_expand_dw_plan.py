@@ -295,11 +295,12 @@ def gpu_shared(monkeypatch):
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability)
         monkeypatch.setattr(tiles, "interpreting", lambda: False)
-        tiles._cuda_shared_limits.cache_clear()
+        monkeypatch.setattr(_utils, "interpreting", lambda: False)
+        _utils._cuda_shared_limits.cache_clear()
         _utils.cuda_capability.cache_clear()
         return torch.device("cuda", 0)
     yield use
-    tiles._cuda_shared_limits.cache_clear()
+    _utils._cuda_shared_limits.cache_clear()
     _utils.cuda_capability.cache_clear()
 
 
