@@ -24,8 +24,9 @@ from ._math import round_to_bf16
 from ._utils import FLOAT_DTYPES, check_tensor, dot_fp32, interpreting, next_pow2, round_bf16, shared_limits
 
 OP = "squeeze_excite_gate"
-# The reduced vector is held whole (one block of next_pow2(R)): on sm_90 R = 512 takes 148-164
-# KiB of shared memory, 1024 about 300 KiB, past the 227 KiB a program may have.
+# The reduced vector is held whole (one block of next_pow2(R)): with 64-channel gate tiles on
+# sm_90, R = 512 took 148-164 KiB of shared memory, 1024 about 300 KiB, past the 227 KiB a
+# program may have.
 MAX_REDUCED = 512
 SMALL_SHARED = 96 * 1024  # a program's shared memory below sm_86's 99 KiB (sm_75: 64 KiB)
 
@@ -60,8 +61,8 @@ def _se_gate_kernel(
     if HAS_COUNT:
         inv = 1.0 / tl.maximum(tl.load(count_ptr + offs_n, mask=n_ok, other=1.0).to(tl.float32), 1.0)
     hidden = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
-    # not pipelined: where T is 1 Triton drops the tile loop and kept 3 stages of the weight tile
-    # in shared memory, 152 KiB in fp32 at BLOCK_R 128, past sm_86's and sm_89's 99 KiB a program
+    # not pipelined: where T is 1 Triton drops the tile loop and would keep 3 stages of the weight
+    # tile in shared memory, 152 KiB in fp32 at BLOCK_R 128, past sm_86's and sm_89's 99 KiB a program
     for c0 in tl.range(0, C, BLOCK_C, num_stages=1):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         c_ok = offs_c < C
@@ -130,7 +131,7 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
     elif block_r <= 128 or lowp is not None:
         # the reduce FC's (BLOCK_C, BLOCK_R) weight tile fits the registers up to 128 x 128. The
         # gate loop keeps 3 stages of its (BLOCK_R, BLOCK_G) tile in shared memory: 64 wide, at
-        # the widest reduced width they passed sm_86's and sm_89's 99 KiB a program
+        # the widest reduced width they would pass sm_86's and sm_89's 99 KiB a program
         block_c, block_g = (128 if block_r <= 128 else 64), (64 if block_r <= 256 else 16)
     else:  # fp32 dots run as FMAs: past 128 reduced channels, 64-wide tiles spill (B6's, B7's 6.x);
         # 16-channel gate tiles: 32 spilled 8 B with triton 3.7 (16 compiles to 168 registers, as
@@ -138,7 +139,7 @@ def squeeze_excite_gate_launch(partials, w_reduce, b_reduce, w_expand, b_expand,
         block_c, block_g = 16, 16
     block_g = block_g or block_c
     if shared_limits(partials.device)[1] < SMALL_SHARED:  # a T4's 64 KiB a program: half the weight tiles
-        # (fp32's 128 x 128 kept 72 KiB there, fp16's 256 x 64 80 KiB)
+        # (there fp32's 128 x 128 tiles take 72 KiB, fp16's 256 x 64 80 KiB)
         block_c, block_g = max(16, block_c // 2), max(16, block_g // 2)
     # tiles summed per step: up to 4096 partial sums in registers (32 a thread) where the reduced
     # width leaves room (at most 64; wider, the weight tiles fill the registers: B7's spilled, and
