@@ -21,8 +21,10 @@ import torch
 
 
 def capturing(device: torch.device) -> bool:
-    """Whether a CUDA-graph capture is under way on ``device``'s current stream (never for a
-    device other than CUDA, which then imports no kernels: fastmbconv imports without triton)."""
+    """Whether a CUDA-graph capture is under way on the current CUDA stream, the one a capture of
+    work on ``device`` records (``torch.cuda.graph`` and ``torch.cuda.stream`` make the capturing
+    stream's device current). Never for a device other than CUDA, which then imports no kernels:
+    fastmbconv imports without triton."""
     if device.type != "cuda":
         return False
     from .kernels._utils import cuda_capturing
