@@ -211,9 +211,16 @@ def device_view(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     # non_blocking: uploading host sizes must not wait for the kernels already queued
     with torch.inference_mode(False):  # a normal tensor: a later forward under autograd may save it
         view = torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    mine = (view, streams.StreamShared([view]))
     with _views_lock:
-        _device_views[key] = (view, streams.StreamShared([view]))
+        # Another thread may have uploaded the same values meanwhile, and a capture may already
+        # have read its tensor: the first stays, as replacing it could free what a graph replays.
+        cached = _device_views.setdefault(key, mine)
+        _device_views.move_to_end(key)
         evictable = (k for k in list(_device_views) if k not in _captured_views)
         for _, k in zip(range(len(_device_views) - DEVICE_VIEWS_MAX), evictable):
             del _device_views[k]
+    view, shared = cached
+    if cached is not mine:
+        shared.use()
     return view

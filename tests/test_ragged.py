@@ -241,6 +241,28 @@ def test_device_views_read_in_a_capture_are_never_evicted(monkeypatch, fresh_vie
     assert geometry.device_view((0,), torch.float32, "meta") is not others[0]  # the oldest went
 
 
+
+def test_a_racing_upload_of_the_same_sizes_keeps_the_first_view(monkeypatch, fresh_views):
+    """Two threads that miss the cache for the same sizes both upload them. Between the first
+    one's insert and the second's, a capture may read the first tensor; the second must not
+    replace it (dropping the only reference to what the graph replays). The race is played in
+    one thread: the second upload's copy runs the first forward's whole lookup."""
+    geometry = fresh_views
+    values, inner = ((4, 6), (2, 3)), []
+    to = torch.Tensor.to
+
+    def upload_while_another_thread_inserts(self, *args, **kwargs):
+        if not inner:
+            inner.append(None)
+            inner[0] = geometry.device_view(values, torch.int32, "meta")
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", upload_while_another_thread_inserts)
+    late = geometry.device_view(values, torch.int32, "meta")
+    assert late is inner[0]
+    assert [view for view, _ in geometry._device_views.values()] == [inner[0]]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["reference", "fused"])
 def test_cuda_ragged_forward_makes_no_host_sync(backend):
