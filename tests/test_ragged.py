@@ -241,7 +241,6 @@ def test_device_views_read_in_a_capture_are_never_evicted(monkeypatch, fresh_vie
     assert geometry.device_view((0,), torch.float32, "meta") is not others[0]  # the oldest went
 
 
-
 def test_a_racing_upload_of_the_same_sizes_keeps_the_first_view(monkeypatch, fresh_views):
     """Two threads that miss the cache for the same sizes both upload them. Between the first
     one's insert and the second's, a capture may read the first tensor; the second must not
@@ -253,7 +252,7 @@ def test_a_racing_upload_of_the_same_sizes_keeps_the_first_view(monkeypatch, fre
 
     def upload_while_another_thread_inserts(self, *args, **kwargs):
         if not inner:
-            inner.append(None)
+            inner.append(None)  # the nested lookup's own upload goes straight through
             inner[0] = geometry.device_view(values, torch.int32, "meta")
         return to(self, *args, **kwargs)
 
